@@ -1,0 +1,379 @@
+//! Per-request context: priority, resource and key in, a [`Report`] out.
+//!
+//! Layers read what they need from the request's [`http::Extensions`], and leave what they did in
+//! the response's. [`ContextLayer`], outermost in the stack, resolves everything once:
+//!
+//! * the [`Priority`] set on the request, or the layer's default;
+//! * the [`Resource`] from its [`ResourceClassifier`];
+//! * the [`RequestKey`] from its [`KeyExtractor`] (none for streaming bodies);
+//!
+//! and stores them as a [`RequestContext`] extension, so the cache, dedupe and rate-limit layers
+//! below classify and hash each request only once. A layer used without a `ContextLayer` above it
+//! derives the context itself with the stock classifier and key extractor.
+//!
+//! On the way back, every layer fills in its part of the response's [`Report`].
+//!
+//! # Example
+//!
+//! ```
+//! use courteous::{ContextLayer, PathSegment, Priority, Report};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
+//!     .service(service_fn(|req: http::Request<String>| async move {
+//!         // Inner layers see the resolved context.
+//!         let context = courteous::RequestContext::of(&req).unwrap();
+//!         assert_eq!(context.priority(), Priority::User);
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//!     }));
+//!
+//! let mut request = http::Request::get("http://h/api/issues/").body(String::new()).unwrap();
+//! request.extensions_mut().insert(Priority::User);
+//! let response = service.oneshot(request).await.unwrap();
+//! let report = Report::of(&response).unwrap();
+//! assert_eq!(report.priority, Some(Priority::User));
+//! assert_eq!(report.resource.as_ref().unwrap().as_str(), "issues");
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use http::Extensions;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::body::ReplayableBody;
+use crate::key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
+use crate::resource::{DefaultResourceClassifier, Resource, ResourceClassifier};
+
+/// Who is waiting for a request: a person, or nobody in particular.
+///
+/// Set it on a request as an extension; the rate limiter lets `User` requests go first and gives
+/// `Background` requests whatever capacity users leave.
+///
+/// # Example
+///
+/// ```
+/// use courteous::Priority;
+///
+/// let mut request = http::Request::get("http://h/").body(()).unwrap();
+/// request.extensions_mut().insert(Priority::Background);
+/// assert_eq!(Priority::of(request.extensions()), Some(Priority::Background));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    /// A person is waiting for the answer.
+    User,
+    /// Bulk or periodic work that can wait.
+    Background,
+}
+
+impl Priority {
+    /// The priority set in these extensions, if any.
+    pub fn of(extensions: &Extensions) -> Option<Priority> {
+        extensions.get::<Priority>().copied()
+    }
+
+    /// `"user"` or `"background"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Priority::User => "user",
+            Priority::Background => "background",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the stack knows about a request, resolved once by [`ContextLayer`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::{ContextLayer, Priority, RequestContext};
+///
+/// let request = http::Request::get("http://h/api/volumes/").body(String::new()).unwrap();
+/// let context = ContextLayer::new().resolve(&request);
+/// assert_eq!(context.priority(), Priority::User);
+/// assert_eq!(context.resource().as_str(), "volumes");
+/// assert!(context.key().is_some());
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    priority: Priority,
+    resource: Resource,
+    key: Option<RequestKey>,
+}
+
+impl RequestContext {
+    /// The request's priority.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// The rate-limit bucket the request is counted in.
+    pub fn resource(&self) -> &Resource {
+        &self.resource
+    }
+
+    /// The key that identifies identical requests; `None` for a body that cannot be replayed.
+    pub fn key(&self) -> Option<&RequestKey> {
+        self.key.as_ref()
+    }
+
+    /// The context a [`ContextLayer`] stored on this request, if any.
+    pub fn of<B>(request: &http::Request<B>) -> Option<&RequestContext> {
+        request.extensions().get::<RequestContext>()
+    }
+
+    /// The context stored on this request, or, when no [`ContextLayer`] ran, one resolved now with
+    /// the stock defaults and stored for the layers below.
+    pub fn resolve<B: ReplayableBody>(request: &mut http::Request<B>) -> RequestContext {
+        if let Some(context) = Self::of(request) {
+            return context.clone();
+        }
+        let context = ContextConfig::stock().resolve(request);
+        request.extensions_mut().insert(context.clone());
+        context
+    }
+}
+
+/// What the stack did with a request, carried as an extension of the response.
+///
+/// Each layer fills in its own fields; a field is `None` where the layer is absent or did not
+/// act.
+///
+/// # Example
+///
+/// ```
+/// use courteous::{Priority, Report};
+///
+/// let mut response = http::Response::new(());
+/// Report::record(response.extensions_mut()).priority = Some(Priority::User);
+/// assert_eq!(Report::of(&response).unwrap().priority, Some(Priority::User));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Report {
+    /// The priority the request ran with.
+    pub priority: Option<Priority>,
+    /// The resource it was counted in.
+    pub resource: Option<Resource>,
+}
+
+impl Report {
+    /// The report on a response, if any layer wrote one.
+    pub fn of<B>(response: &http::Response<B>) -> Option<&Report> {
+        response.extensions().get::<Report>()
+    }
+
+    /// The report in these extensions, inserted empty if absent, for a layer to fill in.
+    pub fn record(extensions: &mut Extensions) -> &mut Report {
+        extensions.get_or_insert_default::<Report>()
+    }
+}
+
+#[derive(Clone)]
+struct ContextConfig {
+    default_priority: Priority,
+    classifier: Arc<dyn ResourceClassifier>,
+    keys: Arc<dyn KeyExtractor>,
+}
+
+impl ContextConfig {
+    fn stock() -> &'static ContextConfig {
+        static STOCK: std::sync::OnceLock<ContextConfig> = std::sync::OnceLock::new();
+        STOCK.get_or_init(|| ContextConfig {
+            default_priority: Priority::User,
+            classifier: Arc::new(DefaultResourceClassifier),
+            keys: Arc::new(DefaultKeyExtractor::new()),
+        })
+    }
+
+    fn resolve<B: ReplayableBody>(&self, request: &http::Request<B>) -> RequestContext {
+        // `Parts` is not reachable from `&Request`, so classify on a cheap view of the head.
+        let head = head_of(request);
+        RequestContext {
+            priority: Priority::of(request.extensions()).unwrap_or(self.default_priority),
+            resource: self.classifier.classify(&head),
+            key: self.keys.key(&head, request.body().replayable_bytes()),
+        }
+    }
+}
+
+/// The request head without its extensions (which classifiers and keys do not read).
+fn head_of<B>(request: &http::Request<B>) -> http::request::Parts {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = request.method().clone();
+    parts.uri = request.uri().clone();
+    parts.version = request.version();
+    parts.headers = request.headers().clone();
+    parts
+}
+
+/// Resolves each request's [`RequestContext`] and writes [`Report::priority`] and
+/// [`Report::resource`] on its response.
+///
+/// Place it outermost. Cloning it shares its configuration.
+///
+/// # Example
+///
+/// ```
+/// use courteous::{ContextLayer, DefaultKeyExtractor, PrefixTable, Priority};
+///
+/// let layer = ContextLayer::new()
+///     .default_priority(Priority::Background)
+///     .classifier(PrefixTable::new().route("/api/search", "search"))
+///     .key_extractor(DefaultKeyExtractor::new().secret_param("sig"));
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct ContextLayer {
+    config: Arc<ContextConfig>,
+}
+
+impl ContextLayer {
+    /// Requests without a [`Priority`] are [`Priority::User`]; the stock classifier and key
+    /// extractor.
+    pub fn new() -> Self {
+        ContextLayer {
+            config: Arc::new(ContextConfig::stock().clone()),
+        }
+    }
+
+    /// The priority of requests that do not set one (default [`Priority::User`], so that a request
+    /// nobody marked is never starved by bulk work).
+    #[must_use]
+    pub fn default_priority(mut self, priority: Priority) -> Self {
+        Arc::make_mut(&mut self.config).default_priority = priority;
+        self
+    }
+
+    /// How requests map to resources (default [`DefaultResourceClassifier`]).
+    #[must_use]
+    pub fn classifier(mut self, classifier: impl ResourceClassifier) -> Self {
+        Arc::make_mut(&mut self.config).classifier = Arc::new(classifier);
+        self
+    }
+
+    /// How identical requests are recognised (default [`DefaultKeyExtractor`]).
+    #[must_use]
+    pub fn key_extractor(mut self, keys: impl KeyExtractor) -> Self {
+        Arc::make_mut(&mut self.config).keys = Arc::new(keys);
+        self
+    }
+
+    /// The context this layer would give `request`.
+    pub fn resolve<B: ReplayableBody>(&self, request: &http::Request<B>) -> RequestContext {
+        self.config.resolve(request)
+    }
+}
+
+impl Default for ContextLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ContextLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextLayer")
+            .field("default_priority", &self.config.default_priority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ContextLayer {
+    type Service = Context<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Context {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service made by [`ContextLayer`].
+#[derive(Clone)]
+pub struct Context<S> {
+    inner: S,
+    config: Arc<ContextConfig>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Context<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResB> Service<http::Request<B>> for Context<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResB>>,
+    B: ReplayableBody,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let context = self.config.resolve(&request);
+        let (priority, resource) = (context.priority, context.resource.clone());
+        request.extensions_mut().insert(context.priority);
+        request.extensions_mut().insert(context);
+        ResponseFuture {
+            inner: self.inner.call(request),
+            report: Some((priority, resource)),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Context`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        report: Option<(Priority, Resource)>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResB>, E>>,
+{
+    type Output = Result<http::Response<ResB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        if let Some((priority, resource)) = this.report.take() {
+            let report = Report::record(response.extensions_mut());
+            report.priority = Some(priority);
+            report.resource = Some(resource);
+        }
+        Poll::Ready(Ok(response))
+    }
+}

@@ -1,0 +1,409 @@
+//! Request keys: what makes two requests "identical" for the cache and for dedupe.
+//!
+//! A [`RequestKey`] is the SHA-256 of a canonical form of the request: method, scheme, host, port
+//! (default ports dropped), path, query parameters in a canonical order, the configured request
+//! headers that change the response (`Authorization` and `Accept` by default) and the body, when
+//! there is one. Because it is a hash, secrets in URLs (`api_key=...`) or headers are never
+//! stored in clear; [`RequestKey::display`] is a readable form with secret query parameters
+//! masked, for logs and status pages.
+//!
+//! Query parameters are sorted by name; values of a repeated name keep their relative order, since
+//! `ids=2&ids=1` may mean something else than `ids=1&ids=2` to an API. Percent-encoding is
+//! normalised (`a%20b`, `a+b` and `a b` are one value).
+//!
+//! Requests whose body is a stream cannot be replayed and have no key: they pass through the cache
+//! and dedupe layers untouched.
+//!
+//! # Example
+//!
+//! ```
+//! use courteous::{DefaultKeyExtractor, KeyExtractor};
+//!
+//! let keys = DefaultKeyExtractor::new();
+//! let key = |uri: &str| {
+//!     let (parts, _) = http::Request::get(uri).body(()).unwrap().into_parts();
+//!     keys.key(&parts, Some(b"")).unwrap()
+//! };
+//! let a = key("https://api.example/api/issues/?api_key=s3cret&limit=10&offset=0");
+//! let b = key("https://API.example:443/api/issues/?offset=0&limit=10&api_key=s3cret");
+//! assert_eq!(a, b);
+//! assert_eq!(
+//!     a.display(),
+//!     "GET https://api.example/api/issues/?api_key=REDACTED&limit=10&offset=0"
+//! );
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderName;
+use http::request::Parts;
+use sha2::{Digest, Sha256};
+
+/// The identity of a request for caching and de-duplication: a SHA-256 hash, with a display form
+/// whose secret query parameters are masked.
+///
+/// Two keys are equal when their hashes are; the display form is informational.
+///
+/// # Example
+///
+/// ```
+/// use courteous::{DefaultKeyExtractor, KeyExtractor};
+///
+/// let (parts, _) = http::Request::get("http://h/x?b=2&a=1").body(()).unwrap().into_parts();
+/// let key = DefaultKeyExtractor::new().key(&parts, Some(b"")).unwrap();
+/// assert_eq!(key.to_hex().len(), 64);
+/// assert_eq!(key.display(), "GET http://h/x?a=1&b=2");
+/// ```
+#[derive(Clone)]
+pub struct RequestKey {
+    hash: [u8; 32],
+    display: Arc<str>,
+}
+
+impl RequestKey {
+    /// The 32 bytes of the hash.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    /// The hash as 64 lower-case hexadecimal digits.
+    pub fn to_hex(&self) -> String {
+        use fmt::Write;
+        self.hash
+            .iter()
+            .fold(String::with_capacity(64), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
+    }
+
+    /// The readable form: method and canonical URL, with secret query parameters masked.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// A key from a hash and a display form, for stores that read keys back.
+    pub fn from_parts(hash: [u8; 32], display: impl Into<Arc<str>>) -> Self {
+        RequestKey {
+            hash,
+            display: display.into(),
+        }
+    }
+}
+
+impl PartialEq for RequestKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+    }
+}
+
+impl Eq for RequestKey {}
+
+impl std::hash::Hash for RequestKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.hash.hash(state);
+    }
+}
+
+impl fmt::Debug for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestKey")
+            .field("hash", &&self.to_hex()[..16])
+            .field("display", &self.display)
+            .finish()
+    }
+}
+
+impl fmt::Display for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// Derives the [`RequestKey`] of a request.
+///
+/// `body` is the complete request body, or `None` when it is a stream; a request whose body cannot
+/// be replayed must get no key.
+///
+/// # Example
+///
+/// ```
+/// use courteous::{DefaultKeyExtractor, KeyExtractor, RequestKey};
+/// use http::request::Parts;
+///
+/// /// Ignores a cache-busting `_` parameter.
+/// struct IgnoreCacheBuster(DefaultKeyExtractor);
+///
+/// impl KeyExtractor for IgnoreCacheBuster {
+///     fn key(&self, parts: &Parts, body: Option<&[u8]>) -> Option<RequestKey> {
+///         let mut parts = parts.clone();
+///         let query: String = form_urlencoded::Serializer::new(String::new())
+///             .extend_pairs(
+///                 form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+///                     .filter(|(k, _)| k != "_"),
+///             )
+///             .finish();
+///         parts.uri = format!("{}?{query}", parts.uri.path()).parse().ok()?;
+///         self.0.key(&parts, body)
+///     }
+/// }
+/// # let _ = IgnoreCacheBuster(DefaultKeyExtractor::new());
+/// ```
+pub trait KeyExtractor: Send + Sync + 'static {
+    /// The key, or `None` when the request must not be cached or merged.
+    fn key(&self, parts: &Parts, body: Option<&[u8]>) -> Option<RequestKey>;
+}
+
+impl<K: KeyExtractor + ?Sized> KeyExtractor for Arc<K> {
+    fn key(&self, parts: &Parts, body: Option<&[u8]>) -> Option<RequestKey> {
+        (**self).key(parts, body)
+    }
+}
+
+/// The stock [`KeyExtractor`]: see the [module documentation](self) for the canonical form.
+///
+/// # Example
+///
+/// ```
+/// use courteous::{DefaultKeyExtractor, KeyExtractor};
+///
+/// let keys = DefaultKeyExtractor::new()
+///     .header(http::header::ACCEPT_LANGUAGE)
+///     .secret_param("session");
+/// let (parts, _) = http::Request::get("http://h/x?session=abc").body(()).unwrap().into_parts();
+/// assert_eq!(keys.key(&parts, Some(b"")).unwrap().display(), "GET http://h/x?session=REDACTED");
+/// ```
+#[derive(Debug, Clone)]
+pub struct DefaultKeyExtractor {
+    headers: Vec<HeaderName>,
+    secret_params: Vec<String>,
+}
+
+/// Query parameters masked in [`RequestKey::display`] by default.
+pub const DEFAULT_SECRET_PARAMS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "key",
+    "token",
+    "access_token",
+    "client_secret",
+    "password",
+    "signature",
+];
+
+impl DefaultKeyExtractor {
+    /// Keys on `Authorization` and `Accept`, masking [`DEFAULT_SECRET_PARAMS`].
+    pub fn new() -> Self {
+        DefaultKeyExtractor {
+            headers: vec![http::header::AUTHORIZATION, http::header::ACCEPT],
+            secret_params: DEFAULT_SECRET_PARAMS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+
+    /// Also key on this request header.
+    #[must_use]
+    pub fn header(mut self, name: HeaderName) -> Self {
+        if !self.headers.contains(&name) {
+            self.headers.push(name);
+        }
+        self
+    }
+
+    /// Key on exactly these request headers (replacing the defaults).
+    #[must_use]
+    pub fn headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.headers = Vec::new();
+        for name in names {
+            self = self.header(name);
+        }
+        self
+    }
+
+    /// Also mask this query parameter (compared case-insensitively) in the display form.
+    #[must_use]
+    pub fn secret_param(mut self, name: impl Into<String>) -> Self {
+        self.secret_params.push(name.into().to_ascii_lowercase());
+        self
+    }
+
+    fn is_secret(&self, name: &str) -> bool {
+        self.secret_params
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
+    }
+}
+
+impl Default for DefaultKeyExtractor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Feeds length-prefixed fields to the hash, so that no two different field lists hash alike.
+struct Canonical(Sha256);
+
+impl Canonical {
+    fn field(&mut self, bytes: &[u8]) {
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+}
+
+impl KeyExtractor for DefaultKeyExtractor {
+    fn key(&self, parts: &Parts, body: Option<&[u8]>) -> Option<RequestKey> {
+        let body = body?;
+        let uri = &parts.uri;
+        let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+        let host = uri.host().unwrap_or("").to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .filter(|port| !matches!((scheme.as_str(), port), ("http", 80) | ("https", 443)));
+        let path = match uri.path() {
+            "" => "/",
+            path => path,
+        };
+        let mut params: Vec<(String, String)> =
+            form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        // Stable: values of one name keep their order.
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let mut h = Canonical(Sha256::new());
+        h.field(b"courteous-request-key-v1");
+        h.field(parts.method.as_str().as_bytes());
+        h.field(scheme.as_bytes());
+        h.field(host.as_bytes());
+        h.field(&port.unwrap_or(0).to_le_bytes());
+        h.field(path.as_bytes());
+        h.field(&(params.len() as u64).to_le_bytes());
+        for (k, v) in &params {
+            h.field(k.as_bytes());
+            h.field(v.as_bytes());
+        }
+        let mut headers: Vec<&HeaderName> = self.headers.iter().collect();
+        headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        for name in headers {
+            h.field(name.as_str().as_bytes());
+            let values = parts.headers.get_all(name);
+            h.field(&(values.iter().count() as u64).to_le_bytes());
+            for value in values {
+                h.field(value.as_bytes());
+            }
+        }
+        h.field(&Sha256::digest(body));
+
+        let mut display = format!("{} {scheme}://{host}", parts.method);
+        if let Some(port) = port {
+            display.push_str(&format!(":{port}"));
+        }
+        display.push_str(path);
+        if !params.is_empty() {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(params.iter().map(|(k, v)| {
+                    let v = if self.is_secret(k) {
+                        "REDACTED"
+                    } else {
+                        v.as_str()
+                    };
+                    (k.as_str(), v)
+                }))
+                .finish();
+            display.push('?');
+            display.push_str(&query);
+        }
+        Some(RequestKey {
+            hash: h.0.finalize().into(),
+            display: display.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(req: http::Request<()>) -> RequestKey {
+        let (parts, _) = req.into_parts();
+        DefaultKeyExtractor::new().key(&parts, Some(b"")).unwrap()
+    }
+
+    #[test]
+    fn streaming_body_has_no_key() {
+        let (parts, _) = http::Request::get("http://h/")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(DefaultKeyExtractor::new().key(&parts, None).is_none());
+    }
+
+    #[test]
+    fn default_port_and_case_are_normalised() {
+        let a = key(http::Request::get("https://API.example:443/x")
+            .body(())
+            .unwrap());
+        let b = key(http::Request::get("https://api.example/x")
+            .body(())
+            .unwrap());
+        let c = key(http::Request::get("https://api.example:8443/x")
+            .body(())
+            .unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(c.display(), "GET https://api.example:8443/x");
+    }
+
+    #[test]
+    fn percent_encoding_is_normalised() {
+        let a = key(http::Request::get("http://h/x?q=a%20b").body(()).unwrap());
+        let b = key(http::Request::get("http://h/x?q=a+b").body(()).unwrap());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn repeated_parameters_keep_their_order() {
+        let a = key(http::Request::get("http://h/x?id=1&id=2").body(()).unwrap());
+        let b = key(http::Request::get("http://h/x?id=2&id=1").body(()).unwrap());
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn method_body_and_headers_matter() {
+        let get = key(http::Request::get("http://h/x").body(()).unwrap());
+        let head = key(http::Request::head("http://h/x").body(()).unwrap());
+        assert_ne!(get, head);
+        let json = key(http::Request::get("http://h/x")
+            .header("accept", "application/json")
+            .body(())
+            .unwrap());
+        assert_ne!(get, json);
+        // A header that is not configured does not matter.
+        let ua = key(http::Request::get("http://h/x")
+            .header("user-agent", "x")
+            .body(())
+            .unwrap());
+        assert_eq!(get, ua);
+        let (parts, _) = http::Request::post("http://h/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let keys = DefaultKeyExtractor::new();
+        assert_ne!(keys.key(&parts, Some(b"a")), keys.key(&parts, Some(b"b")));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_display() {
+        let k = key(http::Request::get("http://h/x?token=t0k&API_KEY=abc&q=1")
+            .header("authorization", "Bearer zzz")
+            .body(())
+            .unwrap());
+        assert!(!k.display().contains("t0k"));
+        assert!(!k.display().contains("abc"));
+        assert!(!k.display().contains("zzz"));
+        assert!(!format!("{k:?}").contains("abc"));
+    }
+}

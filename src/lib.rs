@@ -1,0 +1,86 @@
+//! Courteous, fast HTTP API clients.
+//!
+//! `courteous` wraps the `reqwest` client you already have in a stack of [`tower`] layers that make
+//! it a good citizen of the rate-limited APIs it calls: repeated requests are served from a cache,
+//! identical concurrent requests share one upstream call, and every call is admitted against the
+//! API's per-resource limits, shared by all processes that use the same store.
+//!
+//! ```text
+//! request ─► ContextLayer ─► CacheLayer ─► DedupeLayer ─► RateLimitLayer ─► HttpClient ─► the API
+//! ```
+//!
+//! This crate is built in steps; the layers present in this version are listed in the README's
+//! feature table. Every layer works on `http::Request`/`http::Response` and reads its per-request
+//! context from [`http::Extensions`]:
+//!
+//! * [`Priority`] says whether a person is waiting ([`Priority::User`]) or the request is bulk work
+//!   ([`Priority::Background`]);
+//! * [`Resource`] names the rate-limit bucket, derived by a [`ResourceClassifier`];
+//! * [`RequestKey`] identifies identical requests, derived by a [`KeyExtractor`];
+//! * [`Report`] comes back on the response and says what the stack did.
+//!
+//! # Two ways in
+//!
+//! Plain tower, over the [`HttpClient`] adapter:
+//!
+//! ```
+//! use courteous::{ContextLayer, HttpClient, Priority};
+//! use tower::ServiceBuilder;
+//!
+//! let client = ServiceBuilder::new()
+//!     .layer(ContextLayer::new().default_priority(Priority::Background))
+//!     .service(HttpClient::new(reqwest::Client::new()));
+//! # let _ = client;
+//! ```
+//!
+//! `reqwest-middleware`, with [`Middleware`] running the same stack inside the middleware chain:
+//!
+//! ```
+//! # #[cfg(feature = "middleware")] {
+//! use courteous::{ContextLayer, Middleware, Priority};
+//!
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(Middleware::new(ContextLayer::new()))
+//!     .build();
+//! // Per-request context travels as an extension:
+//! let request = client
+//!     .get("http://127.0.0.1:9/api/issues/")
+//!     .with_extension(Priority::User);
+//! # let _ = request;
+//! # }
+//! ```
+//!
+//! # Persistence
+//!
+//! With the default `sqlite` feature, [`store::sqlite::SqliteStore`] opens one SQLite file that every
+//! store and every process shares. All SQLite work runs on the store's own threads, never on the
+//! async runtime.
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod body;
+pub mod context;
+pub mod error;
+pub mod key;
+#[cfg(feature = "middleware")]
+mod middleware;
+pub mod resource;
+pub mod store;
+pub mod transport;
+
+pub use body::ReplayableBody;
+pub use context::{ContextLayer, Priority, Report, RequestContext};
+pub use error::BoxError;
+pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
+#[cfg(feature = "middleware")]
+pub use middleware::{Handoff, HandoffError, HandoffFuture, Middleware};
+pub use resource::{
+    DefaultResourceClassifier, PathSegment, PrefixTable, Resource, ResourceClassifier, classify_fn,
+};
+pub use transport::HttpClient;

@@ -1,0 +1,286 @@
+//! `reqwest-middleware` integration: run a tower stack inside a `ClientWithMiddleware`.
+//!
+//! [`Middleware`] converts the `reqwest::Request` to an `http::Request`, moves the middleware
+//! chain's extensions onto it (so `RequestBuilder::with_extension(Priority::User)` reaches every
+//! layer) and runs the stack. The innermost service of that stack is [`Handoff`]: when a layer lets
+//! a request go upstream, `Handoff` hands it back to the middleware chain, which continues with
+//! the middlewares after this one and finally the `reqwest::Client`. Middlewares added after
+//! `courteous` (retries, tracing) therefore still run, once per real upstream call, and cache
+//! hits never reach them.
+//!
+//! A request that a layer sends on its own after the caller's request finished (a background
+//! refresh) has no chain to return to; `Handoff` then fails it with [`HandoffError`], which such
+//! layers treat like any transport error.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::Extensions;
+use reqwest::ResponseBuilderExt;
+use reqwest_middleware::Next;
+use tokio::sync::{mpsc, oneshot};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::error::BoxError;
+use crate::transport::FinalUrl;
+
+type Reply = Result<http::Response<reqwest::Body>, BoxError>;
+
+struct Call {
+    request: http::Request<reqwest::Body>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The way back to the middleware chain, carried in the request's extensions.
+#[derive(Clone)]
+struct HandoffSlot(mpsc::UnboundedSender<Call>);
+
+/// Runs a tower stack as a `reqwest_middleware::Middleware`.
+///
+/// Build it from the layers of the stack (a single layer or a `ServiceBuilder`); it puts
+/// [`Handoff`] innermost. Cloning the stack shares its state, as every courteous layer does.
+///
+/// # Example
+///
+/// ```
+/// use courteous::{ContextLayer, Middleware, Priority};
+/// use tower::ServiceBuilder;
+///
+/// let stack = ServiceBuilder::new().layer(ContextLayer::new().default_priority(Priority::Background));
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(Middleware::new(stack))
+///     .build();
+/// # let _ = client;
+/// ```
+#[derive(Clone)]
+pub struct Middleware<S> {
+    stack: S,
+}
+
+impl<S> Middleware<S> {
+    /// The middleware for the stack `layer` builds over [`Handoff`].
+    pub fn new<L>(layer: L) -> Self
+    where
+        L: Layer<Handoff, Service = S>,
+    {
+        Middleware {
+            stack: layer.layer(Handoff::new()),
+        }
+    }
+
+    /// The middleware for a stack already built over [`Handoff`].
+    pub fn from_service(stack: S) -> Self {
+        Middleware { stack }
+    }
+
+    /// The stack, for its handles (stores, statistics).
+    pub fn stack(&self) -> &S {
+        &self.stack
+    }
+}
+
+impl<S> fmt::Debug for Middleware<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Middleware").finish_non_exhaustive()
+    }
+}
+
+fn into_middleware_error(error: BoxError) -> reqwest_middleware::Error {
+    match error.downcast::<reqwest::Error>() {
+        Ok(error) => reqwest_middleware::Error::Reqwest(*error),
+        Err(error) => reqwest_middleware::Error::Middleware(anyhow::Error::from_boxed(error)),
+    }
+}
+
+fn into_reqwest_response(
+    response: http::Response<reqwest::Body>,
+    request_url: reqwest::Url,
+) -> reqwest::Response {
+    let (mut parts, body) = response.into_parts();
+    let url = parts
+        .extensions
+        .remove::<FinalUrl>()
+        .map_or(request_url, |FinalUrl(url)| url);
+    let mut builder = http::Response::builder()
+        .status(parts.status)
+        .version(parts.version);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers;
+    }
+    if let Some(extensions) = builder.extensions_mut() {
+        extensions.extend(parts.extensions);
+    }
+    let response = builder
+        .url(url)
+        .body(body)
+        .expect("status, version and headers come from a valid response");
+    reqwest::Response::from(response)
+}
+
+async fn serve(call: Call, next: Next<'_>) {
+    let Call { request, reply } = call;
+    let (mut parts, body) = request.into_parts();
+    let mut extensions = std::mem::take(&mut parts.extensions);
+    let result = match reqwest::Request::try_from(http::Request::from_parts(parts, body)) {
+        Ok(request) => match next.run(request, &mut extensions).await {
+            Ok(response) => {
+                let url = FinalUrl(response.url().clone());
+                let mut response = http::Response::from(response);
+                response.extensions_mut().insert(url);
+                Ok(response)
+            }
+            Err(reqwest_middleware::Error::Reqwest(error)) => Err(error.into()),
+            Err(reqwest_middleware::Error::Middleware(error)) => Err(error.into()),
+        },
+        Err(error) => Err(error.into()),
+    };
+    // The stack may have given up on this call (a timeout): nobody to tell then.
+    let _ = reply.send(result);
+}
+
+#[async_trait::async_trait]
+impl<S> reqwest_middleware::Middleware for Middleware<S>
+where
+    S: Service<http::Request<reqwest::Body>, Response = http::Response<reqwest::Body>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let url = request.url().clone();
+        let mut request = http::Request::<reqwest::Body>::try_from(request)?;
+        request.extensions_mut().extend(extensions.clone());
+        let (slot, mut calls) = mpsc::unbounded_channel();
+        request.extensions_mut().insert(HandoffSlot(slot));
+
+        let mut response = pin!(self.stack.clone().oneshot(request));
+        let mut upstream = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                result = &mut response => {
+                    return result
+                        .map(|response| into_reqwest_response(response, url))
+                        .map_err(|error| into_middleware_error(error.into()));
+                }
+                Some(call) = calls.recv() => upstream.push(serve(call, next.clone())),
+                Some(()) = upstream.next(), if !upstream.is_empty() => {}
+            }
+        }
+    }
+}
+
+/// Why [`Handoff`] could not send a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandoffError {
+    /// The request did not come through [`Middleware`]: `Handoff` has nowhere to send it.
+    #[error("courteous::Handoff only sends requests that came through courteous::Middleware")]
+    NotInMiddleware,
+    /// The request that carried the middleware chain finished before this call was made (for
+    /// example a background refresh after the response was returned).
+    #[error("the reqwest-middleware chain of this request has finished; the call was not sent")]
+    ChainFinished,
+}
+
+impl HandoffError {
+    /// A short, stable code for logs.
+    pub const fn code(&self) -> &'static str {
+        match self {
+            HandoffError::NotInMiddleware => "handoff_not_in_middleware",
+            HandoffError::ChainFinished => "handoff_chain_finished",
+        }
+    }
+}
+
+/// The innermost service of a [`Middleware`] stack: hands requests back to the
+/// `reqwest-middleware` chain.
+///
+/// # Example
+///
+/// ```
+/// use courteous::{ContextLayer, Handoff, Middleware};
+/// use tower::Layer;
+///
+/// let stack = ContextLayer::new().layer(Handoff::new());
+/// let middleware = Middleware::from_service(stack);
+/// # let _ = middleware;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Handoff {
+    _private: (),
+}
+
+impl Handoff {
+    /// The hand-off service.
+    pub const fn new() -> Self {
+        Handoff { _private: () }
+    }
+}
+
+impl Service<http::Request<reqwest::Body>> for Handoff {
+    type Response = http::Response<reqwest::Body>;
+    type Error = BoxError;
+    type Future = HandoffFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<reqwest::Body>) -> Self::Future {
+        let state = match request.extensions_mut().remove::<HandoffSlot>() {
+            None => HandoffState::Failed(Some(HandoffError::NotInMiddleware)),
+            Some(HandoffSlot(slot)) => {
+                let (reply, response) = oneshot::channel();
+                match slot.send(Call { request, reply }) {
+                    Ok(()) => HandoffState::Waiting(response),
+                    Err(_) => HandoffState::Failed(Some(HandoffError::ChainFinished)),
+                }
+            }
+        };
+        HandoffFuture { state }
+    }
+}
+
+enum HandoffState {
+    Waiting(oneshot::Receiver<Reply>),
+    Failed(Option<HandoffError>),
+}
+
+/// The response future of [`Handoff`].
+pub struct HandoffFuture {
+    state: HandoffState,
+}
+
+impl fmt::Debug for HandoffFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandoffFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for HandoffFuture {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            HandoffState::Waiting(response) => Pin::new(response)
+                .poll(cx)
+                .map(|reply| reply.unwrap_or_else(|_| Err(HandoffError::ChainFinished.into()))),
+            HandoffState::Failed(error) => Poll::Ready(Err(error
+                .take()
+                .unwrap_or(HandoffError::ChainFinished)
+                .into())),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Where the layers keep their state.
+//!
+//! Each concern has a small async trait (added with its layer) and backends beside it:
+//!
+//! | backend | for | shared by |
+//! |---|---|---|
+//! | memory | tests, one process | the clones of one layer |
+//! | [`sqlite`] | the embedded default | every process on one machine that opens the file |
+//!
+//! The SQLite backend keeps every store's tables in one file, opened once as a
+//! [`SqliteStore`](sqlite::SqliteStore) and shared by all stores and processes.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), courteous::store::sqlite::SqliteError> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = courteous::store::sqlite::SqliteStore::open(dir.path().join("courteous.db")).await?;
+//! store.close().await?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
+//! ```
+
+use crate::error::BoxError;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// What kind of failure a store reported, for callers that react differently to each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The backend cannot be reached or opened.
+    Unavailable,
+    /// The backend refuses writes (a read-only file or replica).
+    ReadOnly,
+    /// The stored data is damaged or is not ours.
+    Corrupt,
+    /// The backend stayed busy longer than the configured timeout.
+    Busy,
+    /// The store was closed.
+    Closed,
+    /// Anything else.
+    Other,
+}
+
+/// A failure of a storage backend, as layers see it.
+///
+/// Layers never fail a request because their store failed where passing the request through is
+/// safe; they log the error with `tracing` and count it in their statistics.
+///
+/// # Example
+///
+/// ```
+/// use courteous::store::{StoreError, StoreErrorKind};
+///
+/// let err = StoreError::new("memory", StoreErrorKind::Closed, "the store was closed");
+/// assert_eq!(err.kind(), StoreErrorKind::Closed);
+/// assert_eq!(err.to_string(), "memory store failed: the store was closed");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{backend} store failed: {source}")]
+pub struct StoreError {
+    backend: &'static str,
+    kind: StoreErrorKind,
+    #[source]
+    source: BoxError,
+}
+
+impl StoreError {
+    /// A failure of `backend` ("memory", "sqlite", ...).
+    pub fn new(backend: &'static str, kind: StoreErrorKind, source: impl Into<BoxError>) -> Self {
+        StoreError {
+            backend,
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// The backend that failed.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// What kind of failure it was.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}

@@ -1,0 +1,144 @@
+//! Opening connections: file creation, pragmas, and a fine-grained busy handler.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::error::SqliteError;
+use super::{Config, Location};
+
+thread_local! {
+    /// The busy timeout of the connection owned by this thread, and when its current wait began.
+    static BUSY: Cell<(Duration, Option<Instant>)> = const { Cell::new((Duration::ZERO, None)) };
+}
+
+/// SQLite's own busy handler sleeps in steps of whole milliseconds, which puts millisecond tails
+/// on every contended write. This one yields, then sleeps 20 µs, doubling up to 1 ms, until the
+/// thread's busy timeout runs out. Each connection lives on one thread, so the timeout is a
+/// thread-local.
+fn busy_handler(attempt: i32) -> bool {
+    BUSY.with(|busy| {
+        let (timeout, started) = busy.get();
+        let now = Instant::now();
+        let started = match started {
+            Some(started) if attempt > 0 => started,
+            _ => now,
+        };
+        busy.set((timeout, Some(started)));
+        if now.duration_since(started) >= timeout {
+            return false;
+        }
+        if attempt < 3 {
+            std::thread::yield_now();
+        } else {
+            let shift = (attempt - 3).min(6) as u32;
+            std::thread::sleep(Duration::from_micros(20u64 << shift).min(Duration::from_millis(1)));
+        }
+        true
+    })
+}
+
+#[cfg(unix)]
+fn create_owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_owner_only(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens one connection, configured for concurrent use by several threads and processes.
+///
+/// Must be called on the thread that will own the connection (the busy timeout is per thread).
+pub(super) fn open(location: &Location, config: &Config) -> Result<Connection, SqliteError> {
+    BUSY.with(|busy| busy.set((config.busy_timeout, None)));
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let path = location.path();
+    let conn = match location {
+        Location::File(path) => {
+            // SQLite creates its -wal and -shm files with the database file's permissions.
+            create_owner_only(path).map_err(|e| SqliteError::Open {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+            Connection::open_with_flags(path, flags)
+        }
+        Location::Memory(name) => {
+            Connection::open_with_flags(format!("file:/{name}?vfs=memdb"), flags)
+        }
+    }
+    .map_err(|e| SqliteError::from(e).refine(path, config.busy_timeout))?;
+    let mut conn = conn;
+    configure(&mut conn, location, config).map_err(|e| e.refine(path, config.busy_timeout))?;
+    Ok(conn)
+}
+
+fn configure(
+    conn: &mut Connection,
+    location: &Location,
+    config: &Config,
+) -> Result<(), SqliteError> {
+    conn.busy_handler(Some(busy_handler))?;
+    // Reading the schema fails at once on a file that is not a database.
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+    if conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Err(SqliteError::ReadOnly {
+            path: location.path().to_path_buf(),
+        });
+    }
+    if let (Some(page_size), Location::File(_)) = (config.page_size, location) {
+        // Takes effect only on a new, empty file.
+        conn.pragma_update(None, "page_size", page_size)?;
+    }
+    if let Location::File(_) = location {
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(SqliteError::Sqlite(rusqlite::Error::InvalidParameterName(
+                format!("journal_mode stayed {mode}; WAL is required for concurrent use"),
+            )));
+        }
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA wal_autocheckpoint = 0;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Runs a passive checkpoint: copies what it can from the WAL into the database without waiting
+/// for readers or writers. Automatic checkpoints are off on every connection so that no request
+/// ever pays for one.
+pub(super) fn checkpoint(conn: &Connection) {
+    if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::debug!(%error, "passive wal checkpoint did not run");
+    }
+}

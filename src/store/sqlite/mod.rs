@@ -1,0 +1,537 @@
+//! The embedded SQLite backend: one file for every store and every process on a machine.
+//!
+//! [`SqliteStore`] owns the file. It opens it in WAL mode with `synchronous=NORMAL`, a busy
+//! timeout and owner-only permissions (0600, inherited by the `-wal` and `-shm` files), applies the
+//! schema migrations every compiled-in store needs (see the `schema` notes below), and runs all
+//! SQLite work on threads of its own:
+//!
+//! * a small pool of connections (two by default) runs [`call`](SqliteStore::call) jobs: reads,
+//!   and writes that must be committed before the request goes on (a rate-limit admission);
+//! * one writer thread commits deferred writes in batches (write-behind): see
+//!   [`defer`](SqliteStore::defer), [`flush`](SqliteStore::flush) and [`close`](SqliteStore::close).
+//!
+//! The async runtime only ever waits on a channel. Several processes may open the same file at
+//! once; locks are waited for with a fine-grained busy handler (no millisecond sleeps), and WAL
+//! checkpoints run passively on the writer thread, never on a request.
+//!
+//! # Schema
+//!
+//! Each part of courteous that keeps tables here has its own numbered list of migrations, recorded
+//! per part in the `courteous_schema` table. Opening a file made by an older version upgrades it in
+//! place, in one transaction; a file made by a newer version is refused with
+//! [`SqliteError::SchemaTooNew`].
+//!
+//! # Your own tables
+//!
+//! [`call`](SqliteStore::call) and [`defer`](SqliteStore::defer) hand you a
+//! [`rusqlite::Connection`] on a store thread, so an application can keep its own tables in the
+//! same file, on the same threads. The `rusqlite` version is re-exported as
+//! [`courteous::store::sqlite::rusqlite`](rusqlite).
+//!
+//! # Note on dropping
+//!
+//! Dropping the last handle makes the writer commit what is pending and stop, but nothing waits for
+//! it; a process that is about to exit should `close().await` (or `flush().await`) first.
+//!
+//! # Example
+//!
+//! ```
+//! use courteous::store::sqlite::SqliteStore;
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), courteous::store::sqlite::SqliteError> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::builder(dir.path().join("courteous.db"))
+//!     .busy_timeout(Duration::from_secs(5))
+//!     .flush_interval(Duration::from_millis(50))
+//!     .open()
+//!     .await?;
+//!
+//! store
+//!     .call(|conn| {
+//!         conn.execute_batch("CREATE TABLE IF NOT EXISTS visits (url TEXT NOT NULL)")?;
+//!         Ok(())
+//!     })
+//!     .await?;
+//! store.defer(|conn| conn.execute("INSERT INTO visits VALUES ('/a')", []).map(drop))?;
+//! store.flush().await?;
+//! let n: i64 = store
+//!     .call(|conn| Ok(conn.query_row("SELECT count(*) FROM visits", [], |r| r.get(0))?))
+//!     .await?;
+//! assert_eq!(n, 1);
+//! store.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod conn;
+mod error;
+pub(crate) mod schema;
+mod writer;
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+pub use rusqlite;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+pub use error::SqliteError;
+pub use writer::DeferredWrite;
+
+use writer::{Message, Writer};
+
+/// Where the database lives.
+#[derive(Debug, Clone)]
+pub(crate) enum Location {
+    File(PathBuf),
+    /// An in-memory database shared by the store's connections (SQLite's `memdb` VFS).
+    Memory(String),
+}
+
+impl Location {
+    fn new(path: &Path) -> Self {
+        if path.as_os_str() == ":memory:" {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            Location::Memory(format!("courteous-{}-{n}", std::process::id()))
+        } else {
+            Location::File(path.to_path_buf())
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            Location::File(path) => path,
+            Location::Memory(_) => Path::new(":memory:"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) busy_timeout: Duration,
+    pub(crate) workers: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) max_batch: usize,
+    pub(crate) max_pending: usize,
+    pub(crate) page_size: Option<u32>,
+    pub(crate) checkpoint_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            busy_timeout: Duration::from_secs(5),
+            workers: 2,
+            flush_interval: Duration::from_millis(50),
+            max_batch: 1024,
+            max_pending: 100_000,
+            page_size: None,
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pending: AtomicU64,
+    committed: AtomicU64,
+    coalesced: AtomicU64,
+    batches: AtomicU64,
+    failed: AtomicU64,
+    failed_batches: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Counters of a [`SqliteStore`]'s write-behind writer, since it was opened in this process.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::sqlite::SqliteError> {
+/// let store = courteous::store::sqlite::SqliteStore::open(":memory:").await?;
+/// store.defer(|conn| conn.execute_batch("CREATE TABLE IF NOT EXISTS t (x)"))?;
+/// store.flush().await?;
+/// let stats = store.stats();
+/// assert_eq!((stats.committed, stats.pending), (1, 0));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SqliteStats {
+    /// Deferred writes queued and not yet committed.
+    pub pending: u64,
+    /// Deferred writes committed.
+    pub committed: u64,
+    /// Deferred writes replaced by a later write with the same key before they were committed.
+    pub coalesced: u64,
+    /// Transactions the writer committed.
+    pub batches: u64,
+    /// Deferred writes that failed on their own and were dropped (their error was logged).
+    pub failed: u64,
+    /// Batches the database refused as a whole and that were kept for a retry.
+    pub failed_batches: u64,
+    /// Deferred writes dropped because the queue was full.
+    pub dropped: u64,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
+
+struct Shared {
+    location: Location,
+    config: Config,
+    counters: Arc<Counters>,
+    jobs: RwLock<Option<Sender<Job>>>,
+    writer: Mutex<Option<Sender<Message>>>,
+}
+
+/// A SQLite database file shared by every courteous store and process on a machine.
+///
+/// Cheap to clone: clones share the file, the threads and the queue. See the
+/// [module documentation](self) for what it does and the example.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.shared.location.path())
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for opening a [`SqliteStore`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::store::sqlite::SqliteStore;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::sqlite::SqliteError> {
+/// let store = SqliteStore::builder(":memory:")
+///     .workers(1)
+///     .max_batch(256)
+///     .open()
+///     .await?;
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SqliteStoreBuilder {
+    path: PathBuf,
+    config: Config,
+}
+
+impl SqliteStoreBuilder {
+    /// How long a statement waits for another connection's lock before failing with
+    /// [`SqliteError::Busy`] (default 5 s). Waiting starts with yields and 20 µs sleeps, not
+    /// SQLite's millisecond steps.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.config.busy_timeout = timeout;
+        self
+    }
+
+    /// Connections (and threads) for [`SqliteStore::call`] (default 2, at least 1).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers.max(1);
+        self
+    }
+
+    /// How long a deferred write may wait before it is committed (default 50 ms).
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.config.flush_interval = interval;
+        self
+    }
+
+    /// Commit as soon as this many deferred writes are pending (default 1024, at least 1).
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.config.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// How many deferred writes may wait while the database refuses them before the oldest are
+    /// dropped, and before [`SqliteStore::defer`] refuses new ones with
+    /// [`SqliteError::Backlog`] (default 100,000).
+    pub fn max_pending(mut self, max_pending: usize) -> Self {
+        self.config.max_pending = max_pending.max(1);
+        self
+    }
+
+    /// The page size of a new file (SQLite's default is 4096). Larger pages make reads of large
+    /// blobs (cached bodies) faster; an existing file keeps its page size.
+    pub fn page_size(mut self, bytes: u32) -> Self {
+        self.config.page_size = Some(bytes);
+        self
+    }
+
+    /// How often the writer runs a passive WAL checkpoint (default 1 s).
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.config.checkpoint_interval = interval;
+        self
+    }
+
+    /// Opens (creating if needed) and migrates the database.
+    pub async fn open(self) -> Result<SqliteStore, SqliteError> {
+        SqliteStore::start(Location::new(&self.path), self.config).await
+    }
+}
+
+fn spawn_thread(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), SqliteError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| SqliteError::Open {
+            path: PathBuf::from("<thread>"),
+            source: Box::new(e),
+        })
+}
+
+impl SqliteStore {
+    /// Opens the database at `path` with the default options; `":memory:"` makes a private
+    /// in-memory database (shared by this store's connections, gone when it closes).
+    ///
+    /// # Errors
+    ///
+    /// [`SqliteError::Open`] when the file cannot be created or opened,
+    /// [`SqliteError::ReadOnly`], [`SqliteError::NotADatabase`], [`SqliteError::Corrupt`],
+    /// [`SqliteError::SchemaTooNew`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, SqliteError> {
+        Self::builder(path).open().await
+    }
+
+    /// Options for opening the database at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            path: path.as_ref().to_path_buf(),
+            config: Config::default(),
+        }
+    }
+
+    async fn start(location: Location, config: Config) -> Result<Self, SqliteError> {
+        let counters = Arc::new(Counters::default());
+        let thread_tag = match &location {
+            Location::File(path) => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            Location::Memory(_) => "memory".to_owned(),
+        };
+
+        // The writer opens first and migrates the schema; the workers open after it.
+        let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Message>(config.max_pending);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        {
+            let (location, config, counters) = (location.clone(), config.clone(), counters.clone());
+            spawn_thread(format!("courteous-sqlite-writer-{thread_tag}"), move || {
+                let opened = conn::open(&location, &config).and_then(|mut conn| {
+                    schema::migrate(&mut conn, location.path(), schema::COMPONENTS)
+                        .map_err(|e| e.refine(location.path(), config.busy_timeout))?;
+                    Ok(conn)
+                });
+                match opened {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        Writer::new(conn, location, config, counters).run(writer_rx);
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                    }
+                }
+            })?;
+        }
+        ready_rx.await.map_err(|_| SqliteError::Panicked)??;
+
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
+        let mut ready = Vec::with_capacity(config.workers);
+        for i in 0..config.workers {
+            let (location, config, jobs) = (location.clone(), config.clone(), jobs_rx.clone());
+            let (ready_tx, ready_rx) = oneshot::channel();
+            ready.push(ready_rx);
+            spawn_thread(
+                format!("courteous-sqlite-{i}-{thread_tag}"),
+                move || match conn::open(&location, &config) {
+                    Ok(mut conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        for job in jobs {
+                            job(&mut conn);
+                        }
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                    }
+                },
+            )?;
+        }
+        let store = SqliteStore {
+            shared: Arc::new(Shared {
+                location,
+                config,
+                counters,
+                jobs: RwLock::new(Some(jobs_tx)),
+                writer: Mutex::new(Some(writer_tx)),
+            }),
+        };
+        for ready in ready {
+            ready.await.map_err(|_| SqliteError::Panicked)??;
+        }
+        Ok(store)
+    }
+
+    /// The database file (`":memory:"` for an in-memory database).
+    pub fn path(&self) -> &Path {
+        self.shared.location.path()
+    }
+
+    /// Runs `f` with a connection on one of the store's threads and returns its result.
+    ///
+    /// Use it for reads and for writes that must be committed before the caller goes on; wrap
+    /// several statements in a transaction (`conn.transaction_with_behavior(Immediate)`) to make
+    /// them atomic. Generic SQLite errors come back as the typed [`SqliteError`] variant their
+    /// code stands for (busy, read-only, corrupt...).
+    ///
+    /// If the returned future is dropped before a thread picks the job up, the job is skipped: a
+    /// cancelled caller leaves nothing behind. If `f` panics, its open transaction is rolled back
+    /// and the call fails with [`SqliteError::Panicked`].
+    pub async fn call<F, R>(&self, f: F) -> Result<R, SqliteError>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, SqliteError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            if reply.is_closed() {
+                return;
+            }
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)));
+            if !conn.is_autocommit() {
+                // A job that returned or panicked inside a transaction leaves nothing open.
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            let _ = reply.send(outcome.unwrap_or(Err(SqliteError::Panicked)));
+        });
+        {
+            let jobs = self.shared.jobs.read().unwrap_or_else(|e| e.into_inner());
+            let sender = jobs.as_ref().ok_or(SqliteError::Closed)?;
+            sender.send(job).map_err(|_| SqliteError::Closed)?;
+        }
+        let config = &self.shared.config;
+        result
+            .await
+            .map_err(|_| SqliteError::Closed)?
+            .map_err(|e| e.refine(self.path(), config.busy_timeout))
+    }
+
+    /// Queues a write for the write-behind writer, which commits it with others in one
+    /// transaction within the flush interval. See [`defer_keyed`](Self::defer_keyed) for writes
+    /// that supersede each other.
+    ///
+    /// # Errors
+    ///
+    /// [`SqliteError::Closed`] after [`close`](Self::close); [`SqliteError::Backlog`] when the
+    /// queue is full because the database has refused writes for a long time.
+    pub fn defer<F>(&self, write: F) -> Result<(), SqliteError>
+    where
+        F: Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    {
+        self.send_write(None, Box::new(write))
+    }
+
+    /// Like [`defer`](Self::defer), but a pending write with the same `key` is replaced by this
+    /// one instead of running too (last write wins).
+    pub fn defer_keyed<F>(&self, key: impl Into<Box<[u8]>>, write: F) -> Result<(), SqliteError>
+    where
+        F: Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    {
+        self.send_write(Some(key.into()), Box::new(write))
+    }
+
+    fn send_write(&self, key: Option<Box<[u8]>>, write: DeferredWrite) -> Result<(), SqliteError> {
+        let writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = writer.as_ref().ok_or(SqliteError::Closed)?;
+        match sender.try_send(Message::Write { key, write }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(SqliteError::Backlog {
+                path: self.path().to_path_buf(),
+                capacity: self.shared.config.max_pending,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(SqliteError::Closed),
+        }
+    }
+
+    /// Commits every write deferred before this call.
+    ///
+    /// # Errors
+    ///
+    /// The error of the commit when the database refused it; the writes stay queued and are
+    /// retried.
+    pub async fn flush(&self) -> Result<(), SqliteError> {
+        let (reply, result) = oneshot::channel();
+        {
+            let writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let sender = writer.as_ref().ok_or(SqliteError::Closed)?;
+            sender
+                .send(Message::Flush(reply))
+                .map_err(|_| SqliteError::Closed)?;
+        }
+        result.await.map_err(|_| SqliteError::Closed)?
+    }
+
+    /// Commits what is pending, runs a last checkpoint and stops the store's threads. Every
+    /// clone is closed; later calls fail with [`SqliteError::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// The error of the last commit, if the database refused it (the writes it held are lost).
+    pub async fn close(&self) -> Result<(), SqliteError> {
+        let writer = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.shared
+            .jobs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(writer) = writer else {
+            return Ok(());
+        };
+        let (reply, result) = oneshot::channel();
+        writer
+            .send(Message::Close(reply))
+            .map_err(|_| SqliteError::Closed)?;
+        result.await.map_err(|_| SqliteError::Closed)?
+    }
+
+    /// The write-behind writer's counters.
+    pub fn stats(&self) -> SqliteStats {
+        let c = &self.shared.counters;
+        SqliteStats {
+            pending: c.pending.load(Ordering::Relaxed),
+            committed: c.committed.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            failed_batches: c.failed_batches.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+        }
+    }
+}

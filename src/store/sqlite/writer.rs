@@ -1,0 +1,269 @@
+//! The write-behind writer: one thread that commits deferred writes in batches.
+//!
+//! Writes that need not be visible at once (cache puts, statistics, expiry cleanup) are queued
+//! with [`SqliteStore::defer`](super::SqliteStore::defer) and committed by this thread, many to a
+//! transaction: after `flush_interval`, when `max_batch` are pending, on `flush()`, and when the
+//! store closes or its last handle is dropped. A keyed write replaces a pending write with the same
+//! key (last write wins), the way a counter buffer merges increments. Each write runs in its own
+//! savepoint: one that fails (a constraint, say) is dropped and counted without taking the batch
+//! down. When the database as a whole refuses the batch (busy past the timeout, read-only, full)
+//! the batch is kept and retried with back-off; nothing is lost unless the queue overflows, which
+//! the caller is told about at once.
+//!
+//! The same thread runs passive WAL checkpoints, so no request ever pays for one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::error::SqliteError;
+use super::{Config, Counters, Location, conn};
+
+/// A deferred write. It may run more than once (a batch that failed as a whole is retried), so
+/// it is `Fn`, and must be idempotent in effect when retried after a rollback (which it is:
+/// a rolled-back attempt left nothing behind).
+pub type DeferredWrite = Box<dyn Fn(&Connection) -> rusqlite::Result<()> + Send + 'static>;
+
+pub(super) enum Message {
+    Write {
+        key: Option<Box<[u8]>>,
+        write: DeferredWrite,
+    },
+    Flush(oneshot::Sender<Result<(), SqliteError>>),
+    Close(oneshot::Sender<Result<(), SqliteError>>),
+}
+
+#[derive(Default)]
+struct Pending {
+    writes: Vec<Option<DeferredWrite>>,
+    keys: HashMap<Box<[u8]>, usize>,
+    live: usize,
+    oldest: Option<Instant>,
+}
+
+impl Pending {
+    fn push(&mut self, key: Option<Box<[u8]>>, write: DeferredWrite) -> bool {
+        self.oldest.get_or_insert_with(Instant::now);
+        if let Some(key) = key {
+            if let Some(&index) = self.keys.get(&key) {
+                self.writes[index] = Some(write);
+                return true;
+            }
+            self.keys.insert(key, self.writes.len());
+        }
+        self.writes.push(Some(write));
+        self.live += 1;
+        false
+    }
+
+    /// Drops the oldest pending write; returns whether there was one.
+    fn drop_oldest(&mut self) -> bool {
+        let Some(index) = self.writes.iter().position(Option::is_some) else {
+            return false;
+        };
+        self.writes[index] = None;
+        self.keys.retain(|_, i| *i != index);
+        self.live -= 1;
+        true
+    }
+
+    fn clear(&mut self) {
+        self.writes.clear();
+        self.keys.clear();
+        self.live = 0;
+        self.oldest = None;
+    }
+}
+
+pub(super) struct Writer {
+    conn: Connection,
+    location: Location,
+    config: Config,
+    counters: Arc<Counters>,
+    pending: Pending,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    last_checkpoint: Instant,
+    dirty: bool,
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        location: Location,
+        config: Config,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Writer {
+            conn,
+            location,
+            config,
+            counters,
+            pending: Pending::default(),
+            retry_at: None,
+            backoff: Duration::from_millis(10),
+            last_checkpoint: Instant::now(),
+            dirty: false,
+        }
+    }
+
+    pub(super) fn run(mut self, messages: Receiver<Message>) {
+        loop {
+            let deadline = self.next_deadline();
+            match messages.recv_deadline(deadline) {
+                Ok(Message::Write { key, write }) => {
+                    let replaced = self.pending.push(key, write);
+                    if replaced {
+                        self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.counters.pending.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.enforce_capacity();
+                    if self.pending.live >= self.config.max_batch && self.retry_due() {
+                        let _ = self.commit();
+                    }
+                }
+                Ok(Message::Flush(reply)) => {
+                    let _ = reply.send(self.commit());
+                }
+                Ok(Message::Close(reply)) => {
+                    let result = self.commit();
+                    self.checkpoint();
+                    let _ = reply.send(result);
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.pending.live > 0
+                        && self.retry_due()
+                        && self
+                            .pending
+                            .oldest
+                            .is_some_and(|t| t.elapsed() >= self.config.flush_interval)
+                    {
+                        let _ = self.commit();
+                    }
+                    if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+                        self.checkpoint();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Every handle is gone: a last flush, retried a few times.
+                    for _ in 0..5 {
+                        if self.commit().is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(self.backoff);
+                    }
+                    self.checkpoint();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn retry_due(&self) -> bool {
+        self.retry_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let checkpoint = self.last_checkpoint + self.config.checkpoint_interval;
+        let Some(oldest) = self.pending.oldest else {
+            return checkpoint;
+        };
+        let mut flush = oldest + self.config.flush_interval;
+        if let Some(retry) = self.retry_at {
+            flush = flush.max(retry);
+        }
+        flush.min(checkpoint)
+    }
+
+    fn enforce_capacity(&mut self) {
+        while self.pending.live > self.config.max_pending {
+            if !self.pending.drop_oldest() {
+                break;
+            }
+            self.counters.pending.fetch_sub(1, Ordering::Relaxed);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                path = %self.location.path().display(),
+                "sqlite write-behind queue full: dropped the oldest deferred write"
+            );
+        }
+    }
+
+    /// Commits every pending write in one transaction.
+    fn commit(&mut self) -> Result<(), SqliteError> {
+        if self.pending.live == 0 {
+            self.pending.clear();
+            return Ok(());
+        }
+        let result = Self::run_batch(&mut self.conn, &self.pending.writes);
+        match result {
+            Ok(failed) => {
+                let n = self.pending.live as u64;
+                self.counters
+                    .committed
+                    .fetch_add(n - failed, Ordering::Relaxed);
+                self.counters.failed.fetch_add(failed, Ordering::Relaxed);
+                self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                self.counters.pending.fetch_sub(n, Ordering::Relaxed);
+                self.pending.clear();
+                self.retry_at = None;
+                self.backoff = Duration::from_millis(10);
+                self.dirty = true;
+                Ok(())
+            }
+            Err(error) => {
+                let error =
+                    SqliteError::from(error).refine(self.location.path(), self.config.busy_timeout);
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    path = %self.location.path().display(),
+                    code = error.code(),
+                    %error,
+                    pending = self.pending.live,
+                    retry_in = ?self.backoff,
+                    "sqlite write-behind batch not committed; kept for retry"
+                );
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                Err(error)
+            }
+        }
+    }
+
+    fn run_batch(conn: &mut Connection, writes: &[Option<DeferredWrite>]) -> rusqlite::Result<u64> {
+        let mut failed = 0;
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for write in writes.iter().flatten() {
+            let savepoint = tx.savepoint()?;
+            match write(&savepoint) {
+                Ok(()) => savepoint.commit()?,
+                Err(error) if SqliteError::is_transient_code(&error) => return Err(error),
+                Err(error) => {
+                    // This write alone is at fault: drop it, keep the batch.
+                    drop(savepoint);
+                    failed += 1;
+                    tracing::warn!(%error, "deferred sqlite write failed and was dropped");
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(failed)
+    }
+
+    fn checkpoint(&mut self) {
+        if self.dirty || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+            if let Location::File(_) = self.location {
+                conn::checkpoint(&self.conn);
+            }
+            self.dirty = false;
+        }
+        self.last_checkpoint = Instant::now();
+    }
+}

@@ -1,0 +1,106 @@
+//! The transport adapter: a `tower::Service<http::Request<_>>` over any `reqwest::Client`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tower::Service;
+
+/// The URL a response finally came from (after redirects), kept so that the
+/// `reqwest-middleware` path can hand it back on `reqwest::Response::url`.
+#[derive(Debug, Clone)]
+pub(crate) struct FinalUrl(pub(crate) reqwest::Url);
+
+/// A [`tower::Service`] that sends `http::Request`s with a `reqwest::Client`.
+///
+/// The request is converted to a `reqwest::Request` at the edge, keeping its extensions, and the
+/// `reqwest::Response` back to an `http::Response<reqwest::Body>` whose body streams. The client is
+/// always ready, so the adapter never applies back-pressure of its own; clones share the client's
+/// connection pool.
+///
+/// # Example
+///
+/// ```
+/// use courteous::{ContextLayer, HttpClient};
+/// use tower::ServiceBuilder;
+///
+/// let client = reqwest::Client::builder()
+///     .timeout(std::time::Duration::from_secs(30))
+///     .build()
+///     .unwrap();
+/// let service = ServiceBuilder::new()
+///     .layer(ContextLayer::new())
+///     .service(HttpClient::new(client));
+/// # let _ = service;
+/// ```
+#[derive(Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+}
+
+impl HttpClient {
+    /// Sends requests with `client`.
+    pub const fn new(client: reqwest::Client) -> Self {
+        HttpClient { client }
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient").finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<http::Request<B>> for HttpClient
+where
+    B: Into<reqwest::Body>,
+{
+    type Response = http::Response<reqwest::Body>;
+    type Error = reqwest::Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let client = self.client.clone();
+        let request = reqwest::Request::try_from(request);
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let response = client.execute(request?).await?;
+                let url = FinalUrl(response.url().clone());
+                let mut response = http::Response::from(response);
+                response.extensions_mut().insert(url);
+                Ok(response)
+            }),
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The response future of [`HttpClient`].
+pub struct ResponseFuture {
+    inner: BoxFuture<Result<http::Response<reqwest::Body>, reqwest::Error>>,
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<reqwest::Body>, reqwest::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
