@@ -278,7 +278,8 @@ impl PrefixTable {
         let resource = Resource::new(resource)
             .unwrap_or_else(|| panic!("PrefixTable::route: the resource name must not be empty"));
         self.routes.push((prefix.into(), resource));
-        self.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.routes
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         self
     }
 
