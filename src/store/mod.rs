@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | memory | tests, one process | the clones of one layer |
 //! | [`sqlite`] | the embedded default | every process on one machine that opens the file |
+//! | `redis` (feature `redis`) | fleets of machines | every process that uses the same Redis and prefix |
 //!
 //! The SQLite backend keeps every store's tables in one file, opened once as a
 //! [`SqliteStore`](sqlite::SqliteStore) and shared by all stores and processes.
@@ -27,6 +28,8 @@
 
 use crate::error::BoxError;
 
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -1,8 +1,10 @@
 //! Shared helpers for the integration tests: a local HTTP server that counts what it is asked,
 //! temporary SQLite files, and child processes.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unused_imports, unreachable_pub)]
 
 pub mod child;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod server;
 
 pub use server::TestServer;

@@ -1,0 +1,329 @@
+//! The Redis backend: the same stores for fleets of machines.
+//!
+//! A SQLite file can be shared by the processes of one machine; when an application runs on several
+//! machines, [`RedisStore`] takes its place. One `RedisStore` (a URL, a key prefix, timeouts) is
+//! shared by the cache, dedupe and rate-limit stores built from it.
+//!
+//! The connection is made lazily and re-made after failures by a `redis` connection manager, so an
+//! application starts, and keeps serving, while Redis is down: every operation is bounded by the
+//! operation timeout and fails with a typed [`RedisError`], which the layers treat as their
+//! configuration says (the cache and dedupe layers pass through; the rate limiter fails closed by
+//! default).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use courteous::store::redis::RedisStore;
+//! use std::time::Duration;
+//!
+//! # async fn run() -> Result<(), courteous::store::redis::RedisError> {
+//! let redis = RedisStore::builder("redis://127.0.0.1:6379/")
+//!     .prefix("myapp:courteous")
+//!     .operation_timeout(Duration::from_millis(250))
+//!     .connect()?;
+//! redis.ping().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, Value};
+
+use crate::store::{StoreError, StoreErrorKind};
+
+/// A failure of the Redis backend.
+///
+/// # Example
+///
+/// ```
+/// use courteous::store::redis::RedisStore;
+///
+/// let err = RedisStore::connect("http://not-redis/").unwrap_err();
+/// assert_eq!(err.code(), "redis_invalid_url");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisError {
+    /// The URL could not be parsed.
+    #[error("invalid redis url: {source}; expected redis://host:port/db")]
+    InvalidUrl {
+        /// Why.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis did not answer within the operation timeout.
+    #[error("redis did not answer {operation} within {after:?}; is it running and reachable?")]
+    Timeout {
+        /// What was attempted.
+        operation: &'static str,
+        /// The timeout that ran out.
+        after: Duration,
+    },
+    /// Redis could not be reached, or the connection broke.
+    #[error("redis is unreachable during {operation}: {source}")]
+    Unavailable {
+        /// What was attempted.
+        operation: &'static str,
+        /// Why.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis answered with an error (a script error, a wrong type...).
+    #[error("redis refused {operation}: {source}")]
+    Command {
+        /// What was attempted.
+        operation: &'static str,
+        /// The server's error.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+impl RedisError {
+    /// A short, stable code for logs.
+    pub const fn code(&self) -> &'static str {
+        match self {
+            RedisError::InvalidUrl { .. } => "redis_invalid_url",
+            RedisError::Timeout { .. } => "redis_timeout",
+            RedisError::Unavailable { .. } => "redis_unavailable",
+            RedisError::Command { .. } => "redis_command",
+        }
+    }
+
+    /// Redis could not be reached in time (unreachable or slow).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            RedisError::Timeout { .. } | RedisError::Unavailable { .. }
+        )
+    }
+
+    fn from_redis(operation: &'static str, source: redis::RedisError) -> Self {
+        if source.is_io_error()
+            || source.is_connection_dropped()
+            || source.is_connection_refusal()
+            || source.is_timeout()
+        {
+            RedisError::Unavailable { operation, source }
+        } else {
+            RedisError::Command { operation, source }
+        }
+    }
+}
+
+impl From<RedisError> for StoreError {
+    fn from(error: RedisError) -> Self {
+        let kind = match &error {
+            RedisError::InvalidUrl { .. } | RedisError::Unavailable { .. } => {
+                StoreErrorKind::Unavailable
+            }
+            RedisError::Timeout { .. } => StoreErrorKind::Busy,
+            RedisError::Command { .. } => StoreErrorKind::Other,
+        };
+        StoreError::new("redis", kind, error)
+    }
+}
+
+struct Inner {
+    client: redis::Client,
+    manager: ConnectionManager,
+    prefix: String,
+    operation_timeout: Duration,
+}
+
+/// A Redis server shared by the cache, dedupe and rate-limit stores of every machine.
+///
+/// Cheap to clone; clones share one multiplexed connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("operation_timeout", &self.inner.operation_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for a [`RedisStore`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::store::redis::RedisStore;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+///     .prefix("tests")
+///     .connect_timeout(Duration::from_millis(200))
+///     .connect()
+///     .unwrap();
+/// assert_eq!(store.prefix(), "tests");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    connect_timeout: Duration,
+    operation_timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// The namespace of every key (default `courteous`); keys are `{prefix}:{store}:...`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one connection attempt may take (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one operation may take, connection included, before it fails with
+    /// [`RedisError::Timeout`] (default 1 s).
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// Creates the store. The connection is made on first use (and re-made after failures), so
+    /// this succeeds while Redis is down; use [`RedisStore::ping`] to check it.
+    ///
+    /// Must be called within a Tokio runtime.
+    pub fn connect(self) -> Result<RedisStore, RedisError> {
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|source| RedisError::InvalidUrl { source })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.operation_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|source| RedisError::from_redis("connect", source))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                manager,
+                prefix: self.prefix,
+                operation_timeout: self.operation_timeout,
+            }),
+        })
+    }
+}
+
+impl RedisStore {
+    /// Options for the Redis server at `url` (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: "courteous".to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            operation_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The store for `url` with the default options.
+    pub fn connect(url: impl Into<String>) -> Result<RedisStore, RedisError> {
+        Self::builder(url).connect()
+    }
+
+    /// The key namespace.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Checks that Redis answers within the operation timeout.
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let pong: String = self.query("ping", redis::cmd("PING")).await?;
+        debug_assert_eq!(pong, "PONG");
+        Ok(())
+    }
+
+    /// The server's clock, which every machine agrees on.
+    pub async fn server_time(&self) -> Result<SystemTime, RedisError> {
+        let (secs, micros): (u64, u64) = self.query("time", redis::cmd("TIME")).await?;
+        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
+    }
+
+    /// `{prefix}:{part}`.
+    pub(crate) fn key(&self, part: impl fmt::Display) -> String {
+        format!("{}:{part}", self.inner.prefix)
+    }
+
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.inner.client
+    }
+
+    pub(crate) fn operation_timeout(&self) -> Duration {
+        self.inner.operation_timeout
+    }
+
+    /// Runs one command, bounded by the operation timeout.
+    pub(crate) async fn query<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        cmd: impl std::borrow::Borrow<redis::Cmd>,
+    ) -> Result<T, RedisError> {
+        let mut conn = self.inner.manager.clone();
+        let value: Value = self
+            .bounded(operation, async move {
+                cmd.borrow().query_async(&mut conn).await
+            })
+            .await?;
+        T::from_redis_value(value).map_err(|source| RedisError::Command {
+            operation,
+            source: source.into(),
+        })
+    }
+
+    /// Runs a pipeline atomically (`MULTI`/`EXEC`), bounded by the operation timeout.
+    pub(crate) async fn pipe<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        let mut conn = self.inner.manager.clone();
+        self.bounded(operation, async move { pipe.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs a Lua script (by SHA, loading it when Redis does not know it yet), bounded by the
+    /// operation timeout.
+    pub(crate) async fn script<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
+        let mut conn = self.inner.manager.clone();
+        self.bounded(operation, async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
+    }
+
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        future: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisError> {
+        let after = self.inner.operation_timeout;
+        match tokio::time::timeout(after, future).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(RedisError::from_redis(operation, source)),
+            Err(_) => Err(RedisError::Timeout { operation, after }),
+        }
+    }
+}
