@@ -68,10 +68,36 @@ fn create_owner_only(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Runs `attempt` again while it fails with [`SqliteError::Busy`], for up to `timeout`.
+///
+/// Some steps get `SQLITE_BUSY` at once, without the busy handler being asked: switching a new
+/// file to WAL while another process does the same, or reading the schema while another process
+/// is creating it. Those are retried here with a short back-off.
+pub(super) fn retry_busy<T>(
+    timeout: Duration,
+    mut attempt: impl FnMut() -> Result<T, SqliteError>,
+) -> Result<T, SqliteError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match attempt() {
+            Err(error) if error.is_busy() && started.elapsed() < timeout => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens one connection, configured for concurrent use by several threads and processes.
 ///
 /// Must be called on the thread that will own the connection (the busy timeout is per thread).
 pub(super) fn open(location: &Location, config: &Config) -> Result<Connection, SqliteError> {
+    retry_busy(config.busy_timeout, || open_once(location, config))
+}
+
+fn open_once(location: &Location, config: &Config) -> Result<Connection, SqliteError> {
     BUSY.with(|busy| busy.set((config.busy_timeout, None)));
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE

@@ -192,6 +192,8 @@ struct Shared {
     counters: Arc<Counters>,
     jobs: RwLock<Option<Sender<Job>>>,
     writer: Mutex<Option<Sender<Message>>>,
+    /// One per worker, resolved once its connection is closed.
+    workers_done: Mutex<Vec<oneshot::Receiver<()>>>,
 }
 
 /// A SQLite database file shared by every courteous store and process on a machine.
@@ -341,8 +343,10 @@ impl SqliteStore {
             let (location, config, counters) = (location.clone(), config.clone(), counters.clone());
             spawn_thread(format!("courteous-sqlite-writer-{thread_tag}"), move || {
                 let opened = conn::open(&location, &config).and_then(|mut conn| {
-                    schema::migrate(&mut conn, location.path(), schema::COMPONENTS)
-                        .map_err(|e| e.refine(location.path(), config.busy_timeout))?;
+                    conn::retry_busy(config.busy_timeout, || {
+                        schema::migrate(&mut conn, location.path(), schema::COMPONENTS)
+                            .map_err(|e| e.refine(location.path(), config.busy_timeout))
+                    })?;
                     Ok(conn)
                 });
                 match opened {
@@ -360,10 +364,13 @@ impl SqliteStore {
 
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
         let mut ready = Vec::with_capacity(config.workers);
+        let mut workers_done = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
             let (location, config, jobs) = (location.clone(), config.clone(), jobs_rx.clone());
             let (ready_tx, ready_rx) = oneshot::channel();
+            let (done_tx, done_rx) = oneshot::channel();
             ready.push(ready_rx);
+            workers_done.push(done_rx);
             spawn_thread(
                 format!("courteous-sqlite-{i}-{thread_tag}"),
                 move || match conn::open(&location, &config) {
@@ -372,6 +379,8 @@ impl SqliteStore {
                         for job in jobs {
                             job(&mut conn);
                         }
+                        drop(conn);
+                        let _ = done_tx.send(());
                     }
                     Err(error) => {
                         let _ = ready_tx.send(Err(error));
@@ -386,6 +395,7 @@ impl SqliteStore {
                 counters,
                 jobs: RwLock::new(Some(jobs_tx)),
                 writer: Mutex::new(Some(writer_tx)),
+                workers_done: Mutex::new(workers_done),
             }),
         };
         for ready in ready {
@@ -493,8 +503,9 @@ impl SqliteStore {
         result.await.map_err(|_| SqliteError::Closed)?
     }
 
-    /// Commits what is pending, runs a last checkpoint and stops the store's threads. Every
-    /// clone is closed; later calls fail with [`SqliteError::Closed`].
+    /// Commits what is pending, runs a last checkpoint and stops the store's threads, returning
+    /// once every connection of this store is closed. Every clone is closed; later calls fail
+    /// with [`SqliteError::Closed`].
     ///
     /// # Errors
     ///
@@ -518,7 +529,19 @@ impl SqliteStore {
         writer
             .send(Message::Close(reply))
             .map_err(|_| SqliteError::Closed)?;
-        result.await.map_err(|_| SqliteError::Closed)?
+        let result = result.await.map_err(|_| SqliteError::Closed)?;
+        let workers = std::mem::take(
+            &mut *self
+                .shared
+                .workers_done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for done in workers {
+            // Finishes the jobs queued before close, then closes its connection.
+            let _ = done.await;
+        }
+        result
     }
 
     /// The write-behind writer's counters.

@@ -134,6 +134,8 @@ impl Writer {
                 Ok(Message::Close(reply)) => {
                     let result = self.commit();
                     self.checkpoint();
+                    // Closed before answering, so that `close()` returns with the file at rest.
+                    drop(self);
                     let _ = reply.send(result);
                     return;
                 }
