@@ -77,6 +77,8 @@ pub mod transport;
 
 pub use body::ReplayableBody;
 pub use context::{ContextLayer, Priority, Report, RequestContext};
+#[cfg(feature = "sqlite")]
+pub use dedupe::SqliteDedupeStore;
 pub use dedupe::{DedupeLayer, DedupeRole, MemoryDedupeStore};
 pub use error::BoxError;
 pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};

@@ -92,6 +92,8 @@ use crate::error::BoxError;
 
 pub use layer::{DedupeLayer, OnTimeout};
 pub use service::Dedupe;
+#[cfg(feature = "sqlite")]
+pub use store::SqliteDedupeStore;
 pub use store::{
     Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, KeyStatus, Lead,
     MemoryDedupeStore, StoreFuture,

@@ -3,4 +3,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+#[cfg(feature = "sqlite")]
+mod cross;
 mod local;

@@ -22,7 +22,8 @@
 //!   own, coalesced, at most once per cleanup interval.
 
 mod memory;
-// SQLITE_MOD
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
 
 use std::fmt;
 use std::future::Future;
@@ -37,7 +38,8 @@ use crate::store::StoreError;
 use super::SharedResponse;
 
 pub use memory::MemoryDedupeStore;
-// SQLITE_USE
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteDedupeStore;
 
 /// The future returned by every [`DedupeStore`] method.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
