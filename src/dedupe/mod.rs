@@ -32,6 +32,18 @@
 //! unbuffered, and its followers make their own requests: memory stays bounded. Responses are
 //! `http::Response<reqwest::Body>`, as [`HttpClient`](crate::HttpClient) returns them.
 //!
+//! # Note on priority
+//!
+//! The key does not include the [`Priority`](crate::Priority): a `User` request that arrives
+//! while a `Background` request for the same key is in flight follows it, and so waits as long as
+//! the background request waits for the rate limiter below.
+//!
+//! # Note on `result_ttl`
+//!
+//! A result is kept for late followers: a request for the key that reaches the store within
+//! `result_ttl` of the leader's completion gets it ([`DedupeRole::CrossProcessFollower`]), in this
+//! process too. `Duration::ZERO` keeps nothing. Use the cache layer for anything longer.
+//!
 //! # Note on errors
 //!
 //! A failed leader's error is shared: the leader and its followers all get a

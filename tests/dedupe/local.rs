@@ -429,3 +429,30 @@ async fn a_result_is_served_to_late_followers_only_within_result_ttl() {
     assert_eq!(server.hits(), 2);
     assert!(body_of(after).await.contains(r#""n":2"#));
 }
+
+/// Through reqwest-middleware: concurrent identical `send()`s share one call, followers see their
+/// role in the response's report, and a follower's response keeps the final URL.
+#[cfg(feature = "middleware")]
+#[tokio::test]
+async fn through_reqwest_middleware_identical_sends_share_one_call() {
+    use courteous::{ContextLayer, Middleware};
+    let server = TestServer::start().await;
+    let stack = ServiceBuilder::new()
+        .layer(ContextLayer::new())
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()));
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(Middleware::new(stack))
+        .build();
+    let url = server.url("/api/volumes/?delay_ms=300");
+    let responses = join_all((0..20).map(|_| client.get(&url).send())).await;
+    assert_eq!(server.hits(), 1);
+    let mut followers = 0;
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.url().as_str(), url);
+        let report = response.extensions().get::<Report>().unwrap().clone();
+        followers += usize::from(report.dedupe == Some(DedupeRole::Follower));
+        assert!(response.text().await.unwrap().contains(r#""n":1"#));
+    }
+    assert_eq!(followers, 19);
+}
