@@ -153,11 +153,12 @@ impl Drop for StoreLease {
                 self.key.clone(),
                 std::mem::take(&mut self.owner),
             );
-            handle.spawn(async move {
+            let release = async move {
                 if let Err(error) = store.release(&key, &owner).await {
                     tracing::debug!(%error, "dedupe store could not release a lease; it will expire");
                 }
-            });
+            };
+            handle.spawn(tracing::Instrument::in_current_span(release));
         }
     }
 }

@@ -498,3 +498,78 @@ async fn expired_rows_are_cleaned_up_on_an_interval() {
     // And cleanup() sweeps on demand.
     assert_eq!(store.cleanup().await.unwrap(), 0);
 }
+
+/// Over two handles on one file: a leader's error reaches the follower on the other handle as
+/// its message, and a body over the limit sends that follower upstream on its own.
+#[tokio::test]
+async fn a_leaders_error_and_an_oversized_body_reach_followers_through_the_store() {
+    use courteous::BoxError;
+    use courteous::dedupe::{BypassReason, DedupeError};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (_dir, path) = temp_db();
+    let (one, two) = (
+        SqliteStore::open(&path).await.unwrap(),
+        SqliteStore::open(&path).await.unwrap(),
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let calls = calls.clone();
+        tower::service_fn(move |req: http::Request<reqwest::Body>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if req.uri().path() == "/fails" {
+                    return Err::<http::Response<reqwest::Body>, BoxError>(
+                        "upstream said no".into(),
+                    );
+                }
+                Ok(http::Response::new(reqwest::Body::from(vec![b'x'; 5000])))
+            }
+        })
+    };
+    let client = |store: &SqliteStore| {
+        ServiceBuilder::new()
+            .layer(DedupeLayer::new(store.dedupe()).max_body(1000))
+            .service(upstream.clone())
+    };
+    let (a, b) = (client(&one), client(&two));
+
+    let leader = tokio::spawn(a.clone().oneshot(get("http://h/fails")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let error = b.clone().oneshot(get("http://h/fails")).await.unwrap_err();
+    let error = error.downcast_ref::<DedupeError>().unwrap();
+    assert!(
+        matches!(error, DedupeError::RemoteUpstream { message } if message.contains("upstream said no")),
+        "{error}"
+    );
+    assert_eq!(
+        leader
+            .await
+            .unwrap()
+            .unwrap_err()
+            .downcast_ref::<DedupeError>()
+            .unwrap()
+            .code(),
+        "dedupe_upstream"
+    );
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 1);
+
+    let leader = tokio::spawn(a.clone().oneshot(get("http://h/large")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let own = b.clone().oneshot(get("http://h/large")).await.unwrap();
+    assert_eq!(
+        Report::of(&own).unwrap().dedupe,
+        Some(DedupeRole::Bypassed(BypassReason::TooLarge))
+    );
+    assert_eq!(
+        own.into_body().collect().await.unwrap().to_bytes().len(),
+        5000
+    );
+    let led = leader.await.unwrap().unwrap();
+    assert_eq!(
+        led.into_body().collect().await.unwrap().to_bytes().len(),
+        5000
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
