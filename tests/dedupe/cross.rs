@@ -312,7 +312,8 @@ async fn a_leader_process_killed_mid_request_is_taken_over() {
 }
 
 /// Two layers over two handles on one file behave like two processes: a published result is
-/// served to a late follower within result_ttl, and never after.
+/// served to a late follower within result_ttl, and never after. Regression test for DESIGN.md §6
+/// defect 8 (completed jobs kept forever and served as a second, stale cache).
 #[tokio::test]
 async fn a_published_result_is_not_served_after_result_ttl() {
     let (server, _) = server(|_| Duration::ZERO).await;
@@ -367,7 +368,8 @@ async fn a_published_result_is_not_served_after_result_ttl() {
     assert_eq!(server.hits(), 2);
 }
 
-/// 2 handles × 50 tasks race to lead one key: exactly one wins (never check-then-insert).
+/// 2 handles × 50 tasks race to lead one key: exactly one wins. Regression test for DESIGN.md §6
+/// defect 3 (check-then-insert registration let two processes lead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taking_the_lead_is_atomic() {
     let (_dir, path) = temp_db();
