@@ -575,3 +575,58 @@ async fn a_leaders_error_and_an_oversized_body_reach_followers_through_the_store
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// A leader cancelled in one process gives its lease back at once: the follower on the other
+/// handle takes over long before the 30 s lease would have run out.
+#[tokio::test]
+async fn a_cancelled_leader_releases_its_lease_for_other_processes() {
+    use courteous::BoxError;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (_dir, path) = temp_db();
+    let (one, two) = (
+        SqliteStore::open(&path).await.unwrap(),
+        SqliteStore::open(&path).await.unwrap(),
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let calls = calls.clone();
+        tower::service_fn(move |_req: http::Request<reqwest::Body>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(http::Response::new(reqwest::Body::from(format!(
+                    "answer {n}"
+                ))))
+            }
+        })
+    };
+    let client = |store: &SqliteStore| {
+        ServiceBuilder::new()
+            .layer(DedupeLayer::new(store.dedupe()))
+            .service(upstream.clone())
+    };
+    let (a, b) = (client(&one), client(&two));
+    let leader = tokio::spawn(a.oneshot(get("http://h/x")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let follower = tokio::spawn(b.oneshot(get("http://h/x")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    leader.abort();
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), follower)
+        .await
+        .expect("the follower took over before the lease ran out")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        Report::of(&response).unwrap().dedupe,
+        Some(DedupeRole::Leader)
+    );
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "answer 2"
+    );
+}
