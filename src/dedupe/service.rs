@@ -292,7 +292,8 @@ where
                 DedupeCounters::add(&counters.bypassed, 1);
                 return own_request(inner, request, reason).await;
             }
-            Ok(Ok(Slot::Pending)) => unreachable!("wait_for returns a completed slot"),
+            // `wait_for` only returns completed slots; were it not so, joining again is safe.
+            Ok(Ok(Slot::Pending)) => {}
             Ok(Err(_closed)) => {
                 // The leader was dropped or panicked: start again, and one of us leads.
                 tracing::debug!(key = %key, "dedupe leader went away; taking over");
