@@ -66,6 +66,7 @@
 
 mod body;
 pub mod context;
+pub mod dedupe;
 pub mod error;
 pub mod key;
 #[cfg(feature = "middleware")]
@@ -76,6 +77,9 @@ pub mod transport;
 
 pub use body::ReplayableBody;
 pub use context::{ContextLayer, Priority, Report, RequestContext};
+#[cfg(feature = "sqlite")]
+pub use dedupe::SqliteDedupeStore;
+pub use dedupe::{DedupeLayer, DedupeRole, MemoryDedupeStore};
 pub use error::BoxError;
 pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
 #[cfg(feature = "middleware")]

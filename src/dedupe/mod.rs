@@ -1,0 +1,311 @@
+//! One upstream call for identical concurrent requests, in one process and across processes.
+//!
+//! [`DedupeLayer`] keys each request with its [`RequestKey`](crate::RequestKey) (method, URL,
+//! the headers that change the answer, so `Authorization` separates users). The first request for
+//! a key *leads*: it goes upstream. Identical requests that arrive while it is in flight *follow*:
+//! they wait and receive the leader's status, headers and body, buffered once as [`Bytes`] and
+//! shared. [`Report::dedupe`](crate::Report::dedupe) says which [`DedupeRole`] a response had.
+//!
+//! * **Which requests**: `GET` and `HEAD` by default ([`DedupeLayer::methods`]). Requests without a
+//!   key (streaming bodies) and other methods pass through untouched.
+//! * **In one process** followers wait on an in-process channel: no store round trip, no copy of
+//!   the body.
+//! * **Across processes** the local leader registers with a [`DedupeStore`]. Taking the lead is
+//!   one atomic step (insert, or take over an expired lease), so two processes can never both lead
+//!   a key. The leader renews its lease while it runs and publishes its result; followers in other
+//!   processes poll for it with a 1–8 ms backoff. A result is kept only
+//!   [`result_ttl`](DedupeLayer::result_ttl) (3 s by default) for late followers: dedupe is never
+//!   a second cache.
+//! * **Failures**: the leader's error (or a status marked with [`DedupeLayer::fail_on`]) reaches
+//!   every follower as a cloneable [`DedupeError`]. A leader that is dropped (cancelled) or panics
+//!   hands over: one follower takes the lead and the others follow it. A process that dies holding
+//!   a lease loses it after [`lease_timeout`](DedupeLayer::lease_timeout) and a follower takes
+//!   over. A follower waits at most [`follower_timeout`](DedupeLayer::follower_timeout), then
+//!   makes its own request or fails ([`OnTimeout`]). Nobody hangs.
+//! * **Stores**: [`MemoryDedupeStore`] for one process; `SqliteDedupeStore` (from
+//!   `SqliteStore::dedupe()`) for every process that opens one file.
+//!
+//! # Note on bodies
+//!
+//! The leader's body is read to the end before anyone gets the response (the leader too), up to
+//! [`max_body`](DedupeLayer::max_body) (1 MiB by default). A larger body streams to the leader
+//! unbuffered, and its followers make their own requests: memory stays bounded. Responses are
+//! `http::Response<reqwest::Body>`, as [`HttpClient`](crate::HttpClient) returns them.
+//!
+//! # Note on priority
+//!
+//! The key does not include the [`Priority`](crate::Priority): a `User` request that arrives
+//! while a `Background` request for the same key is in flight follows it, and so waits as long as
+//! the background request waits for the rate limiter below.
+//!
+//! # Note on `result_ttl`
+//!
+//! A result is kept for late followers: a request for the key that reaches the store within
+//! `result_ttl` of the leader's completion gets it ([`DedupeRole::CrossProcessFollower`]), in this
+//! process too. `Duration::ZERO` keeps nothing. Use the cache layer for anything longer.
+//!
+//! # Note on errors
+//!
+//! A failed leader's error is shared: the leader and its followers all get a
+//! [`DedupeError::Upstream`], whose [`upstream`](DedupeError::upstream) is the original error (a
+//! `reqwest::Error`, say) to downcast. Followers in other processes get the message only
+//! ([`DedupeError::RemoteUpstream`]).
+//!
+//! # Example
+//!
+//! ```
+//! use courteous::dedupe::{DedupeLayer, DedupeRole, MemoryDedupeStore};
+//! use courteous::Report;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let upstream = {
+//!     let calls = calls.clone();
+//!     service_fn(move |_req: http::Request<reqwest::Body>| {
+//!         calls.fetch_add(1, Ordering::SeqCst);
+//!         async {
+//!             tokio::time::sleep(Duration::from_millis(50)).await;
+//!             Ok::<_, courteous::BoxError>(http::Response::new(reqwest::Body::from("hello")))
+//!         }
+//!     })
+//! };
+//! let client = ServiceBuilder::new()
+//!     .layer(DedupeLayer::new(MemoryDedupeStore::new()))
+//!     .service(upstream);
+//!
+//! let get = || http::Request::get("http://api.test/x").body(reqwest::Body::from("")).unwrap();
+//! let (a, b) = tokio::join!(client.clone().oneshot(get()), client.clone().oneshot(get()));
+//! let (a, b) = (a.unwrap(), b.unwrap());
+//! assert_eq!(calls.load(Ordering::SeqCst), 1);
+//! assert_eq!(Report::of(&a).unwrap().dedupe, Some(DedupeRole::Leader));
+//! assert_eq!(Report::of(&b).unwrap().dedupe, Some(DedupeRole::Follower));
+//! # }
+//! ```
+
+pub mod future;
+mod layer;
+mod service;
+pub mod store;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, StatusCode, Version};
+
+use crate::context::Report;
+use crate::error::BoxError;
+
+pub use layer::{DedupeLayer, OnTimeout};
+pub use service::Dedupe;
+#[cfg(feature = "sqlite")]
+pub use store::SqliteDedupeStore;
+pub use store::{
+    Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, KeyStatus, Lead,
+    MemoryDedupeStore, StoreFuture,
+};
+
+/// What the dedupe layer did with a request, in [`Report::dedupe`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::dedupe::DedupeRole;
+///
+/// assert!(DedupeRole::CrossProcessFollower.is_follower());
+/// assert!(!DedupeRole::Leader.is_follower());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DedupeRole {
+    /// It went upstream for its key (first, or taking over from a cancelled or dead leader).
+    Leader,
+    /// It received the response of a leader in this process.
+    Follower,
+    /// It received the response a leader in another process (or another layer over the same
+    /// store) published.
+    CrossProcessFollower,
+    /// It could not be coalesced and made its own request.
+    Bypassed(BypassReason),
+}
+
+impl DedupeRole {
+    /// Whether the response came from someone else's upstream call.
+    pub fn is_follower(self) -> bool {
+        matches!(
+            self,
+            DedupeRole::Follower | DedupeRole::CrossProcessFollower
+        )
+    }
+}
+
+/// Why a request made its own call although a leader existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BypassReason {
+    /// The leader's body was larger than the dedupe limit.
+    TooLarge,
+    /// The follower waited longer than the follower timeout.
+    TimedOut,
+    /// The store failed; the request went on without it.
+    StoreFailed,
+}
+
+/// A leader's response as its followers receive it: status, headers and body, buffered once.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SharedResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The HTTP version.
+    pub version: Version,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// The leader's response extensions (reports of the layers below, the final URL); empty for
+    /// a response published by another process.
+    pub extensions: Extensions,
+}
+
+impl SharedResponse {
+    /// A response with these parts and no extensions.
+    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+        SharedResponse {
+            status,
+            version: Version::HTTP_11,
+            headers,
+            body,
+            extensions: Extensions::new(),
+        }
+    }
+
+    /// A fresh `http::Response` with these parts, its report saying `role`.
+    pub fn to_response(&self, role: DedupeRole) -> http::Response<reqwest::Body> {
+        let mut response = http::Response::new(reqwest::Body::from(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = self.headers.clone();
+        *response.extensions_mut() = self.extensions.clone();
+        Report::record(response.extensions_mut()).dedupe = Some(role);
+        response
+    }
+}
+
+/// A leader's error, shared by every caller waiting for it.
+///
+/// # Example
+///
+/// ```
+/// use courteous::dedupe::SharedError;
+///
+/// let err = SharedError::new("connection reset".into());
+/// let copy = err.clone();
+/// assert_eq!(copy.to_string(), "connection reset");
+/// assert!(copy.get_ref().downcast_ref::<std::io::Error>().is_none());
+/// ```
+#[derive(Clone)]
+pub struct SharedError(Arc<BoxError>);
+
+impl SharedError {
+    /// Shares `error`.
+    pub fn new(error: BoxError) -> Self {
+        SharedError(Arc::new(error))
+    }
+
+    /// The original error, to downcast.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &**self.0
+    }
+}
+
+impl fmt::Debug for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self.0, f)
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Why a deduplicated request failed. Cloneable: one failure reaches every follower.
+///
+/// # Example
+///
+/// ```
+/// use courteous::dedupe::DedupeError;
+///
+/// let err = DedupeError::FailureStatus { status: http::StatusCode::BAD_GATEWAY };
+/// assert_eq!(err.code(), "dedupe_failure_status");
+/// assert!(err.to_string().contains("502"));
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DedupeError {
+    /// The leading request failed in this process.
+    #[error("the leading request for this key failed: {0}")]
+    Upstream(#[source] SharedError),
+    /// The leading request failed in another process; only its message crossed over.
+    #[error("the leading request for this key failed in another process: {message}")]
+    RemoteUpstream {
+        /// The leader's error message.
+        message: Arc<str>,
+    },
+    /// The leader's response had a status the layer was told to treat as failure
+    /// ([`DedupeLayer::fail_on`]); the leader itself gets the response.
+    #[error(
+        "the leading request for this key answered {status}, which this dedupe layer treats as a failure"
+    )]
+    FailureStatus {
+        /// The leader's status.
+        status: StatusCode,
+    },
+    /// The follower waited longer than its timeout and [`OnTimeout::Fail`] is set.
+    #[error(
+        "waited {waited:?} for the leading request for this key; raise follower_timeout or use OnTimeout::OwnRequest"
+    )]
+    TimedOut {
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+impl DedupeError {
+    /// A short, stable code for logs.
+    pub const fn code(&self) -> &'static str {
+        match self {
+            DedupeError::Upstream(_) => "dedupe_upstream",
+            DedupeError::RemoteUpstream { .. } => "dedupe_remote_upstream",
+            DedupeError::FailureStatus { .. } => "dedupe_failure_status",
+            DedupeError::TimedOut { .. } => "dedupe_timed_out",
+        }
+    }
+
+    /// The leader's original error, when it failed in this process.
+    pub fn upstream(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            DedupeError::Upstream(shared) => Some(shared.get_ref()),
+            _ => None,
+        }
+    }
+
+    /// Whether the follower timed out.
+    pub fn is_timed_out(&self) -> bool {
+        matches!(self, DedupeError::TimedOut { .. })
+    }
+}

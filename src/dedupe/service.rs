@@ -1,0 +1,657 @@
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use crate::body::ReplayableBody;
+use crate::context::{Report, RequestContext};
+use crate::error::BoxError;
+use crate::key::RequestKey;
+
+use super::future::ResponseFuture;
+use super::layer::{Config, OnTimeout};
+use super::store::{Completion, DedupeCounters, DedupeStore, KeyState, Lead};
+use super::{BypassReason, DedupeError, DedupeRole, SharedError, SharedResponse};
+
+type Response = http::Response<reqwest::Body>;
+
+/// What a local leader leaves for its followers in this process.
+#[derive(Clone)]
+enum Outcome {
+    Response(Arc<SharedResponse>),
+    Failed(DedupeError),
+    OwnRequest(BypassReason),
+}
+
+#[derive(Clone)]
+enum Slot {
+    Pending,
+    Done(Outcome),
+}
+
+struct Flight {
+    id: u64,
+    rx: watch::Receiver<Slot>,
+}
+
+/// State shared by a layer and every service it made.
+pub(crate) struct State {
+    pub(crate) store: Arc<dyn DedupeStore>,
+    local: Mutex<HashMap<RequestKey, Flight>>,
+    next_id: AtomicU64,
+}
+
+impl State {
+    pub(crate) fn new(store: Arc<dyn DedupeStore>) -> Self {
+        State {
+            store,
+            local: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    fn counters(&self) -> &DedupeCounters {
+        self.store.counters()
+    }
+
+    /// Follows the local flight for `key`, or starts one and leads it.
+    fn join_or_lead(self: &Arc<Self>, key: &RequestKey) -> Join {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flight) = local.get(key) {
+            return Join::Follow(flight.rx.clone());
+        }
+        let (tx, rx) = watch::channel(Slot::Pending);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        local.insert(key.clone(), Flight { id, rx });
+        Join::Lead(LocalLead {
+            state: self.clone(),
+            key: key.clone(),
+            id,
+            tx: Some(tx),
+        })
+    }
+}
+
+enum Join {
+    Follow(watch::Receiver<Slot>),
+    Lead(LocalLead),
+}
+
+/// The local leadership of a key. Dropped without [`finish`](LocalLead::finish) (the leader was
+/// cancelled or panicked), it removes the flight and closes the channel: the followers wake up
+/// and one of them leads.
+struct LocalLead {
+    state: Arc<State>,
+    key: RequestKey,
+    id: u64,
+    tx: Option<watch::Sender<Slot>>,
+}
+
+impl LocalLead {
+    fn finish(self, outcome: Outcome) {
+        if let Some(tx) = &self.tx {
+            tx.send_replace(Slot::Done(outcome));
+        }
+    }
+}
+
+impl Drop for LocalLead {
+    fn drop(&mut self) {
+        {
+            let mut local = self.state.local.lock().unwrap_or_else(|e| e.into_inner());
+            if local.get(&self.key).is_some_and(|f| f.id == self.id) {
+                local.remove(&self.key);
+            }
+        }
+        // Closing the channel after the flight left the map: woken followers start anew.
+        drop(self.tx.take());
+    }
+}
+
+/// A lease held in the store. Dropped while armed (the leader was cancelled or panicked), it
+/// releases the key in the background, if a runtime is there to do it; otherwise the lease
+/// expires.
+struct StoreLease {
+    store: Arc<dyn DedupeStore>,
+    key: RequestKey,
+    owner: String,
+    armed: bool,
+}
+
+impl StoreLease {
+    async fn publish(mut self, completion: Completion, ttl: Duration) {
+        if let Err(error) = self
+            .store
+            .publish(&self.key, &self.owner, completion, ttl)
+            .await
+        {
+            DedupeCounters::add(&self.store.counters().store_errors, 1);
+            tracing::warn!(%error, key = %self.key, "dedupe store could not publish a result; followers in other processes will take over after the lease");
+        }
+        self.armed = false;
+    }
+}
+
+impl Drop for StoreLease {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let (store, key, owner) = (
+                self.store.clone(),
+                self.key.clone(),
+                std::mem::take(&mut self.owner),
+            );
+            let release = async move {
+                if let Err(error) = store.release(&key, &owner).await {
+                    tracing::debug!(%error, "dedupe store could not release a lease; it will expire");
+                }
+            };
+            handle.spawn(tracing::Instrument::in_current_span(release));
+        }
+    }
+}
+
+fn new_owner() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The service made by [`DedupeLayer`](super::DedupeLayer).
+///
+/// `poll_ready` is always ready: only a request that turns out to lead (or to make its own call)
+/// calls the inner service, and it drives the inner service's readiness inside its future
+/// (`ServiceExt::oneshot` on a clone), so followers never reserve upstream capacity.
+pub struct Dedupe<S> {
+    pub(crate) inner: S,
+    pub(crate) config: Arc<Config>,
+    pub(crate) state: Arc<State>,
+}
+
+impl<S: Clone> Clone for Dedupe<S> {
+    fn clone(&self) -> Self {
+        Dedupe {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Dedupe<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dedupe")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Dedupe<S> {
+    /// The store, for [`status`](DedupeStore::status) and [`stats`](DedupeStore::stats).
+    pub fn store(&self) -> &Arc<dyn DedupeStore> {
+        &self.state.store
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for Dedupe<S>
+where
+    S: Service<http::Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: ReplayableBody + Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let key = if self.config.methods.contains(request.method()) {
+            RequestContext::resolve(&mut request).key().cloned()
+        } else {
+            None
+        };
+        let inner = match key {
+            Some(key) => Box::pin(run(
+                self.config.clone(),
+                self.state.clone(),
+                inner,
+                request,
+                key,
+            )) as _,
+            None => Box::pin(async move { inner.oneshot(request).await.map_err(Into::into) }) as _,
+        };
+        ResponseFuture { inner }
+    }
+}
+
+async fn run<S, B>(
+    config: Arc<Config>,
+    state: Arc<State>,
+    inner: S,
+    request: http::Request<B>,
+    key: RequestKey,
+) -> Result<Response, BoxError>
+where
+    S: Service<http::Request<B>, Response = Response> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    let started = Instant::now();
+    let deadline = started + config.follower_timeout;
+    let mut took_over = false;
+    loop {
+        let mut rx = match state.join_or_lead(&key) {
+            Join::Lead(lead) => {
+                return run_leader(
+                    &config, &state, lead, inner, request, key, took_over, deadline,
+                )
+                .await;
+            }
+            Join::Follow(rx) => rx,
+        };
+        let waited = tokio::time::timeout_at(deadline, async {
+            rx.wait_for(|slot| matches!(slot, Slot::Done(_)))
+                .await
+                .map(|slot| slot.clone())
+        })
+        .await;
+        let counters = state.counters();
+        match waited {
+            Ok(Ok(Slot::Done(Outcome::Response(response)))) => {
+                DedupeCounters::add(&counters.followers, 1);
+                return Ok(response.to_response(DedupeRole::Follower));
+            }
+            Ok(Ok(Slot::Done(Outcome::Failed(error)))) => {
+                DedupeCounters::add(&counters.followers, 1);
+                return Err(Box::new(error));
+            }
+            Ok(Ok(Slot::Done(Outcome::OwnRequest(reason)))) => {
+                DedupeCounters::add(&counters.bypassed, 1);
+                return own_request(inner, request, reason).await;
+            }
+            // `wait_for` only returns completed slots; were it not so, joining again is safe.
+            Ok(Ok(Slot::Pending)) => {}
+            Ok(Err(_closed)) => {
+                // The leader was dropped or panicked: start again, and one of us leads.
+                tracing::debug!(key = %key, "dedupe leader went away; taking over");
+                took_over = true;
+            }
+            Err(_elapsed) => {
+                DedupeCounters::add(&counters.timeouts, 1);
+                return timed_out(&config, &state, inner, request, started).await;
+            }
+        }
+    }
+}
+
+async fn timed_out<S, B>(
+    config: &Config,
+    state: &State,
+    inner: S,
+    request: http::Request<B>,
+    started: Instant,
+) -> Result<Response, BoxError>
+where
+    S: Service<http::Request<B>, Response = Response>,
+    S::Error: Into<BoxError>,
+{
+    match config.on_timeout {
+        OnTimeout::OwnRequest => {
+            DedupeCounters::add(&state.counters().bypassed, 1);
+            own_request(inner, request, BypassReason::TimedOut).await
+        }
+        OnTimeout::Fail => Err(Box::new(DedupeError::TimedOut {
+            waited: started.elapsed(),
+        })),
+    }
+}
+
+async fn own_request<S, B>(
+    inner: S,
+    request: http::Request<B>,
+    reason: BypassReason,
+) -> Result<Response, BoxError>
+where
+    S: Service<http::Request<B>, Response = Response>,
+    S::Error: Into<BoxError>,
+{
+    let mut response = inner.oneshot(request).await.map_err(Into::into)?;
+    Report::record(response.extensions_mut()).dedupe = Some(DedupeRole::Bypassed(reason));
+    Ok(response)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_leader<S, B>(
+    config: &Config,
+    state: &State,
+    lead: LocalLead,
+    inner: S,
+    request: http::Request<B>,
+    key: RequestKey,
+    took_over: bool,
+    deadline: Instant,
+) -> Result<Response, BoxError>
+where
+    S: Service<http::Request<B>, Response = Response>,
+    S::Error: Into<BoxError>,
+{
+    let counters = state.counters();
+    let store = &state.store;
+    let owner = new_owner();
+    // Lead the key across processes too, or follow whoever does.
+    let lease = loop {
+        match store.try_lead(&key, &owner, config.lease_timeout).await {
+            Ok(Lead::Acquired { takeover }) => {
+                if takeover || took_over {
+                    DedupeCounters::add(&counters.takeovers, 1);
+                }
+                break Some(StoreLease {
+                    store: store.clone(),
+                    key: key.clone(),
+                    owner,
+                    armed: true,
+                });
+            }
+            Ok(Lead::Completed(completion)) => {
+                return joined(state, lead, inner, request, completion).await;
+            }
+            Ok(Lead::Pending { .. }) => match store.wait(&key, deadline.into_std()).await {
+                Ok(KeyState::Completed(completion)) => {
+                    return joined(state, lead, inner, request, completion).await;
+                }
+                Ok(KeyState::Vacant | KeyState::Expired) => continue,
+                Ok(_) => {
+                    // Still pending at our deadline.
+                    DedupeCounters::add(&counters.timeouts, 1);
+                    if config.on_timeout == OnTimeout::Fail {
+                        let error = DedupeError::TimedOut {
+                            waited: config.follower_timeout,
+                        };
+                        lead.finish(Outcome::Failed(error.clone()));
+                        return Err(Box::new(error));
+                    }
+                    DedupeCounters::add(&counters.bypassed, 1);
+                    return upstream(
+                        config,
+                        lead,
+                        None,
+                        inner,
+                        request,
+                        DedupeRole::Bypassed(BypassReason::TimedOut),
+                    )
+                    .await;
+                }
+                Err(error) => {
+                    store_failed(state, &error);
+                    break None;
+                }
+            },
+            Err(error) => {
+                store_failed(state, &error);
+                break None;
+            }
+        }
+    };
+    let role = if lease.is_some() {
+        DedupeCounters::add(&counters.leaders, 1);
+        DedupeRole::Leader
+    } else {
+        DedupeCounters::add(&counters.bypassed, 1);
+        DedupeRole::Bypassed(BypassReason::StoreFailed)
+    };
+    upstream(config, lead, lease, inner, request, role).await
+}
+
+fn store_failed(state: &State, error: &crate::store::StoreError) {
+    DedupeCounters::add(&state.counters().store_errors, 1);
+    tracing::warn!(%error, "dedupe store failed; the request goes upstream without cross-process coalescing");
+}
+
+/// The local leader found a result another process (or layer) published.
+async fn joined<S, B>(
+    state: &State,
+    lead: LocalLead,
+    inner: S,
+    request: http::Request<B>,
+    completion: Completion,
+) -> Result<Response, BoxError>
+where
+    S: Service<http::Request<B>, Response = Response>,
+    S::Error: Into<BoxError>,
+{
+    let counters = state.counters();
+    match completion {
+        Completion::Response(response) => {
+            DedupeCounters::add(&counters.cross_process_joins, 1);
+            lead.finish(Outcome::Response(response.clone()));
+            Ok(response.to_response(DedupeRole::CrossProcessFollower))
+        }
+        Completion::Failed(message) => {
+            DedupeCounters::add(&counters.cross_process_joins, 1);
+            let error = DedupeError::RemoteUpstream { message };
+            lead.finish(Outcome::Failed(error.clone()));
+            Err(Box::new(error))
+        }
+        Completion::TooLarge => {
+            DedupeCounters::add(&counters.bypassed, 1);
+            lead.finish(Outcome::OwnRequest(BypassReason::TooLarge));
+            own_request(inner, request, BypassReason::TooLarge).await
+        }
+    }
+}
+
+/// Goes upstream for `lead`'s followers (and, with a lease, for other processes' too).
+async fn upstream<S, B>(
+    config: &Config,
+    lead: LocalLead,
+    lease: Option<StoreLease>,
+    inner: S,
+    request: http::Request<B>,
+    role: DedupeRole,
+) -> Result<Response, BoxError>
+where
+    S: Service<http::Request<B>, Response = Response>,
+    S::Error: Into<BoxError>,
+{
+    let call = async {
+        let response = inner.oneshot(request).await.map_err(Into::into)?;
+        let (parts, body) = response.into_parts();
+        let body = buffer(body, config.max_body).await?;
+        Ok::<_, BoxError>((parts, body))
+    };
+    let result = match &lease {
+        Some(lease) => with_renewal(call, lease, config.lease_timeout).await,
+        None => call.await,
+    };
+    let ttl = config.result_ttl;
+    match result {
+        Err(error) => {
+            let error = DedupeError::Upstream(SharedError::new(error));
+            lead.finish(Outcome::Failed(error.clone()));
+            if let Some(lease) = lease {
+                let message = error
+                    .upstream()
+                    .map_or_else(|| error.to_string(), |e| error_chain(e));
+                lease.publish(Completion::Failed(message.into()), ttl).await;
+            }
+            Err(Box::new(error))
+        }
+        Ok((parts, Buffered::TooLarge(body))) => {
+            lead.finish(Outcome::OwnRequest(BypassReason::TooLarge));
+            if let Some(lease) = lease {
+                lease.publish(Completion::TooLarge, ttl).await;
+            }
+            let mut response = http::Response::from_parts(parts, body);
+            Report::record(response.extensions_mut()).dedupe = Some(role);
+            Ok(response)
+        }
+        Ok((parts, Buffered::Whole(body))) => {
+            let shared = Arc::new(SharedResponse {
+                status: parts.status,
+                version: parts.version,
+                headers: parts.headers,
+                body,
+                extensions: parts.extensions,
+            });
+            let failure = config.fail_on.as_ref().is_some_and(|f| f(shared.status));
+            let (local, remote) = if failure {
+                let error = DedupeError::FailureStatus {
+                    status: shared.status,
+                };
+                let message: Arc<str> = error.to_string().into();
+                (Outcome::Failed(error), Completion::Failed(message))
+            } else {
+                (
+                    Outcome::Response(shared.clone()),
+                    Completion::Response(shared.clone()),
+                )
+            };
+            // Followers in this process first; then the store, for the others.
+            lead.finish(local);
+            if let Some(lease) = lease {
+                lease.publish(remote, ttl).await;
+            }
+            Ok(shared.to_response(role))
+        }
+    }
+}
+
+/// `error: its source: its source's source`, for followers in other processes.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        message.push_str(": ");
+        message.push_str(&next.to_string());
+        source = next.source();
+    }
+    message
+}
+
+/// Runs `call`, renewing `lease` every third of `duration` until it completes.
+async fn with_renewal<F: std::future::Future>(
+    call: F,
+    lease: &StoreLease,
+    duration: Duration,
+) -> F::Output {
+    let renew = async {
+        loop {
+            tokio::time::sleep(duration / 3).await;
+            match lease.store.renew(&lease.key, &lease.owner, duration).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(key = %lease.key, "dedupe lease was lost (taken over); finishing the request anyway");
+                    std::future::pending::<()>().await;
+                }
+                Err(error) => {
+                    DedupeCounters::add(&lease.store.counters().store_errors, 1);
+                    tracing::warn!(%error, "dedupe store could not renew a lease");
+                }
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        output = call => output,
+        () = renew => unreachable!("the renewal loop never ends"),
+    }
+}
+
+enum Buffered {
+    Whole(Bytes),
+    TooLarge(reqwest::Body),
+}
+
+/// Reads `body` to the end if it is at most `limit` bytes; otherwise gives back a body that
+/// replays what was read and streams the rest.
+async fn buffer(mut body: reqwest::Body, limit: usize) -> Result<Buffered, BoxError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Ok(Buffered::TooLarge(body));
+    }
+    let mut chunks = VecDeque::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        // Trailers are not shared.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        len += data.len();
+        chunks.push_back(data);
+        if len > limit {
+            return Ok(Buffered::TooLarge(reqwest::Body::wrap(Prefixed {
+                chunks,
+                rest: body,
+            })));
+        }
+    }
+    Ok(Buffered::Whole(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(len);
+            for chunk in chunks {
+                all.extend_from_slice(&chunk);
+            }
+            all.freeze()
+        }
+    }))
+}
+
+/// The chunks already read, then the rest of the body.
+struct Prefixed {
+    chunks: VecDeque<Bytes>,
+    rest: reqwest::Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = reqwest::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, reqwest::Error>>> {
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self.chunks.iter().map(|c| c.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + buffered);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + buffered);
+        }
+        hint
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty() && self.rest.is_end_stream()
+    }
+}

@@ -1,0 +1,480 @@
+//! The SQLite backend: every process that opens the file coalesces with the others.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::dedupe::SharedResponse;
+use crate::key::RequestKey;
+use crate::store::sqlite::schema::Component;
+use crate::store::sqlite::{SqliteError, SqliteStore};
+
+use super::{
+    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture, ms, now_ms,
+    since,
+};
+
+/// The dedupe tables.
+pub(crate) const DEDUPE: Component = Component {
+    name: "dedupe",
+    migrations: &[
+        // 1: one row per key: a pending lease, or a result kept for `result_ttl`.
+        "CREATE TABLE courteous_dedupe (
+             key        BLOB PRIMARY KEY NOT NULL,
+             display    TEXT NOT NULL,
+             owner      TEXT NOT NULL,
+             state      INTEGER NOT NULL,  -- 0 pending, 1 response, 2 failed, 3 too large
+             started_at INTEGER NOT NULL,  -- ms since the Unix epoch
+             updated_at INTEGER NOT NULL,  -- when the lease was renewed or the result published
+             deadline   INTEGER NOT NULL,  -- end of the lease (pending) or of the result (others)
+             status     INTEGER,
+             headers    BLOB,
+             body       BLOB,
+             error      TEXT
+         ) STRICT;
+         CREATE INDEX courteous_dedupe_deadline ON courteous_dedupe (deadline);",
+    ],
+};
+
+const PENDING: i64 = 0;
+const RESPONSE: i64 = 1;
+const FAILED: i64 = 2;
+const TOO_LARGE: i64 = 3;
+
+const CLEANUP_KEY: &[u8] = b"courteous-dedupe-cleanup";
+
+impl SqliteStore {
+    /// A [`DedupeStore`] in this file, shared with every process that opens it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::dedupe::DedupeLayer;
+    /// use courteous::store::sqlite::SqliteStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), courteous::store::sqlite::SqliteError> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = SqliteStore::open(dir.path().join("courteous.db")).await?;
+    /// let layer = DedupeLayer::new(store.dedupe());
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn dedupe(&self) -> SqliteDedupeStore {
+        SqliteDedupeStore {
+            store: self.clone(),
+            counters: Arc::new(DedupeCounters::default()),
+            last_cleanup: Arc::new(AtomicI64::new(now_ms())),
+            cleanup_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A [`DedupeStore`] in a [`SqliteStore`] file: leaders and results are rows that every process
+/// opening the file sees.
+///
+/// Taking the lead is one `BEGIN IMMEDIATE` transaction (insert, or take over an expired lease),
+/// so two processes never lead one key. Renewals, results and releases are committed before the
+/// call returns (followers poll for them); the sweep of expired rows is a write-behind write, at
+/// most once per [`cleanup_interval`](Self::cleanup_interval), coalesced with itself. Statistics
+/// count this process only, shared by the clones of this value.
+///
+/// # Example
+///
+/// ```
+/// use courteous::dedupe::{DedupeStore, KeyStatus};
+/// use courteous::store::sqlite::SqliteStore;
+/// use courteous::RequestKey;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::StoreError> {
+/// let store = SqliteStore::open(":memory:").await?;
+/// let dedupe = store.dedupe().cleanup_interval(Duration::from_secs(30));
+/// let key = RequestKey::from_parts([1; 32], "GET http://h/x");
+/// dedupe.try_lead(&key, "me", Duration::from_secs(30)).await?;
+/// assert!(matches!(dedupe.status(&key).await?, KeyStatus::Pending { .. }));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SqliteDedupeStore {
+    store: SqliteStore,
+    counters: Arc<DedupeCounters>,
+    last_cleanup: Arc<AtomicI64>,
+    cleanup_interval: Duration,
+}
+
+impl fmt::Debug for SqliteDedupeStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteDedupeStore")
+            .field("path", &self.store.path())
+            .field("cleanup_interval", &self.cleanup_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteDedupeStore {
+    /// How often expired rows are swept, at most (default 10 s).
+    #[must_use]
+    pub fn cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = interval;
+        self
+    }
+
+    /// Queues a sweep of expired rows if the last one is older than the cleanup interval.
+    fn maybe_cleanup(&self) {
+        let now = now_ms();
+        let last = self.last_cleanup.load(Ordering::Relaxed);
+        if now - last < ms(self.cleanup_interval)
+            || self
+                .last_cleanup
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let counters = self.counters.clone();
+        let queued = self.store.defer_keyed(CLEANUP_KEY, move |conn| {
+            let removed = sweep(conn)?;
+            DedupeCounters::add(&counters.cleaned, removed);
+            Ok(())
+        });
+        if let Err(error) = queued {
+            tracing::debug!(%error, "could not queue the dedupe cleanup");
+        }
+    }
+}
+
+fn sweep(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.execute(
+        "DELETE FROM courteous_dedupe WHERE deadline <= ?1",
+        [now_ms()],
+    )
+    .map(|n| n as u64)
+}
+
+fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+fn decode_headers(mut bytes: &[u8]) -> Option<HeaderMap> {
+    fn take<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let out = bytes.get(4..4 + len)?;
+        *bytes = &bytes[4 + len..];
+        Some(out)
+    }
+    let mut headers = HeaderMap::new();
+    while !bytes.is_empty() {
+        let name = HeaderName::from_bytes(take(&mut bytes)?).ok()?;
+        let value = HeaderValue::from_bytes(take(&mut bytes)?).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
+}
+
+fn corrupt(column: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, Type::Blob, what.to_owned().into())
+}
+
+/// Reads a completion from columns `state, status, headers, body, error` starting at `at`.
+fn completion(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Completion> {
+    let state: i64 = row.get(at)?;
+    Ok(match state {
+        RESPONSE => {
+            let status: u16 = row.get(at + 1)?;
+            let status =
+                StatusCode::from_u16(status).map_err(|_| corrupt(at + 1, "bad status code"))?;
+            let headers: Vec<u8> = row.get(at + 2)?;
+            let headers = decode_headers(&headers).ok_or_else(|| corrupt(at + 2, "bad headers"))?;
+            let body: Vec<u8> = row.get(at + 3)?;
+            Completion::Response(Arc::new(SharedResponse::new(
+                status,
+                headers,
+                Bytes::from(body),
+            )))
+        }
+        FAILED => {
+            let error: Option<String> = row.get(at + 4)?;
+            Completion::Failed(error.unwrap_or_default().into())
+        }
+        _ => Completion::TooLarge,
+    })
+}
+
+impl DedupeStore for SqliteDedupeStore {
+    fn try_lead<'a>(
+        &'a self,
+        key: &'a RequestKey,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, Lead> {
+        let (hash, display, owner) = (
+            key.as_bytes().to_vec(),
+            key.display().to_owned(),
+            owner.to_owned(),
+        );
+        Box::pin(async move {
+            self.maybe_cleanup();
+            let lead = self
+                .store
+                .call(move |conn| {
+                    // One transaction holding the write lock: read, then insert or take over.
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let now = now_ms();
+                    let found = tx
+                        .query_row(
+                            "SELECT owner, started_at, deadline, state, status, headers, body, error
+                             FROM courteous_dedupe WHERE key = ?1",
+                            [&hash],
+                            |row| {
+                                let owner: String = row.get(0)?;
+                                let started: i64 = row.get(1)?;
+                                let deadline: i64 = row.get(2)?;
+                                let state: i64 = row.get(3)?;
+                                let lead = if deadline <= now {
+                                    None
+                                } else if state == PENDING {
+                                    Some(Lead::Pending {
+                                        owner,
+                                        age: since(started, now),
+                                    })
+                                } else {
+                                    Some(Lead::Completed(completion(row, 3)?))
+                                };
+                                Ok((lead, state))
+                            },
+                        )
+                        .optional()?;
+                    let lead = match found {
+                        Some((Some(lead), _)) => lead,
+                        expired_or_vacant => {
+                            tx.execute(
+                                "INSERT INTO courteous_dedupe
+                                     (key, display, owner, state, started_at, updated_at, deadline)
+                                 VALUES (?1, ?2, ?3, 0, ?4, ?4, ?5)
+                                 ON CONFLICT (key) DO UPDATE SET
+                                     display = excluded.display, owner = excluded.owner,
+                                     state = 0, started_at = excluded.started_at,
+                                     updated_at = excluded.updated_at,
+                                     deadline = excluded.deadline,
+                                     status = NULL, headers = NULL, body = NULL, error = NULL",
+                                params![hash, display, owner, now, now + ms(lease)],
+                            )?;
+                            Lead::Acquired {
+                                takeover: matches!(expired_or_vacant, Some((None, PENDING))),
+                            }
+                        }
+                    };
+                    tx.commit()?;
+                    Ok(lead)
+                })
+                .await?;
+            Ok(lead)
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a RequestKey,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let (hash, owner) = (key.as_bytes().to_vec(), owner.to_owned());
+        Box::pin(async move {
+            let renewed = self
+                .store
+                .call(move |conn| {
+                    let now = now_ms();
+                    Ok(conn.execute(
+                        "UPDATE courteous_dedupe SET deadline = ?3, updated_at = ?4
+                         WHERE key = ?1 AND owner = ?2 AND state = 0",
+                        params![hash, owner, now + ms(lease), now],
+                    )? == 1)
+                })
+                .await?;
+            Ok(renewed)
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        key: &'a RequestKey,
+        owner: &'a str,
+        completion: Completion,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        let (hash, owner) = (key.as_bytes().to_vec(), owner.to_owned());
+        Box::pin(async move {
+            self.maybe_cleanup();
+            self.store
+                .call(move |conn| {
+                    let now = now_ms();
+                    let (state, status, headers, body, error) = match &completion {
+                        Completion::Response(r) => (
+                            RESPONSE,
+                            Some(r.status.as_u16()),
+                            Some(encode_headers(&r.headers)),
+                            Some(&r.body[..]),
+                            None,
+                        ),
+                        Completion::Failed(message) => {
+                            (FAILED, None, None, None, Some(&message[..]))
+                        }
+                        Completion::TooLarge => (TOO_LARGE, None, None, None, None),
+                    };
+                    conn.execute(
+                        "UPDATE courteous_dedupe
+                         SET state = ?3, updated_at = ?4, deadline = ?5,
+                             status = ?6, headers = ?7, body = ?8, error = ?9
+                         WHERE key = ?1 AND owner = ?2 AND state = 0",
+                        params![
+                            hash,
+                            owner,
+                            state,
+                            now,
+                            now + ms(ttl),
+                            status,
+                            headers,
+                            body,
+                            error
+                        ],
+                    )?;
+                    Ok(())
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()> {
+        let (hash, owner) = (key.as_bytes().to_vec(), owner.to_owned());
+        Box::pin(async move {
+            self.store
+                .call(move |conn| {
+                    conn.execute(
+                        "DELETE FROM courteous_dedupe WHERE key = ?1 AND owner = ?2 AND state = 0",
+                        params![hash, owner],
+                    )?;
+                    Ok(())
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
+        let hash = key.as_bytes().to_vec();
+        Box::pin(async move {
+            let state = self
+                .store
+                .call(move |conn| {
+                    let now = now_ms();
+                    let state = conn
+                        .query_row(
+                            "SELECT deadline, state, status, headers, body, error
+                             FROM courteous_dedupe WHERE key = ?1",
+                            [&hash],
+                            |row| {
+                                let deadline: i64 = row.get(0)?;
+                                let state: i64 = row.get(1)?;
+                                Ok(match (state, deadline > now) {
+                                    (PENDING, true) => KeyState::Pending,
+                                    (PENDING, false) => KeyState::Expired,
+                                    (_, false) => KeyState::Vacant,
+                                    (_, true) => KeyState::Completed(completion(row, 1)?),
+                                })
+                            },
+                        )
+                        .optional()?;
+                    Ok::<_, SqliteError>(state.unwrap_or(KeyState::Vacant))
+                })
+                .await?;
+            Ok(state)
+        })
+    }
+
+    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
+        let hash = key.as_bytes().to_vec();
+        Box::pin(async move {
+            let status = self
+                .store
+                .call(move |conn| {
+                    let now = now_ms();
+                    let status = conn
+                        .query_row(
+                            "SELECT owner, state, started_at, updated_at, deadline, status
+                             FROM courteous_dedupe WHERE key = ?1",
+                            [&hash],
+                            |row| {
+                                let state: i64 = row.get(1)?;
+                                let deadline: i64 = row.get(4)?;
+                                Ok(if state == PENDING {
+                                    KeyStatus::Pending {
+                                        owner: row.get(0)?,
+                                        age: since(row.get(2)?, now),
+                                        lease_expired: deadline <= now,
+                                    }
+                                } else if deadline <= now {
+                                    KeyStatus::Empty
+                                } else {
+                                    KeyStatus::Completed {
+                                        age: since(row.get(3)?, now),
+                                        expires_in: since(now, deadline),
+                                        status: row.get(5)?,
+                                    }
+                                })
+                            },
+                        )
+                        .optional()?;
+                    Ok::<_, SqliteError>(status.unwrap_or(KeyStatus::Empty))
+                })
+                .await?;
+            Ok(status)
+        })
+    }
+
+    fn cleanup(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            self.last_cleanup.store(now_ms(), Ordering::Relaxed);
+            let removed = self.store.call(|conn| Ok(sweep(conn)?)).await?;
+            DedupeCounters::add(&self.counters.cleaned, removed);
+            Ok(removed)
+        })
+    }
+
+    fn counters(&self) -> &DedupeCounters {
+        &self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_survive_encoding() {
+        let mut headers = HeaderMap::new();
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append("set-cookie", HeaderValue::from_static("b=2"));
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        assert_eq!(decode_headers(&encode_headers(&headers)).unwrap(), headers);
+        assert!(decode_headers(&[0, 0, 0, 9, b'x']).is_none());
+    }
+}

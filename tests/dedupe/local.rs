@@ -1,0 +1,458 @@
+//! Coalescing inside one process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use courteous::dedupe::{
+    BypassReason, DedupeError, DedupeLayer, DedupeRole, DedupeStore, KeyStatus, MemoryDedupeStore,
+    OnTimeout,
+};
+use courteous::{BoxError, HttpClient, Report, RequestContext};
+use futures_util::future::join_all;
+use http_body_util::BodyExt;
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+use crate::support::TestServer;
+
+type Request = http::Request<reqwest::Body>;
+type Response = http::Response<reqwest::Body>;
+
+fn get(url: &str) -> Request {
+    http::Request::get(url)
+        .body(reqwest::Body::from(""))
+        .unwrap()
+}
+
+async fn body_of(response: Response) -> String {
+    String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+fn role(response: &Response) -> DedupeRole {
+    Report::of(response).unwrap().dedupe.unwrap()
+}
+
+/// An upstream that counts its calls; call `n` (from 1) runs `behave(n)`.
+fn counting<F, Fut>(
+    calls: &Arc<AtomicUsize>,
+    behave: F,
+) -> impl Service<Request, Response = Response, Error = BoxError, Future: Send> + Clone + Send + 'static
+where
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, BoxError>> + Send + 'static,
+{
+    let calls = calls.clone();
+    service_fn(move |_req: Request| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        behave(n)
+    })
+}
+
+fn ok(body: String) -> Result<Response, BoxError> {
+    Ok(http::Response::new(reqwest::Body::from(body)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_identical_concurrent_requests_make_one_upstream_call() {
+    let server = TestServer::start().await;
+    let layer = DedupeLayer::new(MemoryDedupeStore::new());
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(HttpClient::new(reqwest::Client::new()));
+    let url = server.url("/api/issues/?delay_ms=500");
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (client, request) = (client.clone(), get(&url));
+            tokio::spawn(async move {
+                let response = client.oneshot(request).await.unwrap();
+                let role = role(&response);
+                (role, body_of(response).await)
+            })
+        })
+        .collect();
+    let results: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(server.hits(), 1);
+    let first = &results[0].1;
+    assert!(first.contains(r#""n":1"#), "{first}");
+    assert!(results.iter().all(|(_, body)| body == first));
+    let leaders = results
+        .iter()
+        .filter(|(r, _)| *r == DedupeRole::Leader)
+        .count();
+    let followers = results
+        .iter()
+        .filter(|(r, _)| *r == DedupeRole::Follower)
+        .count();
+    assert_eq!((leaders, followers), (1, 999));
+    let stats = layer.stats();
+    assert_eq!((stats.leaders, stats.followers), (1, 999));
+}
+
+#[tokio::test]
+async fn different_keys_are_not_merged() {
+    let server = TestServer::start().await;
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()))
+        .service(HttpClient::new(reqwest::Client::new()));
+    let mut requests = Vec::new();
+    for _ in 0..10 {
+        requests.push(get(&server.url("/a?delay_ms=300")));
+        requests.push(get(&server.url("/b?delay_ms=300")));
+        // Same URL, another user: the key includes Authorization.
+        let mut as_alice = get(&server.url("/c?delay_ms=300"));
+        as_alice
+            .headers_mut()
+            .insert("authorization", "Bearer alice".parse().unwrap());
+        let mut as_bob = get(&server.url("/c?delay_ms=300"));
+        as_bob
+            .headers_mut()
+            .insert("authorization", "Bearer bob".parse().unwrap());
+        requests.extend([as_alice, as_bob]);
+    }
+    let responses = join_all(requests.into_iter().map(|r| client.clone().oneshot(r))).await;
+    assert!(responses.iter().all(Result::is_ok));
+    assert_eq!(
+        (
+            server.hits_on("/a"),
+            server.hits_on("/b"),
+            server.hits_on("/c")
+        ),
+        (1, 1, 2)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaders_error_reaches_every_follower() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(&calls, |_| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err::<Response, BoxError>(Box::new(std::io::Error::other("connection reset by peer")))
+    });
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()))
+        .service(upstream);
+    let results = join_all((0..50).map(|_| client.clone().oneshot(get("http://h/x")))).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    for result in results {
+        let error = result.unwrap_err();
+        let error = error.downcast_ref::<DedupeError>().expect("a DedupeError");
+        assert_eq!(error.code(), "dedupe_upstream");
+        let original = error
+            .upstream()
+            .unwrap()
+            .downcast_ref::<std::io::Error>()
+            .unwrap();
+        assert_eq!(original.to_string(), "connection reset by peer");
+    }
+}
+
+#[tokio::test]
+async fn a_status_marked_as_failure_reaches_followers_as_an_error() {
+    let server = TestServer::start().await;
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()).fail_on(|s| s.is_server_error()))
+        .service(HttpClient::new(reqwest::Client::new()));
+    let url = server.url("/x?delay_ms=300&status=503");
+    let results = join_all((0..20).map(|_| client.clone().oneshot(get(&url)))).await;
+    assert_eq!(server.hits(), 1);
+    let (ok, err): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    assert_eq!(ok.len(), 1, "the leader gets its response");
+    assert_eq!(ok[0].as_ref().unwrap().status(), 503);
+    for e in err {
+        let e = e.unwrap_err();
+        let e = e.downcast_ref::<DedupeError>().unwrap();
+        assert!(matches!(e, DedupeError::FailureStatus { status } if *status == 503));
+    }
+}
+
+/// Upstream call 1 never answers (or panics); later calls answer with their number.
+async fn handover(panic: bool) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(&calls, move |n| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if n == 1 {
+            if panic {
+                panic!("the leader's upstream call panicked");
+            }
+            std::future::pending::<()>().await;
+        }
+        ok(format!("answer {n}"))
+    });
+    let layer = DedupeLayer::new(MemoryDedupeStore::new());
+    let client = ServiceBuilder::new().layer(layer.clone()).service(upstream);
+    let leader = tokio::spawn(client.clone().oneshot(get("http://h/x")));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let followers: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(client.clone().oneshot(get("http://h/x"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    if panic {
+        assert!(leader.await.unwrap_err().is_panic());
+    } else {
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+    }
+    let mut roles = Vec::new();
+    for follower in followers {
+        let response = tokio::time::timeout(Duration::from_secs(60), follower)
+            .await
+            .expect("no follower hangs")
+            .unwrap()
+            .unwrap();
+        roles.push(role(&response));
+        assert_eq!(body_of(response).await, "answer 2");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        roles.iter().filter(|r| **r == DedupeRole::Leader).count(),
+        1
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == DedupeRole::Follower).count(),
+        19
+    );
+    assert_eq!(layer.stats().takeovers, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_leader_hands_over_to_one_follower() {
+    handover(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_leader_hands_over_to_one_follower() {
+    handover(true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_that_times_out_fails_or_makes_its_own_request() {
+    for then in [OnTimeout::Fail, OnTimeout::OwnRequest] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let upstream = counting(&calls, |n| async move {
+            let wait = if n == 1 { 10 } else { 0 };
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            ok(format!("answer {n}"))
+        });
+        let layer = DedupeLayer::new(MemoryDedupeStore::new())
+            .follower_timeout(Duration::from_secs(1), then);
+        let client = ServiceBuilder::new().layer(layer.clone()).service(upstream);
+        let leader = tokio::spawn(client.clone().oneshot(get("http://h/x")));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let follower = client.clone().oneshot(get("http://h/x")).await;
+        match then {
+            OnTimeout::Fail => {
+                let error = follower.unwrap_err();
+                assert!(error.downcast_ref::<DedupeError>().unwrap().is_timed_out());
+                assert_eq!(calls.load(Ordering::SeqCst), 1);
+            }
+            OnTimeout::OwnRequest => {
+                let response = follower.unwrap();
+                assert_eq!(
+                    role(&response),
+                    DedupeRole::Bypassed(BypassReason::TimedOut)
+                );
+                assert_eq!(body_of(response).await, "answer 2");
+            }
+        }
+        assert_eq!(layer.stats().timeouts, 1);
+        assert_eq!(body_of(leader.await.unwrap().unwrap()).await, "answer 1");
+    }
+}
+
+#[tokio::test]
+async fn followers_of_a_body_over_the_limit_make_their_own_requests() {
+    let server = TestServer::start().await;
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()).max_body(1000))
+        .service(HttpClient::new(reqwest::Client::new()));
+    let large = server.url("/large?delay_ms=300&size=5000");
+    let small = server.url("/small?delay_ms=300&size=1000");
+    let (large, small) = tokio::join!(
+        join_all((0..5).map(|_| client.clone().oneshot(get(&large)))),
+        join_all((0..5).map(|_| client.clone().oneshot(get(&small)))),
+    );
+    assert_eq!(server.hits_on("/large"), 5);
+    assert_eq!(server.hits_on("/small"), 1);
+    for response in large {
+        let response = response.unwrap();
+        assert!(matches!(
+            role(&response),
+            DedupeRole::Leader | DedupeRole::Bypassed(BypassReason::TooLarge)
+        ));
+        assert_eq!(body_of(response).await.len(), 5000);
+    }
+    for response in small {
+        assert_eq!(body_of(response.unwrap()).await.len(), 1000);
+    }
+}
+
+/// A body with no size hint, larger than the limit: the leader still gets all of it.
+#[tokio::test]
+async fn a_leader_gets_all_of_a_streamed_body_over_the_limit() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(&calls, |_| async {
+        let chunks = (0..10).map(|i| {
+            Ok::<_, std::io::Error>(http_body::Frame::data(bytes::Bytes::from(vec![
+                b'a' + i;
+                300
+            ])))
+        });
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+        Ok(http::Response::new(reqwest::Body::wrap(body)))
+    });
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()).max_body(1000))
+        .service(upstream);
+    let body = body_of(client.oneshot(get("http://h/x")).await.unwrap()).await;
+    assert_eq!(body.len(), 3000);
+    assert!(body.starts_with(&"a".repeat(300)) && body.ends_with(&"j".repeat(300)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_configured_methods_and_keyed_requests_are_coalesced() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(&calls, |n| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ok(format!("answer {n}"))
+    });
+    let post = || {
+        http::Request::post("http://h/x")
+            .body(reqwest::Body::from("{}"))
+            .unwrap()
+    };
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()))
+        .service(upstream.clone());
+    join_all((0..3).map(|_| client.clone().oneshot(post()))).await;
+    assert_eq!(
+        calls.swap(0, Ordering::SeqCst),
+        3,
+        "POST is not coalesced by default"
+    );
+
+    // A streaming body has no key: it passes through.
+    let streaming = || {
+        let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(http_body::Frame::data(
+            bytes::Bytes::from_static(b"x"),
+        ))]);
+        let mut r = http::Request::get("http://h/x")
+            .body(reqwest::Body::wrap(http_body_util::StreamBody::new(chunks)))
+            .unwrap();
+        assert!(RequestContext::resolve(&mut r).key().is_none());
+        r
+    };
+    let responses = join_all((0..3).map(|_| client.clone().oneshot(streaming()))).await;
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 3);
+    assert!(
+        responses
+            .iter()
+            .all(|r| Report::of(r.as_ref().unwrap()).is_none())
+    );
+
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()).methods([http::Method::POST]))
+        .service(upstream);
+    join_all((0..3).map(|_| client.clone().oneshot(post()))).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "POST coalesced when configured"
+    );
+}
+
+/// Followers never reserve the inner service's readiness: with one slot upstream, all of them
+/// still complete on the leader's call.
+#[tokio::test(start_paused = true)]
+async fn followers_do_not_reserve_the_inner_services_readiness() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(&calls, |n| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ok(format!("answer {n}"))
+    });
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()))
+        .concurrency_limit(1)
+        .service(upstream);
+    let mut poller = client.clone();
+    let results = join_all((0..30).map(|_| client.clone().oneshot(get("http://h/same")))).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Readiness of the dedupe service itself never waits for upstream capacity.
+    std::future::poll_fn(|cx| poller.poll_ready(cx))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_result_is_served_to_late_followers_only_within_result_ttl() {
+    let server = TestServer::start().await;
+    let layer = DedupeLayer::new(MemoryDedupeStore::new()).result_ttl(Duration::from_secs(2));
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(HttpClient::new(reqwest::Client::new()));
+    let url = server.url("/x");
+    let first = client.clone().oneshot(get(&url)).await.unwrap();
+    assert_eq!(role(&first), DedupeRole::Leader);
+    let key = {
+        let mut r = get(&url);
+        RequestContext::resolve(&mut r).key().unwrap().clone()
+    };
+    assert!(matches!(
+        layer.store().status(&key).await.unwrap(),
+        KeyStatus::Completed {
+            status: Some(200),
+            ..
+        }
+    ));
+    let late = client.clone().oneshot(get(&url)).await.unwrap();
+    assert_eq!(role(&late), DedupeRole::CrossProcessFollower);
+    assert_eq!(server.hits(), 1);
+
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(layer.store().status(&key).await.unwrap(), KeyStatus::Empty);
+    let after = client.clone().oneshot(get(&url)).await.unwrap();
+    assert_eq!(role(&after), DedupeRole::Leader);
+    assert_eq!(server.hits(), 2);
+    assert!(body_of(after).await.contains(r#""n":2"#));
+}
+
+/// Through reqwest-middleware: concurrent identical `send()`s share one call, followers see their
+/// role in the response's report, and a follower's response keeps the final URL.
+#[cfg(feature = "middleware")]
+#[tokio::test]
+async fn through_reqwest_middleware_identical_sends_share_one_call() {
+    use courteous::{ContextLayer, Middleware};
+    let server = TestServer::start().await;
+    let stack = ServiceBuilder::new()
+        .layer(ContextLayer::new())
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()));
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(Middleware::new(stack))
+        .build();
+    let url = server.url("/api/volumes/?delay_ms=300");
+    let responses = join_all((0..20).map(|_| client.get(&url).send())).await;
+    assert_eq!(server.hits(), 1);
+    let mut followers = 0;
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.url().as_str(), url);
+        let report = response.extensions().get::<Report>().unwrap().clone();
+        followers += usize::from(report.dedupe == Some(DedupeRole::Follower));
+        assert!(response.text().await.unwrap().contains(r#""n":1"#));
+    }
+    assert_eq!(followers, 19);
+}
