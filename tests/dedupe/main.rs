@@ -8,4 +8,6 @@ mod backend;
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 mod cross;
 mod local;
+#[cfg(feature = "redis")]
+mod redis;
 mod stores;
