@@ -1,36 +1,4 @@
 //! The Redis backend: every process on every machine that uses the server (and prefix) coalesces.
-//!
-//! # Keys
-//!
-//! For a request key with hex hash `h`, under the store's prefix `p` (`{h}` is a hash tag, so one
-//! key's three Redis keys live in one cluster slot):
-//!
-//! | key | holds | lives |
-//! |---|---|---|
-//! | `p:dedupe:{h}:lease` | the leader's owner id, set with `SET NX PX lease` | the lease (renewed by the leader) |
-//! | `p:dedupe:{h}:meta` | hash `owner`, `started` of the current or last leader | lease + 30 s, so a takeover is recognised |
-//! | `p:dedupe:{h}:result` | hash `kind`, `at`, `status`, `headers`, `body`, `error` | `result_ttl` |
-//!
-//! Each operation is one Lua script (atomic on the server): taking the lead reads the result and
-//! lease and sets the lease `NX` in one step; renew, publish and release check that the caller
-//! still owns the lease (compare-and-set, compare-and-delete). Publishing deletes the lease and
-//! writes the whole result (status, headers and body, or a failure or too-large marker) in one
-//! step, then announces the key on the channel `p:dedupe:done`. Ages use the server's clock
-//! (`TIME`), so machines with skewed clocks agree.
-//!
-//! # Waking followers
-//!
-//! Each `RedisDedupeStore` (each call of [`RedisStore::dedupe`]) keeps one pub/sub connection,
-//! opened on the first wait and re-opened after failures, subscribed to `p:dedupe:done`. A
-//! follower re-reads the key when its key is announced, and also polls with a backoff (1 ms
-//! doubling to [`fallback_poll`](RedisDedupeStore::fallback_poll), 8 ms while the subscription is
-//! down), so a missed message costs latency, never a hang.
-//!
-//! # Expiry
-//!
-//! Everything expires by Redis TTLs: no cleanup job is needed. [`DedupeStore::cleanup`] removes
-//! the `meta` hashes of leases that ran out (after which the next leader is not counted as a
-//! takeover), as the SQLite sweep removes expired pending rows.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,10 +214,41 @@ struct Shared {
 /// atomic step and kept `result_ttl`; followers are woken through pub/sub, with polling as a
 /// fallback. When Redis is unreachable or slow every operation fails within the
 /// [operation timeout](crate::store::redis::RedisStoreBuilder::operation_timeout) with a
-/// [`StoreError`], and the dedupe layer passes the request through. See the
-/// [module documentation](self) for the keys.
+/// [`StoreError`], and the dedupe layer passes the request through.
 ///
 /// Clones share the counters and the pub/sub connection.
+///
+/// # Keys
+///
+/// For a request key with hex hash `h`, under the store's prefix `p` (`{h}` is a hash tag, so one
+/// key's three Redis keys live in one cluster slot):
+///
+/// | key | holds | lives |
+/// |---|---|---|
+/// | `p:dedupe:{h}:lease` | the leader's owner id, set with `SET NX PX lease` | the lease (renewed by the leader) |
+/// | `p:dedupe:{h}:meta` | hash `owner`, `started` of the current or last leader | lease + 30 s, so a takeover is recognised |
+/// | `p:dedupe:{h}:result` | hash `kind`, `at`, `status`, `headers`, `body`, `error` | `result_ttl` |
+///
+/// Each operation is one Lua script (atomic on the server): taking the lead reads the result and
+/// lease and sets the lease `NX` in one step; renew, publish and release check that the caller
+/// still owns the lease (compare-and-set, compare-and-delete). Publishing deletes the lease and
+/// writes the whole result (status, headers and body, or a failure or too-large marker) in one
+/// step, then announces the key on the channel `p:dedupe:done`. Ages use the server's clock
+/// (`TIME`), so machines with skewed clocks agree.
+///
+/// # Waking followers
+///
+/// Each `RedisDedupeStore` (each call of [`RedisStore::dedupe`]) keeps one pub/sub connection,
+/// opened on the first wait and re-opened after failures, subscribed to `p:dedupe:done`. A
+/// follower re-reads the key when its key is announced, and also polls with a backoff (1 ms
+/// doubling to [`fallback_poll`](RedisDedupeStore::fallback_poll), 8 ms while the subscription is
+/// down), so a missed message costs latency, never a hang.
+///
+/// # Expiry
+///
+/// Everything expires by Redis TTLs: no cleanup job is needed. [`cleanup`](DedupeStore::cleanup) removes
+/// the `meta` hashes of leases that ran out (after which the next leader is not counted as a
+/// takeover), as the SQLite sweep removes expired pending rows.
 ///
 /// # Example
 ///
