@@ -1,15 +1,17 @@
 //! Dedupe costs: what a follower adds in one process, what a leader adds, and how long a
-//! follower over another store handle (the cross-process path: polling the SQLite file) takes to
-//! see a leader's result.
+//! follower over another store handle (the cross-process path: polling the SQLite file, or a
+//! pub/sub wake-up from Redis) takes to see a leader's result.
 //!
 //! Run: `cargo bench --bench dedupe -- --warm-up-time 1 --measurement-time 3`
+//! (`--all-features` adds the Redis case, against `COURTEOUS_REDIS_URL` or 127.0.0.1:6379; it is
+//! skipped when no Redis answers).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use courteous::dedupe::DedupeRole;
-use courteous::dedupe::{DedupeLayer, MemoryDedupeStore};
+use courteous::dedupe::{DedupeLayer, DedupeStore, MemoryDedupeStore};
 use courteous::store::sqlite::SqliteStore;
 use courteous::{BoxError, Report};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -96,11 +98,7 @@ fn in_process(c: &mut Criterion) {
 /// Two handles on one file: layer A leads, layer B follows through the store (as another process
 /// would). Measures from A's return to B's.
 fn cross_store(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db");
     let (one, two) = rt.block_on(async {
@@ -109,12 +107,52 @@ fn cross_store(c: &mut Criterion) {
             SqliteStore::open(&path).await.unwrap(),
         )
     });
+    wake_latency(c, &rt, "dedupe/cross_store", one.dedupe(), two.dedupe());
+}
+
+/// The same over two connections to one Redis server (one prefix): B is woken by pub/sub.
+#[cfg(feature = "redis")]
+fn cross_redis(c: &mut Criterion) {
+    use courteous::store::redis::RedisStore;
+    let rt = runtime();
+    let url = std::env::var("COURTEOUS_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());
+    let prefix = format!("courteous-bench:{}", std::process::id());
+    let connect = || RedisStore::builder(&url).prefix(&prefix).connect().unwrap();
+    let (one, two) = rt.block_on(async { (connect(), connect()) });
+    if let Err(error) = rt.block_on(one.ping()) {
+        eprintln!("SKIPPED: dedupe/cross_redis: no Redis answers at {url} ({error})");
+        return;
+    }
+    wake_latency(c, &rt, "dedupe/cross_redis", one.dedupe(), two.dedupe());
+}
+
+#[cfg(not(feature = "redis"))]
+fn cross_redis(_: &mut Criterion) {}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Layer A over `one` leads, layer B over `two` follows through the store; measures from A's
+/// return (after its publish) to B's, and prints the median and p99.
+fn wake_latency(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    one: impl DedupeStore,
+    two: impl DedupeStore,
+) {
     let gate = Arc::new(Semaphore::new(0));
-    let a = DedupeLayer::new(one.dedupe()).layer(gated(gate.clone()));
-    let b_layer = DedupeLayer::new(two.dedupe()).layer(gated(Arc::new(Semaphore::new(0))));
+    let a = DedupeLayer::new(one).layer(gated(gate.clone()));
+    let b_layer = DedupeLayer::new(two).layer(gated(Arc::new(Semaphore::new(0))));
     let n = AtomicU64::new(0);
     let samples = Arc::new(Mutex::new(Vec::new()));
-    let mut group = c.benchmark_group("dedupe/cross_store");
+    let mut group = c.benchmark_group(name);
     group.sample_size(30);
     group.bench_function("wake_after_leader_returns", |bench| {
         bench.iter_custom(|iters| {
@@ -152,12 +190,12 @@ fn cross_store(c: &mut Criterion) {
     samples.sort_unstable();
     let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
     eprintln!(
-        "cross-store wake latency over {} samples: median {:?}, p99 {:?}",
+        "{name}: wake latency over {} samples: median {:?}, p99 {:?}",
         samples.len(),
         at(0.5),
         at(0.99)
     );
 }
 
-criterion_group!(benches, in_process, cross_store);
+criterion_group!(benches, in_process, cross_store, cross_redis);
 criterion_main!(benches);

@@ -77,6 +77,8 @@ pub mod transport;
 
 pub use body::ReplayableBody;
 pub use context::{ContextLayer, Priority, Report, RequestContext};
+#[cfg(feature = "redis")]
+pub use dedupe::RedisDedupeStore;
 #[cfg(feature = "sqlite")]
 pub use dedupe::SqliteDedupeStore;
 pub use dedupe::{DedupeLayer, DedupeRole, MemoryDedupeStore};

@@ -23,7 +23,9 @@
 //!   over. A follower waits at most [`follower_timeout`](DedupeLayer::follower_timeout), then
 //!   makes its own request or fails ([`OnTimeout`]). Nobody hangs.
 //! * **Stores**: [`MemoryDedupeStore`] for one process; `SqliteDedupeStore` (from
-//!   `SqliteStore::dedupe()`) for every process that opens one file.
+//!   `SqliteStore::dedupe()`) for every process that opens one file; `RedisDedupeStore` (from
+//!   `RedisStore::dedupe()`, feature `redis`) for every process on every machine sharing a Redis
+//!   server, with followers woken by pub/sub.
 //!
 //! # Note on bodies
 //!
@@ -104,6 +106,8 @@ use crate::error::BoxError;
 
 pub use layer::{DedupeLayer, OnTimeout};
 pub use service::Dedupe;
+#[cfg(feature = "redis")]
+pub use store::RedisDedupeStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteDedupeStore;
 pub use store::{

@@ -1,4 +1,5 @@
-//! Coalescing across real processes on one SQLite file.
+//! Coalescing across real processes sharing one store: a SQLite file, or a Redis server (each
+//! process with its own in-memory state).
 
 use std::process::Child;
 use std::sync::{Arc, Mutex};
@@ -6,15 +7,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{Request, State};
-use courteous::dedupe::{DedupeLayer, DedupeRole, DedupeStore, KeyStatus, Lead};
-use courteous::store::sqlite::SqliteStore;
-use courteous::{HttpClient, Report, RequestContext, RequestKey};
+use courteous::dedupe::{DedupeLayer, DedupeStore, KeyStatus};
+use courteous::{HttpClient, Report, RequestContext};
 use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
 
+use crate::backend::{Backend, from_env, shared_backends};
 use crate::support::server::Log;
-use crate::support::{TestServer, child, temp_db};
+use crate::support::{TestServer, child};
+
+shared_backends!(
+    four_processes_of_fifty_identical_requests_make_one_upstream_call,
+    a_leader_process_killed_mid_request_is_taken_over,
+);
 
 fn unix_us(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
@@ -48,7 +54,7 @@ async fn server(delay: fn(u64) -> Duration) -> (TestServer, Arc<Mutex<Vec<System
     (server, answered)
 }
 
-/// Child entry: `N` concurrent identical requests through a dedupe layer over the shared file,
+/// Child entry: `N` concurrent identical requests through a dedupe layer over the shared store,
 /// started at `START_AT` (Unix ms). Prints one line per request and the layer's stats; any
 /// failed request fails the child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,13 +63,12 @@ async fn child_requests() {
     if !child::is_child("cross::child_requests") {
         return;
     }
-    let path: String = child::param("DB_PATH");
     let url: String = child::param("URL");
     let n: usize = child::param("N");
     let start_at: u64 = child::param("START_AT");
     let lease_ms: u64 = child::param("LEASE_MS");
-    let store = SqliteStore::open(&path).await.expect("open");
-    let layer = DedupeLayer::new(store.dedupe()).lease_timeout(Duration::from_millis(lease_ms));
+    let store = from_env().await;
+    let layer = DedupeLayer::new(store).lease_timeout(Duration::from_millis(lease_ms));
     let client = ServiceBuilder::new()
         .layer(layer.clone())
         .service(HttpClient::new(reqwest::Client::new()));
@@ -104,7 +109,6 @@ async fn child_requests() {
         "stats leaders={} takeovers={} store_errors={}",
         stats.leaders, stats.takeovers, stats.store_errors
     );
-    store.close().await.expect("close");
     assert_eq!(failed, 0, "requests failed");
     assert_eq!(stats.store_errors, 0);
 }
@@ -145,20 +149,20 @@ fn stat(stdout: &str, name: &str) -> u64 {
 }
 
 fn spawn_child(
-    path: &std::path::Path,
+    backend: &Backend,
     url: &str,
     n: usize,
     start_at: u64,
     lease_ms: u64,
     ready: Option<&std::path::Path>,
 ) -> Child {
-    let mut env = vec![
-        ("DB_PATH", path.display().to_string()),
+    let mut env = backend.child_env();
+    env.extend([
         ("URL", url.to_owned()),
         ("N", n.to_string()),
         ("START_AT", start_at.to_string()),
         ("LEASE_MS", lease_ms.to_string()),
-    ];
+    ]);
     if let Some(ready) = ready {
         env.push(("READY_FILE", ready.display().to_string()));
     }
@@ -169,24 +173,16 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Four processes × 50 identical concurrent requests on one file: one upstream call in total,
+/// Four processes × 50 identical concurrent requests on one store: one upstream call in total,
 /// every request gets the body, and no store error ("database is locked") reaches anyone.
 /// Regression test for DESIGN.md §6 defects 3 (check-then-insert leadership) and 7 (waiters in
 /// other processes never woken).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_processes_of_fifty_identical_requests_make_one_upstream_call() {
+async fn four_processes_of_fifty_identical_requests_make_one_upstream_call(backend: Backend) {
     let (server, answered) = server(|_| Duration::from_millis(1500)).await;
-    let (_dir, path) = temp_db();
-    SqliteStore::open(&path)
-        .await
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
     let url = server.url("/api/volumes/42");
     let start_at = unix_us(SystemTime::now()) / 1000 + 2000;
     let children: Vec<_> = (0..4)
-        .map(|_| spawn_child(&path, &url, 50, start_at, 30_000, None))
+        .map(|_| spawn_child(&backend, &url, 50, start_at, 30_000, None))
         .collect();
     let outputs: Vec<String> = children.into_iter().map(child::wait_ok).collect();
     assert_eq!(server.hits(), 1, "exactly one upstream call in total");
@@ -223,7 +219,8 @@ async fn four_processes_of_fifty_identical_requests_make_one_upstream_call() {
     assert_eq!(leaders, 1);
     wakes.sort_unstable();
     println!(
-        "cross-process wake latency from the upstream's answer, {} followers in 3 processes: median {} µs, p99 {} µs",
+        "{:?}: cross-process wake latency from the upstream's answer, {} followers in 3 processes: median {} µs, p99 {} µs",
+        backend.kind,
         wakes.len(),
         percentile(&wakes, 0.5),
         percentile(&wakes, 0.99)
@@ -232,20 +229,12 @@ async fn four_processes_of_fifty_identical_requests_make_one_upstream_call() {
 
 /// A leader process killed with SIGKILL mid-request: a follower in another process takes over
 /// when the lease runs out, and every follower completes within lease_timeout + 1 s.
-#[cfg(unix)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_process_killed_mid_request_is_taken_over() {
+async fn a_leader_process_killed_mid_request_is_taken_over(backend: Backend) {
     let (server, _) = server(|n| Duration::from_secs(if n == 1 { 600 } else { 0 })).await;
-    let (dir, path) = temp_db();
-    SqliteStore::open(&path)
-        .await
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let url = server.url("/api/issues/7");
     let lease_ms = 2000;
-    let mut leader = spawn_child(&path, &url, 1, 0, lease_ms, None);
+    let mut leader = spawn_child(&backend, &url, 1, 0, lease_ms, None);
     let waited = Instant::now();
     while server.hits() == 0 {
         assert!(
@@ -259,7 +248,7 @@ async fn a_leader_process_killed_mid_request_is_taken_over() {
         .collect();
     let followers: Vec<_> = ready
         .iter()
-        .map(|r| spawn_child(&path, &url, 20, 0, lease_ms, Some(r)))
+        .map(|r| spawn_child(&backend, &url, 20, 0, lease_ms, Some(r)))
         .collect();
     while !ready.iter().all(|r| r.exists()) {
         assert!(
@@ -273,8 +262,8 @@ async fn a_leader_process_killed_mid_request_is_taken_over() {
         let mut r = get(&url);
         RequestContext::resolve(&mut r).key().unwrap().clone()
     };
-    let store = SqliteStore::open(&path).await.unwrap();
-    match store.dedupe().status(&key).await.unwrap() {
+    let store = backend.handle().await;
+    match store.status(&key).await.unwrap() {
         KeyStatus::Pending {
             owner,
             lease_expired,
@@ -303,149 +292,24 @@ async fn a_leader_process_killed_mid_request_is_taken_over() {
     assert_eq!(leaders, 1);
     assert_eq!(outputs.iter().map(|o| stat(o, "takeovers")).sum::<u64>(), 1);
     let after_kill = Duration::from_micros(latest - killed_us);
-    println!("all followers done {after_kill:?} after the SIGKILL (lease {lease_ms} ms)");
+    println!(
+        "{:?}: all followers done {after_kill:?} after the SIGKILL (lease {lease_ms} ms)",
+        backend.kind
+    );
     assert!(
         after_kill <= Duration::from_millis(lease_ms + 1000),
         "took {after_kill:?}"
     );
-    store.close().await.unwrap();
 }
 
-/// Two layers over two handles on one file behave like two processes: a published result is
-/// served to a late follower within result_ttl, and never after. Regression test for DESIGN.md §6
-/// defect 8 (completed jobs kept forever and served as a second, stale cache).
-#[tokio::test]
-async fn a_published_result_is_not_served_after_result_ttl() {
-    let (server, _) = server(|_| Duration::ZERO).await;
-    let (_dir, path) = temp_db();
-    let (one, two) = (
-        SqliteStore::open(&path).await.unwrap(),
-        SqliteStore::open(&path).await.unwrap(),
-    );
-    let ttl = Duration::from_millis(1500);
-    let client = |store: &SqliteStore| {
-        ServiceBuilder::new()
-            .layer(DedupeLayer::new(store.dedupe()).result_ttl(ttl))
-            .service(HttpClient::new(reqwest::Client::new()))
-    };
-    let (a, b) = (client(&one), client(&two));
-    let url = server.url("/x");
-    let key = {
-        let mut r = get(&url);
-        RequestContext::resolve(&mut r).key().unwrap().clone()
-    };
-    let role = |r: &http::Response<reqwest::Body>| Report::of(r).unwrap().dedupe.unwrap();
-
-    assert_eq!(
-        role(&a.clone().oneshot(get(&url)).await.unwrap()),
-        DedupeRole::Leader
-    );
-    match two.dedupe().status(&key).await.unwrap() {
-        KeyStatus::Completed {
-            status, expires_in, ..
-        } => {
-            assert_eq!(status, Some(200));
-            assert!(expires_in <= ttl);
-        }
-        other => panic!("expected a kept result, found {other:?}"),
-    }
-    let late = b.clone().oneshot(get(&url)).await.unwrap();
-    assert_eq!(role(&late), DedupeRole::CrossProcessFollower);
-    assert_eq!(
-        late.into_body().collect().await.unwrap().to_bytes(),
-        "answer 1"
-    );
-    assert_eq!(server.hits(), 1);
-
-    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-    assert_eq!(two.dedupe().status(&key).await.unwrap(), KeyStatus::Empty);
-    let after = b.clone().oneshot(get(&url)).await.unwrap();
-    assert_eq!(role(&after), DedupeRole::Leader);
-    assert_eq!(
-        after.into_body().collect().await.unwrap().to_bytes(),
-        "answer 2"
-    );
-    assert_eq!(server.hits(), 2);
-}
-
-/// 2 handles × 50 tasks race to lead one key: exactly one wins. Regression test for DESIGN.md §6
-/// defect 3 (check-then-insert registration let two processes lead).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn taking_the_lead_is_atomic() {
-    let (_dir, path) = temp_db();
-    let (one, two) = (
-        SqliteStore::open(&path).await.unwrap(),
-        SqliteStore::open(&path).await.unwrap(),
-    );
-    let key = RequestKey::from_parts([3; 32], "GET http://h/race");
-    let lease = Duration::from_secs(30);
-    let attempts = (0..100).map(|i| {
-        let store = if i % 2 == 0 {
-            one.dedupe()
-        } else {
-            two.dedupe()
-        };
-        let key = key.clone();
-        tokio::spawn(async move {
-            store
-                .try_lead(&key, &format!("owner-{i}"), lease)
-                .await
-                .unwrap()
-        })
-    });
-    let won = join_all(attempts)
-        .await
-        .into_iter()
-        .filter(|lead| matches!(lead.as_ref().unwrap(), Lead::Acquired { .. }))
-        .count();
-    assert_eq!(won, 1);
-}
-
-/// An expired lease is taken over by the next caller, and reported as a takeover; the old owner
-/// can no longer renew or publish.
-#[tokio::test]
-async fn an_expired_lease_is_taken_over() {
-    let store = SqliteStore::open(":memory:").await.unwrap().dedupe();
-    let key = RequestKey::from_parts([4; 32], "GET http://h/lease");
-    let short = Duration::from_millis(50);
-    assert!(matches!(
-        store.try_lead(&key, "old", short).await.unwrap(),
-        Lead::Acquired { takeover: false }
-    ));
-    assert!(matches!(
-        store.try_lead(&key, "new", short).await.unwrap(),
-        Lead::Pending { .. }
-    ));
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    assert!(matches!(
-        store.poll(&key).await.unwrap(),
-        courteous::dedupe::KeyState::Expired
-    ));
-    assert!(matches!(
-        store
-            .try_lead(&key, "new", Duration::from_secs(30))
-            .await
-            .unwrap(),
-        Lead::Acquired { takeover: true }
-    ));
-    assert!(!store.renew(&key, "old", short).await.unwrap());
-    store
-        .publish(
-            &key,
-            "old",
-            courteous::dedupe::Completion::TooLarge,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    assert!(
-        matches!(store.status(&key).await.unwrap(), KeyStatus::Pending { owner, .. } if owner == "new")
-    );
-}
-
-/// Expired rows are swept by a write-behind cleanup, at most once per interval.
+/// Expired rows are swept by a write-behind cleanup, at most once per interval (SQLite only:
+/// Redis expires keys by TTL).
+#[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn expired_rows_are_cleaned_up_on_an_interval() {
+    use courteous::RequestKey;
+    use courteous::store::sqlite::SqliteStore;
+
     let sqlite = SqliteStore::open(":memory:").await.unwrap();
     let store = sqlite.dedupe().cleanup_interval(Duration::from_millis(200));
     let short = Duration::from_millis(20);
@@ -499,134 +363,4 @@ async fn expired_rows_are_cleaned_up_on_an_interval() {
     assert_eq!(sqlite.stats().committed, before);
     // And cleanup() sweeps on demand.
     assert_eq!(store.cleanup().await.unwrap(), 0);
-}
-
-/// Over two handles on one file: a leader's error reaches the follower on the other handle as
-/// its message, and a body over the limit sends that follower upstream on its own.
-#[tokio::test]
-async fn a_leaders_error_and_an_oversized_body_reach_followers_through_the_store() {
-    use courteous::BoxError;
-    use courteous::dedupe::{BypassReason, DedupeError};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    let (_dir, path) = temp_db();
-    let (one, two) = (
-        SqliteStore::open(&path).await.unwrap(),
-        SqliteStore::open(&path).await.unwrap(),
-    );
-    let calls = Arc::new(AtomicUsize::new(0));
-    let upstream = {
-        let calls = calls.clone();
-        tower::service_fn(move |req: http::Request<reqwest::Body>| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                if req.uri().path() == "/fails" {
-                    return Err::<http::Response<reqwest::Body>, BoxError>(
-                        "upstream said no".into(),
-                    );
-                }
-                Ok(http::Response::new(reqwest::Body::from(vec![b'x'; 5000])))
-            }
-        })
-    };
-    let client = |store: &SqliteStore| {
-        ServiceBuilder::new()
-            .layer(DedupeLayer::new(store.dedupe()).max_body(1000))
-            .service(upstream.clone())
-    };
-    let (a, b) = (client(&one), client(&two));
-
-    let leader = tokio::spawn(a.clone().oneshot(get("http://h/fails")));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let error = b.clone().oneshot(get("http://h/fails")).await.unwrap_err();
-    let error = error.downcast_ref::<DedupeError>().unwrap();
-    assert!(
-        matches!(error, DedupeError::RemoteUpstream { message } if message.contains("upstream said no")),
-        "{error}"
-    );
-    assert_eq!(
-        leader
-            .await
-            .unwrap()
-            .unwrap_err()
-            .downcast_ref::<DedupeError>()
-            .unwrap()
-            .code(),
-        "dedupe_upstream"
-    );
-    assert_eq!(calls.swap(0, Ordering::SeqCst), 1);
-
-    let leader = tokio::spawn(a.clone().oneshot(get("http://h/large")));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let own = b.clone().oneshot(get("http://h/large")).await.unwrap();
-    assert_eq!(
-        Report::of(&own).unwrap().dedupe,
-        Some(DedupeRole::Bypassed(BypassReason::TooLarge))
-    );
-    assert_eq!(
-        own.into_body().collect().await.unwrap().to_bytes().len(),
-        5000
-    );
-    let led = leader.await.unwrap().unwrap();
-    assert_eq!(
-        led.into_body().collect().await.unwrap().to_bytes().len(),
-        5000
-    );
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
-}
-
-/// A leader cancelled in one process gives its lease back at once: the follower on the other
-/// handle takes over long before the 30 s lease would have run out.
-#[tokio::test]
-async fn a_cancelled_leader_releases_its_lease_for_other_processes() {
-    use courteous::BoxError;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    let (_dir, path) = temp_db();
-    let (one, two) = (
-        SqliteStore::open(&path).await.unwrap(),
-        SqliteStore::open(&path).await.unwrap(),
-    );
-    let calls = Arc::new(AtomicUsize::new(0));
-    let upstream = {
-        let calls = calls.clone();
-        tower::service_fn(move |_req: http::Request<reqwest::Body>| {
-            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            async move {
-                if n == 1 {
-                    std::future::pending::<()>().await;
-                }
-                Ok::<_, BoxError>(http::Response::new(reqwest::Body::from(format!(
-                    "answer {n}"
-                ))))
-            }
-        })
-    };
-    let client = |store: &SqliteStore| {
-        ServiceBuilder::new()
-            .layer(DedupeLayer::new(store.dedupe()))
-            .service(upstream.clone())
-    };
-    let (a, b) = (client(&one), client(&two));
-    let leader = tokio::spawn(a.oneshot(get("http://h/x")));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let follower = tokio::spawn(b.oneshot(get("http://h/x")));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    leader.abort();
-    let started = Instant::now();
-    let response = tokio::time::timeout(Duration::from_secs(10), follower)
-        .await
-        .expect("the follower took over before the lease ran out")
-        .unwrap()
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(
-        Report::of(&response).unwrap().dedupe,
-        Some(DedupeRole::Leader)
-    );
-    assert_eq!(
-        response.into_body().collect().await.unwrap().to_bytes(),
-        "answer 2"
-    );
 }

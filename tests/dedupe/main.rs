@@ -1,8 +1,13 @@
-//! The dedupe layer: in one process (memory store) and across processes (SQLite store).
+//! The dedupe layer: in one process (memory store), the store contract for every backend, and
+//! across processes (SQLite file, Redis server).
 
 #[path = "../support/mod.rs"]
 mod support;
 
-#[cfg(feature = "sqlite")]
+mod backend;
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 mod cross;
 mod local;
+#[cfg(feature = "redis")]
+mod redis;
+mod stores;

@@ -76,6 +76,11 @@ impl OwnRedis {
         Some(own)
     }
 
+    /// The server's process id while it runs (to pause it with SIGSTOP, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -16,8 +16,8 @@ use crate::store::sqlite::schema::Component;
 use crate::store::sqlite::{SqliteError, SqliteStore};
 
 use super::{
-    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture, ms, now_ms,
-    since,
+    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture,
+    decode_headers, encode_headers, ms, now_ms, since,
 };
 
 /// The dedupe tables.
@@ -159,34 +159,6 @@ fn sweep(conn: &Connection) -> rusqlite::Result<u64> {
         [now_ms()],
     )
     .map(|n| n as u64)
-}
-
-fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in headers {
-        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
-        out.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        out.extend_from_slice(name);
-        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        out.extend_from_slice(value);
-    }
-    out
-}
-
-fn decode_headers(mut bytes: &[u8]) -> Option<HeaderMap> {
-    fn take<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
-        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-        let out = bytes.get(4..4 + len)?;
-        *bytes = &bytes[4 + len..];
-        Some(out)
-    }
-    let mut headers = HeaderMap::new();
-    while !bytes.is_empty() {
-        let name = HeaderName::from_bytes(take(&mut bytes)?).ok()?;
-        let value = HeaderValue::from_bytes(take(&mut bytes)?).ok()?;
-        headers.append(name, value);
-    }
-    Some(headers)
 }
 
 fn corrupt(column: usize, what: &str) -> rusqlite::Error {
@@ -461,20 +433,5 @@ impl DedupeStore for SqliteDedupeStore {
 
     fn counters(&self) -> &DedupeCounters {
         &self.counters
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_survive_encoding() {
-        let mut headers = HeaderMap::new();
-        headers.append("set-cookie", HeaderValue::from_static("a=1"));
-        headers.append("set-cookie", HeaderValue::from_static("b=2"));
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        assert_eq!(decode_headers(&encode_headers(&headers)).unwrap(), headers);
-        assert!(decode_headers(&[0, 0, 0, 9, b'x']).is_none());
     }
 }

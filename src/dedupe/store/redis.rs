@@ -1,0 +1,833 @@
+//! The Redis backend: every process on every machine that uses the server (and prefix) coalesces.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::StatusCode;
+use redis::{ErrorKind, Script, Value};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::dedupe::SharedResponse;
+use crate::key::RequestKey;
+use crate::store::StoreError;
+use crate::store::redis::{RedisError, RedisStore};
+
+use super::{
+    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture,
+    decode_headers, encode_headers, ms,
+};
+
+/// How long a leader's `meta` hash outlives its lease, so that the next leader knows it took over.
+const META_GRACE_MS: i64 = 30_000;
+
+/// Shared by every script: `KEYS` are lease, meta, result.
+macro_rules! prelude {
+    () => {
+        r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function read(now)
+  local r = redis.call('HMGET', KEYS[3], 'kind', 'at', 'status', 'headers', 'body', 'error')
+  if r[1] then
+    return {'done', now, r[1], r[2], redis.call('PTTL', KEYS[3]), r[3], r[4], r[5], r[6]}
+  end
+  local owner = redis.call('GET', KEYS[1])
+  local started = redis.call('HGET', KEYS[2], 'started')
+  if owner then
+    return {'pending', now, owner, started or now, redis.call('PTTL', KEYS[1])}
+  end
+  local was = redis.call('HGET', KEYS[2], 'owner')
+  if was then
+    return {'expired', now, was, started or now}
+  end
+  return {'vacant', now}
+end
+local function owned(owner)
+  local current = redis.call('GET', KEYS[1])
+  if current then
+    return current == owner
+  end
+  return redis.call('HGET', KEYS[2], 'owner') == owner
+end
+"#
+    };
+}
+
+/// ARGV: owner, lease ms, meta grace ms.
+static TRY_LEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+local state = read(now)
+if state[1] ~= 'vacant' and state[1] ~= 'expired' then
+  return state
+end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return read(now)
+end
+redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'started', now)
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
+if state[1] == 'expired' then
+  return {'acquired', now, 1}
+end
+return {'acquired', now, 0}
+"#
+    ))
+});
+
+/// ARGV: owner, lease ms, meta grace ms.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+if not owned(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
+return 1
+"#
+    ))
+});
+
+/// ARGV: owner, ttl ms, kind, status, headers, body, error, channel, key hex.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+if not owned(ARGV[1]) then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], 'kind', ARGV[3], 'at', now_ms(), 'status', ARGV[4],
+    'headers', ARGV[5], 'body', ARGV[6], 'error', ARGV[7])
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+redis.call('PUBLISH', ARGV[8], ARGV[9])
+return 1
+"#
+    ))
+});
+
+/// ARGV: owner, channel, key hex.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+if not owned(ARGV[1]) then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"#
+    ))
+});
+
+static POLL: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!(prelude!(), "return read(now_ms())\n")));
+
+/// KEYS: meta, lease, meta, lease, ...: deletes each meta hash whose lease is gone.
+static CLEAN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('DEL', KEYS[i]) == 1 then
+    n = n + 1
+  end
+end
+return n
+"#,
+    )
+});
+
+const RESPONSE: &str = "r";
+const FAILED: &str = "f";
+const TOO_LARGE: &str = "t";
+
+impl RedisStore {
+    /// A [`DedupeStore`] on this Redis server, shared with every process (on any machine) that
+    /// uses the same server and prefix.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use courteous::dedupe::DedupeLayer;
+    /// use courteous::store::redis::RedisStore;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), courteous::store::redis::RedisError> {
+    /// let redis = RedisStore::builder("redis://127.0.0.1:6379/").prefix("myapp").connect()?;
+    /// let layer = DedupeLayer::new(redis.dedupe()).lease_timeout(Duration::from_secs(10));
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn dedupe(&self) -> RedisDedupeStore {
+        let (stop, stopped) = oneshot::channel();
+        let (wakeups, _) = broadcast::channel(1024);
+        RedisDedupeStore {
+            redis: self.clone(),
+            shared: Arc::new(Shared {
+                counters: DedupeCounters::default(),
+                channel: self.key("dedupe:done"),
+                wakeups,
+                subscribed: Arc::new(AtomicBool::new(false)),
+                listener: Mutex::new(Some(stopped)),
+                _stop: stop,
+            }),
+            fallback_poll: Duration::from_millis(50),
+        }
+    }
+}
+
+struct Shared {
+    counters: DedupeCounters,
+    channel: String,
+    /// Keys (hex) announced on the channel, for the waiters in this process.
+    wakeups: broadcast::Sender<Arc<str>>,
+    /// Whether the listener is subscribed now.
+    subscribed: Arc<AtomicBool>,
+    /// The listener's stop signal, until the listener is started.
+    listener: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Dropped with the last clone of the store: the listener stops.
+    _stop: oneshot::Sender<()>,
+}
+
+/// A [`DedupeStore`] on a Redis server: leaders and results are Redis keys that every process on
+/// every machine sharing the server and prefix sees. Made by [`RedisStore::dedupe`].
+///
+/// Leadership is a `SET NX PX` lease, renewed while the request runs; only its owner may renew,
+/// publish or release it (Lua compare-and-set / compare-and-delete). A result is written in one
+/// atomic step and kept `result_ttl`; followers are woken through pub/sub, with polling as a
+/// fallback. When Redis is unreachable or slow every operation fails within the
+/// [operation timeout](crate::store::redis::RedisStoreBuilder::operation_timeout) with a
+/// [`StoreError`], and the dedupe layer passes the request through.
+///
+/// Clones share the counters and the pub/sub connection.
+///
+/// # Keys
+///
+/// For a request key with hex hash `h`, under the store's prefix `p` (`{h}` is a hash tag, so one
+/// key's three Redis keys live in one cluster slot):
+///
+/// | key | holds | lives |
+/// |---|---|---|
+/// | `p:dedupe:{h}:lease` | the leader's owner id, set with `SET NX PX lease` | the lease (renewed by the leader) |
+/// | `p:dedupe:{h}:meta` | hash `owner`, `started` of the current or last leader | lease + 30 s, so a takeover is recognised |
+/// | `p:dedupe:{h}:result` | hash `kind`, `at`, `status`, `headers`, `body`, `error` | `result_ttl` |
+///
+/// Each operation is one Lua script (atomic on the server): taking the lead reads the result and
+/// lease and sets the lease `NX` in one step; renew, publish and release check that the caller
+/// still owns the lease (compare-and-set, compare-and-delete). Publishing deletes the lease and
+/// writes the whole result (status, headers and body, or a failure or too-large marker) in one
+/// step, then announces the key on the channel `p:dedupe:done`. Ages use the server's clock
+/// (`TIME`), so machines with skewed clocks agree.
+///
+/// # Waking followers
+///
+/// Each `RedisDedupeStore` (each call of [`RedisStore::dedupe`]) keeps one pub/sub connection,
+/// opened on the first wait and re-opened after failures, subscribed to `p:dedupe:done`. A
+/// follower re-reads the key when its key is announced, and also polls with a backoff (1 ms
+/// doubling to [`fallback_poll`](RedisDedupeStore::fallback_poll), 8 ms while the subscription is
+/// down), so a missed message costs latency, never a hang.
+///
+/// # Expiry
+///
+/// Everything expires by Redis TTLs: no cleanup job is needed. [`cleanup`](DedupeStore::cleanup) removes
+/// the `meta` hashes of leases that ran out (after which the next leader is not counted as a
+/// takeover), as the SQLite sweep removes expired pending rows.
+///
+/// # Example
+///
+/// ```no_run
+/// use courteous::dedupe::{DedupeStore, KeyStatus};
+/// use courteous::store::redis::RedisStore;
+/// use courteous::RequestKey;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::StoreError> {
+/// let redis = RedisStore::connect("redis://127.0.0.1:6379/")?;
+/// let dedupe = redis.dedupe().fallback_poll(Duration::from_millis(100));
+/// let key = RequestKey::from_parts([1; 32], "GET http://h/x");
+/// dedupe.try_lead(&key, "me", Duration::from_secs(30)).await?;
+/// assert!(matches!(dedupe.status(&key).await?, KeyStatus::Pending { .. }));
+/// dedupe.release(&key, "me").await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisDedupeStore {
+    redis: RedisStore,
+    shared: Arc<Shared>,
+    fallback_poll: Duration,
+}
+
+impl fmt::Debug for RedisDedupeStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisDedupeStore")
+            .field("redis", &self.redis)
+            .field("fallback_poll", &self.fallback_poll)
+            .field(
+                "subscribed",
+                &self.shared.subscribed.load(Ordering::Relaxed),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Redis keys of one request key.
+struct Keys {
+    lease: String,
+    meta: String,
+    result: String,
+    hex: String,
+}
+
+/// What the read part of a script found.
+enum Found {
+    Done(Completion),
+    Pending {
+        now: i64,
+        owner: String,
+        started: i64,
+    },
+    Expired,
+    Vacant,
+    Acquired {
+        takeover: bool,
+    },
+}
+
+impl RedisDedupeStore {
+    /// The longest pause between two polls of a waiting follower while the pub/sub subscription
+    /// is up (default 50 ms): the latency a missed wake-up message costs at most.
+    #[must_use]
+    pub fn fallback_poll(mut self, interval: Duration) -> Self {
+        self.fallback_poll = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether the pub/sub subscription that wakes followers is up now.
+    pub fn is_subscribed(&self) -> bool {
+        self.shared.subscribed.load(Ordering::Relaxed)
+    }
+
+    fn keys(&self, key: &RequestKey) -> Keys {
+        let hex = key.to_hex();
+        Keys {
+            lease: self.redis.key(format_args!("dedupe:{{{hex}}}:lease")),
+            meta: self.redis.key(format_args!("dedupe:{{{hex}}}:meta")),
+            result: self.redis.key(format_args!("dedupe:{{{hex}}}:result")),
+            hex,
+        }
+    }
+
+    /// Runs `script` on `key`'s keys with `args`.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        keys: &Keys,
+        args: &[&[u8]],
+    ) -> Result<T, RedisError> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&keys.lease)
+            .key(&keys.meta)
+            .key(&keys.result);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.redis.script(operation, invocation).await
+    }
+
+    async fn read(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        keys: &Keys,
+        args: &[&[u8]],
+    ) -> Result<Found, StoreError> {
+        let reply: Vec<Value> = self.run(operation, script, keys, args).await?;
+        decode(operation, reply).map_err(StoreError::from)
+    }
+
+    /// Starts the pub/sub listener if it is not running, and subscribes to its wake-ups.
+    fn wakeups(&self) -> broadcast::Receiver<Arc<str>> {
+        let receiver = self.shared.wakeups.subscribe();
+        let stopped = self
+            .shared
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(stopped) = stopped {
+            tokio::spawn(listen(
+                self.redis.clone(),
+                self.shared.channel.clone(),
+                self.shared.wakeups.clone(),
+                self.shared.subscribed.clone(),
+                stopped,
+            ));
+        }
+        receiver
+    }
+}
+
+/// Forwards the keys announced on `channel` to this process's waiters, re-subscribing after
+/// failures, until the store is dropped.
+async fn listen(
+    redis: RedisStore,
+    channel: String,
+    wakeups: broadcast::Sender<Arc<str>>,
+    subscribed: Arc<AtomicBool>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let timeout = redis.operation_timeout();
+    loop {
+        let connect = async {
+            let mut pubsub = tokio::time::timeout(timeout, redis.client().get_async_pubsub())
+                .await
+                .map_err(|_| "timed out connecting".to_owned())?
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(timeout, pubsub.subscribe(&channel))
+                .await
+                .map_err(|_| "timed out subscribing".to_owned())?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = &mut stopped => return,
+            pubsub = connect => pubsub,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                subscribed.store(true, Ordering::Relaxed);
+                tracing::debug!(%channel, "dedupe wake-up subscription is up");
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let message = tokio::select! {
+                        _ = &mut stopped => {
+                            subscribed.store(false, Ordering::Relaxed);
+                            return;
+                        }
+                        message = messages.next() => message,
+                    };
+                    let Some(message) = message else { break };
+                    if let Ok(hex) = std::str::from_utf8(message.get_payload_bytes()) {
+                        // No receiver is fine: nobody waits.
+                        let _ = wakeups.send(hex.into());
+                    }
+                }
+                subscribed.store(false, Ordering::Relaxed);
+                tracing::debug!(%channel, "dedupe wake-up subscription lost; followers poll until it is back");
+            }
+            Err(error) => {
+                tracing::debug!(%channel, %error, "dedupe wake-up subscription failed; followers poll until it is up");
+            }
+        }
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+fn unexpected(operation: &'static str, what: String) -> RedisError {
+    RedisError::Command {
+        operation,
+        source: redis::RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "unexpected reply from a dedupe script",
+            what,
+        )),
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::Nil => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+/// Decodes the reply of `read()` or of the lead step.
+fn decode(operation: &'static str, reply: Vec<Value>) -> Result<Found, RedisError> {
+    let bad = |what: &str| unexpected(operation, format!("{what} in {reply:?}"));
+    let tag = reply.first().and_then(text).ok_or_else(|| bad("no tag"))?;
+    let num = |i: usize| reply.get(i).and_then(int).ok_or_else(|| bad("no number"));
+    Ok(match tag.as_str() {
+        "vacant" => Found::Vacant,
+        "acquired" => Found::Acquired {
+            takeover: num(2)? == 1,
+        },
+        "pending" => Found::Pending {
+            now: num(1)?,
+            owner: reply.get(2).and_then(text).ok_or_else(|| bad("no owner"))?,
+            started: num(3)?,
+        },
+        "expired" => Found::Expired,
+        "done" => {
+            let kind = reply.get(2).and_then(text).ok_or_else(|| bad("no kind"))?;
+            let status = reply
+                .get(5)
+                .and_then(text)
+                .and_then(|s| s.parse::<u16>().ok());
+            let mut rest = reply.clone().into_iter().skip(6);
+            let mut next = || rest.next().and_then(bytes).ok_or_else(|| bad("no field"));
+            let (headers, body, error) = (next()?, next()?, next()?);
+            let completion = match kind.as_str() {
+                RESPONSE => {
+                    let code = status
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .ok_or_else(|| bad("bad status"))?;
+                    let headers = decode_headers(&headers).ok_or_else(|| bad("bad headers"))?;
+                    Completion::Response(Arc::new(SharedResponse::new(
+                        code,
+                        headers,
+                        Bytes::from(body),
+                    )))
+                }
+                FAILED => Completion::Failed(String::from_utf8_lossy(&error).into()),
+                TOO_LARGE => Completion::TooLarge,
+                _ => return Err(bad("unknown kind")),
+            };
+            Found::Done(completion)
+        }
+        _ => return Err(bad("unknown tag")),
+    })
+}
+
+fn millis(n: i64) -> Duration {
+    Duration::from_millis(n.max(0) as u64)
+}
+
+/// Milliseconds for `PX`, which refuses 0.
+fn px(d: Duration) -> Vec<u8> {
+    ms(d).max(1).to_string().into_bytes()
+}
+
+/// Whether `received` says `hex` was announced (or that announcements were lost).
+async fn announced(receiver: &mut broadcast::Receiver<Arc<str>>, hex: &str) {
+    loop {
+        match receiver.recv().await {
+            Ok(key) if &*key == hex => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+impl DedupeStore for RedisDedupeStore {
+    fn try_lead<'a>(
+        &'a self,
+        key: &'a RequestKey,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, Lead> {
+        Box::pin(async move {
+            let keys = self.keys(key);
+            let grace = META_GRACE_MS.to_string();
+            let args: [&[u8]; 3] = [owner.as_bytes(), &px(lease), grace.as_bytes()];
+            Ok(
+                match self.read("dedupe lead", &TRY_LEAD, &keys, &args).await? {
+                    Found::Acquired { takeover } => Lead::Acquired { takeover },
+                    Found::Pending {
+                        now,
+                        owner,
+                        started,
+                    } => Lead::Pending {
+                        owner,
+                        age: millis(now - started),
+                    },
+                    Found::Done(completion) => Lead::Completed(completion),
+                    Found::Vacant | Found::Expired => {
+                        return Err(unexpected(
+                            "dedupe lead",
+                            "the lead step neither led nor found a leader".to_owned(),
+                        )
+                        .into());
+                    }
+                },
+            )
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a RequestKey,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let keys = self.keys(key);
+            let grace = META_GRACE_MS.to_string();
+            let args: [&[u8]; 3] = [owner.as_bytes(), &px(lease), grace.as_bytes()];
+            let renewed: i64 = self.run("dedupe renew", &RENEW, &keys, &args).await?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        key: &'a RequestKey,
+        owner: &'a str,
+        completion: Completion,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let keys = self.keys(key);
+            let ttl = ms(ttl).to_string();
+            let (kind, status, headers, body, error) = match &completion {
+                Completion::Response(r) => (
+                    RESPONSE,
+                    r.status.as_u16().to_string(),
+                    encode_headers(&r.headers),
+                    &r.body[..],
+                    &b""[..],
+                ),
+                Completion::Failed(message) => (
+                    FAILED,
+                    String::new(),
+                    Vec::new(),
+                    &b""[..],
+                    message.as_bytes(),
+                ),
+                Completion::TooLarge => (TOO_LARGE, String::new(), Vec::new(), &b""[..], &b""[..]),
+            };
+            let args: [&[u8]; 9] = [
+                owner.as_bytes(),
+                ttl.as_bytes(),
+                kind.as_bytes(),
+                status.as_bytes(),
+                &headers,
+                body,
+                error,
+                self.shared.channel.as_bytes(),
+                keys.hex.as_bytes(),
+            ];
+            let _published: i64 = self.run("dedupe publish", &PUBLISH, &keys, &args).await?;
+            Ok(())
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let keys = self.keys(key);
+            let args: [&[u8]; 3] = [
+                owner.as_bytes(),
+                self.shared.channel.as_bytes(),
+                keys.hex.as_bytes(),
+            ];
+            let _released: i64 = self.run("dedupe release", &RELEASE, &keys, &args).await?;
+            Ok(())
+        })
+    }
+
+    fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
+        Box::pin(async move {
+            let keys = self.keys(key);
+            Ok(match self.read("dedupe poll", &POLL, &keys, &[]).await? {
+                Found::Vacant | Found::Acquired { .. } => KeyState::Vacant,
+                Found::Pending { .. } => KeyState::Pending,
+                Found::Expired => KeyState::Expired,
+                Found::Done(completion) => KeyState::Completed(completion),
+            })
+        })
+    }
+
+    /// Waits for the key's announcement on the pub/sub channel, re-reading the key on each
+    /// announcement and on a polling backoff (1 ms up to the fallback interval; 8 ms while the
+    /// subscription is down).
+    fn wait<'a>(&'a self, key: &'a RequestKey, deadline: Instant) -> StoreFuture<'a, KeyState> {
+        Box::pin(async move {
+            let mut wakeups = self.wakeups();
+            let hex = key.to_hex();
+            let mut pause = Duration::from_millis(1);
+            loop {
+                let state = self.poll(key).await?;
+                let now = Instant::now();
+                if !matches!(state, KeyState::Pending) || now >= deadline {
+                    return Ok(state);
+                }
+                let cap = if self.is_subscribed() {
+                    self.fallback_poll
+                } else {
+                    self.fallback_poll.min(Duration::from_millis(8))
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(pause.min(deadline - now)) => {
+                        pause = (pause * 2).min(cap);
+                    }
+                    () = announced(&mut wakeups, &hex) => {}
+                }
+            }
+        })
+    }
+
+    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
+        Box::pin(async move {
+            let keys = self.keys(key);
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("TIME")
+                .cmd("GET")
+                .arg(&keys.lease)
+                .cmd("HMGET")
+                .arg(&keys.meta)
+                .arg("owner")
+                .arg("started")
+                .cmd("HMGET")
+                .arg(&keys.result)
+                .arg("kind")
+                .arg("at")
+                .arg("status")
+                .cmd("PTTL")
+                .arg(&keys.result);
+            type Reply = (
+                (i64, i64),
+                Option<String>,
+                (Option<String>, Option<i64>),
+                (Option<String>, Option<i64>, Option<String>),
+                i64,
+            );
+            let ((secs, micros), lease_owner, (meta_owner, started), (kind, at, status), pttl): Reply =
+                self.redis.pipe("dedupe status", &pipe).await?;
+            let now = secs * 1000 + micros / 1000;
+            Ok(if let Some(kind) = kind {
+                KeyStatus::Completed {
+                    age: millis(now - at.unwrap_or(now)),
+                    expires_in: millis(pttl),
+                    status: status
+                        .and_then(|s| s.parse().ok())
+                        .filter(|_| kind == RESPONSE),
+                }
+            } else if let Some(owner) = lease_owner.clone().or(meta_owner) {
+                KeyStatus::Pending {
+                    owner,
+                    age: millis(now - started.unwrap_or(now)),
+                    lease_expired: lease_owner.is_none(),
+                }
+            } else {
+                KeyStatus::Empty
+            })
+        })
+    }
+
+    /// Results and leases expire by Redis TTLs; this removes the `meta` hashes of leases that
+    /// ran out (found with `SCAN`), and returns how many went.
+    fn cleanup(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let pattern = format!("{}:*:meta", glob_escape(&self.redis.key("dedupe")));
+            let mut cursor: u64 = 0;
+            let mut removed = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500);
+                let (next, metas): (u64, Vec<String>) =
+                    self.redis.query("dedupe cleanup scan", scan).await?;
+                if !metas.is_empty() {
+                    let mut invocation = CLEAN.prepare_invoke();
+                    for meta in &metas {
+                        let lease = format!("{}:lease", meta.trim_end_matches(":meta"));
+                        invocation.key(meta).key(lease);
+                    }
+                    let n: u64 = self.redis.script("dedupe cleanup", invocation).await?;
+                    removed += n;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            DedupeCounters::add(&self.shared.counters.cleaned, removed);
+            Ok(removed)
+        })
+    }
+
+    fn counters(&self) -> &DedupeCounters {
+        &self.shared.counters
+    }
+}
+
+/// `s` with the `SCAN MATCH` glob characters escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(glob_escape("courteous:dedupe"), "courteous:dedupe");
+    }
+
+    #[test]
+    fn a_malformed_reply_is_a_typed_error() {
+        let err = decode("dedupe poll", vec![Value::Int(3)]).err().unwrap();
+        assert_eq!(err.code(), "redis_command");
+        let done = decode(
+            "dedupe poll",
+            vec![
+                Value::BulkString(b"done".to_vec()),
+                Value::Int(10),
+                Value::BulkString(b"f".to_vec()),
+                Value::BulkString(b"4".to_vec()),
+                Value::Int(900),
+                Value::BulkString(Vec::new()),
+                Value::BulkString(Vec::new()),
+                Value::BulkString(Vec::new()),
+                Value::BulkString(b"boom".to_vec()),
+            ],
+        )
+        .ok()
+        .unwrap();
+        assert!(matches!(done, Found::Done(Completion::Failed(m)) if &*m == "boom"));
+    }
+}

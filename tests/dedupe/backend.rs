@@ -1,0 +1,202 @@
+//! The dedupe stores under test: one [`Backend`] per test, from which "processes" take their own
+//! handles (memory: clones of one store; SQLite: the same file opened again; Redis: a new
+//! connection to the same server and prefix), and child processes rebuild theirs from the
+//! environment.
+
+use std::sync::Arc;
+
+use courteous::dedupe::{DedupeStore, MemoryDedupeStore};
+
+use crate::support::child;
+
+/// Which store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Memory,
+    #[cfg(feature = "sqlite")]
+    Sqlite,
+    #[cfg(feature = "redis")]
+    Redis,
+}
+
+/// One store shared by the handles a test takes from it.
+pub struct Backend {
+    pub kind: Kind,
+    memory: MemoryDedupeStore,
+    #[cfg(feature = "sqlite")]
+    sqlite: Option<(tempfile::TempDir, std::path::PathBuf)>,
+    #[cfg(feature = "redis")]
+    redis: Option<(String, String)>,
+}
+
+impl Backend {
+    /// A fresh store of `kind`, or `None` (after printing `SKIPPED: ...`) when Redis does not
+    /// answer.
+    pub async fn new(kind: Kind, test: &str) -> Option<Backend> {
+        let _ = test;
+        let mut backend = Backend {
+            kind,
+            memory: MemoryDedupeStore::new(),
+            #[cfg(feature = "sqlite")]
+            sqlite: None,
+            #[cfg(feature = "redis")]
+            redis: None,
+        };
+        match kind {
+            Kind::Memory => {}
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite => {
+                let (dir, path) = crate::support::temp_db();
+                // Create the schema once, before processes race to open the file.
+                courteous::store::sqlite::SqliteStore::open(&path)
+                    .await
+                    .unwrap()
+                    .close()
+                    .await
+                    .unwrap();
+                backend.sqlite = Some((dir, path));
+            }
+            #[cfg(feature = "redis")]
+            Kind::Redis => {
+                let url = crate::support::redis::shared_url().await?;
+                backend.redis = Some((url, crate::support::redis::unique_prefix(test)));
+            }
+        }
+        Some(backend)
+    }
+
+    /// A handle on the store, as another process would have it.
+    pub async fn handle(&self) -> Arc<dyn DedupeStore> {
+        match self.kind {
+            Kind::Memory => Arc::new(self.memory.clone()),
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite => {
+                let (_, path) = self.sqlite.as_ref().unwrap();
+                sqlite_handle(path).await
+            }
+            #[cfg(feature = "redis")]
+            Kind::Redis => {
+                let (url, prefix) = self.redis.as_ref().unwrap();
+                redis_handle(url, prefix)
+            }
+        }
+    }
+
+    /// What a child process needs to open the same store ([`from_env`]).
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        match self.kind {
+            Kind::Memory => panic!("a memory store cannot be shared with another process"),
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite => vec![
+                ("BACKEND", "sqlite".to_owned()),
+                (
+                    "DB_PATH",
+                    self.sqlite.as_ref().unwrap().1.display().to_string(),
+                ),
+            ],
+            #[cfg(feature = "redis")]
+            Kind::Redis => {
+                let (url, prefix) = self.redis.as_ref().unwrap();
+                vec![
+                    ("BACKEND", "redis".to_owned()),
+                    ("REDIS_URL", url.clone()),
+                    ("PREFIX", prefix.clone()),
+                ]
+            }
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+async fn sqlite_handle(path: &std::path::Path) -> Arc<dyn DedupeStore> {
+    let store = courteous::store::sqlite::SqliteStore::open(path)
+        .await
+        .unwrap();
+    Arc::new(store.dedupe())
+}
+
+#[cfg(feature = "redis")]
+fn redis_handle(url: &str, prefix: &str) -> Arc<dyn DedupeStore> {
+    let store = courteous::store::redis::RedisStore::builder(url)
+        .prefix(prefix)
+        .connect()
+        .unwrap();
+    Arc::new(store.dedupe())
+}
+
+/// In a child process: the store the parent's [`Backend::child_env`] describes.
+pub async fn from_env() -> Arc<dyn DedupeStore> {
+    let backend: String = child::param("BACKEND");
+    match backend.as_str() {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => sqlite_handle(std::path::Path::new(&child::param::<String>("DB_PATH"))).await,
+        #[cfg(feature = "redis")]
+        "redis" => redis_handle(
+            &child::param::<String>("REDIS_URL"),
+            &child::param::<String>("PREFIX"),
+        ),
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+/// Runs `test` against a fresh store of `kind`, unless it is skipped.
+pub async fn run<F, Fut>(kind: Kind, name: &str, test: F)
+where
+    F: FnOnce(Backend) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if let Some(backend) = Backend::new(kind, name).await {
+        test(backend).await;
+    }
+}
+
+/// For each behaviour `name` (an `async fn name(backend: Backend)`), a module `name` with one
+/// test per backend: `name::memory`, `name::sqlite`, `name::redis`.
+macro_rules! every_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::backend::{Kind, run};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                run(Kind::Memory, stringify!($name), super::$name).await;
+            }
+
+            #[cfg(feature = "sqlite")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run(Kind::Sqlite, stringify!($name), super::$name).await;
+            }
+
+            #[cfg(feature = "redis")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                run(Kind::Redis, stringify!($name), super::$name).await;
+            }
+        }
+    )*};
+}
+
+/// The same, for behaviours across processes: SQLite and Redis only.
+macro_rules! shared_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use crate::backend::{Kind, run};
+
+            #[cfg(feature = "sqlite")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run(Kind::Sqlite, stringify!($name), super::$name).await;
+            }
+
+            #[cfg(feature = "redis")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                run(Kind::Redis, stringify!($name), super::$name).await;
+            }
+        }
+    )*};
+}
+
+pub(crate) use {every_backend, shared_backends};

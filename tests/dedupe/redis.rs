@@ -1,0 +1,324 @@
+//! What only the Redis store does: pub/sub wake-ups (and the polling fallback when a message is
+//! missed), and its behaviour when Redis stops, hangs and comes back.
+
+use std::time::{Duration, Instant};
+
+use courteous::dedupe::{
+    BypassReason, Completion, DedupeLayer, DedupeRole, DedupeStore, KeyState, Lead,
+    RedisDedupeStore,
+};
+use courteous::store::redis::RedisStore;
+use courteous::{HttpClient, Report, RequestKey};
+use futures_util::future::join_all;
+use http_body_util::BodyExt;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::support::TestServer;
+use crate::support::redis::{OwnRedis, shared_url, unique_prefix};
+
+fn get(url: &str) -> http::Request<reqwest::Body> {
+    http::Request::get(url)
+        .body(reqwest::Body::from(""))
+        .unwrap()
+}
+
+fn role(r: &http::Response<reqwest::Body>) -> DedupeRole {
+    Report::of(r).unwrap().dedupe.unwrap()
+}
+
+fn store(url: &str, prefix: &str, timeout: Duration) -> RedisStore {
+    RedisStore::builder(url)
+        .prefix(prefix)
+        .operation_timeout(timeout)
+        .connect_timeout(timeout)
+        .connect()
+        .unwrap()
+}
+
+/// A follower is woken by the leader's announcement, not by its polling: with a 10 s fallback
+/// poll, the publish is seen within milliseconds (without pub/sub the next poll would come about
+/// a second later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_are_woken_through_pub_sub() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("pubsub");
+    let timeout = Duration::from_secs(1);
+    let leader = store(&url, &prefix, timeout).dedupe();
+    let follower = store(&url, &prefix, timeout)
+        .dedupe()
+        .fallback_poll(Duration::from_secs(10));
+    let key = RequestKey::from_parts([21; 32], "GET http://h/pubsub");
+    leader
+        .try_lead(&key, "me", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let waiter = {
+        let (follower, key) = (follower.clone(), key.clone());
+        tokio::spawn(async move {
+            let state = follower
+                .wait(&key, Instant::now() + Duration::from_secs(20))
+                .await;
+            (state, Instant::now())
+        })
+    };
+    // Polls happen at about 1, 3, 7, ... 1023, 2047 ms: publish between the last two.
+    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(started.elapsed())).await;
+    assert!(follower.is_subscribed(), "the wake-up subscription is up");
+    let published = Instant::now();
+    leader
+        .publish(&key, "me", Completion::TooLarge, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (state, woke) = waiter.await.unwrap();
+    assert!(matches!(
+        state.unwrap(),
+        KeyState::Completed(Completion::TooLarge)
+    ));
+    let latency = woke.duration_since(published);
+    println!("woken {latency:?} after the publish");
+    assert!(latency < Duration::from_millis(300), "{latency:?}");
+}
+
+/// A result written without an announcement (a missed message) is still found by polling, within
+/// about the fallback interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_announcement_is_caught_by_polling() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("missed");
+    let redis = store(&url, &prefix, Duration::from_secs(1));
+    let follower = redis.dedupe().fallback_poll(Duration::from_millis(100));
+    let key = RequestKey::from_parts([22; 32], "GET http://h/missed");
+    assert!(matches!(
+        follower
+            .try_lead(&key, "silent", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Lead::Acquired { .. }
+    ));
+    let waiter = {
+        let (follower, key) = (follower.clone(), key.clone());
+        tokio::spawn(async move {
+            follower
+                .wait(&key, Instant::now() + Duration::from_secs(20))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // What publish writes, but with no PUBLISH.
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let base = format!("{prefix}:dedupe:{{{}}}", key.to_hex());
+    let _: () = ::redis::pipe()
+        .atomic()
+        .del(format!("{base}:lease"))
+        .del(format!("{base}:meta"))
+        .hset_multiple(
+            format!("{base}:result"),
+            &[
+                ("kind", "f"),
+                ("at", "0"),
+                ("status", ""),
+                ("headers", ""),
+                ("body", ""),
+                ("error", "written quietly"),
+            ],
+        )
+        .pexpire(format!("{base}:result"), 5000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let written = Instant::now();
+    let state = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("polling found the result")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&state, KeyState::Completed(Completion::Failed(m)) if &**m == "written quietly"),
+        "{state:?}"
+    );
+    assert!(written.elapsed() < Duration::from_millis(500));
+}
+
+fn client(
+    store: RedisDedupeStore,
+) -> impl tower::Service<
+    http::Request<reqwest::Body>,
+    Response = http::Response<reqwest::Body>,
+    Error = courteous::BoxError,
+    Future: Send,
+> + Clone {
+    ServiceBuilder::new()
+        .layer(DedupeLayer::new(store))
+        .service(HttpClient::new(reqwest::Client::new()))
+}
+
+/// Redis stopped mid-run: the leader in flight still answers, a follower waiting on the store in
+/// another "process" goes upstream itself, and new requests pass through, all within the
+/// operation timeout (plus the upstream's own time). Redis restarted: the same stores coalesce
+/// again, pub/sub included, without being re-made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_passes_through_and_a_restart_recovers() {
+    let Some(mut redis) = OwnRedis::start() else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let timeout = Duration::from_millis(300);
+    let (one, two) = (
+        store(&redis.url(), "faults", timeout).dedupe(),
+        store(&redis.url(), "faults", timeout).dedupe(),
+    );
+    let (a, b) = (client(one.clone()), client(two.clone()));
+
+    // A leader in flight on `a`, a cross-process follower waiting on `b`.
+    let slow = server.url("/slow?delay_ms=1500");
+    let leader = tokio::spawn(a.clone().oneshot(get(&slow)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let follower = tokio::spawn(b.clone().oneshot(get(&slow)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.hits(), 1);
+
+    redis.stop();
+    let stopped = Instant::now();
+    let followed = tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .expect("the follower did not hang")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        role(&followed),
+        DedupeRole::Bypassed(BypassReason::StoreFailed)
+    );
+    let led = tokio::time::timeout(Duration::from_secs(5), leader)
+        .await
+        .expect("the leader did not hang")
+        .unwrap()
+        .unwrap();
+    assert_eq!(role(&led), DedupeRole::Leader);
+    // The follower's own call took 1.5 s; its store failure at most the timeout (and a retry).
+    assert!(
+        stopped.elapsed() < Duration::from_millis(1500) + 3 * timeout + Duration::from_millis(500),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert!(one.stats().store_errors >= 1 && two.stats().store_errors >= 1);
+
+    // While Redis is down: 10 identical requests in one process still coalesce locally and
+    // pass the store by, within the timeout.
+    let down = server.url("/down");
+    let hits = server.hits();
+    let started = Instant::now();
+    let responses = join_all((0..10).map(|_| a.clone().oneshot(get(&down)))).await;
+    let elapsed = started.elapsed();
+    let roles: Vec<DedupeRole> = responses
+        .iter()
+        .map(|r| role(r.as_ref().unwrap()))
+        .collect();
+    assert_eq!(server.hits(), hits + 1, "{roles:?}");
+    assert!(roles.contains(&DedupeRole::Bypassed(BypassReason::StoreFailed)));
+    assert!(
+        elapsed < 3 * timeout + Duration::from_millis(500),
+        "{elapsed:?}"
+    );
+
+    redis.restart();
+    // Each store's first operation after the restart may still fail (its connection manager
+    // re-connects on the failure); it passes through, and the next one works.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for client in [&a, &b] {
+        loop {
+            let response = client
+                .clone()
+                .oneshot(get(&server.url("/back")))
+                .await
+                .unwrap();
+            if role(&response) != DedupeRole::Bypassed(BypassReason::StoreFailed) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the store never recovered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Both handles coalesce again, and the follower is woken through the re-made subscription.
+    let again = server.url("/again?delay_ms=500");
+    let hits = server.hits();
+    let leader = tokio::spawn(a.clone().oneshot(get(&again)));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let followed = b.clone().oneshot(get(&again)).await.unwrap();
+    let led = leader.await.unwrap().unwrap();
+    assert_eq!(role(&led), DedupeRole::Leader);
+    assert_eq!(role(&followed), DedupeRole::CrossProcessFollower);
+    assert_eq!(
+        followed.into_body().collect().await.unwrap().to_bytes(),
+        led.into_body().collect().await.unwrap().to_bytes()
+    );
+    assert_eq!(server.hits(), hits + 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !two.is_subscribed() {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription was not re-made"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Redis that accepts connections but does not answer (paused with SIGSTOP): every store
+/// operation fails within the timeout and requests pass through; nothing hangs.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_redis_fails_within_the_timeout() {
+    let Some(redis) = OwnRedis::start() else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let timeout = Duration::from_millis(300);
+    let dedupe = store(&redis.url(), "hang", timeout).dedupe();
+    let key = RequestKey::from_parts([23; 32], "GET http://h/hang");
+    dedupe.poll(&key).await.unwrap();
+    let pid = redis.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let error = dedupe
+        .try_lead(&key, "me", Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < timeout + Duration::from_millis(200));
+    assert_eq!(error.backend(), "redis");
+    let started = Instant::now();
+    assert!(
+        dedupe
+            .wait(&key, Instant::now() + Duration::from_secs(30))
+            .await
+            .is_err()
+    );
+    assert!(started.elapsed() < timeout + Duration::from_millis(200));
+
+    let client = client(dedupe.clone());
+    let started = Instant::now();
+    let response = client.oneshot(get(&server.url("/hang"))).await.unwrap();
+    assert_eq!(
+        role(&response),
+        DedupeRole::Bypassed(BypassReason::StoreFailed)
+    );
+    assert!(
+        started.elapsed() < timeout + Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    signal("-CONT");
+}

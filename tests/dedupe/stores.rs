@@ -1,0 +1,397 @@
+//! The store contract, one suite for every backend: each behaviour is an `async fn(Backend)`
+//! run for the memory, SQLite and Redis stores (`<behaviour>::memory`, `::sqlite`, `::redis`).
+//! Two handles on one store behave like two processes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use courteous::dedupe::{
+    BypassReason, Completion, DedupeError, DedupeLayer, DedupeRole, DedupeStore, KeyState,
+    KeyStatus, Lead, SharedResponse,
+};
+use courteous::{BoxError, HttpClient, Report, RequestContext, RequestKey};
+use futures_util::future::join_all;
+use http_body_util::BodyExt;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::backend::{Backend, every_backend};
+use crate::support::TestServer;
+
+every_backend!(
+    taking_the_lead_is_atomic,
+    an_expired_lease_is_taken_over,
+    only_the_owner_renews_publishes_or_releases,
+    a_published_response_is_read_whole,
+    a_published_result_is_not_served_after_result_ttl,
+    a_leaders_error_and_an_oversized_body_reach_followers_through_the_store,
+    a_cancelled_leader_releases_its_lease_for_other_processes,
+    cleanup_removes_lapsed_leases_only,
+);
+
+fn get(url: &str) -> http::Request<reqwest::Body> {
+    http::Request::get(url)
+        .body(reqwest::Body::from(""))
+        .unwrap()
+}
+
+fn key_of(url: &str) -> RequestKey {
+    let mut r = get(url);
+    RequestContext::resolve(&mut r).key().unwrap().clone()
+}
+
+fn role(r: &http::Response<reqwest::Body>) -> DedupeRole {
+    Report::of(r).unwrap().dedupe.unwrap()
+}
+
+/// 2 handles × 50 tasks race to lead one key: exactly one wins. Regression test for DESIGN.md §6
+/// defect 3 (check-then-insert registration let two processes lead).
+async fn taking_the_lead_is_atomic(backend: Backend) {
+    let (one, two) = (backend.handle().await, backend.handle().await);
+    let key = RequestKey::from_parts([3; 32], "GET http://h/race");
+    let lease = Duration::from_secs(30);
+    let attempts = (0..100).map(|i| {
+        let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let key = key.clone();
+        tokio::spawn(async move {
+            store
+                .try_lead(&key, &format!("owner-{i}"), lease)
+                .await
+                .unwrap()
+        })
+    });
+    let leads: Vec<Lead> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(|l| l.unwrap())
+        .collect();
+    let winners: Vec<usize> = (0..100)
+        .filter(|&i| matches!(leads[i], Lead::Acquired { takeover: false }))
+        .collect();
+    assert_eq!(winners.len(), 1, "{leads:?}");
+    let winner = format!("owner-{}", winners[0]);
+    assert!(
+        leads.iter().all(|l| matches!(l, Lead::Acquired { .. })
+            || matches!(l, Lead::Pending { owner, .. } if *owner == winner)),
+        "{leads:?}"
+    );
+    one.release(&key, &winner).await.unwrap();
+}
+
+/// An expired lease is taken over by the next caller, and reported as a takeover; the old owner
+/// can no longer renew or publish.
+async fn an_expired_lease_is_taken_over(backend: Backend) {
+    let store = backend.handle().await;
+    let key = RequestKey::from_parts([4; 32], "GET http://h/lease");
+    let short = Duration::from_millis(50);
+    assert!(matches!(
+        store.try_lead(&key, "old", short).await.unwrap(),
+        Lead::Acquired { takeover: false }
+    ));
+    assert!(matches!(
+        store.try_lead(&key, "new", short).await.unwrap(),
+        Lead::Pending { owner, .. } if owner == "old"
+    ));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(matches!(store.poll(&key).await.unwrap(), KeyState::Expired));
+    assert!(matches!(
+        store.status(&key).await.unwrap(),
+        KeyStatus::Pending {
+            lease_expired: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        store
+            .try_lead(&key, "new", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Lead::Acquired { takeover: true }
+    ));
+    assert!(!store.renew(&key, "old", short).await.unwrap());
+    store
+        .publish(&key, "old", Completion::TooLarge, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        matches!(store.status(&key).await.unwrap(), KeyStatus::Pending { owner, lease_expired: false, .. } if owner == "new")
+    );
+    store.release(&key, "new").await.unwrap();
+}
+
+/// Renewing extends only the owner's lease; release and publish by anyone else change nothing.
+async fn only_the_owner_renews_publishes_or_releases(backend: Backend) {
+    let (one, two) = (backend.handle().await, backend.handle().await);
+    let key = RequestKey::from_parts([5; 32], "GET http://h/owner");
+    let lease = Duration::from_millis(300);
+    assert!(matches!(
+        one.try_lead(&key, "me", lease).await.unwrap(),
+        Lead::Acquired { .. }
+    ));
+    assert!(!two.renew(&key, "intruder", lease).await.unwrap());
+    two.release(&key, "intruder").await.unwrap();
+    two.publish(&key, "intruder", Completion::TooLarge, lease)
+        .await
+        .unwrap();
+    assert!(matches!(two.poll(&key).await.unwrap(), KeyState::Pending));
+    // Renewed past its first deadline, the lease still holds.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(one.renew(&key, "me", lease).await.unwrap());
+    }
+    assert!(matches!(two.poll(&key).await.unwrap(), KeyState::Pending));
+    one.release(&key, "me").await.unwrap();
+    assert!(matches!(two.poll(&key).await.unwrap(), KeyState::Vacant));
+    assert_eq!(two.status(&key).await.unwrap(), KeyStatus::Empty);
+}
+
+/// Status, headers (repeated ones too) and a binary body come back whole from another handle,
+/// and a waiting follower on that handle wakes with them.
+async fn a_published_response_is_read_whole(backend: Backend) {
+    let (one, two) = (backend.handle().await, backend.handle().await);
+    let key = RequestKey::from_parts([6; 32], "GET http://h/whole");
+    one.try_lead(&key, "me", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.append("set-cookie", "a=1".parse().unwrap());
+    headers.append("set-cookie", "b=2".parse().unwrap());
+    headers.insert("content-type", "application/octet-stream".parse().unwrap());
+    let body: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let response = SharedResponse::new(
+        http::StatusCode::CREATED,
+        headers.clone(),
+        body.clone().into(),
+    );
+    let waiter = {
+        let (two, key) = (two.clone(), key.clone());
+        tokio::spawn(async move {
+            two.wait(&key, Instant::now() + Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    one.publish(
+        &key,
+        "me",
+        Completion::Response(Arc::new(response)),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("the waiter woke")
+        .unwrap()
+        .unwrap();
+    let KeyState::Completed(Completion::Response(read)) = woke else {
+        panic!("expected a response, found {woke:?}");
+    };
+    assert_eq!(read.status, http::StatusCode::CREATED);
+    assert_eq!(read.headers, headers);
+    assert_eq!(read.body, body);
+    assert!(matches!(
+        two.status(&key).await.unwrap(),
+        KeyStatus::Completed {
+            status: Some(201),
+            ..
+        }
+    ));
+    assert!(matches!(
+        two.try_lead(&key, "late", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Lead::Completed(Completion::Response(_))
+    ));
+}
+
+/// Two layers over two handles behave like two processes: a published result is served to a
+/// late follower within result_ttl, and never after. Regression test for DESIGN.md §6 defect 8
+/// (completed jobs kept forever and served as a second, stale cache).
+async fn a_published_result_is_not_served_after_result_ttl(backend: Backend) {
+    let server = TestServer::start().await;
+    let (one, two) = (backend.handle().await, backend.handle().await);
+    let ttl = Duration::from_millis(1500);
+    let client = |store: &Arc<dyn DedupeStore>| {
+        ServiceBuilder::new()
+            .layer(DedupeLayer::new(store.clone()).result_ttl(ttl))
+            .service(HttpClient::new(reqwest::Client::new()))
+    };
+    let (a, b) = (client(&one), client(&two));
+    let url = server.url("/x");
+    let key = key_of(&url);
+
+    let first = a.clone().oneshot(get(&url)).await.unwrap();
+    assert_eq!(role(&first), DedupeRole::Leader);
+    let first = first.into_body().collect().await.unwrap().to_bytes();
+    match two.status(&key).await.unwrap() {
+        KeyStatus::Completed {
+            status, expires_in, ..
+        } => {
+            assert_eq!(status, Some(200));
+            assert!(expires_in <= ttl);
+        }
+        other => panic!("expected a kept result, found {other:?}"),
+    }
+    let late = b.clone().oneshot(get(&url)).await.unwrap();
+    assert_eq!(role(&late), DedupeRole::CrossProcessFollower);
+    assert_eq!(late.into_body().collect().await.unwrap().to_bytes(), first);
+    assert_eq!(server.hits(), 1);
+
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert_eq!(two.status(&key).await.unwrap(), KeyStatus::Empty);
+    let after = b.clone().oneshot(get(&url)).await.unwrap();
+    assert_eq!(role(&after), DedupeRole::Leader);
+    assert_eq!(server.hits(), 2);
+}
+
+/// Over two handles: a leader's error reaches the follower on the other handle as its message,
+/// and a body over the limit sends that follower upstream on its own.
+async fn a_leaders_error_and_an_oversized_body_reach_followers_through_the_store(backend: Backend) {
+    let (one, two) = (backend.handle().await, backend.handle().await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let calls = calls.clone();
+        tower::service_fn(move |req: http::Request<reqwest::Body>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if req.uri().path() == "/fails" {
+                    return Err::<http::Response<reqwest::Body>, BoxError>(
+                        "upstream said no".into(),
+                    );
+                }
+                Ok(http::Response::new(reqwest::Body::from(vec![b'x'; 5000])))
+            }
+        })
+    };
+    let client = |store: &Arc<dyn DedupeStore>| {
+        ServiceBuilder::new()
+            .layer(DedupeLayer::new(store.clone()).max_body(1000))
+            .service(upstream.clone())
+    };
+    let (a, b) = (client(&one), client(&two));
+
+    let leader = tokio::spawn(a.clone().oneshot(get("http://h/fails")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let error = b.clone().oneshot(get("http://h/fails")).await.unwrap_err();
+    let error = error.downcast_ref::<DedupeError>().unwrap();
+    assert!(
+        matches!(error, DedupeError::RemoteUpstream { message } if message.contains("upstream said no")),
+        "{error}"
+    );
+    assert_eq!(
+        leader
+            .await
+            .unwrap()
+            .unwrap_err()
+            .downcast_ref::<DedupeError>()
+            .unwrap()
+            .code(),
+        "dedupe_upstream"
+    );
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 1);
+
+    let leader = tokio::spawn(a.clone().oneshot(get("http://h/large")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let own = b.clone().oneshot(get("http://h/large")).await.unwrap();
+    assert_eq!(
+        Report::of(&own).unwrap().dedupe,
+        Some(DedupeRole::Bypassed(BypassReason::TooLarge))
+    );
+    assert_eq!(
+        own.into_body().collect().await.unwrap().to_bytes().len(),
+        5000
+    );
+    let led = leader.await.unwrap().unwrap();
+    assert_eq!(
+        led.into_body().collect().await.unwrap().to_bytes().len(),
+        5000
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A leader cancelled on one handle gives its lease back at once: the follower on the other
+/// handle takes over long before the 30 s lease would have run out.
+async fn a_cancelled_leader_releases_its_lease_for_other_processes(backend: Backend) {
+    let (one, two) = (backend.handle().await, backend.handle().await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let calls = calls.clone();
+        tower::service_fn(move |_req: http::Request<reqwest::Body>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(http::Response::new(reqwest::Body::from(format!(
+                    "answer {n}"
+                ))))
+            }
+        })
+    };
+    let client = |store: &Arc<dyn DedupeStore>| {
+        ServiceBuilder::new()
+            .layer(DedupeLayer::new(store.clone()))
+            .service(upstream.clone())
+    };
+    let (a, b) = (client(&one), client(&two));
+    let leader = tokio::spawn(a.oneshot(get("http://h/x")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let follower = tokio::spawn(b.oneshot(get("http://h/x")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    leader.abort();
+    let response = tokio::time::timeout(Duration::from_secs(10), follower)
+        .await
+        .expect("the follower took over before the lease ran out")
+        .unwrap()
+        .unwrap();
+    assert_eq!(role(&response), DedupeRole::Leader);
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "answer 2"
+    );
+}
+
+/// `cleanup` removes what a lapsed lease left (the next leader is then no takeover), and keeps
+/// live leases and kept results.
+async fn cleanup_removes_lapsed_leases_only(backend: Backend) {
+    let store = backend.handle().await;
+    let (lapsed, live, done) = (
+        RequestKey::from_parts([7; 32], "GET http://h/lapsed"),
+        RequestKey::from_parts([8; 32], "GET http://h/live"),
+        RequestKey::from_parts([9; 32], "GET http://h/done"),
+    );
+    let long = Duration::from_secs(30);
+    store
+        .try_lead(&lapsed, "gone", Duration::from_millis(30))
+        .await
+        .unwrap();
+    store.try_lead(&live, "me", long).await.unwrap();
+    store.try_lead(&done, "me", long).await.unwrap();
+    store
+        .publish(&done, "me", Completion::TooLarge, long)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(store.cleanup().await.unwrap() >= 1);
+    assert!(store.stats().cleaned >= 1);
+    assert_eq!(store.status(&lapsed).await.unwrap(), KeyStatus::Empty);
+    assert!(matches!(
+        store.status(&live).await.unwrap(),
+        KeyStatus::Pending {
+            lease_expired: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        store.status(&done).await.unwrap(),
+        KeyStatus::Completed { status: None, .. }
+    ));
+    assert!(matches!(
+        store.try_lead(&lapsed, "next", long).await.unwrap(),
+        Lead::Acquired { takeover: false }
+    ));
+    store.release(&lapsed, "next").await.unwrap();
+    store.release(&live, "me").await.unwrap();
+}
