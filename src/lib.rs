@@ -65,6 +65,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod body;
+pub mod cache;
 pub mod context;
 pub mod error;
 pub mod key;
@@ -75,6 +76,7 @@ pub mod store;
 pub mod transport;
 
 pub use body::ReplayableBody;
+pub use cache::{CacheLayer, CacheMode, CacheStatus, CacheTtl};
 pub use context::{ContextLayer, Priority, Report, RequestContext};
 pub use error::BoxError;
 pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
