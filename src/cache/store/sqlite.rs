@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
@@ -46,6 +46,10 @@ pub(crate) const CACHE: Component = Component {
 /// At most this many written entries are kept in memory until the writer has run them.
 const MAX_PENDING: usize = 1024;
 
+/// How long a written entry is served from memory before the writer has run it. Past this, a
+/// database that refuses writes (read-only, full) is not masked by the pending entries.
+const PENDING_FOR: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Default)]
 struct Counters {
     hits: AtomicU64,
@@ -54,7 +58,8 @@ struct Counters {
     purged: AtomicU64,
 }
 
-type Pending = Arc<Mutex<HashMap<[u8; 32], Arc<CacheEntry>>>>;
+type PendingMap = HashMap<[u8; 32], (Arc<CacheEntry>, Instant)>;
+type Pending = Arc<Mutex<PendingMap>>;
 
 /// Cache entries in the shared SQLite file: they survive restarts and are shared by every
 /// process that opens the file. Made by [`SqliteStore::cache`].
@@ -294,7 +299,7 @@ impl SqliteCacheStore {
         &self.store
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<CacheEntry>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingMap> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -303,7 +308,16 @@ impl SqliteCacheStore {
 impl CacheStore for SqliteCacheStore {
     async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError> {
         let now = SystemTime::now();
-        let pending = self.pending().get(key.as_bytes()).cloned();
+        let pending = {
+            let mut pending = self.pending();
+            match pending.get(key.as_bytes()) {
+                Some((_, since)) if since.elapsed() > PENDING_FOR => {
+                    pending.remove(key.as_bytes());
+                    None
+                }
+                found => found.map(|(entry, _)| entry.clone()),
+            }
+        };
         if let Some(entry) = pending.filter(|e| !e.is_expired(now)) {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(entry));
@@ -328,7 +342,7 @@ impl CacheStore for SqliteCacheStore {
         {
             let mut pending = self.pending();
             if pending.len() < MAX_PENDING {
-                pending.insert(hash, entry.clone());
+                pending.insert(hash, (entry.clone(), Instant::now()));
             }
         }
         let pending = self.pending.clone();
@@ -336,7 +350,10 @@ impl CacheStore for SqliteCacheStore {
             .defer_keyed(write_key(key), move |conn| {
                 let result = write_entry(conn, &hash, &entry);
                 let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
-                if pending.get(&hash).is_some_and(|p| Arc::ptr_eq(p, &entry)) {
+                if pending
+                    .get(&hash)
+                    .is_some_and(|(p, _)| Arc::ptr_eq(p, &entry))
+                {
                     pending.remove(&hash);
                 }
                 result
@@ -356,7 +373,7 @@ impl CacheStore for SqliteCacheStore {
         let hash = *key.as_bytes();
         {
             let mut pending = self.pending();
-            if let Some(entry) = pending.get_mut(&hash) {
+            if let Some((entry, _)) = pending.get_mut(&hash) {
                 let mut moved = CacheEntry::clone(entry);
                 moved.fresh_until = fresh_until;
                 moved.expires_at = expires_at;
@@ -401,7 +418,7 @@ impl CacheStore for SqliteCacheStore {
 
     async fn invalidate(&self, target: &Invalidation) -> Result<u64, StoreError> {
         self.pending()
-            .retain(|_, entry| !target.matches(&entry.url));
+            .retain(|_, (entry, _)| !target.matches(&entry.url));
         self.store.flush().await.map_err(|e| self.failed(e))?;
         let target = target.clone();
         self.store
