@@ -342,23 +342,10 @@ impl Job {
         );
         let context = RequestContext::resolve(&mut request);
         let Some(key) = context.key().cloned() else {
-            return self.pass(inner, request, CacheStatus::Bypass).await;
+            return Box::pin(self.pass(inner, request, CacheStatus::Bypass)).await;
         };
         if unsafe_method {
-            let response = inner.oneshot(request).await.map_err(Into::into)?;
-            let status = response.status();
-            if status.is_success() || status.is_redirection() {
-                let target = Invalidation::Path(path_of(url_of(&key)).to_owned());
-                match self.state.store.invalidate(&target).await {
-                    Ok(n) => tracing::debug!(
-                        url = url_of(&key),
-                        invalidated = n,
-                        "unsafe request invalidated cache entries"
-                    ),
-                    Err(error) => self.store_failed("invalidation", &error),
-                }
-            }
-            return Ok(self.finish(response, CacheStatus::Bypass));
+            return Box::pin(self.unsafe_request(inner, request, key)).await;
         }
         let mode = request
             .extensions()
@@ -373,7 +360,7 @@ impl Job {
                 .iter()
                 .any(|h| request.headers().contains_key(h))
         {
-            return self.pass(inner, request, CacheStatus::Bypass).await;
+            return Box::pin(self.pass(inner, request, CacheStatus::Bypass)).await;
         }
 
         let ttl = request
@@ -456,7 +443,51 @@ impl Job {
             return Ok(self.finish(response, CacheStatus::Miss));
         }
 
-        // Go upstream, conditionally when the stored entry can be revalidated.
+        // The miss path is boxed so that the hit path's future stays small.
+        Box::pin(self.fetch(inner, request, found, ttl, store_ok, directives)).await
+    }
+
+    /// Sends an unsafe request; when it succeeds, invalidates the stored entries for its URL.
+    async fn unsafe_request<S, B>(
+        &self,
+        inner: S,
+        request: Request<B>,
+        key: RequestKey,
+    ) -> Result<Response<reqwest::Body>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<reqwest::Body>>,
+        S::Error: Into<BoxError>,
+    {
+        let response = inner.oneshot(request).await.map_err(Into::into)?;
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            let target = Invalidation::Path(path_of(url_of(&key)).to_owned());
+            match self.state.store.invalidate(&target).await {
+                Ok(n) => tracing::debug!(
+                    url = url_of(&key),
+                    invalidated = n,
+                    "unsafe request invalidated cache entries"
+                ),
+                Err(error) => self.store_failed("invalidation", &error),
+            }
+        }
+        Ok(self.finish(response, CacheStatus::Bypass))
+    }
+
+    /// Goes upstream, conditionally when the stored entry can be revalidated.
+    async fn fetch<S, B>(
+        &self,
+        inner: S,
+        mut request: Request<B>,
+        found: Found,
+        ttl: Option<CacheTtl>,
+        store_ok: bool,
+        directives: RequestDirectives,
+    ) -> Result<Response<reqwest::Body>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<reqwest::Body>>,
+        S::Error: Into<BoxError>,
+    {
         let head = Head {
             method: request.method().clone(),
             uri: request.uri().clone(),

@@ -5,6 +5,7 @@ mod support;
 
 mod large;
 mod layer;
+mod proxy;
 mod revalidation;
 #[cfg(feature = "sqlite")]
 mod sqlite;
