@@ -76,7 +76,11 @@ pub mod store;
 pub mod transport;
 
 pub use body::ReplayableBody;
-pub use cache::{CacheLayer, CacheMode, CacheStatus, CacheTtl};
+#[cfg(feature = "sqlite")]
+pub use cache::SqliteCacheStore;
+pub use cache::{
+    CacheLayer, CacheMode, CacheStatus, CacheStore, CacheTtl, MemoryCacheStore, TieredCacheStore,
+};
 pub use context::{ContextLayer, Priority, Report, RequestContext};
 pub use error::BoxError;
 pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};

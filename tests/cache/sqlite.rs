@@ -273,3 +273,31 @@ async fn a_read_only_database_degrades_to_pass_through() {
     assert!(layer.stats().await.store_errors >= 1);
     assert!(sqlite.stats().failed_batches >= 1);
 }
+
+#[tokio::test]
+async fn expired_entries_are_cleaned_up_in_the_background_on_an_interval() {
+    let server = TestServer::start().await;
+    let (_dir, path) = temp_db();
+    let sqlite = SqliteStore::open(&path).await.unwrap();
+    let layer = CacheLayer::new(sqlite.cache())
+        .default_ttl(CacheTtl::absolute(Duration::from_millis(100)))
+        .cleanup_interval(Some(Duration::from_millis(50)));
+    let client = client(layer.clone());
+    send(&client, get(&server.url("/api/issues/1"))).await;
+    sqlite.flush().await.unwrap();
+    assert_eq!(layer.stats().await.store.entries, 1);
+    // No request after this one: only the background cleanup can remove the entry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = layer.stats().await;
+        if stats.store.entries == 0 {
+            assert_eq!(stats.store.purged, 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never cleaned up: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
