@@ -55,6 +55,10 @@ fn bench(c: &mut Criterion) {
     });
 
     let direct = ClientBuilder::new(reqwest::Client::new()).build();
+    // The same reqwest-middleware path with an empty courteous stack: what the hand-off costs.
+    let passthrough = ClientBuilder::new(reqwest::Client::new())
+        .with(Middleware::new(tower::layer::util::Identity::new()))
+        .build();
     let memory = with_cache(layer(MemoryCacheStore::new()));
     let on_sqlite = with_cache(layer(sqlite.cache()));
     let missing = with_cache(layer(MemoryCacheStore::builder().max_entries(1000).build()));
@@ -91,6 +95,17 @@ fn bench(c: &mut Criterion) {
                 b.to_async(&rt).iter(|| {
                     let url = format!("{base}&n={}", n.fetch_add(1, Ordering::Relaxed));
                     let client = &direct;
+                    async move { fetch(client, &url).await }
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("passthrough_fresh_url", label),
+            &base,
+            |b, base| {
+                b.to_async(&rt).iter(|| {
+                    let url = format!("{base}&n={}", n.fetch_add(1, Ordering::Relaxed));
+                    let client = &passthrough;
                     async move { fetch(client, &url).await }
                 });
             },

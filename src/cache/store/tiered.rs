@@ -28,6 +28,7 @@ use super::{CacheStore, CacheStoreStats, Invalidation};
 /// # Example
 ///
 /// ```
+/// # #[cfg(feature = "sqlite")] {
 /// use courteous::cache::{MemoryCacheStore, TieredCacheStore};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), courteous::store::sqlite::SqliteError> {
@@ -36,6 +37,8 @@ use super::{CacheStore, CacheStoreStats, Invalidation};
 /// let store = TieredCacheStore::new(MemoryCacheStore::new(), sqlite.cache());
 /// # let _ = store;
 /// # Ok(())
+/// # }
+/// # main().unwrap();
 /// # }
 /// ```
 #[derive(Debug, Clone)]
