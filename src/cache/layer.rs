@@ -116,7 +116,9 @@ pub struct CacheStats {
     pub revalidated: u64,
     /// Requests that did not use the cache.
     pub bypass: u64,
-    /// Store operations that failed (the requests passed through).
+    /// Store operations of this layer that failed (the requests passed through). The store's
+    /// own count, which includes failures of operations called outside the layer, is
+    /// `store.errors`.
     pub store_errors: u64,
     /// The store's own counts (entries, bytes, expired...); zeroes if it could not answer.
     pub store: CacheStoreStats,
@@ -299,7 +301,7 @@ impl CacheLayer {
             stale: c.stale.load(Ordering::Relaxed),
             revalidated: c.revalidated.load(Ordering::Relaxed),
             bypass: c.bypass.load(Ordering::Relaxed),
-            store_errors: c.store_errors.load(Ordering::Relaxed) + store.errors,
+            store_errors: c.store_errors.load(Ordering::Relaxed),
             store,
         }
     }
