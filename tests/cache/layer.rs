@@ -529,3 +529,21 @@ async fn a_hit_never_touches_the_inner_services_readiness() {
     }
     assert_eq!(polls.load(Ordering::SeqCst), after_miss);
 }
+
+#[tokio::test]
+async fn head_requests_are_cached_apart_from_get() {
+    let server = TestServer::start().await;
+    let client = client(
+        CacheLayer::new(MemoryCacheStore::new()).default_ttl(CacheTtl::absolute(minutes(5))),
+    );
+    let url = server.url("/api/issues/1");
+    let head = || http::Request::head(&url);
+    assert_eq!(send(&client, head()).await.cache, Some(CacheStatus::Miss));
+    let hit = send(&client, head()).await;
+    assert_eq!((hit.cache, hit.body.len()), (Some(CacheStatus::Hit), 0));
+    // A GET is another request: its body is not the HEAD's empty one.
+    let got = send(&client, get(&url)).await;
+    assert_eq!(got.cache, Some(CacheStatus::Miss));
+    assert!(!got.body.is_empty());
+    assert_eq!(server.hits(), 2);
+}

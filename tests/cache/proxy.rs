@@ -51,8 +51,13 @@ impl Drop for ProxyProcess {
 }
 
 fn start_proxy(upstream: &str) -> ProxyProcess {
+    start_proxy_with(upstream, &[])
+}
+
+fn start_proxy_with(upstream: &str, extra: &[&str]) -> ProxyProcess {
     let mut child = Command::new(example_binary())
         .args(["127.0.0.1:0", upstream])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -152,4 +157,36 @@ async fn the_caching_proxy_passes_responses_through_unchanged_and_caches_them() 
     // What is fresh in the cache is still served.
     let cached = client.get(url("/multi?x=1")).send().await.unwrap();
     assert_eq!(cached.headers()["x-cache"], "HIT");
+}
+
+#[tokio::test]
+async fn the_caching_proxy_with_sqlite_serves_what_it_stored_before_a_restart() {
+    let upstream = upstream().await;
+    let (_dir, db) = crate::support::temp_db();
+    let db = db.display().to_string();
+    let start = |url: String, db: String| {
+        tokio::task::spawn_blocking(move || start_proxy_with(&url, &["--sqlite", &db]))
+    };
+    let client = reqwest::Client::new();
+
+    let first = start(upstream.url(""), db.clone()).await.unwrap();
+    let response = client
+        .get(format!("http://{}/multi", first.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    // Let the write-behind writer commit (50 ms), then kill the process without a goodbye.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(first);
+
+    let second = start(upstream.url(""), db).await.unwrap();
+    let response = client
+        .get(format!("http://{}/multi", second.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cache"], "HIT");
+    assert_eq!(response.text().await.unwrap(), "multi 1");
+    assert_eq!(upstream.hits_on("/multi"), 1);
 }
