@@ -67,6 +67,8 @@ pub(crate) struct State {
     pub(crate) counters: Counters,
     /// Keys with a background refresh in flight (stale-while-revalidate refreshes once).
     pub(crate) refreshing: Mutex<HashSet<RequestKey>>,
+    /// Keys whose background refresh failed: their next request refreshes in the foreground.
+    pub(crate) foreground: Mutex<HashSet<RequestKey>>,
     cleanup_started: AtomicBool,
 }
 
@@ -190,6 +192,7 @@ impl CacheLayer {
                 store: Arc::new(store),
                 counters: Counters::default(),
                 refreshing: Mutex::new(HashSet::new()),
+                foreground: Mutex::new(HashSet::new()),
                 cleanup_started: AtomicBool::new(false),
             }),
         }

@@ -429,6 +429,7 @@ impl Job {
                 }
                 if directive_secs(&entry.headers, "stale-while-revalidate")
                     .is_some_and(|swr| staleness <= swr)
+                    && !self.refresh_failed(&found.key)
                 {
                     self.refresh_in_background(inner, &request, &found, ttl);
                     return Ok(self.serve(entry, now, CacheStatus::Stale));
@@ -557,6 +558,19 @@ impl Job {
         }
     }
 
+    /// Whether the last background refresh of `key` failed (and forgets it): then this request
+    /// refreshes in the foreground instead of being served stale again. Through
+    /// [`Middleware`](crate::Middleware) a background refresh always fails (the request's
+    /// middleware chain has finished), so there stale-while-revalidate serves one stale response
+    /// and the next request revalidates.
+    fn refresh_failed(&self, key: &RequestKey) -> bool {
+        self.state
+            .foreground
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+    }
+
     fn refresh_in_background<S, B>(
         &self,
         inner: S,
@@ -616,8 +630,19 @@ impl Job {
             async move {
                 let key = upstream.key.clone();
                 let outcome = inner.oneshot(copy).await.map_err(Into::into);
-                if let Err(error) = &outcome {
-                    tracing::debug!(%error, "background refresh failed; the stale entry stays");
+                let failed = match &outcome {
+                    Err(error) => {
+                        tracing::debug!(%error, "background refresh failed; the next request refreshes in the foreground");
+                        true
+                    }
+                    Ok(response) => response.status().is_server_error(),
+                };
+                if failed {
+                    job.state
+                        .foreground
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone());
                 }
                 // The response is dropped; only the store matters here.
                 let _ = job.complete(upstream, outcome).await;

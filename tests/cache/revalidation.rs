@@ -236,3 +236,34 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
     }
     assert_eq!(server.hits(), 2);
 }
+
+/// Through reqwest-middleware a background refresh cannot be sent (the request's middleware
+/// chain has finished): one request is served stale, and the next refreshes in the foreground
+/// instead of being served stale for the whole window.
+#[cfg(feature = "middleware")]
+#[tokio::test]
+async fn through_reqwest_middleware_a_failed_background_refresh_makes_the_next_request_refresh() {
+    let server = server().await;
+    let clock = TestClock::new();
+    let layer = clock.on(CacheLayer::new(MemoryCacheStore::new()));
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(courteous::Middleware::new(layer))
+        .build();
+    let url = server.url("/swr");
+    let fetch = || async {
+        let response = client.get(&url).send().await.unwrap();
+        let cache = courteous::Report::of(&http::Response::from(response)).and_then(|r| r.cache);
+        cache
+    };
+    let body = || async { client.get(&url).send().await.unwrap().text().await.unwrap() };
+    assert_eq!(fetch().await, Some(CacheStatus::Miss));
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(fetch().await, Some(CacheStatus::Stale));
+    // Wait for the background attempt to fail (it never reaches the server).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.hits(), 1);
+    assert_eq!(fetch().await, Some(CacheStatus::Miss));
+    assert_eq!(server.hits(), 2);
+    assert_eq!(body().await, "version 2");
+    assert_eq!(server.hits(), 2);
+}
