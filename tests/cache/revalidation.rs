@@ -252,8 +252,7 @@ async fn through_reqwest_middleware_a_failed_background_refresh_makes_the_next_r
     let url = server.url("/swr");
     let fetch = || async {
         let response = client.get(&url).send().await.unwrap();
-        let cache = courteous::Report::of(&http::Response::from(response)).and_then(|r| r.cache);
-        cache
+        courteous::Report::of(&http::Response::from(response)).and_then(|r| r.cache)
     };
     let body = || async { client.get(&url).send().await.unwrap().text().await.unwrap() };
     assert_eq!(fetch().await, Some(CacheStatus::Miss));
