@@ -352,14 +352,17 @@ impl Job {
             .get::<CacheMode>()
             .copied()
             .unwrap_or_default();
-        let directives = RequestDirectives::of(request.headers());
-        if !lookup
-            || mode == CacheMode::NoStore
-            || directives.no_store
-            || BYPASS_HEADERS
-                .iter()
-                .any(|h| request.headers().contains_key(h))
-        {
+        // reqwest adds its default headers after the middleware chain: often there are none.
+        let headers = request.headers();
+        let (directives, conditional) = if headers.is_empty() {
+            (RequestDirectives::default(), false)
+        } else {
+            (
+                RequestDirectives::of(headers),
+                BYPASS_HEADERS.iter().any(|h| headers.contains_key(h)),
+            )
+        };
+        if !lookup || mode == CacheMode::NoStore || directives.no_store || conditional {
             return Box::pin(self.pass(inner, request, CacheStatus::Bypass)).await;
         }
 
@@ -367,7 +370,12 @@ impl Job {
             .extensions()
             .get::<CacheTtl>()
             .copied()
-            .or_else(|| self.config.resource_ttls.get(context.resource()).copied())
+            .or_else(|| {
+                if self.config.resource_ttls.is_empty() {
+                    return None;
+                }
+                self.config.resource_ttls.get(context.resource()).copied()
+            })
             .or(self.config.default_ttl);
 
         // Look the request up.
@@ -517,7 +525,11 @@ impl Job {
         key: RequestKey,
         headers: &HeaderMap,
     ) -> Result<Found, (RequestKey, StoreError)> {
-        let entry = match self.state.store.get(&key).await {
+        let entry = match self.state.store.get_now(&key) {
+            Some(found) => found,
+            None => self.state.store.get(&key).await,
+        };
+        let entry = match entry {
             Ok(entry) => entry,
             Err(error) => return Err((key, error)),
         };
@@ -725,6 +737,13 @@ impl Job {
                         CacheEntry::new(url_of(&upstream.key), parts.status, bytes.clone(), now);
                     entry.version = parts.version;
                     entry.headers = parts.headers.clone();
+                    // An `Age` slot, overwritten on every serve, so that serving a hit replaces
+                    // a value instead of growing the cloned header map.
+                    if !entry.headers.contains_key(header::AGE) {
+                        entry
+                            .headers
+                            .insert(header::AGE, HeaderValue::from_static("0"));
+                    }
                     lifetime.apply(&mut entry, &self.config);
                     self.put(&upstream, Arc::new(entry)).await;
                 }

@@ -155,6 +155,17 @@ impl MemoryCacheStore {
         Some(entry)
     }
 
+    fn lookup(&self, key: &RequestKey) -> Option<Arc<CacheEntry>> {
+        let found = self.peek(key);
+        let counter = if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
     pub(crate) fn insert(&self, key: &RequestKey, entry: Arc<CacheEntry>) {
         if entry.is_expired(SystemTime::now()) {
             self.cache.invalidate(key);
@@ -202,14 +213,11 @@ impl Default for MemoryCacheStore {
 #[async_trait::async_trait]
 impl CacheStore for MemoryCacheStore {
     async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError> {
-        let found = self.peek(key);
-        let counter = if found.is_some() {
-            &self.counters.hits
-        } else {
-            &self.counters.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok(found)
+        Ok(self.lookup(key))
+    }
+
+    fn get_now(&self, key: &RequestKey) -> Option<Result<Option<Arc<CacheEntry>>, StoreError>> {
+        Some(Ok(self.lookup(key)))
     }
 
     async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {

@@ -105,6 +105,13 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
     /// The entry under `key`, if stored and not expired.
     async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError>;
 
+    /// What [`get`](Self::get) would answer, when the store can answer at once without waiting
+    /// (an in-memory store, or its memory tier); `None` means "ask `get`". The default is `None`.
+    /// The cache layer tries this first, so a memory hit costs no boxed future.
+    fn get_now(&self, _key: &RequestKey) -> Option<Result<Option<Arc<CacheEntry>>, StoreError>> {
+        None
+    }
+
     /// Stores (or replaces) the entry under `key`. A backend may commit it later (write-behind)
     /// but must return it from `get` in this process at once.
     async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError>;
@@ -140,6 +147,9 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
 impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
     async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError> {
         (**self).get(key).await
+    }
+    fn get_now(&self, key: &RequestKey) -> Option<Result<Option<Arc<CacheEntry>>, StoreError>> {
+        (**self).get_now(key)
     }
     async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
         (**self).put(key, entry).await

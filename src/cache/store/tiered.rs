@@ -91,6 +91,12 @@ impl CacheStore for TieredCacheStore {
         Ok(found)
     }
 
+    fn get_now(&self, key: &RequestKey) -> Option<Result<Option<Arc<CacheEntry>>, StoreError>> {
+        let entry = self.memory.peek(key)?;
+        self.count(true);
+        Some(Ok(Some(entry)))
+    }
+
     async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
         self.memory.insert(key, entry.clone());
         self.back.put(key, entry).await
