@@ -170,6 +170,8 @@ pub struct Report {
     pub priority: Option<Priority>,
     /// The resource it was counted in.
     pub resource: Option<Resource>,
+    /// What the cache layer did: hit, miss, stale, revalidated or bypass.
+    pub cache: Option<crate::cache::CacheStatus>,
     /// What the dedupe layer did: led, followed, or made its own call.
     pub dedupe: Option<crate::dedupe::DedupeRole>,
 }

@@ -253,15 +253,24 @@ impl Canonical {
     }
 }
 
+/// `s` in lower case, allocating only when it has upper-case letters.
+fn lower(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 impl KeyExtractor for DefaultKeyExtractor {
     fn key(&self, parts: &Parts, body: Option<&[u8]>) -> Option<RequestKey> {
         let body = body?;
         let uri = &parts.uri;
-        let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
-        let host = uri.host().unwrap_or("").to_ascii_lowercase();
+        let scheme = lower(uri.scheme_str().unwrap_or("http"));
+        let host = lower(uri.host().unwrap_or(""));
         let port = uri
             .port_u16()
-            .filter(|port| !matches!((scheme.as_str(), port), ("http", 80) | ("https", 443)));
+            .filter(|port| !matches!((&*scheme, port), ("http", 80) | ("https", 443)));
         let path = match uri.path() {
             "" => "/",
             path => path,
@@ -295,11 +304,26 @@ impl KeyExtractor for DefaultKeyExtractor {
                 h.field(value.as_bytes());
             }
         }
-        h.field(&Sha256::digest(body));
+        if body.is_empty() {
+            // The digest of no bytes, computed once.
+            static EMPTY: std::sync::LazyLock<[u8; 32]> =
+                std::sync::LazyLock::new(|| Sha256::digest(b"").into());
+            h.field(&*EMPTY);
+        } else {
+            h.field(&Sha256::digest(body));
+        }
 
-        let mut display = format!("{} {scheme}://{host}", parts.method);
+        let method = parts.method.as_str();
+        let mut display =
+            String::with_capacity(method.len() + scheme.len() + host.len() + path.len() + 16);
+        display.push_str(method);
+        display.push(' ');
+        display.push_str(&scheme);
+        display.push_str("://");
+        display.push_str(&host);
         if let Some(port) = port {
-            display.push_str(&format!(":{port}"));
+            use std::fmt::Write as _;
+            let _ = write!(display, ":{port}");
         }
         display.push_str(path);
         if !params.is_empty() {

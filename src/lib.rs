@@ -65,6 +65,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod body;
+pub mod cache;
 pub mod context;
 pub mod dedupe;
 pub mod error;
@@ -76,6 +77,11 @@ pub mod store;
 pub mod transport;
 
 pub use body::ReplayableBody;
+#[cfg(feature = "sqlite")]
+pub use cache::SqliteCacheStore;
+pub use cache::{
+    CacheLayer, CacheMode, CacheStatus, CacheStore, CacheTtl, MemoryCacheStore, TieredCacheStore,
+};
 pub use context::{ContextLayer, Priority, Report, RequestContext};
 #[cfg(feature = "redis")]
 pub use dedupe::RedisDedupeStore;

@@ -22,7 +22,7 @@ use futures_util::stream::FuturesUnordered;
 use http::Extensions;
 use reqwest::ResponseBuilderExt;
 use reqwest_middleware::Next;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::error::BoxError;
@@ -35,9 +35,63 @@ struct Call {
     reply: oneshot::Sender<Reply>,
 }
 
+/// Calls waiting for the middleware chain, and whether it still takes them.
+///
+/// A plain mutex and a `Notify` rather than an mpsc channel: the slot is made for every request,
+/// and most requests (cache hits) never use it, so it must be cheap to make (one small
+/// allocation; a tokio channel allocates a block of 32 slots up front).
+#[derive(Default)]
+struct Slot {
+    calls: std::sync::Mutex<SlotState>,
+    arrived: Notify,
+}
+
+#[derive(Default)]
+struct SlotState {
+    calls: Vec<Call>,
+    closed: bool,
+}
+
+impl Slot {
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a call; `false` (and the call dropped) when the chain has finished.
+    fn send(&self, call: Call) -> bool {
+        let mut state = self.state();
+        if state.closed {
+            return false;
+        }
+        state.calls.push(call);
+        drop(state);
+        self.arrived.notify_one();
+        true
+    }
+
+    fn take(&self) -> Vec<Call> {
+        std::mem::take(&mut self.state().calls)
+    }
+}
+
+/// Closes the slot when the middleware's `handle` returns or is dropped: later calls fail with
+/// [`HandoffError::ChainFinished`], and queued ones are answered with it (their reply is dropped).
+struct CloseOnDrop(std::sync::Arc<Slot>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let queued = {
+            let mut state = self.0.state();
+            state.closed = true;
+            std::mem::take(&mut state.calls)
+        };
+        drop(queued);
+    }
+}
+
 /// The way back to the middleware chain, carried in the request's extensions.
 #[derive(Clone)]
-struct HandoffSlot(mpsc::UnboundedSender<Call>);
+struct HandoffSlot(std::sync::Arc<Slot>);
 
 /// Runs a tower stack as a `reqwest_middleware::Middleware`.
 ///
@@ -162,19 +216,25 @@ where
         let url = request.url().clone();
         let mut request = http::Request::<reqwest::Body>::try_from(request)?;
         request.extensions_mut().extend(extensions.clone());
-        let (slot, mut calls) = mpsc::unbounded_channel();
-        request.extensions_mut().insert(HandoffSlot(slot));
+        let slot = std::sync::Arc::new(Slot::default());
+        let _close = CloseOnDrop(slot.clone());
+        request.extensions_mut().insert(HandoffSlot(slot.clone()));
 
         let mut response = pin!(self.stack.clone().oneshot(request));
         let mut upstream = FuturesUnordered::new();
         loop {
             tokio::select! {
+                biased;
                 result = &mut response => {
                     return result
                         .map(|response| into_reqwest_response(response, url))
                         .map_err(|error| into_middleware_error(error.into()));
                 }
-                Some(call) = calls.recv() => upstream.push(serve(call, next.clone())),
+                () = slot.arrived.notified() => {
+                    for call in slot.take() {
+                        upstream.push(serve(call, next.clone()));
+                    }
+                }
                 Some(()) = upstream.next(), if !upstream.is_empty() => {}
             }
         }
@@ -243,9 +303,10 @@ impl Service<http::Request<reqwest::Body>> for Handoff {
             None => HandoffState::Failed(Some(HandoffError::NotInMiddleware)),
             Some(HandoffSlot(slot)) => {
                 let (reply, response) = oneshot::channel();
-                match slot.send(Call { request, reply }) {
-                    Ok(()) => HandoffState::Waiting(response),
-                    Err(_) => HandoffState::Failed(Some(HandoffError::ChainFinished)),
+                if slot.send(Call { request, reply }) {
+                    HandoffState::Waiting(response)
+                } else {
+                    HandoffState::Failed(Some(HandoffError::ChainFinished))
                 }
             }
         };

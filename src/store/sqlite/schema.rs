@@ -37,7 +37,11 @@ pub(crate) const CORE: Component = Component {
 };
 
 /// Every component compiled into this build.
-pub(crate) const COMPONENTS: &[Component] = &[CORE, crate::dedupe::store::sqlite::DEDUPE];
+pub(crate) const COMPONENTS: &[Component] = &[
+    CORE,
+    crate::cache::store::sqlite::CACHE,
+    crate::dedupe::store::sqlite::DEDUPE,
+];
 
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS courteous_schema (
     component   TEXT PRIMARY KEY NOT NULL,

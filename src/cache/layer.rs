@@ -1,0 +1,319 @@
+//! [`CacheLayer`]: configuration and shared state.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, StatusCode};
+use tower::Layer;
+
+use crate::key::RequestKey;
+use crate::resource::Resource;
+
+use super::service::Cache;
+use super::store::{CacheStore, CacheStoreStats};
+use super::{CacheStatus, CacheTtl};
+
+type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) shared: bool,
+    pub(crate) default_ttl: Option<CacheTtl>,
+    pub(crate) resource_ttls: HashMap<Resource, CacheTtl>,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) max_entry_size: usize,
+    pub(crate) status_header: Option<HeaderName>,
+    pub(crate) keep_stale: Duration,
+    pub(crate) stale_if_error: Option<Duration>,
+    pub(crate) cleanup_interval: Option<Duration>,
+    pub(crate) clock: Clock,
+}
+
+impl Config {
+    pub(crate) fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) stale: AtomicU64,
+    pub(crate) revalidated: AtomicU64,
+    pub(crate) bypass: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn count(&self, status: CacheStatus) {
+        let counter = match status {
+            CacheStatus::Hit => &self.hits,
+            CacheStatus::Miss => &self.misses,
+            CacheStatus::Stale => &self.stale,
+            CacheStatus::Revalidated => &self.revalidated,
+            CacheStatus::Bypass => &self.bypass,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// State shared by every clone of a layer and its services.
+pub(crate) struct State {
+    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) counters: Counters,
+    /// Keys with a background refresh in flight (stale-while-revalidate refreshes once).
+    pub(crate) refreshing: Mutex<HashSet<RequestKey>>,
+    /// Keys whose background refresh failed: their next request refreshes in the foreground.
+    pub(crate) foreground: Mutex<HashSet<RequestKey>>,
+    cleanup_started: AtomicBool,
+}
+
+impl State {
+    /// Starts the periodic cleanup of expired entries, once per layer, if a runtime is there.
+    pub(crate) fn start_cleanup(self: &Arc<Self>, interval: Option<Duration>) {
+        let Some(interval) = interval else { return };
+        if self.cleanup_started.load(Ordering::Relaxed)
+            || self.cleanup_started.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let state = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(state) = state.upgrade() else { return };
+                match state.store.purge_expired().await {
+                    Ok(n) if n > 0 => tracing::debug!(purged = n, "removed expired cache entries"),
+                    Ok(_) => {}
+                    Err(error) => {
+                        state.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, "cache cleanup failed; it will be retried");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// What a [`CacheLayer`] did, and what its store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Requests served fresh from the cache.
+    pub hits: u64,
+    /// Requests the server answered (not usably cached).
+    pub misses: u64,
+    /// Requests served stale.
+    pub stale: u64,
+    /// Requests served after a `304` revalidation.
+    pub revalidated: u64,
+    /// Requests that did not use the cache.
+    pub bypass: u64,
+    /// Store operations of this layer that failed (the requests passed through). The store's
+    /// own count, which includes failures of operations called outside the layer, is
+    /// `store.errors`.
+    pub store_errors: u64,
+    /// The store's own counts (entries, bytes, expired...); zeroes if it could not answer.
+    pub store: CacheStoreStats,
+}
+
+impl CacheStats {
+    /// Served from the cache (fresh, stale or revalidated) over requests that looked it up.
+    pub fn hit_ratio(&self) -> f64 {
+        let served = self.hits + self.stale + self.revalidated;
+        let total = served + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            served as f64 / total as f64
+        }
+    }
+}
+
+/// Caches responses in a [`CacheStore`]: see the [module documentation](super).
+///
+/// Cloning the layer (or the services it makes) shares the store and the statistics.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use courteous::cache::{CacheLayer, CacheTtl, MemoryCacheStore};
+///
+/// let layer = CacheLayer::new(MemoryCacheStore::new())
+///     .resource_ttl("issue", CacheTtl::absolute(Duration::from_secs(3600)))
+///     .resource_ttl("search", CacheTtl::sliding(Duration::from_secs(300)))
+///     .status_header(http::HeaderName::from_static("x-cache"));
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct CacheLayer {
+    pub(crate) config: Arc<Config>,
+    pub(crate) state: Arc<State>,
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("store", &self.state.store)
+            .field("shared", &self.config.shared)
+            .field("default_ttl", &self.config.default_ttl)
+            .field("max_entry_size", &self.config.max_entry_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayer {
+    /// A private RFC 9111 cache over `store`, storing `200` responses up to 5 MiB.
+    pub fn new(store: impl CacheStore) -> Self {
+        CacheLayer {
+            config: Arc::new(Config {
+                shared: false,
+                default_ttl: None,
+                resource_ttls: HashMap::new(),
+                statuses: vec![StatusCode::OK],
+                max_entry_size: 5 * 1024 * 1024,
+                status_header: None,
+                keep_stale: Duration::from_secs(24 * 3600),
+                stale_if_error: None,
+                cleanup_interval: Some(Duration::from_secs(60)),
+                clock: Arc::new(SystemTime::now),
+            }),
+            state: Arc::new(State {
+                store: Arc::new(store),
+                counters: Counters::default(),
+                refreshing: Mutex::new(HashSet::new()),
+                foreground: Mutex::new(HashSet::new()),
+                cleanup_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Apply shared-cache rules (`private` responses and, unless allowed, responses to requests
+    /// with `Authorization` are not stored; `s-maxage` counts). Default: private.
+    #[must_use]
+    pub fn shared(mut self, shared: bool) -> Self {
+        self.config().shared = shared;
+        self
+    }
+
+    /// A forced TTL for every request (unless a resource or request TTL is set): the response's
+    /// own cache headers are then ignored, except `no-store`.
+    #[must_use]
+    pub fn default_ttl(mut self, ttl: CacheTtl) -> Self {
+        self.config().default_ttl = Some(ttl);
+        self
+    }
+
+    /// A forced TTL for the requests of one resource (see [`Resource`]). A zero TTL means "do
+    /// not store" for that resource. Names that are not valid resources are ignored.
+    #[must_use]
+    pub fn resource_ttl(mut self, resource: &str, ttl: CacheTtl) -> Self {
+        if let Some(resource) = Resource::new(resource) {
+            self.config().resource_ttls.insert(resource, ttl);
+        }
+        self
+    }
+
+    /// Which response statuses are stored (default: only `200 OK`).
+    #[must_use]
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.config().statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Bodies larger than this stream through uncached (default 5 MiB).
+    #[must_use]
+    pub fn max_entry_size(mut self, bytes: usize) -> Self {
+        self.config().max_entry_size = bytes;
+        self
+    }
+
+    /// Also say what the cache did in this response header (`HIT`, `MISS`, `STALE`,
+    /// `REVALIDATED`, `BYPASS`), e.g. `x-cache`. Default: no header.
+    #[must_use]
+    pub fn status_header(mut self, name: HeaderName) -> Self {
+        self.config().status_header = Some(name);
+        self
+    }
+
+    /// How long a stale entry with a validator (`ETag`, `Last-Modified`) is kept for
+    /// revalidation (default 24 h).
+    #[must_use]
+    pub fn keep_stale(mut self, keep: Duration) -> Self {
+        self.config().keep_stale = keep;
+        self
+    }
+
+    /// Serve a stale entry for up to `window` past its freshness when the server fails (5xx or
+    /// transport error), as if every response said `stale-if-error`. Default: only when the
+    /// response says so.
+    #[must_use]
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.config().stale_if_error = Some(window);
+        self
+    }
+
+    /// How often expired entries are removed, in the background (default 60 s; `None` turns it
+    /// off). One cleanup runs at a time per layer.
+    #[must_use]
+    pub fn cleanup_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config().cleanup_interval = interval;
+        self
+    }
+
+    /// The clock freshness is computed with (default `SystemTime::now`), for tests.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.config().clock = Arc::new(clock);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CacheStore> {
+        &self.state.store
+    }
+
+    /// What the layer did and what its store holds.
+    pub async fn stats(&self) -> CacheStats {
+        let c = &self.state.counters;
+        let store = match self.state.store.stats().await {
+            Ok(stats) => stats,
+            Err(error) => {
+                c.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "cache store statistics unavailable");
+                CacheStoreStats::default()
+            }
+        };
+        CacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+            revalidated: c.revalidated.load(Ordering::Relaxed),
+            bypass: c.bypass.load(Ordering::Relaxed),
+            store_errors: c.store_errors.load(Ordering::Relaxed),
+            store,
+        }
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = Cache<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Cache::new(inner, self.clone())
+    }
+}

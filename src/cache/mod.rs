@@ -1,0 +1,209 @@
+//! An HTTP cache for API clients: RFC 9111 semantics by default, forced TTLs for APIs that send
+//! no cache headers, in memory, in SQLite, or both.
+//!
+//! [`CacheLayer`] sits outermost in the stack (after [`ContextLayer`](crate::ContextLayer)): a
+//! hit returns before dedupe or rate limiting, costs no upstream budget and never touches the
+//! inner service (its readiness is driven inside the response future, on a clone, only when the
+//! request goes upstream).
+//!
+//! * **What is looked up**: `GET` and `HEAD` requests with a [`RequestKey`](crate::RequestKey)
+//!   (replayable bodies). The key includes the `Authorization` header, hashed, so one user never
+//!   receives another user's response. Requests with `Range` or caller-supplied conditional
+//!   headers pass through. A successful unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`)
+//!   invalidates the stored entries for its URL (any query).
+//! * **Freshness**: by default from the response (`Cache-Control`, `Expires`, heuristics from
+//!   `Last-Modified`), computed by [`http-cache-semantics`](http_cache_semantics) as a *private*
+//!   cache ([`CacheLayer::shared`] switches to shared-cache rules). `Vary` is honoured with several
+//!   variants of one URL stored side by side. Stale entries with `ETag`/`Last-Modified` are
+//!   revalidated with a conditional request; a `304` refreshes the stored headers and freshness.
+//!   `stale-if-error` serves the stale entry on a 5xx or a transport error;
+//!   `stale-while-revalidate` serves it and refreshes once in the background. The request
+//!   directives `no-cache`, `no-store`, `max-age`, `max-stale`, `min-fresh` and `only-if-cached`
+//!   (a `504` on a miss) are honoured. Served entries carry an `Age` header.
+//! * **Forced TTLs**: [`CacheLayer::default_ttl`] and [`CacheLayer::resource_ttl`] give a fixed
+//!   lifetime ([`CacheTtl::absolute`] or [`CacheTtl::sliding`]) whatever the response says
+//!   (except `no-store`); a [`CacheTtl`] request extension overrides it per request. A zero TTL
+//!   means "do not store", everywhere. Which statuses are stored is configurable (default 200).
+//! * **Per request**: a [`CacheMode`] extension (`NoStore`, `Reload`, `NoCache`, `ForceCache`,
+//!   `OnlyIfCached`).
+//! * **What happened**: [`Report::cache`](crate::Report::cache) on the response says
+//!   [`CacheStatus::Hit`], `Miss`, `Stale`, `Revalidated` or `Bypass`; optionally a header too
+//!   ([`CacheLayer::status_header`]).
+//! * **Bounded memory**: a body larger than [`CacheLayer::max_entry_size`] (5 MiB by default) is
+//!   buffered only up to that size, then streamed to the caller uncached.
+//! * **Failures**: a store that fails never fails the request: the layer passes the request
+//!   through, logs the error with `tracing` and counts it ([`CacheLayer::stats`]).
+//!
+//! Stores: [`MemoryCacheStore`] (bounded by entries and bytes), [`SqliteCacheStore`] on the
+//! shared SQLite file (survives restarts, shared by processes; `SqliteStore::cache()`), and
+//! [`TieredCacheStore`], a memory tier in front of another store.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use courteous::cache::{CacheLayer, CacheStatus, CacheTtl, MemoryCacheStore};
+//! use courteous::Report;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), courteous::BoxError> {
+//! let upstream = service_fn(|_req: http::Request<reqwest::Body>| async {
+//!     Ok::<_, courteous::BoxError>(http::Response::new(reqwest::Body::from("hello")))
+//! });
+//! let mut client = ServiceBuilder::new()
+//!     .layer(
+//!         CacheLayer::new(MemoryCacheStore::new())
+//!             .default_ttl(CacheTtl::absolute(Duration::from_secs(60))),
+//!     )
+//!     .service(upstream);
+//!
+//! for expected in [CacheStatus::Miss, CacheStatus::Hit] {
+//!     let request = http::Request::get("http://api.example/items/1")
+//!         .body(reqwest::Body::from(""))?;
+//!     let response = client.ready().await?.call(request).await?;
+//!     assert_eq!(Report::of(&response).unwrap().cache, Some(expected));
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Note on bodies
+//!
+//! The layer buffers a storable response's body (up to `max_entry_size`) before it returns the
+//! response, so that the entry is stored whether or not the caller reads the body; the response
+//! body is a [`reqwest::Body`]. A hit shares the stored [`bytes::Bytes`] with the caller: no copy.
+//! Trailers of buffered responses are not kept.
+
+mod body;
+mod entry;
+pub mod future;
+mod layer;
+mod service;
+pub mod store;
+
+pub use entry::CacheEntry;
+pub use layer::{CacheLayer, CacheStats};
+pub use service::Cache;
+pub use store::memory::{MemoryCacheStore, MemoryCacheStoreBuilder};
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::SqliteCacheStore;
+pub use store::tiered::TieredCacheStore;
+pub use store::{CacheStore, CacheStoreStats, Invalidation};
+
+use std::time::Duration;
+
+/// How one request uses the cache, set as a request extension (the `cache` option of the Fetch
+/// standard).
+///
+/// # Example
+///
+/// ```
+/// use courteous::cache::CacheMode;
+///
+/// let mut request = http::Request::get("http://api.example/items/1").body(()).unwrap();
+/// request.extensions_mut().insert(CacheMode::Reload);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum CacheMode {
+    /// Use the cache as the response headers and layer configuration say.
+    #[default]
+    Default,
+    /// Neither read nor write the cache.
+    NoStore,
+    /// Ignore the stored entry, go upstream and store the answer.
+    Reload,
+    /// Use a stored entry only after revalidating it with the server.
+    NoCache,
+    /// Use a stored entry however stale; go upstream only when there is none.
+    ForceCache,
+    /// Use a stored entry however stale; answer `504 Gateway Timeout` when there is none.
+    OnlyIfCached,
+}
+
+/// A forced time to live: how long an entry is served without asking the server, whatever its
+/// headers say. Used in [`CacheLayer::default_ttl`], [`CacheLayer::resource_ttl`] and as a
+/// per-request extension. A zero TTL means "do not store".
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use courteous::cache::CacheTtl;
+///
+/// let mut request = http::Request::get("http://api.example/search?q=x").body(()).unwrap();
+/// request.extensions_mut().insert(CacheTtl::sliding(Duration::from_secs(300)));
+/// assert!(CacheTtl::absolute(Duration::ZERO).is_no_store());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheTtl {
+    ttl: Duration,
+    sliding: bool,
+}
+
+impl CacheTtl {
+    /// Fresh for `ttl` after the response was stored.
+    pub const fn absolute(ttl: Duration) -> Self {
+        CacheTtl {
+            ttl,
+            sliding: false,
+        }
+    }
+
+    /// Fresh for `ttl` after the entry was last served (each hit extends it).
+    pub const fn sliding(ttl: Duration) -> Self {
+        CacheTtl { ttl, sliding: true }
+    }
+
+    /// The lifetime.
+    pub const fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Whether each hit extends the lifetime.
+    pub const fn is_sliding(&self) -> bool {
+        self.sliding
+    }
+
+    /// Whether this TTL means "do not store" (it is zero).
+    pub const fn is_no_store(&self) -> bool {
+        self.ttl.is_zero()
+    }
+}
+
+/// What the cache did with a request, in [`Report::cache`](crate::Report::cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheStatus {
+    /// Served from the cache without asking the server.
+    Hit,
+    /// Not (usably) in the cache: the server answered.
+    Miss,
+    /// A stale entry was served (`stale-if-error`, `stale-while-revalidate`, `max-stale`,
+    /// [`CacheMode::ForceCache`]).
+    Stale,
+    /// The stored entry was revalidated with the server (a `304`) and served.
+    Revalidated,
+    /// The cache was not used (method, streaming body, [`CacheMode::NoStore`], conditional or
+    /// range request, a store failure).
+    Bypass,
+}
+
+impl CacheStatus {
+    /// `"HIT"`, `"MISS"`, `"STALE"`, `"REVALIDATED"` or `"BYPASS"`, as written in the status
+    /// header.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Revalidated => "REVALIDATED",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+}
+
+impl std::fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,951 @@
+//! [`Cache`]: the service made by [`CacheLayer`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_cache_semantics::{CacheOptions, CachePolicy};
+use sha2::{Digest, Sha256};
+use tower::{Service, ServiceExt};
+
+use crate::body::ReplayableBody;
+use crate::context::{Report, RequestContext};
+use crate::error::BoxError;
+use crate::key::RequestKey;
+use crate::store::StoreError;
+
+use super::body::{Buffered, buffer};
+use super::future::ResponseFuture;
+use super::layer::{CacheLayer, Config, State};
+use super::store::Invalidation;
+use super::{CacheEntry, CacheMode, CacheStatus, CacheTtl};
+
+/// The service made by [`CacheLayer`]: see the [module documentation](super).
+///
+/// Its inner service must answer with `http::Response<reqwest::Body>` (as
+/// [`HttpClient`](crate::HttpClient) and [`Handoff`](crate::Handoff) do); request bodies must be
+/// replayable and buildable from [`Bytes`] (`reqwest::Body`, `Bytes`) so that a background
+/// refresh can resend them.
+///
+/// `poll_ready` is always ready: the inner service's readiness is driven inside the response
+/// future, on a clone, only when the request goes upstream, so a hit never reserves it.
+#[derive(Clone)]
+pub struct Cache<S> {
+    inner: S,
+    layer: CacheLayer,
+}
+
+impl<S> Cache<S> {
+    pub(crate) fn new(inner: S, layer: CacheLayer) -> Self {
+        Cache { inner, layer }
+    }
+
+    /// The layer's configuration and store handle (for [`CacheLayer::stats`]).
+    pub fn layer(&self) -> &CacheLayer {
+        &self.layer
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Cache<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S, B> Service<Request<B>> for Cache<S>
+where
+    S: Service<Request<B>, Response = Response<reqwest::Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: ReplayableBody + From<Bytes> + Send + 'static,
+{
+    type Response = Response<reqwest::Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.layer
+            .state
+            .start_cleanup(self.layer.config.cleanup_interval);
+        let job = Job {
+            config: self.layer.config.clone(),
+            state: self.layer.state.clone(),
+        };
+        ResponseFuture {
+            inner: Box::pin(job.run(self.inner.clone(), request)),
+        }
+    }
+}
+
+/// The request head, kept for storing, revalidating and refreshing after the request moved.
+#[derive(Clone)]
+struct Head {
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn parts(&self) -> http::request::Parts {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = self.method.clone();
+        parts.uri = self.uri.clone();
+        parts.headers = self.headers.clone();
+        parts
+    }
+}
+
+/// The request's own `Cache-Control` directives.
+#[derive(Debug, Default)]
+struct RequestDirectives {
+    no_cache: bool,
+    no_store: bool,
+    only_if_cached: bool,
+    max_age: Option<u64>,
+    /// `Some(None)`: any staleness.
+    max_stale: Option<Option<u64>>,
+    min_fresh: Option<u64>,
+    stale_if_error: Option<u64>,
+}
+
+fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|part| {
+            let mut kv = part.splitn(2, '=');
+            let name = kv.next()?.trim().to_ascii_lowercase();
+            if name.is_empty() {
+                return None;
+            }
+            let value = kv.next().map(|v| v.trim().trim_matches('"').to_owned());
+            Some((name, value))
+        })
+}
+
+fn directive_secs(headers: &HeaderMap, name: &str) -> Option<u64> {
+    directives(headers)
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v?.parse().ok())
+}
+
+fn has_directive(headers: &HeaderMap, name: &str) -> bool {
+    directives(headers).any(|(n, _)| n == name)
+}
+
+impl RequestDirectives {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut d = RequestDirectives::default();
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            if headers
+                .get(header::PRAGMA)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("no-cache"))
+            {
+                d.no_cache = true;
+            }
+            return d;
+        }
+        for (name, value) in directives(headers) {
+            let secs = value.as_deref().and_then(|v| v.parse().ok());
+            match name.as_str() {
+                "no-cache" => d.no_cache = true,
+                "no-store" => d.no_store = true,
+                "only-if-cached" => d.only_if_cached = true,
+                "max-age" => d.max_age = secs,
+                "max-stale" => d.max_stale = Some(secs),
+                "min-fresh" => d.min_fresh = secs,
+                "stale-if-error" => d.stale_if_error = secs,
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+/// Request headers that make the cache step aside: the caller revalidates or asks for a range
+/// itself.
+const BYPASS_HEADERS: &[HeaderName] = &[
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// Response headers a `304` does not replace in the stored entry.
+const NOT_UPDATED_BY_304: &[HeaderName] = &[
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_RANGE,
+    header::CONNECTION,
+];
+
+/// The URL entries are stored and invalidated under: the key's display form without the method
+/// (secret query parameters are redacted there).
+fn url_of(key: &RequestKey) -> &str {
+    let display = key.display();
+    display.split_once(' ').map_or(display, |(_, url)| url)
+}
+
+fn path_of(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(path, _)| path)
+}
+
+/// The key of one `Vary` variant: the base key and the values of the varying request headers.
+fn variant_key(base: &RequestKey, vary: &[HeaderName], headers: &HeaderMap) -> RequestKey {
+    let mut h = Sha256::new();
+    h.update(b"courteous-vary-v1");
+    h.update(base.as_bytes());
+    for name in vary {
+        h.update((name.as_str().len() as u64).to_le_bytes());
+        h.update(name.as_str());
+        let values = headers.get_all(name);
+        h.update((values.iter().count() as u64).to_le_bytes());
+        for value in values {
+            h.update((value.len() as u64).to_le_bytes());
+            h.update(value.as_bytes());
+        }
+    }
+    RequestKey::from_parts(h.finalize().into(), base.display())
+}
+
+fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        for name in value.to_str().ok()?.split(',') {
+            let name = name.trim();
+            if name.is_empty() {
+                continue;
+            }
+            if name == "*" {
+                return None;
+            }
+            let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Some(names)
+}
+
+fn has_validator(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
+}
+
+struct Job {
+    config: Arc<Config>,
+    state: Arc<State>,
+}
+
+/// What a lookup found.
+struct Found {
+    /// The request's own key.
+    base: RequestKey,
+    /// The key the response is stored under (a variant key behind a `Vary` index).
+    key: RequestKey,
+    entry: Option<Arc<CacheEntry>>,
+}
+
+impl Job {
+    fn store_failed(&self, what: &str, error: &StoreError) {
+        self.state
+            .counters
+            .store_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, kind = ?error.kind(), "cache store {what} failed; passing the request through");
+    }
+
+    fn finish(
+        &self,
+        mut response: Response<reqwest::Body>,
+        status: CacheStatus,
+    ) -> Response<reqwest::Body> {
+        self.state.counters.count(status);
+        Report::record(response.extensions_mut()).cache = Some(status);
+        if let Some(name) = &self.config.status_header {
+            response
+                .headers_mut()
+                .insert(name.clone(), HeaderValue::from_static(status.as_str()));
+        }
+        response
+    }
+
+    fn serve(
+        &self,
+        entry: &CacheEntry,
+        now: SystemTime,
+        status: CacheStatus,
+    ) -> Response<reqwest::Body> {
+        let mut response = Response::new(reqwest::Body::from(entry.body.clone()));
+        *response.status_mut() = entry.status;
+        *response.version_mut() = entry.version;
+        let mut headers = entry.headers.clone();
+        headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+        *response.headers_mut() = headers;
+        self.finish(response, status)
+    }
+
+    async fn pass<S, B>(
+        &self,
+        inner: S,
+        request: Request<B>,
+        status: CacheStatus,
+    ) -> Result<Response<reqwest::Body>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<reqwest::Body>>,
+        S::Error: Into<BoxError>,
+    {
+        let response = inner.oneshot(request).await.map_err(Into::into)?;
+        Ok(self.finish(response, status))
+    }
+
+    async fn run<S, B>(
+        self,
+        inner: S,
+        mut request: Request<B>,
+    ) -> Result<Response<reqwest::Body>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<reqwest::Body>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: ReplayableBody + From<Bytes> + Send + 'static,
+    {
+        let method = request.method().clone();
+        let lookup = method == Method::GET || method == Method::HEAD;
+        let unsafe_method = matches!(
+            method,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        );
+        let context = RequestContext::resolve(&mut request);
+        let Some(key) = context.key().cloned() else {
+            return Box::pin(self.pass(inner, request, CacheStatus::Bypass)).await;
+        };
+        if unsafe_method {
+            return Box::pin(self.unsafe_request(inner, request, key)).await;
+        }
+        let mode = request
+            .extensions()
+            .get::<CacheMode>()
+            .copied()
+            .unwrap_or_default();
+        // reqwest adds its default headers after the middleware chain: often there are none.
+        let headers = request.headers();
+        let (directives, conditional) = if headers.is_empty() {
+            (RequestDirectives::default(), false)
+        } else {
+            (
+                RequestDirectives::of(headers),
+                BYPASS_HEADERS.iter().any(|h| headers.contains_key(h)),
+            )
+        };
+        if !lookup || mode == CacheMode::NoStore || directives.no_store || conditional {
+            return Box::pin(self.pass(inner, request, CacheStatus::Bypass)).await;
+        }
+
+        let ttl = request
+            .extensions()
+            .get::<CacheTtl>()
+            .copied()
+            .or_else(|| {
+                if self.config.resource_ttls.is_empty() {
+                    return None;
+                }
+                self.config.resource_ttls.get(context.resource()).copied()
+            })
+            .or(self.config.default_ttl);
+
+        // Look the request up.
+        let mut store_ok = true;
+        let found = if mode == CacheMode::Reload {
+            Found {
+                base: key.clone(),
+                key,
+                entry: None,
+            }
+        } else {
+            match self.lookup(key, request.headers()).await {
+                Ok(found) => found,
+                Err((key, error)) => {
+                    self.store_failed("read", &error);
+                    store_ok = false;
+                    Found {
+                        base: key.clone(),
+                        key,
+                        entry: None,
+                    }
+                }
+            }
+        };
+        let now = self.config.now();
+        let only_if_cached = mode == CacheMode::OnlyIfCached || directives.only_if_cached;
+
+        if let Some(entry) = &found.entry {
+            let fresh = entry.is_fresh(now);
+            if matches!(mode, CacheMode::ForceCache | CacheMode::OnlyIfCached) {
+                let status = if fresh {
+                    CacheStatus::Hit
+                } else {
+                    CacheStatus::Stale
+                };
+                return Ok(self.serve(entry, now, status));
+            }
+            let revalidate = mode == CacheMode::NoCache || directives.no_cache;
+            let age = entry.age(now).as_secs();
+            let satisfies = directives.max_age.is_none_or(|max| age <= max)
+                && directives
+                    .min_fresh
+                    .is_none_or(|min| entry.time_to_live(now).as_secs() >= min);
+            if !revalidate && satisfies && fresh {
+                if let Some(window) = entry.sliding {
+                    self.slide(&found.key, entry, now, window).await;
+                }
+                return Ok(self.serve(entry, now, CacheStatus::Hit));
+            }
+            if !revalidate && !fresh && !has_directive(&entry.headers, "must-revalidate") {
+                let staleness = entry.staleness(now).as_secs();
+                let max_stale_ok = match directives.max_stale {
+                    Some(None) => true,
+                    Some(Some(max)) => staleness <= max,
+                    None => false,
+                };
+                if max_stale_ok && directives.max_age.is_none_or(|max| age <= max) {
+                    return Ok(self.serve(entry, now, CacheStatus::Stale));
+                }
+                if directive_secs(&entry.headers, "stale-while-revalidate")
+                    .is_some_and(|swr| staleness <= swr)
+                    && !self.refresh_failed(&found.key)
+                {
+                    self.refresh_in_background(inner, &request, &found, ttl);
+                    return Ok(self.serve(entry, now, CacheStatus::Stale));
+                }
+            }
+        }
+        if only_if_cached {
+            let response = Response::builder()
+                .status(StatusCode::GATEWAY_TIMEOUT)
+                .body(reqwest::Body::from(""))
+                .map_err(BoxError::from)?;
+            return Ok(self.finish(response, CacheStatus::Miss));
+        }
+
+        // The miss path is boxed so that the hit path's future stays small.
+        Box::pin(self.fetch(inner, request, found, ttl, store_ok, directives)).await
+    }
+
+    /// Sends an unsafe request; when it succeeds, invalidates the stored entries for its URL.
+    async fn unsafe_request<S, B>(
+        &self,
+        inner: S,
+        request: Request<B>,
+        key: RequestKey,
+    ) -> Result<Response<reqwest::Body>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<reqwest::Body>>,
+        S::Error: Into<BoxError>,
+    {
+        let response = inner.oneshot(request).await.map_err(Into::into)?;
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            let target = Invalidation::Path(path_of(url_of(&key)).to_owned());
+            match self.state.store.invalidate(&target).await {
+                Ok(n) => tracing::debug!(
+                    url = url_of(&key),
+                    invalidated = n,
+                    "unsafe request invalidated cache entries"
+                ),
+                Err(error) => self.store_failed("invalidation", &error),
+            }
+        }
+        Ok(self.finish(response, CacheStatus::Bypass))
+    }
+
+    /// Goes upstream, conditionally when the stored entry can be revalidated.
+    async fn fetch<S, B>(
+        &self,
+        inner: S,
+        mut request: Request<B>,
+        found: Found,
+        ttl: Option<CacheTtl>,
+        store_ok: bool,
+        directives: RequestDirectives,
+    ) -> Result<Response<reqwest::Body>, BoxError>
+    where
+        S: Service<Request<B>, Response = Response<reqwest::Body>>,
+        S::Error: Into<BoxError>,
+    {
+        let head = Head {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        };
+        let entry = found.entry.clone();
+        if let Some(entry) = &entry {
+            add_validators(request.headers_mut(), &entry.headers);
+        }
+        let outcome = inner.oneshot(request).await.map_err(Into::into);
+        let upstream = Upstream {
+            head,
+            base: found.base,
+            key: found.key,
+            entry,
+            ttl,
+            store_ok,
+            directives,
+        };
+        self.complete(upstream, outcome).await
+    }
+
+    /// Reads the entry for `key`, following a `Vary` index to the variant of these headers.
+    async fn lookup(
+        &self,
+        key: RequestKey,
+        headers: &HeaderMap,
+    ) -> Result<Found, (RequestKey, StoreError)> {
+        let entry = match self.state.store.get_now(&key) {
+            Some(found) => found,
+            None => self.state.store.get(&key).await,
+        };
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(error) => return Err((key, error)),
+        };
+        match entry {
+            Some(index) if !index.vary.is_empty() => {
+                let variant = variant_key(&key, &index.vary, headers);
+                match self.state.store.get(&variant).await {
+                    Ok(entry) => Ok(Found {
+                        base: key,
+                        key: variant,
+                        entry,
+                    }),
+                    Err(error) => Err((key, error)),
+                }
+            }
+            entry => Ok(Found {
+                base: key.clone(),
+                key,
+                entry,
+            }),
+        }
+    }
+
+    async fn slide(&self, key: &RequestKey, entry: &CacheEntry, now: SystemTime, window: Duration) {
+        let fresh_until = now + window;
+        // Touch at most once a second of movement, so that hot entries do not write per hit.
+        if fresh_until
+            .duration_since(entry.fresh_until)
+            .is_ok_and(|moved| moved >= Duration::from_secs(1))
+        {
+            let expires_at = entry.expires_at
+                + (fresh_until
+                    .duration_since(entry.fresh_until)
+                    .unwrap_or_default());
+            if let Err(error) = self.state.store.touch(key, fresh_until, expires_at).await {
+                self.store_failed("touch", &error);
+            }
+        }
+    }
+
+    /// Whether the last background refresh of `key` failed (and forgets it): then this request
+    /// refreshes in the foreground instead of being served stale again. Through
+    /// [`Middleware`](crate::Middleware) a background refresh always fails (the request's
+    /// middleware chain has finished), so there stale-while-revalidate serves one stale response
+    /// and the next request revalidates.
+    fn refresh_failed(&self, key: &RequestKey) -> bool {
+        self.state
+            .foreground
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+    }
+
+    fn refresh_in_background<S, B>(
+        &self,
+        inner: S,
+        request: &Request<B>,
+        found: &Found,
+        ttl: Option<CacheTtl>,
+    ) where
+        S: Service<Request<B>, Response = Response<reqwest::Body>> + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: ReplayableBody + From<Bytes> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut refreshing = self
+                .state
+                .refreshing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !refreshing.insert(found.key.clone()) {
+                return;
+            }
+        }
+        let body = B::from(Bytes::copy_from_slice(
+            request.body().replayable_bytes().unwrap_or_default(),
+        ));
+        let mut copy = Request::new(body);
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.headers_mut() = request.headers().clone();
+        *copy.extensions_mut() = request.extensions().clone();
+        let head = Head {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        };
+        if let Some(entry) = &found.entry {
+            add_validators(copy.headers_mut(), &entry.headers);
+        }
+        let upstream = Upstream {
+            head,
+            base: found.base.clone(),
+            key: found.key.clone(),
+            entry: found.entry.clone(),
+            ttl,
+            store_ok: true,
+            directives: RequestDirectives::default(),
+        };
+        let job = Job {
+            config: self.config.clone(),
+            state: self.state.clone(),
+        };
+        let span = tracing::debug_span!("cache_refresh", url = url_of(&found.key));
+        runtime.spawn(tracing::Instrument::instrument(
+            async move {
+                let key = upstream.key.clone();
+                let outcome = inner.oneshot(copy).await.map_err(Into::into);
+                let failed = match &outcome {
+                    Err(error) => {
+                        tracing::debug!(%error, "background refresh failed; the next request refreshes in the foreground");
+                        true
+                    }
+                    Ok(response) => response.status().is_server_error(),
+                };
+                if failed {
+                    job.state
+                        .foreground
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone());
+                }
+                // The response is dropped; only the store matters here.
+                let _ = job.complete(upstream, outcome).await;
+                job.state
+                    .refreshing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+            },
+            span,
+        ));
+    }
+
+    /// Handles the upstream answer: revalidation, stale-if-error, storing.
+    async fn complete(
+        &self,
+        upstream: Upstream,
+        outcome: Result<Response<reqwest::Body>, BoxError>,
+    ) -> Result<Response<reqwest::Body>, BoxError> {
+        let now = self.config.now();
+        let response = match outcome {
+            Ok(response) => response,
+            Err(error) => {
+                if let Some(entry) = upstream
+                    .entry
+                    .as_ref()
+                    .filter(|e| self.stale_on_error(e, &upstream.directives, now))
+                {
+                    tracing::debug!(%error, "upstream failed; serving the stale entry");
+                    return Ok(self.serve(entry, now, CacheStatus::Stale));
+                }
+                return Err(error);
+            }
+        };
+        let status = response.status();
+        if let Some(entry) = &upstream.entry {
+            if status == StatusCode::NOT_MODIFIED && has_validator(&entry.headers) {
+                let refreshed = self.revalidated(&upstream, entry, response.headers(), now);
+                let served = self.serve(&refreshed, now, CacheStatus::Revalidated);
+                if upstream.store_ok {
+                    self.put(&upstream, Arc::new(refreshed)).await;
+                }
+                return Ok(served);
+            }
+            if status.is_server_error() && self.stale_on_error(entry, &upstream.directives, now) {
+                tracing::debug!(%status, "upstream answered with a server error; serving the stale entry");
+                return Ok(self.serve(entry, now, CacheStatus::Stale));
+            }
+        }
+        let Some(lifetime) = self.storable(&upstream, &response, now) else {
+            return Ok(self.finish(response, CacheStatus::Miss));
+        };
+        if upstream.entry.is_some() && status == StatusCode::NOT_MODIFIED {
+            return Ok(self.finish(response, CacheStatus::Miss));
+        }
+        if response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|len| len > self.config.max_entry_size as u64)
+        {
+            tracing::debug!(
+                url = url_of(&upstream.key),
+                "body larger than max_entry_size; streaming it uncached"
+            );
+            return Ok(self.finish(response, CacheStatus::Miss));
+        }
+        let (parts, body) = response.into_parts();
+        match buffer(body, self.config.max_entry_size).await {
+            Buffered::Streaming(body) => {
+                tracing::debug!(
+                    url = url_of(&upstream.key),
+                    "body larger than max_entry_size (or failed); streaming it uncached"
+                );
+                Ok(self.finish(Response::from_parts(parts, body), CacheStatus::Miss))
+            }
+            Buffered::Complete(bytes) => {
+                if upstream.store_ok {
+                    let mut entry =
+                        CacheEntry::new(url_of(&upstream.key), parts.status, bytes.clone(), now);
+                    entry.version = parts.version;
+                    entry.headers = parts.headers.clone();
+                    // An `Age` slot, overwritten on every serve, so that serving a hit replaces
+                    // a value instead of growing the cloned header map.
+                    if !entry.headers.contains_key(header::AGE) {
+                        entry
+                            .headers
+                            .insert(header::AGE, HeaderValue::from_static("0"));
+                    }
+                    lifetime.apply(&mut entry, &self.config);
+                    self.put(&upstream, Arc::new(entry)).await;
+                }
+                let response = Response::from_parts(parts, reqwest::Body::from(bytes));
+                Ok(self.finish(response, CacheStatus::Miss))
+            }
+        }
+    }
+
+    fn stale_on_error(
+        &self,
+        entry: &CacheEntry,
+        directives: &RequestDirectives,
+        now: SystemTime,
+    ) -> bool {
+        let staleness = entry.staleness(now).as_secs();
+        let window = directive_secs(&entry.headers, "stale-if-error")
+            .into_iter()
+            .chain(directives.stale_if_error)
+            .chain(self.config.stale_if_error.map(|d| d.as_secs()))
+            .max();
+        window.is_some_and(|w| staleness <= w)
+    }
+
+    /// Whether and how long to store this response.
+    fn storable(
+        &self,
+        upstream: &Upstream,
+        response: &Response<reqwest::Body>,
+        now: SystemTime,
+    ) -> Option<Lifetime> {
+        if !self.config.statuses.contains(&response.status()) {
+            return None;
+        }
+        let headers = response.headers();
+        let vary = vary_names(headers)?;
+        if has_directive(headers, "no-store") {
+            return None;
+        }
+        if let Some(ttl) = upstream.ttl {
+            if ttl.is_no_store() {
+                return None;
+            }
+            return Some(Lifetime {
+                fresh: ttl.ttl(),
+                age: Duration::ZERO,
+                sliding: ttl.is_sliding().then_some(ttl.ttl()),
+                vary,
+            });
+        }
+        let policy = self.policy(&upstream.head, response.status(), headers, now);
+        if !policy.is_storable() {
+            return None;
+        }
+        let fresh = policy.time_to_live(now);
+        if fresh.is_zero() && !has_validator(headers) {
+            return None;
+        }
+        let age = policy.age(now);
+        Some(Lifetime {
+            fresh,
+            age,
+            sliding: None,
+            vary,
+        })
+    }
+
+    fn policy(
+        &self,
+        head: &Head,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> CachePolicy {
+        let (mut response, ()) = Response::new(()).into_parts();
+        response.status = status;
+        response.headers = headers.clone();
+        let options = CacheOptions {
+            shared: self.config.shared,
+            ..CacheOptions::default()
+        };
+        CachePolicy::new_options(&head.parts(), &response, now, options)
+    }
+
+    /// The stored entry with the headers of a `304` and a new lifetime.
+    fn revalidated(
+        &self,
+        upstream: &Upstream,
+        entry: &CacheEntry,
+        not_modified: &HeaderMap,
+        now: SystemTime,
+    ) -> CacheEntry {
+        let mut headers = entry.headers.clone();
+        for name in not_modified.keys() {
+            if NOT_UPDATED_BY_304.contains(name) {
+                continue;
+            }
+            headers.remove(name);
+            for value in not_modified.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let mut refreshed =
+            CacheEntry::new(entry.url.clone(), entry.status, entry.body.clone(), now);
+        refreshed.version = entry.version;
+        let lifetime = match upstream.ttl.filter(|t| !t.is_no_store()) {
+            Some(ttl) => Lifetime {
+                fresh: ttl.ttl(),
+                age: Duration::ZERO,
+                sliding: ttl.is_sliding().then_some(ttl.ttl()),
+                vary: entry.vary.clone(),
+            },
+            None => {
+                let policy = self.policy(&upstream.head, entry.status, &headers, now);
+                Lifetime {
+                    fresh: policy.time_to_live(now),
+                    age: policy.age(now),
+                    sliding: None,
+                    vary: entry.vary.clone(),
+                }
+            }
+        };
+        refreshed.headers = headers;
+        lifetime.apply(&mut refreshed, &self.config);
+        refreshed
+    }
+
+    /// Stores `entry` under the request's key, or under its `Vary` variant with an index at the
+    /// base key.
+    async fn put(&self, upstream: &Upstream, entry: Arc<CacheEntry>) {
+        let store = &self.state.store;
+        let result = if entry.vary.is_empty() {
+            store.put(&upstream.base, entry).await
+        } else {
+            let base = &upstream.base;
+            let variant = variant_key(base, &entry.vary, &upstream.head.headers);
+            let mut index = CacheEntry::new(
+                entry.url.clone(),
+                entry.status,
+                Bytes::new(),
+                entry.stored_at,
+            );
+            index.vary = entry.vary.clone();
+            index.fresh_until = entry.fresh_until;
+            index.expires_at = entry.expires_at;
+            match store.put(base, Arc::new(index)).await {
+                Ok(()) => store.put(&variant, entry).await,
+                Err(error) => Err(error),
+            }
+        };
+        if let Err(error) = result {
+            self.store_failed("write", &error);
+        }
+    }
+}
+
+struct Upstream {
+    head: Head,
+    base: RequestKey,
+    key: RequestKey,
+    entry: Option<Arc<CacheEntry>>,
+    ttl: Option<CacheTtl>,
+    store_ok: bool,
+    directives: RequestDirectives,
+}
+
+struct Lifetime {
+    fresh: Duration,
+    age: Duration,
+    sliding: Option<Duration>,
+    vary: Vec<HeaderName>,
+}
+
+impl Lifetime {
+    fn apply(self, entry: &mut CacheEntry, config: &Config) {
+        entry.age_at_store = self.age;
+        entry.fresh_until = entry.stored_at + self.fresh;
+        entry.sliding = self.sliding;
+        entry.vary = self.vary;
+        let h = &entry.headers;
+        let mut keep = [
+            directive_secs(h, "stale-if-error"),
+            directive_secs(h, "stale-while-revalidate"),
+            config.stale_if_error.map(|d| d.as_secs()),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .map_or(Duration::ZERO, Duration::from_secs);
+        if has_validator(h) {
+            keep = keep.max(config.keep_stale);
+        }
+        entry.expires_at = entry.fresh_until + keep;
+    }
+}
+
+/// Adds `If-None-Match` / `If-Modified-Since` from the stored response.
+fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
+    if let Some(etag) = stored.get(header::ETAG) {
+        request.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = stored.get(header::LAST_MODIFIED) {
+        request.insert(header::IF_MODIFIED_SINCE, modified.clone());
+    }
+}

@@ -1,0 +1,289 @@
+//! The in-memory cache store, bounded by entries and bytes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use moka::sync::Cache as Moka;
+
+use crate::cache::CacheEntry;
+use crate::key::RequestKey;
+use crate::store::StoreError;
+
+use super::{CacheStore, CacheStoreStats, Invalidation};
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    purged: AtomicU64,
+}
+
+/// Entries in this process's memory, bounded by a number of entries and a number of bytes, with
+/// LRU-like eviction ([`moka`]'s TinyLFU). Clones share the entries.
+///
+/// A hit hands back the stored `Arc<CacheEntry>`: the body is never copied. Expired entries are
+/// never returned and are removed by moka's housekeeping.
+///
+/// # Note on the two bounds
+///
+/// moka bounds one weight. Each entry weighs its size in bytes, but at least
+/// `max_bytes / max_entries`, so that neither bound can be passed: many small entries are limited
+/// by `max_entries`, few large ones by `max_bytes`.
+///
+/// # Example
+///
+/// ```
+/// use courteous::cache::MemoryCacheStore;
+///
+/// let store = MemoryCacheStore::builder()
+///     .max_entries(1_000)
+///     .max_bytes(64 * 1024 * 1024)
+///     .build();
+/// # let _ = store;
+/// ```
+#[derive(Clone)]
+pub struct MemoryCacheStore {
+    cache: Moka<RequestKey, Arc<CacheEntry>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for MemoryCacheStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCacheStore")
+            .field("entries", &self.cache.entry_count())
+            .field("weighted_size", &self.cache.weighted_size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bounds of a [`MemoryCacheStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryCacheStoreBuilder {
+    max_entries: u64,
+    max_bytes: u64,
+}
+
+impl MemoryCacheStoreBuilder {
+    /// At most this many entries (default 10,000; at least 1).
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = n.max(1);
+        self
+    }
+
+    /// At most about this many bytes of bodies and headers (default 256 MiB).
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.max_bytes = n.max(1);
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MemoryCacheStore {
+        let floor = self.max_bytes.div_ceil(self.max_entries).max(1);
+        let floor = u32::try_from(floor).unwrap_or(u32::MAX);
+        let cache = Moka::builder()
+            .max_capacity(self.max_bytes)
+            .weigher(move |_key: &RequestKey, entry: &Arc<CacheEntry>| {
+                u32::try_from(entry.size()).unwrap_or(u32::MAX).max(floor)
+            })
+            .expire_after(ExpireAt)
+            .build();
+        MemoryCacheStore {
+            cache,
+            counters: Arc::default(),
+        }
+    }
+}
+
+struct ExpireAt;
+
+impl ExpireAt {
+    fn left(entry: &CacheEntry) -> Option<Duration> {
+        Some(
+            entry
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl moka::Expiry<RequestKey, Arc<CacheEntry>> for ExpireAt {
+    fn expire_after_create(
+        &self,
+        _key: &RequestKey,
+        entry: &Arc<CacheEntry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Self::left(entry)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &RequestKey,
+        entry: &Arc<CacheEntry>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::left(entry)
+    }
+}
+
+impl MemoryCacheStore {
+    /// A store with the default bounds (10,000 entries, 256 MiB).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Options.
+    pub fn builder() -> MemoryCacheStoreBuilder {
+        MemoryCacheStoreBuilder {
+            max_entries: 10_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+
+    /// The entry under `key`, without touching the statistics (synchronous; the tiered store
+    /// uses it).
+    pub(crate) fn peek(&self, key: &RequestKey) -> Option<Arc<CacheEntry>> {
+        let entry = self.cache.get(key)?;
+        if entry.is_expired(SystemTime::now()) {
+            self.cache.invalidate(key);
+            return None;
+        }
+        Some(entry)
+    }
+
+    fn lookup(&self, key: &RequestKey) -> Option<Arc<CacheEntry>> {
+        let found = self.peek(key);
+        let counter = if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub(crate) fn insert(&self, key: &RequestKey, entry: Arc<CacheEntry>) {
+        if entry.is_expired(SystemTime::now()) {
+            self.cache.invalidate(key);
+        } else {
+            self.cache.insert(key.clone(), entry);
+        }
+    }
+
+    pub(crate) fn remove(&self, key: &RequestKey) {
+        self.cache.invalidate(key);
+    }
+
+    pub(crate) fn remove_matching(&self, target: &Invalidation) -> u64 {
+        let mut n = 0;
+        for (key, entry) in self.cache.iter() {
+            if target.matches(&entry.url) {
+                self.cache.invalidate(&*key);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub(crate) fn set_times(
+        &self,
+        key: &RequestKey,
+        fresh_until: SystemTime,
+        expires_at: SystemTime,
+    ) {
+        if let Some(entry) = self.cache.get(key) {
+            let mut entry = CacheEntry::clone(&entry);
+            entry.fresh_until = fresh_until;
+            entry.expires_at = expires_at;
+            self.insert(key, Arc::new(entry));
+        }
+    }
+}
+
+impl Default for MemoryCacheStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheStore for MemoryCacheStore {
+    async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError> {
+        Ok(self.lookup(key))
+    }
+
+    fn get_now(&self, key: &RequestKey) -> Option<Result<Option<Arc<CacheEntry>>, StoreError>> {
+        Some(Ok(self.lookup(key)))
+    }
+
+    async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
+        self.insert(key, entry);
+        Ok(())
+    }
+
+    async fn touch(
+        &self,
+        key: &RequestKey,
+        fresh_until: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.set_times(key, fresh_until, expires_at);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &RequestKey) -> Result<(), StoreError> {
+        self.remove(key);
+        Ok(())
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.cache.invalidate_all();
+        self.cache.run_pending_tasks();
+        Ok(())
+    }
+
+    async fn invalidate(&self, target: &Invalidation) -> Result<u64, StoreError> {
+        Ok(self.remove_matching(target))
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let now = SystemTime::now();
+        let mut n = 0;
+        for (key, entry) in self.cache.iter() {
+            if entry.is_expired(now) {
+                self.cache.invalidate(&*key);
+                n += 1;
+            }
+        }
+        self.cache.run_pending_tasks();
+        self.counters.purged.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    async fn stats(&self) -> Result<CacheStoreStats, StoreError> {
+        self.cache.run_pending_tasks();
+        let now = SystemTime::now();
+        let mut stats = CacheStoreStats {
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+            purged: self.counters.purged.load(Ordering::Relaxed),
+            ..CacheStoreStats::default()
+        };
+        for (_, entry) in self.cache.iter() {
+            stats.entries += 1;
+            stats.bytes += entry.size() as u64;
+            if entry.is_expired(now) {
+                stats.expired += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

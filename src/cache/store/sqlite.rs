@@ -1,0 +1,492 @@
+//! The cache store in the shared SQLite file.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::cache::CacheEntry;
+use crate::key::RequestKey;
+use crate::store::StoreError;
+use crate::store::sqlite::schema::Component;
+use crate::store::sqlite::{SqliteError, SqliteStore};
+
+use super::{CacheStore, CacheStoreStats, Invalidation};
+
+/// The cache's tables in the shared file.
+pub(crate) const CACHE: Component = Component {
+    name: "cache",
+    migrations: &[
+        // 1: one row per entry (or `Vary` index); the body last, so the other columns are read
+        // without walking its overflow pages.
+        "CREATE TABLE cache_entries (
+             key         BLOB PRIMARY KEY NOT NULL,
+             url         TEXT NOT NULL,
+             status      INTEGER NOT NULL,
+             version     INTEGER NOT NULL,
+             headers     BLOB NOT NULL,
+             vary        TEXT NOT NULL,
+             stored_at   INTEGER NOT NULL,
+             age_ms      INTEGER NOT NULL,
+             fresh_until INTEGER NOT NULL,
+             expires_at  INTEGER NOT NULL,
+             sliding_ms  INTEGER,
+             size        INTEGER NOT NULL,
+             body        BLOB NOT NULL
+         ) STRICT;
+         CREATE INDEX cache_entries_by_expiry ON cache_entries (expires_at);
+         CREATE INDEX cache_entries_by_url ON cache_entries (url);",
+    ],
+};
+
+/// At most this many written entries are kept in memory until the writer has run them.
+const MAX_PENDING: usize = 1024;
+
+/// How long a written entry is served from memory before the writer has run it. Past this, a
+/// database that refuses writes (read-only, full) is not masked by the pending entries.
+const PENDING_FOR: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+    purged: AtomicU64,
+}
+
+type PendingMap = HashMap<[u8; 32], (Arc<CacheEntry>, Instant)>;
+type Pending = Arc<Mutex<PendingMap>>;
+
+/// Cache entries in the shared SQLite file: they survive restarts and are shared by every
+/// process that opens the file. Made by [`SqliteStore::cache`].
+///
+/// Reads run on the store's threads ([`SqliteStore::call`]); writes are write-behind
+/// ([`SqliteStore::defer_keyed`], one key per entry, so a later write of the same entry replaces a
+/// pending one) and are visible to this process at once. Deletes and invalidations first commit
+/// what is pending, so a pending write never brings back an invalidated entry.
+///
+/// [`close`](CacheStore::close) commits pending writes; it does not close the shared
+/// [`SqliteStore`], which other stores may use (close that yourself before the process exits).
+///
+/// # Example
+///
+/// ```
+/// use courteous::cache::CacheLayer;
+/// use courteous::store::sqlite::SqliteStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::sqlite::SqliteError> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = SqliteStore::builder(dir.path().join("courteous.db"))
+///     .page_size(65536) // faster reads of large bodies
+///     .open()
+///     .await?;
+/// let layer = CacheLayer::new(store.cache());
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteCacheStore {
+    store: SqliteStore,
+    pending: Pending,
+    counters: Arc<Counters>,
+}
+
+impl SqliteStore {
+    /// The cache store in this file.
+    pub fn cache(&self) -> SqliteCacheStore {
+        SqliteCacheStore {
+            store: self.clone(),
+            pending: Arc::default(),
+            counters: Arc::default(),
+        }
+    }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+fn time(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+fn version_code(v: Version) -> i64 {
+    match v {
+        Version::HTTP_09 => 9,
+        Version::HTTP_10 => 10,
+        Version::HTTP_2 => 20,
+        Version::HTTP_3 => 30,
+        _ => 11,
+    }
+}
+
+fn version_of(code: i64) -> Version {
+    match code {
+        9 => Version::HTTP_09,
+        10 => Version::HTTP_10,
+        20 => Version::HTTP_2,
+        30 => Version::HTTP_3,
+        _ => Version::HTTP_11,
+    }
+}
+
+/// Headers as `count, (name len u16, name, value len u32, value)*`, little-endian.
+fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + headers.len() * 48);
+    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (name, value) in headers {
+        out.extend_from_slice(&(name.as_str().len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+fn decode_headers(mut bytes: &[u8]) -> Option<HeaderMap> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Some(head)
+    }
+    let count = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().ok()?) as usize;
+    let mut headers = HeaderMap::with_capacity(count.min(256));
+    for _ in 0..count {
+        let n = u16::from_le_bytes(take(&mut bytes, 2)?.try_into().ok()?) as usize;
+        let name = HeaderName::from_bytes(take(&mut bytes, n)?).ok()?;
+        let n = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().ok()?) as usize;
+        let value = HeaderValue::from_bytes(take(&mut bytes, n)?).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
+}
+
+fn write_entry(conn: &Connection, key: &[u8; 32], entry: &CacheEntry) -> rusqlite::Result<()> {
+    let vary = entry
+        .vary
+        .iter()
+        .map(HeaderName::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO cache_entries
+         (key, url, status, version, headers, vary, stored_at, age_ms, fresh_until, expires_at,
+          sliding_ms, size, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        &key[..],
+        entry.url,
+        i64::from(entry.status.as_u16()),
+        version_code(entry.version),
+        encode_headers(&entry.headers),
+        vary,
+        millis(entry.stored_at),
+        i64::try_from(entry.age_at_store.as_millis()).unwrap_or(i64::MAX),
+        millis(entry.fresh_until),
+        millis(entry.expires_at),
+        entry
+            .sliding
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        entry.size() as i64,
+        &entry.body[..],
+    ])
+    .map(drop)
+}
+
+fn read_entry(
+    conn: &Connection,
+    key: &[u8; 32],
+    now: i64,
+) -> Result<Option<CacheEntry>, SqliteError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT url, status, version, headers, vary, stored_at, age_ms, fresh_until,
+                    expires_at, sliding_ms, body
+             FROM cache_entries WHERE key = ?1 AND expires_at > ?2",
+        )?
+        .query_row(params![&key[..], now], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, i64>(6)?,
+                row.get::<_, i64>(7)?,
+                row.get::<_, i64>(8)?,
+                row.get::<_, Option<i64>>(9)?,
+                row.get::<_, Vec<u8>>(10)?,
+            ))
+        })
+        .optional()?;
+    let Some((
+        url,
+        status,
+        version,
+        headers,
+        vary,
+        stored_at,
+        age_ms,
+        fresh_until,
+        expires_at,
+        sliding,
+        body,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    // A row we cannot decode is treated as absent (and replaced by the next write).
+    let Some(headers) = decode_headers(&headers) else {
+        tracing::warn!(url, "undecodable cache entry headers; ignoring the entry");
+        return Ok(None);
+    };
+    let Ok(status) = StatusCode::from_u16(u16::try_from(status).unwrap_or(0)) else {
+        return Ok(None);
+    };
+    let vary = vary
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
+        .collect();
+    Ok(Some(CacheEntry {
+        url,
+        status,
+        version: version_of(version),
+        headers,
+        body: Bytes::from(body),
+        vary,
+        stored_at: time(stored_at),
+        age_at_store: Duration::from_millis(age_ms.max(0) as u64),
+        fresh_until: time(fresh_until),
+        expires_at: time(expires_at),
+        sliding: sliding.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+    }))
+}
+
+fn write_key(key: &RequestKey) -> Box<[u8]> {
+    let mut k = Vec::with_capacity(38);
+    k.extend_from_slice(b"cache:");
+    k.extend_from_slice(key.as_bytes());
+    k.into_boxed_slice()
+}
+
+impl SqliteCacheStore {
+    fn failed(&self, error: SqliteError) -> StoreError {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        error.into()
+    }
+
+    /// The shared store this cache lives in.
+    pub fn sqlite(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingMap> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheStore for SqliteCacheStore {
+    async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError> {
+        let now = SystemTime::now();
+        let pending = {
+            let mut pending = self.pending();
+            match pending.get(key.as_bytes()) {
+                Some((_, since)) if since.elapsed() > PENDING_FOR => {
+                    pending.remove(key.as_bytes());
+                    None
+                }
+                found => found.map(|(entry, _)| entry.clone()),
+            }
+        };
+        if let Some(entry) = pending.filter(|e| !e.is_expired(now)) {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(entry));
+        }
+        let hash = *key.as_bytes();
+        let found = self
+            .store
+            .call(move |conn| read_entry(conn, &hash, millis(now)))
+            .await
+            .map_err(|e| self.failed(e))?;
+        let counter = if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(found.map(Arc::new))
+    }
+
+    async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
+        let hash = *key.as_bytes();
+        {
+            let mut pending = self.pending();
+            if pending.len() < MAX_PENDING {
+                pending.insert(hash, (entry.clone(), Instant::now()));
+            }
+        }
+        let pending = self.pending.clone();
+        self.store
+            .defer_keyed(write_key(key), move |conn| {
+                let result = write_entry(conn, &hash, &entry);
+                let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                if pending
+                    .get(&hash)
+                    .is_some_and(|(p, _)| Arc::ptr_eq(p, &entry))
+                {
+                    pending.remove(&hash);
+                }
+                result
+            })
+            .map_err(|e| {
+                self.pending().remove(&hash);
+                self.failed(e)
+            })
+    }
+
+    async fn touch(
+        &self,
+        key: &RequestKey,
+        fresh_until: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<(), StoreError> {
+        let hash = *key.as_bytes();
+        {
+            let mut pending = self.pending();
+            if let Some((entry, _)) = pending.get_mut(&hash) {
+                let mut moved = CacheEntry::clone(entry);
+                moved.fresh_until = fresh_until;
+                moved.expires_at = expires_at;
+                *entry = Arc::new(moved);
+            }
+        }
+        let (fresh, expires) = (millis(fresh_until), millis(expires_at));
+        let mut touch_key = b"cache-touch:".to_vec();
+        touch_key.extend_from_slice(&hash);
+        self.store
+            .defer_keyed(touch_key, move |conn| {
+                conn.prepare_cached(
+                    "UPDATE cache_entries SET fresh_until = ?2, expires_at = ?3 WHERE key = ?1",
+                )?
+                .execute(params![&hash[..], fresh, expires])
+                .map(drop)
+            })
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn delete(&self, key: &RequestKey) -> Result<(), StoreError> {
+        let hash = *key.as_bytes();
+        self.pending().remove(&hash);
+        self.store
+            .defer_keyed(write_key(key), move |conn| {
+                conn.prepare_cached("DELETE FROM cache_entries WHERE key = ?1")?
+                    .execute([&hash[..]])
+                    .map(drop)
+            })
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.pending().clear();
+        self.store.flush().await.map_err(|e| self.failed(e))?;
+        self.store
+            .call(|conn| Ok(conn.execute("DELETE FROM cache_entries", [])?))
+            .await
+            .map(drop)
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn invalidate(&self, target: &Invalidation) -> Result<u64, StoreError> {
+        self.pending()
+            .retain(|_, (entry, _)| !target.matches(&entry.url));
+        self.store.flush().await.map_err(|e| self.failed(e))?;
+        let target = target.clone();
+        self.store
+            .call(move |conn| {
+                let n = match &target {
+                    Invalidation::Prefix(prefix) => conn.execute(
+                        "DELETE FROM cache_entries WHERE url >= ?1 AND url < ?2",
+                        params![prefix, format!("{prefix}\u{10FFFF}")],
+                    )?,
+                    Invalidation::Path(path) => conn.execute(
+                        "DELETE FROM cache_entries WHERE url = ?1 OR (url >= ?2 AND url < ?3)",
+                        params![path, format!("{path}?"), format!("{path}?\u{10FFFF}")],
+                    )?,
+                };
+                Ok(n as u64)
+            })
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let now = millis(SystemTime::now());
+        let n = self
+            .store
+            .call(move |conn| {
+                Ok(conn
+                    .prepare_cached("DELETE FROM cache_entries WHERE expires_at <= ?1")?
+                    .execute([now])? as u64)
+            })
+            .await
+            .map_err(|e| self.failed(e))?;
+        self.counters.purged.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    async fn stats(&self) -> Result<CacheStoreStats, StoreError> {
+        let now = millis(SystemTime::now());
+        let (entries, bytes, expired) = self
+            .store
+            .call(move |conn| {
+                Ok(conn.query_row(
+                    "SELECT count(*), coalesce(sum(size), 0),
+                            coalesce(sum(expires_at <= ?1), 0)
+                     FROM cache_entries",
+                    [now],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
+                    },
+                )?)
+            })
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(CacheStoreStats {
+            entries: entries as u64,
+            bytes: bytes as u64,
+            expired: expired as u64,
+            purged: self.counters.purged.load(Ordering::Relaxed),
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+            errors: self.counters.errors.load(Ordering::Relaxed),
+        })
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.store.flush().await.map_err(|e| self.failed(e))
+    }
+}

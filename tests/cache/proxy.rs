@@ -1,0 +1,192 @@
+//! `examples/caching_proxy.rs`, run as a real process against a local upstream.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+
+use crate::support::TestServer;
+
+const GZIP_BYTES: &[u8] = &[0x1f, 0x8b, 0x08, 0x00, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01];
+
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let binary = profile_dir.join("examples").join("caching_proxy");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "caching_proxy",
+            "--features",
+            "sqlite",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .expect("run cargo build --example caching_proxy");
+    assert!(status.success(), "building the example failed");
+    binary
+}
+
+/// The proxy process; killed when dropped.
+struct ProxyProcess {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_proxy(upstream: &str) -> ProxyProcess {
+    start_proxy_with(upstream, &[])
+}
+
+fn start_proxy_with(upstream: &str, extra: &[&str]) -> ProxyProcess {
+    let mut child = Command::new(example_binary())
+        .args(["127.0.0.1:0", upstream])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the proxy");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on http://")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    ProxyProcess { child, addr }
+}
+
+async fn upstream() -> TestServer {
+    TestServer::with_router(|log| {
+        let (l1, l2, l3) = (log.clone(), log.clone(), log);
+        Router::new()
+            .route(
+                "/multi",
+                axum::routing::get(move |request: axum::extract::Request| async move {
+                    let n = l1.record(&request);
+                    Response::builder()
+                        .header("cache-control", "max-age=60")
+                        .header("x-multi", "a")
+                        .header("x-multi", "b")
+                        .body(Body::from(format!("multi {n}")))
+                        .unwrap()
+                }),
+            )
+            .route(
+                "/redirect",
+                axum::routing::get(move |request: axum::extract::Request| async move {
+                    l2.record(&request);
+                    Response::builder()
+                        .status(302)
+                        .header("location", "/multi")
+                        .body(Body::empty())
+                        .unwrap()
+                }),
+            )
+            .route(
+                "/gz",
+                axum::routing::get(move |request: axum::extract::Request| async move {
+                    l3.record(&request);
+                    Response::builder()
+                        .header("content-encoding", "gzip")
+                        .body(Body::from(GZIP_BYTES))
+                        .unwrap()
+                }),
+            )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_caching_proxy_passes_responses_through_unchanged_and_caches_them() {
+    let upstream = upstream().await;
+    let proxy = tokio::task::spawn_blocking({
+        let url = upstream.url("");
+        move || start_proxy(&url)
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("http://{}{path}", proxy.addr);
+
+    let mut bodies = Vec::new();
+    for expected in ["MISS", "HIT"] {
+        let response = client.get(url("/multi?x=1")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-cache"], expected);
+        let multi: Vec<_> = response.headers().get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b"]);
+        bodies.push(response.text().await.unwrap());
+    }
+    assert_eq!(bodies, ["multi 1", "multi 1"]);
+    assert_eq!(upstream.hits_on("/multi"), 1);
+
+    let redirect = client.get(url("/redirect")).send().await.unwrap();
+    assert_eq!(redirect.status(), 302);
+    assert_eq!(redirect.headers()["location"], "/multi");
+
+    let gz = client.get(url("/gz")).send().await.unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(gz.bytes().await.unwrap().as_ref(), GZIP_BYTES);
+
+    drop(upstream);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let unreachable = client.get(url("/nothing-stored")).send().await.unwrap();
+    assert_eq!(unreachable.status(), 502);
+    // What is fresh in the cache is still served.
+    let cached = client.get(url("/multi?x=1")).send().await.unwrap();
+    assert_eq!(cached.headers()["x-cache"], "HIT");
+}
+
+#[tokio::test]
+async fn the_caching_proxy_with_sqlite_serves_what_it_stored_before_a_restart() {
+    let upstream = upstream().await;
+    let (_dir, db) = crate::support::temp_db();
+    let db = db.display().to_string();
+    let start = |url: String, db: String| {
+        tokio::task::spawn_blocking(move || start_proxy_with(&url, &["--sqlite", &db]))
+    };
+    let client = reqwest::Client::new();
+
+    let first = start(upstream.url(""), db.clone()).await.unwrap();
+    let response = client
+        .get(format!("http://{}/multi", first.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    // Let the write-behind writer commit (50 ms), then kill the process without a goodbye.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(first);
+
+    let second = start(upstream.url(""), db).await.unwrap();
+    let response = client
+        .get(format!("http://{}/multi", second.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cache"], "HIT");
+    assert_eq!(response.text().await.unwrap(), "multi 1");
+    assert_eq!(upstream.hits_on("/multi"), 1);
+}
