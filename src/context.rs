@@ -170,6 +170,8 @@ pub struct Report {
     pub priority: Option<Priority>,
     /// The resource it was counted in.
     pub resource: Option<Resource>,
+    /// What the rate limiter did: time waited, capacity left, server feedback.
+    pub rate_limit: Option<crate::rate_limit::RateLimitReport>,
 }
 
 impl Report {
