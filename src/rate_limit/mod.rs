@@ -3,7 +3,7 @@
 //! [`RateLimitLayer`] admits each request against the [`Limit`]s of its
 //! [`Resource`](crate::Resource) before it goes out. Admission is a check and a record in one
 //! atomic step of a [`RateLimitStore`] (one lock in [`MemoryRateLimitStore`], one
-//! `BEGIN IMMEDIATE` transaction in SQLite), so every process sharing a store
+//! `BEGIN IMMEDIATE` transaction in [`SqliteRateLimitStore`]), so every process sharing a store
 //! sees every admission:
 //!
 //! * **Exact sliding windows**: never more than `max` admissions in any interval of length
@@ -86,6 +86,8 @@ pub use limit::{Limit, Limits};
 pub use pacing::{Pacing, PacingKey};
 pub use service::RateLimit;
 pub use store::memory::MemoryRateLimitStore;
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::SqliteRateLimitStore;
 pub use store::{
     AdmissionRequest, Decision, LimitStatus, RateLimitStats, RateLimitStatus, RateLimitStore,
     Refusal, ResourceStats, ServerFeedback,

@@ -1,9 +1,10 @@
 //! The rate-limit layer: exact windows, waiting, priorities, server feedback, across processes.
 
 #[path = "../support/mod.rs"]
-#[allow(unused_imports)]
 mod support;
 
 mod allocation;
 mod layer;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod window;

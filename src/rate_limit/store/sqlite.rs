@@ -1,1 +1,508 @@
-//! The SQLite store (placeholder until the next step).
+//! The SQLite store: admissions shared by every process that opens the file.
+//!
+//! # How a decision is made
+//!
+//! [`acquire`](RateLimitStore::acquire) queues the request and runs a job on the
+//! [`SqliteStore`]'s threads. A job takes *every* request queued at that moment and decides them
+//! one after another inside one `BEGIN IMMEDIATE` transaction: each decision counts the
+//! admissions in its windows (an indexed range count), and an admitted request is inserted in the
+//! same transaction before the next is decided. The transaction commits before any caller hears
+//! its answer, so an admission is durable (to the WAL) and visible to every other process before
+//! the request goes out. Under load, many decisions share one transaction (group commit); alone,
+//! a decision is one short transaction.
+//!
+//! Windows are counted from `now - window` *with no upper bound*, so an admission another process
+//! stamped a few microseconds later still counts: the window invariant holds across processes
+//! whatever order their transactions commit in.
+//!
+//! # Growth
+//!
+//! Admissions older than the longest window a process has used for the resource, and user
+//! activity older than the monitoring window, are deleted by write-behind jobs coalesced per
+//! resource (at most one pending per resource, run at most once a second). The tables stay as
+//! large as the windows require.
+//!
+//! # Note on cancellation
+//!
+//! A request dropped before its batch runs is skipped and records nothing. One dropped while its
+//! batch is committing may be recorded without being sent: it over-counts by one, which never lets
+//! the API see more than the limit.
+//!
+//! # Example
+//!
+//! ```
+//! use courteous::rate_limit::{Limit, Limits, RateLimitLayer};
+//! use courteous::store::sqlite::SqliteStore;
+//! use std::num::NonZeroU32;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let sqlite = SqliteStore::open(dir.path().join("courteous.db")).await?;
+//! let limits = Limits::new().default_limit(Limit::per_hour(NonZeroU32::new(200).unwrap()));
+//! let layer = RateLimitLayer::new(sqlite.rate_limits(), limits)?;
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{
+    AdmissionLog, AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore,
+    ResourceStats, ServerFeedback, ServerState, decide, retention, status_of,
+};
+use crate::context::Priority;
+use crate::rate_limit::adaptive::{Activity, AdaptiveConfig, WindowUsage, activity_from_buckets};
+use crate::rate_limit::clock::Timestamp;
+use crate::rate_limit::limit::Limit;
+use crate::resource::Resource;
+use crate::store::sqlite::schema::Component;
+use crate::store::sqlite::{SqliteError, SqliteStore};
+use crate::store::{StoreError, StoreErrorKind};
+
+/// The rate limiter's tables.
+pub(crate) const RATE_LIMIT: Component = Component {
+    name: "rate_limit",
+    migrations: &[
+        // 1: admissions, per-second user activity, per-resource state.
+        "CREATE TABLE rate_limit_admissions (
+             resource   TEXT NOT NULL,
+             at         INTEGER NOT NULL,
+             background INTEGER NOT NULL
+         ) STRICT;
+         CREATE INDEX rate_limit_admissions_by_resource
+             ON rate_limit_admissions (resource, at, background);
+         CREATE TABLE rate_limit_activity (
+             resource TEXT NOT NULL,
+             second   INTEGER NOT NULL,
+             users    INTEGER NOT NULL,
+             PRIMARY KEY (resource, second)
+         ) STRICT, WITHOUT ROWID;
+         CREATE TABLE rate_limit_state (
+             resource         TEXT PRIMARY KEY NOT NULL,
+             first_at         INTEGER NOT NULL,
+             last_user_at     INTEGER,
+             blocked_until    INTEGER NOT NULL DEFAULT 0,
+             budget_remaining INTEGER,
+             budget_observed  INTEGER,
+             budget_reset     INTEGER
+         ) STRICT;",
+    ],
+};
+
+/// Most decisions in one transaction.
+const MAX_BATCH: usize = 512;
+
+impl SqliteStore {
+    /// A rate-limit store in this file, shared with every process that opens it.
+    pub fn rate_limits(&self) -> SqliteRateLimitStore {
+        SqliteRateLimitStore {
+            sqlite: self.clone(),
+            inner: Arc::default(),
+        }
+    }
+}
+
+/// Admissions counted in a SQLite file, across processes. See the [module docs](self).
+#[derive(Clone)]
+pub struct SqliteRateLimitStore {
+    sqlite: SqliteStore,
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SqliteRateLimitStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteRateLimitStore")
+            .field("path", &self.sqlite.path())
+            .finish_non_exhaustive()
+    }
+}
+
+type Reply = oneshot::Sender<Result<Decision, StoreError>>;
+
+#[derive(Default)]
+struct Inner {
+    queue: Mutex<Vec<(AdmissionRequest, Reply)>>,
+    /// Activity read from the file, reused for the recalculation interval.
+    activity: Mutex<HashMap<Resource, (u64, Activity)>>,
+    /// Per resource: when old rows were last pruned, and the longest window seen.
+    pruning: Mutex<HashMap<Resource, (u64, u64)>>,
+    stats: Mutex<HashMap<Resource, ResourceStats>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct SqlLog<'a> {
+    conn: &'a Connection,
+    resource: &'a str,
+}
+
+impl AdmissionLog for SqlLog<'_> {
+    type Error = rusqlite::Error;
+
+    fn usage(&mut self, since: u64) -> rusqlite::Result<WindowUsage> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*), coalesce(sum(background), 0) FROM rate_limit_admissions
+             WHERE resource = ?1 AND at > ?2",
+        )?;
+        stmt.query_row(params![self.resource, since as i64], |r| {
+            Ok(WindowUsage {
+                total: r.get::<_, i64>(0)? as u32,
+                background: r.get::<_, i64>(1)? as u32,
+            })
+        })
+    }
+
+    fn kth_oldest(&mut self, since: u64, k: u32) -> rusqlite::Result<Option<u64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at FROM rate_limit_admissions WHERE resource = ?1 AND at > ?2
+             ORDER BY at LIMIT 1 OFFSET ?3",
+        )?;
+        stmt.query_row(
+            params![self.resource, since as i64, i64::from(k.max(1) - 1)],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+    }
+}
+
+/// The per-resource row, as read in a transaction.
+#[derive(Debug, Clone, Copy, Default)]
+struct Row {
+    exists: bool,
+    last_user_at: Option<u64>,
+    server: ServerState,
+}
+
+fn read_row(conn: &Connection, resource: &str) -> rusqlite::Result<Row> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT last_user_at, blocked_until, budget_remaining, budget_observed, budget_reset
+         FROM rate_limit_state WHERE resource = ?1",
+    )?;
+    let row = stmt
+        .query_row([resource], |r| {
+            let budget = match (
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ) {
+                (Some(left), Some(observed), Some(reset)) => {
+                    Some((left.max(0) as u32, observed as u64, reset as u64))
+                }
+                _ => None,
+            };
+            Ok(Row {
+                exists: true,
+                last_user_at: r.get::<_, Option<i64>>(0)?.map(|v| v as u64),
+                server: ServerState {
+                    blocked_until: r.get::<_, i64>(1)?.max(0) as u64,
+                    budget,
+                },
+            })
+        })
+        .optional()?;
+    Ok(row.unwrap_or_default())
+}
+
+fn read_activity(
+    conn: &Connection,
+    resource: &str,
+    row: &Row,
+    config: &AdaptiveConfig,
+    now: u64,
+) -> rusqlite::Result<Activity> {
+    let since = now.saturating_sub(config.monitoring_ms()) / 1000;
+    let mut stmt = conn.prepare_cached(
+        "SELECT second, users FROM rate_limit_activity WHERE resource = ?1 AND second >= ?2",
+    )?;
+    let buckets = stmt
+        .query_map(params![resource, since as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u32))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(activity_from_buckets(
+        buckets.into_iter(),
+        config,
+        now,
+        row.last_user_at,
+        row.exists,
+    ))
+}
+
+impl Inner {
+    fn cached_activity(
+        &self,
+        conn: &Connection,
+        resource: &Resource,
+        row: &Row,
+        config: &AdaptiveConfig,
+        now: u64,
+    ) -> rusqlite::Result<Activity> {
+        let every = u64::try_from(config.recalculation_interval.as_millis()).unwrap_or(u64::MAX);
+        if let Some((at, activity)) = lock(&self.activity).get(resource)
+            && now.saturating_sub(*at) < every
+            && *at <= now
+            && activity.any_request
+        {
+            return Ok(*activity);
+        }
+        let activity = read_activity(conn, resource.as_str(), row, config, now)?;
+        lock(&self.activity).insert(resource.clone(), (now, activity));
+        Ok(activity)
+    }
+
+    /// Decides every queued request in one transaction. Runs on a store thread.
+    fn run_batch(&self, conn: &mut Connection) -> Result<(), SqliteError> {
+        let batch: Vec<(AdmissionRequest, Reply)> = {
+            let mut queue = lock(&self.queue);
+            let n = queue.len().min(MAX_BATCH);
+            queue.drain(..n).collect()
+        };
+        let batch: Vec<_> = batch.into_iter().filter(|(_, r)| !r.is_closed()).collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.decide_all(conn, &batch) {
+            Ok(decisions) => {
+                let mut stats = lock(&self.stats);
+                for ((request, reply), decision) in batch.into_iter().zip(decisions) {
+                    let entry = stats.entry(request.resource.clone()).or_default();
+                    match (&decision, request.priority) {
+                        (Decision::Refused { .. }, _) => entry.refused += 1,
+                        (_, Priority::User) => entry.admitted_user += 1,
+                        (_, Priority::Background) => entry.admitted_background += 1,
+                    }
+                    let _ = reply.send(Ok(decision));
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let error = SqliteError::from(error);
+                let kind = if error.is_busy() {
+                    StoreErrorKind::Busy
+                } else {
+                    StoreErrorKind::Other
+                };
+                let message = error.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::new("sqlite", kind, message.clone())));
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn decide_all(
+        &self,
+        conn: &mut Connection,
+        batch: &[(AdmissionRequest, Reply)],
+    ) -> rusqlite::Result<Vec<Decision>> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut rows: HashMap<&Resource, Row> = HashMap::new();
+        let mut decisions = Vec::with_capacity(batch.len());
+        for (request, _) in batch {
+            let now = request.now.as_millis();
+            let resource = request.resource.as_str();
+            let row = match rows.get(&request.resource) {
+                Some(row) => *row,
+                None => {
+                    let row = read_row(&tx, resource)?;
+                    rows.insert(&request.resource, row);
+                    row
+                }
+            };
+            let activity =
+                self.cached_activity(&tx, &request.resource, &row, &request.adaptive, now)?;
+            let mut log = SqlLog {
+                conn: &tx,
+                resource,
+            };
+            let decision = decide(&mut log, request, &activity, &row.server)?;
+            if let Decision::Admitted { .. } = decision {
+                let user = request.priority == Priority::User;
+                tx.prepare_cached(
+                    "INSERT INTO rate_limit_admissions (resource, at, background) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![resource, now as i64, i64::from(!user)])?;
+                if user {
+                    tx.prepare_cached(
+                        "INSERT INTO rate_limit_activity (resource, second, users) VALUES (?1, ?2, 1)
+                         ON CONFLICT (resource, second) DO UPDATE SET users = users + 1",
+                    )?
+                    .execute(params![resource, (now / 1000) as i64])?;
+                }
+                if user || !row.exists {
+                    tx.prepare_cached(
+                        "INSERT INTO rate_limit_state (resource, first_at, last_user_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (resource) DO UPDATE SET last_user_at =
+                             max(coalesce(last_user_at, 0), coalesce(excluded.last_user_at, 0))",
+                    )?
+                    .execute(params![resource, now as i64, user.then_some(now as i64)])?;
+                    let row = rows.get_mut(&request.resource).expect("read above");
+                    row.exists = true;
+                    if user {
+                        row.last_user_at = Some(now);
+                    }
+                }
+            }
+            decisions.push(decision);
+        }
+        tx.commit()?;
+        Ok(decisions)
+    }
+
+    /// Queues pruning of the rows that no window needs any more, at most once a second per
+    /// resource (coalesced in the write-behind queue).
+    fn schedule_pruning(&self, sqlite: &SqliteStore, request: &AdmissionRequest) {
+        let now = request.now.as_millis();
+        let window = u64::try_from(retention(&request.limits).as_millis()).unwrap_or(u64::MAX);
+        let keep = {
+            let mut pruning = lock(&self.pruning);
+            let entry = pruning.entry(request.resource.clone()).or_insert((now, 0));
+            entry.1 = entry.1.max(window);
+            if now.saturating_sub(entry.0) < 1000 {
+                return;
+            }
+            entry.0 = now;
+            entry.1
+        };
+        let resource = request.resource.as_str().to_owned();
+        let admissions_before = now.saturating_sub(keep).saturating_sub(1000) as i64;
+        let activity_before =
+            (now.saturating_sub(request.adaptive.monitoring_ms()) / 1000).saturating_sub(1) as i64;
+        let mut key = b"rate_limit.prune:".to_vec();
+        key.extend_from_slice(resource.as_bytes());
+        let result = sqlite.defer_keyed(key, move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM rate_limit_admissions WHERE resource = ?1 AND at < ?2",
+            )?
+            .execute(params![resource, admissions_before])?;
+            conn.prepare_cached(
+                "DELETE FROM rate_limit_activity WHERE resource = ?1 AND second < ?2",
+            )?
+            .execute(params![resource, activity_before])?;
+            Ok(())
+        });
+        if let Err(error) = result {
+            tracing::debug!(%error, "rate-limit pruning not queued");
+        }
+    }
+}
+
+fn store_error(error: SqliteError) -> StoreError {
+    StoreError::from(error)
+}
+
+#[async_trait]
+impl RateLimitStore for SqliteRateLimitStore {
+    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.schedule_pruning(&self.sqlite, &request);
+        lock(&self.inner.queue).push((request, reply));
+        let inner = self.inner.clone();
+        // This job decides whatever is queued when it runs (perhaps nothing, if another job took
+        // this request into its batch); the answer comes on the channel either way.
+        let ran = self.sqlite.call(move |conn| inner.run_batch(conn)).await;
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(match ran {
+                Err(error) => store_error(error),
+                Ok(()) => StoreError::new(
+                    "sqlite",
+                    StoreErrorKind::Other,
+                    "the rate-limit decision was lost; retry the request",
+                ),
+            }),
+        }
+    }
+
+    async fn feedback(
+        &self,
+        resource: &Resource,
+        feedback: ServerFeedback,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let resource = resource.as_str().to_owned();
+        let now = now.as_millis() as i64;
+        if let ServerFeedback::Block { .. } = feedback {
+            let mut stats = lock(&self.inner.stats);
+            if let Some(r) = Resource::new(&resource) {
+                stats.entry(r).or_default().server_blocks += 1;
+            }
+        }
+        self.sqlite
+            .call(move |conn| {
+                match feedback {
+                    ServerFeedback::Block { until } => conn.execute(
+                        "INSERT INTO rate_limit_state (resource, first_at, blocked_until) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (resource) DO UPDATE SET
+                             blocked_until = max(blocked_until, excluded.blocked_until)",
+                        params![resource, now, until.as_millis() as i64],
+                    )?,
+                    ServerFeedback::Remaining { remaining, reset } => conn.execute(
+                        "INSERT INTO rate_limit_state
+                             (resource, first_at, budget_remaining, budget_observed, budget_reset)
+                         VALUES (?1, ?2, ?3, ?2, ?4)
+                         ON CONFLICT (resource) DO UPDATE SET
+                             budget_remaining = excluded.budget_remaining,
+                             budget_observed = excluded.budget_observed,
+                             budget_reset = excluded.budget_reset",
+                        params![resource, now, i64::from(remaining), reset.as_millis() as i64],
+                    )?,
+                };
+                Ok(())
+            })
+            .await
+            .map_err(store_error)
+    }
+
+    async fn status(
+        &self,
+        resource: &Resource,
+        limits: &[Limit],
+        adaptive: &AdaptiveConfig,
+        now: Timestamp,
+    ) -> Result<RateLimitStatus, StoreError> {
+        let (resource, limits, adaptive) = (resource.clone(), limits.to_vec(), adaptive.clone());
+        self.sqlite
+            .call(move |conn| {
+                let now_ms = now.as_millis();
+                let row = read_row(conn, resource.as_str())?;
+                let activity = read_activity(conn, resource.as_str(), &row, &adaptive, now_ms)?;
+                let mut log = SqlLog {
+                    conn,
+                    resource: resource.as_str(),
+                };
+                Ok(status_of(
+                    &mut log,
+                    &resource,
+                    &limits,
+                    &adaptive,
+                    &activity,
+                    &row.server,
+                    now,
+                )?)
+            })
+            .await
+            .map_err(store_error)
+    }
+
+    fn stats(&self) -> RateLimitStats {
+        RateLimitStats {
+            resources: lock(&self.inner.stats)
+                .iter()
+                .map(|(r, s)| (r.as_str().to_owned(), *s))
+                .collect(),
+        }
+    }
+}

@@ -37,7 +37,7 @@ pub(crate) const CORE: Component = Component {
 };
 
 /// Every component compiled into this build.
-pub(crate) const COMPONENTS: &[Component] = &[CORE];
+pub(crate) const COMPONENTS: &[Component] = &[CORE, crate::rate_limit::store::sqlite::RATE_LIMIT];
 
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS courteous_schema (
     component   TEXT PRIMARY KEY NOT NULL,
