@@ -54,6 +54,9 @@ pub struct RateLimitReport {
     /// When the server answered 429 or 503 with `Retry-After`: the time until which every
     /// process holds the resource's requests back.
     pub blocked_until: Option<Timestamp>,
+    /// Whether the request was sent a second time after the server's `Retry-After` (see
+    /// [`RateLimitLayer::retry_once`]).
+    pub retried: bool,
 }
 
 #[derive(Clone)]
@@ -62,6 +65,7 @@ pub(crate) struct Config {
     pub(crate) adaptive: Arc<AdaptiveConfig>,
     pub(crate) max_wait: Duration,
     pub(crate) margin: Duration,
+    pub(crate) retry_once: bool,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) pacing: Option<Arc<Pacer>>,
 }
@@ -108,6 +112,7 @@ impl RateLimitLayer {
                 adaptive: Arc::new(AdaptiveConfig::default()),
                 max_wait: Duration::from_secs(60),
                 margin: Duration::ZERO,
+                retry_once: false,
                 clock: Arc::new(SystemClock),
                 pacing: None,
             }),
@@ -147,6 +152,17 @@ impl RateLimitLayer {
     #[must_use]
     pub fn safety_margin(mut self, margin: Duration) -> Self {
         Arc::make_mut(&mut self.config).margin = margin;
+        self
+    }
+
+    /// After a 429 or 503 whose `Retry-After` falls within the request's remaining `max_wait`,
+    /// send an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) once more when the
+    /// time comes, through the limiter again (default off). Only requests whose body is known up
+    /// front (see [`ReplayableBody`](crate::ReplayableBody)) can be sent again; the first
+    /// response is dropped.
+    #[must_use]
+    pub fn retry_once(mut self, retry: bool) -> Self {
+        Arc::make_mut(&mut self.config).retry_once = retry;
         self
     }
 

@@ -66,25 +66,81 @@ where
             .get::<MaxWait>()
             .map_or(self.layer.config.max_wait, |m| m.0);
         let host = request.uri().host().map(str::to_owned);
+        let again = if self.layer.config.retry_once && idempotent(request.method()) {
+            copy(&request)
+        } else {
+            None
+        };
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         ResponseFuture::new(Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + max_wait;
             let resource = context.resource();
-            let (waited, remaining) = layer
-                .admit(resource, context.priority(), host.as_deref(), max_wait)
+            let priority = context.priority();
+            let (mut waited, remaining) = layer
+                .admit(resource, priority, host.as_deref(), max_wait)
                 .await?;
             // Admitted and recorded: from here on the call counts, whatever the upstream does.
+            let second = again.as_ref().map(|_| inner.clone());
             let mut response = inner.oneshot(request).await.map_err(Into::into)?;
-            let blocked_until = layer
+            let mut blocked_until = layer
                 .observe(resource, response.status(), response.headers())
                 .await;
-            Report::record(response.extensions_mut()).rate_limit = Some(RateLimitReport {
+            let mut report = RateLimitReport {
                 waited,
                 remaining,
                 blocked_until,
-            });
+                retried: false,
+            };
+            if let (Some(until), Some(again), Some(inner)) = (blocked_until, again, second) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let wait = until.saturating_since(layer.config.clock.now());
+                if wait <= left {
+                    tracing::debug!(resource = %resource, ?wait, "retrying once after retry-after");
+                    let (more, remaining) = layer
+                        .admit(resource, priority, host.as_deref(), left)
+                        .await?;
+                    waited += more;
+                    response = inner.oneshot(again).await.map_err(Into::into)?;
+                    blocked_until = layer
+                        .observe(resource, response.status(), response.headers())
+                        .await;
+                    report = RateLimitReport {
+                        waited,
+                        remaining,
+                        blocked_until,
+                        retried: true,
+                    };
+                }
+            }
+            Report::record(response.extensions_mut()).rate_limit = Some(report);
             Ok(response)
         }))
     }
+}
+
+fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+/// A copy of a request whose body can be replayed, extensions included.
+fn copy<B: ReplayableBody>(request: &http::Request<B>) -> Option<http::Request<B>> {
+    let body = request.body().replay()?;
+    let mut copy = http::Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
 }

@@ -4,6 +4,8 @@
 mod support;
 
 mod allocation;
+#[cfg(feature = "middleware")]
+mod feedback;
 mod layer;
 #[cfg(feature = "sqlite")]
 mod sqlite;
