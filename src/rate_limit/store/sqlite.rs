@@ -2,31 +2,46 @@
 //!
 //! # How a decision is made
 //!
-//! [`acquire`](RateLimitStore::acquire) queues the request and runs a job on the
-//! [`SqliteStore`]'s threads. A job takes *every* request queued at that moment and decides them
-//! one after another inside one `BEGIN IMMEDIATE` transaction: each decision counts the
-//! admissions in its windows (an indexed range count), and an admitted request is inserted in the
+//! [`acquire`](RateLimitStore::acquire) queues the request. One job per process at a time (a
+//! *runner*, on the [`SqliteStore`]'s threads) takes everything queued and decides it in one
+//! `BEGIN IMMEDIATE` transaction of up to 64 decisions: each decision counts the admissions in
+//! its windows (a range count on the primary key), and an admitted request is inserted in the
 //! same transaction before the next is decided. The transaction commits before any caller hears
-//! its answer, so an admission is durable (to the WAL) and visible to every other process before
-//! the request goes out. Under load, many decisions share one transaction (group commit); alone,
-//! a decision is one short transaction.
+//! its answer, so an admission is in the file, and visible to every other process, before the
+//! request goes out. Under load many decisions share one transaction (group commit); alone, a
+//! decision is one short transaction. The runner goes on while requests keep arriving, and stops
+//! when the queue is empty.
+//!
+//! Processes take turns through an advisory lock on a file beside the database
+//! (`<file>-ratelimit.lock`, 0600), held for one transaction: a waiting process is woken the
+//! moment the lock is released, where SQLite's busy handler polls and can miss the short gaps
+//! between another process's transactions for tens of milliseconds. The lock only orders
+//! admission transactions; SQLite's own locking still guarantees correctness.
 //!
 //! Windows are counted from `now - window` *with no upper bound*, so an admission another process
 //! stamped a few microseconds later still counts: the window invariant holds across processes
 //! whatever order their transactions commit in.
 //!
+//! # User activity
+//!
+//! User admissions are counted per resource and second in memory and written behind (every
+//! 50 ms at most, through [`SqliteStore::defer`]) to `rate_limit_activity`, which every process
+//! reads for its adaptive split (at most once per recalculation interval). Activity is a
+//! heuristic input: a crash can lose the last 50 ms of it, never an admission.
+//!
 //! # Growth
 //!
 //! Admissions older than the longest window a process has used for the resource, and user
 //! activity older than the monitoring window, are deleted by write-behind jobs coalesced per
-//! resource (at most one pending per resource, run at most once a second). The tables stay as
-//! large as the windows require.
+//! resource (at most one pending per resource, run at most every 5 s). The tables stay as
+//! large as the windows require. The cost of a decision grows with the number of admissions in
+//! the resource's window (a range count).
 //!
 //! # Note on cancellation
 //!
-//! A request dropped before its batch runs is skipped and records nothing. One dropped while its
-//! batch is committing may be recorded without being sent: it over-counts by one, which never lets
-//! the API see more than the limit.
+//! A request dropped before its batch is taken is skipped and records nothing. One dropped while
+//! its batch is being decided may be recorded without being sent: it over-counts by one, which
+//! never lets the API see more than the limit.
 //!
 //! # Example
 //!
@@ -48,7 +63,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -75,10 +92,10 @@ pub(crate) const RATE_LIMIT: Component = Component {
         "CREATE TABLE rate_limit_admissions (
              resource   TEXT NOT NULL,
              at         INTEGER NOT NULL,
-             background INTEGER NOT NULL
-         ) STRICT;
-         CREATE INDEX rate_limit_admissions_by_resource
-             ON rate_limit_admissions (resource, at, background);
+             id         INTEGER NOT NULL,
+             background INTEGER NOT NULL,
+             PRIMARY KEY (resource, at, id)
+         ) STRICT, WITHOUT ROWID;
          CREATE TABLE rate_limit_activity (
              resource TEXT NOT NULL,
              second   INTEGER NOT NULL,
@@ -97,8 +114,11 @@ pub(crate) const RATE_LIMIT: Component = Component {
     ],
 };
 
+/// How often a process prunes one resource's old rows.
+const PRUNE_EVERY_MS: u64 = 5000;
+
 /// Most decisions in one transaction.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 64;
 
 impl SqliteStore {
     /// A rate-limit store in this file, shared with every process that opens it.
@@ -127,9 +147,47 @@ impl fmt::Debug for SqliteRateLimitStore {
 
 type Reply = oneshot::Sender<Result<Decision, StoreError>>;
 
+/// Requests waiting for a decision, and who is deciding them.
+///
+/// All three fields change under one lock, which makes the hand-off race-free: a runner stops
+/// only when it finds the queue empty under the lock, and a request queued after that sees no
+/// runner and schedules a job.
+#[derive(Default)]
+struct Queue {
+    items: Vec<(AdmissionRequest, Reply)>,
+    /// A runner is deciding batches (one per process at a time).
+    active: bool,
+    /// A job is queued that will become the runner.
+    scheduled: bool,
+}
+
+#[derive(Default)]
+struct PendingActivity {
+    users: HashMap<(Resource, u64), u32>,
+    last_user: HashMap<Resource, u64>,
+    flushed_at: u64,
+}
+
+/// How often user activity is written behind (it is read at most every recalculation interval).
+const ACTIVITY_FLUSH_MS: u64 = 50;
+
+/// Distinguishes admissions stamped in the same millisecond (primary key).
+fn next_id() -> i64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    ((u64::from(std::process::id()) << 40) ^ n) as i64
+}
+
 #[derive(Default)]
 struct Inner {
-    queue: Mutex<Vec<(AdmissionRequest, Reply)>>,
+    queue: Mutex<Queue>,
+    /// A lock file beside the database that serialises admission transactions across
+    /// processes (see the module docs), opened on first use; `None` for `:memory:` or when it
+    /// cannot be opened.
+    lock_file: OnceLock<Option<File>>,
+    /// User admissions not yet written to the activity table: (resource, second) -> count, and
+    /// the last user admission per resource.
+    activity_pending: Mutex<PendingActivity>,
     /// Activity read from the file, reused for the recalculation interval.
     activity: Mutex<HashMap<Resource, (u64, Activity)>>,
     /// Per resource: when old rows were last pruned, and the longest window seen.
@@ -239,6 +297,32 @@ fn read_activity(
     ))
 }
 
+fn take_batch(queue: &mut Queue) -> Vec<(AdmissionRequest, Reply)> {
+    let n = queue.items.len().min(MAX_BATCH);
+    queue.items.drain(..n).collect()
+}
+
+/// Clears the runner flag when a runner stops for any reason other than an empty queue, and
+/// fails the requests still queued (nobody else would decide them).
+struct RunnerGuard<'a>(&'a Inner);
+
+impl Drop for RunnerGuard<'_> {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.0.queue);
+        if !queue.active {
+            return;
+        }
+        queue.active = false;
+        for (_, reply) in queue.items.drain(..) {
+            let _ = reply.send(Err(StoreError::new(
+                "sqlite",
+                StoreErrorKind::Other,
+                "an earlier rate-limit decision failed; retry the request",
+            )));
+        }
+    }
+}
+
 impl Inner {
     fn cached_activity(
         &self,
@@ -261,29 +345,115 @@ impl Inner {
         Ok(activity)
     }
 
-    /// Decides every queued request in one transaction. Runs on a store thread.
-    fn run_batch(&self, conn: &mut Connection) -> Result<(), SqliteError> {
-        let batch: Vec<(AdmissionRequest, Reply)> = {
+    /// Becomes the runner, unless one is active, and decides every queued request in
+    /// transactions of up to `MAX_BATCH` until the queue is empty. Runs on a store thread.
+    fn run_batches(&self, sqlite: &SqliteStore, conn: &mut Connection) -> Result<(), SqliteError> {
+        let mut batch = {
             let mut queue = lock(&self.queue);
-            let n = queue.len().min(MAX_BATCH);
-            queue.drain(..n).collect()
+            queue.scheduled = false;
+            if queue.active {
+                // The active runner will see whatever is queued.
+                return Ok(());
+            }
+            queue.active = true;
+            take_batch(&mut queue)
         };
+        // Whatever happens below (an error, a panic), the queue is left with no runner and no
+        // caller waiting forever.
+        let _runner = RunnerGuard(self);
+        let lock_file = self.lock_file(sqlite);
+        loop {
+            if batch.is_empty() {
+                let mut queue = lock(&self.queue);
+                if queue.items.is_empty() {
+                    queue.active = false;
+                    return Ok(());
+                }
+                batch = take_batch(&mut queue);
+                continue;
+            }
+            // Across processes: a blocked process is woken the moment the lock is released,
+            // where SQLite's busy handler would poll, and could miss the short gaps between
+            // another process's transactions for tens of milliseconds.
+            let locked = lock_file.is_some_and(|f| f.lock().is_ok());
+            let result = self.run_batch(sqlite, conn, std::mem::take(&mut batch));
+            if locked && let Some(file) = lock_file {
+                let _ = file.unlock();
+            }
+            result?;
+        }
+    }
+
+    fn lock_file(&self, sqlite: &SqliteStore) -> Option<&File> {
+        self.lock_file
+            .get_or_init(|| {
+                let path = sqlite.path();
+                if path == std::path::Path::new(":memory:") {
+                    return None;
+                }
+                let mut name = path.as_os_str().to_owned();
+                name.push("-ratelimit.lock");
+                let mut options = std::fs::OpenOptions::new();
+                options.read(true).write(true).create(true).truncate(false);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                match options.open(&name) {
+                    Ok(file) => Some(file),
+                    Err(error) => {
+                        tracing::warn!(%error, "rate-limit lock file not opened; relying on sqlite's busy handler");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    fn run_batch(
+        &self,
+        sqlite: &SqliteStore,
+        conn: &mut Connection,
+        batch: Vec<(AdmissionRequest, Reply)>,
+    ) -> Result<(), SqliteError> {
+        // A caller that gave up before its turn records nothing.
         let batch: Vec<_> = batch.into_iter().filter(|(_, r)| !r.is_closed()).collect();
         if batch.is_empty() {
             return Ok(());
         }
         match self.decide_all(conn, &batch) {
             Ok(decisions) => {
-                let mut stats = lock(&self.stats);
-                for ((request, reply), decision) in batch.into_iter().zip(decisions) {
-                    let entry = stats.entry(request.resource.clone()).or_default();
-                    match (&decision, request.priority) {
-                        (Decision::Refused { .. }, _) => entry.refused += 1,
-                        (_, Priority::User) => entry.admitted_user += 1,
-                        (_, Priority::Background) => entry.admitted_background += 1,
+                {
+                    let mut stats = lock(&self.stats);
+                    let mut pending = lock(&self.activity_pending);
+                    for ((request, _), decision) in batch.iter().zip(&decisions) {
+                        let entry = stats.entry(request.resource.clone()).or_default();
+                        match (decision, request.priority) {
+                            (Decision::Refused { .. }, _) => entry.refused += 1,
+                            (_, Priority::User) => {
+                                entry.admitted_user += 1;
+                                let now = request.now.as_millis();
+                                *pending
+                                    .users
+                                    .entry((request.resource.clone(), now / 1000))
+                                    .or_default() += 1;
+                                let last = pending
+                                    .last_user
+                                    .entry(request.resource.clone())
+                                    .or_default();
+                                *last = (*last).max(now);
+                            }
+                            (_, Priority::Background) => entry.admitted_background += 1,
+                        }
                     }
+                }
+                let now = batch
+                    .iter()
+                    .map(|(r, _)| r.now.as_millis())
+                    .max()
+                    .unwrap_or(0);
+                for ((_, reply), decision) in batch.into_iter().zip(decisions) {
                     let _ = reply.send(Ok(decision));
                 }
+                self.flush_activity(sqlite, now, false);
                 Ok(())
             }
             Err(error) => {
@@ -299,6 +469,44 @@ impl Inner {
                 }
                 Err(error)
             }
+        }
+    }
+
+    /// Writes the pending user activity behind, at most every `ACTIVITY_FLUSH_MS` unless forced.
+    fn flush_activity(&self, sqlite: &SqliteStore, now: u64, force: bool) {
+        let (users, last_user) = {
+            let mut pending = lock(&self.activity_pending);
+            if pending.users.is_empty()
+                || (!force && now.saturating_sub(pending.flushed_at) < ACTIVITY_FLUSH_MS)
+            {
+                return;
+            }
+            pending.flushed_at = now;
+            (
+                std::mem::take(&mut pending.users),
+                std::mem::take(&mut pending.last_user),
+            )
+        };
+        let result = sqlite.defer(move |conn| {
+            let mut add = conn.prepare_cached(
+                "INSERT INTO rate_limit_activity (resource, second, users) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (resource, second) DO UPDATE SET users = users + excluded.users",
+            )?;
+            for ((resource, second), n) in &users {
+                add.execute(params![resource.as_str(), *second as i64, i64::from(*n)])?;
+            }
+            let mut last = conn.prepare_cached(
+                "INSERT INTO rate_limit_state (resource, first_at, last_user_at) VALUES (?1, ?2, ?2)
+                 ON CONFLICT (resource) DO UPDATE SET last_user_at =
+                     max(coalesce(last_user_at, 0), excluded.last_user_at)",
+            )?;
+            for (resource, at) in &last_user {
+                last.execute(params![resource.as_str(), *at as i64])?;
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            tracing::debug!(%error, "user activity not written");
         }
     }
 
@@ -329,29 +537,26 @@ impl Inner {
             };
             let decision = decide(&mut log, request, &activity, &row.server)?;
             if let Decision::Admitted { .. } = decision {
-                let user = request.priority == Priority::User;
+                let background = request.priority == Priority::Background;
                 tx.prepare_cached(
-                    "INSERT INTO rate_limit_admissions (resource, at, background) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO rate_limit_admissions (resource, at, id, background)
+                     VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![resource, now as i64, i64::from(!user)])?;
-                if user {
+                .execute(params![
+                    resource,
+                    now as i64,
+                    next_id(),
+                    i64::from(background)
+                ])?;
+                if !row.exists {
+                    // The resource's first request: the adaptive split leaves its initial state.
                     tx.prepare_cached(
-                        "INSERT INTO rate_limit_activity (resource, second, users) VALUES (?1, ?2, 1)
-                         ON CONFLICT (resource, second) DO UPDATE SET users = users + 1",
+                        "INSERT INTO rate_limit_state (resource, first_at) VALUES (?1, ?2)
+                         ON CONFLICT (resource) DO NOTHING",
                     )?
-                    .execute(params![resource, (now / 1000) as i64])?;
-                }
-                if user || !row.exists {
-                    tx.prepare_cached(
-                        "INSERT INTO rate_limit_state (resource, first_at, last_user_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (resource) DO UPDATE SET last_user_at =
-                             max(coalesce(last_user_at, 0), coalesce(excluded.last_user_at, 0))",
-                    )?
-                    .execute(params![resource, now as i64, user.then_some(now as i64)])?;
-                    let row = rows.get_mut(&request.resource).expect("read above");
-                    row.exists = true;
-                    if user {
-                        row.last_user_at = Some(now);
+                    .execute(params![resource, now as i64])?;
+                    if let Some(row) = rows.get_mut(&request.resource) {
+                        row.exists = true;
                     }
                 }
             }
@@ -370,7 +575,7 @@ impl Inner {
             let mut pruning = lock(&self.pruning);
             let entry = pruning.entry(request.resource.clone()).or_insert((now, 0));
             entry.1 = entry.1.max(window);
-            if now.saturating_sub(entry.0) < 1000 {
+            if now.saturating_sub(entry.0) < PRUNE_EVERY_MS {
                 return;
             }
             entry.0 = now;
@@ -408,21 +613,50 @@ impl RateLimitStore for SqliteRateLimitStore {
     async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.inner.schedule_pruning(&self.sqlite, &request);
-        lock(&self.inner.queue).push((request, reply));
-        let inner = self.inner.clone();
-        // This job decides whatever is queued when it runs (perhaps nothing, if another job took
-        // this request into its batch); the answer comes on the channel either way.
-        let ran = self.sqlite.call(move |conn| inner.run_batch(conn)).await;
+        let schedule = {
+            let mut queue = lock(&self.inner.queue);
+            queue.items.push((request, reply));
+            let schedule = !queue.active && !queue.scheduled;
+            queue.scheduled |= schedule;
+            schedule
+        };
+        if schedule {
+            // The job runs detached, so that a caller that gives up does not take with it the
+            // job other callers' requests wait for.
+            let (sqlite, inner) = (self.sqlite.clone(), self.inner.clone());
+            let job = async move {
+                let worker = (sqlite.clone(), inner.clone());
+                let ran = sqlite
+                    .call(move |conn| worker.1.run_batches(&worker.0, conn))
+                    .await;
+                if let Err(error) = ran {
+                    // The job never ran (the store closed) or failed: no caller waits forever.
+                    let mut queue = lock(&inner.queue);
+                    queue.scheduled = false;
+                    if !queue.active {
+                        let message = error.to_string();
+                        for (_, reply) in queue.items.drain(..) {
+                            let _ = reply.send(Err(StoreError::new(
+                                "sqlite",
+                                StoreErrorKind::Other,
+                                message.clone(),
+                            )));
+                        }
+                    }
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(job)),
+                Err(_) => job.await,
+            }
+        }
         match answer.await {
             Ok(result) => result,
-            Err(_) => Err(match ran {
-                Err(error) => store_error(error),
-                Ok(()) => StoreError::new(
-                    "sqlite",
-                    StoreErrorKind::Other,
-                    "the rate-limit decision was lost; retry the request",
-                ),
-            }),
+            Err(_) => Err(StoreError::new(
+                "sqlite",
+                StoreErrorKind::Other,
+                "the rate-limit decision was lost (the store closed or failed); retry the request",
+            )),
         }
     }
 
