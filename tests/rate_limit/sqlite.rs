@@ -240,3 +240,79 @@ fn field(out: &str, prefix: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+fn adaptive_layer(store: SqliteRateLimitStore) -> RateLimitLayer {
+    use courteous::rate_limit::AdaptiveConfig;
+    RateLimitLayer::new(
+        store,
+        Limits::new().default_limit(Limit::per_minute(n(100))),
+    )
+    .unwrap()
+    .fail_fast()
+    .adaptive(
+        AdaptiveConfig::default()
+            .monitoring_window(Duration::from_secs(60))
+            .recalculation_interval(Duration::from_millis(1)),
+    )
+}
+
+/// Child entry: a background request on the resource whose users are in the parent, and one on
+/// a quiet resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process entry point, started by other_processes_users_hold_back_background_work"]
+async fn child_background() {
+    if !child::is_child("sqlite::child_background") {
+        return;
+    }
+    let url: String = child::param("SERVER_URL");
+    let path: String = child::param("DB_PATH");
+    let sqlite = SqliteStore::open(&path).await.expect("open");
+    let service = ServiceBuilder::new()
+        .layer(adaptive_layer(sqlite.rate_limits()))
+        .service(HttpClient::new(reqwest::Client::new()));
+    for resource in ["busy", "quiet"] {
+        let mut request = http::Request::get(format!("{url}/api/{resource}/"))
+            .body(reqwest::Body::from(""))
+            .unwrap();
+        request.extensions_mut().insert(Priority::Background);
+        match service.clone().oneshot(request).await {
+            Ok(_) => println!("background {resource}: admitted"),
+            Err(err) if err.is::<RateLimited>() => println!("background {resource}: refused"),
+            Err(err) => panic!("{err}"),
+        }
+    }
+    sqlite.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_processes_users_hold_back_background_work() {
+    let server = TestServer::start().await;
+    let (_dir, path) = temp_db();
+    let sqlite = SqliteStore::open(&path).await.unwrap();
+    let service = ServiceBuilder::new()
+        .layer(adaptive_layer(sqlite.rate_limits()))
+        .service(HttpClient::new(reqwest::Client::new()));
+    // Twelve user requests in this process: high and rising user activity on "busy".
+    for _ in 0..12 {
+        let mut request = http::Request::get(server.url("/api/busy/"))
+            .body(reqwest::Body::from(""))
+            .unwrap();
+        request.extensions_mut().insert(Priority::User);
+        service.clone().oneshot(request).await.unwrap();
+    }
+    sqlite.flush().await.unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (url, path) = (server.url(""), path.display().to_string());
+        move || {
+            child::wait_ok(child::spawn(
+                "sqlite::child_background",
+                &[("SERVER_URL", url), ("DB_PATH", path)],
+            ))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("background busy: refused"), "{out}");
+    assert!(out.contains("background quiet: admitted"), "{out}");
+    sqlite.close().await.unwrap();
+}

@@ -24,10 +24,11 @@
 //!
 //! # User activity
 //!
-//! User admissions are counted per resource and second in memory and written behind (every
-//! 50 ms at most, through [`SqliteStore::defer`]) to `rate_limit_activity`, which every process
-//! reads for its adaptive split (at most once per recalculation interval). Activity is a
-//! heuristic input: a crash can lose the last 50 ms of it, never an admission.
+//! User admissions are counted per resource and second and written behind (through
+//! [`SqliteStore::defer`], committed within the writer's flush interval) to
+//! `rate_limit_activity`, which every process reads for its adaptive split (at most once per
+//! recalculation interval). Activity is a heuristic input: a crash can lose the last flush
+//! interval of it, never an admission.
 //!
 //! # Growth
 //!
@@ -165,11 +166,7 @@ struct Queue {
 struct PendingActivity {
     users: HashMap<(Resource, u64), u32>,
     last_user: HashMap<Resource, u64>,
-    flushed_at: u64,
 }
-
-/// How often user activity is written behind (it is read at most every recalculation interval).
-const ACTIVITY_FLUSH_MS: u64 = 50;
 
 /// Distinguishes admissions stamped in the same millisecond (primary key).
 fn next_id() -> i64 {
@@ -445,15 +442,10 @@ impl Inner {
                         }
                     }
                 }
-                let now = batch
-                    .iter()
-                    .map(|(r, _)| r.now.as_millis())
-                    .max()
-                    .unwrap_or(0);
                 for ((_, reply), decision) in batch.into_iter().zip(decisions) {
                     let _ = reply.send(Ok(decision));
                 }
-                self.flush_activity(sqlite, now, false);
+                self.flush_activity(sqlite);
                 Ok(())
             }
             Err(error) => {
@@ -472,16 +464,14 @@ impl Inner {
         }
     }
 
-    /// Writes the pending user activity behind, at most every `ACTIVITY_FLUSH_MS` unless forced.
-    fn flush_activity(&self, sqlite: &SqliteStore, now: u64, force: bool) {
+    /// Queues the batch's user activity for the write-behind writer, which commits it with
+    /// other deferred writes within its flush interval.
+    fn flush_activity(&self, sqlite: &SqliteStore) {
         let (users, last_user) = {
             let mut pending = lock(&self.activity_pending);
-            if pending.users.is_empty()
-                || (!force && now.saturating_sub(pending.flushed_at) < ACTIVITY_FLUSH_MS)
-            {
+            if pending.users.is_empty() {
                 return;
             }
-            pending.flushed_at = now;
             (
                 std::mem::take(&mut pending.users),
                 std::mem::take(&mut pending.last_user),
