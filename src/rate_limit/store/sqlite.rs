@@ -166,6 +166,20 @@ struct Queue {
 struct PendingActivity {
     users: HashMap<(Resource, u64), u32>,
     last_user: HashMap<Resource, u64>,
+    /// A deferred write is queued that will take everything pending when it runs.
+    queued: bool,
+}
+
+impl PendingActivity {
+    fn merge(&mut self, users: HashMap<(Resource, u64), u32>, last_user: HashMap<Resource, u64>) {
+        for (key, n) in users {
+            *self.users.entry(key).or_default() += n;
+        }
+        for (resource, at) in last_user {
+            let last = self.last_user.entry(resource).or_default();
+            *last = (*last).max(at);
+        }
+    }
 }
 
 /// Distinguishes admissions stamped in the same millisecond (primary key).
@@ -184,7 +198,7 @@ struct Inner {
     lock_file: OnceLock<Option<File>>,
     /// User admissions not yet written to the activity table: (resource, second) -> count, and
     /// the last user admission per resource.
-    activity_pending: Mutex<PendingActivity>,
+    activity_pending: Arc<Mutex<PendingActivity>>,
     /// Activity read from the file, reused for the recalculation interval.
     activity: Mutex<HashMap<Resource, (u64, Activity)>>,
     /// Per resource: when old rows were last pruned, and the longest window seen.
@@ -292,6 +306,29 @@ fn read_activity(
         row.last_user_at,
         row.exists,
     ))
+}
+
+fn write_activity(
+    conn: &Connection,
+    users: &HashMap<(Resource, u64), u32>,
+    last_user: &HashMap<Resource, u64>,
+) -> rusqlite::Result<()> {
+    let mut add = conn.prepare_cached(
+        "INSERT INTO rate_limit_activity (resource, second, users) VALUES (?1, ?2, ?3)
+         ON CONFLICT (resource, second) DO UPDATE SET users = users + excluded.users",
+    )?;
+    for ((resource, second), n) in users {
+        add.execute(params![resource.as_str(), *second as i64, i64::from(*n)])?;
+    }
+    let mut last = conn.prepare_cached(
+        "INSERT INTO rate_limit_state (resource, first_at, last_user_at) VALUES (?1, ?2, ?2)
+         ON CONFLICT (resource) DO UPDATE SET last_user_at =
+             max(coalesce(last_user_at, 0), excluded.last_user_at)",
+    )?;
+    for (resource, at) in last_user {
+        last.execute(params![resource.as_str(), *at as i64])?;
+    }
+    Ok(())
 }
 
 fn take_batch(queue: &mut Queue) -> Vec<(AdmissionRequest, Reply)> {
@@ -467,36 +504,35 @@ impl Inner {
     /// Queues the batch's user activity for the write-behind writer, which commits it with
     /// other deferred writes within its flush interval.
     fn flush_activity(&self, sqlite: &SqliteStore) {
-        let (users, last_user) = {
+        {
             let mut pending = lock(&self.activity_pending);
-            if pending.users.is_empty() {
+            if pending.users.is_empty() || pending.queued {
                 return;
             }
-            (
-                std::mem::take(&mut pending.users),
-                std::mem::take(&mut pending.last_user),
-            )
-        };
+            pending.queued = true;
+        }
+        // One deferred write at a time takes everything accumulated until it runs, so the
+        // writer does a few upserts per flush interval however many batches ran.
+        let shared = self.activity_pending.clone();
         let result = sqlite.defer(move |conn| {
-            let mut add = conn.prepare_cached(
-                "INSERT INTO rate_limit_activity (resource, second, users) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (resource, second) DO UPDATE SET users = users + excluded.users",
-            )?;
-            for ((resource, second), n) in &users {
-                add.execute(params![resource.as_str(), *second as i64, i64::from(*n)])?;
+            let (users, last_user) = {
+                let mut pending = lock(&shared);
+                pending.queued = false;
+                (
+                    std::mem::take(&mut pending.users),
+                    std::mem::take(&mut pending.last_user),
+                )
+            };
+            let result = write_activity(conn, &users, &last_user);
+            if result.is_err() {
+                // Kept for the retry of the writer's batch.
+                lock(&shared).merge(users, last_user);
             }
-            let mut last = conn.prepare_cached(
-                "INSERT INTO rate_limit_state (resource, first_at, last_user_at) VALUES (?1, ?2, ?2)
-                 ON CONFLICT (resource) DO UPDATE SET last_user_at =
-                     max(coalesce(last_user_at, 0), excluded.last_user_at)",
-            )?;
-            for (resource, at) in &last_user {
-                last.execute(params![resource.as_str(), *at as i64])?;
-            }
-            Ok(())
+            result
         });
         if let Err(error) = result {
-            tracing::debug!(%error, "user activity not written");
+            lock(&self.activity_pending).queued = false;
+            tracing::debug!(%error, "user activity not queued for writing");
         }
     }
 
