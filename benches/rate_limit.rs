@@ -135,7 +135,14 @@ fn summary(o: &mut Outcome) -> String {
 }
 
 async fn sqlite_run(path: &std::path::Path, tasks: usize, duration: Duration) -> Outcome {
-    let sqlite = SqliteStore::open(path).await.expect("open");
+    let mut builder = SqliteStore::builder(path);
+    if let Some(ms) = std::env::var("RL_BENCH_CHECKPOINT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.checkpoint_interval(Duration::from_millis(ms));
+    }
+    let sqlite = builder.open().await.expect("open");
     let store: Arc<dyn RateLimitStore> = Arc::new(sqlite.rate_limits());
     let outcome = drive(store, tasks, duration).await;
     sqlite.close().await.expect("close");

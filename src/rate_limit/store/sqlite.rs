@@ -16,7 +16,10 @@
 //! (`<file>-ratelimit.lock`, 0600), held for one transaction: a waiting process is woken the
 //! moment the lock is released, where SQLite's busy handler polls and can miss the short gaps
 //! between another process's transactions for tens of milliseconds. The lock only orders
-//! admission transactions; SQLite's own locking still guarantees correctness.
+//! admission transactions; SQLite's own locking still guarantees correctness. A runner that has
+//! been busy for 5 ms leaves the database free for 1.2 ms (holding the turn lock), so that
+//! writers waiting with SQLite's polling busy handler (the write-behind writer, other stores, a
+//! process opening the file) are never starved by a saturated limiter.
 //!
 //! Windows are counted from `now - window` *with no upper bound*, so an admission another process
 //! stamped a few microseconds later still counts: the window invariant holds across processes
@@ -67,6 +70,7 @@ use std::fmt;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -117,6 +121,10 @@ pub(crate) const RATE_LIMIT: Component = Component {
 
 /// How often a process prunes one resource's old rows.
 const PRUNE_EVERY_MS: u64 = 5000;
+
+/// A runner busy this long in a row leaves the write lock free for `PAUSE`.
+const RUN_BEFORE_PAUSE: Duration = Duration::from_millis(5);
+const PAUSE: Duration = Duration::from_micros(1200);
 
 /// Most decisions in one transaction.
 const MAX_BATCH: usize = 64;
@@ -396,6 +404,7 @@ impl Inner {
         // caller waiting forever.
         let _runner = RunnerGuard(self);
         let lock_file = self.lock_file(sqlite);
+        let mut since_pause = Instant::now();
         loop {
             if batch.is_empty() {
                 let mut queue = lock(&self.queue);
@@ -410,6 +419,14 @@ impl Inner {
             // where SQLite's busy handler would poll, and could miss the short gaps between
             // another process's transactions for tens of milliseconds.
             let locked = lock_file.is_some_and(|f| f.lock().is_ok());
+            if since_pause.elapsed() >= RUN_BEFORE_PAUSE {
+                // Other writers (the write-behind writer, other stores, a process opening the
+                // file) wait with SQLite's polling busy handler, which sleeps up to 1 ms between
+                // tries: a runner that never leaves a gap that long would starve them. Holding
+                // the turn lock, so that no other runner takes the gap, leave one.
+                std::thread::sleep(PAUSE);
+                since_pause = Instant::now();
+            }
             let result = self.run_batch(sqlite, conn, std::mem::take(&mut batch));
             if locked && let Some(file) = lock_file {
                 let _ = file.unlock();
