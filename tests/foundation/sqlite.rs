@@ -92,10 +92,7 @@ async fn two_processes_write_one_file_and_nothing_is_lost() {
     let expected = (DEFERRED + IMMEDIATE) as i64;
     assert_eq!(
         per_writer,
-        vec![
-            (1, expected, IMMEDIATE as i64),
-            (2, expected, IMMEDIATE as i64)
-        ]
+        vec![(1, expected, IMMEDIATE as i64), (2, expected, IMMEDIATE as i64)]
     );
 }
 
@@ -147,19 +144,11 @@ async fn a_file_made_before_courteous_tables_existed_is_upgraded_in_place() {
 #[tokio::test]
 async fn a_file_from_a_newer_version_is_refused() {
     let (_dir, path) = temp_db();
-    SqliteStore::open(&path)
-        .await
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
+    SqliteStore::open(&path).await.unwrap().close().await.unwrap();
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute(
-            "UPDATE courteous_schema SET version = 999 WHERE component = 'core'",
-            [],
-        )
-        .unwrap();
+        conn.execute("UPDATE courteous_schema SET version = 999 WHERE component = 'core'", [])
+            .unwrap();
     }
     let err = SqliteStore::open(&path).await.unwrap_err();
     assert_eq!(err.code(), "sqlite_schema_too_new", "{err}");
@@ -213,10 +202,7 @@ impl<'a> ReadOnly<'a> {
 impl Drop for ReadOnly<'_> {
     fn drop(&mut self) {
         if self.1 {
-            let _ = std::process::Command::new("chattr")
-                .arg("-i")
-                .arg(self.0)
-                .status();
+            let _ = std::process::Command::new("chattr").arg("-i").arg(self.0).status();
         }
     }
 }
@@ -264,17 +250,11 @@ async fn keyed_deferred_writes_coalesce_and_a_failing_write_does_not_sink_the_ba
             .unwrap();
     }
     store
-        .defer(|conn| {
-            conn.execute("INSERT INTO kv VALUES ('other', 1)", [])
-                .map(drop)
-        })
+        .defer(|conn| conn.execute("INSERT INTO kv VALUES ('other', 1)", []).map(drop))
         .unwrap();
     // Violates NOT NULL: dropped alone.
     store
-        .defer(|conn| {
-            conn.execute("INSERT INTO kv VALUES ('bad', NULL)", [])
-                .map(drop)
-        })
+        .defer(|conn| conn.execute("INSERT INTO kv VALUES ('bad', NULL)", []).map(drop))
         .unwrap();
     store.flush().await.unwrap();
     let rows: Vec<(String, i64)> = store
@@ -289,12 +269,7 @@ async fn keyed_deferred_writes_coalesce_and_a_failing_write_does_not_sink_the_ba
     assert_eq!(rows, vec![("counter".into(), 4), ("other".into(), 1)]);
     let stats = store.stats();
     assert_eq!(
-        (
-            stats.committed,
-            stats.coalesced,
-            stats.failed,
-            stats.batches
-        ),
+        (stats.committed, stats.coalesced, stats.failed, stats.batches),
         (2, 4, 1, 1)
     );
 }
@@ -346,11 +321,7 @@ async fn a_busy_file_keeps_deferred_writes_until_it_frees_up() {
 
 #[tokio::test]
 async fn the_memory_database_is_shared_by_all_workers() {
-    let store = SqliteStore::builder(":memory:")
-        .workers(3)
-        .open()
-        .await
-        .unwrap();
+    let store = SqliteStore::builder(":memory:").workers(3).open().await.unwrap();
     store
         .call(|conn| Ok(conn.execute_batch("CREATE TABLE t (x INTEGER)")?))
         .await
@@ -384,11 +355,7 @@ async fn the_memory_database_is_shared_by_all_workers() {
 
 #[tokio::test]
 async fn a_panicking_job_rolls_back_and_the_store_goes_on() {
-    let store = SqliteStore::builder(":memory:")
-        .workers(1)
-        .open()
-        .await
-        .unwrap();
+    let store = SqliteStore::builder(":memory:").workers(1).open().await.unwrap();
     store
         .call(|conn| Ok(conn.execute_batch("CREATE TABLE t (x INTEGER)")?))
         .await
@@ -410,11 +377,7 @@ async fn a_panicking_job_rolls_back_and_the_store_goes_on() {
 
 #[tokio::test]
 async fn a_cancelled_call_is_skipped() {
-    let store = SqliteStore::builder(":memory:")
-        .workers(1)
-        .open()
-        .await
-        .unwrap();
+    let store = SqliteStore::builder(":memory:").workers(1).open().await.unwrap();
     store
         .call(|conn| Ok(conn.execute_batch("CREATE TABLE t (x INTEGER)")?))
         .await

@@ -67,10 +67,7 @@ async fn tower_adapter_carries_priority_to_the_layers() {
         .body(reqwest::Body::from(""))
         .unwrap();
     let response = service.oneshot(request).await.unwrap();
-    assert_eq!(
-        Report::of(&response).unwrap().priority,
-        Some(Priority::User)
-    );
+    assert_eq!(Report::of(&response).unwrap().priority, Some(Priority::User));
     assert_eq!(body_json(response).await["priority"], "user");
     assert_eq!(server.hits(), 2);
 }
@@ -162,11 +159,7 @@ async fn transport_errors_come_back_typed_on_both_paths() {
     drop(listener);
 
     let error = HttpClient::new(reqwest::Client::new())
-        .oneshot(
-            http::Request::get(&url)
-                .body(reqwest::Body::from(""))
-                .unwrap(),
-        )
+        .oneshot(http::Request::get(&url).body(reqwest::Body::from("")).unwrap())
         .await
         .unwrap_err();
     assert!(error.is_connect(), "{error:?}");
@@ -183,11 +176,7 @@ async fn transport_errors_come_back_typed_on_both_paths() {
 #[tokio::test]
 async fn handoff_outside_the_middleware_fails_with_a_typed_error() {
     let error = Handoff::new()
-        .oneshot(
-            http::Request::get("http://127.0.0.1:9/")
-                .body(reqwest::Body::from(""))
-                .unwrap(),
-        )
+        .oneshot(http::Request::get("http://127.0.0.1:9/").body(reqwest::Body::from("")).unwrap())
         .await
         .unwrap_err();
     let error = error.downcast_ref::<HandoffError>().unwrap();

@@ -18,13 +18,7 @@ pub fn is_child(entry: &str) -> bool {
 pub fn spawn(entry: &str, env: &[(&str, String)]) -> Child {
     let mut command = Command::new(std::env::current_exe().expect("current exe"));
     command
-        .args([
-            "--exact",
-            entry,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", entry, "--ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, entry)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -130,10 +130,7 @@ async fn default_handler(State(log): State<Arc<Log>>, request: Request) -> Respo
     if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let status: u16 = query
-        .get("status")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let status: u16 = query.get("status").and_then(|v| v.parse().ok()).unwrap_or(200);
     let mut builder = Response::builder().status(status);
     if let Some(cc) = query.get("cache_control") {
         builder = builder.header("cache-control", cc);
