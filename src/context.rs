@@ -174,6 +174,8 @@ pub struct Report {
     pub cache: Option<crate::cache::CacheStatus>,
     /// What the dedupe layer did: led, followed, or made its own call.
     pub dedupe: Option<crate::dedupe::DedupeRole>,
+    /// What the rate limiter did: time waited, capacity left, server feedback.
+    pub rate_limit: Option<crate::rate_limit::RateLimitReport>,
 }
 
 impl Report {

@@ -72,6 +72,7 @@ pub mod error;
 pub mod key;
 #[cfg(feature = "middleware")]
 mod middleware;
+pub mod rate_limit;
 pub mod resource;
 pub mod store;
 pub mod transport;
@@ -92,6 +93,7 @@ pub use error::BoxError;
 pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
 #[cfg(feature = "middleware")]
 pub use middleware::{Handoff, HandoffError, HandoffFuture, Middleware};
+pub use rate_limit::{Limit, Limits, RateLimitLayer, RateLimited};
 pub use resource::{
     DefaultResourceClassifier, PathSegment, PrefixTable, Resource, ResourceClassifier, classify_fn,
 };

@@ -41,6 +41,7 @@ pub(crate) const COMPONENTS: &[Component] = &[
     CORE,
     crate::cache::store::sqlite::CACHE,
     crate::dedupe::store::sqlite::DEDUPE,
+    crate::rate_limit::store::sqlite::RATE_LIMIT,
 ];
 
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS courteous_schema (

@@ -1,0 +1,317 @@
+//! [`RateLimitLayer`]: configuration and the state its services share.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::adaptive::AdaptiveConfig;
+use super::clock::{Clock, SystemClock, Timestamp};
+use super::error::{RateLimitConfigError, RateLimited};
+use super::feedback;
+use super::limit::{Limit, Limits, ResolvedLimits};
+use super::pacing::{Pacer, Pacing};
+use super::service::RateLimit;
+use super::store::{
+    AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore, ServerFeedback,
+};
+use crate::context::Priority;
+use crate::error::BoxError;
+use crate::resource::Resource;
+use crate::store::StoreError;
+
+/// How long a request may wait for the limiter, set per request as an extension (overrides the
+/// layer's [`max_wait`](RateLimitLayer::max_wait)).
+///
+/// # Example
+///
+/// ```
+/// use courteous::rate_limit::MaxWait;
+/// use std::time::Duration;
+///
+/// let mut request = http::Request::get("http://h/api/search/").body(()).unwrap();
+/// request.extensions_mut().insert(MaxWait::FAIL_FAST);
+/// request.extensions_mut().insert(MaxWait(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxWait(pub Duration);
+
+impl MaxWait {
+    /// Do not wait: fail with [`RateLimited`] at once when the limit is reached.
+    pub const FAIL_FAST: MaxWait = MaxWait(Duration::ZERO);
+}
+
+/// What the rate limiter did for a request, in [`Report::rate_limit`](crate::Report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitReport {
+    /// How long the request waited for the limiter (and pacing).
+    pub waited: Duration,
+    /// Admissions left in the resource's tightest limit after this one.
+    pub remaining: u32,
+    /// When the server answered 429 or 503 with `Retry-After`: the time until which every
+    /// process holds the resource's requests back.
+    pub blocked_until: Option<Timestamp>,
+    /// Whether the request was sent a second time after the server's `Retry-After` (see
+    /// [`RateLimitLayer::retry_once`]).
+    pub retried: bool,
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) limits: ResolvedLimits,
+    pub(crate) adaptive: Arc<AdaptiveConfig>,
+    pub(crate) max_wait: Duration,
+    pub(crate) margin: Duration,
+    pub(crate) retry_once: bool,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) pacing: Option<Arc<Pacer>>,
+}
+
+/// One FIFO line of waiters (tokio's mutex is fair).
+type Queue = Arc<tokio::sync::Mutex<()>>;
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn RateLimitStore>,
+    queues: Mutex<HashMap<(Resource, Priority), Queue>>,
+}
+
+/// Admits every request against its resource's limits before it goes out, across every process
+/// that shares the store.
+///
+/// Cloning the layer (or the services it makes) shares the store, the configuration and the
+/// waiting queues. See the [module documentation](super) for the behaviour and an example.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    pub(crate) config: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("max_wait", &self.config.max_wait)
+            .field("adaptive", &self.config.adaptive)
+            .field("clock", &self.config.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// A layer over `store` with these limits; requests wait up to 60 s for a slot.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimitConfigError`] when a limit has a zero window or names an empty resource.
+    pub fn new(store: impl RateLimitStore, limits: Limits) -> Result<Self, RateLimitConfigError> {
+        Ok(RateLimitLayer {
+            config: Arc::new(Config {
+                limits: limits.resolve()?,
+                adaptive: Arc::new(AdaptiveConfig::default()),
+                max_wait: Duration::from_secs(60),
+                margin: Duration::ZERO,
+                retry_once: false,
+                clock: Arc::new(SystemClock),
+                pacing: None,
+            }),
+            shared: Arc::new(Shared {
+                store: Arc::new(store),
+                queues: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The longest a request waits for a slot before failing with [`RateLimited`] (default
+    /// 60 s; zero fails at once). A request's [`MaxWait`] extension overrides it.
+    #[must_use]
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        Arc::make_mut(&mut self.config).max_wait = max_wait;
+        self
+    }
+
+    /// Fail at once when the limit is reached (`max_wait(Duration::ZERO)`).
+    #[must_use]
+    pub fn fail_fast(self) -> Self {
+        self.max_wait(Duration::ZERO)
+    }
+
+    /// The adaptive user/background split's configuration.
+    #[must_use]
+    pub fn adaptive(mut self, adaptive: AdaptiveConfig) -> Self {
+        Arc::make_mut(&mut self.config).adaptive = Arc::new(adaptive);
+        self
+    }
+
+    /// Counts every window this much longer (default zero).
+    ///
+    /// Admission is recorded just before a request goes out; the server sees it a little later,
+    /// and not always by the same delay. A margin of a few tens of milliseconds keeps the
+    /// server's own count within the limit despite that jitter.
+    #[must_use]
+    pub fn safety_margin(mut self, margin: Duration) -> Self {
+        Arc::make_mut(&mut self.config).margin = margin;
+        self
+    }
+
+    /// After a 429 or 503 whose `Retry-After` falls within the request's remaining `max_wait`,
+    /// send an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) once more when the
+    /// time comes, through the limiter again (default off). Only requests whose body is known up
+    /// front (see [`ReplayableBody`](crate::ReplayableBody)) can be sent again; the first
+    /// response is dropped.
+    #[must_use]
+    pub fn retry_once(mut self, retry: bool) -> Self {
+        Arc::make_mut(&mut self.config).retry_once = retry;
+        self
+    }
+
+    /// Where the time comes from (default [`SystemClock`]).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        Arc::make_mut(&mut self.config).clock = Arc::new(clock);
+        self
+    }
+
+    /// A minimum spacing between calls (see [`Pacing`]).
+    #[must_use]
+    pub fn pacing(mut self, pacing: Pacing) -> Self {
+        Arc::make_mut(&mut self.config).pacing = Some(Arc::new(Pacer::new(pacing)));
+        self
+    }
+
+    /// The limits that apply to `resource`.
+    pub fn limits_of(&self, resource: &Resource) -> Arc<[Limit]> {
+        self.config.limits.of(resource)
+    }
+
+    /// The resource's usage, remaining capacity, adaptive split and the reason for it.
+    ///
+    /// # Errors
+    ///
+    /// The store's error.
+    pub async fn status(&self, resource: &Resource) -> Result<RateLimitStatus, StoreError> {
+        let limits = self.limits_of(resource);
+        self.shared
+            .store
+            .status(
+                resource,
+                &limits,
+                &self.config.adaptive,
+                self.config.clock.now(),
+            )
+            .await
+    }
+
+    /// The store's counters per resource.
+    pub fn stats(&self) -> RateLimitStats {
+        self.shared.store.stats()
+    }
+
+    /// Waits for an admission (or fails). Returns the time waited and the remaining count.
+    pub(crate) async fn admit(
+        &self,
+        resource: &Resource,
+        priority: Priority,
+        host: Option<&str>,
+        max_wait: Duration,
+    ) -> Result<(Duration, u32), BoxError> {
+        let config = &self.config;
+        let started = tokio::time::Instant::now();
+        let deadline = started + max_wait;
+        let limits: Arc<[Limit]> = if config.margin.is_zero() {
+            config.limits.of(resource)
+        } else {
+            config
+                .limits
+                .of(resource)
+                .iter()
+                .map(|l| Limit::new(l.max_nonzero(), l.window() + config.margin))
+                .collect()
+        };
+        // Waiters of one priority take turns in arrival order (tokio's mutex is fair).
+        let queue = self.shared.queue(resource, priority);
+        let _turn = if max_wait.is_zero() {
+            None
+        } else {
+            match tokio::time::timeout_at(deadline, queue.lock_owned()).await {
+                Ok(guard) => Some(guard),
+                Err(_) => {
+                    return Err(Box::new(RateLimited::new(resource.clone(), max_wait)));
+                }
+            }
+        };
+        loop {
+            if let Some(pacer) = &config.pacing {
+                pacer.wait(resource, host, deadline).await.map_err(|wait| {
+                    Box::new(RateLimited::new(resource.clone(), wait)) as BoxError
+                })?;
+            }
+            let now = config.clock.now();
+            let request = AdmissionRequest::new(
+                resource.clone(),
+                priority,
+                limits.clone(),
+                config.adaptive.clone(),
+                now,
+            );
+            match self.shared.store.acquire(request).await? {
+                Decision::Admitted { remaining } => {
+                    return Ok((started.elapsed(), remaining));
+                }
+                Decision::Refused { retry_at, reason } => {
+                    let wait = retry_at.saturating_since(now);
+                    let wake = tokio::time::Instant::now() + wait;
+                    if wake > deadline {
+                        tracing::debug!(resource = %resource, ?reason, ?wait, "rate limited");
+                        return Err(Box::new(RateLimited::new(resource.clone(), wait)));
+                    }
+                    tracing::trace!(resource = %resource, ?reason, ?wait, "waiting for the limiter");
+                    tokio::time::sleep_until(wake).await;
+                }
+            }
+        }
+    }
+
+    /// Records what a response says about the server's limits.
+    pub(crate) async fn observe(
+        &self,
+        resource: &Resource,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+    ) -> Option<Timestamp> {
+        let now = self.config.clock.now();
+        let mut blocked = None;
+        for feedback in feedback::parse(status, headers, now) {
+            if let ServerFeedback::Block { until } = feedback {
+                blocked = Some(until);
+            }
+            if let Err(error) = self.shared.store.feedback(resource, feedback, now).await {
+                tracing::warn!(resource = %resource, %error, "could not record the server's rate-limit feedback");
+            }
+        }
+        blocked
+    }
+}
+
+impl Shared {
+    fn queue(&self, resource: &Resource, priority: Priority) -> Queue {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if queues.len() > 1024 {
+            // Forget queues nobody waits in, so keyed state stays bounded.
+            queues.retain(|_, q| Arc::strong_count(q) > 1);
+        }
+        queues
+            .entry((resource.clone(), priority))
+            .or_default()
+            .clone()
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.clone())
+    }
+}

@@ -1,0 +1,94 @@
+//! Exact per-resource rate limits, shared by every process, with users served first.
+//!
+//! [`RateLimitLayer`] admits each request against the [`Limit`]s of its
+//! [`Resource`](crate::Resource) before it goes out. Admission is a check and a record in one
+//! atomic step of a [`RateLimitStore`] (one lock in [`MemoryRateLimitStore`], one
+//! `BEGIN IMMEDIATE` transaction in [`SqliteRateLimitStore`]), so every process sharing a store
+//! sees every admission:
+//!
+//! * **Exact sliding windows**: never more than `max` admissions in any interval of length
+//!   `window`, counted across processes. A resource may have several limits at once.
+//! * **Failures count**: the admission is recorded before the request goes out, so an upstream
+//!   error or a 500 spent the API's budget like any other call.
+//! * **Waiting** (per layer with [`max_wait`](RateLimitLayer::max_wait), per request with the
+//!   [`MaxWait`] extension): a refused request sleeps until a slot frees, asks again, and never
+//!   goes out without an admission; past `max_wait` it fails with [`RateLimited`]. Waiters of one
+//!   priority are served in arrival order (within a process). Dropping a waiting request records
+//!   nothing.
+//! * **Priorities**: [`Priority::User`](crate::Priority) requests may use all capacity that
+//!   background work leaves idle; background work gets an adaptive share (see [`adaptive`]) and
+//!   never the user reserve. User activity is read from the store, so one process's users hold
+//!   back another's background jobs.
+//! * **Server feedback**: a 429 or 503 with `Retry-After` blocks the resource in every process
+//!   until then; `RateLimit-Remaining`/`-Reset` (and the `X-` forms) cap what is sent until the
+//!   server's reset.
+//! * **Pacing** (optional, in process): a minimum spacing per host or resource, see [`Pacing`].
+//!
+//! The layer's error type is [`BoxError`](crate::BoxError); a refusal is a [`RateLimited`]
+//! inside it, a store failure a [`StoreError`](crate::store::StoreError) (the layer fails closed:
+//! a request it cannot count is not sent). Requests whose bodies stream are counted like any
+//! other: they reach the API too.
+//!
+//! # Example
+//!
+//! ```
+//! use courteous::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer, RateLimited};
+//! use courteous::Report;
+//! use std::num::NonZeroU32;
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let n = |n| NonZeroU32::new(n).unwrap();
+//! let limits = Limits::new()
+//!     .default_limit(Limit::per_hour(n(200)))
+//!     .resource("search", Limit::per_second(n(1)));
+//! let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), limits)
+//!     .unwrap()
+//!     .max_wait(Duration::ZERO); // fail at once instead of waiting
+//! let service = ServiceBuilder::new().layer(layer).service(service_fn(|_req: http::Request<String>| async {
+//!     Ok::<_, courteous::BoxError>(http::Response::new(String::new()))
+//! }));
+//!
+//! let request = || http::Request::get("http://h/search/").body(String::new()).unwrap();
+//! let response = service.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(Report::of(&response).unwrap().rate_limit.unwrap().remaining, 0);
+//!
+//! let err = service.oneshot(request()).await.unwrap_err();
+//! let limited = err.downcast_ref::<RateLimited>().unwrap();
+//! assert_eq!(limited.resource().as_str(), "search");
+//! # }
+//! ```
+//!
+//! # Note on clocks
+//!
+//! Admissions are stamped with the wall clock ([`SystemClock`]), which all processes on one
+//! machine share. Tests can use [`TokioClock`] with `tokio::time::pause()`. Processes on
+//! different machines need synchronised clocks (a future Redis store counts on the server's).
+
+pub mod adaptive;
+mod clock;
+mod error;
+mod feedback;
+pub mod future;
+mod layer;
+mod limit;
+mod pacing;
+mod service;
+pub mod store;
+
+pub use adaptive::{Activity, AdaptiveConfig, Split, Trend, allocate};
+pub use clock::{Clock, SystemClock, Timestamp, TokioClock};
+pub use error::{RateLimitConfigError, RateLimited};
+pub use layer::{MaxWait, RateLimitLayer, RateLimitReport};
+pub use limit::{Limit, Limits};
+pub use pacing::{Pacing, PacingKey};
+pub use service::RateLimit;
+pub use store::memory::MemoryRateLimitStore;
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::SqliteRateLimitStore;
+pub use store::{
+    AdmissionRequest, Decision, LimitStatus, RateLimitStats, RateLimitStatus, RateLimitStore,
+    Refusal, ResourceStats, ServerFeedback,
+};

@@ -1,0 +1,434 @@
+//! Where admissions are counted: the [`RateLimitStore`] trait and its backends.
+//!
+//! A store makes one decision atomically: it checks a request against every limit of its
+//! resource, the adaptive split and the server's feedback, and records the admission in the same
+//! step (one lock in memory, one `BEGIN IMMEDIATE` transaction in SQLite), so that concurrent
+//! callers, in this process or in others sharing the store, can never overshoot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::adaptive::{self, Activity, AdaptiveConfig, Check, Split, WindowUsage};
+use super::clock::Timestamp;
+use super::limit::Limit;
+use crate::context::Priority;
+use crate::resource::Resource;
+use crate::store::StoreError;
+
+pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// One request asking to go out now.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AdmissionRequest {
+    /// Its resource.
+    pub resource: Resource,
+    /// Its priority.
+    pub priority: Priority,
+    /// The resource's limits (every one must allow the request).
+    pub limits: Arc<[Limit]>,
+    /// The adaptive split's configuration.
+    pub adaptive: Arc<AdaptiveConfig>,
+    /// The time of the request.
+    pub now: Timestamp,
+}
+
+impl AdmissionRequest {
+    /// A request for `resource` at `now`.
+    pub fn new(
+        resource: Resource,
+        priority: Priority,
+        limits: Arc<[Limit]>,
+        adaptive: Arc<AdaptiveConfig>,
+        now: Timestamp,
+    ) -> Self {
+        AdmissionRequest {
+            resource,
+            priority,
+            limits,
+            adaptive,
+            now,
+        }
+    }
+}
+
+/// What a store decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// Admitted and recorded.
+    Admitted {
+        /// Admissions left in the tightest limit after this one (and within the server's budget).
+        remaining: u32,
+    },
+    /// Not admitted; nothing was recorded.
+    Refused {
+        /// The earliest time worth asking again.
+        retry_at: Timestamp,
+        /// Why.
+        reason: Refusal,
+    },
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A limit is used up.
+    Limit,
+    /// Background work used its share, or the rest is reserved for users.
+    BackgroundShare,
+    /// Background work is paused while user activity rises.
+    BackgroundPaused,
+    /// The server said to wait (`Retry-After`).
+    ServerBlocked,
+    /// The server said no requests remain until its reset.
+    ServerBudget,
+}
+
+/// What a server said about its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerFeedback {
+    /// Send nothing before `until` (a 429 or 503 with `Retry-After`).
+    Block {
+        /// When requests may go again.
+        until: Timestamp,
+    },
+    /// Only `remaining` more requests until `reset` (`RateLimit-Remaining`/`-Reset`).
+    Remaining {
+        /// Requests left.
+        remaining: u32,
+        /// When the server's window resets.
+        reset: Timestamp,
+    },
+}
+
+/// The state of one limit of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitStatus {
+    /// The limit.
+    pub limit: Limit,
+    /// Admissions in the current window.
+    pub used: u32,
+    /// Of which background.
+    pub background_used: u32,
+    /// Admissions left in the window.
+    pub remaining: u32,
+    /// When the oldest admission in the window leaves it (`None` when the window is empty).
+    pub reset: Option<Timestamp>,
+    /// The current user/background split.
+    pub split: Split,
+}
+
+/// A resource's state, for people.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use courteous::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer};
+/// use courteous::Resource;
+/// use std::num::NonZeroU32;
+///
+/// let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(10).unwrap()));
+/// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), limits).unwrap();
+/// let status = layer.status(&Resource::new("issues").unwrap()).await.unwrap();
+/// assert_eq!(status.limits[0].remaining, 10);
+/// assert!(!status.background_paused);
+/// println!("{}", status.reason);
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitStatus {
+    /// The resource.
+    pub resource: Resource,
+    /// One entry per limit.
+    pub limits: Vec<LimitStatus>,
+    /// Admissions left in the tightest limit.
+    pub remaining: u32,
+    /// When the server allows requests again, if it asked to wait.
+    pub blocked_until: Option<Timestamp>,
+    /// The server's own count of requests left, while it applies.
+    pub server_remaining: Option<u32>,
+    /// Whether background requests are paused.
+    pub background_paused: bool,
+    /// Why the resource is in this state, in words.
+    pub reason: String,
+}
+
+/// Counters of one resource since the store was made, in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ResourceStats {
+    /// User requests admitted.
+    pub admitted_user: u64,
+    /// Background requests admitted.
+    pub admitted_background: u64,
+    /// Decisions that refused a request (a waiting request may be refused several times).
+    pub refused: u64,
+    /// `Retry-After` blocks recorded.
+    pub server_blocks: u64,
+}
+
+/// Counters per resource.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RateLimitStats {
+    /// By resource name.
+    pub resources: BTreeMap<String, ResourceStats>,
+}
+
+/// Counts admissions for the [`RateLimitLayer`](super::RateLimitLayer).
+///
+/// Implementations must make [`acquire`](Self::acquire) atomic: the check against every limit
+/// and the record of the admission happen in one step that no other caller (in any process
+/// sharing the store) can interleave with. A future dropped before it completes must record
+/// nothing, as far as the backend allows (see each backend's notes).
+#[async_trait]
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// Checks a request against its limits, the adaptive split and server feedback, and records
+    /// it if admitted.
+    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError>;
+
+    /// Records what the server said about a resource's limits, for every process.
+    async fn feedback(
+        &self,
+        resource: &Resource,
+        feedback: ServerFeedback,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// A resource's usage, remaining capacity, split and the reason for it.
+    async fn status(
+        &self,
+        resource: &Resource,
+        limits: &[Limit],
+        adaptive: &AdaptiveConfig,
+        now: Timestamp,
+    ) -> Result<RateLimitStatus, StoreError>;
+
+    /// Counters per resource, in this process.
+    fn stats(&self) -> RateLimitStats;
+}
+
+#[async_trait]
+impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
+    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
+        (**self).acquire(request).await
+    }
+    async fn feedback(
+        &self,
+        resource: &Resource,
+        feedback: ServerFeedback,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        (**self).feedback(resource, feedback, now).await
+    }
+    async fn status(
+        &self,
+        resource: &Resource,
+        limits: &[Limit],
+        adaptive: &AdaptiveConfig,
+        now: Timestamp,
+    ) -> Result<RateLimitStatus, StoreError> {
+        (**self).status(resource, limits, adaptive, now).await
+    }
+    fn stats(&self) -> RateLimitStats {
+        (**self).stats()
+    }
+}
+
+/// The admissions of one resource as a backend keeps them.
+pub(crate) trait AdmissionLog {
+    type Error;
+    /// Admissions recorded at or after `since` + 1 ms (with no upper bound: a record another
+    /// process made with a slightly later clock counts too).
+    fn usage(&mut self, since: u64) -> Result<WindowUsage, Self::Error>;
+    /// The time of the `k`-th oldest (1-based) such admission.
+    fn kth_oldest(&mut self, since: u64, k: u32) -> Result<Option<u64>, Self::Error>;
+}
+
+/// What the server said, as kept per resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ServerState {
+    pub(crate) blocked_until: u64,
+    /// (remaining, observed at, reset at)
+    pub(crate) budget: Option<(u32, u64, u64)>,
+}
+
+impl ServerState {
+    pub(crate) fn apply(&mut self, feedback: ServerFeedback, now: Timestamp) {
+        match feedback {
+            ServerFeedback::Block { until } => {
+                self.blocked_until = self.blocked_until.max(until.as_millis());
+            }
+            ServerFeedback::Remaining { remaining, reset } => {
+                self.budget = Some((remaining, now.as_millis(), reset.as_millis()));
+            }
+        }
+    }
+}
+
+const PAUSED_RETRY_MS: u64 = 1000;
+
+/// The decision every backend makes, over its own log. Records nothing: the caller records the
+/// admission in the same atomic step when this returns `Admitted`.
+pub(crate) fn decide<L: AdmissionLog>(
+    log: &mut L,
+    request: &AdmissionRequest,
+    activity: &Activity,
+    server: &ServerState,
+) -> Result<Decision, L::Error> {
+    let now = request.now.as_millis();
+    if server.blocked_until > now {
+        return Ok(Decision::Refused {
+            retry_at: Timestamp::from_millis(server.blocked_until),
+            reason: Refusal::ServerBlocked,
+        });
+    }
+    let mut remaining = u32::MAX;
+    if let Some((left, observed, reset)) = server.budget
+        && reset > now
+    {
+        let used = log.usage(observed)?.total;
+        if used >= left {
+            return Ok(Decision::Refused {
+                retry_at: Timestamp::from_millis(reset),
+                reason: Refusal::ServerBudget,
+            });
+        }
+        remaining = left - used - 1;
+    }
+    let user = request.priority == Priority::User;
+    let mut refused: Option<(u64, Refusal)> = None;
+    for limit in request.limits.iter() {
+        let window = limit.window_ms();
+        let since = now.saturating_sub(window);
+        let usage = log.usage(since)?;
+        let split =
+            (!user).then(|| adaptive::allocate(limit.max(), activity, &request.adaptive, now));
+        let (retry_at, reason) = match adaptive::check(user, limit.max(), usage, split.as_ref()) {
+            Check::Admit => {
+                remaining = remaining.min(limit.max() - usage.total - 1);
+                continue;
+            }
+            Check::Full(k) => {
+                let oldest = log.kth_oldest(since, k)?.unwrap_or(now);
+                let reason = if user || usage.total >= limit.max() {
+                    Refusal::Limit
+                } else {
+                    Refusal::BackgroundShare
+                };
+                ((oldest + window + 1).max(now + 1), reason)
+            }
+            Check::Paused => (now + PAUSED_RETRY_MS, Refusal::BackgroundPaused),
+        };
+        if refused.is_none_or(|(at, _)| retry_at > at) {
+            refused = Some((retry_at, reason));
+        }
+    }
+    Ok(match refused {
+        None => Decision::Admitted { remaining },
+        Some((at, reason)) => Decision::Refused {
+            retry_at: Timestamp::from_millis(at),
+            reason,
+        },
+    })
+}
+
+/// The status every backend reports, over its own log.
+pub(crate) fn status_of<L: AdmissionLog>(
+    log: &mut L,
+    resource: &Resource,
+    limits: &[Limit],
+    adaptive: &AdaptiveConfig,
+    activity: &Activity,
+    server: &ServerState,
+    now: Timestamp,
+) -> Result<RateLimitStatus, L::Error> {
+    let now_ms = now.as_millis();
+    let mut out = Vec::with_capacity(limits.len());
+    let mut remaining = u32::MAX;
+    let mut paused = false;
+    let mut reasons = Vec::new();
+    for limit in limits {
+        let since = now_ms.saturating_sub(limit.window_ms());
+        let usage = log.usage(since)?;
+        let split = adaptive::allocate(limit.max(), activity, adaptive, now_ms);
+        let reset = log
+            .kth_oldest(since, 1)?
+            .map(|t| Timestamp::from_millis(t + limit.window_ms() + 1));
+        let left = limit.max().saturating_sub(usage.total);
+        remaining = remaining.min(left);
+        paused |= split.background_paused;
+        reasons.push(format!(
+            "{} of {} per {:?} used ({} background); users reserved {}, background up to {}: {}",
+            usage.total,
+            limit.max(),
+            limit.window(),
+            usage.background,
+            split.user_reserved,
+            split.background_max,
+            split.reason
+        ));
+        out.push(LimitStatus {
+            limit: *limit,
+            used: usage.total,
+            background_used: usage.background,
+            remaining: left,
+            reset,
+            split,
+        });
+    }
+    let blocked_until =
+        (server.blocked_until > now_ms).then(|| Timestamp::from_millis(server.blocked_until));
+    let mut server_remaining = None;
+    if let Some((left, observed, reset)) = server.budget
+        && reset > now_ms
+    {
+        let used = log.usage(observed)?.total;
+        let left = left.saturating_sub(used);
+        server_remaining = Some(left);
+        remaining = remaining.min(left);
+        reasons.insert(
+            0,
+            format!(
+                "the server allows {left} more until {}",
+                Timestamp::from_millis(reset)
+            ),
+        );
+    }
+    if let Some(until) = blocked_until {
+        reasons.insert(0, format!("the server asked to wait until {until}"));
+    }
+    if limits.is_empty() {
+        reasons.push("no limits configured".to_owned());
+    }
+    Ok(RateLimitStatus {
+        resource: resource.clone(),
+        limits: out,
+        remaining: if blocked_until.is_some() {
+            0
+        } else {
+            remaining
+        },
+        blocked_until,
+        server_remaining,
+        background_paused: paused,
+        reason: reasons.join("; "),
+    })
+}
+
+/// The longest window among `limits` (what a backend must keep).
+pub(crate) fn retention(limits: &[Limit]) -> Duration {
+    limits.iter().map(Limit::window).max().unwrap_or_default()
+}

@@ -1,0 +1,785 @@
+//! The SQLite store: admissions shared by every process that opens the file.
+//!
+//! # How a decision is made
+//!
+//! [`acquire`](RateLimitStore::acquire) queues the request. One job per process at a time (a
+//! *runner*, on the [`SqliteStore`]'s threads) takes everything queued and decides it in one
+//! `BEGIN IMMEDIATE` transaction of up to 64 decisions: each decision counts the admissions in
+//! its windows (a range count on the primary key), and an admitted request is inserted in the
+//! same transaction before the next is decided. The transaction commits before any caller hears
+//! its answer, so an admission is in the file, and visible to every other process, before the
+//! request goes out. Under load many decisions share one transaction (group commit); alone, a
+//! decision is one short transaction. The runner goes on while requests keep arriving, and stops
+//! when the queue is empty.
+//!
+//! Processes take turns through an advisory lock on a file beside the database
+//! (`<file>-ratelimit.lock`, 0600), held for one transaction: a waiting process is woken the
+//! moment the lock is released, where SQLite's busy handler polls and can miss the short gaps
+//! between another process's transactions for tens of milliseconds. The lock only orders
+//! admission transactions; SQLite's own locking still guarantees correctness. A runner that has
+//! been busy for 5 ms leaves the database free for 1.2 ms (holding the turn lock), so that
+//! writers waiting with SQLite's polling busy handler (the write-behind writer, other stores, a
+//! process opening the file) are never starved by a saturated limiter.
+//!
+//! Windows are counted from `now - window` *with no upper bound*, so an admission another process
+//! stamped a few microseconds later still counts: the window invariant holds across processes
+//! whatever order their transactions commit in.
+//!
+//! # User activity
+//!
+//! User admissions are counted per resource and second and written behind (through
+//! [`SqliteStore::defer`], committed within the writer's flush interval) to
+//! `rate_limit_activity`, which every process reads for its adaptive split (at most once per
+//! recalculation interval). Activity is a heuristic input: a crash can lose the last flush
+//! interval of it, never an admission.
+//!
+//! # Growth
+//!
+//! Admissions older than the longest window a process has used for the resource, and user
+//! activity older than the monitoring window, are deleted by write-behind jobs coalesced per
+//! resource (at most one pending per resource, run at most every 5 s). The tables stay as
+//! large as the windows require. The cost of a decision grows with the number of admissions in
+//! the resource's window (a range count).
+//!
+//! # Note on cancellation
+//!
+//! A request dropped before its batch is taken is skipped and records nothing. One dropped while
+//! its batch is being decided may be recorded without being sent: it over-counts by one, which
+//! never lets the API see more than the limit.
+//!
+//! # Example
+//!
+//! ```
+//! use courteous::rate_limit::{Limit, Limits, RateLimitLayer};
+//! use courteous::store::sqlite::SqliteStore;
+//! use std::num::NonZeroU32;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let sqlite = SqliteStore::open(dir.path().join("courteous.db")).await?;
+//! let limits = Limits::new().default_limit(Limit::per_hour(NonZeroU32::new(200).unwrap()));
+//! let layer = RateLimitLayer::new(sqlite.rate_limits(), limits)?;
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{
+    AdmissionLog, AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore,
+    ResourceStats, ServerFeedback, ServerState, decide, retention, status_of,
+};
+use crate::context::Priority;
+use crate::rate_limit::adaptive::{Activity, AdaptiveConfig, WindowUsage, activity_from_buckets};
+use crate::rate_limit::clock::Timestamp;
+use crate::rate_limit::limit::Limit;
+use crate::resource::Resource;
+use crate::store::sqlite::schema::Component;
+use crate::store::sqlite::{SqliteError, SqliteStore};
+use crate::store::{StoreError, StoreErrorKind};
+
+/// The rate limiter's tables.
+pub(crate) const RATE_LIMIT: Component = Component {
+    name: "rate_limit",
+    migrations: &[
+        // 1: admissions, per-second user activity, per-resource state.
+        "CREATE TABLE rate_limit_admissions (
+             resource   TEXT NOT NULL,
+             at         INTEGER NOT NULL,
+             id         INTEGER NOT NULL,
+             background INTEGER NOT NULL,
+             PRIMARY KEY (resource, at, id)
+         ) STRICT, WITHOUT ROWID;
+         CREATE TABLE rate_limit_activity (
+             resource TEXT NOT NULL,
+             second   INTEGER NOT NULL,
+             users    INTEGER NOT NULL,
+             PRIMARY KEY (resource, second)
+         ) STRICT, WITHOUT ROWID;
+         CREATE TABLE rate_limit_state (
+             resource         TEXT PRIMARY KEY NOT NULL,
+             first_at         INTEGER NOT NULL,
+             last_user_at     INTEGER,
+             blocked_until    INTEGER NOT NULL DEFAULT 0,
+             budget_remaining INTEGER,
+             budget_observed  INTEGER,
+             budget_reset     INTEGER
+         ) STRICT;",
+    ],
+};
+
+/// How often a process prunes one resource's old rows.
+const PRUNE_EVERY_MS: u64 = 5000;
+
+/// A runner busy this long in a row leaves the write lock free for `PAUSE`.
+const RUN_BEFORE_PAUSE: Duration = Duration::from_millis(5);
+const PAUSE: Duration = Duration::from_micros(1200);
+
+/// Most decisions in one transaction.
+const MAX_BATCH: usize = 64;
+
+impl SqliteStore {
+    /// A rate-limit store in this file, shared with every process that opens it.
+    pub fn rate_limits(&self) -> SqliteRateLimitStore {
+        SqliteRateLimitStore {
+            sqlite: self.clone(),
+            inner: Arc::default(),
+        }
+    }
+}
+
+/// Admissions counted in a SQLite file, across processes. See the [module docs](self).
+#[derive(Clone)]
+pub struct SqliteRateLimitStore {
+    sqlite: SqliteStore,
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SqliteRateLimitStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteRateLimitStore")
+            .field("path", &self.sqlite.path())
+            .finish_non_exhaustive()
+    }
+}
+
+type Reply = oneshot::Sender<Result<Decision, StoreError>>;
+
+/// Requests waiting for a decision, and who is deciding them.
+///
+/// All three fields change under one lock, which makes the hand-off race-free: a runner stops
+/// only when it finds the queue empty under the lock, and a request queued after that sees no
+/// runner and schedules a job.
+#[derive(Default)]
+struct Queue {
+    items: Vec<(AdmissionRequest, Reply)>,
+    /// A runner is deciding batches (one per process at a time).
+    active: bool,
+    /// A job is queued that will become the runner.
+    scheduled: bool,
+}
+
+#[derive(Default)]
+struct PendingActivity {
+    users: HashMap<(Resource, u64), u32>,
+    last_user: HashMap<Resource, u64>,
+    /// A deferred write is queued that will take everything pending when it runs.
+    queued: bool,
+}
+
+impl PendingActivity {
+    fn merge(&mut self, users: HashMap<(Resource, u64), u32>, last_user: HashMap<Resource, u64>) {
+        for (key, n) in users {
+            *self.users.entry(key).or_default() += n;
+        }
+        for (resource, at) in last_user {
+            let last = self.last_user.entry(resource).or_default();
+            *last = (*last).max(at);
+        }
+    }
+}
+
+/// Distinguishes admissions stamped in the same millisecond (primary key).
+fn next_id() -> i64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    ((u64::from(std::process::id()) << 40) ^ n) as i64
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: Mutex<Queue>,
+    /// A lock file beside the database that serialises admission transactions across
+    /// processes (see the module docs), opened on first use; `None` for `:memory:` or when it
+    /// cannot be opened.
+    lock_file: OnceLock<Option<File>>,
+    /// User admissions not yet written to the activity table: (resource, second) -> count, and
+    /// the last user admission per resource.
+    activity_pending: Arc<Mutex<PendingActivity>>,
+    /// Activity read from the file, reused for the recalculation interval.
+    activity: Mutex<HashMap<Resource, (u64, Activity)>>,
+    /// Per resource: when old rows were last pruned, and the longest window seen.
+    pruning: Mutex<HashMap<Resource, (u64, u64)>>,
+    stats: Mutex<HashMap<Resource, ResourceStats>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct SqlLog<'a> {
+    conn: &'a Connection,
+    resource: &'a str,
+}
+
+impl AdmissionLog for SqlLog<'_> {
+    type Error = rusqlite::Error;
+
+    fn usage(&mut self, since: u64) -> rusqlite::Result<WindowUsage> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*), coalesce(sum(background), 0) FROM rate_limit_admissions
+             WHERE resource = ?1 AND at > ?2",
+        )?;
+        stmt.query_row(params![self.resource, since as i64], |r| {
+            Ok(WindowUsage {
+                total: r.get::<_, i64>(0)? as u32,
+                background: r.get::<_, i64>(1)? as u32,
+            })
+        })
+    }
+
+    fn kth_oldest(&mut self, since: u64, k: u32) -> rusqlite::Result<Option<u64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at FROM rate_limit_admissions WHERE resource = ?1 AND at > ?2
+             ORDER BY at LIMIT 1 OFFSET ?3",
+        )?;
+        stmt.query_row(
+            params![self.resource, since as i64, i64::from(k.max(1) - 1)],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+    }
+}
+
+/// The per-resource row, as read in a transaction.
+#[derive(Debug, Clone, Copy, Default)]
+struct Row {
+    exists: bool,
+    last_user_at: Option<u64>,
+    server: ServerState,
+}
+
+fn read_row(conn: &Connection, resource: &str) -> rusqlite::Result<Row> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT last_user_at, blocked_until, budget_remaining, budget_observed, budget_reset
+         FROM rate_limit_state WHERE resource = ?1",
+    )?;
+    let row = stmt
+        .query_row([resource], |r| {
+            let budget = match (
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ) {
+                (Some(left), Some(observed), Some(reset)) => {
+                    Some((left.max(0) as u32, observed as u64, reset as u64))
+                }
+                _ => None,
+            };
+            Ok(Row {
+                exists: true,
+                last_user_at: r.get::<_, Option<i64>>(0)?.map(|v| v as u64),
+                server: ServerState {
+                    blocked_until: r.get::<_, i64>(1)?.max(0) as u64,
+                    budget,
+                },
+            })
+        })
+        .optional()?;
+    Ok(row.unwrap_or_default())
+}
+
+fn read_activity(
+    conn: &Connection,
+    resource: &str,
+    row: &Row,
+    config: &AdaptiveConfig,
+    now: u64,
+) -> rusqlite::Result<Activity> {
+    let since = now.saturating_sub(config.monitoring_ms()) / 1000;
+    let mut stmt = conn.prepare_cached(
+        "SELECT second, users FROM rate_limit_activity WHERE resource = ?1 AND second >= ?2",
+    )?;
+    let buckets = stmt
+        .query_map(params![resource, since as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u32))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(activity_from_buckets(
+        buckets.into_iter(),
+        config,
+        now,
+        row.last_user_at,
+        row.exists,
+    ))
+}
+
+fn write_activity(
+    conn: &Connection,
+    users: &HashMap<(Resource, u64), u32>,
+    last_user: &HashMap<Resource, u64>,
+) -> rusqlite::Result<()> {
+    let mut add = conn.prepare_cached(
+        "INSERT INTO rate_limit_activity (resource, second, users) VALUES (?1, ?2, ?3)
+         ON CONFLICT (resource, second) DO UPDATE SET users = users + excluded.users",
+    )?;
+    for ((resource, second), n) in users {
+        add.execute(params![resource.as_str(), *second as i64, i64::from(*n)])?;
+    }
+    let mut last = conn.prepare_cached(
+        "INSERT INTO rate_limit_state (resource, first_at, last_user_at) VALUES (?1, ?2, ?2)
+         ON CONFLICT (resource) DO UPDATE SET last_user_at =
+             max(coalesce(last_user_at, 0), excluded.last_user_at)",
+    )?;
+    for (resource, at) in last_user {
+        last.execute(params![resource.as_str(), *at as i64])?;
+    }
+    Ok(())
+}
+
+fn take_batch(queue: &mut Queue) -> Vec<(AdmissionRequest, Reply)> {
+    let n = queue.items.len().min(MAX_BATCH);
+    queue.items.drain(..n).collect()
+}
+
+/// Clears the runner flag when a runner stops for any reason other than an empty queue, and
+/// fails the requests still queued (nobody else would decide them).
+struct RunnerGuard<'a>(&'a Inner);
+
+impl Drop for RunnerGuard<'_> {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.0.queue);
+        if !queue.active {
+            return;
+        }
+        queue.active = false;
+        for (_, reply) in queue.items.drain(..) {
+            let _ = reply.send(Err(StoreError::new(
+                "sqlite",
+                StoreErrorKind::Other,
+                "an earlier rate-limit decision failed; retry the request",
+            )));
+        }
+    }
+}
+
+impl Inner {
+    fn cached_activity(
+        &self,
+        conn: &Connection,
+        resource: &Resource,
+        row: &Row,
+        config: &AdaptiveConfig,
+        now: u64,
+    ) -> rusqlite::Result<Activity> {
+        let every = u64::try_from(config.recalculation_interval.as_millis()).unwrap_or(u64::MAX);
+        if let Some((at, activity)) = lock(&self.activity).get(resource)
+            && now.saturating_sub(*at) < every
+            && *at <= now
+            && activity.any_request
+        {
+            return Ok(*activity);
+        }
+        let activity = read_activity(conn, resource.as_str(), row, config, now)?;
+        lock(&self.activity).insert(resource.clone(), (now, activity));
+        Ok(activity)
+    }
+
+    /// Becomes the runner, unless one is active, and decides every queued request in
+    /// transactions of up to `MAX_BATCH` until the queue is empty. Runs on a store thread.
+    fn run_batches(&self, sqlite: &SqliteStore, conn: &mut Connection) -> Result<(), SqliteError> {
+        let mut batch = {
+            let mut queue = lock(&self.queue);
+            queue.scheduled = false;
+            if queue.active {
+                // The active runner will see whatever is queued.
+                return Ok(());
+            }
+            queue.active = true;
+            take_batch(&mut queue)
+        };
+        // Whatever happens below (an error, a panic), the queue is left with no runner and no
+        // caller waiting forever.
+        let _runner = RunnerGuard(self);
+        let lock_file = self.lock_file(sqlite);
+        let mut since_pause = Instant::now();
+        loop {
+            if batch.is_empty() {
+                let mut queue = lock(&self.queue);
+                if queue.items.is_empty() {
+                    queue.active = false;
+                    return Ok(());
+                }
+                batch = take_batch(&mut queue);
+                continue;
+            }
+            // Across processes: a blocked process is woken the moment the lock is released,
+            // where SQLite's busy handler would poll, and could miss the short gaps between
+            // another process's transactions for tens of milliseconds.
+            let locked = lock_file.is_some_and(|f| f.lock().is_ok());
+            if since_pause.elapsed() >= RUN_BEFORE_PAUSE {
+                // Other writers (the write-behind writer, other stores, a process opening the
+                // file) wait with SQLite's polling busy handler, which sleeps up to 1 ms between
+                // tries: a runner that never leaves a gap that long would starve them. Holding
+                // the turn lock, so that no other runner takes the gap, leave one.
+                std::thread::sleep(PAUSE);
+                since_pause = Instant::now();
+            }
+            let result = self.run_batch(sqlite, conn, std::mem::take(&mut batch));
+            if locked && let Some(file) = lock_file {
+                let _ = file.unlock();
+            }
+            result?;
+        }
+    }
+
+    fn lock_file(&self, sqlite: &SqliteStore) -> Option<&File> {
+        self.lock_file
+            .get_or_init(|| {
+                let path = sqlite.path();
+                if path == std::path::Path::new(":memory:") {
+                    return None;
+                }
+                let mut name = path.as_os_str().to_owned();
+                name.push("-ratelimit.lock");
+                let mut options = std::fs::OpenOptions::new();
+                options.read(true).write(true).create(true).truncate(false);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                match options.open(&name) {
+                    Ok(file) => Some(file),
+                    Err(error) => {
+                        tracing::warn!(%error, "rate-limit lock file not opened; relying on sqlite's busy handler");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    fn run_batch(
+        &self,
+        sqlite: &SqliteStore,
+        conn: &mut Connection,
+        batch: Vec<(AdmissionRequest, Reply)>,
+    ) -> Result<(), SqliteError> {
+        // A caller that gave up before its turn records nothing.
+        let batch: Vec<_> = batch.into_iter().filter(|(_, r)| !r.is_closed()).collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.decide_all(conn, &batch) {
+            Ok(decisions) => {
+                {
+                    let mut stats = lock(&self.stats);
+                    let mut pending = lock(&self.activity_pending);
+                    for ((request, _), decision) in batch.iter().zip(&decisions) {
+                        let entry = stats.entry(request.resource.clone()).or_default();
+                        match (decision, request.priority) {
+                            (Decision::Refused { .. }, _) => entry.refused += 1,
+                            (_, Priority::User) => {
+                                entry.admitted_user += 1;
+                                let now = request.now.as_millis();
+                                *pending
+                                    .users
+                                    .entry((request.resource.clone(), now / 1000))
+                                    .or_default() += 1;
+                                let last = pending
+                                    .last_user
+                                    .entry(request.resource.clone())
+                                    .or_default();
+                                *last = (*last).max(now);
+                            }
+                            (_, Priority::Background) => entry.admitted_background += 1,
+                        }
+                    }
+                }
+                for ((_, reply), decision) in batch.into_iter().zip(decisions) {
+                    let _ = reply.send(Ok(decision));
+                }
+                self.flush_activity(sqlite);
+                Ok(())
+            }
+            Err(error) => {
+                let error = SqliteError::from(error);
+                let kind = if error.is_busy() {
+                    StoreErrorKind::Busy
+                } else {
+                    StoreErrorKind::Other
+                };
+                let message = error.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::new("sqlite", kind, message.clone())));
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Queues the batch's user activity for the write-behind writer, which commits it with
+    /// other deferred writes within its flush interval.
+    fn flush_activity(&self, sqlite: &SqliteStore) {
+        {
+            let mut pending = lock(&self.activity_pending);
+            if pending.users.is_empty() || pending.queued {
+                return;
+            }
+            pending.queued = true;
+        }
+        // One deferred write at a time takes everything accumulated until it runs, so the
+        // writer does a few upserts per flush interval however many batches ran.
+        let shared = self.activity_pending.clone();
+        let result = sqlite.defer(move |conn| {
+            let (users, last_user) = {
+                let mut pending = lock(&shared);
+                pending.queued = false;
+                (
+                    std::mem::take(&mut pending.users),
+                    std::mem::take(&mut pending.last_user),
+                )
+            };
+            let result = write_activity(conn, &users, &last_user);
+            if result.is_err() {
+                // Kept for the retry of the writer's batch.
+                lock(&shared).merge(users, last_user);
+            }
+            result
+        });
+        if let Err(error) = result {
+            lock(&self.activity_pending).queued = false;
+            tracing::debug!(%error, "user activity not queued for writing");
+        }
+    }
+
+    fn decide_all(
+        &self,
+        conn: &mut Connection,
+        batch: &[(AdmissionRequest, Reply)],
+    ) -> rusqlite::Result<Vec<Decision>> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut rows: HashMap<&Resource, Row> = HashMap::new();
+        let mut decisions = Vec::with_capacity(batch.len());
+        for (request, _) in batch {
+            let now = request.now.as_millis();
+            let resource = request.resource.as_str();
+            let row = match rows.get(&request.resource) {
+                Some(row) => *row,
+                None => {
+                    let row = read_row(&tx, resource)?;
+                    rows.insert(&request.resource, row);
+                    row
+                }
+            };
+            let activity =
+                self.cached_activity(&tx, &request.resource, &row, &request.adaptive, now)?;
+            let mut log = SqlLog {
+                conn: &tx,
+                resource,
+            };
+            let decision = decide(&mut log, request, &activity, &row.server)?;
+            if let Decision::Admitted { .. } = decision {
+                let background = request.priority == Priority::Background;
+                tx.prepare_cached(
+                    "INSERT INTO rate_limit_admissions (resource, at, id, background)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    resource,
+                    now as i64,
+                    next_id(),
+                    i64::from(background)
+                ])?;
+                if !row.exists {
+                    // The resource's first request: the adaptive split leaves its initial state.
+                    tx.prepare_cached(
+                        "INSERT INTO rate_limit_state (resource, first_at) VALUES (?1, ?2)
+                         ON CONFLICT (resource) DO NOTHING",
+                    )?
+                    .execute(params![resource, now as i64])?;
+                    if let Some(row) = rows.get_mut(&request.resource) {
+                        row.exists = true;
+                    }
+                }
+            }
+            decisions.push(decision);
+        }
+        tx.commit()?;
+        Ok(decisions)
+    }
+
+    /// Queues pruning of the rows that no window needs any more, at most once a second per
+    /// resource (coalesced in the write-behind queue).
+    fn schedule_pruning(&self, sqlite: &SqliteStore, request: &AdmissionRequest) {
+        let now = request.now.as_millis();
+        let window = u64::try_from(retention(&request.limits).as_millis()).unwrap_or(u64::MAX);
+        let keep = {
+            let mut pruning = lock(&self.pruning);
+            let entry = pruning.entry(request.resource.clone()).or_insert((now, 0));
+            entry.1 = entry.1.max(window);
+            if now.saturating_sub(entry.0) < PRUNE_EVERY_MS {
+                return;
+            }
+            entry.0 = now;
+            entry.1
+        };
+        let resource = request.resource.as_str().to_owned();
+        let admissions_before = now.saturating_sub(keep).saturating_sub(1000) as i64;
+        let activity_before =
+            (now.saturating_sub(request.adaptive.monitoring_ms()) / 1000).saturating_sub(1) as i64;
+        let mut key = b"rate_limit.prune:".to_vec();
+        key.extend_from_slice(resource.as_bytes());
+        let result = sqlite.defer_keyed(key, move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM rate_limit_admissions WHERE resource = ?1 AND at < ?2",
+            )?
+            .execute(params![resource, admissions_before])?;
+            conn.prepare_cached(
+                "DELETE FROM rate_limit_activity WHERE resource = ?1 AND second < ?2",
+            )?
+            .execute(params![resource, activity_before])?;
+            Ok(())
+        });
+        if let Err(error) = result {
+            tracing::debug!(%error, "rate-limit pruning not queued");
+        }
+    }
+}
+
+fn store_error(error: SqliteError) -> StoreError {
+    StoreError::from(error)
+}
+
+#[async_trait]
+impl RateLimitStore for SqliteRateLimitStore {
+    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.schedule_pruning(&self.sqlite, &request);
+        let schedule = {
+            let mut queue = lock(&self.inner.queue);
+            queue.items.push((request, reply));
+            let schedule = !queue.active && !queue.scheduled;
+            queue.scheduled |= schedule;
+            schedule
+        };
+        if schedule {
+            // The job runs detached, so that a caller that gives up does not take with it the
+            // job other callers' requests wait for.
+            let (sqlite, inner) = (self.sqlite.clone(), self.inner.clone());
+            let job = async move {
+                let worker = (sqlite.clone(), inner.clone());
+                let ran = sqlite
+                    .call(move |conn| worker.1.run_batches(&worker.0, conn))
+                    .await;
+                if let Err(error) = ran {
+                    // The job never ran (the store closed) or failed: no caller waits forever.
+                    let mut queue = lock(&inner.queue);
+                    queue.scheduled = false;
+                    if !queue.active {
+                        let message = error.to_string();
+                        for (_, reply) in queue.items.drain(..) {
+                            let _ = reply.send(Err(StoreError::new(
+                                "sqlite",
+                                StoreErrorKind::Other,
+                                message.clone(),
+                            )));
+                        }
+                    }
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(job)),
+                Err(_) => job.await,
+            }
+        }
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::new(
+                "sqlite",
+                StoreErrorKind::Other,
+                "the rate-limit decision was lost (the store closed or failed); retry the request",
+            )),
+        }
+    }
+
+    async fn feedback(
+        &self,
+        resource: &Resource,
+        feedback: ServerFeedback,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let resource = resource.as_str().to_owned();
+        let now = now.as_millis() as i64;
+        if let ServerFeedback::Block { .. } = feedback {
+            let mut stats = lock(&self.inner.stats);
+            if let Some(r) = Resource::new(&resource) {
+                stats.entry(r).or_default().server_blocks += 1;
+            }
+        }
+        self.sqlite
+            .call(move |conn| {
+                match feedback {
+                    ServerFeedback::Block { until } => conn.execute(
+                        "INSERT INTO rate_limit_state (resource, first_at, blocked_until) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (resource) DO UPDATE SET
+                             blocked_until = max(blocked_until, excluded.blocked_until)",
+                        params![resource, now, until.as_millis() as i64],
+                    )?,
+                    ServerFeedback::Remaining { remaining, reset } => conn.execute(
+                        "INSERT INTO rate_limit_state
+                             (resource, first_at, budget_remaining, budget_observed, budget_reset)
+                         VALUES (?1, ?2, ?3, ?2, ?4)
+                         ON CONFLICT (resource) DO UPDATE SET
+                             budget_remaining = excluded.budget_remaining,
+                             budget_observed = excluded.budget_observed,
+                             budget_reset = excluded.budget_reset",
+                        params![resource, now, i64::from(remaining), reset.as_millis() as i64],
+                    )?,
+                };
+                Ok(())
+            })
+            .await
+            .map_err(store_error)
+    }
+
+    async fn status(
+        &self,
+        resource: &Resource,
+        limits: &[Limit],
+        adaptive: &AdaptiveConfig,
+        now: Timestamp,
+    ) -> Result<RateLimitStatus, StoreError> {
+        let (resource, limits, adaptive) = (resource.clone(), limits.to_vec(), adaptive.clone());
+        self.sqlite
+            .call(move |conn| {
+                let now_ms = now.as_millis();
+                let row = read_row(conn, resource.as_str())?;
+                let activity = read_activity(conn, resource.as_str(), &row, &adaptive, now_ms)?;
+                let mut log = SqlLog {
+                    conn,
+                    resource: resource.as_str(),
+                };
+                Ok(status_of(
+                    &mut log,
+                    &resource,
+                    &limits,
+                    &adaptive,
+                    &activity,
+                    &row.server,
+                    now,
+                )?)
+            })
+            .await
+            .map_err(store_error)
+    }
+
+    fn stats(&self) -> RateLimitStats {
+        RateLimitStats {
+            resources: lock(&self.inner.stats)
+                .iter()
+                .map(|(r, s)| (r.as_str().to_owned(), *s))
+                .collect(),
+        }
+    }
+}
