@@ -1,24 +1,81 @@
 //! The first thing to run: `cargo run --example quickstart`.
 //!
 //! Starts a small API on 127.0.0.1 inside this process (no network, no services), wraps a
-//! `reqwest` client with the courteous stack on the embedded SQLite default, sends a burst of
-//! requests on behalf of users and of a background job, and prints what happened.
+//! `reqwest` client with the whole courteous stack on the embedded SQLite default, and sends three
+//! rounds of requests:
+//!
+//! 1. people open three issues, each twice at the same moment: dedupe merges the pairs;
+//! 2. they open them again: the cache answers, the API is not asked;
+//! 3. a background job walks eight pages of volumes, limited to 4 per second: the limiter paces it,
+//!    while a person's request in the middle goes straight through.
+//!
+//! and prints what each layer did.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
 use courteous::store::sqlite::SqliteStore;
-use courteous::{ContextLayer, Middleware, PathSegment, Priority, Report};
-use reqwest_middleware::ClientBuilder;
+use courteous::{
+    CacheLayer, CacheStatus, CacheTtl, ContextLayer, DedupeLayer, DedupeRole, Limit, Limits,
+    Middleware, PathSegment, Priority, RateLimitLayer, Report,
+};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tower::ServiceBuilder;
 
-/// The upstream API: counts the calls it gets.
+/// The upstream API: answers after 50 ms and counts the calls it gets. It sends no cache headers,
+/// like many APIs, so the cache uses the TTLs set in code.
 async fn api(State(calls): State<Arc<AtomicU64>>, request: Request) -> String {
     calls.fetch_add(1, Ordering::SeqCst);
-    format!(r#"{{"path":"{}"}}"#, request.uri().path())
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    format!(r#"{{"path":"{}"}}"#, request.uri())
+}
+
+/// One row of the table: what happened to one group of requests.
+#[derive(Default)]
+struct Row {
+    requests: u32,
+    cache_hits: u32,
+    dedupe_followers: u32,
+    waited: Duration,
+}
+
+async fn send_all(
+    client: &ClientWithMiddleware,
+    round: &str,
+    requests: Vec<(String, Priority)>,
+    table: &mut BTreeMap<(String, String, String), Row>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let sends = requests.into_iter().map(|(url, priority)| {
+        let request = client.get(url).with_extension(priority);
+        async move { (priority, request.send().await) }
+    });
+    for (priority, result) in futures_util::future::join_all(sends).await {
+        let response = result?.error_for_status()?;
+        let report = response
+            .extensions()
+            .get::<Report>()
+            .cloned()
+            .unwrap_or_default();
+        let resource = report.resource.map(|r| r.to_string()).unwrap_or_default();
+        let row = table
+            .entry((round.to_owned(), resource, priority.to_string()))
+            .or_default();
+        row.requests += 1;
+        row.cache_hits += u32::from(report.cache == Some(CacheStatus::Hit));
+        row.dedupe_followers += u32::from(matches!(
+            report.dedupe,
+            Some(DedupeRole::Follower | DedupeRole::CrossProcessFollower)
+        ));
+        if let Some(rate_limit) = report.rate_limit {
+            row.waited = row.waited.max(rate_limit.waited);
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -35,53 +92,66 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let store = SqliteStore::open(dir.join("courteous.db")).await?;
 
-    // 3. The stack, plugged into reqwest-middleware.
-    let stack = ServiceBuilder::new().layer(
-        ContextLayer::new()
-            .classifier(PathSegment::after("/api/"))
-            .default_priority(Priority::Background),
-    );
+    // 3. The stack: context, cache, dedupe, rate limit; plugged into reqwest-middleware.
+    let per_second = |n| Limit::per_second(NonZeroU32::new(n).expect("non-zero"));
+    let limits = Limits::new()
+        .default_limit(per_second(20))
+        .resource("volumes", per_second(4));
+    let stack = ServiceBuilder::new()
+        .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
+        .layer(
+            CacheLayer::new(store.cache())
+                .default_ttl(CacheTtl::absolute(Duration::from_secs(300))),
+        )
+        .layer(DedupeLayer::new(store.dedupe()))
+        .layer(RateLimitLayer::new(store.rate_limits(), limits)?);
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(Middleware::new(stack))
         .build();
 
-    // 4. A burst: people looking at issues, and a background job walking the volumes.
-    let mut requests = Vec::new();
-    for i in 0..6 {
-        requests.push((format!("{base}/api/issue/4000-{}/", i % 3), Priority::User));
-    }
-    for i in 0..6 {
-        requests.push((
-            format!("{base}/api/volumes/?offset={}", (i % 2) * 100),
-            Priority::Background,
-        ));
-    }
-    let sends = requests.iter().map(|(url, priority)| {
-        let request = client.get(url).with_extension(*priority);
-        async move { (*priority, request.send().await) }
-    });
-    let results = futures_util::future::join_all(sends).await;
+    let started = Instant::now();
+    let mut table = BTreeMap::new();
+    let issue = |i: u32| (format!("{base}/api/issue/4000-{i}/"), Priority::User);
 
-    // 5. What happened.
-    let mut table: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for (priority, result) in results {
-        let response = result?;
-        let report = response
-            .extensions()
-            .get::<Report>()
-            .cloned()
-            .unwrap_or_default();
-        let resource = report.resource.map(|r| r.to_string()).unwrap_or_default();
-        *table.entry((resource, priority.to_string())).or_default() += 1;
-    }
-    println!("{:<10} {:<11} {:>8}", "resource", "priority", "requests");
-    for ((resource, priority), n) in &table {
-        println!("{resource:<10} {priority:<11} {n:>8}");
-    }
+    // Round 1: each of three issues requested twice at once.
+    let round1 = (0..6).map(|i| issue(i % 3)).collect();
+    send_all(&client, "1 dedupe", round1, &mut table).await?;
+    // Round 2: the same issues again.
+    let round2 = (0..3).map(issue).collect();
+    send_all(&client, "2 cache", round2, &mut table).await?;
+    // Round 3: a background crawl over 8 pages of volumes, and one person.
+    let mut round3: Vec<_> = (0..8)
+        .map(|page| {
+            (
+                format!("{base}/api/volumes/?offset={}", page * 100),
+                Priority::Background,
+            )
+        })
+        .collect();
+    round3.push((
+        format!("{base}/api/volumes/?filter=name:batman"),
+        Priority::User,
+    ));
+    send_all(&client, "3 rate limit", round3, &mut table).await?;
+
     println!(
-        "\n{} requests, {} upstream calls; state in {}",
-        requests.len(),
+        "{:<13} {:<9} {:<11} {:>8} {:>10} {:>17} {:>11}",
+        "round", "resource", "priority", "requests", "cache hits", "dedupe followers", "max wait"
+    );
+    for ((round, resource, priority), row) in &table {
+        println!(
+            "{round:<13} {resource:<9} {priority:<11} {:>8} {:>10} {:>17} {:>9}ms",
+            row.requests,
+            row.cache_hits,
+            row.dedupe_followers,
+            row.waited.as_millis()
+        );
+    }
+    let requests: u32 = table.values().map(|row| row.requests).sum();
+    println!(
+        "\n{requests} requests, {} upstream calls, {:.1} s; state in {}",
         calls.load(Ordering::SeqCst),
+        started.elapsed().as_secs_f64(),
         store.path().display()
     );
     store.close().await?;
