@@ -98,3 +98,8 @@ pub use resource::{
     DefaultResourceClassifier, PathSegment, PrefixTable, Resource, ResourceClassifier, classify_fn,
 };
 pub use transport::HttpClient;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(all(doctest, feature = "sqlite", feature = "middleware"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
