@@ -143,7 +143,7 @@ impl RequestContext {
         if let Some(context) = Self::of(request) {
             return context.clone();
         }
-        let context = ContextConfig::stock().resolve(request);
+        let context = ContextConfig::stock().resolve_mut(request);
         request.extensions_mut().insert(context.clone());
         context
     }
@@ -207,24 +207,43 @@ impl ContextConfig {
         })
     }
 
-    fn resolve<B: ReplayableBody>(&self, request: &http::Request<B>) -> RequestContext {
-        // `Parts` is not reachable from `&Request`, so classify on a cheap view of the head.
-        let head = head_of(request);
+    fn resolve_head<B: ReplayableBody>(
+        &self,
+        request: &http::Request<B>,
+        head: &http::request::Parts,
+    ) -> RequestContext {
         RequestContext {
             priority: Priority::of(request.extensions()).unwrap_or(self.default_priority),
-            resource: self.classifier.classify(&head),
-            key: self.keys.key(&head, request.body().replayable_bytes()),
+            resource: self.classifier.classify(head),
+            key: self.keys.key(head, request.body().replayable_bytes()),
         }
+    }
+
+    /// Resolves from a shared request: classifiers and keys read a `Parts`, which `&Request`
+    /// cannot lend, so this copies the head (headers included).
+    fn resolve<B: ReplayableBody>(&self, request: &http::Request<B>) -> RequestContext {
+        let mut head = empty_head(request);
+        head.headers = request.headers().clone();
+        self.resolve_head(request, &head)
+    }
+
+    /// Resolves from an owned request without copying its headers: they are lent to the head
+    /// and put back. This is the per-request path.
+    fn resolve_mut<B: ReplayableBody>(&self, request: &mut http::Request<B>) -> RequestContext {
+        let mut head = empty_head(request);
+        head.headers = std::mem::take(request.headers_mut());
+        let context = self.resolve_head(request, &head);
+        *request.headers_mut() = head.headers;
+        context
     }
 }
 
-/// The request head without its extensions (which classifiers and keys do not read).
-fn head_of<B>(request: &http::Request<B>) -> http::request::Parts {
+/// The request head without headers and extensions (which classifiers and keys do not read).
+fn empty_head<B>(request: &http::Request<B>) -> http::request::Parts {
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = request.method().clone();
     parts.uri = request.uri().clone();
     parts.version = request.version();
-    parts.headers = request.headers().clone();
     parts
 }
 
@@ -340,7 +359,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let context = self.config.resolve(&request);
+        let context = self.config.resolve_mut(&mut request);
         let (priority, resource) = (context.priority, context.resource.clone());
         request.extensions_mut().insert(context.priority);
         request.extensions_mut().insert(context);
