@@ -44,7 +44,10 @@
 //!
 //! A result is kept for late followers: a request for the key that reaches the store within
 //! `result_ttl` of the leader's completion gets it ([`DedupeRole::CrossProcessFollower`]), in this
-//! process too. `Duration::ZERO` keeps nothing. Use the cache layer for anything longer.
+//! process too. It is kept at least 1 s whatever `result_ttl` says (`Duration::ZERO` included), so
+//! that followers already waiting in other processes (they read the store every few
+//! milliseconds) find it rather than a vacant key they would lead again. Use the cache layer for
+//! anything longer.
 //!
 //! # Note on errors
 //!
