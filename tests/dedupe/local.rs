@@ -619,3 +619,50 @@ async fn a_leader_whose_publish_fails_releases_its_lease() {
     assert_eq!(role(&second), DedupeRole::Leader);
     assert_eq!(body_of(second).await, "answer 2");
 }
+
+/// A leader's owner id is `<pid>-<random>-<n>`: the random part, drawn once per process, keeps
+/// processes with the same PID in different PID namespaces (containers sharing a SQLite file or a
+/// Redis server) from taking each other's leases for their own.
+#[tokio::test]
+async fn owner_ids_carry_a_random_part_next_to_the_pid() {
+    let store = MemoryDedupeStore::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let never = counting(&calls, |_| async {
+        std::future::pending::<()>().await;
+        ok(String::new())
+    });
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(store.clone()))
+        .service(never);
+    let owner_of = |url: &'static str| {
+        let (client, store, calls) = (client.clone(), store.clone(), calls.clone());
+        async move {
+            let before = calls.load(Ordering::SeqCst);
+            let leader = tokio::spawn(client.oneshot(get(url)));
+            while calls.load(Ordering::SeqCst) == before {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mut r = get(url);
+            let key = RequestContext::resolve(&mut r).key().unwrap().clone();
+            let status = store.status(&key).await.unwrap();
+            leader.abort();
+            match status {
+                KeyStatus::Pending { owner, .. } => owner,
+                other => panic!("expected a pending leader, found {other:?}"),
+            }
+        }
+    };
+    let (one, two) = (
+        owner_of("http://h/one").await,
+        owner_of("http://h/two").await,
+    );
+    let parts = |owner: &str| -> Vec<String> { owner.split('-').map(str::to_owned).collect() };
+    let (p1, p2) = (parts(&one), parts(&two));
+    assert_eq!(p1.len(), 3, "{one}");
+    assert_eq!(p1[0], std::process::id().to_string());
+    assert_eq!(p1[1].len(), 16, "{one}");
+    assert!(p1[1].chars().all(|c| c.is_ascii_hexdigit()), "{one}");
+    // One random part per process; the counter tells leaders apart.
+    assert_eq!(p1[..2], p2[..2]);
+    assert_ne!(p1[2], p2[2]);
+}
