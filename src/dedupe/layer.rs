@@ -121,6 +121,11 @@ impl DedupeLayer {
 
     /// How long a published result stays readable for late followers in other processes
     /// (default 3 s). It is not a cache: keep it short.
+    ///
+    /// A result is kept at least 1 s whatever this says (`Duration::ZERO` included): followers
+    /// already waiting in other processes read the store by polling (or on a Redis announcement
+    /// followed by a read), and must find the result there, not a vacant key they would lead
+    /// again with a second upstream call.
     #[must_use]
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         Arc::make_mut(&mut self.config).result_ttl = ttl;

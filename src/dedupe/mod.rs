@@ -14,14 +14,18 @@
 //!   one atomic step (insert, or take over an expired lease), so two processes can never both lead
 //!   a key. The leader renews its lease while it runs and publishes its result; followers in other
 //!   processes poll for it with a 1–8 ms backoff. A result is kept only
-//!   [`result_ttl`](DedupeLayer::result_ttl) (3 s by default) for late followers: dedupe is never
-//!   a second cache.
+//!   [`result_ttl`](DedupeLayer::result_ttl) (3 s by default, at least 1 s) for late followers:
+//!   dedupe is never a second cache.
 //! * **Failures**: the leader's error (or a status marked with [`DedupeLayer::fail_on`]) reaches
 //!   every follower as a cloneable [`DedupeError`]. A leader that is dropped (cancelled) or panics
-//!   hands over: one follower takes the lead and the others follow it. A process that dies holding
-//!   a lease loses it after [`lease_timeout`](DedupeLayer::lease_timeout) and a follower takes
-//!   over. A follower waits at most [`follower_timeout`](DedupeLayer::follower_timeout), then
-//!   makes its own request or fails ([`OnTimeout`]). Nobody hangs.
+//!   hands over: one follower takes the lead and the others follow it; its lease in the store is
+//!   released, even when it was cancelled while the store was still granting it. A process that
+//!   dies holding a lease loses it after [`lease_timeout`](DedupeLayer::lease_timeout) and a
+//!   follower takes over. A follower waits at most
+//!   [`follower_timeout`](DedupeLayer::follower_timeout) from its own arrival, then makes its own
+//!   request or fails ([`OnTimeout`]); with `OnTimeout::Fail`, a local leader that waited in vain
+//!   for another process fails alone, and its followers wait until their own deadlines. Nobody
+//!   hangs.
 //! * **Stores**: [`MemoryDedupeStore`] for one process; `SqliteDedupeStore` (from
 //!   `SqliteStore::dedupe()`) for every process that opens one file; `RedisDedupeStore` (from
 //!   `RedisStore::dedupe()`, feature `redis`) for every process on every machine sharing a Redis
@@ -44,7 +48,10 @@
 //!
 //! A result is kept for late followers: a request for the key that reaches the store within
 //! `result_ttl` of the leader's completion gets it ([`DedupeRole::CrossProcessFollower`]), in this
-//! process too. `Duration::ZERO` keeps nothing. Use the cache layer for anything longer.
+//! process too. It is kept at least 1 s whatever `result_ttl` says (`Duration::ZERO` included), so
+//! that followers already waiting in other processes (they read the store every few
+//! milliseconds) find it rather than a vacant key they would lead again. Use the cache layer for
+//! anything longer.
 //!
 //! # Note on errors
 //!

@@ -17,6 +17,7 @@ use crate::body::ReplayableBody;
 use crate::context::{Report, RequestContext};
 use crate::error::BoxError;
 use crate::key::RequestKey;
+use crate::store::StoreError;
 
 use super::future::ResponseFuture;
 use super::layer::{Config, OnTimeout};
@@ -24,6 +25,12 @@ use super::store::{Completion, DedupeCounters, DedupeStore, KeyState, Lead};
 use super::{BypassReason, DedupeError, DedupeRole, SharedError, SharedResponse};
 
 type Response = http::Response<reqwest::Body>;
+
+/// The least time a published result is kept, whatever `result_ttl` says: followers already
+/// waiting in other processes read the store every few milliseconds (at most every
+/// `fallback_poll`, 50 ms by default, if a Redis announcement is missed), and must find the
+/// result there rather than a vacant key they would lead again.
+pub(crate) const MIN_RESULT_RETENTION: Duration = Duration::from_secs(1);
 
 /// What a local leader leaves for its followers in this process.
 #[derive(Clone)]
@@ -37,6 +44,9 @@ enum Outcome {
 enum Slot {
     Pending,
     Done(Outcome),
+    /// The leader gave up on its own deadline without an outcome (it waited on a leader in
+    /// another process): each follower joins again and waits until its own deadline.
+    HandedOff,
 }
 
 struct Flight {
@@ -103,16 +113,26 @@ impl LocalLead {
             tx.send_replace(Slot::Done(outcome));
         }
     }
+
+    /// Leaves the followers to their own deadlines: they join again and one of them leads.
+    fn hand_off(mut self) {
+        self.leave();
+        if let Some(tx) = self.tx.take() {
+            tx.send_replace(Slot::HandedOff);
+        }
+    }
+
+    fn leave(&self) {
+        let mut local = self.state.local.lock().unwrap_or_else(|e| e.into_inner());
+        if local.get(&self.key).is_some_and(|f| f.id == self.id) {
+            local.remove(&self.key);
+        }
+    }
 }
 
 impl Drop for LocalLead {
     fn drop(&mut self) {
-        {
-            let mut local = self.state.local.lock().unwrap_or_else(|e| e.into_inner());
-            if local.get(&self.key).is_some_and(|f| f.id == self.id) {
-                local.remove(&self.key);
-            }
-        }
+        self.leave();
         // Closing the channel after the flight left the map: woken followers start anew.
         drop(self.tx.take());
     }
@@ -129,16 +149,20 @@ struct StoreLease {
 }
 
 impl StoreLease {
+    /// Publishes `completion`; if that fails, the lease stays armed and is released on drop,
+    /// so that followers in other processes lead at once instead of waiting for the lease.
     async fn publish(mut self, completion: Completion, ttl: Duration) {
-        if let Err(error) = self
+        match self
             .store
             .publish(&self.key, &self.owner, completion, ttl)
             .await
         {
-            DedupeCounters::add(&self.store.counters().store_errors, 1);
-            tracing::warn!(%error, key = %self.key, "dedupe store could not publish a result; followers in other processes will take over after the lease");
+            Ok(()) => self.armed = false,
+            Err(error) => {
+                DedupeCounters::add(&self.store.counters().store_errors, 1);
+                tracing::warn!(%error, key = %self.key, "dedupe store could not publish a result; releasing the lease so that followers in other processes lead");
+            }
         }
-        self.armed = false;
     }
 }
 
@@ -163,11 +187,89 @@ impl Drop for StoreLease {
     }
 }
 
+type LeadFuture = Pin<Box<dyn Future<Output = Result<Lead, StoreError>> + Send>>;
+
+/// A [`DedupeStore::try_lead`] in flight.
+///
+/// Dropped before its answer arrived (the caller was cancelled while, say, SQLite waited for the
+/// write lock), it is not abandoned: the store call may already be running and cannot be taken
+/// back, so a spawned task waits for the answer and releases the lease if it was acquired.
+/// Otherwise nobody would own that lease and every process would wait for it to expire.
+struct PendingLead {
+    future: Option<LeadFuture>,
+    store: Arc<dyn DedupeStore>,
+    key: RequestKey,
+    owner: String,
+}
+
+impl PendingLead {
+    fn start(store: &Arc<dyn DedupeStore>, key: &RequestKey, owner: &str, lease: Duration) -> Self {
+        let future: LeadFuture = {
+            let (store, key, owner) = (store.clone(), key.clone(), owner.to_owned());
+            Box::pin(async move { store.try_lead(&key, &owner, lease).await })
+        };
+        PendingLead {
+            future: Some(future),
+            store: store.clone(),
+            key: key.clone(),
+            owner: owner.to_owned(),
+        }
+    }
+}
+
+impl Future for PendingLead {
+    type Output = Result<Lead, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Pending;
+        };
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(output)
+    }
+}
+
+impl Drop for PendingLead {
+    fn drop(&mut self) {
+        let Some(future) = self.future.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // No runtime to finish it: an acquired lease expires after `lease_timeout`.
+            return;
+        };
+        let (store, key, owner) = (
+            self.store.clone(),
+            self.key.clone(),
+            std::mem::take(&mut self.owner),
+        );
+        let finish = async move {
+            if let Ok(Lead::Acquired { .. }) = future.await
+                && let Err(error) = store.release(&key, &owner).await
+            {
+                tracing::debug!(%error, "dedupe store could not release a lease taken by a cancelled leader; it will expire");
+            }
+        };
+        handle.spawn(tracing::Instrument::in_current_span(finish));
+    }
+}
+
+/// A leader's owner id: `<pid>-<random>-<n>`. The random part (drawn once per process) keeps
+/// processes in different PID namespaces (containers) sharing a store from colliding.
 fn new_owner() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        use std::hash::BuildHasher;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos))
+    });
     format!(
-        "{}-{}",
+        "{}-{:016x}-{}",
         std::process::id(),
+        *PROCESS,
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -266,14 +368,14 @@ where
         let mut rx = match state.join_or_lead(&key) {
             Join::Lead(lead) => {
                 return run_leader(
-                    &config, &state, lead, inner, request, key, took_over, deadline,
+                    &config, &state, lead, inner, request, key, took_over, started,
                 )
                 .await;
             }
             Join::Follow(rx) => rx,
         };
         let waited = tokio::time::timeout_at(deadline, async {
-            rx.wait_for(|slot| matches!(slot, Slot::Done(_)))
+            rx.wait_for(|slot| !matches!(slot, Slot::Pending))
                 .await
                 .map(|slot| slot.clone())
         })
@@ -292,8 +394,9 @@ where
                 DedupeCounters::add(&counters.bypassed, 1);
                 return own_request(inner, request, reason).await;
             }
-            // `wait_for` only returns completed slots; were it not so, joining again is safe.
-            Ok(Ok(Slot::Pending)) => {}
+            // The leader left us to our own deadline; `wait_for` returns no pending slot, but
+            // were it to, joining again is safe.
+            Ok(Ok(Slot::HandedOff | Slot::Pending)) => {}
             Ok(Err(_closed)) => {
                 // The leader was dropped or panicked: start again, and one of us leads.
                 tracing::debug!(key = %key, "dedupe leader went away; taking over");
@@ -352,7 +455,7 @@ async fn run_leader<S, B>(
     request: http::Request<B>,
     key: RequestKey,
     took_over: bool,
-    deadline: Instant,
+    started: Instant,
 ) -> Result<Response, BoxError>
 where
     S: Service<http::Request<B>, Response = Response>,
@@ -361,9 +464,10 @@ where
     let counters = state.counters();
     let store = &state.store;
     let owner = new_owner();
+    let deadline = started + config.follower_timeout;
     // Lead the key across processes too, or follow whoever does.
     let lease = loop {
-        match store.try_lead(&key, &owner, config.lease_timeout).await {
+        match PendingLead::start(store, &key, &owner, config.lease_timeout).await {
             Ok(Lead::Acquired { takeover }) => {
                 if takeover || took_over {
                     DedupeCounters::add(&counters.takeovers, 1);
@@ -387,11 +491,11 @@ where
                     // Still pending at our deadline.
                     DedupeCounters::add(&counters.timeouts, 1);
                     if config.on_timeout == OnTimeout::Fail {
-                        let error = DedupeError::TimedOut {
-                            waited: config.follower_timeout,
-                        };
-                        lead.finish(Outcome::Failed(error.clone()));
-                        return Err(Box::new(error));
+                        // Our followers joined later: each waits until its own deadline.
+                        lead.hand_off();
+                        return Err(Box::new(DedupeError::TimedOut {
+                            waited: started.elapsed(),
+                        }));
                     }
                     DedupeCounters::add(&counters.bypassed, 1);
                     return upstream(
@@ -486,7 +590,8 @@ where
         Some(lease) => with_renewal(call, lease, config.lease_timeout).await,
         None => call.await,
     };
-    let ttl = config.result_ttl;
+    // Kept at least `MIN_RESULT_RETENTION`, for the followers already waiting elsewhere.
+    let ttl = config.result_ttl.max(MIN_RESULT_RETENTION);
     match result {
         Err(error) => {
             let error = DedupeError::Upstream(SharedError::new(error));

@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use courteous::dedupe::{
-    BypassReason, DedupeError, DedupeLayer, DedupeRole, DedupeStore, KeyStatus, MemoryDedupeStore,
-    OnTimeout,
+    BypassReason, Completion, DedupeCounters, DedupeError, DedupeLayer, DedupeRole, DedupeStore,
+    KeyState, KeyStatus, Lead, MemoryDedupeStore, OnTimeout, StoreFuture,
 };
-use courteous::{BoxError, HttpClient, Report, RequestContext};
+use courteous::store::{StoreError, StoreErrorKind};
+use courteous::{BoxError, HttpClient, Report, RequestContext, RequestKey};
 use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
@@ -455,4 +456,213 @@ async fn through_reqwest_middleware_identical_sends_share_one_call() {
         assert!(response.text().await.unwrap().contains(r#""n":1"#));
     }
     assert_eq!(followers, 19);
+}
+
+fn timed_out_after(result: Result<Response, BoxError>) -> Duration {
+    match result
+        .map(|_| ())
+        .unwrap_err()
+        .downcast_ref::<DedupeError>()
+    {
+        Some(DedupeError::TimedOut { waited }) => *waited,
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+/// A local leader that waits on a leader in another process (here: another layer on the same
+/// store) and times out with `OnTimeout::Fail` fails alone, reporting its real wait; a local
+/// follower that joined it later times out on its own deadline, with its own wait. Before, every
+/// local follower failed with the leader, reporting `follower_timeout` as its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_follower_times_out_on_its_own_deadline_not_its_local_leaders() {
+    let store = MemoryDedupeStore::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let never = counting(&calls, |_| async {
+        std::future::pending::<()>().await;
+        ok(String::new())
+    });
+    let remote = ServiceBuilder::new()
+        .layer(DedupeLayer::new(store.clone()))
+        .service(never.clone());
+    let timeout = Duration::from_secs(1);
+    let local = ServiceBuilder::new()
+        .layer(DedupeLayer::new(store.clone()).follower_timeout(timeout, OnTimeout::Fail))
+        .service(never);
+    let url = "http://h/remote-leader";
+    let remote = tokio::spawn(remote.oneshot(get(url)));
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let local_leader = {
+        let local = local.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = local.oneshot(get(url)).await;
+            (timed_out_after(result), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = std::time::Instant::now();
+    let late = local.clone().oneshot(get(url)).await;
+    let late_elapsed = started.elapsed();
+    let late_waited = timed_out_after(late);
+
+    let (leader_waited, leader_elapsed) = local_leader.await.unwrap();
+    assert!(leader_waited >= timeout && leader_waited <= leader_elapsed);
+    assert!(
+        late_elapsed >= Duration::from_millis(950) && late_waited >= Duration::from_millis(950),
+        "a follower with a 1 s timeout failed after {late_elapsed:?} (reported {late_waited:?})"
+    );
+    assert!(late_waited <= late_elapsed);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the remote leader went upstream"
+    );
+    assert_eq!(local.store().stats().timeouts, 2);
+    remote.abort();
+}
+
+/// A store that publishes nothing: every `publish` fails.
+#[derive(Debug, Clone)]
+struct PublishFails(MemoryDedupeStore);
+
+impl DedupeStore for PublishFails {
+    fn try_lead<'a>(
+        &'a self,
+        key: &'a RequestKey,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, Lead> {
+        self.0.try_lead(key, owner, lease)
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a RequestKey,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.0.renew(key, owner, lease)
+    }
+    fn publish<'a>(
+        &'a self,
+        _key: &'a RequestKey,
+        _owner: &'a str,
+        _completion: Completion,
+        _ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async {
+            Err(StoreError::new(
+                "memory",
+                StoreErrorKind::Unavailable,
+                "publishing is down",
+            ))
+        })
+    }
+    fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()> {
+        self.0.release(key, owner)
+    }
+    fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
+        self.0.poll(key)
+    }
+    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
+        self.0.status(key)
+    }
+    fn cleanup(&self) -> StoreFuture<'_, u64> {
+        self.0.cleanup()
+    }
+    fn counters(&self) -> &DedupeCounters {
+        self.0.counters()
+    }
+}
+
+/// A leader whose result the store could not publish releases its lease: followers in other
+/// processes lead at once instead of waiting `lease_timeout` (30 s) for a lease nobody renews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_publish_fails_releases_its_lease() {
+    let store = MemoryDedupeStore::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(&calls, |n| async move { ok(format!("answer {n}")) });
+    let layer = DedupeLayer::new(PublishFails(store.clone()));
+    let client = ServiceBuilder::new().layer(layer.clone()).service(upstream);
+    let url = "http://h/publish-fails";
+    let first = client.clone().oneshot(get(url)).await.unwrap();
+    assert_eq!(role(&first), DedupeRole::Leader);
+    assert_eq!(layer.stats().store_errors, 1);
+
+    let key = {
+        let mut r = get(url);
+        RequestContext::resolve(&mut r).key().unwrap().clone()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        match store.status(&key).await.unwrap() {
+            KeyStatus::Empty => break,
+            status => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the key stays {status:?} after a failed publish"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let other_process = ServiceBuilder::new()
+        .layer(DedupeLayer::new(store.clone()))
+        .service(counting(
+            &calls,
+            |n| async move { ok(format!("answer {n}")) },
+        ));
+    let second = tokio::time::timeout(Duration::from_secs(5), other_process.oneshot(get(url)))
+        .await
+        .expect("the next request waited for the lease of a finished leader")
+        .unwrap();
+    assert_eq!(role(&second), DedupeRole::Leader);
+    assert_eq!(body_of(second).await, "answer 2");
+}
+
+/// A leader's owner id is `<pid>-<random>-<n>`: the random part, drawn once per process, keeps
+/// processes with the same PID in different PID namespaces (containers sharing a SQLite file or a
+/// Redis server) from taking each other's leases for their own.
+#[tokio::test]
+async fn owner_ids_carry_a_random_part_next_to_the_pid() {
+    let store = MemoryDedupeStore::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let never = counting(&calls, |_| async {
+        std::future::pending::<()>().await;
+        ok(String::new())
+    });
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(store.clone()))
+        .service(never);
+    let owner_of = |url: &'static str| {
+        let (client, store, calls) = (client.clone(), store.clone(), calls.clone());
+        async move {
+            let before = calls.load(Ordering::SeqCst);
+            let leader = tokio::spawn(client.oneshot(get(url)));
+            while calls.load(Ordering::SeqCst) == before {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mut r = get(url);
+            let key = RequestContext::resolve(&mut r).key().unwrap().clone();
+            let status = store.status(&key).await.unwrap();
+            leader.abort();
+            match status {
+                KeyStatus::Pending { owner, .. } => owner,
+                other => panic!("expected a pending leader, found {other:?}"),
+            }
+        }
+    };
+    let (one, two) = (
+        owner_of("http://h/one").await,
+        owner_of("http://h/two").await,
+    );
+    let parts = |owner: &str| -> Vec<String> { owner.split('-').map(str::to_owned).collect() };
+    let (p1, p2) = (parts(&one), parts(&two));
+    assert_eq!(p1.len(), 3, "{one}");
+    assert_eq!(p1[0], std::process::id().to_string());
+    assert_eq!(p1[1].len(), 16, "{one}");
+    assert!(p1[1].chars().all(|c| c.is_ascii_hexdigit()), "{one}");
+    // One random part per process; the counter tells leaders apart.
+    assert_eq!(p1[..2], p2[..2]);
+    assert_ne!(p1[2], p2[2]);
 }

@@ -10,4 +10,6 @@ mod cross;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod stores;

@@ -27,6 +27,7 @@ every_backend!(
     a_leaders_error_and_an_oversized_body_reach_followers_through_the_store,
     a_cancelled_leader_releases_its_lease_for_other_processes,
     cleanup_removes_lapsed_leases_only,
+    followers_already_waiting_get_a_result_published_with_a_zero_result_ttl,
 );
 
 fn get(url: &str) -> http::Request<reqwest::Body> {
@@ -394,4 +395,43 @@ async fn cleanup_removes_lapsed_leases_only(backend: Backend) {
     ));
     store.release(&lapsed, "next").await.unwrap();
     store.release(&live, "me").await.unwrap();
+}
+
+/// With `result_ttl(0)`, a follower already waiting on another handle (another process) still
+/// gets the leader's result: a published result is kept at least 1 s. Before, it was gone at
+/// once, the follower found a vacant key and led a second upstream call. The result does not
+/// outlive that floor by much.
+async fn followers_already_waiting_get_a_result_published_with_a_zero_result_ttl(backend: Backend) {
+    let (one, two) = (backend.handle().await, backend.handle().await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let client = |store: &Arc<dyn DedupeStore>| {
+        let calls = calls.clone();
+        ServiceBuilder::new()
+            .layer(DedupeLayer::new(store.clone()).result_ttl(Duration::ZERO))
+            .service(tower::service_fn(
+                move |_req: http::Request<reqwest::Body>| {
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok::<_, BoxError>(http::Response::new(reqwest::Body::from(format!(
+                            "answer {n}"
+                        ))))
+                    }
+                },
+            ))
+    };
+    let (a, b) = (client(&one), client(&two));
+    let url = "http://h/zero-ttl";
+    let leader = tokio::spawn(a.oneshot(get(url)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let follower = b.oneshot(get(url)).await.unwrap();
+    let leader = leader.await.unwrap().unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "{:?}", role(&follower));
+    assert_eq!(role(&leader), DedupeRole::Leader);
+    assert_eq!(role(&follower), DedupeRole::CrossProcessFollower);
+    let body = follower.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"answer 1");
+
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(two.status(&key_of(url)).await.unwrap(), KeyStatus::Empty);
 }

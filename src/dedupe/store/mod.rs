@@ -104,7 +104,8 @@ pub enum KeyStatus {
     Empty,
     /// A leader is working on it.
     Pending {
-        /// The leader's owner id (`<pid>-<n>` of its process).
+        /// The leader's owner id (`<pid>-<random>-<n>` for the layer's leaders: the random part
+        /// is drawn once per process).
         owner: String,
         /// How long it has led.
         age: Duration,
