@@ -83,6 +83,37 @@ impl RequestKey {
         &self.display
     }
 
+    /// The key of one variant of this request: this key together with the values of `names` in
+    /// `headers` (the request headers a response's `Vary` names). `names` must be sorted, so
+    /// that one `Vary` list gives one key whatever its order.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::{DefaultKeyExtractor, KeyExtractor};
+    /// use http::header::ACCEPT_LANGUAGE;
+    ///
+    /// let (parts, _) = http::Request::get("http://h/x").body(()).unwrap().into_parts();
+    /// let key = DefaultKeyExtractor::new().key(&parts, Some(b"")).unwrap();
+    /// let mut fr = http::HeaderMap::new();
+    /// fr.insert(ACCEPT_LANGUAGE, "fr".parse().unwrap());
+    /// let mut de = http::HeaderMap::new();
+    /// de.insert(ACCEPT_LANGUAGE, "de".parse().unwrap());
+    /// let names = [ACCEPT_LANGUAGE];
+    /// assert_ne!(key.variant(&names, &fr), key.variant(&names, &de));
+    /// assert_eq!(key.variant(&names, &fr).display(), key.display());
+    /// ```
+    pub fn variant(&self, names: &[HeaderName], headers: &http::HeaderMap) -> RequestKey {
+        let mut h = Canonical(Sha256::new());
+        h.field(b"courteous-variant-key-v1");
+        h.field(&self.hash);
+        h.headers(names, headers);
+        RequestKey {
+            hash: h.0.finalize().into(),
+            display: self.display.clone(),
+        }
+    }
+
     /// A key from a hash and a display form, for stores that read keys back.
     pub fn from_parts(hash: [u8; 32], display: impl Into<Arc<str>>) -> Self {
         RequestKey {
@@ -196,7 +227,7 @@ impl DefaultKeyExtractor {
     /// Keys on `Authorization` and `Accept`, masking [`DEFAULT_SECRET_PARAMS`].
     pub fn new() -> Self {
         DefaultKeyExtractor {
-            headers: vec![http::header::AUTHORIZATION, http::header::ACCEPT],
+            headers: vec![http::header::ACCEPT, http::header::AUTHORIZATION], // sorted by name,
             secret_params: DEFAULT_SECRET_PARAMS
                 .iter()
                 .map(|s| (*s).to_owned())
@@ -209,6 +240,8 @@ impl DefaultKeyExtractor {
     pub fn header(mut self, name: HeaderName) -> Self {
         if !self.headers.contains(&name) {
             self.headers.push(name);
+            // Kept sorted so that keying a request needs no sort.
+            self.headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         }
         self
     }
@@ -250,6 +283,18 @@ impl Canonical {
     fn field(&mut self, bytes: &[u8]) {
         self.0.update((bytes.len() as u64).to_le_bytes());
         self.0.update(bytes);
+    }
+
+    /// Each of `names` (in the given order) with all its values in `headers`.
+    fn headers(&mut self, names: &[HeaderName], headers: &http::HeaderMap) {
+        for name in names {
+            self.field(name.as_str().as_bytes());
+            let values = headers.get_all(name);
+            self.field(&(values.iter().count() as u64).to_le_bytes());
+            for value in values {
+                self.field(value.as_bytes());
+            }
+        }
     }
 }
 
@@ -294,16 +339,7 @@ impl KeyExtractor for DefaultKeyExtractor {
             h.field(k.as_bytes());
             h.field(v.as_bytes());
         }
-        let mut headers: Vec<&HeaderName> = self.headers.iter().collect();
-        headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        for name in headers {
-            h.field(name.as_str().as_bytes());
-            let values = parts.headers.get_all(name);
-            h.field(&(values.iter().count() as u64).to_le_bytes());
-            for value in values {
-                h.field(value.as_bytes());
-            }
-        }
+        h.headers(&self.headers, &parts.headers);
         if body.is_empty() {
             // The digest of no bytes, computed once.
             static EMPTY: std::sync::LazyLock<[u8; 32]> =
@@ -354,6 +390,24 @@ mod tests {
     fn key(req: http::Request<()>) -> RequestKey {
         let (parts, _) = req.into_parts();
         DefaultKeyExtractor::new().key(&parts, Some(b"")).unwrap()
+    }
+
+    #[test]
+    fn the_order_headers_are_configured_in_does_not_change_keys() {
+        use http::header::{ACCEPT, ACCEPT_LANGUAGE, AUTHORIZATION};
+        let (parts, _) = http::Request::get("http://h/x")
+            .header("accept", "a/b")
+            .header("accept-language", "fr")
+            .header("authorization", "t")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let one = DefaultKeyExtractor::new().headers([AUTHORIZATION, ACCEPT_LANGUAGE, ACCEPT]);
+        let two = DefaultKeyExtractor::new().headers([ACCEPT, AUTHORIZATION, ACCEPT_LANGUAGE]);
+        let three = DefaultKeyExtractor::new().header(ACCEPT_LANGUAGE);
+        let key = |k: &DefaultKeyExtractor| k.key(&parts, Some(b"")).unwrap();
+        assert_eq!(key(&one), key(&two));
+        assert_eq!(key(&one), key(&three));
     }
 
     #[test]

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
-use sha2::{Digest, Sha256};
 use tower::{Service, ServiceExt};
 
 use crate::body::ReplayableBody;
@@ -214,23 +213,6 @@ fn path_of(url: &str) -> &str {
 }
 
 /// The key of one `Vary` variant: the base key and the values of the varying request headers.
-fn variant_key(base: &RequestKey, vary: &[HeaderName], headers: &HeaderMap) -> RequestKey {
-    let mut h = Sha256::new();
-    h.update(b"courteous-vary-v1");
-    h.update(base.as_bytes());
-    for name in vary {
-        h.update((name.as_str().len() as u64).to_le_bytes());
-        h.update(name.as_str());
-        let values = headers.get_all(name);
-        h.update((values.iter().count() as u64).to_le_bytes());
-        for value in values {
-            h.update((value.len() as u64).to_le_bytes());
-            h.update(value.as_bytes());
-        }
-    }
-    RequestKey::from_parts(h.finalize().into(), base.display())
-}
-
 fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     for value in headers.get_all(header::VARY) {
@@ -535,7 +517,7 @@ impl Job {
         };
         match entry {
             Some(index) if !index.vary.is_empty() => {
-                let variant = variant_key(&key, &index.vary, headers);
+                let variant = key.variant(&index.vary, headers);
                 match self.state.store.get(&variant).await {
                     Ok(entry) => Ok(Found {
                         base: key,
@@ -879,7 +861,7 @@ impl Job {
             store.put(&upstream.base, entry).await
         } else {
             let base = &upstream.base;
-            let variant = variant_key(base, &entry.vary, &upstream.head.headers);
+            let variant = base.variant(&entry.vary, &upstream.head.headers);
             let mut index = CacheEntry::new(
                 entry.url.clone(),
                 entry.status,
