@@ -388,14 +388,24 @@ async fn followers_do_not_reserve_the_inner_services_readiness() {
         .layer(DedupeLayer::new(MemoryDedupeStore::new()))
         .concurrency_limit(1)
         .service(upstream);
+    // The leader holds the only upstream permit for 100 ms...
+    let leader = tokio::spawn(client.clone().oneshot(get("http://h/same")));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // ...and yet the dedupe service is ready at once for followers: it does not wait for (or
+    // reserve) upstream capacity it may never use. Delegating `poll_ready` to the inner
+    // concurrency limit would leave this pending until the leader finished.
     let mut poller = client.clone();
+    tokio::time::timeout(
+        Duration::from_millis(10),
+        std::future::poll_fn(|cx| poller.poll_ready(cx)),
+    )
+    .await
+    .expect("the dedupe service waited for upstream capacity")
+    .unwrap();
     let results = join_all((0..30).map(|_| client.clone().oneshot(get("http://h/same")))).await;
     assert!(results.iter().all(Result::is_ok));
+    leader.await.unwrap().unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    // Readiness of the dedupe service itself never waits for upstream capacity.
-    std::future::poll_fn(|cx| poller.poll_ready(cx))
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
