@@ -8,6 +8,14 @@ use courteous::store::sqlite::{SqliteError, SqliteStore};
 
 use crate::support::{child, temp_db};
 
+/// `SELECT count(*) FROM t`, on a store thread.
+async fn rows_in_t(store: &SqliteStore) -> i64 {
+    store
+        .call(|conn| Ok(conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
 const ROWS_TABLE: &str = "CREATE TABLE IF NOT EXISTS rows (
     writer INTEGER NOT NULL, seq INTEGER NOT NULL, how TEXT NOT NULL, PRIMARY KEY (writer, seq))";
 
@@ -334,10 +342,7 @@ async fn a_busy_file_keeps_deferred_writes_until_it_frees_up() {
             Err(e) => panic!("{e}"),
         }
     }
-    let n: i64 = store
-        .call(|conn| Ok(conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
-        .await
-        .unwrap();
+    let n = rows_in_t(&store).await;
     assert_eq!(n, 10);
     assert_eq!(store.stats().pending, 0);
     assert!(store.stats().failed_batches >= 1);
@@ -367,10 +372,7 @@ async fn the_memory_database_is_shared_by_all_workers() {
     for w in writes {
         w.await.unwrap().unwrap();
     }
-    let n: i64 = store
-        .call(|conn| Ok(conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
-        .await
-        .unwrap();
+    let n = rows_in_t(&store).await;
     assert_eq!(n, 30);
     // Another in-memory store is another database.
     let other = SqliteStore::open(":memory:").await.unwrap();
@@ -400,10 +402,7 @@ async fn a_panicking_job_rolls_back_and_the_store_goes_on() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "sqlite_panicked");
-    let n: i64 = store
-        .call(|conn| Ok(conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
-        .await
-        .unwrap();
+    let n = rows_in_t(&store).await;
     assert_eq!(n, 0);
 }
 
@@ -441,10 +440,7 @@ async fn a_cancelled_call_is_skipped() {
     assert!(cancelled.is_err(), "the call should still have been queued");
     release.send(()).unwrap();
     busy.await.unwrap().unwrap();
-    let n: i64 = store
-        .call(|conn| Ok(conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
-        .await
-        .unwrap();
+    let n = rows_in_t(&store).await;
     assert_eq!(n, 0, "a cancelled call must leave nothing behind");
 }
 
