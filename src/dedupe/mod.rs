@@ -58,7 +58,10 @@
 //! A failed leader's error is shared: the leader and its followers all get a
 //! [`DedupeError::Upstream`], whose [`upstream`](DedupeError::upstream) is the original error (a
 //! `reqwest::Error`, say) to downcast. Followers in other processes get the message only
-//! ([`DedupeError::RemoteUpstream`]).
+//! ([`DedupeError::RemoteUpstream`]). A failure (an error, or a status marked with
+//! [`fail_on`](DedupeLayer::fail_on)) is kept for 1 s only, whatever `result_ttl` says: long
+//! enough for the followers already waiting in other processes, after which a new request goes
+//! upstream again instead of receiving an old error.
 //!
 //! # Example
 //!

@@ -590,7 +590,9 @@ where
         Some(lease) => with_renewal(call, lease, config.lease_timeout).await,
         None => call.await,
     };
-    // Kept at least `MIN_RESULT_RETENTION`, for the followers already waiting elsewhere.
+    // Kept at least `MIN_RESULT_RETENTION`, for the followers already waiting elsewhere. A
+    // failure is kept only that long: a request arriving later tries upstream again rather than
+    // receiving an error that may no longer hold.
     let ttl = config.result_ttl.max(MIN_RESULT_RETENTION);
     match result {
         Err(error) => {
@@ -600,7 +602,9 @@ where
                 let message = error
                     .upstream()
                     .map_or_else(|| error.to_string(), |e| error_chain(e));
-                lease.publish(Completion::Failed(message.into()), ttl).await;
+                lease
+                    .publish(Completion::Failed(message.into()), MIN_RESULT_RETENTION)
+                    .await;
             }
             Err(Box::new(error))
         }
@@ -622,22 +626,27 @@ where
                 extensions: parts.extensions,
             });
             let failure = config.fail_on.as_ref().is_some_and(|f| f(shared.status));
-            let (local, remote) = if failure {
+            let (local, remote, keep) = if failure {
                 let error = DedupeError::FailureStatus {
                     status: shared.status,
                 };
                 let message: Arc<str> = error.to_string().into();
-                (Outcome::Failed(error), Completion::Failed(message))
+                (
+                    Outcome::Failed(error),
+                    Completion::Failed(message),
+                    MIN_RESULT_RETENTION,
+                )
             } else {
                 (
                     Outcome::Response(shared.clone()),
                     Completion::Response(shared.clone()),
+                    ttl,
                 )
             };
             // Followers in this process first; then the store, for the others.
             lead.finish(local);
             if let Some(lease) = lease {
-                lease.publish(remote, ttl).await;
+                lease.publish(remote, keep).await;
             }
             Ok(shared.to_response(role))
         }

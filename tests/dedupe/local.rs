@@ -676,3 +676,41 @@ async fn owner_ids_carry_a_random_part_next_to_the_pid() {
     assert_eq!(p1[..2], p2[..2]);
     assert_ne!(p1[2], p2[2]);
 }
+
+/// A failure is kept for the followers already waiting (1 s), not for `result_ttl`: a request
+/// arriving later goes upstream again instead of receiving an old error.
+#[tokio::test]
+async fn a_failed_leaders_error_is_not_served_for_result_ttl() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let calls = calls.clone();
+        service_fn(move |_req: Request| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    return Err::<Response, BoxError>("upstream said no".into());
+                }
+                Ok(http::Response::new(reqwest::Body::from("fine")))
+            }
+        })
+    };
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()).result_ttl(Duration::from_secs(10)))
+        .service(upstream);
+
+    let error = client
+        .clone()
+        .oneshot(get("http://h/flaky"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.downcast_ref::<DedupeError>().unwrap().code(),
+        "dedupe_upstream"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let again = client.clone().oneshot(get("http://h/flaky")).await.unwrap();
+    assert_eq!(Report::of(&again).unwrap().dedupe, Some(DedupeRole::Leader));
+    assert_eq!(body_of(again).await, "fine");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
