@@ -3,8 +3,9 @@
 //! [`RateLimitLayer`] admits each request against the [`Limit`]s of its
 //! [`Resource`](crate::Resource) before it goes out. Admission is a check and a record in one
 //! atomic step of a [`RateLimitStore`] (one lock in [`MemoryRateLimitStore`], one
-//! `BEGIN IMMEDIATE` transaction in [`SqliteRateLimitStore`]), so every process sharing a store
-//! sees every admission:
+//! `BEGIN IMMEDIATE` transaction in [`SqliteRateLimitStore`], one Lua script in
+//! `RedisRateLimitStore`, feature `redis`), so every process sharing a store sees every
+//! admission:
 //!
 //! * **Exact sliding windows**: never more than `max` admissions in any interval of length
 //!   `window`, counted across processes. A resource may have several limits at once.
