@@ -106,7 +106,8 @@ async fn compare(
     adaptive: &Arc<AdaptiveConfig>,
 ) -> Vec<Refusal> {
     let mut reasons = Vec::new();
-    let redis = store(url, &unique_prefix("lua-mirror"), Duration::from_secs(2))
+    let prefix = unique_prefix("lua-mirror");
+    let redis = store(url, &prefix, Duration::from_secs(2))
         .rate_limits()
         .clock(RedisClock::Caller);
     let memory = MemoryRateLimitStore::new();
@@ -177,7 +178,26 @@ async fn compare(
             .unwrap_or_default()
     };
     assert_eq!(counts(&redis), counts(&memory));
+    forget(url, &prefix).await;
     reasons
+}
+
+/// Deletes a test's keys (its state would otherwise stay in the shared server for days).
+async fn forget(url: &str, prefix: &str) {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: u64 = ::redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 #[derive(Debug)]
@@ -274,6 +294,7 @@ async fn handles_with_clocks_an_hour_apart_share_one_window() {
             <= Duration::from_millis(20),
         "{blocked_until:?} against {retry_at:?}"
     );
+    forget(&url, &prefix).await;
 }
 
 /// Through the layer: three machines (clocks −1 h, right, +1 h) send 6 requests each at 5 per
@@ -330,6 +351,7 @@ async fn layers_on_skewed_clocks_keep_the_limit_at_the_server() {
     assert!(worst <= 5, "{worst} calls within 1 s");
     // 18 calls at 5 per 1.1 s: about 3.3 s.
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    forget(&url, &prefix).await;
 }
 
 #[derive(Debug)]

@@ -49,11 +49,12 @@
 //!
 //! # When Redis fails
 //!
-//! Every call is bounded by the [operation
+//! Every call (a decision with its activity read included) is bounded by the [operation
 //! timeout](crate::store::redis::RedisStoreBuilder::operation_timeout) and fails with a
 //! [`StoreError`] whose source is a [`RedisError`]; the layer then fails closed (the request is
 //! not sent) or open, as [`RateLimitLayer::on_store_error`](crate::rate_limit::RateLimitLayer::on_store_error)
-//! says. After a restart the store reconnects by itself.
+//! says. After a restart the store reconnects by itself: a command that fails on the broken
+//! connection is sent once more on a new one, within the same timeout.
 //!
 //! # Note on cancellation
 //!
@@ -724,7 +725,14 @@ impl RedisRateLimitStore {
 #[async_trait]
 impl RateLimitStore for RedisRateLimitStore {
     async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
-        let decision = self.decide(&request).await?;
+        // The activity read and the decision together stay within one operation timeout.
+        let after = self.redis.operation_timeout();
+        let decision = tokio::time::timeout(after, self.decide(&request))
+            .await
+            .map_err(|_| RedisError::Timeout {
+                operation: "rate-limit acquire",
+                after,
+            })??;
         self.count(&request.resource, |stats| {
             match (&decision, request.priority) {
                 (Decision::Refused { .. }, _) => stats.refused += 1,
