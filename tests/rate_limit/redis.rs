@@ -541,3 +541,101 @@ async fn a_hanging_redis_fails_closed_within_the_timeout() {
     assert!(failed.is_unavailable(), "{failed}");
     assert_eq!(server.hits(), 1);
 }
+
+/// Nothing grows without bound: each admission trims what no window needs (admissions) and what
+/// the monitoring window no longer counts (user activity per second), and every key expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_admissions_and_activity_are_trimmed_and_every_key_expires() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("growth");
+    let redis = store(&url, &prefix, Duration::from_secs(2));
+    let injected = redis.rate_limits().clock(RedisClock::Caller);
+    let resource = Resource::new("growth").unwrap();
+    let limits: Arc<[Limit]> = vec![Limit::new(n(100), Duration::from_secs(2))].into();
+    let adaptive = Arc::new(AdaptiveConfig::default().monitoring_window(Duration::from_secs(3)));
+    // 60 user and background admissions over 30 s, on the caller's clock.
+    for i in 0..60u64 {
+        let priority = if i % 2 == 0 {
+            Priority::User
+        } else {
+            Priority::Background
+        };
+        let request = AdmissionRequest::new(
+            resource.clone(),
+            priority,
+            limits.clone(),
+            adaptive.clone(),
+            Timestamp::from_millis(1_700_000_000_000 + i * 500),
+        );
+        assert!(matches!(
+            injected.acquire(request).await.unwrap(),
+            Decision::Admitted { .. }
+        ));
+    }
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = |part: &str| format!("{prefix}:rl:{{growth}}:{part}");
+    let card = |k: String| ::redis::cmd("ZCARD").arg(k).to_owned();
+    let all: u64 = card(key("all")).query_async(&mut conn).await.unwrap();
+    let bg: u64 = card(key("bg")).query_async(&mut conn).await.unwrap();
+    // A window of 2 s at one admission per 500 ms: at most 5 (the trim keeps `at > now - 2 s`).
+    assert!(all <= 5 && bg <= 3, "all {all}, bg {bg}");
+    let seconds: u64 = ::redis::cmd("HLEN")
+        .arg(key("act"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let index: u64 = card(key("actidx")).query_async(&mut conn).await.unwrap();
+    // A monitoring window of 3 s: a handful of per-second buckets, not 30.
+    assert!(
+        seconds <= 6 && seconds == index,
+        "{seconds} buckets, {index} indexed"
+    );
+
+    // On the server's clock: every key the store writes has a time to live.
+    let live = redis.rate_limits();
+    live.feedback(
+        &resource,
+        ServerFeedback::Block {
+            until: SystemClock.now() + Duration::from_secs(1),
+        },
+        SystemClock.now(),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    for k in keys {
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{k} has no expiry ({ttl})");
+    }
+    let other = Resource::new("short").unwrap();
+    let request = AdmissionRequest::new(
+        other,
+        Priority::Background,
+        vec![Limit::new(n(10), Duration::from_millis(200))].into(),
+        adaptive.clone(),
+        SystemClock.now(),
+    );
+    live.acquire(request).await.unwrap();
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(format!("{prefix}:rl:{{short}}:all"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 200,
+        "admissions of a 200 ms window kept {ttl} ms"
+    );
+    forget(&url, &prefix).await;
+}
