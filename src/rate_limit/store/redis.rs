@@ -549,7 +549,9 @@ impl AdmissionLog for Prefetched {
             .unwrap_or_default())
     }
 
-    fn kth_oldest(&mut self, since: u64, _k: u32) -> Result<Option<u64>, Infallible> {
+    /// The oldest only: all that `status_of` asks for.
+    fn kth_oldest(&mut self, since: u64, k: u32) -> Result<Option<u64>, Infallible> {
+        debug_assert_eq!(k, 1, "the status script reads only the oldest admission");
         Ok(self
             .windows
             .iter()

@@ -319,9 +319,10 @@ impl RedisStore {
     ///
     /// When the connection turns out to be broken (after a Redis restart the first command on
     /// the old connection fails), the connection manager starts a new one and the attempt is
-    /// made once more, within the same timeout. A command that Redis ran before its connection
-    /// broke may so run twice: the stores' operations tolerate that (a rate-limit admission
-    /// counted twice only over-counts).
+    /// made once more, within the same timeout. A command that Redis ran just before its
+    /// connection broke (the reply lost) may so run twice: callers' operations must tolerate
+    /// that (reads and idempotent writes do; a rate-limit admission counted twice only
+    /// over-counts, which never lets the API see more than its limit).
     async fn bounded<T, F, Fut>(
         &self,
         operation: &'static str,
