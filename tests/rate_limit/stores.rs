@@ -320,3 +320,83 @@ async fn server_feedback_blocks_and_caps_every_handle(backend: Backend) {
     one.close().await;
     two.close().await;
 }
+
+/// The server's `RateLimit-Remaining` budget counts every admission since it was observed, also
+/// those older than the longest window (which a store may otherwise forget).
+async fn a_server_budget_counts_admissions_older_than_the_longest_window(backend: Backend) {
+    let handle = backend.handle(Time::Injected).await;
+    let r = Resource::new("budget").unwrap();
+    let limits: Arc<[Limit]> = vec![Limit::per_second(n(10))].into();
+    let user = |ms| request(&r, Priority::User, &limits, at(ms));
+    handle
+        .store
+        .feedback(
+            &r,
+            ServerFeedback::Remaining {
+                remaining: 3,
+                reset: at(60_000),
+            },
+            at(0),
+        )
+        .await
+        .unwrap();
+    for (ms, left) in [(1, 2), (2, 1), (3, 0)] {
+        assert_eq!(
+            handle.store.acquire(user(ms)).await.unwrap(),
+            admitted(left)
+        );
+    }
+    // Long after the 1 s window, the budget is still spent.
+    for ms in [6000, 6100, 30_000] {
+        assert_eq!(
+            handle.store.acquire(user(ms)).await.unwrap(),
+            refused(at(60_000), Refusal::ServerBudget),
+            "at +{ms} ms"
+        );
+        // Let written-behind pruning happen, where a store has it.
+        handle.flush().await;
+    }
+    assert_eq!(
+        handle.store.acquire(user(60_000)).await.unwrap(),
+        admitted(9)
+    );
+    handle.close().await;
+}
+
+/// `every_backend!` by hand, with SQLite ignored until its pruning keeps what a budget counts.
+mod a_server_budget_counts_admissions_older_than_the_longest_window {
+    use crate::backend::{Kind, run};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory() {
+        run(
+            Kind::Memory,
+            "budget",
+            super::a_server_budget_counts_admissions_older_than_the_longest_window,
+        )
+        .await;
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[ignore = "known gap: the SQLite store prunes admissions older than its longest window + 1 s, which a server budget still counts"]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        run(
+            Kind::Sqlite,
+            "budget",
+            super::a_server_budget_counts_admissions_older_than_the_longest_window,
+        )
+        .await;
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        run(
+            Kind::Redis,
+            "budget",
+            super::a_server_budget_counts_admissions_older_than_the_longest_window,
+        )
+        .await;
+    }
+}
