@@ -172,7 +172,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn main() {
     let duration = Duration::from_secs_f64(secs());
     #[cfg(feature = "redis")]
-    if redis_cases::child(&runtime(), duration) {
+    if redis_cases::child(duration) {
         return;
     }
     if let Ok(path) = std::env::var(CHILD_ENV) {

@@ -28,12 +28,12 @@ async fn redis_run(prefix: &str, tasks: usize, duration: Duration) -> Outcome {
 
 /// In a child process started by [`run`]: runs its share and prints the result. Returns whether
 /// this process was such a child.
-pub(crate) fn child(rt: &tokio::runtime::Runtime, duration: Duration) -> bool {
+pub(crate) fn child(duration: Duration) -> bool {
     let Ok(prefix) = std::env::var(CHILD_ENV) else {
         return false;
     };
     let tasks: usize = std::env::var("RL_BENCH_TASKS").unwrap().parse().unwrap();
-    let mut o = rt.block_on(redis_run(&prefix, tasks, duration));
+    let mut o = crate::runtime().block_on(redis_run(&prefix, tasks, duration));
     println!("RESULT {}", summary(&mut o));
     true
 }
