@@ -36,7 +36,8 @@
 //! mapped back to the caller's clock (`request.now + (retry_at − server now)`), so the layer
 //! waits the right time whatever its own clock says; feedback (`Retry-After`, a budget's reset)
 //! is mapped the other way, as a delay from the caller's `now`. [`RedisClock::Caller`] stamps
-//! with the caller's clock instead (for tests with injected or paused time).
+//! with the caller's clock instead (for tests with injected or paused time). Scripts that read
+//! `TIME` and then write need Redis 5 or later (effects replication).
 //!
 //! # User activity
 //!
