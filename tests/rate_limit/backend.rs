@@ -200,7 +200,33 @@ where
     Fut: Future<Output = ()>,
 {
     if let Some(backend) = Backend::new(kind, name).await {
+        #[cfg(feature = "redis")]
+        let redis = backend.redis.clone();
         test(backend).await;
+        // The state hashes would otherwise stay in the shared server for days.
+        #[cfg(feature = "redis")]
+        if let Some((url, prefix)) = redis {
+            forget(&url, &prefix).await;
+        }
+    }
+}
+
+/// Deletes the keys under `prefix`.
+#[cfg(feature = "redis")]
+pub async fn forget(url: &str, prefix: &str) {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: u64 = ::redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 }
 

@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use tower::{ServiceBuilder, ServiceExt};
 
+use crate::backend::forget;
 use crate::support::TestServer;
 use crate::support::redis::{OwnRedis, shared_url, unique_prefix};
 
@@ -175,24 +176,6 @@ async fn compare(
     assert_eq!(counts(&redis), counts(&memory));
     forget(url, &prefix).await;
     reasons
-}
-
-/// Deletes a test's keys (its state would otherwise stay in the shared server for days).
-async fn forget(url: &str, prefix: &str) {
-    let client = ::redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: u64 = ::redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
 }
 
 #[derive(Debug)]
