@@ -8,6 +8,9 @@
 //!
 //! Run: `cargo bench --bench rate_limit` (prints a table). `RL_BENCH_SECS` sets the measured
 //! time per case (default 3). Children of the two-process case inherit the settings.
+//!
+//! With `--features redis` the Redis store follows (one process; two processes sharing the
+//! server), skipped with a message when Redis does not answer (see `rate_limit/redis.rs`).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -21,6 +24,10 @@ use courteous::store::sqlite::SqliteStore;
 use courteous::{Priority, Resource};
 
 const CHILD_ENV: &str = "RL_BENCH_CHILD";
+
+#[cfg(feature = "redis")]
+#[path = "rate_limit/redis.rs"]
+mod redis_cases;
 
 struct Outcome {
     decisions: u64,
@@ -164,6 +171,10 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn main() {
     let duration = Duration::from_secs_f64(secs());
+    #[cfg(feature = "redis")]
+    if redis_cases::child(duration) {
+        return;
+    }
     if let Ok(path) = std::env::var(CHILD_ENV) {
         let tasks: usize = std::env::var("RL_BENCH_TASKS").unwrap().parse().unwrap();
         let mut o = runtime().block_on(sqlite_run(path.as_ref(), tasks, duration));
@@ -201,6 +212,10 @@ fn main() {
     for tasks in [16, 64] {
         two_processes(&rt, dir.path(), tasks, duration);
     }
+    #[cfg(feature = "redis")]
+    redis_cases::run(&rt, duration);
+    #[cfg(not(feature = "redis"))]
+    println!("redis: SKIPPED: build with --features redis");
 }
 
 fn two_processes(

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::resource::Resource;
+use crate::store::{StoreError, StoreErrorKind};
 
 /// A request was not sent because its resource's limit was reached and no slot freed within the
 /// time it may wait.
@@ -95,4 +96,97 @@ impl RateLimitConfigError {
             RateLimitConfigError::EmptyResource => "rate_limit_empty_resource",
         }
     }
+}
+
+/// A request was not sent because the rate limiter's store failed (Redis unreachable or slow, a
+/// SQLite error) and the layer fails closed ([`OnStoreError::FailClosed`], the default): a
+/// request that cannot be counted could exceed the API's limit.
+///
+/// The layer returns it as a [`BoxError`](crate::BoxError); recover it with `downcast_ref`.
+///
+/// # Example
+///
+/// ```
+/// use courteous::Resource;
+/// use courteous::rate_limit::RateLimitStoreFailed;
+/// use courteous::store::{StoreError, StoreErrorKind};
+///
+/// let store = StoreError::new("redis", StoreErrorKind::Unavailable, "connection refused");
+/// let err = RateLimitStoreFailed::new(Resource::new("search").unwrap(), store);
+/// assert_eq!(err.code(), "rate_limit_store_failed");
+/// assert!(err.is_unavailable());
+/// assert_eq!(err.store_error().backend(), "redis");
+/// assert_eq!(
+///     err.to_string(),
+///     "request to resource search not sent: its rate limit could not be checked \
+///      (redis store failed: connection refused); retry later, or allow sending unchecked \
+///      with on_store_error(OnStoreError::FailOpen)"
+/// );
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "request to resource {resource} not sent: its rate limit could not be checked ({source}); retry later, or allow sending unchecked with on_store_error(OnStoreError::FailOpen)"
+)]
+pub struct RateLimitStoreFailed {
+    resource: Resource,
+    #[source]
+    source: StoreError,
+}
+
+impl RateLimitStoreFailed {
+    /// `resource`'s request was refused because of `source`.
+    pub fn new(resource: Resource, source: StoreError) -> Self {
+        RateLimitStoreFailed { resource, source }
+    }
+
+    /// The resource of the request.
+    pub fn resource(&self) -> &Resource {
+        &self.resource
+    }
+
+    /// The store's failure (its [`backend`](StoreError::backend) says which store).
+    pub fn store_error(&self) -> &StoreError {
+        &self.source
+    }
+
+    /// Whether the store could not be reached in time (unreachable, or slower than its
+    /// timeout), rather than failing otherwise.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.source.kind(),
+            StoreErrorKind::Unavailable | StoreErrorKind::Busy
+        )
+    }
+
+    /// `"rate_limit_store_failed"`.
+    pub const fn code(&self) -> &'static str {
+        "rate_limit_store_failed"
+    }
+}
+
+/// What the [`RateLimitLayer`](super::RateLimitLayer) does with a request when its store fails
+/// (Redis unreachable or slower than its operation timeout, a SQLite error).
+///
+/// # Example
+///
+/// ```
+/// use courteous::rate_limit::{Limits, MemoryRateLimitStore, OnStoreError, RateLimitLayer};
+///
+/// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), Limits::new())
+///     .unwrap()
+///     .on_store_error(OnStoreError::FailOpen);
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Do not send it: it fails at once with [`RateLimitStoreFailed`] (default). The API's
+    /// limit is never risked, at the cost of the requests made while the store is down.
+    #[default]
+    FailClosed,
+    /// Send it uncounted. Each such request is logged (`tracing` warning) and counted in
+    /// [`ResourceStats::admitted_unchecked`](super::ResourceStats::admitted_unchecked), and its
+    /// [`RateLimitReport::unchecked`](super::RateLimitReport::unchecked) is set. Other
+    /// processes do not see it, so the API's limit may be exceeded while the store is down.
+    FailOpen,
 }

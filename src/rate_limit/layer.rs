@@ -9,7 +9,7 @@ use tower::Layer;
 
 use super::adaptive::AdaptiveConfig;
 use super::clock::{Clock, SystemClock, Timestamp};
-use super::error::{RateLimitConfigError, RateLimited};
+use super::error::{OnStoreError, RateLimitConfigError, RateLimitStoreFailed, RateLimited};
 use super::feedback;
 use super::limit::{Limit, Limits, ResolvedLimits};
 use super::pacing::{Pacer, Pacing};
@@ -57,6 +57,17 @@ pub struct RateLimitReport {
     /// Whether the request was sent a second time after the server's `Retry-After` (see
     /// [`RateLimitLayer::retry_once`]).
     pub retried: bool,
+    /// Whether the request was sent without a decision because the store failed and the layer
+    /// fails open ([`OnStoreError::FailOpen`]); `remaining` is then 0.
+    pub unchecked: bool,
+}
+
+/// An admission, as the layer got it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admission {
+    pub(crate) waited: Duration,
+    pub(crate) remaining: u32,
+    pub(crate) unchecked: bool,
 }
 
 #[derive(Clone)]
@@ -68,6 +79,7 @@ pub(crate) struct Config {
     pub(crate) retry_once: bool,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) pacing: Option<Arc<Pacer>>,
+    pub(crate) on_store_error: OnStoreError,
 }
 
 /// One FIFO line of waiters (tokio's mutex is fair).
@@ -76,6 +88,8 @@ type Queue = Arc<tokio::sync::Mutex<()>>;
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn RateLimitStore>,
     queues: Mutex<HashMap<(Resource, Priority), Queue>>,
+    /// Per resource: (store errors, requests sent unchecked).
+    failures: Mutex<HashMap<Resource, (u64, u64)>>,
 }
 
 /// Admits every request against its resource's limits before it goes out, across every process
@@ -115,10 +129,12 @@ impl RateLimitLayer {
                 retry_once: false,
                 clock: Arc::new(SystemClock),
                 pacing: None,
+                on_store_error: OnStoreError::FailClosed,
             }),
             shared: Arc::new(Shared {
                 store: Arc::new(store),
                 queues: Mutex::default(),
+                failures: Mutex::default(),
             }),
         })
     }
@@ -180,6 +196,28 @@ impl RateLimitLayer {
         self
     }
 
+    /// What to do with a request when the store fails to decide it (default
+    /// [`OnStoreError::FailClosed`]: the request fails at once with [`RateLimitStoreFailed`]
+    /// and is not sent). A store that is merely slow fails within its own timeout (Redis's
+    /// operation timeout, SQLite's busy timeout), so no request waits longer than that for it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::rate_limit::{Limits, MemoryRateLimitStore, OnStoreError, RateLimitLayer};
+    ///
+    /// // Prefer availability: send requests uncounted while the store is down.
+    /// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), Limits::new())
+    ///     .unwrap()
+    ///     .on_store_error(OnStoreError::FailOpen);
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
+        Arc::make_mut(&mut self.config).on_store_error = policy;
+        self
+    }
+
     /// The limits that apply to `resource`.
     pub fn limits_of(&self, resource: &Resource) -> Arc<[Limit]> {
         self.config.limits.of(resource)
@@ -203,19 +241,35 @@ impl RateLimitLayer {
             .await
     }
 
-    /// The store's counters per resource.
+    /// The store's counters per resource, with the layer's own counts of store failures
+    /// ([`ResourceStats::store_errors`](super::ResourceStats::store_errors),
+    /// [`admitted_unchecked`](super::ResourceStats::admitted_unchecked)).
     pub fn stats(&self) -> RateLimitStats {
-        self.shared.store.stats()
+        let mut stats = self.shared.store.stats();
+        let failures = self
+            .shared
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (resource, (errors, unchecked)) in failures.iter() {
+            let entry = stats
+                .resources
+                .entry(resource.as_str().to_owned())
+                .or_default();
+            entry.store_errors += errors;
+            entry.admitted_unchecked += unchecked;
+        }
+        stats
     }
 
-    /// Waits for an admission (or fails). Returns the time waited and the remaining count.
+    /// Waits for an admission (or fails).
     pub(crate) async fn admit(
         &self,
         resource: &Resource,
         priority: Priority,
         host: Option<&str>,
         max_wait: Duration,
-    ) -> Result<(Duration, u32), BoxError> {
+    ) -> Result<Admission, BoxError> {
         let config = &self.config;
         let started = tokio::time::Instant::now();
         let deadline = started + max_wait;
@@ -255,9 +309,17 @@ impl RateLimitLayer {
                 config.adaptive.clone(),
                 now,
             );
-            match self.shared.store.acquire(request).await? {
+            let decision = match self.shared.store.acquire(request).await {
+                Ok(decision) => decision,
+                Err(error) => return self.store_failed(resource, started, error),
+            };
+            match decision {
                 Decision::Admitted { remaining } => {
-                    return Ok((started.elapsed(), remaining));
+                    return Ok(Admission {
+                        waited: started.elapsed(),
+                        remaining,
+                        unchecked: false,
+                    });
                 }
                 Decision::Refused { retry_at, reason } => {
                     let wait = retry_at.saturating_since(now);
@@ -270,6 +332,40 @@ impl RateLimitLayer {
                     tokio::time::sleep_until(wake).await;
                 }
             }
+        }
+    }
+
+    /// Fails closed or open after the store failed to decide.
+    fn store_failed(
+        &self,
+        resource: &Resource,
+        started: tokio::time::Instant,
+        error: StoreError,
+    ) -> Result<Admission, BoxError> {
+        let open = self.config.on_store_error == OnStoreError::FailOpen;
+        {
+            let mut failures = self
+                .shared
+                .failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if failures.len() > 4096 {
+                failures.clear();
+            }
+            let entry = failures.entry(resource.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(open);
+        }
+        if open {
+            tracing::warn!(resource = %resource, %error, "rate-limit store failed; sending the request unchecked (fail open)");
+            Ok(Admission {
+                waited: started.elapsed(),
+                remaining: 0,
+                unchecked: true,
+            })
+        } else {
+            tracing::warn!(resource = %resource, %error, "rate-limit store failed; the request is not sent (fail closed)");
+            Err(Box::new(RateLimitStoreFailed::new(resource.clone(), error)))
         }
     }
 

@@ -3,8 +3,9 @@
 //! [`RateLimitLayer`] admits each request against the [`Limit`]s of its
 //! [`Resource`](crate::Resource) before it goes out. Admission is a check and a record in one
 //! atomic step of a [`RateLimitStore`] (one lock in [`MemoryRateLimitStore`], one
-//! `BEGIN IMMEDIATE` transaction in [`SqliteRateLimitStore`]), so every process sharing a store
-//! sees every admission:
+//! `BEGIN IMMEDIATE` transaction in [`SqliteRateLimitStore`], one Lua script in
+//! `RedisRateLimitStore`, feature `redis`), so every process sharing a store sees every
+//! admission:
 //!
 //! * **Exact sliding windows**: never more than `max` admissions in any interval of length
 //!   `window`, counted across processes. A resource may have several limits at once.
@@ -25,9 +26,11 @@
 //! * **Pacing** (optional, in process): a minimum spacing per host or resource, see [`Pacing`].
 //!
 //! The layer's error type is [`BoxError`](crate::BoxError); a refusal is a [`RateLimited`]
-//! inside it, a store failure a [`StoreError`](crate::store::StoreError) (the layer fails closed:
-//! a request it cannot count is not sent). Requests whose bodies stream are counted like any
-//! other: they reach the API too.
+//! inside it. When the store fails (Redis unreachable or slow, a SQLite error) the layer fails
+//! closed by default: the request is not sent and fails at once with [`RateLimitStoreFailed`];
+//! [`on_store_error`](RateLimitLayer::on_store_error)`(`[`OnStoreError::FailOpen`]`)` sends it
+//! uncounted instead. Requests whose bodies stream are counted like any other: they reach the
+//! API too.
 //!
 //! # Example
 //!
@@ -64,8 +67,9 @@
 //! # Note on clocks
 //!
 //! Admissions are stamped with the wall clock ([`SystemClock`]), which all processes on one
-//! machine share. Tests can use [`TokioClock`] with `tokio::time::pause()`. Processes on
-//! different machines need synchronised clocks (a future Redis store counts on the server's).
+//! machine share. Tests can use [`TokioClock`] with `tokio::time::pause()`. The Redis store
+//! (feature `redis`) stamps them with the Redis server's clock instead, so machines whose clocks
+//! disagree still share one window.
 
 pub mod adaptive;
 mod clock;
@@ -80,12 +84,14 @@ pub mod store;
 
 pub use adaptive::{Activity, AdaptiveConfig, Split, Trend, allocate};
 pub use clock::{Clock, SystemClock, Timestamp, TokioClock};
-pub use error::{RateLimitConfigError, RateLimited};
+pub use error::{OnStoreError, RateLimitConfigError, RateLimitStoreFailed, RateLimited};
 pub use layer::{MaxWait, RateLimitLayer, RateLimitReport};
 pub use limit::{Limit, Limits};
 pub use pacing::{Pacing, PacingKey};
 pub use service::RateLimit;
 pub use store::memory::MemoryRateLimitStore;
+#[cfg(feature = "redis")]
+pub use store::redis::{RedisClock, RedisRateLimitStore};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteRateLimitStore;
 pub use store::{

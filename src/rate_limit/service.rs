@@ -78,9 +78,10 @@ where
             let deadline = tokio::time::Instant::now() + max_wait;
             let resource = context.resource();
             let priority = context.priority();
-            let (mut waited, remaining) = layer
+            let admission = layer
                 .admit(resource, priority, host.as_deref(), max_wait)
                 .await?;
+            let mut waited = admission.waited;
             // Admitted and recorded: from here on the call counts, whatever the upstream does.
             let second = again.as_ref().map(|_| inner.clone());
             let mut response = inner.oneshot(request).await.map_err(Into::into)?;
@@ -89,28 +90,30 @@ where
                 .await;
             let mut report = RateLimitReport {
                 waited,
-                remaining,
+                remaining: admission.remaining,
                 blocked_until,
                 retried: false,
+                unchecked: admission.unchecked,
             };
             if let (Some(until), Some(again), Some(inner)) = (blocked_until, again, second) {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let wait = until.saturating_since(layer.config.clock.now());
                 if wait <= left {
                     tracing::debug!(resource = %resource, ?wait, "retrying once after retry-after");
-                    let (more, remaining) = layer
+                    let second_admission = layer
                         .admit(resource, priority, host.as_deref(), left)
                         .await?;
-                    waited += more;
+                    waited += second_admission.waited;
                     response = inner.oneshot(again).await.map_err(Into::into)?;
                     blocked_until = layer
                         .observe(resource, response.status(), response.headers())
                         .await;
                     report = RateLimitReport {
                         waited,
-                        remaining,
+                        remaining: second_admission.remaining,
                         blocked_until,
                         retried: true,
+                        unchecked: second_admission.unchecked,
                     };
                 }
             }

@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use courteous::rate_limit::{
-    AdaptiveConfig, Limit, Limits, MaxWait, MemoryRateLimitStore, RateLimitConfigError,
-    RateLimitLayer, RateLimited, TokioClock,
+    AdaptiveConfig, AdmissionRequest, Decision, Limit, Limits, MaxWait, MemoryRateLimitStore,
+    OnStoreError, RateLimitConfigError, RateLimitLayer, RateLimitStats, RateLimitStatus,
+    RateLimitStore, RateLimitStoreFailed, RateLimited, ServerFeedback, Timestamp, TokioClock,
 };
+use courteous::store::{StoreError, StoreErrorKind};
 use courteous::{BoxError, Priority, Report, Resource};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
@@ -406,4 +408,101 @@ fn bad_configuration_is_refused_when_the_layer_is_built() {
     let err = RateLimitLayer::new(MemoryRateLimitStore::new(), empty).unwrap_err();
     assert_eq!(err.code(), "rate_limit_empty_resource");
     assert!(err.to_string().contains("empty resource name"));
+}
+
+/// A store that fails while `down` is set, and otherwise is a memory store.
+#[derive(Debug, Clone, Default)]
+struct Flaky {
+    inner: MemoryRateLimitStore,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl RateLimitStore for Flaky {
+    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::new(
+                "flaky",
+                StoreErrorKind::Unavailable,
+                "the store is down",
+            ));
+        }
+        self.inner.acquire(request).await
+    }
+    async fn feedback(
+        &self,
+        resource: &Resource,
+        feedback: ServerFeedback,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.inner.feedback(resource, feedback, now).await
+    }
+    async fn status(
+        &self,
+        resource: &Resource,
+        limits: &[Limit],
+        adaptive: &AdaptiveConfig,
+        now: Timestamp,
+    ) -> Result<RateLimitStatus, StoreError> {
+        self.inner.status(resource, limits, adaptive, now).await
+    }
+    fn stats(&self) -> RateLimitStats {
+        self.inner.stats()
+    }
+}
+
+/// Whatever the backend, a decision the store cannot make fails the request at once with a
+/// typed error and sends nothing (fail closed, the default), or sends it uncounted and says so
+/// (fail open); both are counted in the layer's stats.
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
+    let store = Flaky::default();
+    let limits = || Limits::new().default_limit(Limit::per_minute(n(10)));
+    let closed = RateLimitLayer::new(store.clone(), limits()).unwrap();
+    let open = RateLimitLayer::new(store.clone(), limits())
+        .unwrap()
+        .on_store_error(OnStoreError::FailOpen);
+    let (closed_service, closed_calls) = stack(closed.clone());
+    let (open_service, open_calls) = stack(open.clone());
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let started = Instant::now();
+    let err = closed_service
+        .oneshot(request("/a/", Priority::User))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "no waiting for a failed store"
+    );
+    let failed = err.downcast_ref::<RateLimitStoreFailed>().expect("typed");
+    assert_eq!(failed.code(), "rate_limit_store_failed");
+    assert!(failed.is_unavailable());
+    assert_eq!(failed.store_error().backend(), "flaky");
+    assert_eq!(failed.resource().as_str(), "a");
+    assert!(closed_calls.lock().unwrap().is_empty());
+    let stats = closed.stats().resources["a"];
+    assert_eq!((stats.store_errors, stats.admitted_unchecked), (1, 0));
+
+    let response = open_service
+        .clone()
+        .oneshot(request("/a/", Priority::User))
+        .await
+        .unwrap();
+    let report = Report::of(&response).unwrap().rate_limit.unwrap();
+    assert!(report.unchecked);
+    assert_eq!(report.remaining, 0);
+    assert_eq!(open_calls.lock().unwrap().len(), 1);
+    let stats = open.stats().resources["a"];
+    assert_eq!((stats.store_errors, stats.admitted_unchecked), (1, 1));
+
+    // Back up: counted again, and not reported as unchecked.
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let response = open_service
+        .oneshot(request("/a/", Priority::User))
+        .await
+        .unwrap();
+    let report = Report::of(&response).unwrap().rate_limit.unwrap();
+    assert_eq!((report.unchecked, report.remaining), (false, 9));
 }

@@ -20,8 +20,9 @@ use crate::store::StoreError;
 /// Admissions counted in this process, behind one lock.
 ///
 /// Shared by every clone of the layers built over it (clone the store, or wrap it in an `Arc`).
-/// Each resource keeps the admissions of its longest window (at most that limit's `max`) and
-/// per-second user counts over the monitoring window: memory stays bounded per resource.
+/// Each resource keeps the admissions of its longest window (at most that limit's `max`; while a
+/// server's `RateLimit-Remaining` budget applies, those since it was observed) and per-second user
+/// counts over the monitoring window: memory stays bounded per resource.
 ///
 /// # Example
 ///
@@ -71,7 +72,13 @@ impl State {
 
     fn prune(&mut self, limits: &[Limit], now: u64) {
         let keep = u64::try_from(retention(limits).as_millis()).unwrap_or(u64::MAX);
-        let cutoff = now.saturating_sub(keep);
+        let mut cutoff = now.saturating_sub(keep);
+        // While the server's budget applies, it counts every admission since it was observed.
+        if let Some((_, observed, reset)) = self.server.budget
+            && reset > now
+        {
+            cutoff = cutoff.min(observed);
+        }
         while self.log.front().is_some_and(|(at, _, _)| *at <= cutoff) {
             self.log.pop_front();
         }

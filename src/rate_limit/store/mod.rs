@@ -2,8 +2,9 @@
 //!
 //! A store makes one decision atomically: it checks a request against every limit of its
 //! resource, the adaptive split and the server's feedback, and records the admission in the same
-//! step (one lock in memory, one `BEGIN IMMEDIATE` transaction in SQLite), so that concurrent
-//! callers, in this process or in others sharing the store, can never overshoot.
+//! step (one lock in memory, one `BEGIN IMMEDIATE` transaction in SQLite, one Lua script in
+//! Redis), so that concurrent callers, in this process or in others sharing the store, can never
+//! overshoot.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use crate::resource::Resource;
 use crate::store::StoreError;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -177,6 +180,13 @@ pub struct ResourceStats {
     pub refused: u64,
     /// `Retry-After` blocks recorded.
     pub server_blocks: u64,
+    /// Decisions the store failed to make (counted by the [`RateLimitLayer`](super::RateLimitLayer),
+    /// whose [`stats`](super::RateLimitLayer::stats) merges them in; a store's own `stats()`
+    /// leaves them zero).
+    pub store_errors: u64,
+    /// Requests sent without a decision because the store failed and the layer fails open
+    /// (counted by the layer, like `store_errors`).
+    pub admitted_unchecked: u64,
 }
 
 /// Counters per resource.

@@ -277,10 +277,10 @@ impl RedisStore {
         operation: &'static str,
         cmd: impl std::borrow::Borrow<redis::Cmd>,
     ) -> Result<T, RedisError> {
-        let mut conn = self.inner.manager.clone();
+        let cmd = cmd.borrow();
         let value: Value = self
-            .bounded(operation, async move {
-                cmd.borrow().query_async(&mut conn).await
+            .bounded(operation, |mut conn| async move {
+                cmd.query_async(&mut conn).await
             })
             .await?;
         T::from_redis_value(value).map_err(|source| RedisError::Command {
@@ -295,9 +295,10 @@ impl RedisStore {
         operation: &'static str,
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisError> {
-        let mut conn = self.inner.manager.clone();
-        self.bounded(operation, async move { pipe.query_async(&mut conn).await })
-            .await
+        self.bounded(operation, |mut conn| async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await
     }
 
     /// Runs a Lua script (by SHA, loading it when Redis does not know it yet), bounded by the
@@ -307,20 +308,41 @@ impl RedisStore {
         operation: &'static str,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, RedisError> {
-        let mut conn = self.inner.manager.clone();
-        self.bounded(operation, async move {
+        let invocation = &invocation;
+        self.bounded(operation, |mut conn| async move {
             invocation.invoke_async(&mut conn).await
         })
         .await
     }
 
-    async fn bounded<T>(
+    /// Runs `attempt` on the shared connection, bounded by the operation timeout.
+    ///
+    /// When the connection turns out to be broken (after a Redis restart the first command on
+    /// the old connection fails), the connection manager starts a new one and the attempt is
+    /// made once more, within the same timeout. A command that Redis ran just before its
+    /// connection broke (the reply lost) may so run twice: callers' operations must tolerate
+    /// that (reads and idempotent writes do; a rate-limit admission counted twice only
+    /// over-counts, which never lets the API see more than its limit).
+    async fn bounded<T, F, Fut>(
         &self,
         operation: &'static str,
-        future: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, RedisError> {
+        mut attempt: F,
+    ) -> Result<T, RedisError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let after = self.inner.operation_timeout;
-        match tokio::time::timeout(after, future).await {
+        let run = async {
+            match attempt(self.inner.manager.clone()).await {
+                Err(error) if error.is_connection_dropped() || error.is_io_error() => {
+                    tracing::debug!(operation, %error, "redis connection broken; trying once more on a new one");
+                    attempt(self.inner.manager.clone()).await
+                }
+                result => result,
+            }
+        };
+        match tokio::time::timeout(after, run).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(source)) => Err(RedisError::from_redis(operation, source)),
             Err(_) => Err(RedisError::Timeout { operation, after }),

@@ -1,0 +1,146 @@
+//! The Redis store's cases of the rate-limit bench (feature `redis`): one process with 1, 16 and
+//! 64 tasks, and two processes. Skipped with a message when Redis (`COURTEOUS_REDIS_URL`,
+//! default `redis://127.0.0.1:6379/`) does not answer. Keys live under a prefix of the run's own,
+//! deleted at the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use courteous::rate_limit::RateLimitStore;
+use courteous::store::redis::RedisStore;
+
+use crate::{Outcome, drive, summary};
+
+const CHILD_ENV: &str = "RL_BENCH_REDIS_CHILD";
+
+fn url() -> String {
+    std::env::var("COURTEOUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+}
+
+async fn redis_run(prefix: &str, tasks: usize, duration: Duration) -> Outcome {
+    let redis = RedisStore::builder(url())
+        .prefix(prefix)
+        .connect()
+        .expect("redis url");
+    let store: Arc<dyn RateLimitStore> = Arc::new(redis.rate_limits());
+    drive(store, tasks, duration).await
+}
+
+/// In a child process started by [`run`]: runs its share and prints the result. Returns whether
+/// this process was such a child.
+pub(crate) fn child(duration: Duration) -> bool {
+    let Ok(prefix) = std::env::var(CHILD_ENV) else {
+        return false;
+    };
+    let tasks: usize = std::env::var("RL_BENCH_TASKS").unwrap().parse().unwrap();
+    let mut o = crate::runtime().block_on(redis_run(&prefix, tasks, duration));
+    println!("RESULT {}", summary(&mut o));
+    true
+}
+
+/// Deletes the run's keys.
+async fn clean(prefix: &str) {
+    let Ok(client) = redis::Client::open(url()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+        else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<u64> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+        cursor = next;
+        if cursor == 0 {
+            return;
+        }
+    }
+}
+
+/// The Redis cases, after the others.
+pub(crate) fn run(rt: &tokio::runtime::Runtime, duration: Duration) {
+    let prefix = format!(
+        "courteous-bench:{}:{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let reachable = rt.block_on(async {
+        let store = RedisStore::builder(url())
+            .operation_timeout(Duration::from_millis(500))
+            .connect();
+        match store {
+            Ok(store) => store.ping().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    if let Err(why) = reachable {
+        println!("redis: SKIPPED: no Redis at {} ({why})", url());
+        return;
+    }
+    for tasks in [1, 16, 64] {
+        let mut o = rt.block_on(redis_run(&format!("{prefix}:one-{tasks}"), tasks, duration));
+        println!(
+            "{:<34} | {}",
+            format!("redis, 1 process, {tasks} tasks"),
+            summary(&mut o)
+        );
+    }
+    for tasks in [16, 64] {
+        let shared = format!("{prefix}:two-{tasks}");
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .env(CHILD_ENV, &shared)
+                    .env("RL_BENCH_TASKS", tasks.to_string())
+                    .env("RL_BENCH_SECS", duration.as_secs_f64().to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut total = 0.0;
+        for (i, child) in children.into_iter().enumerate() {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "bench child failed");
+            let out = String::from_utf8_lossy(&out.stdout);
+            let line = out
+                .lines()
+                .find_map(|l| l.strip_prefix("RESULT "))
+                .expect("child result");
+            total += line
+                .split('|')
+                .next()
+                .unwrap()
+                .trim()
+                .parse::<f64>()
+                .unwrap();
+            println!(
+                "{:<34} | {}",
+                format!("redis, 2 processes: #{} ({tasks} tasks)", i + 1),
+                line
+            );
+        }
+        println!(
+            "{:<34} | {:>12.0}",
+            format!("redis, 2 processes: total ({tasks})"),
+            total
+        );
+    }
+    rt.block_on(clean(&prefix));
+}

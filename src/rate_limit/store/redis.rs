@@ -1,0 +1,932 @@
+//! The Redis store: admissions shared by every process on every machine that uses the server.
+//!
+//! # How a decision is made
+//!
+//! Each [`acquire`](RateLimitStore::acquire) is one Lua script, which Redis runs atomically: it
+//! reads the server's feedback for the resource, counts the admissions in each limit's window,
+//! applies the adaptive split, and records the admission, with nothing from another caller in
+//! between. The script is a line-by-line mirror of the decision the memory and SQLite stores make
+//! (same refusals, same `retry_at`), and the test suite checks it against them on random
+//! schedules.
+//!
+//! # Keys
+//!
+//! For a resource `r` under the store's prefix `p` (`{r}` is a hash tag, so one resource's keys
+//! live in one cluster slot):
+//!
+//! | key | holds | lives |
+//! |---|---|---|
+//! | `p:rl:{r}:all` | sorted set of every admission (member unique per admission, score its time in ms) | the longest window after the last admission |
+//! | `p:rl:{r}:bg` | the same for background admissions only | the same |
+//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset` | 7 days (or twice the sustained inactivity, if longer) after the last admission, and at least until the server's block or reset |
+//! | `p:rl:{r}:act` | hash: user admissions per second (`second -> count`) | the monitoring window after the last user admission |
+//! | `p:rl:{r}:actidx` | sorted set of the seconds in `act`, to trim it | the same |
+//!
+//! Window counts are `ZCOUNT`s and the `k`-th oldest admission one `ZRANGEBYSCORE ... LIMIT`, so a
+//! decision costs a few `O(log n)` steps whatever the window holds. Users' usage is the total
+//! less the background's, so a user admission is written once. Each admission trims what no
+//! window needs any more (`ZREMRANGEBYSCORE`), and every key carries a `PEXPIRE`: an idle
+//! resource leaves nothing behind. While the server's `RateLimit-Remaining` budget applies,
+//! admissions are kept back to when it was observed, so that the budget is counted in full.
+//!
+//! # Clocks
+//!
+//! Admissions are stamped with the Redis server's clock (`TIME`, read inside the script), so
+//! machines whose clocks disagree still count on one time line. The `retry_at` of a refusal is
+//! mapped back to the caller's clock (`request.now + (retry_at − server now)`), so the layer
+//! waits the right time whatever its own clock says; feedback (`Retry-After`, a budget's reset)
+//! is mapped the other way, as a delay from the caller's `now`. [`RedisClock::Caller`] stamps
+//! with the caller's clock instead (for tests with injected or paused time). Scripts that read
+//! `TIME` and then write need Redis 5 or later (effects replication).
+//!
+//! # User activity
+//!
+//! The adaptive split is computed in Rust ([`allocate`]) from user activity that every machine
+//! writes to `p:rl:{r}:act` in the admission script. Each process reads it (one script) at most
+//! once per [recalculation interval](crate::rate_limit::AdaptiveConfig::recalculation_interval)
+//! per resource, like the SQLite store, and passes the split's numbers to the admission script:
+//! the activity behind a background decision may be up to one interval old; the counts of the
+//! windows never are.
+//!
+//! # When Redis fails
+//!
+//! Every call (a decision with its activity read included) is bounded by the [operation
+//! timeout](crate::store::redis::RedisStoreBuilder::operation_timeout) and fails with a
+//! [`StoreError`] whose source is a [`RedisError`]; the layer then fails closed (the request is
+//! not sent) or open, as [`RateLimitLayer::on_store_error`](crate::rate_limit::RateLimitLayer::on_store_error)
+//! says. After a restart the store reconnects by itself: a command that fails on the broken
+//! connection is sent once more on a new one, within the same timeout.
+//!
+//! # Note on cancellation
+//!
+//! A request dropped before its script reaches Redis records nothing. One dropped while the
+//! script runs (or whose connection broke after Redis ran it, and was retried) may be recorded
+//! without being sent: it over-counts by one, which never lets the API see more than the limit.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use courteous::rate_limit::{Limit, Limits, RateLimitLayer};
+//! use courteous::store::redis::RedisStore;
+//! use std::num::NonZeroU32;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let redis = RedisStore::builder("redis://127.0.0.1:6379/").prefix("myapp").connect()?;
+//! let limits = Limits::new().default_limit(Limit::per_hour(NonZeroU32::new(200).unwrap()));
+//! let layer = RateLimitLayer::new(redis.rate_limits(), limits)?;
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{ErrorKind, Script, Value};
+
+use super::{
+    AdmissionLog, AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore,
+    Refusal, ResourceStats, ServerFeedback, ServerState, retention, status_of,
+};
+use crate::context::Priority;
+use crate::rate_limit::adaptive::{
+    Activity, AdaptiveConfig, WindowUsage, activity_from_buckets, allocate,
+};
+use crate::rate_limit::clock::Timestamp;
+use crate::rate_limit::limit::Limit;
+use crate::resource::Resource;
+use crate::store::StoreError;
+use crate::store::redis::{RedisError, RedisStore};
+
+/// The shortest life of a resource's state hash after its last admission.
+const STATE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// How much longer keys live with [`RedisClock::Caller`], whose times Redis's expiry cannot
+/// follow.
+const CALLER_CLOCK_SLACK_MS: u64 = 3600 * 1000;
+
+/// Shared by every script: the time (`ARGV[1]`: empty for the server's `TIME`, else the
+/// caller's milliseconds).
+macro_rules! prelude {
+    () => {
+        r#"
+local function now_ms()
+  if ARGV[1] ~= '' then
+    return tonumber(ARGV[1])
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#
+    };
+}
+
+/// The decision of `decide()` (src/rate_limit/store/mod.rs), with the record of an admission.
+///
+/// KEYS: all, bg, state, act, actidx.
+/// ARGV: now, member, 'u' or 'b', longest window ms, state ttl ms, monitoring ms, key ttl slack
+/// ms, paused retry ms, number of limits, then per limit: window ms, max, user reserved,
+/// background max, paused (1 or 0).
+/// Returns {'admitted', now, remaining (-1: unlimited)} or {'refused', now, retry_at, reason}.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+local state = redis.call('HMGET', KEYS[3], 'blocked_until', 'budget_remaining',
+  'budget_observed', 'budget_reset')
+local blocked = tonumber(state[1]) or 0
+if blocked > now then
+  return {'refused', now, blocked, 'server_blocked'}
+end
+local remaining = -1
+local keep = tonumber(ARGV[4])
+local ttl = keep
+local reset = tonumber(state[4])
+if state[2] and state[3] and reset and reset > now then
+  local left, observed = tonumber(state[2]), tonumber(state[3])
+  local used = redis.call('ZCOUNT', KEYS[1], '(' .. observed, '+inf')
+  if used >= left then
+    return {'refused', now, reset, 'server_budget'}
+  end
+  remaining = left - used - 1
+  keep = math.max(keep, now - observed)
+  ttl = math.max(keep, reset - now)
+end
+local user = ARGV[3] == 'u'
+local refused_at, reason = nil, nil
+for i = 0, tonumber(ARGV[9]) - 1 do
+  local a = 10 + i * 5
+  local window, max = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local since = math.max(now - window, 0)
+  local total = redis.call('ZCOUNT', KEYS[1], '(' .. since, '+inf')
+  local k
+  if user then
+    k = math.max(total - max + 1, 0)
+  elseif ARGV[a + 4] == '1' then
+    k = -1
+  else
+    local background = redis.call('ZCOUNT', KEYS[2], '(' .. since, '+inf')
+    local unused = math.max(tonumber(ARGV[a + 2]) - math.max(total - background, 0), 0)
+    k = math.max(background + 1 - tonumber(ARGV[a + 3]), total + unused + 1 - max, 0)
+  end
+  if k == 0 then
+    if remaining < 0 or max - total - 1 < remaining then
+      remaining = max - total - 1
+    end
+  else
+    local at, why
+    if k < 0 then
+      at, why = now + tonumber(ARGV[8]), 'background_paused'
+    else
+      local kth = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. since, '+inf', 'WITHSCORES',
+        'LIMIT', k - 1, 1)
+      at = math.max((tonumber(kth[2]) or now) + window + 1, now + 1)
+      if user or total >= max then
+        why = 'limit'
+      else
+        why = 'background_share'
+      end
+    end
+    if not refused_at or at > refused_at then
+      refused_at, reason = at, why
+    end
+  end
+end
+if refused_at then
+  return {'refused', now, refused_at, reason}
+end
+ttl = ttl + tonumber(ARGV[7])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
+redis.call('PEXPIRE', KEYS[1], ttl)
+if not user then
+  redis.call('ZADD', KEYS[2], now, ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - keep)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+redis.call('HSETNX', KEYS[3], 'first_at', now)
+if user then
+  local last = tonumber(redis.call('HGET', KEYS[3], 'last_user_at'))
+  if not last or now > last then
+    redis.call('HSET', KEYS[3], 'last_user_at', now)
+  end
+  local monitoring = tonumber(ARGV[6])
+  local second = math.floor(now / 1000)
+  if redis.call('HINCRBY', KEYS[4], second, 1) == 1 then
+    redis.call('ZADD', KEYS[5], second, second)
+    local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', math.floor((now - monitoring) / 1000) - 2,
+      'LIMIT', 0, 100)
+    if #old > 0 then
+      redis.call('HDEL', KEYS[4], unpack(old))
+      redis.call('ZREM', KEYS[5], unpack(old))
+    end
+  end
+  redis.call('PEXPIRE', KEYS[4], monitoring + 1000 + tonumber(ARGV[7]))
+  redis.call('PEXPIRE', KEYS[5], monitoring + 1000 + tonumber(ARGV[7]))
+end
+local state_ttl = tonumber(ARGV[5])
+if redis.call('PTTL', KEYS[3]) < state_ttl then
+  redis.call('PEXPIRE', KEYS[3], state_ttl)
+end
+return {'admitted', now, remaining}
+"#
+    ))
+});
+
+/// KEYS: state, act. ARGV: now, monitoring ms.
+/// Returns {now, any request (1/0), last user admission (-1: none), second, count, ...}.
+static ACTIVITY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+local state = redis.call('HMGET', KEYS[1], 'first_at', 'last_user_at')
+local out = {now, state[1] and 1 or 0, tonumber(state[2]) or -1}
+local from = math.floor((now - tonumber(ARGV[2])) / 1000)
+local buckets = redis.call('HGETALL', KEYS[2])
+for i = 1, #buckets, 2 do
+  local second = tonumber(buckets[i])
+  if second >= from then
+    out[#out + 1] = second
+    out[#out + 1] = tonumber(buckets[i + 1])
+  end
+end
+return out
+"#
+    ))
+});
+
+/// KEYS: all, bg, state. ARGV: now, number of windows, window ms...
+/// Returns {{now, blocked_until, budget remaining, budget observed, budget reset, budget used},
+/// {total, background, oldest} per window}, -1 for what is missing.
+static STATUS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+local state = redis.call('HMGET', KEYS[3], 'blocked_until', 'budget_remaining',
+  'budget_observed', 'budget_reset')
+local used = -1
+if state[3] then
+  used = redis.call('ZCOUNT', KEYS[1], '(' .. state[3], '+inf')
+end
+local out = {{now, tonumber(state[1]) or 0, tonumber(state[2]) or -1, tonumber(state[3]) or -1,
+  tonumber(state[4]) or -1, used}}
+for i = 1, tonumber(ARGV[2]) do
+  local since = math.max(now - tonumber(ARGV[2 + i]), 0)
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. since, '+inf', 'WITHSCORES',
+    'LIMIT', 0, 1)
+  out[#out + 1] = {redis.call('ZCOUNT', KEYS[1], '(' .. since, '+inf'),
+    redis.call('ZCOUNT', KEYS[2], '(' .. since, '+inf'), tonumber(oldest[2]) or -1}
+end
+return out
+"#
+    ))
+});
+
+/// KEYS: state. ARGV: now, 'block' or 'budget', delay ms from now (until or reset), remaining,
+/// state ttl ms. Returns the server's now.
+static FEEDBACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+local delay = tonumber(ARGV[3])
+if ARGV[2] == 'block' then
+  local current = tonumber(redis.call('HGET', KEYS[1], 'blocked_until')) or 0
+  if now + delay > current then
+    redis.call('HSET', KEYS[1], 'blocked_until', now + delay)
+  end
+else
+  redis.call('HSET', KEYS[1], 'budget_remaining', ARGV[4], 'budget_observed', now,
+    'budget_reset', now + delay)
+end
+local ttl = math.max(delay, 0) + tonumber(ARGV[5])
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return now
+"#
+    ))
+});
+
+/// Whose clock stamps the admissions of a [`RedisRateLimitStore`].
+///
+/// # Example
+///
+/// ```no_run
+/// use courteous::rate_limit::RedisClock;
+/// use courteous::store::redis::RedisStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::redis::RedisError> {
+/// let redis = RedisStore::connect("redis://127.0.0.1:6379/")?;
+/// // For tests that run the layer on tokio's paused clock.
+/// let store = redis.rate_limits().clock(RedisClock::Caller);
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RedisClock {
+    /// The Redis server's clock (`TIME`), which every machine shares, whatever its own clock
+    /// says (default).
+    #[default]
+    Server,
+    /// The time the caller passes ([`AdmissionRequest::now`], the layer's
+    /// [`Clock`](crate::rate_limit::Clock)): for tests with injected or paused time, or machines
+    /// whose clocks are synchronised. Machines whose clocks disagree miscount, and keys live an
+    /// hour longer than their windows need (Redis expires them by its own clock).
+    Caller,
+}
+
+impl RedisStore {
+    /// A [`RateLimitStore`] on this Redis server, shared with every process (on any machine)
+    /// that uses the same server and prefix. See [`RedisRateLimitStore`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use courteous::rate_limit::{Limit, Limits, RateLimitLayer};
+    /// use courteous::store::redis::RedisStore;
+    /// use std::num::NonZeroU32;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = RedisStore::builder("redis://127.0.0.1:6379/").prefix("myapp").connect()?;
+    /// let limits = Limits::new().default_limit(Limit::per_second(NonZeroU32::new(5).unwrap()));
+    /// let layer = RateLimitLayer::new(redis.rate_limits(), limits)?;
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn rate_limits(&self) -> RedisRateLimitStore {
+        RedisRateLimitStore {
+            redis: self.clone(),
+            clock: RedisClock::Server,
+            inner: Arc::new(Inner {
+                offset: AtomicI64::new(UNKNOWN),
+                activity: Mutex::default(),
+                stats: Mutex::default(),
+                instance: std::collections::hash_map::RandomState::new()
+                    .hash_one((std::process::id(), std::time::SystemTime::now())),
+                next: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+const UNKNOWN: i64 = i64::MIN;
+
+/// Admissions counted on a Redis server, across machines. Made by [`RedisStore::rate_limits`];
+/// see the [module docs](self) for the keys, the clocks and the failure behaviour.
+///
+/// Clones share the activity cache and the counters.
+///
+/// # Example
+///
+/// ```no_run
+/// use courteous::rate_limit::{AdmissionRequest, Decision, Limit, RateLimitStore, AdaptiveConfig, Timestamp};
+/// use courteous::store::redis::RedisStore;
+/// use courteous::{Priority, Resource};
+/// use std::num::NonZeroU32;
+/// use std::sync::Arc;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::StoreError> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379/")?.rate_limits();
+/// let request = AdmissionRequest::new(
+///     Resource::new("search").unwrap(),
+///     Priority::User,
+///     Arc::new([Limit::per_second(NonZeroU32::new(1).unwrap())]),
+///     Arc::new(AdaptiveConfig::default()),
+///     Timestamp::from_system_time(std::time::SystemTime::now()),
+/// );
+/// assert!(matches!(store.acquire(request.clone()).await?, Decision::Admitted { remaining: 0 }));
+/// assert!(matches!(store.acquire(request).await?, Decision::Refused { .. }));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisRateLimitStore {
+    redis: RedisStore,
+    clock: RedisClock,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The store's time minus the caller's, as of the last reply (`UNKNOWN` before one).
+    offset: AtomicI64,
+    /// Activity read from Redis, with the store's time of the read, reused for the
+    /// recalculation interval.
+    activity: Mutex<HashMap<Resource, (u64, Activity)>>,
+    stats: Mutex<HashMap<Resource, ResourceStats>>,
+    /// Makes admission members unique across processes.
+    instance: u64,
+    next: AtomicU64,
+}
+
+impl fmt::Debug for RedisRateLimitStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitStore")
+            .field("redis", &self.redis)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A resource's Redis keys.
+struct Keys {
+    all: String,
+    bg: String,
+    state: String,
+    act: String,
+    actidx: String,
+}
+
+fn unexpected(operation: &'static str, what: String) -> RedisError {
+    RedisError::Command {
+        operation,
+        source: redis::RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "unexpected reply from a rate-limit script",
+            what,
+        )),
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A time from a script (never negative).
+fn time(n: i64) -> u64 {
+    n.max(0) as u64
+}
+
+/// `t` in the store's frame moved to the caller's (`offset` = store − caller).
+fn to_caller(t: u64, offset: i64) -> u64 {
+    (i128::from(t) - i128::from(offset)).clamp(0, i128::from(u64::MAX)) as u64
+}
+
+/// What the admission script answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Admitted { remaining: u32 },
+    Refused { retry_at: u64, reason: Refusal },
+}
+
+fn decode_acquire(reply: &[Value]) -> Result<(u64, Answer), RedisError> {
+    const OP: &str = "rate-limit acquire";
+    let bad = |what: &str| unexpected(OP, format!("{what} in {reply:?}"));
+    let tag = reply.first().and_then(text).ok_or_else(|| bad("no tag"))?;
+    let num = |i: usize| reply.get(i).and_then(int).ok_or_else(|| bad("no number"));
+    let now = time(num(1)?);
+    let answer = match tag {
+        "admitted" => Answer::Admitted {
+            remaining: u32::try_from(num(2)?).unwrap_or(u32::MAX),
+        },
+        "refused" => Answer::Refused {
+            retry_at: time(num(2)?),
+            reason: match reply.get(3).and_then(text) {
+                Some("server_blocked") => Refusal::ServerBlocked,
+                Some("server_budget") => Refusal::ServerBudget,
+                Some("limit") => Refusal::Limit,
+                Some("background_share") => Refusal::BackgroundShare,
+                Some("background_paused") => Refusal::BackgroundPaused,
+                _ => return Err(bad("no reason")),
+            },
+        },
+        _ => return Err(bad("unknown tag")),
+    };
+    Ok((now, answer))
+}
+
+/// The counts the status script read, answered as an [`AdmissionLog`] (in the caller's frame).
+struct Prefetched {
+    /// (since, usage, oldest admission after since)
+    windows: Vec<(u64, WindowUsage, Option<u64>)>,
+}
+
+impl AdmissionLog for Prefetched {
+    type Error = Infallible;
+
+    fn usage(&mut self, since: u64) -> Result<WindowUsage, Infallible> {
+        Ok(self
+            .windows
+            .iter()
+            .find(|(s, _, _)| *s == since)
+            .map(|(_, u, _)| *u)
+            .unwrap_or_default())
+    }
+
+    /// The oldest only: all that `status_of` asks for.
+    fn kth_oldest(&mut self, since: u64, k: u32) -> Result<Option<u64>, Infallible> {
+        debug_assert_eq!(k, 1, "the status script reads only the oldest admission");
+        Ok(self
+            .windows
+            .iter()
+            .find(|(s, _, _)| *s == since)
+            .and_then(|(_, _, t)| *t))
+    }
+}
+
+impl RedisRateLimitStore {
+    /// Whose clock stamps admissions (default [`RedisClock::Server`]).
+    #[must_use]
+    pub fn clock(mut self, clock: RedisClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn keys(&self, resource: &Resource) -> Keys {
+        let r = resource.as_str();
+        Keys {
+            all: self.redis.key(format_args!("rl:{{{r}}}:all")),
+            bg: self.redis.key(format_args!("rl:{{{r}}}:bg")),
+            state: self.redis.key(format_args!("rl:{{{r}}}:state")),
+            act: self.redis.key(format_args!("rl:{{{r}}}:act")),
+            actidx: self.redis.key(format_args!("rl:{{{r}}}:actidx")),
+        }
+    }
+
+    /// `ARGV[1]` of every script.
+    fn now_arg(&self, caller_now: Timestamp) -> String {
+        match self.clock {
+            RedisClock::Server => String::new(),
+            RedisClock::Caller => caller_now.as_millis().to_string(),
+        }
+    }
+
+    fn slack(&self) -> u64 {
+        match self.clock {
+            RedisClock::Server => 0,
+            RedisClock::Caller => CALLER_CLOCK_SLACK_MS,
+        }
+    }
+
+    /// Notes the store's time against the caller's.
+    fn observe_offset(&self, store_now: u64, caller_now: Timestamp) {
+        let offset = i128::from(store_now) - i128::from(caller_now.as_millis());
+        let offset = offset.clamp(i128::from(i64::MIN + 1), i128::from(i64::MAX)) as i64;
+        self.inner.offset.store(offset, Ordering::Relaxed);
+    }
+
+    /// The user activity of `resource` and the store's time it holds for: cached for the
+    /// recalculation interval, else read from Redis.
+    async fn activity(
+        &self,
+        resource: &Resource,
+        keys: &Keys,
+        config: &AdaptiveConfig,
+        caller_now: Timestamp,
+    ) -> Result<(Activity, u64), RedisError> {
+        let offset = self.inner.offset.load(Ordering::Relaxed);
+        if offset != UNKNOWN {
+            let now = (i128::from(caller_now.as_millis()) + i128::from(offset)).max(0) as u64;
+            let every = ms(config.recalculation_interval);
+            if let Some((at, activity)) = lock(&self.inner.activity).get(resource)
+                && now.saturating_sub(*at) < every
+                && *at <= now
+                && activity.any_request
+            {
+                return Ok((*activity, now));
+            }
+        }
+        let mut invocation = ACTIVITY.prepare_invoke();
+        invocation
+            .key(&keys.state)
+            .key(&keys.act)
+            .arg(self.now_arg(caller_now))
+            .arg(config.monitoring_ms());
+        let reply: Vec<i64> = self.redis.script("rate-limit activity", invocation).await?;
+        let [now, any, last, buckets @ ..] = &reply[..] else {
+            return Err(unexpected("rate-limit activity", format!("{reply:?}")));
+        };
+        let now = time(*now);
+        self.observe_offset(now, caller_now);
+        let activity = activity_from_buckets(
+            buckets
+                .chunks_exact(2)
+                .map(|b| (time(b[0]), u32::try_from(b[1]).unwrap_or(0))),
+            config,
+            now,
+            (*last >= 0).then_some(time(*last)),
+            *any == 1,
+        );
+        let mut cache = lock(&self.inner.activity);
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(resource.clone(), (now, activity));
+        Ok((activity, now))
+    }
+
+    fn count(&self, resource: &Resource, f: impl FnOnce(&mut ResourceStats)) {
+        let mut stats = lock(&self.inner.stats);
+        if let Some(entry) = stats.get_mut(resource) {
+            return f(entry);
+        }
+        f(stats.entry(resource.clone()).or_default());
+    }
+
+    async fn decide(&self, request: &AdmissionRequest) -> Result<Decision, RedisError> {
+        let keys = self.keys(&request.resource);
+        let user = request.priority == Priority::User;
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(&keys.all)
+            .key(&keys.bg)
+            .key(&keys.state)
+            .key(&keys.act)
+            .key(&keys.actidx);
+        let member = format!(
+            "{:x}-{:x}",
+            self.inner.instance,
+            self.inner.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let config = &request.adaptive;
+        let state_ttl = STATE_TTL_MS
+            .max(ms(config.sustained_inactivity).saturating_mul(2))
+            .max(config.monitoring_ms())
+            .saturating_add(self.slack());
+        invocation
+            .arg(self.now_arg(request.now))
+            .arg(member)
+            .arg(if user { "u" } else { "b" })
+            .arg(ms(retention(&request.limits)))
+            .arg(state_ttl)
+            .arg(config.monitoring_ms())
+            .arg(self.slack())
+            .arg(super::PAUSED_RETRY_MS)
+            .arg(request.limits.len());
+        let activity = if user {
+            None
+        } else {
+            Some(
+                self.activity(&request.resource, &keys, config, request.now)
+                    .await?,
+            )
+        };
+        for limit in request.limits.iter() {
+            invocation.arg(limit.window_ms()).arg(limit.max());
+            match &activity {
+                None => invocation.arg(0).arg(0).arg(0),
+                Some((activity, now)) => {
+                    let split = allocate(limit.max(), activity, config, *now);
+                    invocation
+                        .arg(split.user_reserved)
+                        .arg(split.background_max)
+                        .arg(u8::from(split.background_paused))
+                }
+            };
+        }
+        let reply: Vec<Value> = self.redis.script("rate-limit acquire", invocation).await?;
+        let (now, answer) = decode_acquire(&reply)?;
+        self.observe_offset(now, request.now);
+        Ok(match answer {
+            Answer::Admitted { remaining } => Decision::Admitted { remaining },
+            Answer::Refused { retry_at, reason } => Decision::Refused {
+                // The same delay from the caller's now.
+                retry_at: request.now + Duration::from_millis(retry_at.saturating_sub(now)),
+                reason,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for RedisRateLimitStore {
+    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
+        // The activity read and the decision together stay within one operation timeout.
+        let after = self.redis.operation_timeout();
+        let decision = tokio::time::timeout(after, self.decide(&request))
+            .await
+            .map_err(|_| RedisError::Timeout {
+                operation: "rate-limit acquire",
+                after,
+            })??;
+        self.count(&request.resource, |stats| {
+            match (&decision, request.priority) {
+                (Decision::Refused { .. }, _) => stats.refused += 1,
+                (_, Priority::User) => stats.admitted_user += 1,
+                (_, Priority::Background) => stats.admitted_background += 1,
+            }
+        });
+        Ok(decision)
+    }
+
+    async fn feedback(
+        &self,
+        resource: &Resource,
+        feedback: ServerFeedback,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let keys = self.keys(resource);
+        let delay = |t: Timestamp| {
+            (i128::from(t.as_millis()) - i128::from(now.as_millis()))
+                .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+        };
+        let (kind, delay, remaining) = match feedback {
+            ServerFeedback::Block { until } => ("block", delay(until), 0),
+            ServerFeedback::Remaining { remaining, reset } => ("budget", delay(reset), remaining),
+        };
+        let mut invocation = FEEDBACK.prepare_invoke();
+        invocation
+            .key(&keys.state)
+            .arg(self.now_arg(now))
+            .arg(kind)
+            .arg(delay)
+            .arg(remaining)
+            .arg(STATE_TTL_MS.saturating_add(self.slack()));
+        let store_now: i64 = self.redis.script("rate-limit feedback", invocation).await?;
+        self.observe_offset(time(store_now), now);
+        if kind == "block" {
+            self.count(resource, |stats| stats.server_blocks += 1);
+        }
+        Ok(())
+    }
+
+    async fn status(
+        &self,
+        resource: &Resource,
+        limits: &[Limit],
+        adaptive: &AdaptiveConfig,
+        now: Timestamp,
+    ) -> Result<RateLimitStatus, StoreError> {
+        const OP: &str = "rate-limit status";
+        let keys = self.keys(resource);
+        let mut invocation = STATUS.prepare_invoke();
+        invocation
+            .key(&keys.all)
+            .key(&keys.bg)
+            .key(&keys.state)
+            .arg(self.now_arg(now))
+            .arg(limits.len());
+        for limit in limits {
+            invocation.arg(limit.window_ms());
+        }
+        let reply: Vec<Vec<i64>> = self.redis.script(OP, invocation).await?;
+        let bad = || unexpected(OP, format!("{reply:?}"));
+        let Some([store_now, blocked, left, observed, reset, used]) = reply.first().map(|h| &h[..])
+        else {
+            return Err(bad().into());
+        };
+        if reply.len() != limits.len() + 1 || reply[1..].iter().any(|w| w.len() != 3) {
+            return Err(bad().into());
+        }
+        let offset = *store_now - now.as_millis() as i64;
+        let caller = |t: i64| to_caller(time(t), offset);
+        // Everything in the caller's frame, so that `status_of` reports the caller's times.
+        let server = ServerState {
+            blocked_until: caller(*blocked),
+            budget: (*left >= 0 && *observed >= 0 && *reset >= 0).then(|| {
+                (
+                    u32::try_from(*left).unwrap_or(u32::MAX),
+                    caller(*observed),
+                    caller(*reset),
+                )
+            }),
+        };
+        let now_ms = now.as_millis();
+        let mut log = Prefetched {
+            windows: limits
+                .iter()
+                .zip(&reply[1..])
+                .map(|(limit, w)| {
+                    (
+                        now_ms.saturating_sub(limit.window_ms()),
+                        WindowUsage {
+                            total: u32::try_from(w[0]).unwrap_or(u32::MAX),
+                            background: u32::try_from(w[1]).unwrap_or(u32::MAX),
+                        },
+                        (w[2] >= 0).then(|| caller(w[2])),
+                    )
+                })
+                .collect(),
+        };
+        if let Some((_, observed, _)) = server.budget {
+            log.windows.push((
+                observed,
+                WindowUsage {
+                    total: u32::try_from((*used).max(0)).unwrap_or(u32::MAX),
+                    background: 0,
+                },
+                None,
+            ));
+        }
+        // Fresh activity, as the other stores report it.
+        let mut invocation = ACTIVITY.prepare_invoke();
+        invocation
+            .key(&keys.state)
+            .key(&keys.act)
+            .arg(self.now_arg(now))
+            .arg(adaptive.monitoring_ms());
+        let reply: Vec<i64> = self.redis.script(OP, invocation).await?;
+        let [act_now, any, last, buckets @ ..] = &reply[..] else {
+            return Err(unexpected(OP, format!("{reply:?}")).into());
+        };
+        let act_offset = *act_now - now.as_millis() as i64;
+        let activity = activity_from_buckets(
+            buckets.chunks_exact(2).map(|b| {
+                // Seconds move with the frame too.
+                let at = to_caller(time(b[0]).saturating_mul(1000), act_offset);
+                (at / 1000, u32::try_from(b[1]).unwrap_or(0))
+            }),
+            adaptive,
+            now_ms,
+            (*last >= 0).then(|| to_caller(time(*last), act_offset)),
+            *any == 1,
+        );
+        let Ok(status) = status_of(
+            &mut log, resource, limits, adaptive, &activity, &server, now,
+        );
+        Ok(status)
+    }
+
+    fn stats(&self) -> RateLimitStats {
+        RateLimitStats {
+            resources: lock(&self.inner.stats)
+                .iter()
+                .map(|(r, s)| (r.as_str().to_owned(), *s))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_decode_or_fail_with_a_typed_error() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(
+            decode_acquire(&[bulk("admitted"), Value::Int(1000), Value::Int(-1)]).unwrap(),
+            (
+                1000,
+                Answer::Admitted {
+                    remaining: u32::MAX
+                }
+            )
+        );
+        assert_eq!(
+            decode_acquire(&[
+                bulk("refused"),
+                Value::Int(1000),
+                Value::Int(2001),
+                bulk("background_share")
+            ])
+            .unwrap(),
+            (
+                1000,
+                Answer::Refused {
+                    retry_at: 2001,
+                    reason: Refusal::BackgroundShare
+                }
+            )
+        );
+        let err = decode_acquire(&[bulk("refused"), Value::Int(1), Value::Int(2), bulk("?")])
+            .unwrap_err();
+        assert_eq!(err.code(), "redis_command");
+        assert!(decode_acquire(&[Value::Int(3)]).is_err());
+    }
+
+    #[test]
+    fn times_move_between_frames_without_overflow() {
+        assert_eq!(to_caller(5_000, 3_000), 2_000);
+        assert_eq!(to_caller(5_000, -3_000), 8_000);
+        assert_eq!(to_caller(1_000, 3_000), 0);
+        assert_eq!(to_caller(u64::MAX, -5), u64::MAX);
+    }
+}
