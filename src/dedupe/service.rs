@@ -467,7 +467,15 @@ where
     let deadline = started + config.follower_timeout;
     // Lead the key across processes too, or follow whoever does.
     let lease = loop {
-        match PendingLead::start(store, &key, &owner, config.lease_timeout).await {
+        let found = PendingLead::start(store, &key, &owner, config.lease_timeout)
+            .await
+            .map(|found| match found {
+                // A lease under our own id is ours: a backend that retried the step after a lost
+                // reply (Redis, after a broken connection) finds the lease its first try took.
+                Lead::Pending { owner: o, .. } if o == owner => Lead::Acquired { takeover: false },
+                found => found,
+            });
+        match found {
             Ok(Lead::Acquired { takeover }) => {
                 if takeover || took_over {
                     DedupeCounters::add(&counters.takeovers, 1);

@@ -534,17 +534,32 @@ async fn a_local_follower_times_out_on_its_own_deadline_not_its_local_leaders() 
     remote.abort();
 }
 
-/// A store that publishes nothing: every `publish` fails.
+/// A memory store with a fault.
 #[derive(Debug, Clone)]
-struct PublishFails(MemoryDedupeStore);
+struct Faulty(MemoryDedupeStore, Fault);
 
-impl DedupeStore for PublishFails {
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// Every `publish` fails.
+    PublishFails,
+    /// `try_lead` runs twice and answers the second time, as a backend that retries after a
+    /// lost reply does.
+    LeadRetried,
+}
+
+impl DedupeStore for Faulty {
     fn try_lead<'a>(
         &'a self,
         key: &'a RequestKey,
         owner: &'a str,
         lease: Duration,
     ) -> StoreFuture<'a, Lead> {
+        if self.1 == Fault::LeadRetried {
+            return Box::pin(async move {
+                self.0.try_lead(key, owner, lease).await?;
+                self.0.try_lead(key, owner, lease).await
+            });
+        }
         self.0.try_lead(key, owner, lease)
     }
     fn renew<'a>(
@@ -557,11 +572,14 @@ impl DedupeStore for PublishFails {
     }
     fn publish<'a>(
         &'a self,
-        _key: &'a RequestKey,
-        _owner: &'a str,
-        _completion: Completion,
-        _ttl: Duration,
+        key: &'a RequestKey,
+        owner: &'a str,
+        completion: Completion,
+        ttl: Duration,
     ) -> StoreFuture<'a, ()> {
+        if self.1 != Fault::PublishFails {
+            return self.0.publish(key, owner, completion, ttl);
+        }
         Box::pin(async {
             Err(StoreError::new(
                 "memory",
@@ -594,7 +612,7 @@ async fn a_leader_whose_publish_fails_releases_its_lease() {
     let store = MemoryDedupeStore::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let upstream = counting(&calls, |n| async move { ok(format!("answer {n}")) });
-    let layer = DedupeLayer::new(PublishFails(store.clone()));
+    let layer = DedupeLayer::new(Faulty(store.clone(), Fault::PublishFails));
     let client = ServiceBuilder::new().layer(layer.clone()).service(upstream);
     let url = "http://h/publish-fails";
     let first = client.clone().oneshot(get(url)).await.unwrap();
@@ -713,4 +731,25 @@ async fn a_failed_leaders_error_is_not_served_for_result_ttl() {
     assert_eq!(Report::of(&again).unwrap().dedupe, Some(DedupeRole::Leader));
     assert_eq!(body_of(again).await, "fine");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A lead step that a backend retried after a lost reply finds the lease its first try took,
+/// under the caller's own id: the caller leads instead of waiting for itself until its timeout.
+#[tokio::test]
+async fn a_lease_under_the_callers_own_id_is_its_own() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(&calls, |n| async move { ok(format!("answer {n}")) });
+    let layer = DedupeLayer::new(Faulty(MemoryDedupeStore::new(), Fault::LeadRetried))
+        .follower_timeout(Duration::from_secs(2), OnTimeout::OwnRequest);
+    let client = ServiceBuilder::new().layer(layer.clone()).service(upstream);
+    let started = std::time::Instant::now();
+    let response = client.oneshot(get("http://h/retried")).await.unwrap();
+    assert_eq!(role(&response), DedupeRole::Leader);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited {:?} for its own lease",
+        started.elapsed()
+    );
+    assert_eq!(body_of(response).await, "answer 1");
+    assert_eq!(layer.stats().timeouts, 0);
 }
