@@ -86,10 +86,12 @@ pub use entry::CacheEntry;
 pub use layer::{CacheLayer, CacheStats};
 pub use service::Cache;
 pub use store::memory::{MemoryCacheStore, MemoryCacheStoreBuilder};
+#[cfg(feature = "redis")]
+pub use store::redis::RedisCacheStore;
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteCacheStore;
 pub use store::tiered::TieredCacheStore;
-pub use store::{CacheStore, CacheStoreStats, Invalidation};
+pub use store::{CacheChange, CacheStore, CacheStoreStats, ChangeFeed, Invalidation};
 
 use std::time::Duration;
 
