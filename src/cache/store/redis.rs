@@ -242,6 +242,9 @@ struct Shared {
 /// | `p:cache:expiry` | sorted set of the same members, scored by `x` |
 /// | `p:cache:sizes`, `p:cache:bytes` | each member's size, and their sum |
 ///
+/// The store uses one Redis server (or primary), not Redis Cluster: the indexes are single keys
+/// that scripts update together with entries.
+///
 /// A hit is one `HMGET` (one round trip). Every write is one Lua script, so an entry, its
 /// metadata and the indexes change together: a reader sees the old entry or the new one, never a
 /// body with another entry's headers. `Vary` variants are separate entries under their own keys,

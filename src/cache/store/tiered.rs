@@ -161,11 +161,20 @@ impl TieredCacheStore {
     /// Subscribes to the back store's changes, once.
     fn follow_changes(&self) {
         self.sync.started.call_once(|| {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                // Changes cannot be followed outside a Tokio runtime: keep the memory tier off.
+                tracing::warn!(
+                    "tiered cache store used outside a Tokio runtime; its memory tier stays off"
+                );
+                self.sync.live.store(false, Ordering::SeqCst);
+                return;
+            };
+            let _entered = runtime.enter();
             if let Some(feed) = self.back.changes() {
                 self.sync
                     .live
                     .store(feed.connected_at_start(), Ordering::SeqCst);
-                tokio::spawn(follow(feed, self.memory.clone(), self.sync.clone()));
+                runtime.spawn(follow(feed, self.memory.clone(), self.sync.clone()));
             }
         });
     }
