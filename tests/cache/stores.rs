@@ -12,9 +12,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use courteous::RequestKey;
 use courteous::cache::{
-    CacheEntry, CacheLayer, CacheStatus, CacheStore, CacheTtl, Invalidation, MemoryCacheStore,
-    TieredCacheStore,
+    CacheChange, CacheEntry, CacheLayer, CacheStatus, CacheStore, CacheStoreStats, CacheTtl,
+    ChangeFeed, Invalidation, MemoryCacheStore, TieredCacheStore,
 };
+use courteous::store::StoreError;
 
 use crate::backend::{Backend, every_backend};
 use crate::support::TestServer;
@@ -473,4 +474,156 @@ pub async fn wait_until(what: &str, done: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A back store with a change feed the test drives, and reads the test can hold in flight.
+#[derive(Debug, Clone)]
+struct FedStore {
+    inner: MemoryCacheStore,
+    feed: tokio::sync::broadcast::Sender<CacheChange>,
+    /// While set, `get` waits for a permit.
+    gate: Arc<std::sync::Mutex<Option<Arc<tokio::sync::Semaphore>>>>,
+}
+
+impl FedStore {
+    fn new() -> Self {
+        FedStore {
+            inner: MemoryCacheStore::new(),
+            feed: tokio::sync::broadcast::channel(64).0,
+            gate: Arc::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheStore for FedStore {
+    async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError> {
+        let found = self.inner.get(key).await;
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        found
+    }
+    async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
+        self.inner.put(key, entry).await
+    }
+    async fn touch(&self, k: &RequestKey, f: SystemTime, x: SystemTime) -> Result<(), StoreError> {
+        self.inner.touch(k, f, x).await
+    }
+    async fn delete(&self, key: &RequestKey) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.inner.clear().await
+    }
+    async fn invalidate(&self, target: &Invalidation) -> Result<u64, StoreError> {
+        self.inner.invalidate(target).await
+    }
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.inner.purge_expired().await
+    }
+    async fn stats(&self) -> Result<CacheStoreStats, StoreError> {
+        self.inner.stats().await
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn changes(&self) -> Option<ChangeFeed> {
+        Some(ChangeFeed::new(self.feed.subscribe(), false))
+    }
+}
+
+/// Waits until the tiered store's follower has taken every change sent so far.
+async fn drained(back: &FedStore) {
+    wait_until("the changes are applied", || back.feed.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+/// The tiered store over any back store with a change feed: it fills its memory tier only while
+/// the feed is connected, drops what the feed reports, and never fills it from a read that a
+/// report about the same key overtook.
+#[tokio::test]
+async fn the_tiered_store_follows_its_back_stores_change_feed() {
+    let back = FedStore::new();
+    let tiered = TieredCacheStore::new(MemoryCacheStore::new(), back.clone());
+    let in_memory = |n| tiered.memory().get_now(&key(n)).unwrap().unwrap().is_some();
+    back.put(&key(1), entry("http://h/1", "v1", HOUR))
+        .await
+        .unwrap();
+    // Not connected yet: served from the back store, not kept in memory.
+    assert_eq!(tiered.get(&key(1)).await.unwrap().unwrap().body, "v1");
+    assert!(!tiered.is_memory_live() && !in_memory(1));
+    back.feed.send(CacheChange::Connected).unwrap();
+    wait_until("connected", || tiered.is_memory_live()).await;
+    tiered.get(&key(1)).await.unwrap();
+    assert!(in_memory(1));
+
+    // Another process replaced key 1: the memory copy goes, the next read gets the new one.
+    back.put(&key(1), entry("http://h/1", "v2", HOUR))
+        .await
+        .unwrap();
+    back.feed.send(CacheChange::Key(key(1))).unwrap();
+    drained(&back).await;
+    assert!(!in_memory(1));
+    assert_eq!(tiered.get(&key(1)).await.unwrap().unwrap().body, "v2");
+
+    // A read that a report about its key overtakes does not fill memory with what it read.
+    tiered.memory().clear().await.unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *back.gate.lock().unwrap() = Some(gate.clone());
+    let read = tokio::spawn({
+        let tiered = tiered.clone();
+        async move { tiered.get(&key(1)).await.unwrap().unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    back.put(&key(1), entry("http://h/1", "v3", HOUR))
+        .await
+        .unwrap();
+    back.feed.send(CacheChange::Key(key(1))).unwrap();
+    drained(&back).await;
+    gate.add_permits(1);
+    assert_eq!(
+        read.await.unwrap().body,
+        "v2",
+        "the read saw the old entry..."
+    );
+    assert!(!in_memory(1), "...and did not keep it");
+    *back.gate.lock().unwrap() = None;
+    assert_eq!(tiered.get(&key(1)).await.unwrap().unwrap().body, "v3");
+
+    // Invalidations and clears reported by the feed reach memory.
+    back.put(&key(2), entry("http://h/a/2", "2", HOUR))
+        .await
+        .unwrap();
+    tiered.get(&key(2)).await.unwrap();
+    assert!(in_memory(1) && in_memory(2));
+    back.feed
+        .send(CacheChange::Invalidated(Invalidation::Prefix(
+            "http://h/a/".into(),
+        )))
+        .unwrap();
+    drained(&back).await;
+    assert!(in_memory(1) && !in_memory(2));
+    back.feed.send(CacheChange::Cleared).unwrap();
+    drained(&back).await;
+    assert!(!in_memory(1));
+
+    // Lost: memory emptied and not filled (not even by puts) until connected again.
+    tiered.get(&key(1)).await.unwrap();
+    assert!(in_memory(1));
+    back.feed.send(CacheChange::Lost).unwrap();
+    wait_until("lost", || !tiered.is_memory_live()).await;
+    drained(&back).await;
+    assert!(!in_memory(1));
+    tiered.get(&key(1)).await.unwrap();
+    tiered
+        .put(&key(3), entry("http://h/3", "3", HOUR))
+        .await
+        .unwrap();
+    assert!(!in_memory(1) && !in_memory(3));
+    back.feed.send(CacheChange::Connected).unwrap();
+    wait_until("connected again", || tiered.is_memory_live()).await;
+    tiered.get(&key(3)).await.unwrap();
+    assert!(in_memory(3));
 }
