@@ -248,7 +248,7 @@ struct Shared {
 /// A hit is one `HMGET` (one round trip). Every write is one Lua script, so an entry, its
 /// metadata and the indexes change together: a reader sees the old entry or the new one, never a
 /// body with another entry's headers. `Vary` variants are separate entries under their own keys,
-/// as in every store. Each write also removes a few index members whose entries have expired
+/// as in every store. Each put also removes a few index members whose entries have expired
 /// (Redis drops the entries themselves), so the indexes stay bounded without a cleanup job;
 /// [`purge_expired`](CacheStore::purge_expired) removes all of them.
 ///
