@@ -1,8 +1,9 @@
 //! The cache layer through reqwest-middleware, as a user calls it: a memory-tier hit, a
 //! SQLite-tier hit (memory tier off) and a miss, at 1 KiB and 100 KiB, each against the same
-//! request sent without the cache.
+//! request sent without the cache; with `--features redis`, a Redis-tier hit too.
 //!
 //! `cargo bench --bench cache -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench --features redis --bench cache -- cache_redis --warm-up-time 1 --measurement-time 3`
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/support/server.rs"]
@@ -145,5 +146,59 @@ fn bench(c: &mut Criterion) {
     rt.block_on(sqlite.close()).unwrap();
 }
 
-criterion_group!(benches, bench);
+/// A Redis-tier hit (no memory tier), the same shape as `sqlite_hit`: one `HMGET` per request.
+/// Needs `--features redis` and a Redis at `COURTEOUS_REDIS_URL` (default
+/// `redis://127.0.0.1:6379/`); skipped with a message otherwise.
+#[cfg(feature = "redis")]
+fn bench_redis(c: &mut Criterion) {
+    use courteous::cache::CacheStore;
+    use courteous::store::redis::RedisStore;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = std::env::var("COURTEOUS_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());
+    let (server, redis) = rt
+        .block_on(async {
+            let redis = RedisStore::builder(&url)
+                .prefix(format!("courteous-bench:{}", std::process::id()))
+                .connect()
+                .ok()?;
+            match redis.ping().await {
+                Ok(()) => Some((server::TestServer::start().await, redis)),
+                Err(e) => {
+                    eprintln!("SKIPPED cache_redis: no Redis answers at {url} ({e})");
+                    None
+                }
+            }
+        })
+        .unzip();
+    let (Some(server), Some(redis)) = (server, redis) else {
+        return;
+    };
+    let store = redis.cache();
+    let on_redis = with_cache(layer(store.clone()));
+    let mut group = c.benchmark_group("cache_redis");
+    for (size, label) in SIZES {
+        let url = server.url(&format!("/api/issues/1?size={size}"));
+        rt.block_on(async {
+            assert_eq!(fetch(&on_redis, &url).await, size);
+        });
+        group.bench_with_input(BenchmarkId::new("redis_hit", label), &url, |b, url| {
+            b.to_async(&rt).iter(|| fetch(&on_redis, url));
+        });
+    }
+    group.finish();
+    rt.block_on(store.clear()).unwrap();
+}
+
+#[cfg(not(feature = "redis"))]
+fn bench_redis(_: &mut Criterion) {
+    eprintln!("SKIPPED cache_redis: built without the `redis` feature (add --features redis)");
+}
+
+criterion_group!(benches, bench, bench_redis);
 criterion_main!(benches);

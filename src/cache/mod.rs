@@ -35,8 +35,10 @@
 //!   through, logs the error with `tracing` and counts it ([`CacheLayer::stats`]).
 //!
 //! Stores: [`MemoryCacheStore`] (bounded by entries and bytes), [`SqliteCacheStore`] on the
-//! shared SQLite file (survives restarts, shared by processes; `SqliteStore::cache()`), and
-//! [`TieredCacheStore`], a memory tier in front of another store.
+//! shared SQLite file (survives restarts, shared by processes; `SqliteStore::cache()`),
+//! `RedisCacheStore` on a Redis server (shared by machines; `RedisStore::cache()`, feature
+//! `redis`), and [`TieredCacheStore`], a memory tier in front of another store (over Redis, kept
+//! consistent with other processes through pub/sub).
 //!
 //! # Example
 //!
@@ -86,10 +88,12 @@ pub use entry::CacheEntry;
 pub use layer::{CacheLayer, CacheStats};
 pub use service::Cache;
 pub use store::memory::{MemoryCacheStore, MemoryCacheStoreBuilder};
+#[cfg(feature = "redis")]
+pub use store::redis::RedisCacheStore;
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteCacheStore;
 pub use store::tiered::TieredCacheStore;
-pub use store::{CacheStore, CacheStoreStats, Invalidation};
+pub use store::{CacheChange, CacheStore, CacheStoreStats, ChangeFeed, Invalidation};
 
 use std::time::Duration;
 

@@ -3,9 +3,12 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod backend;
 mod large;
 mod layer;
 mod proxy;
+#[cfg(feature = "redis")]
+mod redis;
 mod revalidation;
 #[cfg(feature = "sqlite")]
 mod sqlite;

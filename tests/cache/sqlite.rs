@@ -1,11 +1,10 @@
-//! The SQLite store: persistence across processes, write-behind visibility, the tiered setup,
-//! and degrading to pass-through when the file fails.
+//! What only the SQLite store does: persistence across processes and restarts, write-behind
+//! visibility, and degrading to pass-through when the file fails. The contract it shares with
+//! the other stores is in `stores.rs`.
 
 use std::time::Duration;
 
-use courteous::cache::{
-    CacheLayer, CacheStatus, CacheStore, CacheTtl, Invalidation, MemoryCacheStore, TieredCacheStore,
-};
+use courteous::cache::{CacheLayer, CacheStatus, CacheStore, CacheTtl};
 use courteous::store::sqlite::SqliteStore;
 
 use crate::stores::{entry, key};
@@ -45,94 +44,6 @@ async fn the_sqlite_store_reads_its_own_writes_at_once_and_after_commit() {
     assert_eq!(stats.entries, 1);
     assert!(stats.bytes > 3);
     sqlite.close().await.unwrap();
-}
-
-#[tokio::test]
-async fn the_sqlite_store_invalidates_clears_and_purges() {
-    let (_dir, path) = temp_db();
-    let sqlite = SqliteStore::open(&path).await.unwrap();
-    let store = sqlite.cache();
-    let urls = [
-        "http://h/a/1",
-        "http://h/a/1?x=2",
-        "http://h/a/10",
-        "http://h/b/1",
-    ];
-    for (n, url) in urls.iter().enumerate() {
-        store
-            .put(&key(n as u8), entry(url, "x", HOUR))
-            .await
-            .unwrap();
-    }
-    // Pending writes are committed first: invalidation counts them.
-    assert_eq!(
-        store
-            .invalidate(&Invalidation::Path("http://h/a/1".into()))
-            .await
-            .unwrap(),
-        2
-    );
-    assert!(store.get(&key(0)).await.unwrap().is_none());
-    assert!(store.get(&key(2)).await.unwrap().is_some());
-    assert_eq!(
-        store
-            .invalidate(&Invalidation::Prefix("http://h/a".into()))
-            .await
-            .unwrap(),
-        1
-    );
-    store
-        .put(
-            &key(9),
-            entry("http://h/9", "brief", Duration::from_millis(20)),
-        )
-        .await
-        .unwrap();
-    sqlite.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(40)).await;
-    assert!(store.get(&key(9)).await.unwrap().is_none());
-    assert_eq!(store.stats().await.unwrap().expired, 1);
-    assert_eq!(store.purge_expired().await.unwrap(), 1);
-    store.clear().await.unwrap();
-    assert_eq!(store.stats().await.unwrap().entries, 0);
-}
-
-#[tokio::test]
-async fn the_tiered_store_over_sqlite_stays_consistent_on_replace_delete_and_expiry() {
-    let (_dir, path) = temp_db();
-    let sqlite = SqliteStore::open(&path).await.unwrap();
-    crate::stores::tiered_consistency(sqlite.cache()).await;
-    sqlite.flush().await.unwrap();
-    // What the tiers answered is what the file holds.
-    assert!(sqlite.cache().get(&key(1)).await.unwrap().is_none());
-    assert!(sqlite.cache().get(&key(2)).await.unwrap().is_none());
-}
-
-#[tokio::test]
-async fn the_layer_over_the_tiered_store_serves_from_memory_and_sqlite() {
-    let server = TestServer::start().await;
-    let (_dir, path) = temp_db();
-    let sqlite = SqliteStore::open(&path).await.unwrap();
-    let tiered = TieredCacheStore::new(MemoryCacheStore::new(), sqlite.cache());
-    let layer = CacheLayer::new(tiered.clone()).default_ttl(CacheTtl::absolute(HOUR));
-    let client = client(layer.clone());
-    let url = server.url("/api/issues/1");
-    send(&client, get(&url)).await;
-    assert_eq!(send(&client, get(&url)).await.cache, Some(CacheStatus::Hit));
-    sqlite.flush().await.unwrap();
-    // Drop the memory tier's copy: the next hit comes from SQLite and refills memory.
-    tiered.memory().clear().await.unwrap();
-    assert_eq!(send(&client, get(&url)).await.cache, Some(CacheStatus::Hit));
-    assert_eq!(tiered.memory().stats().await.unwrap().entries, 1);
-    // A POST invalidates both tiers.
-    send(&client, http::Request::post(&url)).await;
-    assert_eq!(
-        send(&client, get(&url)).await.cache,
-        Some(CacheStatus::Miss)
-    );
-    assert_eq!(server.hits_on("/api/issues/1"), 3);
-    sqlite.flush().await.unwrap();
-    assert_eq!(layer.stats().await.store.entries, 1);
 }
 
 /// Child entry: stores one response in the SQLite file through the cache layer, then closes.
@@ -272,32 +183,4 @@ async fn a_read_only_database_degrades_to_pass_through() {
     assert_eq!(server.hits(), 3);
     assert!(layer.stats().await.store_errors >= 1);
     assert!(sqlite.stats().failed_batches >= 1);
-}
-
-#[tokio::test]
-async fn expired_entries_are_cleaned_up_in_the_background_on_an_interval() {
-    let server = TestServer::start().await;
-    let (_dir, path) = temp_db();
-    let sqlite = SqliteStore::open(&path).await.unwrap();
-    let layer = CacheLayer::new(sqlite.cache())
-        .default_ttl(CacheTtl::absolute(Duration::from_millis(100)))
-        .cleanup_interval(Some(Duration::from_millis(50)));
-    let client = client(layer.clone());
-    send(&client, get(&server.url("/api/issues/1"))).await;
-    sqlite.flush().await.unwrap();
-    assert_eq!(layer.stats().await.store.entries, 1);
-    // No request after this one: only the background cleanup can remove the entry.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = layer.stats().await;
-        if stats.store.entries == 0 {
-            assert_eq!(stats.store.purged, 1);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never cleaned up: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

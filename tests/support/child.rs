@@ -16,6 +16,18 @@ pub fn is_child(entry: &str) -> bool {
 
 /// Starts the child `entry` (the full test path, e.g. `sqlite::child_writer`).
 pub fn spawn(entry: &str, env: &[(&str, String)]) -> Child {
+    command(entry, env).spawn().expect("spawn child process")
+}
+
+/// Starts the child `entry` with a pipe to its stdin, for a child that takes commands.
+pub fn spawn_interactive(entry: &str, env: &[(&str, String)]) -> Child {
+    command(entry, env)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn child process")
+}
+
+fn command(entry: &str, env: &[(&str, String)]) -> Command {
     let mut command = Command::new(std::env::current_exe().expect("current exe"));
     command
         .args([
@@ -31,7 +43,7 @@ pub fn spawn(entry: &str, env: &[(&str, String)]) -> Child {
     for (k, v) in env {
         command.env(k, v);
     }
-    command.spawn().expect("spawn child process")
+    command
 }
 
 /// Waits for a child and returns its stdout; panics with its output if it failed.

@@ -124,7 +124,7 @@ pub fn query_map(request: &Request) -> HashMap<String, String> {
         .collect()
 }
 
-async fn default_handler(State(log): State<Arc<Log>>, request: Request) -> Response {
+pub async fn default_handler(State(log): State<Arc<Log>>, request: Request) -> Response {
     let n = log.record(&request);
     let query = query_map(&request);
     if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse().ok()) {

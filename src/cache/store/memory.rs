@@ -178,6 +178,10 @@ impl MemoryCacheStore {
         self.cache.invalidate(key);
     }
 
+    pub(crate) fn remove_all(&self) {
+        self.cache.invalidate_all();
+    }
+
     pub(crate) fn remove_matching(&self, target: &Invalidation) -> u64 {
         let mut n = 0;
         for (key, entry) in self.cache.iter() {

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | [`MemoryCacheStore`](memory::MemoryCacheStore) | entries in this process, bounded by count and bytes | clones |
 //! | `SqliteCacheStore` | entries in the shared SQLite file | every process opening the file |
+//! | `RedisCacheStore` | entries on a Redis server | every process on every machine using the server and prefix |
 //! | [`TieredCacheStore`](tiered::TieredCacheStore) | a memory tier in front of another store | as the back store |
 //!
 //! # Example
@@ -37,7 +38,11 @@ use crate::store::StoreError;
 
 use super::CacheEntry;
 
+#[cfg(feature = "redis")]
+mod codec;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod tiered;
@@ -60,6 +65,87 @@ impl Invalidation {
             Invalidation::Path(path) => url
                 .strip_prefix(path.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('?')),
+        }
+    }
+}
+
+/// A change that another process made to a shared store, as its [`ChangeFeed`] reports it to a
+/// memory tier in front of the store ([`TieredCacheStore`](tiered::TieredCacheStore)).
+///
+/// # Example
+///
+/// ```
+/// use courteous::cache::{CacheChange, Invalidation};
+///
+/// let change = CacheChange::Invalidated(Invalidation::Prefix("http://h/".into()));
+/// assert!(matches!(change, CacheChange::Invalidated(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheChange {
+    /// The entry under this key was replaced or deleted.
+    Key(RequestKey),
+    /// The entries matching this were invalidated.
+    Invalidated(Invalidation),
+    /// Every entry was dropped.
+    Cleared,
+    /// The feed is connected (again): changes are reported from now on. Changes made while it
+    /// was not connected were not reported.
+    Connected,
+    /// The feed lost its connection: changes are not reported until [`Connected`](Self::Connected).
+    Lost,
+    /// The feed is connected but fell behind and dropped changes: forget what you hold.
+    Missed,
+}
+
+/// The changes other processes make to a shared store, from [`CacheStore::changes`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::cache::{CacheChange, ChangeFeed};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (sender, receiver) = tokio::sync::broadcast::channel(16);
+/// let mut feed = ChangeFeed::new(receiver, true);
+/// assert!(feed.connected_at_start());
+/// sender.send(CacheChange::Cleared).unwrap();
+/// assert_eq!(feed.next().await, Some(CacheChange::Cleared));
+/// drop(sender);
+/// assert_eq!(feed.next().await, None);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ChangeFeed {
+    receiver: tokio::sync::broadcast::Receiver<CacheChange>,
+    connected: bool,
+}
+
+impl ChangeFeed {
+    /// A feed of what `receiver` receives. `connected` says whether the feed was connected when
+    /// `receiver` was subscribed (read *after* subscribing, so that a later loss is received).
+    pub fn new(receiver: tokio::sync::broadcast::Receiver<CacheChange>, connected: bool) -> Self {
+        ChangeFeed {
+            receiver,
+            connected,
+        }
+    }
+
+    /// Whether the feed was connected when it was made; if not, a
+    /// [`CacheChange::Connected`] follows when it is.
+    pub fn connected_at_start(&self) -> bool {
+        self.connected
+    }
+
+    /// The next change, or `None` once the store is gone. A receiver that fell behind gets
+    /// [`CacheChange::Missed`].
+    pub async fn next(&mut self) -> Option<CacheChange> {
+        use tokio::sync::broadcast::error::RecvError;
+        match self.receiver.recv().await {
+            Ok(change) => Some(change),
+            Err(RecvError::Lagged(_)) => Some(CacheChange::Missed),
+            Err(RecvError::Closed) => None,
         }
     }
 }
@@ -141,6 +227,13 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
 
     /// Commits pending writes and releases the backend.
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// The changes that *other* processes make to this store, for a memory tier in front of it
+    /// (the [`TieredCacheStore`](tiered::TieredCacheStore) subscribes on first use); `None` (the
+    /// default) for a store that cannot report them. Called within a Tokio runtime.
+    fn changes(&self) -> Option<ChangeFeed> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -179,5 +272,8 @@ impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
     }
     async fn close(&self) -> Result<(), StoreError> {
         (**self).close().await
+    }
+    fn changes(&self) -> Option<ChangeFeed> {
+        (**self).changes()
     }
 }

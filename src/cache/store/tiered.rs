@@ -1,7 +1,7 @@
 //! A memory tier in front of another cache store.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 use std::time::SystemTime;
 
 use crate::cache::CacheEntry;
@@ -9,7 +9,11 @@ use crate::key::RequestKey;
 use crate::store::StoreError;
 
 use super::memory::MemoryCacheStore;
-use super::{CacheStore, CacheStoreStats, Invalidation};
+use super::{CacheChange, CacheStore, CacheStoreStats, ChangeFeed, Invalidation};
+
+/// Change counters striped by key, so that a read from the back store can tell whether the
+/// entry changed while it was in flight.
+const STRIPES: usize = 64;
 
 /// Two tiers: a [`MemoryCacheStore`] in front of a persistent store (usually
 /// [`SqliteCacheStore`](super::sqlite::SqliteCacheStore)).
@@ -21,9 +25,18 @@ use super::{CacheStore, CacheStoreStats, Invalidation};
 ///
 /// # Note on other processes
 ///
-/// The memory tier is per process. An entry that *another* process replaces or deletes in the
-/// shared back store stays in this process's memory tier until it expires or is evicted; use the
-/// back store alone (or short TTLs) where that matters.
+/// The memory tier is per process. When the back store reports the changes other processes make
+/// ([`CacheStore::changes`]: the Redis store, `RedisCacheStore`, does, through
+/// pub/sub), the tiered store subscribes on first use and drops from memory what other processes
+/// replace, delete, invalidate or clear. The guarantee is eventual: a replaced entry may be served
+/// from memory until the report arrives. While the feed is down (Redis unreachable) the memory
+/// tier is emptied and not filled, so it never serves what it might have missed; a read that was
+/// in flight when a change to its key arrived does not fill the memory tier either.
+///
+/// Without such a feed (the SQLite store, shared by the processes of one machine), an entry that
+/// *another* process replaces or deletes in the shared back store stays in this process's memory
+/// tier until it expires or is evicted; use the back store alone (or short TTLs) where that
+/// matters.
 ///
 /// # Example
 ///
@@ -47,6 +60,78 @@ pub struct TieredCacheStore {
     back: Arc<dyn CacheStore>,
     hits: Arc<AtomicU64>,
     misses: Arc<AtomicU64>,
+    sync: Arc<TierSync>,
+}
+
+/// What keeps the memory tier consistent with changes made elsewhere.
+#[derive(Debug)]
+struct TierSync {
+    /// Subscribes to the back store's changes on first use.
+    started: Once,
+    /// Whether the memory tier may be filled: always without a change feed; with one, while the
+    /// feed is connected.
+    live: AtomicBool,
+    /// Bumped by changes to many keys (invalidations, clears, losing the feed).
+    all: AtomicU64,
+    /// Bumped by changes to one key, by stripe.
+    keys: [AtomicU64; STRIPES],
+}
+
+impl TierSync {
+    fn stripe(&self, key: &RequestKey) -> &AtomicU64 {
+        &self.keys[key.as_bytes()[0] as usize % STRIPES]
+    }
+
+    /// A number that changes whenever `key` may have changed.
+    fn version(&self, key: &RequestKey) -> u64 {
+        self.all
+            .load(Ordering::SeqCst)
+            .wrapping_add(self.stripe(key).load(Ordering::SeqCst))
+    }
+
+    fn changed(&self, key: &RequestKey) {
+        self.stripe(key).fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn changed_all(&self) {
+        self.all.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+}
+
+/// Applies the back store's changes to the memory tier until the back store is gone.
+async fn follow(mut feed: ChangeFeed, memory: MemoryCacheStore, sync: Arc<TierSync>) {
+    while let Some(change) = feed.next().await {
+        match change {
+            CacheChange::Key(key) => {
+                sync.changed(&key);
+                memory.remove(&key);
+            }
+            CacheChange::Invalidated(target) => {
+                sync.changed_all();
+                memory.remove_matching(&target);
+            }
+            CacheChange::Cleared | CacheChange::Missed => {
+                sync.changed_all();
+                memory.remove_all();
+            }
+            CacheChange::Lost => {
+                sync.live.store(false, Ordering::SeqCst);
+                sync.changed_all();
+                memory.remove_all();
+            }
+            CacheChange::Connected => {
+                // What was missed while disconnected is gone from memory already (nothing was
+                // added since): empty it once more in case, then fill again.
+                sync.changed_all();
+                memory.remove_all();
+                sync.live.store(true, Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 impl TieredCacheStore {
@@ -57,6 +142,51 @@ impl TieredCacheStore {
             back: Arc::new(back),
             hits: Arc::default(),
             misses: Arc::default(),
+            sync: Arc::new(TierSync {
+                started: Once::new(),
+                live: AtomicBool::new(true),
+                all: AtomicU64::new(0),
+                keys: std::array::from_fn(|_| AtomicU64::new(0)),
+            }),
+        }
+    }
+
+    /// Whether the memory tier is in use now: always over a back store without a change feed;
+    /// over one with a feed (Redis), once the tiered store has been used and while the feed is
+    /// connected.
+    pub fn is_memory_live(&self) -> bool {
+        self.sync.started.is_completed() && self.sync.live()
+    }
+
+    /// Subscribes to the back store's changes, once.
+    fn follow_changes(&self) {
+        self.sync.started.call_once(|| {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                // Changes cannot be followed outside a Tokio runtime: keep the memory tier off.
+                tracing::warn!(
+                    "tiered cache store used outside a Tokio runtime; its memory tier stays off"
+                );
+                self.sync.live.store(false, Ordering::SeqCst);
+                return;
+            };
+            let _entered = runtime.enter();
+            if let Some(feed) = self.back.changes() {
+                self.sync
+                    .live
+                    .store(feed.connected_at_start(), Ordering::SeqCst);
+                runtime.spawn(follow(feed, self.memory.clone(), self.sync.clone()));
+            }
+        });
+    }
+
+    /// Puts `entry` in memory if nothing changed `key` since `version` was read.
+    fn fill(&self, key: &RequestKey, entry: &Arc<CacheEntry>, version: u64) {
+        if self.sync.live() && self.sync.version(key) == version {
+            self.memory.insert(key, entry.clone());
+            // A change that arrived during the insert removes it again.
+            if !self.sync.live() || self.sync.version(key) != version {
+                self.memory.remove(key);
+            }
         }
     }
 
@@ -79,13 +209,15 @@ impl TieredCacheStore {
 #[async_trait::async_trait]
 impl CacheStore for TieredCacheStore {
     async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError> {
+        self.follow_changes();
         if let Some(entry) = self.memory.peek(key) {
             self.count(true);
             return Ok(Some(entry));
         }
+        let version = self.sync.version(key);
         let found = self.back.get(key).await?;
         if let Some(entry) = &found {
-            self.memory.insert(key, entry.clone());
+            self.fill(key, entry, version);
         }
         self.count(found.is_some());
         Ok(found)
@@ -98,7 +230,14 @@ impl CacheStore for TieredCacheStore {
     }
 
     async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
-        self.memory.insert(key, entry.clone());
+        self.follow_changes();
+        // Reads in flight must not put an older entry back over this one.
+        self.sync.changed(key);
+        if self.sync.live() {
+            self.memory.insert(key, entry.clone());
+        } else {
+            self.memory.remove(key);
+        }
         self.back.put(key, entry).await
     }
 
@@ -108,21 +247,28 @@ impl CacheStore for TieredCacheStore {
         fresh_until: SystemTime,
         expires_at: SystemTime,
     ) -> Result<(), StoreError> {
+        self.follow_changes();
         self.memory.set_times(key, fresh_until, expires_at);
         self.back.touch(key, fresh_until, expires_at).await
     }
 
     async fn delete(&self, key: &RequestKey) -> Result<(), StoreError> {
+        self.follow_changes();
+        self.sync.changed(key);
         self.memory.remove(key);
         self.back.delete(key).await
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
+        self.follow_changes();
+        self.sync.changed_all();
         self.memory.clear().await?;
         self.back.clear().await
     }
 
     async fn invalidate(&self, target: &Invalidation) -> Result<u64, StoreError> {
+        self.follow_changes();
+        self.sync.changed_all();
         let in_memory = self.memory.remove_matching(target);
         let in_back = self.back.invalidate(target).await?;
         Ok(in_back.max(in_memory))

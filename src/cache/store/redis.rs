@@ -1,0 +1,817 @@
+//! The cache store on a Redis server, shared by every process on every machine.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::Script;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::cache::CacheEntry;
+use crate::key::RequestKey;
+use crate::store::StoreError;
+use crate::store::redis::{RedisError, RedisStore};
+
+use super::codec::{self, millis};
+use super::{CacheChange, CacheStore, CacheStoreStats, ChangeFeed, Invalidation};
+
+/// Members of the index sorted sets end in `\0` and the 64 hex digits of the key.
+const HEX: usize = 64;
+
+/// Expired index members each write cleans up, so the indexes stay bounded without a janitor.
+const CLEAN_PER_WRITE: u32 = 4;
+
+/// Index members one invalidation or purge step handles (each step is one short script).
+const BATCH: u32 = 256;
+
+/// Shared by every script. `KEYS`: urls, expiry, sizes, bytes (then the entry, if any).
+macro_rules! prelude {
+    () => {
+        r#"
+local U, X, Z, B = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function unindex(m)
+  local s = redis.call('HGET', Z, m)
+  if s then
+    redis.call('HDEL', Z, m)
+    redis.call('DECRBY', B, s)
+  end
+  redis.call('ZREM', U, m)
+  redis.call('ZREM', X, m)
+end
+local function split(m)
+  return string.sub(m, 1, -66), string.sub(m, -64)
+end
+-- Removes up to `limit` members whose entries expired (or were evicted); returns how many.
+local function purge(eprefix, now, limit)
+  local n = 0
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, limit)) do
+    local url, h = split(m)
+    local e = eprefix .. h
+    local cur = redis.call('HMGET', e, 'u', 'x')
+    if cur[1] == url and tonumber(cur[2]) > now then
+      redis.call('ZADD', X, cur[2], m)
+    else
+      if cur[1] == url then
+        redis.call('DEL', e)
+      end
+      unindex(m)
+      n = n + 1
+    end
+  end
+  return n
+end
+"#
+    };
+}
+
+/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: entry prefix, hex, url, encoded entry,
+/// fresh_until ms, expires_at ms, size, channel, event, clean limit. Returns how many expired
+/// members it cleaned.
+static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local E, h, url = KEYS[5], ARGV[2], ARGV[3]
+local old = redis.call('HGET', E, 'u')
+if old then
+  unindex(old .. '\0' .. h)
+end
+local m = url .. '\0' .. h
+unindex(m)
+redis.call('DEL', E)
+redis.call('HSET', E, 'u', url, 'e', ARGV[4], 'f', ARGV[5], 'x', ARGV[6])
+redis.call('PEXPIREAT', E, ARGV[6])
+redis.call('ZADD', U, 0, m)
+redis.call('ZADD', X, ARGV[6], m)
+redis.call('HSET', Z, m, ARGV[7])
+redis.call('INCRBY', B, ARGV[7])
+redis.call('PUBLISH', ARGV[8], ARGV[9])
+return purge(ARGV[1], now_ms(), tonumber(ARGV[10]))
+"#
+    ))
+});
+
+/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: hex, channel, event. Returns 1 if an
+/// entry was deleted.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local E = KEYS[5]
+local url = redis.call('HGET', E, 'u')
+if url then
+  unindex(url .. '\0' .. ARGV[1])
+end
+local n = redis.call('DEL', E)
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return n
+"#
+    ))
+});
+
+/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: hex, fresh_until ms, expires_at ms.
+static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local E = KEYS[5]
+local url = redis.call('HGET', E, 'u')
+if not url then
+  return 0
+end
+redis.call('HSET', E, 'f', ARGV[2], 'x', ARGV[3])
+redis.call('ZADD', X, 'XX', ARGV[3], url .. '\0' .. ARGV[1])
+redis.call('PEXPIREAT', E, ARGV[3])
+return 1
+"#
+    ))
+});
+
+/// `ARGV`: entry prefix, lex min, lex max, offset, limit, mode (`p` prefix, `u` path, `a` all),
+/// target, channel, event. Deletes the entries of one batch of index members in the range that
+/// match; returns `{deleted, members read, members skipped}`.
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local mode, t = ARGV[6], ARGV[7]
+local function matches(url)
+  if mode == 'a' then
+    return true
+  elseif mode == 'p' then
+    return string.sub(url, 1, #t) == t
+  end
+  return url == t or string.sub(url, 1, #t + 1) == t .. '?'
+end
+local ms = redis.call('ZRANGEBYLEX', U, ARGV[2], ARGV[3], 'LIMIT', tonumber(ARGV[4]), tonumber(ARGV[5]))
+local n, skipped = 0, 0
+for _, m in ipairs(ms) do
+  local url, h = split(m)
+  if matches(url) then
+    local e = ARGV[1] .. h
+    if redis.call('HGET', e, 'u') == url then
+      n = n + redis.call('DEL', e)
+    end
+    unindex(m)
+  else
+    skipped = skipped + 1
+  end
+end
+redis.call('PUBLISH', ARGV[8], ARGV[9])
+return {n, #ms, skipped}
+"#
+    ))
+});
+
+/// `ARGV`: entry prefix, limit. Returns `{cleaned, more}`.
+static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local limit = tonumber(ARGV[2])
+local n = purge(ARGV[1], now_ms(), limit)
+local more = redis.call('ZCOUNT', X, '-inf', now_ms())
+return {n, more}
+"#
+    ))
+});
+
+/// Returns `{indexed, expired, bytes}`.
+static STATS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+return {redis.call('ZCARD', X), redis.call('ZCOUNT', X, '-inf', now_ms()),
+  tonumber(redis.call('GET', B) or '0')}
+"#
+    ))
+});
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+    purged: AtomicU64,
+}
+
+/// The Redis keys and channel of one store.
+#[derive(Debug)]
+struct Names {
+    /// `p:cache:e:` (then the key's hex).
+    entry: String,
+    urls: String,
+    expiry: String,
+    sizes: String,
+    bytes: String,
+    channel: String,
+}
+
+struct Shared {
+    names: Names,
+    counters: Counters,
+    /// Who publishes this store's events (so that its own echoes are ignored).
+    instance: String,
+    changes: broadcast::Sender<CacheChange>,
+    /// Whether the listener is subscribed now.
+    subscribed: Arc<AtomicBool>,
+    /// The listener's stop signal, until the listener is started.
+    listener: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Dropped with the last clone of the store: the listener stops.
+    _stop: oneshot::Sender<()>,
+}
+
+/// Cache entries on a Redis server, shared by every process on every machine that uses the
+/// server and prefix. Made by [`RedisStore::cache`].
+///
+/// # Keys
+///
+/// Under the store's prefix `p`, for a request key with hex hash `h`:
+///
+/// | key | holds |
+/// |---|---|
+/// | `p:cache:e:h` | hash `u` (URL), `e` (the whole entry, one compact binary value), `f`/`x` (fresh until / expires at, ms); expires by itself at `x` (`PEXPIREAT`) |
+/// | `p:cache:urls` | sorted set (all scores 0) of `url\0h`: ordered by URL, so `ZRANGEBYLEX` finds a prefix's entries without scanning the database |
+/// | `p:cache:expiry` | sorted set of the same members, scored by `x` |
+/// | `p:cache:sizes`, `p:cache:bytes` | each member's size, and their sum |
+///
+/// The store uses one Redis server (or primary), not Redis Cluster: the indexes are single keys
+/// that scripts update together with entries.
+///
+/// A hit is one `HMGET` (one round trip). Every write is one Lua script, so an entry, its
+/// metadata and the indexes change together: a reader sees the old entry or the new one, never a
+/// body with another entry's headers. `Vary` variants are separate entries under their own keys,
+/// as in every store. Each put also removes a few index members whose entries have expired
+/// (Redis drops the entries themselves), so the indexes stay bounded without a cleanup job;
+/// [`purge_expired`](CacheStore::purge_expired) removes all of them.
+///
+/// # Size
+///
+/// An entry larger than [`max_entry_size`](Self::max_entry_size) (default 5 MiB, the cache
+/// layer's default, so with default settings the layer decides) is not stored, and the entry it
+/// would have replaced is deleted. The total is bounded by Redis's `maxmemory`: use a `volatile-*`
+/// eviction policy (entries carry TTLs, the indexes do not, so only entries are evicted; an
+/// evicted entry's index member stays until its expiry passes and it is cleaned).
+///
+/// # Statistics
+///
+/// `entries` and `expired` count the index (every machine's entries, as Redis knows them, in
+/// O(log n)); `bytes` is a counter kept by the scripts; `hits`, `misses`, `errors` and `purged`
+/// are this process's.
+///
+/// # Note on the memory tier
+///
+/// Every put, delete, invalidation and clear publishes an event on the channel `p:cache:events`,
+/// in the same script as the write, tagged with the store's instance id. [`changes`](CacheStore::changes)
+/// subscribes to it (one pub/sub connection per store, re-made after failures) and reports the
+/// *other* instances' events, so a [`TieredCacheStore`](super::tiered::TieredCacheStore) over this
+/// store drops what other processes replace or delete. Clones share the instance id. The
+/// guarantee is eventual: another process's memory tier may serve a replaced entry until the
+/// event reaches it (pub/sub delivery, usually well under a millisecond on a LAN). Pub/sub does
+/// not queue messages for a disconnected subscriber, so while the subscription is down the memory
+/// tier is emptied and not filled (reads go to Redis), and it starts filling again once the
+/// subscription is back.
+///
+/// # Failures
+///
+/// Every operation is bounded by the store's
+/// [operation timeout](crate::store::redis::RedisStoreBuilder::operation_timeout) and fails with a
+/// [`StoreError`] (counted in `errors`), which the cache layer treats as a miss or a skipped write:
+/// requests pass through. The connection is re-made when Redis is back.
+///
+/// # Example
+///
+/// ```no_run
+/// use courteous::cache::{CacheLayer, MemoryCacheStore, TieredCacheStore};
+/// use courteous::store::redis::RedisStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::redis::RedisError> {
+/// let redis = RedisStore::builder("redis://127.0.0.1:6379/").prefix("myapp").connect()?;
+/// // Redis alone...
+/// let layer = CacheLayer::new(redis.cache().max_entry_size(1024 * 1024));
+/// // ...or with a memory tier in front, kept consistent through pub/sub.
+/// let tiered = CacheLayer::new(TieredCacheStore::new(MemoryCacheStore::new(), redis.cache()));
+/// # let _ = (layer, tiered);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisCacheStore {
+    redis: RedisStore,
+    shared: Arc<Shared>,
+    max_entry_size: usize,
+}
+
+impl fmt::Debug for RedisCacheStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheStore")
+            .field("redis", &self.redis)
+            .field("instance", &self.shared.instance)
+            .field("max_entry_size", &self.max_entry_size)
+            .field("subscribed", &self.is_subscribed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// The cache store on this Redis server, shared with every process (on any machine) that
+    /// uses the same server and prefix.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use courteous::cache::{CacheLayer, CacheStore};
+    /// use courteous::store::redis::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), courteous::store::StoreError> {
+    /// let redis = RedisStore::connect("redis://127.0.0.1:6379/")?;
+    /// let store = redis.cache();
+    /// println!("{} entries", store.stats().await?.entries);
+    /// let layer = CacheLayer::new(store);
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cache(&self) -> RedisCacheStore {
+        let (stop, stopped) = oneshot::channel();
+        let (changes, _) = broadcast::channel(1024);
+        RedisCacheStore {
+            redis: self.clone(),
+            shared: Arc::new(Shared {
+                names: Names {
+                    entry: self.key("cache:e:"),
+                    urls: self.key("cache:urls"),
+                    expiry: self.key("cache:expiry"),
+                    sizes: self.key("cache:sizes"),
+                    bytes: self.key("cache:bytes"),
+                    channel: self.key("cache:events"),
+                },
+                counters: Counters::default(),
+                instance: instance_id(),
+                changes,
+                subscribed: Arc::new(AtomicBool::new(false)),
+                listener: Mutex::new(Some(stopped)),
+                _stop: stop,
+            }),
+            max_entry_size: 5 * 1024 * 1024,
+        }
+    }
+}
+
+/// `<pid>-<random>-<n>`: unique per store, also across machines and containers.
+fn instance_id() -> String {
+    use std::hash::BuildHasher;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let random =
+        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos));
+    format!(
+        "{}-{random:016x}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An event on the channel: `instance \n kind data`.
+fn event(instance: &str, kind: char, data: &str) -> String {
+    format!("{instance}\n{kind}{data}")
+}
+
+/// The change an event from another instance reports, or `None` for our own or a malformed one.
+fn parse_event(instance: &str, payload: &[u8]) -> Option<CacheChange> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (from, rest) = text.split_once('\n')?;
+    if from == instance {
+        return None;
+    }
+    let mut chars = rest.chars();
+    let kind = chars.next()?;
+    let data = chars.as_str();
+    Some(match kind {
+        'k' => CacheChange::Key(RequestKey::from_parts(from_hex(data)?, "")),
+        'p' => CacheChange::Invalidated(Invalidation::Prefix(data.to_owned())),
+        'u' => CacheChange::Invalidated(Invalidation::Path(data.to_owned())),
+        'c' => CacheChange::Cleared,
+        _ => return None,
+    })
+}
+
+fn from_hex(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != HEX {
+        return None;
+    }
+    let mut out = [0; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `[prefix` .. `[prefix\xff`: every member that starts with `prefix` (URLs are UTF-8, which
+/// never holds the byte 0xff).
+fn lex_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut min = Vec::with_capacity(prefix.len() + 1);
+    min.push(b'[');
+    min.extend_from_slice(prefix);
+    let mut max = min.clone();
+    max.push(0xff);
+    (min, max)
+}
+
+impl RedisCacheStore {
+    /// Entries larger than this ([`CacheEntry::size`]) are not stored (default 5 MiB); a put of
+    /// one deletes the entry it would have replaced.
+    #[must_use]
+    pub fn max_entry_size(mut self, bytes: usize) -> Self {
+        self.max_entry_size = bytes;
+        self
+    }
+
+    /// Whether the pub/sub subscription that reports other processes' changes is up now.
+    pub fn is_subscribed(&self) -> bool {
+        self.shared.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// The shared store this cache lives in.
+    pub fn redis(&self) -> &RedisStore {
+        &self.redis
+    }
+
+    fn failed(&self, error: RedisError) -> StoreError {
+        self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+        error.into()
+    }
+
+    fn entry_key(&self, hex: &str) -> String {
+        format!("{}{hex}", self.shared.names.entry)
+    }
+
+    fn invocation<'a>(&'a self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let names = &self.shared.names;
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&names.urls)
+            .key(&names.expiry)
+            .key(&names.sizes)
+            .key(&names.bytes);
+        invocation
+    }
+
+    fn event(&self, kind: char, data: &str) -> String {
+        event(&self.shared.instance, kind, data)
+    }
+
+    /// Deletes the entries in the lex range whose URL matches, batch by batch.
+    async fn invalidate_range(
+        &self,
+        (min, max): (Vec<u8>, Vec<u8>),
+        mode: &str,
+        target: &str,
+        event: &str,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        let mut offset = 0u64;
+        loop {
+            let mut invocation = self.invocation(&INVALIDATE);
+            invocation
+                .arg(&self.shared.names.entry)
+                .arg(&min)
+                .arg(&max)
+                .arg(offset)
+                .arg(BATCH)
+                .arg(mode)
+                .arg(target)
+                .arg(&self.shared.names.channel)
+                .arg(event);
+            let (n, read, skipped): (u64, u64, u64) = self
+                .redis
+                .script("cache invalidate", invocation)
+                .await
+                .map_err(|e| self.failed(e))?;
+            deleted += n;
+            offset += skipped;
+            if read < u64::from(BATCH) {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    fn listen(&self) {
+        let stopped = self
+            .shared
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(stopped) = stopped {
+            tokio::spawn(listen(
+                self.redis.clone(),
+                self.shared.names.channel.clone(),
+                self.shared.instance.clone(),
+                self.shared.changes.clone(),
+                self.shared.subscribed.clone(),
+                stopped,
+            ));
+        }
+    }
+}
+
+/// Reports other instances' events on `channel` to the change feeds, re-subscribing after
+/// failures, until the store is dropped.
+async fn listen(
+    redis: RedisStore,
+    channel: String,
+    instance: String,
+    changes: broadcast::Sender<CacheChange>,
+    subscribed: Arc<AtomicBool>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let timeout = redis.operation_timeout();
+    loop {
+        let connect = async {
+            let mut pubsub = tokio::time::timeout(timeout, redis.client().get_async_pubsub())
+                .await
+                .map_err(|_| "timed out connecting".to_owned())?
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(timeout, pubsub.subscribe(&channel))
+                .await
+                .map_err(|_| "timed out subscribing".to_owned())?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = &mut stopped => return,
+            pubsub = connect => pubsub,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                subscribed.store(true, Ordering::SeqCst);
+                // No receiver is fine: no memory tier listens.
+                let _ = changes.send(CacheChange::Connected);
+                tracing::debug!(%channel, "cache change subscription is up");
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let message = tokio::select! {
+                        _ = &mut stopped => {
+                            subscribed.store(false, Ordering::SeqCst);
+                            return;
+                        }
+                        message = messages.next() => message,
+                    };
+                    let Some(message) = message else { break };
+                    if let Some(change) = parse_event(&instance, message.get_payload_bytes()) {
+                        let _ = changes.send(change);
+                    }
+                }
+                subscribed.store(false, Ordering::SeqCst);
+                let _ = changes.send(CacheChange::Lost);
+                tracing::warn!(%channel, "cache change subscription lost; memory tiers are emptied and bypassed until it is back");
+            }
+            Err(error) => {
+                tracing::debug!(%channel, %error, "cache change subscription failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheStore for RedisCacheStore {
+    async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.entry_key(&key.to_hex()))
+            .arg("e")
+            .arg("f")
+            .arg("x");
+        let (value, fresh_until, expires_at): (Option<Vec<u8>>, Option<i64>, Option<i64>) = self
+            .redis
+            .query("cache get", cmd)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let found = match (value, fresh_until, expires_at) {
+            (Some(value), Some(fresh_until), Some(expires_at)) => {
+                match codec::decode(Bytes::from(value)) {
+                    Some(mut entry) => {
+                        entry.fresh_until = codec::time(fresh_until);
+                        entry.expires_at = codec::time(expires_at);
+                        Some(entry).filter(|e| !e.is_expired(SystemTime::now()))
+                    }
+                    None => {
+                        // Treated as absent, and replaced by the next write.
+                        tracing::warn!(key = %key, "undecodable cache entry in redis; ignoring it");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let counter = if found.is_some() {
+            &self.shared.counters.hits
+        } else {
+            &self.shared.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(found.map(Arc::new))
+    }
+
+    async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
+        let size = entry.size();
+        if size > self.max_entry_size || entry.is_expired(SystemTime::now()) {
+            tracing::debug!(key = %key, size, "cache entry too large or already expired; not stored in redis");
+            return self.delete(key).await;
+        }
+        let hex = key.to_hex();
+        let mut invocation = self.invocation(&PUT);
+        invocation
+            .key(self.entry_key(&hex))
+            .arg(&self.shared.names.entry)
+            .arg(&hex)
+            .arg(&entry.url)
+            .arg(codec::encode(&entry))
+            .arg(millis(entry.fresh_until))
+            .arg(millis(entry.expires_at))
+            .arg(size)
+            .arg(&self.shared.names.channel)
+            .arg(self.event('k', &hex))
+            .arg(CLEAN_PER_WRITE);
+        let cleaned: u64 = self
+            .redis
+            .script("cache put", invocation)
+            .await
+            .map_err(|e| self.failed(e))?;
+        self.shared
+            .counters
+            .purged
+            .fetch_add(cleaned, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn touch(
+        &self,
+        key: &RequestKey,
+        fresh_until: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<(), StoreError> {
+        let hex = key.to_hex();
+        let mut invocation = self.invocation(&TOUCH);
+        invocation
+            .key(self.entry_key(&hex))
+            .arg(&hex)
+            .arg(millis(fresh_until))
+            .arg(millis(expires_at));
+        let _touched: i64 = self
+            .redis
+            .script("cache touch", invocation)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &RequestKey) -> Result<(), StoreError> {
+        let hex = key.to_hex();
+        let mut invocation = self.invocation(&DELETE);
+        invocation
+            .key(self.entry_key(&hex))
+            .arg(&hex)
+            .arg(&self.shared.names.channel)
+            .arg(self.event('k', &hex));
+        let _deleted: i64 = self
+            .redis
+            .script("cache delete", invocation)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        let all = (b"-".to_vec(), b"+".to_vec());
+        self.invalidate_range(all, "a", "", &self.event('c', ""))
+            .await
+            .map(drop)
+    }
+
+    async fn invalidate(&self, target: &Invalidation) -> Result<u64, StoreError> {
+        match target {
+            Invalidation::Prefix(prefix) => {
+                let event = self.event('p', prefix);
+                self.invalidate_range(lex_range(prefix.as_bytes()), "p", prefix, &event)
+                    .await
+            }
+            Invalidation::Path(path) => {
+                let event = self.event('u', path);
+                let exact = lex_range(format!("{path}\0").as_bytes());
+                let queries = lex_range(format!("{path}?").as_bytes());
+                Ok(self.invalidate_range(exact, "u", path, &event).await?
+                    + self.invalidate_range(queries, "u", path, &event).await?)
+            }
+        }
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let mut invocation = self.invocation(&PURGE);
+            invocation.arg(&self.shared.names.entry).arg(BATCH);
+            let (n, more): (u64, u64) = self
+                .redis
+                .script("cache purge", invocation)
+                .await
+                .map_err(|e| self.failed(e))?;
+            purged += n;
+            self.shared.counters.purged.fetch_add(n, Ordering::Relaxed);
+            if more == 0 || n == 0 {
+                return Ok(purged);
+            }
+        }
+    }
+
+    async fn stats(&self) -> Result<CacheStoreStats, StoreError> {
+        let (entries, expired, bytes): (u64, u64, i64) = self
+            .redis
+            .script("cache stats", self.invocation(&STATS))
+            .await
+            .map_err(|e| self.failed(e))?;
+        let counters = &self.shared.counters;
+        Ok(CacheStoreStats {
+            entries,
+            bytes: bytes.max(0) as u64,
+            expired,
+            purged: counters.purged.load(Ordering::Relaxed),
+            hits: counters.hits.load(Ordering::Relaxed),
+            misses: counters.misses.load(Ordering::Relaxed),
+            errors: counters.errors.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Nothing is pending (every write is committed before it returns); the connection is
+    /// shared with the other stores of the [`RedisStore`] and closes with its last clone.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<ChangeFeed> {
+        let receiver = self.shared.changes.subscribe();
+        let connected = self.shared.subscribed.load(Ordering::SeqCst);
+        self.listen();
+        Some(ChangeFeed::new(receiver, connected))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_own_echoes_are_ignored() {
+        let key = RequestKey::from_parts([0xab; 32], "x");
+        let hex = key.to_hex();
+        let e = event("me", 'k', &hex);
+        assert_eq!(parse_event("me", e.as_bytes()), None);
+        assert_eq!(
+            parse_event("you", e.as_bytes()),
+            Some(CacheChange::Key(key))
+        );
+        assert_eq!(
+            parse_event("you", event("me", 'p', "http://h/a\nb").as_bytes()),
+            Some(CacheChange::Invalidated(Invalidation::Prefix(
+                "http://h/a\nb".into()
+            )))
+        );
+        assert_eq!(
+            parse_event("you", event("me", 'u', "http://h/a").as_bytes()),
+            Some(CacheChange::Invalidated(Invalidation::Path(
+                "http://h/a".into()
+            )))
+        );
+        assert_eq!(
+            parse_event("you", event("me", 'c', "").as_bytes()),
+            Some(CacheChange::Cleared)
+        );
+        assert_eq!(parse_event("you", b"me\nkzz"), None);
+        assert_eq!(parse_event("you", b"no newline"), None);
+    }
+
+    #[test]
+    fn the_lex_range_covers_exactly_the_prefix() {
+        let (min, max) = lex_range(b"http://h/a");
+        let inside = b"http://h/a/1\0ff".to_vec();
+        let outside = b"http://h/b".to_vec();
+        assert!(min[1..] <= inside[..] && inside[..] < max[1..]);
+        assert!(!(min[1..] <= outside[..] && outside[..] < max[1..]));
+    }
+}
