@@ -89,6 +89,9 @@ use crate::store::sqlite::schema::Component;
 use crate::store::sqlite::{SqliteError, SqliteStore};
 use crate::store::{StoreError, StoreErrorKind};
 
+mod phases;
+use phases::Phases;
+
 /// The rate limiter's tables.
 pub(crate) const RATE_LIMIT: Component = Component {
     name: "rate_limit",
@@ -134,7 +137,10 @@ impl SqliteStore {
     pub fn rate_limits(&self) -> SqliteRateLimitStore {
         SqliteRateLimitStore {
             sqlite: self.clone(),
-            inner: Arc::default(),
+            inner: Arc::new(Inner {
+                phases: Phases::from_env(),
+                ..Inner::default()
+            }),
         }
     }
 }
@@ -154,7 +160,26 @@ impl fmt::Debug for SqliteRateLimitStore {
     }
 }
 
+impl SqliteRateLimitStore {
+    /// Per-phase latency histograms of this store's decisions (turn wait, `BEGIN`, statements,
+    /// `COMMIT`, queueing), as a printable table; `None` unless the environment variable
+    /// `COURTEOUS_RL_PHASES` was set when the store was created. A diagnostic for benchmarks,
+    /// not a stable interface.
+    #[doc(hidden)]
+    pub fn phase_report(&self) -> Option<String> {
+        self.inner.phases.as_ref().map(|p| p.report())
+    }
+}
+
 type Reply = oneshot::Sender<Result<Decision, StoreError>>;
+
+/// A request waiting for its decision.
+struct Waiting {
+    request: AdmissionRequest,
+    reply: Reply,
+    /// When it was queued, kept only while phases are measured.
+    queued_at: Option<Instant>,
+}
 
 /// Requests waiting for a decision, and who is deciding them.
 ///
@@ -163,7 +188,7 @@ type Reply = oneshot::Sender<Result<Decision, StoreError>>;
 /// runner and schedules a job.
 #[derive(Default)]
 struct Queue {
-    items: Vec<(AdmissionRequest, Reply)>,
+    items: Vec<Waiting>,
     /// A runner is deciding batches (one per process at a time).
     active: bool,
     /// A job is queued that will become the runner.
@@ -200,6 +225,8 @@ fn next_id() -> i64 {
 #[derive(Default)]
 struct Inner {
     queue: Mutex<Queue>,
+    /// Per-phase timings, when `COURTEOUS_RL_PHASES` is set (see [`phases`]).
+    phases: Option<Box<Phases>>,
     /// A lock file beside the database that serialises admission transactions across
     /// processes (see the module docs), opened on first use; `None` for `:memory:` or when it
     /// cannot be opened.
@@ -339,9 +366,18 @@ fn write_activity(
     Ok(())
 }
 
-fn take_batch(queue: &mut Queue) -> Vec<(AdmissionRequest, Reply)> {
+fn take_batch(queue: &mut Queue, phases: Option<&Phases>) -> Vec<Waiting> {
     let n = queue.items.len().min(MAX_BATCH);
-    queue.items.drain(..n).collect()
+    let batch: Vec<Waiting> = queue.items.drain(..n).collect();
+    if let Some(phases) = phases {
+        let now = Instant::now();
+        for w in &batch {
+            if let Some(at) = w.queued_at {
+                phases.queued.record(now.duration_since(at));
+            }
+        }
+    }
+    batch
 }
 
 /// Clears the runner flag when a runner stops for any reason other than an empty queue, and
@@ -355,8 +391,8 @@ impl Drop for RunnerGuard<'_> {
             return;
         }
         queue.active = false;
-        for (_, reply) in queue.items.drain(..) {
-            let _ = reply.send(Err(StoreError::new(
+        for waiting in queue.items.drain(..) {
+            let _ = waiting.reply.send(Err(StoreError::new(
                 "sqlite",
                 StoreErrorKind::Other,
                 "an earlier rate-limit decision failed; retry the request",
@@ -398,7 +434,7 @@ impl Inner {
                 return Ok(());
             }
             queue.active = true;
-            take_batch(&mut queue)
+            take_batch(&mut queue, self.phases.as_deref())
         };
         // Whatever happens below (an error, a panic), the queue is left with no runner and no
         // caller waiting forever.
@@ -412,13 +448,19 @@ impl Inner {
                     queue.active = false;
                     return Ok(());
                 }
-                batch = take_batch(&mut queue);
+                batch = take_batch(&mut queue, self.phases.as_deref());
                 continue;
             }
             // Across processes: a blocked process is woken the moment the lock is released,
             // where SQLite's busy handler would poll, and could miss the short gaps between
             // another process's transactions for tens of milliseconds.
+            let phases = self.phases.as_deref();
+            let waiting = phases.map(|_| Instant::now());
             let locked = lock_file.is_some_and(|f| f.lock().is_ok());
+            let taken = phases.map(|_| Instant::now());
+            if let (Some(phases), Some(waiting), Some(taken)) = (phases, waiting, taken) {
+                phases.turn.record(taken - waiting);
+            }
             if since_pause.elapsed() >= RUN_BEFORE_PAUSE {
                 // Other writers (the write-behind writer, other stores, a process opening the
                 // file) wait with SQLite's polling busy handler, which sleeps up to 1 ms between
@@ -426,10 +468,16 @@ impl Inner {
                 // the turn lock, so that no other runner takes the gap, leave one.
                 std::thread::sleep(PAUSE);
                 since_pause = Instant::now();
+                if let (Some(phases), Some(taken)) = (phases, taken) {
+                    phases.gap.record(taken.elapsed());
+                }
             }
             let result = self.run_batch(sqlite, conn, std::mem::take(&mut batch));
             if locked && let Some(file) = lock_file {
                 let _ = file.unlock();
+            }
+            if let (Some(phases), Some(taken)) = (phases, taken) {
+                phases.held.record(taken.elapsed());
             }
             result?;
         }
@@ -463,10 +511,10 @@ impl Inner {
         &self,
         sqlite: &SqliteStore,
         conn: &mut Connection,
-        batch: Vec<(AdmissionRequest, Reply)>,
+        batch: Vec<Waiting>,
     ) -> Result<(), SqliteError> {
         // A caller that gave up before its turn records nothing.
-        let batch: Vec<_> = batch.into_iter().filter(|(_, r)| !r.is_closed()).collect();
+        let batch: Vec<_> = batch.into_iter().filter(|w| !w.reply.is_closed()).collect();
         if batch.is_empty() {
             return Ok(());
         }
@@ -475,7 +523,7 @@ impl Inner {
                 {
                     let mut stats = lock(&self.stats);
                     let mut pending = lock(&self.activity_pending);
-                    for ((request, _), decision) in batch.iter().zip(&decisions) {
+                    for (Waiting { request, .. }, decision) in batch.iter().zip(&decisions) {
                         let entry = stats.entry(request.resource.clone()).or_default();
                         match (decision, request.priority) {
                             (Decision::Refused { .. }, _) => entry.refused += 1,
@@ -496,8 +544,12 @@ impl Inner {
                         }
                     }
                 }
-                for ((_, reply), decision) in batch.into_iter().zip(decisions) {
-                    let _ = reply.send(Ok(decision));
+                let phases = self.phases.as_deref();
+                for (waiting, decision) in batch.into_iter().zip(decisions) {
+                    let _ = waiting.reply.send(Ok(decision));
+                    if let (Some(phases), Some(at)) = (phases, waiting.queued_at) {
+                        phases.in_store.record(at.elapsed());
+                    }
                 }
                 self.flush_activity(sqlite);
                 Ok(())
@@ -510,8 +562,10 @@ impl Inner {
                     StoreErrorKind::Other
                 };
                 let message = error.to_string();
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(StoreError::new("sqlite", kind, message.clone())));
+                for waiting in batch {
+                    let _ = waiting
+                        .reply
+                        .send(Err(StoreError::new("sqlite", kind, message.clone())));
                 }
                 Err(error)
             }
@@ -556,12 +610,15 @@ impl Inner {
     fn decide_all(
         &self,
         conn: &mut Connection,
-        batch: &[(AdmissionRequest, Reply)],
+        batch: &[Waiting],
     ) -> rusqlite::Result<Vec<Decision>> {
+        let phases = self.phases.as_deref();
+        let started = phases.map(|_| Instant::now());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let begun = phases.map(|_| Instant::now());
         let mut rows: HashMap<&Resource, Row> = HashMap::new();
         let mut decisions = Vec::with_capacity(batch.len());
-        for (request, _) in batch {
+        for Waiting { request, .. } in batch {
             let now = request.now.as_millis();
             let resource = request.resource.as_str();
             let row = match rows.get(&request.resource) {
@@ -605,7 +662,16 @@ impl Inner {
             }
             decisions.push(decision);
         }
+        let decided = phases.map(|_| Instant::now());
         tx.commit()?;
+        if let (Some(phases), Some(started), Some(begun), Some(decided)) =
+            (phases, started, begun, decided)
+        {
+            phases.begin.record(begun - started);
+            phases.statements.record(decided - begun);
+            phases.commit.record(decided.elapsed());
+            phases.size.record_count(batch.len());
+        }
         Ok(decisions)
     }
 
@@ -658,7 +724,11 @@ impl RateLimitStore for SqliteRateLimitStore {
         self.inner.schedule_pruning(&self.sqlite, &request);
         let schedule = {
             let mut queue = lock(&self.inner.queue);
-            queue.items.push((request, reply));
+            queue.items.push(Waiting {
+                request,
+                reply,
+                queued_at: self.inner.phases.as_ref().map(|_| Instant::now()),
+            });
             let schedule = !queue.active && !queue.scheduled;
             queue.scheduled |= schedule;
             schedule
@@ -678,8 +748,8 @@ impl RateLimitStore for SqliteRateLimitStore {
                     queue.scheduled = false;
                     if !queue.active {
                         let message = error.to_string();
-                        for (_, reply) in queue.items.drain(..) {
-                            let _ = reply.send(Err(StoreError::new(
+                        for waiting in queue.items.drain(..) {
+                            let _ = waiting.reply.send(Err(StoreError::new(
                                 "sqlite",
                                 StoreErrorKind::Other,
                                 message.clone(),
