@@ -11,9 +11,9 @@
 //! * *saturation*: `tasks` callers each calling `acquire` again the moment it returns (closed
 //!   loop). This measures the most decisions per second; its latency is mostly queueing, since
 //!   by Little's law the mean latency is `tasks / throughput` whatever the store does.
-//! * *fixed rate*: requests issued at `RL_BENCH_RATE` per second in total (default 50,000; split
-//!   evenly over the processes), each in its own task, whether or not earlier ones have been
-//!   answered (open loop). This is the measure of a latency target: the latency at a given load.
+//! * *fixed rate*: requests issued at a fixed rate in total (split evenly over the processes),
+//!   each in its own task, whether or not earlier ones have been answered (open loop), for each
+//!   rate of `RL_BENCH_RATES` (comma-separated, default `10000,25000,50000`). This is the measure of a latency target: the latency at a given load.
 //!   Requests are issued on the runtime's 1 ms timer ticks, so they arrive in bursts of
 //!   `rate / 1000`; latency is measured from the issue, and the line under the case gives it from
 //!   the scheduled time as well (which adds the timer's lateness).
@@ -25,7 +25,8 @@
 //!
 //! Run: `cargo bench --bench rate_limit` (prints a table). `RL_BENCH_SECS` sets the measured
 //! time per case (default 3), `RL_BENCH_CHECKPOINT_MS` the SQLite store's checkpoint interval,
-//! `RL_BENCH_THREADS` the runtime's worker threads (default 1). Children of the two-process cases
+//! `RL_BENCH_THREADS` the runtime's worker threads (default 1), `RL_BENCH_DIR` where the files
+//! go (default: the system's temporary directory). Children of the two-process cases
 //! inherit the settings.
 
 use std::num::NonZeroU32;
@@ -181,7 +182,7 @@ impl Load {
     fn label(self) -> String {
         match self {
             Load::Tasks(n) => format!("{n} tasks"),
-            Load::Rate(r) => format!("{:.0}k/s offered", r / 1000.0),
+            Load::Rate(r) => format!("{r:.0}/s offered"),
         }
     }
 }
@@ -211,7 +212,7 @@ async fn drive_rate(
             let i = issued as usize;
             let scheduled = started + Duration::from_secs_f64(issued as f64 / rate);
             issued += 1;
-            let priority = if i % 2 == 0 {
+            let priority = if i.is_multiple_of(2) {
                 Priority::User
             } else {
                 Priority::Background
@@ -296,7 +297,11 @@ impl SchedProbe {
 }
 
 /// One SQLite case in this process: the table row and the notes printed under it.
-async fn sqlite_run(path: &std::path::Path, load: Load, duration: Duration) -> (String, Vec<String>) {
+async fn sqlite_run(
+    path: &std::path::Path,
+    load: Load,
+    duration: Duration,
+) -> (String, Vec<String>) {
     let mut builder = SqliteStore::builder(path);
     if let Some(ms) = std::env::var("RL_BENCH_CHECKPOINT_MS")
         .ok()
@@ -370,10 +375,15 @@ fn main() {
     } else {
         Duration::from_millis(200)
     };
-    let rate: f64 = std::env::var("RL_BENCH_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000.0);
+    let rates: Vec<f64> = std::env::var("RL_BENCH_RATES")
+        .unwrap_or_else(|_| "10000,25000,50000".to_owned())
+        .split(',')
+        .map(|r| {
+            r.trim()
+                .parse()
+                .expect("RL_BENCH_RATES: rates per second, comma-separated")
+        })
+        .collect();
 
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!("load average at start: {}", load.trim());
@@ -388,23 +398,36 @@ fn main() {
     let mut memory = rt.block_on(drive(Arc::new(MemoryRateLimitStore::new()), 2, duration));
     println!("{:<34} | {}", "memory, 2 tasks", summary(&mut memory));
 
-    let dir = tempfile::tempdir().unwrap();
-    for load in [
-        Load::Tasks(1),
-        Load::Tasks(16),
-        Load::Tasks(64),
-        Load::Rate(rate),
-    ] {
+    // `RL_BENCH_DIR` puts the files elsewhere (a tmpfs, to take the disk out of the picture).
+    let dir = match std::env::var_os("RL_BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let one = [Load::Tasks(1), Load::Tasks(16), Load::Tasks(64)];
+    for load in one.into_iter().chain(rates.iter().map(|&r| Load::Rate(r))) {
         let path = dir.path().join(format!("one-{}.db", load.to_env()));
         let (row, notes) = rt.block_on(sqlite_run(&path, load, duration));
-        print_case(&format!("sqlite, 1 process, {}", load.label()), &row, &notes);
+        print_case(
+            &format!("sqlite, 1 process, {}", load.label()),
+            &row,
+            &notes,
+        );
     }
-    for load in [Load::Tasks(16), Load::Tasks(64), Load::Rate(rate / 2.0)] {
+    let two = [Load::Tasks(16), Load::Tasks(64)];
+    for load in two
+        .into_iter()
+        .chain(rates.iter().map(|&r| Load::Rate(r / 2.0)))
+    {
         two_processes(&rt, dir.path(), load, duration);
     }
 }
 
-fn two_processes(rt: &tokio::runtime::Runtime, dir: &std::path::Path, load: Load, duration: Duration) {
+fn two_processes(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    load: Load,
+    duration: Duration,
+) {
     let path = dir.join(format!("two-{}.db", load.to_env()));
     // Create the file first so both children only open it.
     rt.block_on(async {

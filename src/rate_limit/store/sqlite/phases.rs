@@ -59,6 +59,16 @@ impl Histogram {
         self.sum.fetch_add(ns, Ordering::Relaxed);
     }
 
+    #[cfg(test)]
+    pub(super) fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    #[cfg(test)]
+    pub(super) fn max(&self) -> u64 {
+        self.max.load(Ordering::Relaxed)
+    }
+
     /// A count recorded as if it were nanoseconds (batch sizes).
     pub(super) fn record_count(&self, n: usize) {
         self.record(Duration::from_nanos(n as u64));
@@ -170,7 +180,15 @@ mod tests {
         let mut out = String::new();
         h.line("x", 1000.0, &mut out);
         // p50 of 1..=1000 µs is 500 µs, reported as its bucket's upper bound (within 12.5 %).
-        let p50: f64 = out.split("p50").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let p50: f64 = out
+            .split("p50")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((500.0..=563.0).contains(&p50), "{out}");
         assert!(out.contains("max    1000.0"), "{out}");
     }
