@@ -46,7 +46,7 @@ struct Outcome {
     decisions: u64,
     admitted: u64,
     elapsed: Duration,
-    latencies: Vec<u32>,
+    latencies: Vec<u64>,
 }
 
 fn secs() -> f64 {
@@ -86,7 +86,7 @@ async fn drive(store: Arc<dyn RateLimitStore>, tasks: usize, duration: Duration)
                 adaptive.clone(),
             );
             tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1 << 20);
+                let mut latencies = Vec::with_capacity(1 << 16);
                 let (mut decisions, mut admitted) = (0u64, 0u64);
                 let mut i = t * 7919;
                 while started.elapsed() < duration {
@@ -106,7 +106,7 @@ async fn drive(store: Arc<dyn RateLimitStore>, tasks: usize, duration: Duration)
                         );
                         let t0 = Instant::now();
                         let decision = store.acquire(request).await.expect("no store error");
-                        latencies.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                        latencies.push(nanos(t0.elapsed()));
                         decisions += 1;
                         admitted += u64::from(matches!(decision, Decision::Admitted { .. }));
                     }
@@ -131,12 +131,16 @@ async fn drive(store: Arc<dyn RateLimitStore>, tasks: usize, duration: Duration)
     outcome
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[i]) / 1000.0
+    sorted[i] as f64 / 1000.0
 }
 
 fn summary(o: &mut Outcome) -> String {
@@ -193,7 +197,7 @@ async fn drive_rate(
     store: Arc<dyn RateLimitStore>,
     rate: f64,
     duration: Duration,
-) -> (Outcome, Vec<u32>) {
+) -> (Outcome, Vec<u64>) {
     let (resources, limits, adaptive) = setup();
     let resources: Arc<[Resource]> = resources.into();
     let started = Instant::now();
@@ -229,7 +233,6 @@ async fn drive_rate(
                 let t0 = Instant::now();
                 let decision = store.acquire(request).await.expect("no store error");
                 let done = Instant::now();
-                let nanos = |d: Duration| d.as_nanos().min(u32::MAX as u128) as u32;
                 (
                     nanos(done - t0),
                     nanos(done - scheduled),
@@ -262,7 +265,7 @@ async fn drive_rate(
 /// measured in this process suffers whatever the store does.
 struct SchedProbe {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<u32>>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
 }
 
 impl SchedProbe {
@@ -275,7 +278,7 @@ impl SchedProbe {
                 let t0 = Instant::now();
                 std::thread::sleep(Duration::from_millis(1));
                 let over = t0.elapsed().saturating_sub(Duration::from_millis(1));
-                late.push(over.as_nanos().min(u32::MAX as u128) as u32);
+                late.push(nanos(over));
             }
             late
         });
