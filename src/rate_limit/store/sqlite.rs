@@ -182,6 +182,18 @@ impl SqliteRateLimitStore {
     /// `COMMIT`, queueing), as a printable table; `None` unless the environment variable
     /// `COURTEOUS_RL_PHASES` was set when the store was created. A diagnostic for benchmarks,
     /// not a stable interface.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sqlite = courteous::store::sqlite::SqliteStore::open(":memory:").await?;
+    /// let store = sqlite.rate_limits();
+    /// if let Some(table) = store.phase_report() {
+    ///     println!("{table}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     #[doc(hidden)]
     pub fn phase_report(&self) -> Option<String> {
         self.inner.phases.as_ref().map(|p| p.report())
