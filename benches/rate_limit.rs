@@ -6,8 +6,28 @@
 //! refusals and go through the adaptive split (the last column says how many were admitted).
 //! Latency is measured around each `acquire` call, from `tasks` concurrent callers.
 //!
+//! Two load models for the SQLite store:
+//!
+//! * *saturation*: `tasks` callers each calling `acquire` again the moment it returns (closed
+//!   loop). This measures the most decisions per second; its latency is mostly queueing, since
+//!   by Little's law the mean latency is `tasks / throughput` whatever the store does.
+//! * *fixed rate*: requests issued at a fixed rate in total (split evenly over the processes),
+//!   each in its own task, whether or not earlier ones have been answered (open loop), for each
+//!   rate of `RL_BENCH_RATES` (comma-separated, default `10000,25000,50000`). This is the measure of a latency target: the latency at a given load.
+//!   Requests are issued on the runtime's 1 ms timer ticks, so they arrive in bursts of
+//!   `rate / 1000`; latency is measured from the issue, and the line under the case gives it from
+//!   the scheduled time as well (which adds the timer's lateness).
+//!
+//! Under each SQLite case, `sched` is how late a thread sleeping 1 ms wakes up in that process
+//! during the run (what the machine's CPU contention alone does to a latency), and with
+//! `COURTEOUS_RL_PHASES=1` the store's per-phase histograms are printed (turn wait, `BEGIN`,
+//! statements, `COMMIT`, queueing).
+//!
 //! Run: `cargo bench --bench rate_limit` (prints a table). `RL_BENCH_SECS` sets the measured
-//! time per case (default 3). Children of the two-process case inherit the settings.
+//! time per case (default 3), `RL_BENCH_CHECKPOINT_MS` the SQLite store's checkpoint interval,
+//! `RL_BENCH_THREADS` the runtime's worker threads (default 1), `RL_BENCH_DIR` where the files
+//! go (default: the system's temporary directory). Children of the two-process cases
+//! inherit the settings.
 //!
 //! With `--features redis` the Redis store follows (one process; two processes sharing the
 //! server), skipped with a message when Redis does not answer (see `rate_limit/redis.rs`).
@@ -33,7 +53,7 @@ struct Outcome {
     decisions: u64,
     admitted: u64,
     elapsed: Duration,
-    latencies: Vec<u32>,
+    latencies: Vec<u64>,
 }
 
 fn secs() -> f64 {
@@ -73,7 +93,7 @@ async fn drive(store: Arc<dyn RateLimitStore>, tasks: usize, duration: Duration)
                 adaptive.clone(),
             );
             tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1 << 20);
+                let mut latencies = Vec::with_capacity(1 << 16);
                 let (mut decisions, mut admitted) = (0u64, 0u64);
                 let mut i = t * 7919;
                 while started.elapsed() < duration {
@@ -93,7 +113,7 @@ async fn drive(store: Arc<dyn RateLimitStore>, tasks: usize, duration: Duration)
                         );
                         let t0 = Instant::now();
                         let decision = store.acquire(request).await.expect("no store error");
-                        latencies.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                        latencies.push(nanos(t0.elapsed()));
                         decisions += 1;
                         admitted += u64::from(matches!(decision, Decision::Admitted { .. }));
                     }
@@ -118,12 +138,16 @@ async fn drive(store: Arc<dyn RateLimitStore>, tasks: usize, duration: Duration)
     outcome
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[i]) / 1000.0
+    sorted[i] as f64 / 1000.0
 }
 
 fn summary(o: &mut Outcome) -> String {
@@ -141,7 +165,153 @@ fn summary(o: &mut Outcome) -> String {
     )
 }
 
-async fn sqlite_run(path: &std::path::Path, tasks: usize, duration: Duration) -> Outcome {
+/// How a case loads the store.
+#[derive(Clone, Copy)]
+enum Load {
+    /// `n` callers in a closed loop.
+    Tasks(usize),
+    /// Requests issued at this many per second, open loop.
+    Rate(f64),
+}
+
+impl Load {
+    fn to_env(self) -> String {
+        match self {
+            Load::Tasks(n) => format!("tasks:{n}"),
+            Load::Rate(r) => format!("rate:{r}"),
+        }
+    }
+
+    fn from_env(s: &str) -> Self {
+        match s.split_once(':') {
+            Some(("tasks", n)) => Load::Tasks(n.parse().unwrap()),
+            Some(("rate", r)) => Load::Rate(r.parse().unwrap()),
+            _ => panic!("bad load {s}"),
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Load::Tasks(n) => format!("{n} tasks"),
+            Load::Rate(r) => format!("{r:.0}/s offered"),
+        }
+    }
+}
+
+/// Requests issued at `rate` per second for `duration`, each in its own task (open loop).
+/// Returns the outcome (latency from the issue) and the latencies from the scheduled time.
+async fn drive_rate(
+    store: Arc<dyn RateLimitStore>,
+    rate: f64,
+    duration: Duration,
+) -> (Outcome, Vec<u64>) {
+    let (resources, limits, adaptive) = setup();
+    let resources: Arc<[Resource]> = resources.into();
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut handles = Vec::with_capacity((rate * duration.as_secs_f64()) as usize + 1024);
+    let mut issued: u64 = 0;
+    loop {
+        ticks.tick().await;
+        let elapsed = started.elapsed();
+        if elapsed >= duration {
+            break;
+        }
+        let due = (elapsed.as_secs_f64() * rate) as u64;
+        while issued < due {
+            let i = issued as usize;
+            let scheduled = started + Duration::from_secs_f64(issued as f64 / rate);
+            issued += 1;
+            let priority = if i.is_multiple_of(2) {
+                Priority::User
+            } else {
+                Priority::Background
+            };
+            let request = AdmissionRequest::new(
+                resources[i % resources.len()].clone(),
+                priority,
+                limits.clone(),
+                adaptive.clone(),
+                SystemClock.now(),
+            );
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let decision = store.acquire(request).await.expect("no store error");
+                let done = Instant::now();
+                (
+                    nanos(done - t0),
+                    nanos(done - scheduled),
+                    matches!(decision, Decision::Admitted { .. }),
+                )
+            }));
+        }
+    }
+    let mut outcome = Outcome {
+        decisions: 0,
+        admitted: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::with_capacity(handles.len()),
+    };
+    let mut from_schedule = Vec::with_capacity(handles.len());
+    for h in handles {
+        let (latency, late, admitted) = h.await.unwrap();
+        outcome.decisions += 1;
+        outcome.admitted += u64::from(admitted);
+        outcome.latencies.push(latency);
+        from_schedule.push(late);
+    }
+    outcome.elapsed = started.elapsed();
+    // The rate column is the offered rate achieved over the issuing time, not the drain.
+    outcome.elapsed = outcome.elapsed.min(duration);
+    (outcome, from_schedule)
+}
+
+/// A thread sleeping 1 ms in a loop, recording how late it wakes: the CPU contention a latency
+/// measured in this process suffers whatever the store does.
+struct SchedProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl SchedProbe {
+    fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut late = Vec::with_capacity(1 << 16);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                std::thread::sleep(Duration::from_millis(1));
+                let over = t0.elapsed().saturating_sub(Duration::from_millis(1));
+                late.push(nanos(over));
+            }
+            late
+        });
+        SchedProbe { stop, thread }
+    }
+
+    fn finish(self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut late = self.thread.join().unwrap();
+        late.sort_unstable();
+        format!(
+            "sched: a 1 ms sleep woke late by p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
+            percentile(&late, 0.5),
+            percentile(&late, 0.99),
+            percentile(&late, 0.999),
+            percentile(&late, 1.0),
+        )
+    }
+}
+
+/// One SQLite case in this process: the table row and the notes printed under it.
+async fn sqlite_run(
+    path: &std::path::Path,
+    load: Load,
+    duration: Duration,
+) -> (String, Vec<String>) {
     let mut builder = SqliteStore::builder(path);
     if let Some(ms) = std::env::var("RL_BENCH_CHECKPOINT_MS")
         .ok()
@@ -150,10 +320,31 @@ async fn sqlite_run(path: &std::path::Path, tasks: usize, duration: Duration) ->
         builder = builder.checkpoint_interval(Duration::from_millis(ms));
     }
     let sqlite = builder.open().await.expect("open");
-    let store: Arc<dyn RateLimitStore> = Arc::new(sqlite.rate_limits());
-    let outcome = drive(store, tasks, duration).await;
+    let rate_limits = sqlite.rate_limits();
+    let store: Arc<dyn RateLimitStore> = Arc::new(rate_limits.clone());
+    let probe = SchedProbe::start();
+    let mut notes = Vec::new();
+    let mut outcome = match load {
+        Load::Tasks(tasks) => drive(store, tasks, duration).await,
+        Load::Rate(rate) => {
+            let (outcome, mut from_schedule) = drive_rate(store, rate, duration).await;
+            from_schedule.sort_unstable();
+            notes.push(format!(
+                "from the scheduled time: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
+                percentile(&from_schedule, 0.5),
+                percentile(&from_schedule, 0.99),
+                percentile(&from_schedule, 0.999),
+                percentile(&from_schedule, 1.0),
+            ));
+            outcome
+        }
+    };
+    notes.push(probe.finish());
+    if let Some(report) = rate_limits.phase_report() {
+        notes.extend(report.lines().map(str::to_owned));
+    }
     sqlite.close().await.expect("close");
-    outcome
+    (summary(&mut outcome), notes)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -169,6 +360,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+fn print_case(name: &str, row: &str, notes: &[String]) {
+    println!("{name:<34} | {row}");
+    for note in notes {
+        println!("{:<34}   {note}", "");
+    }
+}
+
 fn main() {
     let duration = Duration::from_secs_f64(secs());
     #[cfg(feature = "redis")]
@@ -176,9 +374,12 @@ fn main() {
         return;
     }
     if let Ok(path) = std::env::var(CHILD_ENV) {
-        let tasks: usize = std::env::var("RL_BENCH_TASKS").unwrap().parse().unwrap();
-        let mut o = runtime().block_on(sqlite_run(path.as_ref(), tasks, duration));
-        println!("RESULT {}", summary(&mut o));
+        let load = Load::from_env(&std::env::var("RL_BENCH_LOAD").unwrap());
+        let (row, notes) = runtime().block_on(sqlite_run(path.as_ref(), load, duration));
+        println!("RESULT {row}");
+        for note in notes {
+            println!("NOTE {note}");
+        }
         return;
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` does not: then run a short smoke.
@@ -188,7 +389,19 @@ fn main() {
     } else {
         Duration::from_millis(200)
     };
+    let rates: Vec<f64> = std::env::var("RL_BENCH_RATES")
+        .unwrap_or_else(|_| "10000,25000,50000".to_owned())
+        .split(',')
+        .map(|r| {
+            r.trim()
+                .parse()
+                .expect("RL_BENCH_RATES: rates per second, comma-separated")
+        })
+        .collect();
 
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average at start: {}", load.trim());
+    }
     println!(
         "{:<34} | {:>12} | {:>9} | {:>9} | {:>9} | {:>9} | {:>10} | {:>9}",
         "case", "decisions/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "decisions", "admitted"
@@ -199,18 +412,27 @@ fn main() {
     let mut memory = rt.block_on(drive(Arc::new(MemoryRateLimitStore::new()), 2, duration));
     println!("{:<34} | {}", "memory, 2 tasks", summary(&mut memory));
 
-    let dir = tempfile::tempdir().unwrap();
-    for tasks in [1, 16, 64] {
-        let path = dir.path().join(format!("one-{tasks}.db"));
-        let mut o = rt.block_on(sqlite_run(&path, tasks, duration));
-        println!(
-            "{:<34} | {}",
-            format!("sqlite, 1 process, {tasks} tasks"),
-            summary(&mut o)
+    // `RL_BENCH_DIR` puts the files elsewhere (a tmpfs, to take the disk out of the picture).
+    let dir = match std::env::var_os("RL_BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let one = [Load::Tasks(1), Load::Tasks(16), Load::Tasks(64)];
+    for load in one.into_iter().chain(rates.iter().map(|&r| Load::Rate(r))) {
+        let path = dir.path().join(format!("one-{}.db", load.to_env()));
+        let (row, notes) = rt.block_on(sqlite_run(&path, load, duration));
+        print_case(
+            &format!("sqlite, 1 process, {}", load.label()),
+            &row,
+            &notes,
         );
     }
-    for tasks in [16, 64] {
-        two_processes(&rt, dir.path(), tasks, duration);
+    let two = [Load::Tasks(16), Load::Tasks(64)];
+    for load in two
+        .into_iter()
+        .chain(rates.iter().map(|&r| Load::Rate(r / 2.0)))
+    {
+        two_processes(&rt, dir.path(), load, duration);
     }
     #[cfg(feature = "redis")]
     redis_cases::run(&rt, duration);
@@ -221,10 +443,10 @@ fn main() {
 fn two_processes(
     rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
-    tasks: usize,
+    load: Load,
     duration: Duration,
 ) {
-    let path = dir.join(format!("two-{tasks}.db"));
+    let path = dir.join(format!("two-{}.db", load.to_env()));
     // Create the file first so both children only open it.
     rt.block_on(async {
         SqliteStore::open(&path)
@@ -238,7 +460,7 @@ fn two_processes(
         .map(|_| {
             std::process::Command::new(std::env::current_exe().unwrap())
                 .env(CHILD_ENV, &path)
-                .env("RL_BENCH_TASKS", tasks.to_string())
+                .env("RL_BENCH_LOAD", load.to_env())
                 .env("RL_BENCH_SECS", duration.as_secs_f64().to_string())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -254,6 +476,11 @@ fn two_processes(
             .lines()
             .find_map(|l| l.strip_prefix("RESULT "))
             .expect("child result");
+        let notes: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("NOTE "))
+            .map(str::to_owned)
+            .collect();
         total += line
             .split('|')
             .next()
@@ -261,15 +488,15 @@ fn two_processes(
             .trim()
             .parse::<f64>()
             .unwrap();
-        println!(
-            "{:<34} | {}",
-            format!("sqlite, 2 processes: #{} ({tasks} tasks)", i + 1),
-            line
+        print_case(
+            &format!("sqlite, 2 processes: #{} ({})", i + 1, load.label()),
+            line,
+            &notes,
         );
     }
     println!(
         "{:<34} | {:>12.0}",
-        format!("sqlite, 2 processes: total ({tasks})"),
+        format!("sqlite, 2 processes: total ({})", load.label()),
         total
     );
 }

@@ -9,17 +9,27 @@
 //! same transaction before the next is decided. The transaction commits before any caller hears
 //! its answer, so an admission is in the file, and visible to every other process, before the
 //! request goes out. Under load many decisions share one transaction (group commit); alone, a
-//! decision is one short transaction. The runner goes on while requests keep arriving, and stops
-//! when the queue is empty.
+//! decision is one short transaction. A transaction stops taking decisions after 1 ms (the rest
+//! go first in the next one), so that no batch holds the other processes up for long. The runner
+//! goes on while requests keep arriving, and stops when the queue is empty.
 //!
-//! Processes take turns through an advisory lock on a file beside the database
-//! (`<file>-ratelimit.lock`, 0600), held for one transaction: a waiting process is woken the
-//! moment the lock is released, where SQLite's busy handler polls and can miss the short gaps
-//! between another process's transactions for tens of milliseconds. The lock only orders
-//! admission transactions; SQLite's own locking still guarantees correctness. A runner that has
-//! been busy for 5 ms leaves the database free for 1.2 ms (holding the turn lock), so that
-//! writers waiting with SQLite's polling busy handler (the write-behind writer, other stores, a
-//! process opening the file) are never starved by a saturated limiter.
+//! Processes take turns through advisory locks on two files beside the database
+//! (`<file>-ratelimit.lock` and `<file>-ratelimit.gate`, 0600): the *turn*, held for one
+//! transaction and handed over as soon as it commits (before the answers go out), and a *gate*
+//! that the process waiting for the turn holds, so that the process handing the turn over cannot
+//! take it straight back. A waiting process is woken the moment the turn is released (where
+//! SQLite's busy handler polls and can miss the short gaps between another process's
+//! transactions), and busy processes alternate transaction by transaction (a bare lock let one
+//! process win it again and again, and left the other waiting for over 100 ms). The locks only
+//! order admission transactions; SQLite's own locking still guarantees correctness. A runner that
+//! has held the turn for 10 ms in all leaves the database free for 300 µs (still holding the
+//! turn), longer than the busy handler's longest sleep, so that writers waiting with the polling
+//! busy handler (the write-behind writer, other stores, a process opening the file) are never
+//! starved by a saturated limiter.
+//!
+//! With the environment variable `COURTEOUS_RL_PHASES` set, the store keeps per-phase latency
+//! histograms (turn wait, `BEGIN`, statements, `COMMIT`, queueing), which the `rate_limit`
+//! benchmark prints.
 //!
 //! Windows are counted from `now - window` *with no upper bound*, so an admission another process
 //! stamped a few microseconds later still counts: the window invariant holds across processes
@@ -89,6 +99,9 @@ use crate::store::sqlite::schema::Component;
 use crate::store::sqlite::{SqliteError, SqliteStore};
 use crate::store::{StoreError, StoreErrorKind};
 
+mod phases;
+use phases::Phases;
+
 /// The rate limiter's tables.
 pub(crate) const RATE_LIMIT: Component = Component {
     name: "rate_limit",
@@ -122,19 +135,29 @@ pub(crate) const RATE_LIMIT: Component = Component {
 /// How often a process prunes one resource's old rows.
 const PRUNE_EVERY_MS: u64 = 5000;
 
-/// A runner busy this long in a row leaves the write lock free for `PAUSE`.
-const RUN_BEFORE_PAUSE: Duration = Duration::from_millis(5);
-const PAUSE: Duration = Duration::from_micros(1200);
+/// A runner that has held the turn this long (in all, since its last gap) leaves the write lock
+/// free for `GAP`, longer than the longest sleep of the busy handler (250 µs), so that a writer
+/// polling for it gets in.
+const HOLD_BEFORE_GAP: Duration = Duration::from_millis(10);
+const GAP: Duration = Duration::from_micros(300);
 
 /// Most decisions in one transaction.
 const MAX_BATCH: usize = 64;
+
+/// A transaction stops taking decisions after this long (the rest go back to the head of the
+/// queue), so that one slow batch holds the other processes up no longer than this.
+const BATCH_BUDGET: Duration = Duration::from_millis(1);
 
 impl SqliteStore {
     /// A rate-limit store in this file, shared with every process that opens it.
     pub fn rate_limits(&self) -> SqliteRateLimitStore {
         SqliteRateLimitStore {
             sqlite: self.clone(),
-            inner: Arc::default(),
+            inner: Arc::new(Inner {
+                phases: Phases::from_env(),
+                budget: BATCH_BUDGET,
+                ..Inner::default()
+            }),
         }
     }
 }
@@ -154,7 +177,40 @@ impl fmt::Debug for SqliteRateLimitStore {
     }
 }
 
+impl SqliteRateLimitStore {
+    /// Per-phase latency histograms of this store's decisions (turn wait, `BEGIN`, statements,
+    /// `COMMIT`, queueing), as a printable table; `None` unless the environment variable
+    /// `COURTEOUS_RL_PHASES` was set when the store was created. A diagnostic for benchmarks,
+    /// not a stable interface.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sqlite = courteous::store::sqlite::SqliteStore::open(":memory:").await?;
+    /// let store = sqlite.rate_limits();
+    /// if let Some(table) = store.phase_report() {
+    ///     println!("{table}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[doc(hidden)]
+    pub fn phase_report(&self) -> Option<String> {
+        self.inner.phases.as_ref().map(|p| p.report())
+    }
+}
+
 type Reply = oneshot::Sender<Result<Decision, StoreError>>;
+
+/// A request waiting for its decision.
+struct Waiting {
+    request: AdmissionRequest,
+    reply: Reply,
+    /// When it was queued, kept only while phases are measured.
+    queued_at: Option<Instant>,
+    /// Put back at the head of the queue after a transaction ran out of time.
+    requeued: bool,
+}
 
 /// Requests waiting for a decision, and who is deciding them.
 ///
@@ -163,7 +219,7 @@ type Reply = oneshot::Sender<Result<Decision, StoreError>>;
 /// runner and schedules a job.
 #[derive(Default)]
 struct Queue {
-    items: Vec<(AdmissionRequest, Reply)>,
+    items: Vec<Waiting>,
     /// A runner is deciding batches (one per process at a time).
     active: bool,
     /// A job is queued that will become the runner.
@@ -200,10 +256,13 @@ fn next_id() -> i64 {
 #[derive(Default)]
 struct Inner {
     queue: Mutex<Queue>,
-    /// A lock file beside the database that serialises admission transactions across
-    /// processes (see the module docs), opened on first use; `None` for `:memory:` or when it
-    /// cannot be opened.
-    lock_file: OnceLock<Option<File>>,
+    /// Per-phase timings, when `COURTEOUS_RL_PHASES` is set (see [`phases`]).
+    phases: Option<Box<Phases>>,
+    /// How long a transaction takes decisions ([`BATCH_BUDGET`]).
+    budget: Duration,
+    /// The lock files beside the database that make processes take turns (see the module
+    /// docs), opened on first use; `None` for `:memory:` or when they cannot be opened.
+    turn: OnceLock<Option<TurnLock>>,
     /// User admissions not yet written to the activity table: (resource, second) -> count, and
     /// the last user admission per resource.
     activity_pending: Arc<Mutex<PendingActivity>>,
@@ -339,9 +398,76 @@ fn write_activity(
     Ok(())
 }
 
-fn take_batch(queue: &mut Queue) -> Vec<(AdmissionRequest, Reply)> {
+/// Turn-taking between processes, fair under contention: two advisory locks on files beside the
+/// database, a *turn* (held for one transaction) and a *gate* (held only while waiting for the
+/// turn).
+///
+/// A process takes the gate, then the turn, then lets the gate go. The one waiting for the turn
+/// holds the gate, so the process that hands the turn over cannot take it straight back: it
+/// waits at the gate until the waiter has the turn. Two busy processes therefore alternate
+/// transaction by transaction, where a bare lock lets the process that just released it win
+/// again and again (the kernel wakes the waiter, but the releaser is already running) and starve
+/// the other for tens of milliseconds. Uncontended, it costs two more system calls.
+struct TurnLock {
+    turn: File,
+    gate: File,
+}
+
+impl TurnLock {
+    fn open(database: &std::path::Path) -> std::io::Result<Self> {
+        let open = |suffix: &str| {
+            let mut name = database.as_os_str().to_owned();
+            name.push(suffix);
+            let mut options = std::fs::OpenOptions::new();
+            options.read(true).write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options.open(name)
+        };
+        Ok(TurnLock {
+            turn: open("-ratelimit.lock")?,
+            gate: open("-ratelimit.gate")?,
+        })
+    }
+
+    /// Waits for the turn; `false` if the lock failed (SQLite's own locking still applies).
+    fn take(&self) -> bool {
+        let gated = self.gate.lock().is_ok();
+        let taken = self.turn.lock().is_ok();
+        if gated {
+            let _ = self.gate.unlock();
+        }
+        taken
+    }
+
+    fn give(&self) {
+        let _ = self.turn.unlock();
+    }
+}
+
+/// Runs its closure when dropped, unwinding included.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+fn take_batch(queue: &mut Queue, phases: Option<&Phases>) -> Vec<Waiting> {
     let n = queue.items.len().min(MAX_BATCH);
-    queue.items.drain(..n).collect()
+    let batch: Vec<Waiting> = queue.items.drain(..n).collect();
+    if let Some(phases) = phases {
+        let now = Instant::now();
+        for w in batch.iter().filter(|w| !w.requeued) {
+            if let Some(at) = w.queued_at {
+                phases.queued.record(now.duration_since(at));
+            }
+        }
+    }
+    batch
 }
 
 /// Clears the runner flag when a runner stops for any reason other than an empty queue, and
@@ -355,8 +481,8 @@ impl Drop for RunnerGuard<'_> {
             return;
         }
         queue.active = false;
-        for (_, reply) in queue.items.drain(..) {
-            let _ = reply.send(Err(StoreError::new(
+        for waiting in queue.items.drain(..) {
+            let _ = waiting.reply.send(Err(StoreError::new(
                 "sqlite",
                 StoreErrorKind::Other,
                 "an earlier rate-limit decision failed; retry the request",
@@ -398,13 +524,13 @@ impl Inner {
                 return Ok(());
             }
             queue.active = true;
-            take_batch(&mut queue)
+            take_batch(&mut queue, self.phases.as_deref())
         };
         // Whatever happens below (an error, a panic), the queue is left with no runner and no
         // caller waiting forever.
         let _runner = RunnerGuard(self);
-        let lock_file = self.lock_file(sqlite);
-        let mut since_pause = Instant::now();
+        let turn = self.turn(sqlite);
+        let mut held_since_gap = Duration::ZERO;
         loop {
             if batch.is_empty() {
                 let mut queue = lock(&self.queue);
@@ -412,46 +538,58 @@ impl Inner {
                     queue.active = false;
                     return Ok(());
                 }
-                batch = take_batch(&mut queue);
+                batch = take_batch(&mut queue, self.phases.as_deref());
                 continue;
             }
-            // Across processes: a blocked process is woken the moment the lock is released,
+            // Across processes: a waiting process is woken the moment the turn is handed over,
             // where SQLite's busy handler would poll, and could miss the short gaps between
-            // another process's transactions for tens of milliseconds.
-            let locked = lock_file.is_some_and(|f| f.lock().is_ok());
-            if since_pause.elapsed() >= RUN_BEFORE_PAUSE {
+            // another process's transactions.
+            let phases = self.phases.as_deref();
+            let waiting = phases.map(|_| Instant::now());
+            let locked = turn.is_some_and(TurnLock::take);
+            let taken = Instant::now();
+            if let (Some(phases), Some(waiting)) = (phases, waiting) {
+                phases.turn.record(taken - waiting);
+            }
+            if held_since_gap >= HOLD_BEFORE_GAP {
                 // Other writers (the write-behind writer, other stores, a process opening the
-                // file) wait with SQLite's polling busy handler, which sleeps up to 1 ms between
-                // tries: a runner that never leaves a gap that long would starve them. Holding
-                // the turn lock, so that no other runner takes the gap, leave one.
-                std::thread::sleep(PAUSE);
-                since_pause = Instant::now();
+                // file) wait with SQLite's polling busy handler, which sleeps up to 250 µs
+                // between tries: a runner that never leaves a gap that long could starve them.
+                // Holding the turn, so that no other runner takes the gap, leave one.
+                std::thread::sleep(GAP);
+                held_since_gap = Duration::ZERO;
+                if let Some(phases) = phases {
+                    phases.gap.record(taken.elapsed());
+                }
             }
-            let result = self.run_batch(sqlite, conn, std::mem::take(&mut batch));
-            if locked && let Some(file) = lock_file {
-                let _ = file.unlock();
-            }
-            result?;
+            let gap_end = Instant::now();
+            // The turn is handed over as soon as the transaction ends, before the answers go
+            // out: the next process need not wait for this one's bookkeeping.
+            // A guard, so that a panic in the transaction still hands the turn over.
+            let release = OnDrop(Some(|| {
+                if locked && let Some(turn) = turn {
+                    turn.give();
+                }
+                held_since_gap += gap_end.elapsed();
+                if let Some(phases) = phases {
+                    phases.held.record(taken.elapsed());
+                }
+            }));
+            self.run_batch(sqlite, conn, std::mem::take(&mut batch), release)?;
         }
     }
 
-    fn lock_file(&self, sqlite: &SqliteStore) -> Option<&File> {
-        self.lock_file
+    fn turn(&self, sqlite: &SqliteStore) -> Option<&TurnLock> {
+        self.turn
             .get_or_init(|| {
                 let path = sqlite.path();
                 if path == std::path::Path::new(":memory:") {
                     return None;
                 }
-                let mut name = path.as_os_str().to_owned();
-                name.push("-ratelimit.lock");
-                let mut options = std::fs::OpenOptions::new();
-                options.read(true).write(true).create(true).truncate(false);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                match options.open(&name) {
-                    Ok(file) => Some(file),
+                match TurnLock::open(path) {
+                    Ok(turn) => Some(turn),
                     Err(error) => {
-                        tracing::warn!(%error, "rate-limit lock file not opened; relying on sqlite's busy handler");
+                        tracing::warn!(%error, "rate-limit lock files not opened; relying on sqlite's busy handler");
                         None
                     }
                 }
@@ -463,19 +601,30 @@ impl Inner {
         &self,
         sqlite: &SqliteStore,
         conn: &mut Connection,
-        batch: Vec<(AdmissionRequest, Reply)>,
+        batch: Vec<Waiting>,
+        release: OnDrop<impl FnOnce()>,
     ) -> Result<(), SqliteError> {
         // A caller that gave up before its turn records nothing.
-        let batch: Vec<_> = batch.into_iter().filter(|(_, r)| !r.is_closed()).collect();
+        let mut batch: Vec<_> = batch.into_iter().filter(|w| !w.reply.is_closed()).collect();
         if batch.is_empty() {
             return Ok(());
         }
-        match self.decide_all(conn, &batch) {
+        let decided = self.decide_all(conn, &batch);
+        drop(release);
+        match decided {
             Ok(decisions) => {
+                if decisions.len() < batch.len() {
+                    // Out of time: the rest go first in the next transaction.
+                    let mut rest = batch.split_off(decisions.len());
+                    for w in &mut rest {
+                        w.requeued = true;
+                    }
+                    lock(&self.queue).items.splice(0..0, rest);
+                }
                 {
                     let mut stats = lock(&self.stats);
                     let mut pending = lock(&self.activity_pending);
-                    for ((request, _), decision) in batch.iter().zip(&decisions) {
+                    for (Waiting { request, .. }, decision) in batch.iter().zip(&decisions) {
                         let entry = stats.entry(request.resource.clone()).or_default();
                         match (decision, request.priority) {
                             (Decision::Refused { .. }, _) => entry.refused += 1,
@@ -496,8 +645,12 @@ impl Inner {
                         }
                     }
                 }
-                for ((_, reply), decision) in batch.into_iter().zip(decisions) {
-                    let _ = reply.send(Ok(decision));
+                let phases = self.phases.as_deref();
+                for (waiting, decision) in batch.into_iter().zip(decisions) {
+                    let _ = waiting.reply.send(Ok(decision));
+                    if let (Some(phases), Some(at)) = (phases, waiting.queued_at) {
+                        phases.in_store.record(at.elapsed());
+                    }
                 }
                 self.flush_activity(sqlite);
                 Ok(())
@@ -510,8 +663,11 @@ impl Inner {
                     StoreErrorKind::Other
                 };
                 let message = error.to_string();
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(StoreError::new("sqlite", kind, message.clone())));
+                for waiting in batch {
+                    let _ =
+                        waiting
+                            .reply
+                            .send(Err(StoreError::new("sqlite", kind, message.clone())));
                 }
                 Err(error)
             }
@@ -556,12 +712,18 @@ impl Inner {
     fn decide_all(
         &self,
         conn: &mut Connection,
-        batch: &[(AdmissionRequest, Reply)],
+        batch: &[Waiting],
     ) -> rusqlite::Result<Vec<Decision>> {
+        let phases = self.phases.as_deref();
+        let started = phases.map(|_| Instant::now());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let begun = Instant::now();
         let mut rows: HashMap<&Resource, Row> = HashMap::new();
         let mut decisions = Vec::with_capacity(batch.len());
-        for (request, _) in batch {
+        for Waiting { request, .. } in batch {
+            if !decisions.is_empty() && begun.elapsed() >= self.budget {
+                break;
+            }
             let now = request.now.as_millis();
             let resource = request.resource.as_str();
             let row = match rows.get(&request.resource) {
@@ -605,7 +767,14 @@ impl Inner {
             }
             decisions.push(decision);
         }
+        let decided = phases.map(|_| Instant::now());
         tx.commit()?;
+        if let (Some(phases), Some(started), Some(decided)) = (phases, started, decided) {
+            phases.begin.record(begun - started);
+            phases.statements.record(decided - begun);
+            phases.commit.record(decided.elapsed());
+            phases.size.record_count(decisions.len());
+        }
         Ok(decisions)
     }
 
@@ -658,7 +827,12 @@ impl RateLimitStore for SqliteRateLimitStore {
         self.inner.schedule_pruning(&self.sqlite, &request);
         let schedule = {
             let mut queue = lock(&self.inner.queue);
-            queue.items.push((request, reply));
+            queue.items.push(Waiting {
+                request,
+                reply,
+                queued_at: self.inner.phases.as_ref().map(|_| Instant::now()),
+                requeued: false,
+            });
             let schedule = !queue.active && !queue.scheduled;
             queue.scheduled |= schedule;
             schedule
@@ -678,8 +852,8 @@ impl RateLimitStore for SqliteRateLimitStore {
                     queue.scheduled = false;
                     if !queue.active {
                         let message = error.to_string();
-                        for (_, reply) in queue.items.drain(..) {
-                            let _ = reply.send(Err(StoreError::new(
+                        for waiting in queue.items.drain(..) {
+                            let _ = waiting.reply.send(Err(StoreError::new(
                                 "sqlite",
                                 StoreErrorKind::Other,
                                 message.clone(),
@@ -781,5 +955,89 @@ impl RateLimitStore for SqliteRateLimitStore {
                 .map(|(r, s)| (r.as_str().to_owned(), *s))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_process_handing_the_turn_over_cannot_take_it_straight_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("turns.db");
+        // Each open file description is locked on its own, as another process's would be.
+        let (a, b, probe) = (
+            TurnLock::open(&db).unwrap(),
+            TurnLock::open(&db).unwrap(),
+            TurnLock::open(&db).unwrap(),
+        );
+        assert!(a.take());
+        let (order, seen) = mpsc::channel();
+        let waiter = {
+            let order = order.clone();
+            std::thread::spawn(move || {
+                assert!(b.take());
+                order.send("b").unwrap();
+                b.give();
+            })
+        };
+        // Wait until the other side holds the gate, i.e. waits for the turn (bounded, so that
+        // a lock without a gate fails the assertion below instead of hanging here).
+        let started = Instant::now();
+        while probe.gate.try_lock().is_ok() && started.elapsed() < Duration::from_secs(2) {
+            let _ = probe.gate.unlock();
+            std::thread::yield_now();
+        }
+        // Hand the turn over and ask for it again at once: the waiter goes first.
+        a.give();
+        assert!(a.take());
+        order.send("a").unwrap();
+        a.give();
+        waiter.join().unwrap();
+        let order: Vec<_> = seen.try_iter().collect();
+        assert_eq!(order, ["b", "a"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_transaction_out_of_time_leaves_the_rest_to_the_next_in_order() {
+        let sqlite = SqliteStore::open(":memory:").await.unwrap();
+        let store = SqliteRateLimitStore {
+            sqlite: sqlite.clone(),
+            inner: Arc::new(Inner {
+                phases: Some(Box::default()),
+                // Every transaction is out of time after its first decision.
+                budget: Duration::ZERO,
+                ..Inner::default()
+            }),
+        };
+        let limits: Arc<[Limit]> = vec![Limit::per_second(NonZeroU32::new(100).unwrap())].into();
+        let resource = Resource::new("items").unwrap();
+        let now = crate::rate_limit::clock::Timestamp::from_millis(1_000_000);
+        // All queued before the runner starts (it is spawned on this thread).
+        let decisions = futures_util::future::join_all((0..20).map(|_| {
+            store.acquire(AdmissionRequest::new(
+                resource.clone(),
+                Priority::User,
+                limits.clone(),
+                Arc::new(AdaptiveConfig::default()),
+                now,
+            ))
+        }))
+        .await;
+        let remaining: Vec<u32> = decisions
+            .into_iter()
+            .map(|d| match d.unwrap() {
+                Decision::Admitted { remaining } => remaining,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Decided one per transaction, in the order they were queued.
+        assert_eq!(remaining, (80..100).rev().collect::<Vec<u32>>());
+        let phases = store.inner.phases.as_ref().unwrap();
+        assert_eq!((phases.size.count(), phases.size.max()), (20, 1));
+        sqlite.close().await.unwrap();
     }
 }
