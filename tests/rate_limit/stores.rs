@@ -24,6 +24,7 @@ every_backend!(
     background_is_held_to_its_share_and_users_are_not,
     status_reports_usage_reset_and_split,
     server_feedback_blocks_and_caps_every_handle,
+    a_server_budget_counts_admissions_older_than_the_longest_window,
 );
 
 fn n(n: u32) -> NonZeroU32 {
@@ -361,42 +362,4 @@ async fn a_server_budget_counts_admissions_older_than_the_longest_window(backend
         admitted(9)
     );
     handle.close().await;
-}
-
-/// `every_backend!` by hand, with SQLite ignored until its pruning keeps what a budget counts.
-mod a_server_budget_counts_admissions_older_than_the_longest_window {
-    use crate::backend::{Kind, run};
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn memory() {
-        run(
-            Kind::Memory,
-            "budget",
-            super::a_server_budget_counts_admissions_older_than_the_longest_window,
-        )
-        .await;
-    }
-
-    #[cfg(feature = "sqlite")]
-    #[ignore = "known gap: the SQLite store prunes admissions older than its longest window + 1 s, which a server budget still counts"]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        run(
-            Kind::Sqlite,
-            "budget",
-            super::a_server_budget_counts_admissions_older_than_the_longest_window,
-        )
-        .await;
-    }
-
-    #[cfg(feature = "redis")]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn redis() {
-        run(
-            Kind::Redis,
-            "budget",
-            super::a_server_budget_counts_admissions_older_than_the_longest_window,
-        )
-        .await;
-    }
 }

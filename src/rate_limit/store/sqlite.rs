@@ -800,10 +800,17 @@ impl Inner {
         let mut key = b"rate_limit.prune:".to_vec();
         key.extend_from_slice(resource.as_bytes());
         let result = sqlite.defer_keyed(key, move |conn| {
+            // While a server's budget applies, every admission since it was observed counts
+            // against it, however old: those are kept until the budget resets.
             conn.prepare_cached(
-                "DELETE FROM rate_limit_admissions WHERE resource = ?1 AND at < ?2",
+                "DELETE FROM rate_limit_admissions
+                 WHERE resource = ?1 AND at < ?2
+                   AND at < COALESCE(
+                       (SELECT budget_observed FROM rate_limit_state
+                        WHERE resource = ?1 AND budget_reset > ?3),
+                       ?2)",
             )?
-            .execute(params![resource, admissions_before])?;
+            .execute(params![resource, admissions_before, now as i64])?;
             conn.prepare_cached(
                 "DELETE FROM rate_limit_activity WHERE resource = ?1 AND second < ?2",
             )?
