@@ -99,7 +99,8 @@ pub use resource::{
 };
 pub use transport::HttpClient;
 
-/// The README's examples, compiled as doctests so they stay true.
-#[cfg(all(doctest, feature = "sqlite", feature = "middleware"))]
+/// The README's examples, compiled as doctests so they stay true (with every feature, as CI
+/// builds: `cargo test --all-features`).
+#[cfg(all(doctest, feature = "sqlite", feature = "middleware", feature = "redis"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
