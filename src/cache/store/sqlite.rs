@@ -157,22 +157,29 @@ fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
     out
 }
 
-fn decode_headers(mut bytes: &[u8]) -> Option<HeaderMap> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if bytes.len() < n {
-            return None;
-        }
-        let (head, rest) = bytes.split_at(n);
-        *bytes = rest;
-        Some(head)
+/// The inverse of [`encode_headers`]; `None` for damaged bytes.
+///
+/// The encoded headers are copied once; every value is a slice of that copy rather than an
+/// allocation of its own (which cloning the map for a response would then share, too).
+fn decode_headers(encoded: &[u8]) -> Option<HeaderMap> {
+    fn take(bytes: &Bytes, at: &mut usize, n: usize) -> Option<Bytes> {
+        let end = at.checked_add(n).filter(|&end| end <= bytes.len())?;
+        let part = bytes.slice(*at..end);
+        *at = end;
+        Some(part)
     }
-    let count = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().ok()?) as usize;
+    fn number<const N: usize>(bytes: &Bytes, at: &mut usize) -> Option<[u8; N]> {
+        take(bytes, at, N)?.as_ref().try_into().ok()
+    }
+    let bytes = Bytes::copy_from_slice(encoded);
+    let at = &mut 0;
+    let count = u32::from_le_bytes(number(&bytes, at)?) as usize;
     let mut headers = HeaderMap::with_capacity(count.min(256));
     for _ in 0..count {
-        let n = u16::from_le_bytes(take(&mut bytes, 2)?.try_into().ok()?) as usize;
-        let name = HeaderName::from_bytes(take(&mut bytes, n)?).ok()?;
-        let n = u32::from_le_bytes(take(&mut bytes, 4)?.try_into().ok()?) as usize;
-        let value = HeaderValue::from_bytes(take(&mut bytes, n)?).ok()?;
+        let n = u16::from_le_bytes(number(&bytes, at)?) as usize;
+        let name = HeaderName::from_bytes(&take(&bytes, at, n)?).ok()?;
+        let n = u32::from_le_bytes(number(&bytes, at)?) as usize;
+        let value = HeaderValue::from_maybe_shared(take(&bytes, at, n)?).ok()?;
         headers.append(name, value);
     }
     Some(headers)
@@ -522,6 +529,28 @@ impl CacheStore for SqliteCacheStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_survive_encoding_and_damaged_bytes_are_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        headers.append(http::header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(http::header::SET_COOKIE, HeaderValue::from_static("b=2"));
+        headers.insert("x-empty", HeaderValue::from_static(""));
+        let encoded = encode_headers(&headers);
+        assert_eq!(decode_headers(&encoded), Some(headers));
+        for cut in 1..encoded.len() {
+            assert_eq!(decode_headers(&encoded[..cut]), None, "cut at {cut}");
+        }
+        // A value with a byte no header value may hold.
+        let mut bad_value = encoded.clone();
+        let at = bad_value.windows(4).position(|w| w == b"text").unwrap();
+        bad_value[at] = b'\n';
+        assert_eq!(decode_headers(&bad_value), None);
+    }
 
     #[test]
     fn a_body_still_held_is_never_overwritten_by_the_next_read() {
