@@ -49,16 +49,19 @@ local function split(m)
   return string.sub(m, 1, -66), string.sub(m, -64)
 end
 -- Removes up to `limit` members whose entries expired (or were evicted); returns how many.
+-- Scores are in Redis's clock: an entry that is still there (its expiry was moved) is scored
+-- again by its TTL.
 local function purge(eprefix, now, limit)
   local n = 0
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, limit)) do
     local url, h = split(m)
     local e = eprefix .. h
-    local cur = redis.call('HMGET', e, 'u', 'x')
-    if cur[1] == url and tonumber(cur[2]) > now then
-      redis.call('ZADD', X, cur[2], m)
+    local cur = redis.call('HGET', e, 'u')
+    local ttl = redis.call('PTTL', e)
+    if cur == url and ttl > 0 then
+      redis.call('ZADD', X, now + ttl, m)
     else
-      if cur[1] == url then
+      if cur == url then
         redis.call('DEL', e)
       end
       unindex(m)
@@ -72,8 +75,8 @@ end
 }
 
 /// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: entry prefix, hex, url, encoded entry,
-/// fresh_until ms, expires_at ms, size, channel, event, clean limit. Returns how many expired
-/// members it cleaned.
+/// fresh_until ms, expires_at ms, size, channel, event, clean limit, TTL ms. Returns how many
+/// expired members it cleaned.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -87,13 +90,14 @@ local m = url .. '\0' .. h
 unindex(m)
 redis.call('DEL', E)
 redis.call('HSET', E, 'u', url, 'e', ARGV[4], 'f', ARGV[5], 'x', ARGV[6])
-redis.call('PEXPIREAT', E, ARGV[6])
+local now, ttl = now_ms(), tonumber(ARGV[11])
+redis.call('PEXPIRE', E, ttl)
 redis.call('ZADD', U, 0, m)
-redis.call('ZADD', X, ARGV[6], m)
+redis.call('ZADD', X, now + ttl, m)
 redis.call('HSET', Z, m, ARGV[7])
 redis.call('INCRBY', B, ARGV[7])
 redis.call('PUBLISH', ARGV[8], ARGV[9])
-return purge(ARGV[1], now_ms(), tonumber(ARGV[10]))
+return purge(ARGV[1], now, tonumber(ARGV[10]))
 "#
     ))
 });
@@ -116,7 +120,8 @@ return n
     ))
 });
 
-/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: hex, fresh_until ms, expires_at ms.
+/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: hex, fresh_until ms, expires_at ms, TTL
+/// ms.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -126,9 +131,10 @@ local url = redis.call('HGET', E, 'u')
 if not url then
   return 0
 end
+local ttl = tonumber(ARGV[4])
 redis.call('HSET', E, 'f', ARGV[2], 'x', ARGV[3])
-redis.call('ZADD', X, 'XX', ARGV[3], url .. '\0' .. ARGV[1])
-redis.call('PEXPIREAT', E, ARGV[3])
+redis.call('ZADD', X, 'XX', now_ms() + ttl, url .. '\0' .. ARGV[1])
+redis.call('PEXPIRE', E, ttl)
 return 1
 "#
     ))
@@ -170,15 +176,33 @@ return {n, #ms, skipped}
     ))
 });
 
-/// `ARGV`: entry prefix, limit. Returns `{cleaned, more}`.
+/// `ARGV`: entry prefix, limit, scan cursor, scan count. Removes up to `limit` expired members,
+/// then checks one `ZSCAN` step of the expiry index (from the cursor, about `scan count`
+/// members, none if 0) for members whose entry is gone before its expiry (evicted by Redis's
+/// `maxmemory` policy, or deleted by hand) and removes them. Returns `{cleaned, more, next
+/// cursor, stale}`.
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
         r#"
 local limit = tonumber(ARGV[2])
 local n = purge(ARGV[1], now_ms(), limit)
+local cursor, stale = ARGV[3], 0
+if tonumber(ARGV[4]) > 0 then
+  local step = redis.call('ZSCAN', X, cursor, 'COUNT', ARGV[4])
+  cursor = step[1]
+  local found = step[2]
+  for i = 1, #found, 2 do
+    local m = found[i]
+    local url, h = split(m)
+    if redis.call('HGET', ARGV[1] .. h, 'u') ~= url then
+      unindex(m)
+      stale = stale + 1
+    end
+  end
+end
 local more = redis.call('ZCOUNT', X, '-inf', now_ms())
-return {n, more}
+return {n, more, cursor, stale}
 "#
     ))
 });
@@ -217,6 +241,9 @@ struct Names {
 struct Shared {
     names: Names,
     counters: Counters,
+    /// Where the next purge goes on checking the expiry index for evicted entries (a `ZSCAN`
+    /// cursor; 0 starts a new pass).
+    scan: AtomicU64,
     /// Who publishes this store's events (so that its own echoes are ignored).
     instance: String,
     changes: broadcast::Sender<CacheChange>,
@@ -237,9 +264,9 @@ struct Shared {
 ///
 /// | key | holds |
 /// |---|---|
-/// | `p:cache:e:h` | hash `u` (URL), `e` (the whole entry, one compact binary value), `f`/`x` (fresh until / expires at, ms); expires by itself at `x` (`PEXPIREAT`) |
+/// | `p:cache:e:h` | hash `u` (URL), `e` (the whole entry, one compact binary value), `f`/`x` (fresh until / expires at, ms, in the store's [clock](Self::clock)); expires by itself when its TTL (`x` minus the store's now when written, `PEXPIRE`) runs out |
 /// | `p:cache:urls` | sorted set (all scores 0) of `url\0h`: ordered by URL, so `ZRANGEBYLEX` finds a prefix's entries without scanning the database |
-/// | `p:cache:expiry` | sorted set of the same members, scored by `x` |
+/// | `p:cache:expiry` | sorted set of the same members, scored by when the entry expires in Redis's clock (Redis's `TIME` when written plus the TTL): the time base that purges and `expired` compare against, whatever the clients' clocks |
 /// | `p:cache:sizes`, `p:cache:bytes` | each member's size, and their sum |
 ///
 /// The store uses one Redis server (or primary), not Redis Cluster: the indexes are single keys
@@ -257,8 +284,11 @@ struct Shared {
 /// An entry larger than [`max_entry_size`](Self::max_entry_size) (default 5 MiB, the cache
 /// layer's default, so with default settings the layer decides) is not stored, and the entry it
 /// would have replaced is deleted. The total is bounded by Redis's `maxmemory`: use a `volatile-*`
-/// eviction policy (entries carry TTLs, the indexes do not, so only entries are evicted; an
-/// evicted entry's index member stays until its expiry passes and it is cleaned).
+/// eviction policy (entries carry TTLs, the indexes do not, so only entries are evicted). An
+/// entry evicted early leaves its index member (and its bytes in the total) until a
+/// [`purge_expired`](CacheStore::purge_expired) checks it: each purge checks one batch of
+/// members (about 256) for entries that are gone, continuing where the previous purge of this
+/// store stopped, so the cache layer's periodic purges go through the whole index in turn.
 ///
 /// # Statistics
 ///
@@ -308,6 +338,7 @@ pub struct RedisCacheStore {
     redis: RedisStore,
     shared: Arc<Shared>,
     max_entry_size: usize,
+    clock: Arc<dyn Fn() -> SystemTime + Send + Sync>,
 }
 
 impl fmt::Debug for RedisCacheStore {
@@ -356,6 +387,7 @@ impl RedisStore {
                     channel: self.key("cache:events"),
                 },
                 counters: Counters::default(),
+                scan: AtomicU64::new(0),
                 instance: instance_id(),
                 changes,
                 subscribed: Arc::new(AtomicBool::new(false)),
@@ -363,6 +395,7 @@ impl RedisStore {
                 _stop: stop,
             }),
             max_entry_size: 5 * 1024 * 1024,
+            clock: Arc::new(SystemTime::now),
         }
     }
 }
@@ -437,6 +470,45 @@ impl RedisCacheStore {
     pub fn max_entry_size(mut self, bytes: usize) -> Self {
         self.max_entry_size = bytes;
         self
+    }
+
+    /// The clock the entries' times (`fresh_until`, `expires_at`) are in: the cache layer's
+    /// ([`CacheLayer::clock`](crate::cache::CacheLayer::clock)); the system clock by default.
+    ///
+    /// Entries expire in Redis after `expires_at` minus this clock's now (a relative TTL), so
+    /// they live as long as they should whatever the difference between this machine's clock
+    /// and Redis's.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::time::SystemTime;
+    /// use courteous::cache::CacheLayer;
+    /// use courteous::store::redis::RedisStore;
+    ///
+    /// # fn main() -> Result<(), courteous::store::redis::RedisError> {
+    /// let now = || SystemTime::now();
+    /// let redis = RedisStore::connect("redis://127.0.0.1:6379/")?;
+    /// let layer = CacheLayer::new(redis.cache().clock(now)).clock(now);
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(now);
+        self
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
+    /// How long until `expires_at` by the store's clock, in ms (at least 1).
+    fn ttl_ms(&self, expires_at: SystemTime) -> u64 {
+        expires_at.duration_since(self.now()).map_or(1, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        })
     }
 
     /// Whether the pub/sub subscription that reports other processes' changes is up now.
@@ -609,7 +681,7 @@ impl CacheStore for RedisCacheStore {
                     Some(mut entry) => {
                         entry.fresh_until = codec::time(fresh_until);
                         entry.expires_at = codec::time(expires_at);
-                        Some(entry).filter(|e| !e.is_expired(SystemTime::now()))
+                        Some(entry).filter(|e| !e.is_expired(self.now()))
                     }
                     None => {
                         // Treated as absent, and replaced by the next write.
@@ -631,7 +703,7 @@ impl CacheStore for RedisCacheStore {
 
     async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
         let size = entry.size();
-        if size > self.max_entry_size || entry.is_expired(SystemTime::now()) {
+        if size > self.max_entry_size || entry.is_expired(self.now()) {
             tracing::debug!(key = %key, size, "cache entry too large or already expired; not stored in redis");
             return self.delete(key).await;
         }
@@ -648,7 +720,8 @@ impl CacheStore for RedisCacheStore {
             .arg(size)
             .arg(&self.shared.names.channel)
             .arg(self.event('k', &hex))
-            .arg(CLEAN_PER_WRITE);
+            .arg(CLEAN_PER_WRITE)
+            .arg(self.ttl_ms(entry.expires_at));
         let cleaned: u64 = self
             .redis
             .script("cache put", invocation)
@@ -673,7 +746,8 @@ impl CacheStore for RedisCacheStore {
             .key(self.entry_key(&hex))
             .arg(&hex)
             .arg(millis(fresh_until))
-            .arg(millis(expires_at));
+            .arg(millis(expires_at))
+            .arg(self.ttl_ms(expires_at));
         let _touched: i64 = self
             .redis
             .script("cache touch", invocation)
@@ -722,18 +796,32 @@ impl CacheStore for RedisCacheStore {
         }
     }
 
+    /// Removes the index members of expired entries, and checks one batch of the others
+    /// (continuing where the last purge stopped) for entries Redis evicted before their expiry.
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let mut purged = 0;
+        let mut scan = BATCH;
         loop {
             let mut invocation = self.invocation(&PURGE);
-            invocation.arg(&self.shared.names.entry).arg(BATCH);
-            let (n, more): (u64, u64) = self
+            invocation
+                .arg(&self.shared.names.entry)
+                .arg(BATCH)
+                .arg(self.shared.scan.load(Ordering::Relaxed))
+                .arg(scan);
+            let (n, more, cursor, stale): (u64, u64, u64, u64) = self
                 .redis
                 .script("cache purge", invocation)
                 .await
                 .map_err(|e| self.failed(e))?;
-            purged += n;
-            self.shared.counters.purged.fetch_add(n, Ordering::Relaxed);
+            if scan > 0 {
+                self.shared.scan.store(cursor, Ordering::Relaxed);
+                scan = 0;
+            }
+            purged += n + stale;
+            self.shared
+                .counters
+                .purged
+                .fetch_add(n + stale, Ordering::Relaxed);
             if more == 0 || n == 0 {
                 return Ok(purged);
             }
