@@ -566,3 +566,51 @@ async fn the_memory_tier_is_emptied_while_the_change_feed_is_down_and_refills_af
     assert_eq!(tiered.memory().stats().await.unwrap().entries, 1);
     assert!(back.is_subscribed());
 }
+
+/// A subscription whose server stops answering without closing the connection (paused with
+/// SIGSTOP) is noticed by its keepalive: the memory tier is emptied and bypassed, and it comes
+/// back once the server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_change_subscription_counts_as_lost_and_recovers() {
+    let Some(own) = OwnRedis::start() else {
+        return;
+    };
+    let redis = own_store(&own, "feed_stalls");
+    let back = redis.cache();
+    let tiered = TieredCacheStore::new(MemoryCacheStore::new(), back.clone());
+    tiered
+        .put(&key(1), entry("http://h/1", "v", HOUR))
+        .await
+        .unwrap();
+    wait_until("subscribed", || tiered.is_memory_live()).await;
+    tiered.get(&key(1)).await.unwrap();
+    assert_eq!(tiered.memory().stats().await.unwrap().entries, 1);
+
+    let signal = |sig: &str| {
+        let pid = own.pid().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let stalled = Instant::now();
+    wait_until("the stalled feed counts as lost", || {
+        !tiered.is_memory_live()
+    })
+    .await;
+    assert!(
+        stalled.elapsed() < Duration::from_secs(3),
+        "noticed after {:?}",
+        stalled.elapsed()
+    );
+    assert!(!back.is_subscribed());
+    assert_eq!(tiered.memory().stats().await.unwrap().entries, 0);
+
+    signal("-CONT");
+    wait_until("the feed is back", || tiered.is_memory_live()).await;
+    assert!(back.is_subscribed());
+    tiered.get(&key(1)).await.unwrap();
+    assert_eq!(tiered.memory().stats().await.unwrap().entries, 1);
+}

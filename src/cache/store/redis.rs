@@ -24,6 +24,10 @@ const HEX: usize = 64;
 /// Expired index members each write cleans up, so the indexes stay bounded without a janitor.
 const CLEAN_PER_WRITE: u32 = 4;
 
+/// How often the change subscription checks that Redis still answers on it (a `PING`, which must
+/// be answered within the operation timeout).
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// Index members one invalidation or purge step handles (each step is one short script).
 const BATCH: u32 = 256;
 
@@ -307,7 +311,9 @@ struct Shared {
 /// event reaches it (pub/sub delivery, usually well under a millisecond on a LAN). Pub/sub does
 /// not queue messages for a disconnected subscriber, so while the subscription is down the memory
 /// tier is emptied and not filled (reads go to Redis), and it starts filling again once the
-/// subscription is back.
+/// subscription is back. The subscription is checked with a `PING` every second, answered within
+/// the operation timeout, so a connection that dies silently (a stalled server, a half-open TCP
+/// connection) counts as lost within about a second and the operation timeout.
 ///
 /// # Failures
 ///
@@ -633,7 +639,10 @@ async fn listen(
                 // No receiver is fine: no memory tier listens.
                 let _ = changes.send(CacheChange::Connected);
                 tracing::debug!(%channel, "cache change subscription is up");
-                let mut messages = pubsub.into_on_message();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut keepalive = tokio::time::interval(KEEPALIVE);
+                keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                keepalive.tick().await;
                 loop {
                     let message = tokio::select! {
                         _ = &mut stopped => {
@@ -641,6 +650,22 @@ async fn listen(
                             return;
                         }
                         message = messages.next() => message,
+                        _ = keepalive.tick() => {
+                            // A connection can die silently (a stalled server, a half-open
+                            // TCP connection): no message would ever say so. A missed pong
+                            // counts as losing the subscription. Messages arriving meanwhile
+                            // wait in the stream.
+                            match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => continue,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%channel, %error, "cache change subscription ping failed");
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%channel, "cache change subscription ping timed out");
+                                }
+                            }
+                            break;
+                        }
                     };
                     let Some(message) = message else { break };
                     if let Some(change) = parse_event(&instance, message.get_payload_bytes()) {
