@@ -614,3 +614,48 @@ async fn a_stalled_change_subscription_counts_as_lost_and_recovers() {
     tiered.get(&key(1)).await.unwrap();
     assert_eq!(tiered.memory().stats().await.unwrap().entries, 1);
 }
+
+/// Two tiered stores over clones of one Redis store, in one process: each clone is an instance
+/// of its own, so each memory tier drops what the other replaces (and keeps its own writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_stores_over_clones_of_one_store_see_each_others_writes() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let store = redis_handle(&url, &unique_prefix("clones"));
+    let a = TieredCacheStore::new(MemoryCacheStore::new(), store.clone());
+    let b = TieredCacheStore::new(MemoryCacheStore::new(), store.clone());
+    let in_memory = |t: &TieredCacheStore| {
+        t.memory()
+            .get_now(&key(1))
+            .unwrap()
+            .unwrap()
+            .map(|e| e.body.clone())
+    };
+    a.put(&key(1), entry("http://h/1", "v1", HOUR))
+        .await
+        .unwrap();
+    b.get(&key(1)).await.unwrap();
+    wait_until("both subscribed", || {
+        a.is_memory_live() && b.is_memory_live()
+    })
+    .await;
+    b.get(&key(1)).await.unwrap();
+    assert_eq!(in_memory(&b).as_deref(), Some(&b"v1"[..]));
+
+    a.put(&key(1), entry("http://h/1", "v2", HOUR))
+        .await
+        .unwrap();
+    wait_until("b drops what a replaced", || in_memory(&b).is_none()).await;
+    assert_eq!(b.get(&key(1)).await.unwrap().unwrap().body, "v2");
+    assert_eq!(
+        in_memory(&a).as_deref(),
+        Some(&b"v2"[..]),
+        "a keeps its own write"
+    );
+
+    b.delete(&key(1)).await.unwrap();
+    wait_until("a drops what b deleted", || in_memory(&a).is_none()).await;
+    assert!(a.get(&key(1)).await.unwrap().is_none());
+    store.clear().await.unwrap();
+}

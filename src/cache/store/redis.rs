@@ -242,15 +242,28 @@ struct Names {
     channel: String,
 }
 
+/// A change the listener heard.
+#[derive(Debug, Clone)]
+struct Heard {
+    from: Option<Arc<str>>,
+    change: CacheChange,
+}
+
+impl From<CacheChange> for Heard {
+    fn from(change: CacheChange) -> Self {
+        Heard { from: None, change }
+    }
+}
+
 struct Shared {
     names: Names,
     counters: Counters,
     /// Where the next purge goes on checking the expiry index for evicted entries (a `ZSCAN`
     /// cursor; 0 starts a new pass).
     scan: AtomicU64,
-    /// Who publishes this store's events (so that its own echoes are ignored).
-    instance: String,
-    changes: broadcast::Sender<CacheChange>,
+    /// Every change the listener hears, with the instance that made it (`None` for the
+    /// subscription's own `Connected` and `Lost`); each change feed drops its own handle's.
+    changes: broadcast::Sender<Heard>,
     /// Whether the listener is subscribed now.
     subscribed: Arc<AtomicBool>,
     /// The listener's stop signal, until the listener is started.
@@ -306,7 +319,10 @@ struct Shared {
 /// in the same script as the write, tagged with the store's instance id. [`changes`](CacheStore::changes)
 /// subscribes to it (one pub/sub connection per store, re-made after failures) and reports the
 /// *other* instances' events, so a [`TieredCacheStore`](super::tiered::TieredCacheStore) over this
-/// store drops what other processes replace or delete. Clones share the instance id. The
+/// store drops what other processes replace or delete. Each clone of a store is an instance of
+/// its own (sharing the connection and the subscription): two tiered stores over clones of one
+/// store in one process see each other's writes, and a tiered store sees the writes made through
+/// another clone of its back store. The
 /// guarantee is eventual: another process's memory tier may serve a replaced entry until the
 /// event reaches it (pub/sub delivery, usually well under a millisecond on a LAN). Pub/sub does
 /// not queue messages for a disconnected subscriber, so while the subscription is down the memory
@@ -339,19 +355,35 @@ struct Shared {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
 pub struct RedisCacheStore {
     redis: RedisStore,
     shared: Arc<Shared>,
+    /// Who publishes this handle's events (so that its own change feeds skip them).
+    instance: Arc<str>,
     max_entry_size: usize,
     clock: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+}
+
+impl Clone for RedisCacheStore {
+    /// Another handle on the same store (same connection, subscription and counters) with an
+    /// instance id of its own, so that the change feeds of each handle report the writes made
+    /// through the other.
+    fn clone(&self) -> Self {
+        RedisCacheStore {
+            redis: self.redis.clone(),
+            shared: self.shared.clone(),
+            instance: instance_id().into(),
+            max_entry_size: self.max_entry_size,
+            clock: self.clock.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for RedisCacheStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCacheStore")
             .field("redis", &self.redis)
-            .field("instance", &self.shared.instance)
+            .field("instance", &self.instance)
             .field("max_entry_size", &self.max_entry_size)
             .field("subscribed", &self.is_subscribed())
             .finish_non_exhaustive()
@@ -394,12 +426,12 @@ impl RedisStore {
                 },
                 counters: Counters::default(),
                 scan: AtomicU64::new(0),
-                instance: instance_id(),
                 changes,
                 subscribed: Arc::new(AtomicBool::new(false)),
                 listener: Mutex::new(Some(stopped)),
                 _stop: stop,
             }),
+            instance: instance_id().into(),
             max_entry_size: 5 * 1024 * 1024,
             clock: Arc::new(SystemTime::now),
         }
@@ -427,23 +459,21 @@ fn event(instance: &str, kind: char, data: &str) -> String {
     format!("{instance}\n{kind}{data}")
 }
 
-/// The change an event from another instance reports, or `None` for our own or a malformed one.
-fn parse_event(instance: &str, payload: &[u8]) -> Option<CacheChange> {
+/// Who sent an event and the change it reports, or `None` for a malformed one.
+fn parse_event(payload: &[u8]) -> Option<(&str, CacheChange)> {
     let text = std::str::from_utf8(payload).ok()?;
     let (from, rest) = text.split_once('\n')?;
-    if from == instance {
-        return None;
-    }
     let mut chars = rest.chars();
     let kind = chars.next()?;
     let data = chars.as_str();
-    Some(match kind {
+    let change = match kind {
         'k' => CacheChange::Key(RequestKey::from_parts(from_hex(data)?, "")),
         'p' => CacheChange::Invalidated(Invalidation::Prefix(data.to_owned())),
         'u' => CacheChange::Invalidated(Invalidation::Path(data.to_owned())),
         'c' => CacheChange::Cleared,
         _ => return None,
-    })
+    };
+    Some((from, change))
 }
 
 fn from_hex(hex: &str) -> Option<[u8; 32]> {
@@ -548,7 +578,7 @@ impl RedisCacheStore {
     }
 
     fn event(&self, kind: char, data: &str) -> String {
-        event(&self.shared.instance, kind, data)
+        event(&self.instance, kind, data)
     }
 
     /// Deletes the entries in the lex range whose URL matches, batch by batch.
@@ -597,7 +627,6 @@ impl RedisCacheStore {
             tokio::spawn(listen(
                 self.redis.clone(),
                 self.shared.names.channel.clone(),
-                self.shared.instance.clone(),
                 self.shared.changes.clone(),
                 self.shared.subscribed.clone(),
                 stopped,
@@ -606,13 +635,12 @@ impl RedisCacheStore {
     }
 }
 
-/// Reports other instances' events on `channel` to the change feeds, re-subscribing after
-/// failures, until the store is dropped.
+/// Reports the events on `channel` to the change feeds, re-subscribing after failures, until the
+/// store is dropped.
 async fn listen(
     redis: RedisStore,
     channel: String,
-    instance: String,
-    changes: broadcast::Sender<CacheChange>,
+    changes: broadcast::Sender<Heard>,
     subscribed: Arc<AtomicBool>,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -637,7 +665,7 @@ async fn listen(
             Ok(pubsub) => {
                 subscribed.store(true, Ordering::SeqCst);
                 // No receiver is fine: no memory tier listens.
-                let _ = changes.send(CacheChange::Connected);
+                let _ = changes.send(CacheChange::Connected.into());
                 tracing::debug!(%channel, "cache change subscription is up");
                 let (mut sink, mut messages) = pubsub.split();
                 let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -668,12 +696,15 @@ async fn listen(
                         }
                     };
                     let Some(message) = message else { break };
-                    if let Some(change) = parse_event(&instance, message.get_payload_bytes()) {
-                        let _ = changes.send(change);
+                    if let Some((from, change)) = parse_event(message.get_payload_bytes()) {
+                        let _ = changes.send(Heard {
+                            from: Some(from.into()),
+                            change,
+                        });
                     }
                 }
                 subscribed.store(false, Ordering::SeqCst);
-                let _ = changes.send(CacheChange::Lost);
+                let _ = changes.send(CacheChange::Lost.into());
                 tracing::warn!(%channel, "cache change subscription lost; memory tiers are emptied and bypassed until it is back");
             }
             Err(error) => {
@@ -877,10 +908,32 @@ impl CacheStore for RedisCacheStore {
         Ok(())
     }
 
+    /// The changes made through every other handle (other processes, and other clones of this
+    /// store in this process), not this handle's own.
     fn changes(&self) -> Option<ChangeFeed> {
-        let receiver = self.shared.changes.subscribe();
+        use tokio::sync::broadcast::error::RecvError;
+        let mut heard = self.shared.changes.subscribe();
         let connected = self.shared.subscribed.load(Ordering::SeqCst);
         self.listen();
+        let (feed, receiver) = broadcast::channel(1024);
+        let own = self.instance.clone();
+        // Until the store is gone (the listener stops) or the feed is dropped (the next send
+        // fails).
+        tokio::spawn(async move {
+            loop {
+                let change = match heard.recv().await {
+                    Ok(Heard {
+                        from: Some(from), ..
+                    }) if from == own => continue,
+                    Ok(Heard { change, .. }) => change,
+                    Err(RecvError::Lagged(_)) => CacheChange::Missed,
+                    Err(RecvError::Closed) => return,
+                };
+                if feed.send(change).is_err() {
+                    return;
+                }
+            }
+        });
         Some(ChangeFeed::new(receiver, connected))
     }
 }
@@ -890,33 +943,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_round_trip_and_own_echoes_are_ignored() {
+    fn events_round_trip() {
         let key = RequestKey::from_parts([0xab; 32], "x");
         let hex = key.to_hex();
         let e = event("me", 'k', &hex);
-        assert_eq!(parse_event("me", e.as_bytes()), None);
         assert_eq!(
-            parse_event("you", e.as_bytes()),
-            Some(CacheChange::Key(key))
+            parse_event(e.as_bytes()),
+            Some(("me", CacheChange::Key(key)))
         );
         assert_eq!(
-            parse_event("you", event("me", 'p', "http://h/a\nb").as_bytes()),
-            Some(CacheChange::Invalidated(Invalidation::Prefix(
-                "http://h/a\nb".into()
-            )))
+            parse_event(event("me", 'p', "http://h/a\nb").as_bytes()),
+            Some((
+                "me",
+                CacheChange::Invalidated(Invalidation::Prefix("http://h/a\nb".into()))
+            ))
         );
         assert_eq!(
-            parse_event("you", event("me", 'u', "http://h/a").as_bytes()),
-            Some(CacheChange::Invalidated(Invalidation::Path(
-                "http://h/a".into()
-            )))
+            parse_event(event("me", 'u', "http://h/a").as_bytes()),
+            Some((
+                "me",
+                CacheChange::Invalidated(Invalidation::Path("http://h/a".into()))
+            ))
         );
         assert_eq!(
-            parse_event("you", event("me", 'c', "").as_bytes()),
-            Some(CacheChange::Cleared)
+            parse_event(event("me", 'c', "").as_bytes()),
+            Some(("me", CacheChange::Cleared))
         );
-        assert_eq!(parse_event("you", b"me\nkzz"), None);
-        assert_eq!(parse_event("you", b"no newline"), None);
+        assert_eq!(parse_event(b"me\nkzz"), None);
+        assert_eq!(parse_event(b"no newline"), None);
     }
 
     #[test]
