@@ -8,11 +8,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
 
 use courteous::cache::{
-    CacheLayer, CacheMode, CacheStatus, CacheStore, CacheTtl, MemoryCacheStore, RedisCacheStore,
-    TieredCacheStore,
+    CacheEntry, CacheLayer, CacheMode, CacheStatus, CacheStore, CacheTtl, MemoryCacheStore,
+    RedisCacheStore, TieredCacheStore,
 };
 use courteous::store::redis::RedisStore;
 
@@ -136,6 +139,124 @@ async fn an_oversized_entry_is_not_stored_and_drops_the_one_it_replaces() {
         (0, 0, 0),
         "{stats:?}"
     );
+}
+
+/// A client whose clock is an hour behind Redis's: its entries live their whole TTL in Redis
+/// (a relative expiry), and the expiry index is in Redis's clock, so purges and `expired` agree
+/// with Redis about what has expired.
+#[tokio::test]
+async fn entries_live_their_ttl_whatever_the_clients_clock_says() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("skew");
+    let behind = || SystemTime::now() - HOUR;
+    let store = redis_handle(&url, &prefix).clock(behind);
+    let mut conn = raw(&url).await;
+    let lives = Duration::from_secs(60);
+    let skewed = Arc::new(
+        CacheEntry::new(
+            "http://h/1",
+            http::StatusCode::OK,
+            Bytes::from("x"),
+            behind(),
+        )
+        .fresh_for(lives, Duration::ZERO),
+    );
+    store.put(&key(1), skewed.clone()).await.unwrap();
+    let got = store
+        .get(&key(1))
+        .await
+        .unwrap()
+        .expect("stored and still there");
+    let off = skewed.expires_at.duration_since(got.expires_at).unwrap();
+    assert!(
+        off < Duration::from_millis(1),
+        "kept in the client's clock: {off:?}"
+    );
+    let entry_key = format!("{prefix}:cache:e:{}", key(1).to_hex());
+    let pttl: i64 = cmd(&mut conn, &["PTTL", &entry_key]).await;
+    assert!(pttl > 55_000 && pttl <= 60_000, "a 60 s TTL: {pttl}");
+    let (secs, micros): (String, String) = cmd(&mut conn, &["TIME"]).await;
+    let redis_now = secs.parse::<i64>().unwrap() * 1000 + micros.parse::<i64>().unwrap() / 1000;
+    let score: f64 = cmd(
+        &mut conn,
+        &[
+            "ZSCORE",
+            &format!("{prefix}:cache:expiry"),
+            &format!("http://h/1\0{}", key(1).to_hex()),
+        ],
+    )
+    .await;
+    let ahead = score as i64 - redis_now;
+    assert!(
+        ahead > 55_000 && ahead <= 60_000,
+        "scored in Redis's clock: {ahead}"
+    );
+    assert_eq!(store.purge_expired().await.unwrap(), 0);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.entries, stats.expired), (1, 0), "{stats:?}");
+
+    // Touched: the new expiry is relative too.
+    store
+        .touch(&key(1), behind(), behind() + Duration::from_secs(120))
+        .await
+        .unwrap();
+    let pttl: i64 = cmd(&mut conn, &["PTTL", &entry_key]).await;
+    assert!(pttl > 115_000 && pttl <= 120_000, "a 120 s TTL: {pttl}");
+    assert!(store.get(&key(1)).await.unwrap().is_some());
+    store.clear().await.unwrap();
+}
+
+/// An entry Redis drops before its expiry (a `volatile-*` eviction, here a `DEL` behind the
+/// store's back) leaves index members and bytes behind until a purge finds it gone.
+#[tokio::test]
+async fn a_purge_removes_the_index_members_of_entries_evicted_early() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("evicted");
+    let store = redis_handle(&url, &prefix);
+    let mut conn = raw(&url).await;
+    for n in 1..=3 {
+        store
+            .put(&key(n), entry(&format!("http://h/{n}"), "body", HOUR))
+            .await
+            .unwrap();
+    }
+    let before = store.stats().await.unwrap();
+    assert_eq!(before.entries, 3);
+    let evicted: i64 = cmd(
+        &mut conn,
+        &["DEL", &format!("{prefix}:cache:e:{}", key(2).to_hex())],
+    )
+    .await;
+    assert_eq!(evicted, 1);
+    assert_eq!(store.purge_expired().await.unwrap(), 1);
+    let after = store.stats().await.unwrap();
+    assert_eq!(after.entries, 2, "{after:?}");
+    assert_eq!(
+        after.bytes,
+        before.bytes - entry("http://h/2", "body", HOUR).size() as u64
+    );
+    let member = format!("http://h/2\0{}", key(2).to_hex());
+    for index in ["urls", "expiry"] {
+        let score: Option<f64> = cmd(
+            &mut conn,
+            &["ZSCORE", &format!("{prefix}:cache:{index}"), &member],
+        )
+        .await;
+        assert_eq!(score, None, "{index}");
+    }
+    let size: Option<u64> = cmd(
+        &mut conn,
+        &["HGET", &format!("{prefix}:cache:sizes"), &member],
+    )
+    .await;
+    assert_eq!(size, None);
+    assert!(store.get(&key(1)).await.unwrap().is_some());
+    assert!(store.get(&key(3)).await.unwrap().is_some());
+    store.clear().await.unwrap();
 }
 
 /// Marks a child's answer in its output.
@@ -444,4 +565,97 @@ async fn the_memory_tier_is_emptied_while_the_change_feed_is_down_and_refills_af
     hits_again(&client, &url).await;
     assert_eq!(tiered.memory().stats().await.unwrap().entries, 1);
     assert!(back.is_subscribed());
+}
+
+/// A subscription whose server stops answering without closing the connection (paused with
+/// SIGSTOP) is noticed by its keepalive: the memory tier is emptied and bypassed, and it comes
+/// back once the server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_change_subscription_counts_as_lost_and_recovers() {
+    let Some(own) = OwnRedis::start() else {
+        return;
+    };
+    let redis = own_store(&own, "feed_stalls");
+    let back = redis.cache();
+    let tiered = TieredCacheStore::new(MemoryCacheStore::new(), back.clone());
+    tiered
+        .put(&key(1), entry("http://h/1", "v", HOUR))
+        .await
+        .unwrap();
+    wait_until("subscribed", || tiered.is_memory_live()).await;
+    tiered.get(&key(1)).await.unwrap();
+    assert_eq!(tiered.memory().stats().await.unwrap().entries, 1);
+
+    let signal = |sig: &str| {
+        let pid = own.pid().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let stalled = Instant::now();
+    wait_until("the stalled feed counts as lost", || {
+        !tiered.is_memory_live()
+    })
+    .await;
+    assert!(
+        stalled.elapsed() < Duration::from_secs(3),
+        "noticed after {:?}",
+        stalled.elapsed()
+    );
+    assert!(!back.is_subscribed());
+    assert_eq!(tiered.memory().stats().await.unwrap().entries, 0);
+
+    signal("-CONT");
+    wait_until("the feed is back", || tiered.is_memory_live()).await;
+    assert!(back.is_subscribed());
+    tiered.get(&key(1)).await.unwrap();
+    assert_eq!(tiered.memory().stats().await.unwrap().entries, 1);
+}
+
+/// Two tiered stores over clones of one Redis store, in one process: each clone is an instance
+/// of its own, so each memory tier drops what the other replaces (and keeps its own writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_stores_over_clones_of_one_store_see_each_others_writes() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let store = redis_handle(&url, &unique_prefix("clones"));
+    let a = TieredCacheStore::new(MemoryCacheStore::new(), store.clone());
+    let b = TieredCacheStore::new(MemoryCacheStore::new(), store.clone());
+    let in_memory = |t: &TieredCacheStore| {
+        t.memory()
+            .get_now(&key(1))
+            .unwrap()
+            .unwrap()
+            .map(|e| e.body.clone())
+    };
+    a.put(&key(1), entry("http://h/1", "v1", HOUR))
+        .await
+        .unwrap();
+    b.get(&key(1)).await.unwrap();
+    wait_until("both subscribed", || {
+        a.is_memory_live() && b.is_memory_live()
+    })
+    .await;
+    b.get(&key(1)).await.unwrap();
+    assert_eq!(in_memory(&b).as_deref(), Some(&b"v1"[..]));
+
+    a.put(&key(1), entry("http://h/1", "v2", HOUR))
+        .await
+        .unwrap();
+    wait_until("b drops what a replaced", || in_memory(&b).is_none()).await;
+    assert_eq!(b.get(&key(1)).await.unwrap().unwrap().body, "v2");
+    assert_eq!(
+        in_memory(&a).as_deref(),
+        Some(&b"v2"[..]),
+        "a keeps its own write"
+    );
+
+    b.delete(&key(1)).await.unwrap();
+    wait_until("a drops what b deleted", || in_memory(&a).is_none()).await;
+    assert!(a.get(&key(1)).await.unwrap().is_none());
+    store.clear().await.unwrap();
 }

@@ -627,3 +627,139 @@ async fn the_tiered_store_follows_its_back_stores_change_feed() {
     tiered.get(&key(3)).await.unwrap();
     assert!(in_memory(3));
 }
+
+/// A back store whose writes (puts, deletes, invalidations, clears) wait at a gate the test
+/// opens, so that a read can reach it while a write is on its way.
+#[derive(Debug, Clone)]
+struct SlowWrites {
+    inner: MemoryCacheStore,
+    /// Writes that reached the gate.
+    arrived: Arc<tokio::sync::Semaphore>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl SlowWrites {
+    fn new() -> Self {
+        SlowWrites {
+            inner: MemoryCacheStore::new(),
+            arrived: Arc::new(tokio::sync::Semaphore::new(0)),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+
+    async fn wait(&self) {
+        self.arrived.add_permits(1);
+        self.gate.acquire().await.unwrap().forget();
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheStore for SlowWrites {
+    async fn get(&self, key: &RequestKey) -> Result<Option<Arc<CacheEntry>>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
+        self.wait().await;
+        self.inner.put(key, entry).await
+    }
+    async fn touch(&self, k: &RequestKey, f: SystemTime, x: SystemTime) -> Result<(), StoreError> {
+        self.wait().await;
+        self.inner.touch(k, f, x).await
+    }
+    async fn delete(&self, key: &RequestKey) -> Result<(), StoreError> {
+        self.wait().await;
+        self.inner.delete(key).await
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.wait().await;
+        self.inner.clear().await
+    }
+    async fn invalidate(&self, target: &Invalidation) -> Result<u64, StoreError> {
+        self.wait().await;
+        self.inner.invalidate(target).await
+    }
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.inner.purge_expired().await
+    }
+    async fn stats(&self) -> Result<CacheStoreStats, StoreError> {
+        self.inner.stats().await
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A read that reaches the back store while this process's own delete, invalidation, clear or
+/// replacing put is still on its way there reads the old entry; it must not keep it in memory
+/// (the back store's change feed does not report this process's own writes, so nothing would
+/// remove it until it expires).
+#[tokio::test]
+async fn a_read_during_a_write_in_flight_does_not_keep_the_old_entry_in_memory() {
+    type Write = fn(TieredCacheStore) -> tokio::task::JoinHandle<()>;
+    let writes: [(&str, Write, Option<&str>); 4] = [
+        (
+            "delete",
+            |t| tokio::spawn(async move { t.delete(&key(1)).await.unwrap() }),
+            None,
+        ),
+        (
+            "invalidate",
+            |t| {
+                tokio::spawn(async move {
+                    t.invalidate(&Invalidation::Prefix("http://h/".into()))
+                        .await
+                        .map(drop)
+                        .unwrap()
+                })
+            },
+            None,
+        ),
+        (
+            "clear",
+            |t| tokio::spawn(async move { t.clear().await.unwrap() }),
+            None,
+        ),
+        (
+            "put",
+            |t| {
+                tokio::spawn(async move {
+                    t.put(&key(1), entry("http://h/1", "new", HOUR))
+                        .await
+                        .unwrap()
+                })
+            },
+            Some("new"),
+        ),
+    ];
+    for (what, write, after) in writes {
+        let back = SlowWrites::new();
+        back.inner
+            .put(&key(1), entry("http://h/1", "old", HOUR))
+            .await
+            .unwrap();
+        let tiered = TieredCacheStore::new(MemoryCacheStore::new(), back.clone());
+        assert_eq!(tiered.get(&key(1)).await.unwrap().unwrap().body, "old");
+        assert!(tiered.is_memory_live());
+
+        let writing = write(tiered.clone());
+        back.arrived.acquire().await.unwrap().forget();
+        // The write is on its way; the memory copy is gone (evicted, say): this read finds the
+        // old entry in the back store.
+        tiered.memory().delete(&key(1)).await.unwrap();
+        assert_eq!(
+            tiered.get(&key(1)).await.unwrap().unwrap().body,
+            "old",
+            "{what}"
+        );
+        back.gate.add_permits(1);
+        writing.await.unwrap();
+
+        let now = tiered.get(&key(1)).await.unwrap();
+        assert_eq!(
+            now.map(|e| String::from_utf8(e.body.to_vec()).unwrap())
+                .as_deref(),
+            after,
+            "{what}: the memory tier kept the entry the write replaced"
+        );
+    }
+}

@@ -24,6 +24,10 @@ const HEX: usize = 64;
 /// Expired index members each write cleans up, so the indexes stay bounded without a janitor.
 const CLEAN_PER_WRITE: u32 = 4;
 
+/// How often the change subscription checks that Redis still answers on it (a `PING`, which must
+/// be answered within the operation timeout).
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// Index members one invalidation or purge step handles (each step is one short script).
 const BATCH: u32 = 256;
 
@@ -49,16 +53,19 @@ local function split(m)
   return string.sub(m, 1, -66), string.sub(m, -64)
 end
 -- Removes up to `limit` members whose entries expired (or were evicted); returns how many.
+-- Scores are in Redis's clock: an entry that is still there (its expiry was moved) is scored
+-- again by its TTL.
 local function purge(eprefix, now, limit)
   local n = 0
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, limit)) do
     local url, h = split(m)
     local e = eprefix .. h
-    local cur = redis.call('HMGET', e, 'u', 'x')
-    if cur[1] == url and tonumber(cur[2]) > now then
-      redis.call('ZADD', X, cur[2], m)
+    local cur = redis.call('HGET', e, 'u')
+    local ttl = redis.call('PTTL', e)
+    if cur == url and ttl > 0 then
+      redis.call('ZADD', X, now + ttl, m)
     else
-      if cur[1] == url then
+      if cur == url then
         redis.call('DEL', e)
       end
       unindex(m)
@@ -72,8 +79,8 @@ end
 }
 
 /// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: entry prefix, hex, url, encoded entry,
-/// fresh_until ms, expires_at ms, size, channel, event, clean limit. Returns how many expired
-/// members it cleaned.
+/// fresh_until ms, expires_at ms, size, channel, event, clean limit, TTL ms. Returns how many
+/// expired members it cleaned.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -87,13 +94,14 @@ local m = url .. '\0' .. h
 unindex(m)
 redis.call('DEL', E)
 redis.call('HSET', E, 'u', url, 'e', ARGV[4], 'f', ARGV[5], 'x', ARGV[6])
-redis.call('PEXPIREAT', E, ARGV[6])
+local now, ttl = now_ms(), tonumber(ARGV[11])
+redis.call('PEXPIRE', E, ttl)
 redis.call('ZADD', U, 0, m)
-redis.call('ZADD', X, ARGV[6], m)
+redis.call('ZADD', X, now + ttl, m)
 redis.call('HSET', Z, m, ARGV[7])
 redis.call('INCRBY', B, ARGV[7])
 redis.call('PUBLISH', ARGV[8], ARGV[9])
-return purge(ARGV[1], now_ms(), tonumber(ARGV[10]))
+return purge(ARGV[1], now, tonumber(ARGV[10]))
 "#
     ))
 });
@@ -116,7 +124,8 @@ return n
     ))
 });
 
-/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: hex, fresh_until ms, expires_at ms.
+/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: hex, fresh_until ms, expires_at ms, TTL
+/// ms.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -126,9 +135,10 @@ local url = redis.call('HGET', E, 'u')
 if not url then
   return 0
 end
+local ttl = tonumber(ARGV[4])
 redis.call('HSET', E, 'f', ARGV[2], 'x', ARGV[3])
-redis.call('ZADD', X, 'XX', ARGV[3], url .. '\0' .. ARGV[1])
-redis.call('PEXPIREAT', E, ARGV[3])
+redis.call('ZADD', X, 'XX', now_ms() + ttl, url .. '\0' .. ARGV[1])
+redis.call('PEXPIRE', E, ttl)
 return 1
 "#
     ))
@@ -170,15 +180,33 @@ return {n, #ms, skipped}
     ))
 });
 
-/// `ARGV`: entry prefix, limit. Returns `{cleaned, more}`.
+/// `ARGV`: entry prefix, limit, scan cursor, scan count. Removes up to `limit` expired members,
+/// then checks one `ZSCAN` step of the expiry index (from the cursor, about `scan count`
+/// members, none if 0) for members whose entry is gone before its expiry (evicted by Redis's
+/// `maxmemory` policy, or deleted by hand) and removes them. Returns `{cleaned, more, next
+/// cursor, stale}`.
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
         r#"
 local limit = tonumber(ARGV[2])
 local n = purge(ARGV[1], now_ms(), limit)
+local cursor, stale = ARGV[3], 0
+if tonumber(ARGV[4]) > 0 then
+  local step = redis.call('ZSCAN', X, cursor, 'COUNT', ARGV[4])
+  cursor = step[1]
+  local found = step[2]
+  for i = 1, #found, 2 do
+    local m = found[i]
+    local url, h = split(m)
+    if redis.call('HGET', ARGV[1] .. h, 'u') ~= url then
+      unindex(m)
+      stale = stale + 1
+    end
+  end
+end
 local more = redis.call('ZCOUNT', X, '-inf', now_ms())
-return {n, more}
+return {n, more, cursor, stale}
 "#
     ))
 });
@@ -214,12 +242,28 @@ struct Names {
     channel: String,
 }
 
+/// A change the listener heard.
+#[derive(Debug, Clone)]
+struct Heard {
+    from: Option<Arc<str>>,
+    change: CacheChange,
+}
+
+impl From<CacheChange> for Heard {
+    fn from(change: CacheChange) -> Self {
+        Heard { from: None, change }
+    }
+}
+
 struct Shared {
     names: Names,
     counters: Counters,
-    /// Who publishes this store's events (so that its own echoes are ignored).
-    instance: String,
-    changes: broadcast::Sender<CacheChange>,
+    /// Where the next purge goes on checking the expiry index for evicted entries (a `ZSCAN`
+    /// cursor; 0 starts a new pass).
+    scan: AtomicU64,
+    /// Every change the listener hears, with the instance that made it (`None` for the
+    /// subscription's own `Connected` and `Lost`); each change feed drops its own handle's.
+    changes: broadcast::Sender<Heard>,
     /// Whether the listener is subscribed now.
     subscribed: Arc<AtomicBool>,
     /// The listener's stop signal, until the listener is started.
@@ -237,9 +281,9 @@ struct Shared {
 ///
 /// | key | holds |
 /// |---|---|
-/// | `p:cache:e:h` | hash `u` (URL), `e` (the whole entry, one compact binary value), `f`/`x` (fresh until / expires at, ms); expires by itself at `x` (`PEXPIREAT`) |
+/// | `p:cache:e:h` | hash `u` (URL), `e` (the whole entry, one compact binary value), `f`/`x` (fresh until / expires at, ms, in the store's [clock](Self::clock)); expires by itself when its TTL (`x` minus the store's now when written, `PEXPIRE`) runs out |
 /// | `p:cache:urls` | sorted set (all scores 0) of `url\0h`: ordered by URL, so `ZRANGEBYLEX` finds a prefix's entries without scanning the database |
-/// | `p:cache:expiry` | sorted set of the same members, scored by `x` |
+/// | `p:cache:expiry` | sorted set of the same members, scored by when the entry expires in Redis's clock (Redis's `TIME` when written plus the TTL): the time base that purges and `expired` compare against, whatever the clients' clocks |
 /// | `p:cache:sizes`, `p:cache:bytes` | each member's size, and their sum |
 ///
 /// The store uses one Redis server (or primary), not Redis Cluster: the indexes are single keys
@@ -257,8 +301,11 @@ struct Shared {
 /// An entry larger than [`max_entry_size`](Self::max_entry_size) (default 5 MiB, the cache
 /// layer's default, so with default settings the layer decides) is not stored, and the entry it
 /// would have replaced is deleted. The total is bounded by Redis's `maxmemory`: use a `volatile-*`
-/// eviction policy (entries carry TTLs, the indexes do not, so only entries are evicted; an
-/// evicted entry's index member stays until its expiry passes and it is cleaned).
+/// eviction policy (entries carry TTLs, the indexes do not, so only entries are evicted). An
+/// entry evicted early leaves its index member (and its bytes in the total) until a
+/// [`purge_expired`](CacheStore::purge_expired) checks it: each purge checks one batch of
+/// members (about 256) for entries that are gone, continuing where the previous purge of this
+/// store stopped, so the cache layer's periodic purges go through the whole index in turn.
 ///
 /// # Statistics
 ///
@@ -272,12 +319,17 @@ struct Shared {
 /// in the same script as the write, tagged with the store's instance id. [`changes`](CacheStore::changes)
 /// subscribes to it (one pub/sub connection per store, re-made after failures) and reports the
 /// *other* instances' events, so a [`TieredCacheStore`](super::tiered::TieredCacheStore) over this
-/// store drops what other processes replace or delete. Clones share the instance id. The
+/// store drops what other processes replace or delete. Each clone of a store is an instance of
+/// its own (sharing the connection and the subscription): two tiered stores over clones of one
+/// store in one process see each other's writes, and a tiered store sees the writes made through
+/// another clone of its back store. The
 /// guarantee is eventual: another process's memory tier may serve a replaced entry until the
 /// event reaches it (pub/sub delivery, usually well under a millisecond on a LAN). Pub/sub does
 /// not queue messages for a disconnected subscriber, so while the subscription is down the memory
 /// tier is emptied and not filled (reads go to Redis), and it starts filling again once the
-/// subscription is back.
+/// subscription is back. The subscription is checked with a `PING` every second, answered within
+/// the operation timeout, so a connection that dies silently (a stalled server, a half-open TCP
+/// connection) counts as lost within about a second and the operation timeout.
 ///
 /// # Failures
 ///
@@ -303,18 +355,35 @@ struct Shared {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
 pub struct RedisCacheStore {
     redis: RedisStore,
     shared: Arc<Shared>,
+    /// Who publishes this handle's events (so that its own change feeds skip them).
+    instance: Arc<str>,
     max_entry_size: usize,
+    clock: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+}
+
+impl Clone for RedisCacheStore {
+    /// Another handle on the same store (same connection, subscription and counters) with an
+    /// instance id of its own, so that the change feeds of each handle report the writes made
+    /// through the other.
+    fn clone(&self) -> Self {
+        RedisCacheStore {
+            redis: self.redis.clone(),
+            shared: self.shared.clone(),
+            instance: instance_id().into(),
+            max_entry_size: self.max_entry_size,
+            clock: self.clock.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for RedisCacheStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCacheStore")
             .field("redis", &self.redis)
-            .field("instance", &self.shared.instance)
+            .field("instance", &self.instance)
             .field("max_entry_size", &self.max_entry_size)
             .field("subscribed", &self.is_subscribed())
             .finish_non_exhaustive()
@@ -356,13 +425,15 @@ impl RedisStore {
                     channel: self.key("cache:events"),
                 },
                 counters: Counters::default(),
-                instance: instance_id(),
+                scan: AtomicU64::new(0),
                 changes,
                 subscribed: Arc::new(AtomicBool::new(false)),
                 listener: Mutex::new(Some(stopped)),
                 _stop: stop,
             }),
+            instance: instance_id().into(),
             max_entry_size: 5 * 1024 * 1024,
+            clock: Arc::new(SystemTime::now),
         }
     }
 }
@@ -388,23 +459,21 @@ fn event(instance: &str, kind: char, data: &str) -> String {
     format!("{instance}\n{kind}{data}")
 }
 
-/// The change an event from another instance reports, or `None` for our own or a malformed one.
-fn parse_event(instance: &str, payload: &[u8]) -> Option<CacheChange> {
+/// Who sent an event and the change it reports, or `None` for a malformed one.
+fn parse_event(payload: &[u8]) -> Option<(&str, CacheChange)> {
     let text = std::str::from_utf8(payload).ok()?;
     let (from, rest) = text.split_once('\n')?;
-    if from == instance {
-        return None;
-    }
     let mut chars = rest.chars();
     let kind = chars.next()?;
     let data = chars.as_str();
-    Some(match kind {
+    let change = match kind {
         'k' => CacheChange::Key(RequestKey::from_parts(from_hex(data)?, "")),
         'p' => CacheChange::Invalidated(Invalidation::Prefix(data.to_owned())),
         'u' => CacheChange::Invalidated(Invalidation::Path(data.to_owned())),
         'c' => CacheChange::Cleared,
         _ => return None,
-    })
+    };
+    Some((from, change))
 }
 
 fn from_hex(hex: &str) -> Option<[u8; 32]> {
@@ -439,6 +508,45 @@ impl RedisCacheStore {
         self
     }
 
+    /// The clock the entries' times (`fresh_until`, `expires_at`) are in: the cache layer's
+    /// ([`CacheLayer::clock`](crate::cache::CacheLayer::clock)); the system clock by default.
+    ///
+    /// Entries expire in Redis after `expires_at` minus this clock's now (a relative TTL), so
+    /// they live as long as they should whatever the difference between this machine's clock
+    /// and Redis's.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::time::SystemTime;
+    /// use courteous::cache::CacheLayer;
+    /// use courteous::store::redis::RedisStore;
+    ///
+    /// # fn main() -> Result<(), courteous::store::redis::RedisError> {
+    /// let now = || SystemTime::now();
+    /// let redis = RedisStore::connect("redis://127.0.0.1:6379/")?;
+    /// let layer = CacheLayer::new(redis.cache().clock(now)).clock(now);
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(now);
+        self
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
+    /// How long until `expires_at` by the store's clock, in ms (at least 1).
+    fn ttl_ms(&self, expires_at: SystemTime) -> u64 {
+        expires_at.duration_since(self.now()).map_or(1, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        })
+    }
+
     /// Whether the pub/sub subscription that reports other processes' changes is up now.
     pub fn is_subscribed(&self) -> bool {
         self.shared.subscribed.load(Ordering::Relaxed)
@@ -470,7 +578,7 @@ impl RedisCacheStore {
     }
 
     fn event(&self, kind: char, data: &str) -> String {
-        event(&self.shared.instance, kind, data)
+        event(&self.instance, kind, data)
     }
 
     /// Deletes the entries in the lex range whose URL matches, batch by batch.
@@ -519,7 +627,6 @@ impl RedisCacheStore {
             tokio::spawn(listen(
                 self.redis.clone(),
                 self.shared.names.channel.clone(),
-                self.shared.instance.clone(),
                 self.shared.changes.clone(),
                 self.shared.subscribed.clone(),
                 stopped,
@@ -528,13 +635,12 @@ impl RedisCacheStore {
     }
 }
 
-/// Reports other instances' events on `channel` to the change feeds, re-subscribing after
-/// failures, until the store is dropped.
+/// Reports the events on `channel` to the change feeds, re-subscribing after failures, until the
+/// store is dropped.
 async fn listen(
     redis: RedisStore,
     channel: String,
-    instance: String,
-    changes: broadcast::Sender<CacheChange>,
+    changes: broadcast::Sender<Heard>,
     subscribed: Arc<AtomicBool>,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -559,9 +665,12 @@ async fn listen(
             Ok(pubsub) => {
                 subscribed.store(true, Ordering::SeqCst);
                 // No receiver is fine: no memory tier listens.
-                let _ = changes.send(CacheChange::Connected);
+                let _ = changes.send(CacheChange::Connected.into());
                 tracing::debug!(%channel, "cache change subscription is up");
-                let mut messages = pubsub.into_on_message();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut keepalive = tokio::time::interval(KEEPALIVE);
+                keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                keepalive.tick().await;
                 loop {
                     let message = tokio::select! {
                         _ = &mut stopped => {
@@ -569,14 +678,33 @@ async fn listen(
                             return;
                         }
                         message = messages.next() => message,
+                        _ = keepalive.tick() => {
+                            // A connection can die silently (a stalled server, a half-open
+                            // TCP connection): no message would ever say so. A missed pong
+                            // counts as losing the subscription. Messages arriving meanwhile
+                            // wait in the stream.
+                            match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => continue,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%channel, %error, "cache change subscription ping failed");
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%channel, "cache change subscription ping timed out");
+                                }
+                            }
+                            break;
+                        }
                     };
                     let Some(message) = message else { break };
-                    if let Some(change) = parse_event(&instance, message.get_payload_bytes()) {
-                        let _ = changes.send(change);
+                    if let Some((from, change)) = parse_event(message.get_payload_bytes()) {
+                        let _ = changes.send(Heard {
+                            from: Some(from.into()),
+                            change,
+                        });
                     }
                 }
                 subscribed.store(false, Ordering::SeqCst);
-                let _ = changes.send(CacheChange::Lost);
+                let _ = changes.send(CacheChange::Lost.into());
                 tracing::warn!(%channel, "cache change subscription lost; memory tiers are emptied and bypassed until it is back");
             }
             Err(error) => {
@@ -609,7 +737,7 @@ impl CacheStore for RedisCacheStore {
                     Some(mut entry) => {
                         entry.fresh_until = codec::time(fresh_until);
                         entry.expires_at = codec::time(expires_at);
-                        Some(entry).filter(|e| !e.is_expired(SystemTime::now()))
+                        Some(entry).filter(|e| !e.is_expired(self.now()))
                     }
                     None => {
                         // Treated as absent, and replaced by the next write.
@@ -631,7 +759,7 @@ impl CacheStore for RedisCacheStore {
 
     async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
         let size = entry.size();
-        if size > self.max_entry_size || entry.is_expired(SystemTime::now()) {
+        if size > self.max_entry_size || entry.is_expired(self.now()) {
             tracing::debug!(key = %key, size, "cache entry too large or already expired; not stored in redis");
             return self.delete(key).await;
         }
@@ -648,7 +776,8 @@ impl CacheStore for RedisCacheStore {
             .arg(size)
             .arg(&self.shared.names.channel)
             .arg(self.event('k', &hex))
-            .arg(CLEAN_PER_WRITE);
+            .arg(CLEAN_PER_WRITE)
+            .arg(self.ttl_ms(entry.expires_at));
         let cleaned: u64 = self
             .redis
             .script("cache put", invocation)
@@ -673,7 +802,8 @@ impl CacheStore for RedisCacheStore {
             .key(self.entry_key(&hex))
             .arg(&hex)
             .arg(millis(fresh_until))
-            .arg(millis(expires_at));
+            .arg(millis(expires_at))
+            .arg(self.ttl_ms(expires_at));
         let _touched: i64 = self
             .redis
             .script("cache touch", invocation)
@@ -722,18 +852,32 @@ impl CacheStore for RedisCacheStore {
         }
     }
 
+    /// Removes the index members of expired entries, and checks one batch of the others
+    /// (continuing where the last purge stopped) for entries Redis evicted before their expiry.
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let mut purged = 0;
+        let mut scan = BATCH;
         loop {
             let mut invocation = self.invocation(&PURGE);
-            invocation.arg(&self.shared.names.entry).arg(BATCH);
-            let (n, more): (u64, u64) = self
+            invocation
+                .arg(&self.shared.names.entry)
+                .arg(BATCH)
+                .arg(self.shared.scan.load(Ordering::Relaxed))
+                .arg(scan);
+            let (n, more, cursor, stale): (u64, u64, u64, u64) = self
                 .redis
                 .script("cache purge", invocation)
                 .await
                 .map_err(|e| self.failed(e))?;
-            purged += n;
-            self.shared.counters.purged.fetch_add(n, Ordering::Relaxed);
+            if scan > 0 {
+                self.shared.scan.store(cursor, Ordering::Relaxed);
+                scan = 0;
+            }
+            purged += n + stale;
+            self.shared
+                .counters
+                .purged
+                .fetch_add(n + stale, Ordering::Relaxed);
             if more == 0 || n == 0 {
                 return Ok(purged);
             }
@@ -764,10 +908,32 @@ impl CacheStore for RedisCacheStore {
         Ok(())
     }
 
+    /// The changes made through every other handle (other processes, and other clones of this
+    /// store in this process), not this handle's own.
     fn changes(&self) -> Option<ChangeFeed> {
-        let receiver = self.shared.changes.subscribe();
+        use tokio::sync::broadcast::error::RecvError;
+        let mut heard = self.shared.changes.subscribe();
         let connected = self.shared.subscribed.load(Ordering::SeqCst);
         self.listen();
+        let (feed, receiver) = broadcast::channel(1024);
+        let own = self.instance.clone();
+        // Until the store is gone (the listener stops) or the feed is dropped (the next send
+        // fails).
+        tokio::spawn(async move {
+            loop {
+                let change = match heard.recv().await {
+                    Ok(Heard {
+                        from: Some(from), ..
+                    }) if from == own => continue,
+                    Ok(Heard { change, .. }) => change,
+                    Err(RecvError::Lagged(_)) => CacheChange::Missed,
+                    Err(RecvError::Closed) => return,
+                };
+                if feed.send(change).is_err() {
+                    return;
+                }
+            }
+        });
         Some(ChangeFeed::new(receiver, connected))
     }
 }
@@ -777,33 +943,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_round_trip_and_own_echoes_are_ignored() {
+    fn events_round_trip() {
         let key = RequestKey::from_parts([0xab; 32], "x");
         let hex = key.to_hex();
         let e = event("me", 'k', &hex);
-        assert_eq!(parse_event("me", e.as_bytes()), None);
         assert_eq!(
-            parse_event("you", e.as_bytes()),
-            Some(CacheChange::Key(key))
+            parse_event(e.as_bytes()),
+            Some(("me", CacheChange::Key(key)))
         );
         assert_eq!(
-            parse_event("you", event("me", 'p', "http://h/a\nb").as_bytes()),
-            Some(CacheChange::Invalidated(Invalidation::Prefix(
-                "http://h/a\nb".into()
-            )))
+            parse_event(event("me", 'p', "http://h/a\nb").as_bytes()),
+            Some((
+                "me",
+                CacheChange::Invalidated(Invalidation::Prefix("http://h/a\nb".into()))
+            ))
         );
         assert_eq!(
-            parse_event("you", event("me", 'u', "http://h/a").as_bytes()),
-            Some(CacheChange::Invalidated(Invalidation::Path(
-                "http://h/a".into()
-            )))
+            parse_event(event("me", 'u', "http://h/a").as_bytes()),
+            Some((
+                "me",
+                CacheChange::Invalidated(Invalidation::Path("http://h/a".into()))
+            ))
         );
         assert_eq!(
-            parse_event("you", event("me", 'c', "").as_bytes()),
-            Some(CacheChange::Cleared)
+            parse_event(event("me", 'c', "").as_bytes()),
+            Some(("me", CacheChange::Cleared))
         );
-        assert_eq!(parse_event("you", b"me\nkzz"), None);
-        assert_eq!(parse_event("you", b"no newline"), None);
+        assert_eq!(parse_event(b"me\nkzz"), None);
+        assert_eq!(parse_event(b"no newline"), None);
     }
 
     #[test]

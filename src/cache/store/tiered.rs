@@ -20,7 +20,9 @@ const STRIPES: usize = 64;
 ///
 /// Reads try memory first and copy what they find in the back store into memory. Writes, deletes,
 /// invalidations, touches and clears go to both tiers, memory first, so this process never
-/// serves an entry it replaced, deleted or invalidated. Entries expire in both tiers at their own
+/// serves an entry it replaced, deleted or invalidated: while such a write is on its way to the
+/// back store, reads of the keys it changes do not fill memory (they may have read the back
+/// store before the write reached it). Entries expire in both tiers at their own
 /// `expires_at`.
 ///
 /// # Note on other processes
@@ -75,6 +77,34 @@ struct TierSync {
     all: AtomicU64,
     /// Bumped by changes to one key, by stripe.
     keys: [AtomicU64; STRIPES],
+    /// This process's writes to many keys (invalidations, clears) in flight to the back store.
+    writing_all: AtomicU64,
+    /// This process's writes to one key in flight to the back store, by stripe.
+    writing: [AtomicU64; STRIPES],
+}
+
+/// One of this process's writes in flight to the back store (see [`TierSync::write`]).
+struct Writing<'a> {
+    sync: &'a TierSync,
+    /// The key written, or `None` for a write to many keys.
+    key: Option<&'a RequestKey>,
+}
+
+impl Drop for Writing<'_> {
+    /// The write is done (or abandoned, and may still land): reads that started while it was in
+    /// flight may have read what it replaced, so they must not fill memory.
+    fn drop(&mut self) {
+        match self.key {
+            Some(key) => {
+                self.sync.changed(key);
+                self.sync.writing_stripe(key).fetch_sub(1, Ordering::SeqCst);
+            }
+            None => {
+                self.sync.changed_all();
+                self.sync.writing_all.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 impl TierSync {
@@ -87,6 +117,38 @@ impl TierSync {
         self.all
             .load(Ordering::SeqCst)
             .wrapping_add(self.stripe(key).load(Ordering::SeqCst))
+    }
+
+    fn writing_stripe(&self, key: &RequestKey) -> &AtomicU64 {
+        &self.writing[key.as_bytes()[0] as usize % STRIPES]
+    }
+
+    /// Marks a write of this process to `key` (or, with `None`, to many keys) as in flight to
+    /// the back store until the guard is dropped. Until then no read fills memory with what it
+    /// found under the key: it may have read the back store before the write reached it, and the
+    /// back store's change feed does not report this process's own writes. The version changes
+    /// both when the write starts and when it ends, so a read that started while it was in flight
+    /// does not fill memory after it either.
+    fn write<'a>(&'a self, key: Option<&'a RequestKey>) -> Writing<'a> {
+        match key {
+            Some(key) => {
+                self.writing_stripe(key).fetch_add(1, Ordering::SeqCst);
+                self.changed(key);
+            }
+            None => {
+                self.writing_all.fetch_add(1, Ordering::SeqCst);
+                self.changed_all();
+            }
+        }
+        Writing { sync: self, key }
+    }
+
+    /// Whether a read of `key` that started at `version` may fill memory now.
+    fn may_fill(&self, key: &RequestKey, version: u64) -> bool {
+        self.live()
+            && self.writing_all.load(Ordering::SeqCst) == 0
+            && self.writing_stripe(key).load(Ordering::SeqCst) == 0
+            && self.version(key) == version
     }
 
     fn changed(&self, key: &RequestKey) {
@@ -147,6 +209,8 @@ impl TieredCacheStore {
                 live: AtomicBool::new(true),
                 all: AtomicU64::new(0),
                 keys: std::array::from_fn(|_| AtomicU64::new(0)),
+                writing_all: AtomicU64::new(0),
+                writing: std::array::from_fn(|_| AtomicU64::new(0)),
             }),
         }
     }
@@ -179,12 +243,13 @@ impl TieredCacheStore {
         });
     }
 
-    /// Puts `entry` in memory if nothing changed `key` since `version` was read.
+    /// Puts `entry` in memory if nothing changed `key` since `version` was read and no write of
+    /// this process to it is in flight.
     fn fill(&self, key: &RequestKey, entry: &Arc<CacheEntry>, version: u64) {
-        if self.sync.live() && self.sync.version(key) == version {
+        if self.sync.may_fill(key, version) {
             self.memory.insert(key, entry.clone());
-            // A change that arrived during the insert removes it again.
-            if !self.sync.live() || self.sync.version(key) != version {
+            // A change that arrived (or a write that started) during the insert removes it again.
+            if !self.sync.may_fill(key, version) {
                 self.memory.remove(key);
             }
         }
@@ -231,8 +296,9 @@ impl CacheStore for TieredCacheStore {
 
     async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
         self.follow_changes();
-        // Reads in flight must not put an older entry back over this one.
-        self.sync.changed(key);
+        // Reads in flight, or made before the back store has the new entry, must not put an
+        // older entry back over this one.
+        let _writing = self.sync.write(Some(key));
         if self.sync.live() {
             self.memory.insert(key, entry.clone());
         } else {
@@ -248,27 +314,28 @@ impl CacheStore for TieredCacheStore {
         expires_at: SystemTime,
     ) -> Result<(), StoreError> {
         self.follow_changes();
+        let _writing = self.sync.write(Some(key));
         self.memory.set_times(key, fresh_until, expires_at);
         self.back.touch(key, fresh_until, expires_at).await
     }
 
     async fn delete(&self, key: &RequestKey) -> Result<(), StoreError> {
         self.follow_changes();
-        self.sync.changed(key);
+        let _writing = self.sync.write(Some(key));
         self.memory.remove(key);
         self.back.delete(key).await
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
         self.follow_changes();
-        self.sync.changed_all();
+        let _writing = self.sync.write(None);
         self.memory.clear().await?;
         self.back.clear().await
     }
 
     async fn invalidate(&self, target: &Invalidation) -> Result<u64, StoreError> {
         self.follow_changes();
-        self.sync.changed_all();
+        let _writing = self.sync.write(None);
         let in_memory = self.memory.remove_matching(target);
         let in_back = self.back.invalidate(target).await?;
         Ok(in_back.max(in_memory))
