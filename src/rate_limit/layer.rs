@@ -22,6 +22,11 @@ use crate::error::BoxError;
 use crate::resource::Resource;
 use crate::store::StoreError;
 
+/// How long a refusal whose `retry_at` is not in the future waits before asking again (the
+/// stores answer a `retry_at` at least 1 ms ahead; this bounds a misbehaving one to 100 calls
+/// a second rather than a busy loop).
+const STALE_REFUSAL_WAIT: Duration = Duration::from_millis(10);
+
 /// How long a request may wait for the limiter, set per request as an extension (overrides the
 /// layer's [`max_wait`](RateLimitLayer::max_wait)).
 ///
@@ -322,7 +327,13 @@ impl RateLimitLayer {
                     });
                 }
                 Decision::Refused { retry_at, reason } => {
-                    let wait = retry_at.saturating_since(now);
+                    // A refusal always waits: a store answering a `retry_at` that is not in
+                    // the future (a clock stepping back, a bad value) must not make this loop
+                    // ask it again and again without pause until the deadline.
+                    let wait = match retry_at.saturating_since(now) {
+                        Duration::ZERO => STALE_REFUSAL_WAIT,
+                        wait => wait,
+                    };
                     let wake = tokio::time::Instant::now() + wait;
                     if wake > deadline {
                         tracing::debug!(resource = %resource, ?reason, ?wait, "rate limited");

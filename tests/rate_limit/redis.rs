@@ -617,3 +617,136 @@ async fn old_admissions_and_activity_are_trimmed_and_every_key_expires() {
     );
     forget(&url, &prefix).await;
 }
+
+/// Every key under `prefix` has a time to live.
+async fn assert_every_key_expires(url: &str, prefix: &str, expected: usize) {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), expected, "{keys:?}");
+    for k in keys {
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{k} has no expiry ({ttl})");
+    }
+}
+
+/// Absurd feedback (a reset in µs since the epoch, a `Retry-After` of centuries) and absurd
+/// durations (windows, inactivity, monitoring of `Duration::MAX`) are clamped: no script fails
+/// half-way (Redis would keep its first writes), every key still expires, and a refusal's
+/// `retry_at` is in the future and not past a decade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_times_and_durations_neither_fail_nor_leave_keys_without_expiry() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("extreme");
+    let store = store(&url, &prefix, Duration::from_secs(2)).rate_limits();
+    let resource = Resource::new("extreme").unwrap();
+    let limits: Arc<[Limit]> = vec![Limit::per_second(n(100))].into();
+    let adaptive = Arc::new(AdaptiveConfig::default());
+    let decade = Duration::from_secs(11 * 365 * 24 * 3600);
+
+    // `X-RateLimit-Reset: 1e19`, read as seconds since the epoch.
+    let now = SystemClock.now();
+    store
+        .feedback(
+            &resource,
+            ServerFeedback::Remaining {
+                remaining: 1,
+                reset: Timestamp::from_millis(u64::MAX),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let request = |priority, now| {
+        AdmissionRequest::new(
+            resource.clone(),
+            priority,
+            limits.clone(),
+            adaptive.clone(),
+            now,
+        )
+    };
+    let first = store
+        .acquire(request(Priority::User, SystemClock.now()))
+        .await
+        .unwrap();
+    assert!(matches!(first, Decision::Admitted { .. }), "{first:?}");
+    assert_every_key_expires(&url, &prefix, 4).await;
+    let now = SystemClock.now();
+    match store.acquire(request(Priority::User, now)).await.unwrap() {
+        Decision::Refused { retry_at, reason } => {
+            assert_eq!(reason, Refusal::ServerBudget);
+            assert!(retry_at > now && retry_at <= now + decade, "{retry_at:?}");
+        }
+        other => panic!("the budget of 1 is spent: {other:?}"),
+    }
+
+    // `Retry-After: 9999999999999999`.
+    let now = SystemClock.now();
+    store
+        .feedback(
+            &resource,
+            ServerFeedback::Block {
+                until: now + Duration::from_secs(9_999_999_999_999_999),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let now = SystemClock.now();
+    match store
+        .acquire(request(Priority::Background, now))
+        .await
+        .unwrap()
+    {
+        Decision::Refused { retry_at, reason } => {
+            assert_eq!(reason, Refusal::ServerBlocked);
+            assert!(retry_at > now && retry_at <= now + decade, "{retry_at:?}");
+        }
+        other => panic!("blocked: {other:?}"),
+    }
+    assert_every_key_expires(&url, &prefix, 4).await;
+
+    // Durations of `Duration::MAX`, on a fresh resource.
+    let forever = Resource::new("forever").unwrap();
+    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::MAX)].into();
+    let adaptive = Arc::new(
+        AdaptiveConfig::default()
+            .sustained_inactivity(Duration::MAX)
+            .monitoring_window(Duration::MAX),
+    );
+    let request = |priority| {
+        AdmissionRequest::new(
+            forever.clone(),
+            priority,
+            limits.clone(),
+            adaptive.clone(),
+            SystemClock.now(),
+        )
+    };
+    let first = store.acquire(request(Priority::User)).await.unwrap();
+    assert!(matches!(first, Decision::Admitted { .. }), "{first:?}");
+    let now = SystemClock.now();
+    match store.acquire(request(Priority::Background)).await.unwrap() {
+        Decision::Refused { retry_at, .. } => {
+            assert!(retry_at > now && retry_at <= now + decade, "{retry_at:?}");
+        }
+        other => panic!("a limit of 1 is spent: {other:?}"),
+    }
+    store
+        .status(&forever, &limits, &adaptive, SystemClock.now())
+        .await
+        .unwrap();
+    assert_every_key_expires(&url, &prefix, 8).await;
+    forget(&url, &prefix).await;
+}
