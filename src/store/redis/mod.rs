@@ -63,8 +63,10 @@ pub enum RedisError {
         /// The timeout that ran out.
         after: Duration,
     },
-    /// Redis could not be reached, or the connection broke.
-    #[error("redis is unreachable during {operation}: {source}")]
+    /// Redis could not be reached, the connection broke, or the server refuses commands for a
+    /// while (loading its data after a restart, busy with a script, failing over, out of
+    /// memory): retrying later may succeed.
+    #[error("redis is unavailable during {operation}: {source}")]
     Unavailable {
         /// What was attempted.
         operation: &'static str,
@@ -82,6 +84,20 @@ pub enum RedisError {
         source: redis::RedisError,
     },
 }
+
+/// Error codes with which a running Redis refuses a command for a while, not for good: loading
+/// its data after a restart, busy with a long script, a replica during a failover (its master
+/// down, or read-only until promoted), a cluster resharding, out of memory until keys expire.
+/// They are reported as [`RedisError::Unavailable`], like a connection that fails.
+const TRANSIENT: [&str; 7] = [
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "READONLY",
+    "OOM",
+    "CLUSTERDOWN",
+];
 
 impl RedisError {
     /// A short, stable code for logs.
@@ -107,6 +123,7 @@ impl RedisError {
             || source.is_connection_dropped()
             || source.is_connection_refusal()
             || source.is_timeout()
+            || source.code().is_some_and(|code| TRANSIENT.contains(&code))
         {
             RedisError::Unavailable { operation, source }
         } else {
@@ -346,6 +363,47 @@ impl RedisStore {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(source)) => Err(RedisError::from_redis(operation, source)),
             Err(_) => Err(RedisError::Timeout { operation, after }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(reply: &str) -> redis::RedisError {
+        match redis::parse_redis_value(reply.as_bytes()).unwrap() {
+            redis::Value::ServerError(error) => error.into(),
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_refusing_for_a_while_is_unavailable_not_a_failed_command() {
+        for reply in [
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.\r\n",
+            "-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            "-CLUSTERDOWN The cluster is down\r\n",
+        ] {
+            let error = RedisError::from_redis("op", server_error(reply));
+            assert!(error.is_unavailable(), "{reply}: {error:?}");
+            assert_eq!(error.code(), "redis_unavailable");
+            assert!(error.to_string().contains("unavailable"), "{error}");
+            let store = StoreError::from(error);
+            assert_eq!(store.kind(), StoreErrorKind::Unavailable, "{reply}");
+        }
+        for reply in [
+            "-ERR Error running script: bad argument\r\n",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-NOPERM this user has no permissions to run the 'eval' command\r\n",
+        ] {
+            let error = RedisError::from_redis("op", server_error(reply));
+            assert!(!error.is_unavailable(), "{reply}: {error:?}");
+            assert_eq!(StoreError::from(error).kind(), StoreErrorKind::Other);
         }
     }
 }
