@@ -750,3 +750,56 @@ async fn extreme_times_and_durations_neither_fail_nor_leave_keys_without_expiry(
     assert_every_key_expires(&url, &prefix, 8).await;
     forget(&url, &prefix).await;
 }
+
+/// A rolling deploy shortens a limit from an hour to a minute: the processes with the minute do
+/// not trim the admissions that the processes still on the hour count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_with_a_shorter_window_keep_what_a_longer_window_still_counts() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("highwater");
+    let redis = store(&url, &prefix, Duration::from_secs(2));
+    let old = redis.rate_limits().clock(RedisClock::Caller);
+    let new = redis.rate_limits().clock(RedisClock::Caller);
+    let resource = Resource::new("deploy").unwrap();
+    let hour: Arc<[Limit]> = vec![Limit::per_hour(n(2))].into();
+    let minute: Arc<[Limit]> = vec![Limit::per_minute(n(100))].into();
+    let adaptive = Arc::new(AdaptiveConfig::default());
+    let t0 = 1_700_000_000_000u64;
+    let at = |limits: &Arc<[Limit]>, minutes: u64| {
+        AdmissionRequest::new(
+            resource.clone(),
+            Priority::User,
+            limits.clone(),
+            adaptive.clone(),
+            Timestamp::from_millis(t0 + minutes * 60_000),
+        )
+    };
+    let first = old.acquire(at(&hour, 0)).await.unwrap();
+    assert!(matches!(first, Decision::Admitted { .. }), "{first:?}");
+    let second = new.acquire(at(&minute, 2)).await.unwrap();
+    assert!(matches!(second, Decision::Admitted { .. }), "{second:?}");
+    // The hour holds two admissions: the old process is at its limit.
+    match old.acquire(at(&hour, 3)).await.unwrap() {
+        Decision::Refused { retry_at, reason } => {
+            assert_eq!(reason, Refusal::Limit);
+            assert_eq!(retry_at, Timestamp::from_millis(t0 + 3_600_001));
+        }
+        other => panic!("the first admission was trimmed: {other:?}"),
+    }
+    // Once nobody has counted in the hour for an hour, the minute's callers trim to a minute.
+    let third = new.acquire(at(&minute, 30)).await.unwrap();
+    assert!(matches!(third, Decision::Admitted { .. }), "{third:?}");
+    let later = new.acquire(at(&minute, 64)).await.unwrap();
+    assert!(matches!(later, Decision::Admitted { .. }), "{later:?}");
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let kept: u64 = ::redis::cmd("ZCARD")
+        .arg(format!("{prefix}:rl:{{deploy}}:all"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "the high-water mark lapses");
+    forget(&url, &prefix).await;
+}

@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `p:rl:{r}:all` | sorted set of every admission (member unique per admission, score its time in ms) | the longest window after the last admission |
 //! | `p:rl:{r}:bg` | the same for background admissions only | the same |
-//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset` | 7 days (or twice the sustained inactivity, if longer) after the last admission, and at least until the server's block or reset |
+//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset`, `keep` and `keep_until` (the retention high-water mark) | 7 days (or twice the sustained inactivity, if longer) after the last admission, and at least until the server's block or reset |
 //! | `p:rl:{r}:act` | hash: user admissions per second (`second -> count`) | the monitoring window after the last user admission |
 //! | `p:rl:{r}:actidx` | sorted set of the seconds in `act`, to trim it | the same |
 //!
@@ -26,8 +26,12 @@
 //! decision costs a few `O(log n)` steps whatever the window holds. Users' usage is the total
 //! less the background's, so a user admission is written once. Each admission trims what no
 //! window needs any more (`ZREMRANGEBYSCORE`), and every key carries a `PEXPIRE`: an idle
-//! resource leaves nothing behind. While the server's `RateLimit-Remaining` budget applies,
-//! admissions are kept back to when it was observed, so that the budget is counted in full.
+//! resource leaves nothing behind. What "no window" means is the longest window any caller
+//! asked for within that window's own length (`keep`), not only the caller's: while processes
+//! with different limits share the keys (a rolling deploy shortening a limit), the ones with
+//! the longer window still count every admission they need. While the server's
+//! `RateLimit-Remaining` budget applies, admissions are kept back to when it was observed, so
+//! that the budget is counted in full.
 //!
 //! Delays and durations are clamped to about ten years before they reach a script (a
 //! `Retry-After` of centuries, a [`Duration::MAX`] window), and the scripts check their
@@ -184,13 +188,25 @@ local function cap(t)
   return math.min(t, now + MAX_MS)
 end
 local state = redis.call('HMGET', KEYS[3], 'blocked_until', 'budget_remaining',
-  'budget_observed', 'budget_reset')
+  'budget_observed', 'budget_reset', 'keep', 'keep_until')
+-- The retention high-water mark: the longest window any caller counted in recently, so that
+-- callers with shorter windows (a rolling deploy shortening a limit) do not trim admissions
+-- that callers with the longer one still count. It lapses its own length after it was last
+-- asked for.
+local high, high_until = tonumber(state[5]) or 0, tonumber(state[6]) or 0
+if own_keep >= high or high_until <= now then
+  redis.call('HSET', KEYS[3], 'keep', own_keep, 'keep_until', now + own_keep)
+  if redis.call('PTTL', KEYS[3]) < state_ttl then
+    redis.call('PEXPIRE', KEYS[3], state_ttl)
+  end
+  high = own_keep
+end
 local blocked = cap(tonumber(state[1]) or 0)
 if blocked > now then
   return {'refused', now, blocked, 'server_blocked'}
 end
 local remaining = -1
-local keep = own_keep
+local keep = math.min(math.max(own_keep, high), MAX_MS)
 local ttl = keep
 local reset = tonumber(state[4])
 if state[2] and state[3] and reset and reset > now then
