@@ -74,6 +74,11 @@ impl std::ops::Sub<Duration> for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // An HTTP date stops at the year 9999 (a `Retry-After` of centuries goes further).
+        const YEAR_10000_MS: u64 = 253_402_300_800_000;
+        if self.0 >= YEAR_10000_MS {
+            return write!(f, "{} ms after the epoch", self.0);
+        }
         write!(f, "{}", httpdate::fmt_http_date(self.to_system_time()))
     }
 }

@@ -22,6 +22,11 @@ use crate::error::BoxError;
 use crate::resource::Resource;
 use crate::store::StoreError;
 
+/// How long a refusal whose `retry_at` is not in the future waits before asking again (the
+/// stores answer a `retry_at` at least 1 ms ahead; this bounds a misbehaving one to 100 calls
+/// a second rather than a busy loop).
+const STALE_REFUSAL_WAIT: Duration = Duration::from_millis(10);
+
 /// How long a request may wait for the limiter, set per request as an extension (overrides the
 /// layer's [`max_wait`](RateLimitLayer::max_wait)).
 ///
@@ -322,7 +327,13 @@ impl RateLimitLayer {
                     });
                 }
                 Decision::Refused { retry_at, reason } => {
-                    let wait = retry_at.saturating_since(now);
+                    // A refusal always waits: a store answering a `retry_at` that is not in
+                    // the future (a clock stepping back, a bad value) must not make this loop
+                    // ask it again and again without pause until the deadline.
+                    let wait = match retry_at.saturating_since(now) {
+                        Duration::ZERO => STALE_REFUSAL_WAIT,
+                        wait => wait,
+                    };
                     let wake = tokio::time::Instant::now() + wait;
                     if wake > deadline {
                         tracing::debug!(resource = %resource, ?reason, ?wait, "rate limited");
@@ -369,20 +380,36 @@ impl RateLimitLayer {
         }
     }
 
-    /// Records what a response says about the server's limits.
+    /// Records what a response says about the server's limits, and returns until when the
+    /// server blocks (its `Retry-After`).
+    ///
+    /// The items are written concurrently, so a response waits for at most one store call
+    /// (each bounded by the store's own timeout); after an `unchecked` admission (the store
+    /// just failed) nothing is written, so a failing store does not delay every response.
     pub(crate) async fn observe(
         &self,
         resource: &Resource,
         status: http::StatusCode,
         headers: &http::HeaderMap,
+        unchecked: bool,
     ) -> Option<Timestamp> {
         let now = self.config.clock.now();
-        let mut blocked = None;
-        for feedback in feedback::parse(status, headers, now) {
-            if let ServerFeedback::Block { until } = feedback {
-                blocked = Some(until);
+        let items = feedback::parse(status, headers, now);
+        let blocked = items.iter().rev().find_map(|item| match item {
+            ServerFeedback::Block { until } => Some(*until),
+            ServerFeedback::Remaining { .. } => None,
+        });
+        if unchecked {
+            if !items.is_empty() {
+                tracing::debug!(resource = %resource, "the rate-limit store is failing; the server's feedback is not recorded");
             }
-            if let Err(error) = self.shared.store.feedback(resource, feedback, now).await {
+            return blocked;
+        }
+        let writes = items
+            .into_iter()
+            .map(|item| self.shared.store.feedback(resource, item, now));
+        for result in futures_util::future::join_all(writes).await {
+            if let Err(error) = result {
                 tracing::warn!(resource = %resource, %error, "could not record the server's rate-limit feedback");
             }
         }

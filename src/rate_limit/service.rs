@@ -86,7 +86,12 @@ where
             let second = again.as_ref().map(|_| inner.clone());
             let mut response = inner.oneshot(request).await.map_err(Into::into)?;
             let mut blocked_until = layer
-                .observe(resource, response.status(), response.headers())
+                .observe(
+                    resource,
+                    response.status(),
+                    response.headers(),
+                    admission.unchecked,
+                )
                 .await;
             let mut report = RateLimitReport {
                 waited,
@@ -106,7 +111,12 @@ where
                     waited += second_admission.waited;
                     response = inner.oneshot(again).await.map_err(Into::into)?;
                     blocked_until = layer
-                        .observe(resource, response.status(), response.headers())
+                        .observe(
+                            resource,
+                            response.status(),
+                            response.headers(),
+                            second_admission.unchecked,
+                        )
                         .await;
                     report = RateLimitReport {
                         waited,

@@ -506,3 +506,176 @@ async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
     let report = Report::of(&response).unwrap().rate_limit.unwrap();
     assert_eq!((report.unchecked, report.remaining), (false, 9));
 }
+
+/// A store that refuses with a `retry_at` that is already due, as a broken store or a clock
+/// stepping back would, then admits after `limit` calls.
+#[derive(Debug, Clone, Default)]
+struct StaleRefusals {
+    inner: MemoryRateLimitStore,
+    calls: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl RateLimitStore for StaleRefusals {
+    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 10_000 {
+            // Ends a busy loop, for the assertion to report it.
+            return Ok(Decision::Admitted { remaining: 0 });
+        }
+        Ok(Decision::Refused {
+            retry_at: request.now,
+            reason: courteous::rate_limit::Refusal::Limit,
+        })
+    }
+    async fn feedback(
+        &self,
+        resource: &Resource,
+        feedback: ServerFeedback,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.inner.feedback(resource, feedback, now).await
+    }
+    async fn status(
+        &self,
+        resource: &Resource,
+        limits: &[Limit],
+        adaptive: &AdaptiveConfig,
+        now: Timestamp,
+    ) -> Result<RateLimitStatus, StoreError> {
+        self.inner.status(resource, limits, adaptive, now).await
+    }
+    fn stats(&self) -> RateLimitStats {
+        self.inner.stats()
+    }
+}
+
+/// A refusal whose `retry_at` is already due still waits before the store is asked again: the
+/// layer never spins on the store for the whole of its wait.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_that_is_already_due_still_waits_before_asking_again() {
+    let store = StaleRefusals::default();
+    let layer = RateLimitLayer::new(
+        store.clone(),
+        Limits::new().default_limit(Limit::per_second(n(1))),
+    )
+    .unwrap()
+    .clock(TokioClock::new())
+    .max_wait(Duration::from_secs(1));
+    let (service, calls) = stack(layer);
+    let started = Instant::now();
+    let err = service
+        .oneshot(request("/a/", Priority::User))
+        .await
+        .unwrap_err();
+    assert!(err.downcast_ref::<RateLimited>().is_some(), "{err}");
+    assert!(calls.lock().unwrap().is_empty());
+    let asked = store.calls.load(std::sync::atomic::Ordering::SeqCst);
+    // One call per 10 ms pause over the second of `max_wait`, not thousands.
+    assert!((90..=102).contains(&asked), "asked the store {asked} times");
+    assert!(started.elapsed() >= Duration::from_millis(990));
+}
+
+/// A store whose feedback writes each take a second (and are counted), and whose decisions fail
+/// while `down` is set.
+#[derive(Debug, Clone, Default)]
+struct SlowFeedback {
+    inner: MemoryRateLimitStore,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    writes: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl RateLimitStore for SlowFeedback {
+    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::new(
+                "slow",
+                StoreErrorKind::Unavailable,
+                "the store is down",
+            ));
+        }
+        self.inner.acquire(request).await
+    }
+    async fn feedback(
+        &self,
+        resource: &Resource,
+        feedback: ServerFeedback,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.inner.feedback(resource, feedback, now).await
+    }
+    async fn status(
+        &self,
+        resource: &Resource,
+        limits: &[Limit],
+        adaptive: &AdaptiveConfig,
+        now: Timestamp,
+    ) -> Result<RateLimitStatus, StoreError> {
+        self.inner.status(resource, limits, adaptive, now).await
+    }
+    fn stats(&self) -> RateLimitStats {
+        self.inner.stats()
+    }
+}
+
+/// A response's feedback (a `Retry-After` and a budget) is written in one round, so the
+/// response waits for one store call, not one per item; after a fail-open admission (the
+/// store is failing) nothing is written and the response does not wait for the store at all.
+#[tokio::test(start_paused = true)]
+async fn feedback_waits_for_one_store_call_and_none_after_an_unchecked_admission() {
+    let store = SlowFeedback::default();
+    let layer = RateLimitLayer::new(
+        store.clone(),
+        Limits::new().default_limit(Limit::per_minute(n(10))),
+    )
+    .unwrap()
+    .clock(TokioClock::new())
+    .max_wait(Duration::ZERO)
+    .on_store_error(OnStoreError::FailOpen);
+    let service =
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(|_: http::Request<String>| async {
+                let response = http::Response::builder()
+                    .status(http::StatusCode::TOO_MANY_REQUESTS)
+                    .header("retry-after", "30")
+                    .header("ratelimit-remaining", "0")
+                    .header("ratelimit-reset", "30")
+                    .body(String::new())
+                    .unwrap();
+                Ok::<_, BoxError>(response)
+            }));
+    let writes = || store.writes.load(std::sync::atomic::Ordering::SeqCst);
+
+    let started = Instant::now();
+    let response = service
+        .clone()
+        .oneshot(request("/a/", Priority::User))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(writes(), 2, "both items are recorded");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "the two writes overlap"
+    );
+
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let response = service
+        .oneshot(request("/a/", Priority::User))
+        .await
+        .unwrap();
+    let report = Report::of(&response).unwrap().rate_limit.unwrap();
+    assert!(report.unchecked);
+    assert!(
+        report.blocked_until.is_some(),
+        "the block is still reported"
+    );
+    assert_eq!(writes(), 2, "nothing written to a failing store");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}

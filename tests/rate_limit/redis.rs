@@ -617,3 +617,189 @@ async fn old_admissions_and_activity_are_trimmed_and_every_key_expires() {
     );
     forget(&url, &prefix).await;
 }
+
+/// Every key under `prefix` has a time to live.
+async fn assert_every_key_expires(url: &str, prefix: &str, expected: usize) {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), expected, "{keys:?}");
+    for k in keys {
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{k} has no expiry ({ttl})");
+    }
+}
+
+/// Absurd feedback (a reset in µs since the epoch, a `Retry-After` of centuries) and absurd
+/// durations (windows, inactivity, monitoring of `Duration::MAX`) are clamped: no script fails
+/// half-way (Redis would keep its first writes), every key still expires, and a refusal's
+/// `retry_at` is in the future and not past a decade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_times_and_durations_neither_fail_nor_leave_keys_without_expiry() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("extreme");
+    let store = store(&url, &prefix, Duration::from_secs(2)).rate_limits();
+    let resource = Resource::new("extreme").unwrap();
+    let limits: Arc<[Limit]> = vec![Limit::per_second(n(100))].into();
+    let adaptive = Arc::new(AdaptiveConfig::default());
+    let decade = Duration::from_secs(11 * 365 * 24 * 3600);
+
+    // `X-RateLimit-Reset: 1e19`, read as seconds since the epoch.
+    let now = SystemClock.now();
+    store
+        .feedback(
+            &resource,
+            ServerFeedback::Remaining {
+                remaining: 1,
+                reset: Timestamp::from_millis(u64::MAX),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let request = |priority, now| {
+        AdmissionRequest::new(
+            resource.clone(),
+            priority,
+            limits.clone(),
+            adaptive.clone(),
+            now,
+        )
+    };
+    let first = store
+        .acquire(request(Priority::User, SystemClock.now()))
+        .await
+        .unwrap();
+    assert!(matches!(first, Decision::Admitted { .. }), "{first:?}");
+    assert_every_key_expires(&url, &prefix, 4).await;
+    let now = SystemClock.now();
+    match store.acquire(request(Priority::User, now)).await.unwrap() {
+        Decision::Refused { retry_at, reason } => {
+            assert_eq!(reason, Refusal::ServerBudget);
+            assert!(retry_at > now && retry_at <= now + decade, "{retry_at:?}");
+        }
+        other => panic!("the budget of 1 is spent: {other:?}"),
+    }
+
+    // `Retry-After: 9999999999999999`.
+    let now = SystemClock.now();
+    store
+        .feedback(
+            &resource,
+            ServerFeedback::Block {
+                until: now + Duration::from_secs(9_999_999_999_999_999),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let now = SystemClock.now();
+    match store
+        .acquire(request(Priority::Background, now))
+        .await
+        .unwrap()
+    {
+        Decision::Refused { retry_at, reason } => {
+            assert_eq!(reason, Refusal::ServerBlocked);
+            assert!(retry_at > now && retry_at <= now + decade, "{retry_at:?}");
+        }
+        other => panic!("blocked: {other:?}"),
+    }
+    assert_every_key_expires(&url, &prefix, 4).await;
+
+    // Durations of `Duration::MAX`, on a fresh resource.
+    let forever = Resource::new("forever").unwrap();
+    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::MAX)].into();
+    let adaptive = Arc::new(
+        AdaptiveConfig::default()
+            .sustained_inactivity(Duration::MAX)
+            .monitoring_window(Duration::MAX),
+    );
+    let request = |priority| {
+        AdmissionRequest::new(
+            forever.clone(),
+            priority,
+            limits.clone(),
+            adaptive.clone(),
+            SystemClock.now(),
+        )
+    };
+    let first = store.acquire(request(Priority::User)).await.unwrap();
+    assert!(matches!(first, Decision::Admitted { .. }), "{first:?}");
+    let now = SystemClock.now();
+    match store.acquire(request(Priority::Background)).await.unwrap() {
+        Decision::Refused { retry_at, .. } => {
+            assert!(retry_at > now && retry_at <= now + decade, "{retry_at:?}");
+        }
+        other => panic!("a limit of 1 is spent: {other:?}"),
+    }
+    store
+        .status(&forever, &limits, &adaptive, SystemClock.now())
+        .await
+        .unwrap();
+    assert_every_key_expires(&url, &prefix, 8).await;
+    forget(&url, &prefix).await;
+}
+
+/// A rolling deploy shortens a limit from an hour to a minute: the processes with the minute do
+/// not trim the admissions that the processes still on the hour count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_with_a_shorter_window_keep_what_a_longer_window_still_counts() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("highwater");
+    let redis = store(&url, &prefix, Duration::from_secs(2));
+    let old = redis.rate_limits().clock(RedisClock::Caller);
+    let new = redis.rate_limits().clock(RedisClock::Caller);
+    let resource = Resource::new("deploy").unwrap();
+    let hour: Arc<[Limit]> = vec![Limit::per_hour(n(2))].into();
+    let minute: Arc<[Limit]> = vec![Limit::per_minute(n(100))].into();
+    let adaptive = Arc::new(AdaptiveConfig::default());
+    let t0 = 1_700_000_000_000u64;
+    let at = |limits: &Arc<[Limit]>, minutes: u64| {
+        AdmissionRequest::new(
+            resource.clone(),
+            Priority::User,
+            limits.clone(),
+            adaptive.clone(),
+            Timestamp::from_millis(t0 + minutes * 60_000),
+        )
+    };
+    let first = old.acquire(at(&hour, 0)).await.unwrap();
+    assert!(matches!(first, Decision::Admitted { .. }), "{first:?}");
+    let second = new.acquire(at(&minute, 2)).await.unwrap();
+    assert!(matches!(second, Decision::Admitted { .. }), "{second:?}");
+    // The hour holds two admissions: the old process is at its limit.
+    match old.acquire(at(&hour, 3)).await.unwrap() {
+        Decision::Refused { retry_at, reason } => {
+            assert_eq!(reason, Refusal::Limit);
+            assert_eq!(retry_at, Timestamp::from_millis(t0 + 3_600_001));
+        }
+        other => panic!("the first admission was trimmed: {other:?}"),
+    }
+    // Once nobody has counted in the hour for an hour, the minute's callers trim to a minute.
+    let third = new.acquire(at(&minute, 30)).await.unwrap();
+    assert!(matches!(third, Decision::Admitted { .. }), "{third:?}");
+    let later = new.acquire(at(&minute, 64)).await.unwrap();
+    assert!(matches!(later, Decision::Admitted { .. }), "{later:?}");
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let kept: u64 = ::redis::cmd("ZCARD")
+        .arg(format!("{prefix}:rl:{{deploy}}:all"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "the high-water mark lapses");
+    forget(&url, &prefix).await;
+}

@@ -25,6 +25,7 @@ every_backend!(
     status_reports_usage_reset_and_split,
     server_feedback_blocks_and_caps_every_handle,
     a_server_budget_counts_admissions_older_than_the_longest_window,
+    extreme_feedback_and_durations_are_neither_errors_nor_due_at_once,
 );
 
 fn n(n: u32) -> NonZeroU32 {
@@ -361,5 +362,92 @@ async fn a_server_budget_counts_admissions_older_than_the_longest_window(backend
         handle.store.acquire(user(60_000)).await.unwrap(),
         admitted(9)
     );
+    handle.close().await;
+}
+
+/// Absurd server feedback (a `Retry-After` of centuries, a reset read as µs since the epoch) and
+/// durations of `Duration::MAX` (window, inactivity, monitoring) make no store fail or panic,
+/// and every refusal asks to wait (a `retry_at` after `now`).
+async fn extreme_feedback_and_durations_are_neither_errors_nor_due_at_once(backend: Backend) {
+    let handle = backend.handle(Time::Injected).await;
+    let store = &handle.store;
+    let adaptive = Arc::new(
+        AdaptiveConfig::default()
+            .sustained_inactivity(Duration::MAX)
+            .monitoring_window(Duration::MAX),
+    );
+    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::MAX)].into();
+    let ask = |r: &Resource, priority, ms| {
+        AdmissionRequest::new(
+            r.clone(),
+            priority,
+            limits.clone(),
+            adaptive.clone(),
+            at(ms),
+        )
+    };
+    let refused_later = |decision: Decision, ms: u64, expected: Refusal| match decision {
+        Decision::Refused { retry_at, reason } => {
+            assert_eq!(reason, expected);
+            assert!(retry_at > at(ms), "{retry_at:?}");
+        }
+        other => panic!("{other:?}"),
+    };
+
+    let blocked = Resource::new("centuries").unwrap();
+    store
+        .feedback(
+            &blocked,
+            ServerFeedback::Block {
+                until: at(0) + Duration::from_secs(9_999_999_999_999_999),
+            },
+            at(0),
+        )
+        .await
+        .unwrap();
+    refused_later(
+        store
+            .acquire(ask(&blocked, Priority::User, 1))
+            .await
+            .unwrap(),
+        1,
+        Refusal::ServerBlocked,
+    );
+
+    let budget = Resource::new("micros").unwrap();
+    store
+        .feedback(
+            &budget,
+            ServerFeedback::Remaining {
+                remaining: 5,
+                reset: Timestamp::from_millis(u64::MAX),
+            },
+            at(0),
+        )
+        .await
+        .unwrap();
+    let first = store
+        .acquire(ask(&budget, Priority::User, 1))
+        .await
+        .unwrap();
+    assert!(matches!(first, Decision::Admitted { .. }), "{first:?}");
+    refused_later(
+        store
+            .acquire(ask(&budget, Priority::User, 2))
+            .await
+            .unwrap(),
+        2,
+        Refusal::Limit,
+    );
+    let background = store
+        .acquire(ask(&budget, Priority::Background, 3))
+        .await
+        .unwrap();
+    assert!(matches!(background, Decision::Refused { retry_at, .. } if retry_at > at(3)));
+    let status = store
+        .status(&budget, &limits, &adaptive, at(4))
+        .await
+        .unwrap();
+    assert_eq!(status.remaining, 0);
     handle.close().await;
 }

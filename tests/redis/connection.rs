@@ -77,3 +77,54 @@ async fn a_restarted_server_is_used_again_without_a_new_store() {
         }
     }
 }
+
+/// The store's connection has TCP keepalive on: Linux shows its keepalive timer armed
+/// (`tr` 02 in `/proc/net/tcp`) on an idle, established connection that has it, and no timer
+/// on one without it.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_connection_sends_keepalive_probes() {
+    let Some(redis) = OwnRedis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let store = RedisStore::connect(url).unwrap();
+    store.ping().await.unwrap();
+    // This process's sockets.
+    let ours: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut timers = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (remote, state, timer, inode) = (fields[2], fields[3], fields[5], fields[9]);
+            let remote_port = u16::from_str_radix(remote.rsplit(':').next().unwrap(), 16).unwrap();
+            if remote_port == port && state == "01" && ours.iter().any(|i| i == inode) {
+                timers.push(timer.split(':').next().unwrap().to_owned());
+            }
+        }
+    }
+    assert!(!timers.is_empty(), "no connection to port {port} found");
+    assert!(
+        timers.iter().all(|t| t == "02"),
+        "timers {timers:?} (02: keepalive)"
+    );
+    drop(store);
+}

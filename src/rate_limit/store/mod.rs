@@ -338,7 +338,10 @@ pub(crate) fn decide<L: AdmissionLog>(
                 } else {
                     Refusal::BackgroundShare
                 };
-                ((oldest + window + 1).max(now + 1), reason)
+                (
+                    oldest.saturating_add(window).saturating_add(1).max(now + 1),
+                    reason,
+                )
             }
             Check::Paused => (now + PAUSED_RETRY_MS, Refusal::BackgroundPaused),
         };
@@ -376,7 +379,7 @@ pub(crate) fn status_of<L: AdmissionLog>(
         let split = adaptive::allocate(limit.max(), activity, adaptive, now_ms);
         let reset = log
             .kth_oldest(since, 1)?
-            .map(|t| Timestamp::from_millis(t + limit.window_ms() + 1));
+            .map(|t| Timestamp::from_millis(t.saturating_add(limit.window_ms()).saturating_add(1)));
         let left = limit.max().saturating_sub(usage.total);
         remaining = remaining.min(left);
         paused |= split.background_paused;

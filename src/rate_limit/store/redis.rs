@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `p:rl:{r}:all` | sorted set of every admission (member unique per admission, score its time in ms) | the longest window after the last admission |
 //! | `p:rl:{r}:bg` | the same for background admissions only | the same |
-//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset` | 7 days (or twice the sustained inactivity, if longer) after the last admission, and at least until the server's block or reset |
+//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset`, `keep` and `keep_until` (the retention high-water mark) | 7 days (or twice the sustained inactivity, if longer) after the last admission, and at least until the server's block or reset |
 //! | `p:rl:{r}:act` | hash: user admissions per second (`second -> count`) | the monitoring window after the last user admission |
 //! | `p:rl:{r}:actidx` | sorted set of the seconds in `act`, to trim it | the same |
 //!
@@ -26,8 +26,16 @@
 //! decision costs a few `O(log n)` steps whatever the window holds. Users' usage is the total
 //! less the background's, so a user admission is written once. Each admission trims what no
 //! window needs any more (`ZREMRANGEBYSCORE`), and every key carries a `PEXPIRE`: an idle
-//! resource leaves nothing behind. While the server's `RateLimit-Remaining` budget applies,
-//! admissions are kept back to when it was observed, so that the budget is counted in full.
+//! resource leaves nothing behind. What "no window" means is the longest window any caller
+//! asked for within that window's own length (`keep`), not only the caller's: while processes
+//! with different limits share the keys (a rolling deploy shortening a limit), the ones with
+//! the longer window still count every admission they need. While the server's
+//! `RateLimit-Remaining` budget applies, admissions are kept back to when it was observed, so
+//! that the budget is counted in full.
+//!
+//! Delays and durations are clamped to about ten years before they reach a script (a
+//! `Retry-After` of centuries, a [`Duration::MAX`] window), and the scripts check their
+//! arguments before they write anything (Redis does not roll back a script that fails half-way).
 //!
 //! # Clocks
 //!
@@ -112,14 +120,35 @@ const STATE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 /// follow.
 const CALLER_CLOCK_SLACK_MS: u64 = 3600 * 1000;
 
-/// Shared by every script: the time (`ARGV[1]`: empty for the server's `TIME`, else the
-/// caller's milliseconds).
+/// The longest delay or duration (in ms) a script is given or writes: about ten years.
+///
+/// Longer ones are clamped to it in Rust before they reach a script, and the scripts clamp what
+/// they compute from stored times to it. Numbers stay far below 2^53 (exact in Lua) and 1e17
+/// (above which Lua hands Redis `PEXPIRE 1e+17`, which it rejects), and a refusal's `retry_at`
+/// far below 2^63 (which Lua returns as `i64::MIN`).
+const MAX_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+// Sums the scripts make (a time since the epoch plus a few of them) stay exact in Lua.
+const _: () = assert!(4_000_000_000_000 + 3 * MAX_MS < 1 << 53);
+
+/// Shared by every script: `MAX_MS` (the same value as the Rust constant, which a test checks),
+/// the checked reading of numeric arguments, and the time (`ARGV[1]`: empty for the server's
+/// `TIME`, else the caller's milliseconds).
 macro_rules! prelude {
     () => {
         r#"
+local MAX_MS = 315360000000
+-- ARGV[i] as a number in [low, high]; else the script fails before it writes anything (Redis
+-- does not roll a script back).
+local function num(i, low, high)
+  local n = tonumber(ARGV[i])
+  if not n or n ~= n or n < low or n > high then
+    return error('courteous rate-limit script: argument ' .. i .. ' out of range: ' .. tostring(ARGV[i]))
+  end
+  return n
+end
 local function now_ms()
   if ARGV[1] ~= '' then
-    return tonumber(ARGV[1])
+    return num(1, 0, 1e15)
   end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -140,29 +169,60 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
         prelude!(),
         r#"
 local now = now_ms()
+-- Every argument is checked before the first write.
+local own_keep = num(4, 0, MAX_MS)
+local state_ttl = num(5, 0, MAX_MS)
+local monitoring = num(6, 0, MAX_MS)
+local slack = num(7, 0, MAX_MS)
+local paused_retry = num(8, 0, MAX_MS)
+local count = num(9, 0, 100000)
+for i = 0, count - 1 do
+  local a = 10 + i * 5
+  num(a, 0, MAX_MS)
+  num(a + 1, 0, 4294967295)
+  num(a + 2, 0, 4294967295)
+  num(a + 3, 0, 4294967295)
+end
+-- Stored times are clamped too (a hash written by an older version may hold anything).
+local function cap(t)
+  return math.min(t, now + MAX_MS)
+end
 local state = redis.call('HMGET', KEYS[3], 'blocked_until', 'budget_remaining',
-  'budget_observed', 'budget_reset')
-local blocked = tonumber(state[1]) or 0
+  'budget_observed', 'budget_reset', 'keep', 'keep_until')
+-- The retention high-water mark: the longest window any caller counted in recently, so that
+-- callers with shorter windows (a rolling deploy shortening a limit) do not trim admissions
+-- that callers with the longer one still count. It lapses its own length after it was last
+-- asked for.
+local high, high_until = tonumber(state[5]) or 0, tonumber(state[6]) or 0
+if own_keep >= high or high_until <= now then
+  redis.call('HSET', KEYS[3], 'keep', own_keep, 'keep_until', now + own_keep)
+  if redis.call('PTTL', KEYS[3]) < state_ttl then
+    redis.call('PEXPIRE', KEYS[3], state_ttl)
+  end
+  high = own_keep
+end
+local blocked = cap(tonumber(state[1]) or 0)
 if blocked > now then
   return {'refused', now, blocked, 'server_blocked'}
 end
 local remaining = -1
-local keep = tonumber(ARGV[4])
+local keep = math.min(math.max(own_keep, high), MAX_MS)
 local ttl = keep
 local reset = tonumber(state[4])
 if state[2] and state[3] and reset and reset > now then
+  reset = cap(reset)
   local left, observed = tonumber(state[2]), tonumber(state[3])
   local used = redis.call('ZCOUNT', KEYS[1], '(' .. observed, '+inf')
   if used >= left then
     return {'refused', now, reset, 'server_budget'}
   end
   remaining = left - used - 1
-  keep = math.max(keep, now - observed)
-  ttl = math.max(keep, reset - now)
+  keep = math.min(math.max(keep, now - observed), MAX_MS)
+  ttl = math.min(math.max(keep, reset - now), MAX_MS)
 end
 local user = ARGV[3] == 'u'
 local refused_at, reason = nil, nil
-for i = 0, tonumber(ARGV[9]) - 1 do
+for i = 0, count - 1 do
   local a = 10 + i * 5
   local window, max = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local since = math.max(now - window, 0)
@@ -184,11 +244,11 @@ for i = 0, tonumber(ARGV[9]) - 1 do
   else
     local at, why
     if k < 0 then
-      at, why = now + tonumber(ARGV[8]), 'background_paused'
+      at, why = now + paused_retry, 'background_paused'
     else
       local kth = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. since, '+inf', 'WITHSCORES',
         'LIMIT', k - 1, 1)
-      at = math.max((tonumber(kth[2]) or now) + window + 1, now + 1)
+      at = cap(math.max((tonumber(kth[2]) or now) + window + 1, now + 1))
       if user or total >= max then
         why = 'limit'
       else
@@ -203,7 +263,7 @@ end
 if refused_at then
   return {'refused', now, refused_at, reason}
 end
-ttl = ttl + tonumber(ARGV[7])
+ttl = ttl + slack
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
 redis.call('PEXPIRE', KEYS[1], ttl)
@@ -218,7 +278,6 @@ if user then
   if not last or now > last then
     redis.call('HSET', KEYS[3], 'last_user_at', now)
   end
-  local monitoring = tonumber(ARGV[6])
   local second = math.floor(now / 1000)
   if redis.call('HINCRBY', KEYS[4], second, 1) == 1 then
     redis.call('ZADD', KEYS[5], second, second)
@@ -229,10 +288,9 @@ if user then
       redis.call('ZREM', KEYS[5], unpack(old))
     end
   end
-  redis.call('PEXPIRE', KEYS[4], monitoring + 1000 + tonumber(ARGV[7]))
-  redis.call('PEXPIRE', KEYS[5], monitoring + 1000 + tonumber(ARGV[7]))
+  redis.call('PEXPIRE', KEYS[4], monitoring + 1000 + slack)
+  redis.call('PEXPIRE', KEYS[5], monitoring + 1000 + slack)
 end
-local state_ttl = tonumber(ARGV[5])
 if redis.call('PTTL', KEYS[3]) < state_ttl then
   redis.call('PEXPIRE', KEYS[3], state_ttl)
 end
@@ -250,7 +308,7 @@ static ACTIVITY: LazyLock<Script> = LazyLock::new(|| {
 local now = now_ms()
 local state = redis.call('HMGET', KEYS[1], 'first_at', 'last_user_at')
 local out = {now, state[1] and 1 or 0, tonumber(state[2]) or -1}
-local from = math.floor((now - tonumber(ARGV[2])) / 1000)
+local from = math.floor((now - num(2, 0, MAX_MS)) / 1000)
 local buckets = redis.call('HGETALL', KEYS[2])
 for i = 1, #buckets, 2 do
   local second = tonumber(buckets[i])
@@ -272,15 +330,26 @@ static STATUS: LazyLock<Script> = LazyLock::new(|| {
         prelude!(),
         r#"
 local now = now_ms()
+local windows = num(2, 0, 100000)
+for i = 1, windows do
+  num(2 + i, 0, MAX_MS)
+end
 local state = redis.call('HMGET', KEYS[3], 'blocked_until', 'budget_remaining',
   'budget_observed', 'budget_reset')
+local function cap(t)
+  if t then
+    return math.min(t, now + MAX_MS)
+  end
+end
+state[1] = cap(tonumber(state[1]))
+state[4] = cap(tonumber(state[4]))
 local used = -1
 if state[3] then
   used = redis.call('ZCOUNT', KEYS[1], '(' .. state[3], '+inf')
 end
 local out = {{now, tonumber(state[1]) or 0, tonumber(state[2]) or -1, tonumber(state[3]) or -1,
   tonumber(state[4]) or -1, used}}
-for i = 1, tonumber(ARGV[2]) do
+for i = 1, windows do
   local since = math.max(now - tonumber(ARGV[2 + i]), 0)
   local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. since, '+inf', 'WITHSCORES',
     'LIMIT', 0, 1)
@@ -299,9 +368,13 @@ static FEEDBACK: LazyLock<Script> = LazyLock::new(|| {
         prelude!(),
         r#"
 local now = now_ms()
-local delay = tonumber(ARGV[3])
+-- Checked before the first write.
+local delay = num(3, -MAX_MS, MAX_MS)
+num(4, 0, 4294967295)
+local state_ttl = num(5, 0, MAX_MS)
 if ARGV[2] == 'block' then
-  local current = tonumber(redis.call('HGET', KEYS[1], 'blocked_until')) or 0
+  local current = math.min(tonumber(redis.call('HGET', KEYS[1], 'blocked_until')) or 0,
+    now + MAX_MS)
   if now + delay > current then
     redis.call('HSET', KEYS[1], 'blocked_until', now + delay)
   end
@@ -309,7 +382,7 @@ else
   redis.call('HSET', KEYS[1], 'budget_remaining', ARGV[4], 'budget_observed', now,
     'budget_reset', now + delay)
 end
-local ttl = math.max(delay, 0) + tonumber(ARGV[5])
+local ttl = math.max(delay, 0) + state_ttl
 if redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
@@ -448,8 +521,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A duration in ms as the scripts take it (at most [`MAX_MS`]).
 fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    capped(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `ms` clamped to [`MAX_MS`].
+fn capped(ms: u64) -> u64 {
+    ms.min(MAX_MS)
 }
 
 /// A resource's Redis keys.
@@ -628,7 +707,7 @@ impl RedisRateLimitStore {
             .key(&keys.state)
             .key(&keys.act)
             .arg(self.now_arg(caller_now))
-            .arg(config.monitoring_ms());
+            .arg(capped(config.monitoring_ms()));
         let reply: Vec<i64> = self.redis.script("rate-limit activity", invocation).await?;
         let [now, any, last, buckets @ ..] = &reply[..] else {
             return Err(unexpected("rate-limit activity", format!("{reply:?}")));
@@ -679,14 +758,15 @@ impl RedisRateLimitStore {
         let state_ttl = STATE_TTL_MS
             .max(ms(config.sustained_inactivity).saturating_mul(2))
             .max(config.monitoring_ms())
-            .saturating_add(self.slack());
+            .saturating_add(self.slack())
+            .min(MAX_MS);
         invocation
             .arg(self.now_arg(request.now))
             .arg(member)
             .arg(if user { "u" } else { "b" })
             .arg(ms(retention(&request.limits)))
             .arg(state_ttl)
-            .arg(config.monitoring_ms())
+            .arg(capped(config.monitoring_ms()))
             .arg(self.slack())
             .arg(super::PAUSED_RETRY_MS)
             .arg(request.limits.len());
@@ -699,7 +779,7 @@ impl RedisRateLimitStore {
             )
         };
         for limit in request.limits.iter() {
-            invocation.arg(limit.window_ms()).arg(limit.max());
+            invocation.arg(capped(limit.window_ms())).arg(limit.max());
             match &activity {
                 None => invocation.arg(0).arg(0).arg(0),
                 Some((activity, now)) => {
@@ -753,9 +833,10 @@ impl RateLimitStore for RedisRateLimitStore {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let keys = self.keys(resource);
+        // At most `MAX_MS` either way, whatever the server sent.
         let delay = |t: Timestamp| {
-            (i128::from(t.as_millis()) - i128::from(now.as_millis()))
-                .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+            let max = i128::from(MAX_MS);
+            (i128::from(t.as_millis()) - i128::from(now.as_millis())).clamp(-max, max) as i64
         };
         let (kind, delay, remaining) = match feedback {
             ServerFeedback::Block { until } => ("block", delay(until), 0),
@@ -794,7 +875,7 @@ impl RateLimitStore for RedisRateLimitStore {
             .arg(self.now_arg(now))
             .arg(limits.len());
         for limit in limits {
-            invocation.arg(limit.window_ms());
+            invocation.arg(capped(limit.window_ms()));
         }
         let reply: Vec<Vec<i64>> = self.redis.script(OP, invocation).await?;
         let bad = || unexpected(OP, format!("{reply:?}"));
@@ -851,7 +932,7 @@ impl RateLimitStore for RedisRateLimitStore {
             .key(&keys.state)
             .key(&keys.act)
             .arg(self.now_arg(now))
-            .arg(adaptive.monitoring_ms());
+            .arg(capped(adaptive.monitoring_ms()));
         let reply: Vec<i64> = self.redis.script(OP, invocation).await?;
         let [act_now, any, last, buckets @ ..] = &reply[..] else {
             return Err(unexpected(OP, format!("{reply:?}")).into());
@@ -920,6 +1001,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), "redis_command");
         assert!(decode_acquire(&[Value::Int(3)]).is_err());
+    }
+
+    #[test]
+    fn the_scripts_clamp_to_the_same_maximum_as_rust() {
+        let lua = format!("local MAX_MS = {MAX_MS}\n");
+        assert!(prelude!().contains(&lua));
+        assert_eq!(ms(Duration::MAX), MAX_MS);
+        assert_eq!(capped(u64::MAX), MAX_MS);
     }
 
     #[test]

@@ -905,7 +905,7 @@ impl RateLimitStore for SqliteRateLimitStore {
                         "INSERT INTO rate_limit_state (resource, first_at, blocked_until) VALUES (?1, ?2, ?3)
                          ON CONFLICT (resource) DO UPDATE SET
                              blocked_until = max(blocked_until, excluded.blocked_until)",
-                        params![resource, now, until.as_millis() as i64],
+                        params![resource, now, sql_time(until)],
                     )?,
                     ServerFeedback::Remaining { remaining, reset } => conn.execute(
                         "INSERT INTO rate_limit_state
@@ -915,7 +915,7 @@ impl RateLimitStore for SqliteRateLimitStore {
                              budget_remaining = excluded.budget_remaining,
                              budget_observed = excluded.budget_observed,
                              budget_reset = excluded.budget_reset",
-                        params![resource, now, i64::from(remaining), reset.as_millis() as i64],
+                        params![resource, now, i64::from(remaining), sql_time(reset)],
                     )?,
                 };
                 Ok(())
@@ -963,6 +963,12 @@ impl RateLimitStore for SqliteRateLimitStore {
                 .collect(),
         }
     }
+}
+
+/// A time as SQLite stores it: times past `i64::MAX` ms (a `Retry-After` of centuries) are
+/// clamped to it, rather than wrapping to a negative that reads as "never".
+fn sql_time(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -63,8 +63,10 @@ pub enum RedisError {
         /// The timeout that ran out.
         after: Duration,
     },
-    /// Redis could not be reached, or the connection broke.
-    #[error("redis is unreachable during {operation}: {source}")]
+    /// Redis could not be reached, the connection broke, or the server refuses commands for a
+    /// while (loading its data after a restart, busy with a script, failing over, out of
+    /// memory): retrying later may succeed.
+    #[error("redis is unavailable during {operation}: {source}")]
     Unavailable {
         /// What was attempted.
         operation: &'static str,
@@ -82,6 +84,20 @@ pub enum RedisError {
         source: redis::RedisError,
     },
 }
+
+/// Error codes with which a running Redis refuses a command for a while, not for good: loading
+/// its data after a restart, busy with a long script, a replica during a failover (its master
+/// down, or read-only until promoted), a cluster resharding, out of memory until keys expire.
+/// They are reported as [`RedisError::Unavailable`], like a connection that fails.
+const TRANSIENT: [&str; 7] = [
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "READONLY",
+    "OOM",
+    "CLUSTERDOWN",
+];
 
 impl RedisError {
     /// A short, stable code for logs.
@@ -107,6 +123,7 @@ impl RedisError {
             || source.is_connection_dropped()
             || source.is_connection_refusal()
             || source.is_timeout()
+            || source.code().is_some_and(|code| TRANSIENT.contains(&code))
         {
             RedisError::Unavailable { operation, source }
         } else {
@@ -200,12 +217,20 @@ impl RedisStoreBuilder {
     }
 
     /// Creates the store. The connection is made on first use (and re-made after failures), so
-    /// this succeeds while Redis is down; use [`RedisStore::ping`] to check it.
+    /// this succeeds while Redis is down; use [`RedisStore::ping`] to check it. Connections
+    /// send TCP keepalive probes (after 15 s idle), so one to a server that vanished without
+    /// closing it is noticed and made again.
     ///
     /// Must be called within a Tokio runtime.
     pub fn connect(self) -> Result<RedisStore, RedisError> {
         let client = redis::Client::open(self.url.as_str())
             .map_err(|source| RedisError::InvalidUrl { source })?;
+        let info = client
+            .get_connection_info()
+            .clone()
+            .set_tcp_settings(tcp_settings());
+        let client =
+            redis::Client::open(info).map_err(|source| RedisError::InvalidUrl { source })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.operation_timeout))
@@ -222,6 +247,31 @@ impl RedisStoreBuilder {
             }),
         })
     }
+}
+
+/// TCP keepalive probes on every connection, so that a connection whose server vanished
+/// without closing it (a machine powered off, a network partition, a NAT entry dropped) is
+/// noticed and made again, rather than kept until the operating system gives up (hours):
+/// first probe after 15 s idle, then every 5 s. On Linux, data left unacknowledged for 30 s
+/// (`TCP_USER_TIMEOUT`) also ends it.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+    let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(15));
+    #[cfg(any(
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "fuchsia",
+        target_os = "ios",
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "windows",
+    ))]
+    let keepalive = keepalive.with_interval(Duration::from_secs(5));
+    let settings = TcpSettings::default().set_keepalive(keepalive);
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    let settings = settings.set_user_timeout(Duration::from_secs(30));
+    settings
 }
 
 impl RedisStore {
@@ -346,6 +396,47 @@ impl RedisStore {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(source)) => Err(RedisError::from_redis(operation, source)),
             Err(_) => Err(RedisError::Timeout { operation, after }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(reply: &str) -> redis::RedisError {
+        match redis::parse_redis_value(reply.as_bytes()).unwrap() {
+            redis::Value::ServerError(error) => error.into(),
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_refusing_for_a_while_is_unavailable_not_a_failed_command() {
+        for reply in [
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.\r\n",
+            "-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            "-CLUSTERDOWN The cluster is down\r\n",
+        ] {
+            let error = RedisError::from_redis("op", server_error(reply));
+            assert!(error.is_unavailable(), "{reply}: {error:?}");
+            assert_eq!(error.code(), "redis_unavailable");
+            assert!(error.to_string().contains("unavailable"), "{error}");
+            let store = StoreError::from(error);
+            assert_eq!(store.kind(), StoreErrorKind::Unavailable, "{reply}");
+        }
+        for reply in [
+            "-ERR Error running script: bad argument\r\n",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-NOPERM this user has no permissions to run the 'eval' command\r\n",
+        ] {
+            let error = RedisError::from_redis("op", server_error(reply));
+            assert!(!error.is_unavailable(), "{reply}: {error:?}");
+            assert_eq!(StoreError::from(error).kind(), StoreErrorKind::Other);
         }
     }
 }
