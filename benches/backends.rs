@@ -8,6 +8,10 @@
 //!   round-robin over 100 resources limited to 1,000,000 per minute, so every decision admits and
 //!   writes.
 //!
+//! * **sqlite thread hop**: an empty [`SqliteStore::call`], the hop to a store thread and back
+//!   that every SQLite operation pays (it is what varies most with how idle the machine is: an
+//!   idle virtual CPU wakes slowly).
+//!
 //! Run: `cargo bench --all-features --bench backends` (prints a table). `BACKENDS_BENCH_OPS`
 //! sets the operations per case (default 20,000). The Redis rows need the server at
 //! `COURTEOUS_REDIS_URL` (default `redis://127.0.0.1:6379/`); without one they are skipped with a
@@ -209,6 +213,11 @@ fn main() {
             .await;
             store.clear().await.unwrap();
         }
+        // What every SQLite operation pays before any SQL: a hop to a store thread and back
+        // (two cross-thread wake-ups, the cost that varies most with how idle the machine is).
+        measure(n, |_| async { sqlite.call(|_| Ok(())).await.unwrap() })
+            .await
+            .row("sqlite thread hop (empty call)");
         decision_row("memory", Arc::new(MemoryRateLimitStore::new()), n).await;
         decision_row("sqlite", Arc::new(sqlite.rate_limits()), n).await;
         #[cfg(feature = "redis")]
