@@ -34,3 +34,74 @@ proptest! {
         check_invariants(&limits, &decisions);
     }
 }
+
+/// A rolling deploy shortens a limit from an hour to a minute: the process with the minute does
+/// not prune the admissions that the process still on the hour counts, and once nobody has
+/// counted in the hour for an hour, it prunes to its minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_a_shorter_window_keeps_what_a_longer_window_still_counts() {
+    use courteous::rate_limit::{
+        AdaptiveConfig, AdmissionRequest, Decision, RateLimitStore, Refusal, Timestamp,
+    };
+    use courteous::{Priority, Resource};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deploy.db");
+    let (old_file, new_file) = (
+        SqliteStore::open(&path).await.unwrap(),
+        SqliteStore::open(&path).await.unwrap(),
+    );
+    let (old, new) = (old_file.rate_limits(), new_file.rate_limits());
+    let resource = Resource::new("deploy").unwrap();
+    let hour: Arc<[Limit]> = vec![Limit::per_hour(n(3))].into();
+    let minute: Arc<[Limit]> = vec![Limit::per_minute(n(100))].into();
+    let adaptive = Arc::new(AdaptiveConfig::default());
+    let t0 = 1_700_000_000_000u64;
+    let at = |limits: &Arc<[Limit]>, minutes: u64| {
+        AdmissionRequest::new(
+            resource.clone(),
+            Priority::User,
+            limits.clone(),
+            adaptive.clone(),
+            Timestamp::from_millis(t0 + minutes * 60_000),
+        )
+    };
+    let admitted = |d: Decision| assert!(matches!(d, Decision::Admitted { .. }), "{d:?}");
+    // The old process admits twice (its second call prunes, noting its hour).
+    admitted(old.acquire(at(&hour, 0)).await.unwrap());
+    admitted(old.acquire(at(&hour, 1)).await.unwrap());
+    old_file.flush().await.unwrap();
+    // The new process admits twice (its second call prunes, with its minute).
+    admitted(new.acquire(at(&minute, 2)).await.unwrap());
+    admitted(new.acquire(at(&minute, 3)).await.unwrap());
+    new_file.flush().await.unwrap();
+    // The hour holds four admissions: the old process is over its limit of 3.
+    match old.acquire(at(&hour, 4)).await.unwrap() {
+        Decision::Refused { retry_at, reason } => {
+            assert_eq!(reason, Refusal::Limit);
+            assert_eq!(retry_at, Timestamp::from_millis(t0 + 60_000 + 3_600_001));
+        }
+        other => panic!("the new process pruned what the hour counts: {other:?}"),
+    }
+    old_file.flush().await.unwrap();
+    // The old process last noted its hour at minute 4: at minute 70 the mark has lapsed.
+    admitted(new.acquire(at(&minute, 70)).await.unwrap());
+    new_file.flush().await.unwrap();
+    let rows: i64 = new_file
+        .call(|conn| {
+            Ok(conn.query_row(
+                "SELECT count(*) FROM rate_limit_admissions WHERE resource = 'deploy'",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rows, 1,
+        "once the hour is no longer counted, the minute prunes"
+    );
+    old_file.close().await.unwrap();
+    new_file.close().await.unwrap();
+}

@@ -45,10 +45,14 @@
 //!
 //! # Growth
 //!
-//! Admissions older than the longest window a process has used for the resource, and user
-//! activity older than the monitoring window, are deleted by write-behind jobs coalesced per
-//! resource (at most one pending per resource, run at most every 5 s). The tables stay as
-//! large as the windows require. The cost of a decision grows with the number of admissions in
+//! Admissions older than the longest window in use for the resource, and user activity older
+//! than the monitoring window, are deleted by write-behind jobs coalesced per resource (at most
+//! one pending per resource, run at most every 5 s). "In use" is across processes: each job
+//! notes its process's longest window in `rate_limit_retention`, where a longer window stands
+//! until one window after the last process using it noted it, so that during a rolling deploy
+//! that shortens a limit, processes on the shorter window do not prune what those on the longer
+//! one still count. Admissions a server's `RateLimit-Remaining` budget counts are kept until it
+//! resets. The tables stay as large as the windows require. The cost of a decision grows with the number of admissions in
 //! the resource's window (a range count).
 //!
 //! # Note on cancellation
@@ -128,6 +132,14 @@ pub(crate) const RATE_LIMIT: Component = Component {
              budget_remaining INTEGER,
              budget_observed  INTEGER,
              budget_reset     INTEGER
+         ) STRICT;",
+        // 2: the longest window any process still counts in, per resource, so that a process
+        // with a shorter one (a rolling deploy that shortened a limit) does not prune what the
+        // others count.
+        "CREATE TABLE rate_limit_retention (
+             resource TEXT PRIMARY KEY NOT NULL,
+             keep_ms  INTEGER NOT NULL,
+             until_ms INTEGER NOT NULL
          ) STRICT;",
     ],
 };
@@ -778,8 +790,8 @@ impl Inner {
         Ok(decisions)
     }
 
-    /// Queues pruning of the rows that no window needs any more, at most once a second per
-    /// resource (coalesced in the write-behind queue).
+    /// Queues pruning of the rows that no window in use (in any process) needs any more, at
+    /// most once every `PRUNE_EVERY_MS` per resource (coalesced in the write-behind queue).
     fn schedule_pruning(&self, sqlite: &SqliteStore, request: &AdmissionRequest) {
         let now = request.now.as_millis();
         let window = u64::try_from(retention(&request.limits).as_millis()).unwrap_or(u64::MAX);
@@ -794,23 +806,41 @@ impl Inner {
             entry.1
         };
         let resource = request.resource.as_str().to_owned();
-        let admissions_before = now.saturating_sub(keep).saturating_sub(1000) as i64;
+        // Bounded so that their sum stays an INTEGER in SQLite (it turns to REAL on overflow).
+        const BOUND: u64 = 1 << 61;
+        let keep_ms = keep.min(BOUND) as i64;
+        let now_ms = now.min(BOUND) as i64;
         let activity_before =
             (now.saturating_sub(request.adaptive.monitoring_ms()) / 1000).saturating_sub(1) as i64;
         let mut key = b"rate_limit.prune:".to_vec();
         key.extend_from_slice(resource.as_bytes());
         let result = sqlite.defer_keyed(key, move |conn| {
-            // While a server's budget applies, every admission since it was observed counts
-            // against it, however old: those are kept until the budget resets.
+            // Note this process's window: it stands until one window after its last note, unless
+            // a process notes a window at least as long.
+            conn.prepare_cached(
+                "INSERT INTO rate_limit_retention (resource, keep_ms, until_ms)
+                 VALUES (?1, ?2, ?3 + ?2)
+                 ON CONFLICT (resource) DO UPDATE SET
+                     keep_ms = CASE WHEN excluded.keep_ms >= keep_ms OR until_ms <= ?3
+                                    THEN excluded.keep_ms ELSE keep_ms END,
+                     until_ms = CASE WHEN excluded.keep_ms >= keep_ms OR until_ms <= ?3
+                                     THEN excluded.until_ms ELSE until_ms END",
+            )?
+            .execute(params![resource, keep_ms, now_ms])?;
+            // Keep what the longest window still standing counts, and, while a server's budget
+            // applies, every admission since it was observed, however old (until it resets).
             conn.prepare_cached(
                 "DELETE FROM rate_limit_admissions
-                 WHERE resource = ?1 AND at < ?2
+                 WHERE resource = ?1
+                   AND at < ?3 - 1000 - max(?2, COALESCE(
+                       (SELECT keep_ms FROM rate_limit_retention
+                        WHERE resource = ?1 AND until_ms > ?3), 0))
                    AND at < COALESCE(
                        (SELECT budget_observed FROM rate_limit_state
                         WHERE resource = ?1 AND budget_reset > ?3),
-                       ?2)",
+                       ?3)",
             )?
-            .execute(params![resource, admissions_before, now as i64])?;
+            .execute(params![resource, keep_ms, now_ms])?;
             conn.prepare_cached(
                 "DELETE FROM rate_limit_activity WHERE resource = ?1 AND second < ?2",
             )?
