@@ -120,31 +120,4 @@ where
     }
 }
 
-/// For each behaviour `name` (an `async fn name(backend: Backend)`), a module `name` with one
-/// test per backend: `name::memory`, `name::sqlite`, `name::redis`.
-macro_rules! every_backend {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use crate::backend::{Kind, run};
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                run(Kind::Memory, stringify!($name), super::$name).await;
-            }
-
-            #[cfg(feature = "sqlite")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run(Kind::Sqlite, stringify!($name), super::$name).await;
-            }
-
-            #[cfg(feature = "redis")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                run(Kind::Redis, stringify!($name), super::$name).await;
-            }
-        }
-    )*};
-}
-
-pub(crate) use every_backend;
+pub(crate) use crate::support::suites::every_backend;

@@ -6,6 +6,7 @@ pub mod child;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod server;
+pub mod suites;
 
 pub use server::TestServer;
 
