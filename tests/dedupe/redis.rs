@@ -322,3 +322,53 @@ async fn a_hanging_redis_fails_within_the_timeout() {
     );
     signal("-CONT");
 }
+
+/// A wake-up subscription whose server stops answering (paused with SIGSTOP; no message would say
+/// so) counts as lost within a few seconds, so followers poll instead of trusting it, and is back
+/// once the server answers again.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_wake_up_subscription_counts_as_lost_and_recovers() {
+    let Some(redis) = OwnRedis::start() else {
+        return;
+    };
+    let dedupe = store(&redis.url(), "stall", Duration::from_millis(300)).dedupe();
+    let key = RequestKey::from_parts([24; 32], "GET http://h/stall");
+    dedupe
+        .try_lead(&key, "other", Duration::from_secs(30))
+        .await
+        .unwrap();
+    // A wait opens the subscription.
+    dedupe
+        .wait(&key, Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap();
+    until("subscribed", || dedupe.is_subscribed()).await;
+    let pid = redis.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    until("lost while Redis is paused", || !dedupe.is_subscribed()).await;
+    signal("-CONT");
+    until("subscribed again", || dedupe.is_subscribed()).await;
+}
+
+/// Waits until `done`, failing the test after 3 s.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "not {what} after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -3,17 +3,16 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use redis::Script;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::cache::CacheEntry;
 use crate::key::RequestKey;
 use crate::store::StoreError;
-use crate::store::redis::{RedisError, RedisStore};
+use crate::store::redis::{RedisError, RedisStore, Subscription};
 
 use super::codec::{self, millis};
 use super::{CacheChange, CacheStore, CacheStoreStats, ChangeFeed, Invalidation};
@@ -23,10 +22,6 @@ const HEX: usize = 64;
 
 /// Expired index members each write cleans up, so the indexes stay bounded without a janitor.
 const CLEAN_PER_WRITE: u32 = 4;
-
-/// How often the change subscription checks that Redis still answers on it (a `PING`, which must
-/// be answered within the operation timeout).
-const KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// Index members one invalidation or purge step handles (each step is one short script).
 const BATCH: u32 = 256;
@@ -624,96 +619,33 @@ impl RedisCacheStore {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(stopped) = stopped {
-            tokio::spawn(listen(
-                self.redis.clone(),
-                self.shared.names.channel.clone(),
-                self.shared.changes.clone(),
-                self.shared.subscribed.clone(),
-                stopped,
-            ));
-        }
-    }
-}
-
-/// Reports the events on `channel` to the change feeds, re-subscribing after failures, until the
-/// store is dropped.
-async fn listen(
-    redis: RedisStore,
-    channel: String,
-    changes: broadcast::Sender<Heard>,
-    subscribed: Arc<AtomicBool>,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let timeout = redis.operation_timeout();
-    loop {
-        let connect = async {
-            let mut pubsub = tokio::time::timeout(timeout, redis.client().get_async_pubsub())
-                .await
-                .map_err(|_| "timed out connecting".to_owned())?
-                .map_err(|e| e.to_string())?;
-            tokio::time::timeout(timeout, pubsub.subscribe(&channel))
-                .await
-                .map_err(|_| "timed out subscribing".to_owned())?
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(pubsub)
-        };
-        let pubsub = tokio::select! {
-            _ = &mut stopped => return,
-            pubsub = connect => pubsub,
-        };
-        match pubsub {
-            Ok(pubsub) => {
-                subscribed.store(true, Ordering::SeqCst);
-                // No receiver is fine: no memory tier listens.
-                let _ = changes.send(CacheChange::Connected.into());
-                tracing::debug!(%channel, "cache change subscription is up");
-                let (mut sink, mut messages) = pubsub.split();
-                let mut keepalive = tokio::time::interval(KEEPALIVE);
-                keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                keepalive.tick().await;
-                loop {
-                    let message = tokio::select! {
-                        _ = &mut stopped => {
-                            subscribed.store(false, Ordering::SeqCst);
-                            return;
-                        }
-                        message = messages.next() => message,
-                        _ = keepalive.tick() => {
-                            // A connection can die silently (a stalled server, a half-open
-                            // TCP connection): no message would ever say so. A missed pong
-                            // counts as losing the subscription. Messages arriving meanwhile
-                            // wait in the stream.
-                            match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
-                                Ok(Ok(_)) => continue,
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%channel, %error, "cache change subscription ping failed");
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%channel, "cache change subscription ping timed out");
-                                }
-                            }
-                            break;
-                        }
-                    };
-                    let Some(message) = message else { break };
-                    if let Some((from, change)) = parse_event(message.get_payload_bytes()) {
+            let changes = self.shared.changes.clone();
+            let channel = self.shared.names.channel.clone();
+            // No receiver is fine: no memory tier listens.
+            let report = move |event: Subscription<'_>| match event {
+                Subscription::Up => {
+                    let _ = changes.send(CacheChange::Connected.into());
+                }
+                Subscription::Message(payload) => {
+                    if let Some((from, change)) = parse_event(payload) {
                         let _ = changes.send(Heard {
                             from: Some(from.into()),
                             change,
                         });
                     }
                 }
-                subscribed.store(false, Ordering::SeqCst);
-                let _ = changes.send(CacheChange::Lost.into());
-                tracing::warn!(%channel, "cache change subscription lost; memory tiers are emptied and bypassed until it is back");
-            }
-            Err(error) => {
-                tracing::debug!(%channel, %error, "cache change subscription failed; retrying");
-            }
-        }
-        tokio::select! {
-            _ = &mut stopped => return,
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                Subscription::Lost => {
+                    let _ = changes.send(CacheChange::Lost.into());
+                    tracing::warn!(%channel, "cache change subscription lost; memory tiers are emptied and bypassed until it is back");
+                }
+            };
+            tokio::spawn(self.redis.clone().follow(
+                "cache change",
+                self.shared.names.channel.clone(),
+                self.shared.subscribed.clone(),
+                stopped,
+                report,
+            ));
         }
     }
 }

@@ -6,7 +6,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::StatusCode;
 use redis::{ErrorKind, Script, Value};
 use tokio::sync::{broadcast, oneshot};
@@ -14,7 +13,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::dedupe::SharedResponse;
 use crate::key::RequestKey;
 use crate::store::StoreError;
-use crate::store::redis::{RedisError, RedisStore};
+use crate::store::redis::{RedisError, RedisStore, Subscription};
 
 use super::{
     Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture,
@@ -376,74 +375,25 @@ impl RedisDedupeStore {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(stopped) = stopped {
-            tokio::spawn(listen(
-                self.redis.clone(),
+            let wakeups = self.shared.wakeups.clone();
+            // The keys (hex) announced, for this process's waiters; no receiver is fine (nobody
+            // waits). While the subscription is down, followers poll.
+            let report = move |event: Subscription<'_>| {
+                if let Subscription::Message(payload) = event
+                    && let Ok(hex) = std::str::from_utf8(payload)
+                {
+                    let _ = wakeups.send(hex.into());
+                }
+            };
+            tokio::spawn(self.redis.clone().follow(
+                "dedupe wake-up",
                 self.shared.channel.clone(),
-                self.shared.wakeups.clone(),
                 self.shared.subscribed.clone(),
                 stopped,
+                report,
             ));
         }
         receiver
-    }
-}
-
-/// Forwards the keys announced on `channel` to this process's waiters, re-subscribing after
-/// failures, until the store is dropped.
-async fn listen(
-    redis: RedisStore,
-    channel: String,
-    wakeups: broadcast::Sender<Arc<str>>,
-    subscribed: Arc<AtomicBool>,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let timeout = redis.operation_timeout();
-    loop {
-        let connect = async {
-            let mut pubsub = tokio::time::timeout(timeout, redis.client().get_async_pubsub())
-                .await
-                .map_err(|_| "timed out connecting".to_owned())?
-                .map_err(|e| e.to_string())?;
-            tokio::time::timeout(timeout, pubsub.subscribe(&channel))
-                .await
-                .map_err(|_| "timed out subscribing".to_owned())?
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(pubsub)
-        };
-        let pubsub = tokio::select! {
-            _ = &mut stopped => return,
-            pubsub = connect => pubsub,
-        };
-        match pubsub {
-            Ok(pubsub) => {
-                subscribed.store(true, Ordering::Relaxed);
-                tracing::debug!(%channel, "dedupe wake-up subscription is up");
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    let message = tokio::select! {
-                        _ = &mut stopped => {
-                            subscribed.store(false, Ordering::Relaxed);
-                            return;
-                        }
-                        message = messages.next() => message,
-                    };
-                    let Some(message) = message else { break };
-                    if let Ok(hex) = std::str::from_utf8(message.get_payload_bytes()) {
-                        // No receiver is fine: nobody waits.
-                        let _ = wakeups.send(hex.into());
-                    }
-                }
-                subscribed.store(false, Ordering::Relaxed);
-                tracing::debug!(%channel, "dedupe wake-up subscription lost; followers poll until it is back");
-            }
-            Err(error) => {
-                tracing::debug!(%channel, %error, "dedupe wake-up subscription failed; followers poll until it is up");
-            }
-        }
-        tokio::select! {
-            _ = &mut stopped => return,
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
     }
 }
 
