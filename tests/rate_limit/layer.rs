@@ -2,6 +2,7 @@
 //! arrival order, priorities, failures counting, configuration errors.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -410,22 +411,39 @@ fn bad_configuration_is_refused_when_the_layer_is_built() {
     assert!(err.to_string().contains("empty resource name"));
 }
 
-/// A store that fails while `down` is set, and otherwise is a memory store.
+/// A memory store with the faults a test switches on.
 #[derive(Debug, Clone, Default)]
-struct Flaky {
+struct Faulty {
     inner: MemoryRateLimitStore,
-    down: Arc<std::sync::atomic::AtomicBool>,
+    /// Decisions fail while set.
+    down: Arc<AtomicBool>,
+    /// Decisions are refusals whose `retry_at` is already due (as from a broken store, or a
+    /// clock stepping back), for the first 10,000 calls.
+    stale_refusals: bool,
+    /// Each feedback write takes a second.
+    slow_feedback: bool,
+    /// Decisions asked.
+    calls: Arc<AtomicU32>,
+    /// Feedback writes asked.
+    writes: Arc<AtomicU32>,
 }
 
 #[async_trait::async_trait]
-impl RateLimitStore for Flaky {
+impl RateLimitStore for Faulty {
     async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+        let calls = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::new(
-                "flaky",
+                "faulty",
                 StoreErrorKind::Unavailable,
                 "the store is down",
             ));
+        }
+        if self.stale_refusals && calls < 10_000 {
+            return Ok(Decision::Refused {
+                retry_at: request.now,
+                reason: courteous::rate_limit::Refusal::Limit,
+            });
         }
         self.inner.acquire(request).await
     }
@@ -435,6 +453,10 @@ impl RateLimitStore for Flaky {
         feedback: ServerFeedback,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.slow_feedback {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         self.inner.feedback(resource, feedback, now).await
     }
     async fn status(
@@ -456,7 +478,7 @@ impl RateLimitStore for Flaky {
 /// (fail open); both are counted in the layer's stats.
 #[tokio::test(start_paused = true)]
 async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
-    let store = Flaky::default();
+    let store = Faulty::default();
     let limits = || Limits::new().default_limit(Limit::per_minute(n(10)));
     let closed = RateLimitLayer::new(store.clone(), limits()).unwrap();
     let open = RateLimitLayer::new(store.clone(), limits())
@@ -464,7 +486,7 @@ async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
         .on_store_error(OnStoreError::FailOpen);
     let (closed_service, closed_calls) = stack(closed.clone());
     let (open_service, open_calls) = stack(open.clone());
-    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    store.down.store(true, Ordering::SeqCst);
 
     let started = Instant::now();
     let err = closed_service
@@ -479,7 +501,7 @@ async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
     let failed = err.downcast_ref::<RateLimitStoreFailed>().expect("typed");
     assert_eq!(failed.code(), "rate_limit_store_failed");
     assert!(failed.is_unavailable());
-    assert_eq!(failed.store_error().backend(), "flaky");
+    assert_eq!(failed.store_error().backend(), "faulty");
     assert_eq!(failed.resource().as_str(), "a");
     assert!(closed_calls.lock().unwrap().is_empty());
     let stats = closed.stats().resources["a"];
@@ -498,7 +520,7 @@ async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
     assert_eq!((stats.store_errors, stats.admitted_unchecked), (1, 1));
 
     // Back up: counted again, and not reported as unchecked.
-    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    store.down.store(false, Ordering::SeqCst);
     let response = open_service
         .oneshot(request("/a/", Priority::User))
         .await
@@ -507,53 +529,14 @@ async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
     assert_eq!((report.unchecked, report.remaining), (false, 9));
 }
 
-/// A store that refuses with a `retry_at` that is already due, as a broken store or a clock
-/// stepping back would, then admits after `limit` calls.
-#[derive(Debug, Clone, Default)]
-struct StaleRefusals {
-    inner: MemoryRateLimitStore,
-    calls: Arc<std::sync::atomic::AtomicU32>,
-}
-
-#[async_trait::async_trait]
-impl RateLimitStore for StaleRefusals {
-    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
-        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 10_000 {
-            // Ends a busy loop, for the assertion to report it.
-            return Ok(Decision::Admitted { remaining: 0 });
-        }
-        Ok(Decision::Refused {
-            retry_at: request.now,
-            reason: courteous::rate_limit::Refusal::Limit,
-        })
-    }
-    async fn feedback(
-        &self,
-        resource: &Resource,
-        feedback: ServerFeedback,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.inner.feedback(resource, feedback, now).await
-    }
-    async fn status(
-        &self,
-        resource: &Resource,
-        limits: &[Limit],
-        adaptive: &AdaptiveConfig,
-        now: Timestamp,
-    ) -> Result<RateLimitStatus, StoreError> {
-        self.inner.status(resource, limits, adaptive, now).await
-    }
-    fn stats(&self) -> RateLimitStats {
-        self.inner.stats()
-    }
-}
-
 /// A refusal whose `retry_at` is already due still waits before the store is asked again: the
 /// layer never spins on the store for the whole of its wait.
 #[tokio::test(start_paused = true)]
 async fn a_refusal_that_is_already_due_still_waits_before_asking_again() {
-    let store = StaleRefusals::default();
+    let store = Faulty {
+        stale_refusals: true,
+        ..Faulty::default()
+    };
     let layer = RateLimitLayer::new(
         store.clone(),
         Limits::new().default_limit(Limit::per_second(n(1))),
@@ -569,56 +552,10 @@ async fn a_refusal_that_is_already_due_still_waits_before_asking_again() {
         .unwrap_err();
     assert!(err.downcast_ref::<RateLimited>().is_some(), "{err}");
     assert!(calls.lock().unwrap().is_empty());
-    let asked = store.calls.load(std::sync::atomic::Ordering::SeqCst);
+    let asked = store.calls.load(Ordering::SeqCst);
     // One call per 10 ms pause over the second of `max_wait`, not thousands.
     assert!((90..=102).contains(&asked), "asked the store {asked} times");
     assert!(started.elapsed() >= Duration::from_millis(990));
-}
-
-/// A store whose feedback writes each take a second (and are counted), and whose decisions fail
-/// while `down` is set.
-#[derive(Debug, Clone, Default)]
-struct SlowFeedback {
-    inner: MemoryRateLimitStore,
-    down: Arc<std::sync::atomic::AtomicBool>,
-    writes: Arc<std::sync::atomic::AtomicU32>,
-}
-
-#[async_trait::async_trait]
-impl RateLimitStore for SlowFeedback {
-    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::new(
-                "slow",
-                StoreErrorKind::Unavailable,
-                "the store is down",
-            ));
-        }
-        self.inner.acquire(request).await
-    }
-    async fn feedback(
-        &self,
-        resource: &Resource,
-        feedback: ServerFeedback,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.writes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        self.inner.feedback(resource, feedback, now).await
-    }
-    async fn status(
-        &self,
-        resource: &Resource,
-        limits: &[Limit],
-        adaptive: &AdaptiveConfig,
-        now: Timestamp,
-    ) -> Result<RateLimitStatus, StoreError> {
-        self.inner.status(resource, limits, adaptive, now).await
-    }
-    fn stats(&self) -> RateLimitStats {
-        self.inner.stats()
-    }
 }
 
 /// A response's feedback (a `Retry-After` and a budget) is written in one round, so the
@@ -626,7 +563,10 @@ impl RateLimitStore for SlowFeedback {
 /// store is failing) nothing is written and the response does not wait for the store at all.
 #[tokio::test(start_paused = true)]
 async fn feedback_waits_for_one_store_call_and_none_after_an_unchecked_admission() {
-    let store = SlowFeedback::default();
+    let store = Faulty {
+        slow_feedback: true,
+        ..Faulty::default()
+    };
     let layer = RateLimitLayer::new(
         store.clone(),
         Limits::new().default_limit(Limit::per_minute(n(10))),
@@ -648,7 +588,7 @@ async fn feedback_waits_for_one_store_call_and_none_after_an_unchecked_admission
                     .unwrap();
                 Ok::<_, BoxError>(response)
             }));
-    let writes = || store.writes.load(std::sync::atomic::Ordering::SeqCst);
+    let writes = || store.writes.load(Ordering::SeqCst);
 
     let started = Instant::now();
     let response = service
@@ -664,7 +604,7 @@ async fn feedback_waits_for_one_store_call_and_none_after_an_unchecked_admission
         "the two writes overlap"
     );
 
-    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    store.down.store(true, Ordering::SeqCst);
     let started = Instant::now();
     let response = service
         .oneshot(request("/a/", Priority::User))
