@@ -456,42 +456,18 @@ fn two_processes(
             .await
             .unwrap()
     });
-    let children: Vec<_> = (0..2)
-        .map(|_| {
-            std::process::Command::new(std::env::current_exe().unwrap())
-                .env(CHILD_ENV, &path)
-                .env("RL_BENCH_LOAD", load.to_env())
-                .env("RL_BENCH_SECS", duration.as_secs_f64().to_string())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
     let mut total = 0.0;
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "bench child failed");
-        let out = String::from_utf8_lossy(&out.stdout);
-        let line = out
-            .lines()
-            .find_map(|l| l.strip_prefix("RESULT "))
-            .expect("child result");
-        let notes: Vec<String> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("NOTE "))
-            .map(str::to_owned)
-            .collect();
-        total += line
-            .split('|')
-            .next()
-            .unwrap()
-            .trim()
-            .parse::<f64>()
-            .unwrap();
+    let children = two_children(&[
+        (CHILD_ENV, path.display().to_string()),
+        ("RL_BENCH_LOAD", load.to_env()),
+        ("RL_BENCH_SECS", duration.as_secs_f64().to_string()),
+    ]);
+    for (i, (line, notes)) in children.iter().enumerate() {
+        total += rate_of(line);
         print_case(
             &format!("sqlite, 2 processes: #{} ({})", i + 1, load.label()),
             line,
-            &notes,
+            notes,
         );
     }
     println!(
@@ -499,4 +475,42 @@ fn two_processes(
         format!("sqlite, 2 processes: total ({})", load.label()),
         total
     );
+}
+
+/// Runs this bench binary twice at once with `env` (two processes sharing a store) and returns
+/// each child's `RESULT` line and its `NOTE` lines.
+fn two_children(env: &[(&str, String)]) -> Vec<(String, Vec<String>)> {
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "bench child failed");
+            let out = String::from_utf8_lossy(&out.stdout);
+            let line = out
+                .lines()
+                .find_map(|l| l.strip_prefix("RESULT "))
+                .expect("child result")
+                .to_owned();
+            let notes = out
+                .lines()
+                .filter_map(|l| l.strip_prefix("NOTE "))
+                .map(str::to_owned)
+                .collect();
+            (line, notes)
+        })
+        .collect()
+}
+
+/// The decisions per second of a `RESULT` line (its first column).
+fn rate_of(line: &str) -> f64 {
+    line.split('|').next().unwrap().trim().parse().unwrap()
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use courteous::rate_limit::RateLimitStore;
 use courteous::store::redis::RedisStore;
 
-use crate::{Outcome, drive, summary};
+use crate::{Outcome, drive, rate_of, summary, two_children};
 
 const CHILD_ENV: &str = "RL_BENCH_REDIS_CHILD";
 
@@ -103,33 +103,14 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, duration: Duration) {
     }
     for tasks in [16, 64] {
         let shared = format!("{prefix}:two-{tasks}");
-        let children: Vec<_> = (0..2)
-            .map(|_| {
-                std::process::Command::new(std::env::current_exe().unwrap())
-                    .env(CHILD_ENV, &shared)
-                    .env("RL_BENCH_TASKS", tasks.to_string())
-                    .env("RL_BENCH_SECS", duration.as_secs_f64().to_string())
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
         let mut total = 0.0;
-        for (i, child) in children.into_iter().enumerate() {
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "bench child failed");
-            let out = String::from_utf8_lossy(&out.stdout);
-            let line = out
-                .lines()
-                .find_map(|l| l.strip_prefix("RESULT "))
-                .expect("child result");
-            total += line
-                .split('|')
-                .next()
-                .unwrap()
-                .trim()
-                .parse::<f64>()
-                .unwrap();
+        let children = two_children(&[
+            (CHILD_ENV, shared),
+            ("RL_BENCH_TASKS", tasks.to_string()),
+            ("RL_BENCH_SECS", duration.as_secs_f64().to_string()),
+        ]);
+        for (i, (line, _)) in children.iter().enumerate() {
+            total += rate_of(line);
             println!(
                 "{:<34} | {}",
                 format!("redis, 2 processes: #{} ({tasks} tasks)", i + 1),
