@@ -510,22 +510,14 @@ async fn requests_pass_through_while_redis_stalls() {
     send(&client, get(&url)).await;
     assert_eq!(send(&client, get(&url)).await.cache, Some(CacheStatus::Hit));
 
-    let signal = |sig: &str| {
-        let pid = own.pid().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
     // Stalled, as a server that swaps or blocks on a slow command: connected, never answering.
-    signal("-STOP");
+    own.pause();
     let errors = layer.stats().await.store_errors;
     for _ in 0..2 {
         passes_through(&client, &url).await;
     }
     assert!(layer.stats().await.store_errors >= errors + 2);
-    signal("-CONT");
+    own.resume();
     // The entry survived the stall: hits again, without a new store.
     hits_again(&client, &url).await;
 }
@@ -586,15 +578,7 @@ async fn a_stalled_change_subscription_counts_as_lost_and_recovers() {
     tiered.get(&key(1)).await.unwrap();
     assert_eq!(tiered.memory().stats().await.unwrap().entries, 1);
 
-    let signal = |sig: &str| {
-        let pid = own.pid().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    signal("-STOP");
+    own.pause();
     let stalled = Instant::now();
     wait_until("the stalled feed counts as lost", || {
         !tiered.is_memory_live()
@@ -608,7 +592,7 @@ async fn a_stalled_change_subscription_counts_as_lost_and_recovers() {
     assert!(!back.is_subscribed());
     assert_eq!(tiered.memory().stats().await.unwrap().entries, 0);
 
-    signal("-CONT");
+    own.resume();
     wait_until("the feed is back", || tiered.is_memory_live()).await;
     assert!(back.is_subscribed());
     tiered.get(&key(1)).await.unwrap();

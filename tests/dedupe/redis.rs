@@ -281,17 +281,7 @@ async fn a_hanging_redis_fails_within_the_timeout() {
     let dedupe = store(&redis.url(), "hang", timeout).dedupe();
     let key = RequestKey::from_parts([23; 32], "GET http://h/hang");
     dedupe.poll(&key).await.unwrap();
-    let pid = redis.pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    signal("-STOP");
+    redis.pause();
     let started = Instant::now();
     let error = dedupe
         .try_lead(&key, "me", Duration::from_secs(30))
@@ -320,7 +310,7 @@ async fn a_hanging_redis_fails_within_the_timeout() {
         "{:?}",
         started.elapsed()
     );
-    signal("-CONT");
+    redis.resume();
 }
 
 /// A wake-up subscription whose server stops answering (paused with SIGSTOP; no message would say
@@ -344,19 +334,9 @@ async fn a_stalled_wake_up_subscription_counts_as_lost_and_recovers() {
         .await
         .unwrap();
     until("subscribed", || dedupe.is_subscribed()).await;
-    let pid = redis.pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    signal("-STOP");
+    redis.pause();
     until("lost while Redis is paused", || !dedupe.is_subscribed()).await;
-    signal("-CONT");
+    redis.resume();
     until("subscribed again", || dedupe.is_subscribed()).await;
 }
 

@@ -491,24 +491,14 @@ async fn a_hanging_redis_fails_closed_within_the_timeout() {
     .unwrap();
     let items = server.url("/api/items/");
     client(layer.clone()).oneshot(get(&items)).await.unwrap();
-    let pid = redis.pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    signal("-STOP");
+    redis.pause();
     let started = Instant::now();
     let err = client(layer.clone())
         .oneshot(get(&items))
         .await
         .unwrap_err();
     let elapsed = started.elapsed();
-    signal("-CONT");
+    redis.resume();
     assert!(
         elapsed < timeout + Duration::from_millis(200),
         "{elapsed:?}"

@@ -81,6 +81,23 @@ impl OwnRedis {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Pauses the server (SIGSTOP): it keeps its connections but answers nothing, like a
+    /// stalled server or a half-open connection.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the server runs").to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
