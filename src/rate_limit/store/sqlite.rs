@@ -484,14 +484,44 @@ fn take_batch(queue: &mut Queue, phases: Option<&Phases>) -> Vec<Waiting> {
 
 /// Clears the runner flag when a runner stops for any reason other than an empty queue, and
 /// fails the requests still queued (nobody else would decide them).
-struct RunnerGuard<'a>(&'a Inner);
+///
+/// A runner that stops because the queue is empty says so with [`stop_if_idle`](Self::stop_if_idle)
+/// under the queue's lock, which disarms the guard: by the time the guard is dropped, another
+/// runner may have started and set the flag again, and the guard must then leave it and its
+/// queue alone.
+struct RunnerGuard<'a> {
+    inner: &'a Inner,
+    stopped: bool,
+}
+
+impl<'a> RunnerGuard<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        RunnerGuard {
+            inner,
+            stopped: false,
+        }
+    }
+
+    /// Stops the runner if nothing is queued (under the lock the requests are queued with, so
+    /// that a request queued afterwards sees no runner and schedules one); otherwise takes the
+    /// next batch.
+    fn stop_if_idle(&mut self) -> Option<Vec<Waiting>> {
+        let mut queue = lock(&self.inner.queue);
+        if queue.items.is_empty() {
+            queue.active = false;
+            self.stopped = true;
+            return None;
+        }
+        Some(take_batch(&mut queue, self.inner.phases.as_deref()))
+    }
+}
 
 impl Drop for RunnerGuard<'_> {
     fn drop(&mut self) {
-        let mut queue = lock(&self.0.queue);
-        if !queue.active {
+        if self.stopped {
             return;
         }
+        let mut queue = lock(&self.inner.queue);
         queue.active = false;
         for waiting in queue.items.drain(..) {
             let _ = waiting.reply.send(Err(StoreError::new(
@@ -540,17 +570,15 @@ impl Inner {
         };
         // Whatever happens below (an error, a panic), the queue is left with no runner and no
         // caller waiting forever.
-        let _runner = RunnerGuard(self);
+        let mut runner = RunnerGuard::new(self);
         let turn = self.turn(sqlite);
         let mut held_since_gap = Duration::ZERO;
         loop {
             if batch.is_empty() {
-                let mut queue = lock(&self.queue);
-                if queue.items.is_empty() {
-                    queue.active = false;
-                    return Ok(());
+                match runner.stop_if_idle() {
+                    None => return Ok(()),
+                    Some(next) => batch = next,
                 }
-                batch = take_batch(&mut queue, self.phases.as_deref());
                 continue;
             }
             // Across processes: a waiting process is woken the moment the turn is handed over,
@@ -883,8 +911,10 @@ impl RateLimitStore for SqliteRateLimitStore {
                 let ran = sqlite
                     .call(move |conn| worker.1.run_batches(&worker.0, conn))
                     .await;
-                if let Err(error) = ran {
-                    // The job never ran (the store closed) or failed: no caller waits forever.
+                // A job that ran and failed has answered its callers already (its runner
+                // guard). One that never ran (the store closed) leaves them queued: no caller
+                // waits forever.
+                if let Err(error @ SqliteError::Closed) = ran {
                     let mut queue = lock(&inner.queue);
                     queue.scheduled = false;
                     if !queue.active {
@@ -1042,6 +1072,65 @@ mod tests {
         waiter.join().unwrap();
         let order: Vec<_> = seen.try_iter().collect();
         assert_eq!(order, ["b", "a"]);
+    }
+
+    fn request(resource: &Resource, now: u64) -> AdmissionRequest {
+        AdmissionRequest::new(
+            resource.clone(),
+            Priority::User,
+            vec![Limit::per_second(NonZeroU32::new(100).unwrap())].into(),
+            Arc::new(AdaptiveConfig::default()),
+            crate::rate_limit::clock::Timestamp::from_millis(now),
+        )
+    }
+
+    #[test]
+    fn a_runner_that_stopped_leaves_the_next_runner_and_its_queue_alone() {
+        let inner = Inner::default();
+        // Runner A finds the queue empty and stops...
+        lock(&inner.queue).active = true;
+        let mut a = RunnerGuard::new(&inner);
+        assert!(a.stop_if_idle().is_none());
+        assert!(!lock(&inner.queue).active);
+        // ...and before its guard is dropped, runner B starts for a request queued meanwhile.
+        let (reply, mut answer) = oneshot::channel();
+        {
+            let mut queue = lock(&inner.queue);
+            queue.active = true;
+            queue.items.push(Waiting {
+                request: request(&Resource::new("items").unwrap(), 1_000),
+                reply,
+                queued_at: None,
+                requeued: false,
+            });
+        }
+        drop(a);
+        // A's guard neither failed B's request nor cleared B's flag.
+        assert!(matches!(
+            answer.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        let queue = lock(&inner.queue);
+        assert!(queue.active);
+        assert_eq!(queue.items.len(), 1);
+    }
+
+    #[test]
+    fn a_runner_that_failed_answers_what_is_queued_and_clears_its_flag() {
+        let inner = Inner::default();
+        lock(&inner.queue).active = true;
+        let runner = RunnerGuard::new(&inner);
+        let (reply, mut answer) = oneshot::channel();
+        lock(&inner.queue).items.push(Waiting {
+            request: request(&Resource::new("items").unwrap(), 1_000),
+            reply,
+            queued_at: None,
+            requeued: false,
+        });
+        // Dropped without stopping: an error or a panic ended the runner.
+        drop(runner);
+        assert!(answer.try_recv().unwrap().is_err());
+        assert!(!lock(&inner.queue).active);
     }
 
     #[tokio::test(flavor = "current_thread")]
