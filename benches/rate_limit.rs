@@ -3,8 +3,10 @@
 //!
 //! Workload: `RL_BENCH_RESOURCES` resources (default 100), each limited to 100 per second, asked
 //! round-robin with alternating user and background priority, so decisions mix admissions and
-//! refusals and go through the adaptive split (the last column says how many were admitted).
-//! Latency is measured around each `acquire` call, from `tasks` concurrent callers.
+//! refusals and go through the adaptive split (the `admitted` column says how many were
+//! admitted). Latency is measured around each `acquire` call, from `tasks` concurrent callers.
+//! The `errors` column counts store errors that reached a caller (followed by their distinct
+//! messages); they are not counted as decisions.
 //!
 //! Two load models for the SQLite store:
 //!
@@ -54,6 +56,45 @@ struct Outcome {
     admitted: u64,
     elapsed: Duration,
     latencies: Vec<u64>,
+    /// Decisions the store failed to make (counted, not decisions), and their distinct messages.
+    errors: u64,
+    messages: std::collections::BTreeSet<String>,
+}
+
+impl Outcome {
+    fn new(capacity: usize) -> Self {
+        Outcome {
+            decisions: 0,
+            admitted: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::with_capacity(capacity),
+            errors: 0,
+            messages: Default::default(),
+        }
+    }
+
+    /// Counts one answer of the store: a decision, or an error (reported, not a panic, so that
+    /// a run shows how many surfaced).
+    fn count(&mut self, answer: Result<Decision, String>) {
+        match answer {
+            Ok(decision) => {
+                self.decisions += 1;
+                self.admitted += u64::from(matches!(decision, Decision::Admitted { .. }));
+            }
+            Err(error) => {
+                self.errors += 1;
+                self.messages.insert(error);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Outcome) {
+        self.decisions += other.decisions;
+        self.admitted += other.admitted;
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.messages.extend(other.messages);
+    }
 }
 
 fn secs() -> f64 {
@@ -93,8 +134,7 @@ async fn drive(store: Arc<dyn RateLimitStore>, tasks: usize, duration: Duration)
                 adaptive.clone(),
             );
             tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1 << 16);
-                let (mut decisions, mut admitted) = (0u64, 0u64);
+                let mut outcome = Outcome::new(1 << 16);
                 let mut i = t * 7919;
                 while started.elapsed() < duration {
                     for _ in 0..64 {
@@ -112,27 +152,18 @@ async fn drive(store: Arc<dyn RateLimitStore>, tasks: usize, duration: Duration)
                             SystemClock.now(),
                         );
                         let t0 = Instant::now();
-                        let decision = store.acquire(request).await.expect("no store error");
-                        latencies.push(nanos(t0.elapsed()));
-                        decisions += 1;
-                        admitted += u64::from(matches!(decision, Decision::Admitted { .. }));
+                        let answer = store.acquire(request).await.map_err(|e| e.to_string());
+                        outcome.latencies.push(nanos(t0.elapsed()));
+                        outcome.count(answer);
                     }
                 }
-                (decisions, admitted, latencies)
+                outcome
             })
         })
         .collect();
-    let mut outcome = Outcome {
-        decisions: 0,
-        admitted: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-    };
+    let mut outcome = Outcome::new(0);
     for h in handles {
-        let (d, a, l) = h.await.unwrap();
-        outcome.decisions += d;
-        outcome.admitted += a;
-        outcome.latencies.extend(l);
+        outcome.merge(h.await.unwrap());
     }
     outcome.elapsed = started.elapsed();
     outcome
@@ -154,7 +185,7 @@ fn summary(o: &mut Outcome) -> String {
     o.latencies.sort_unstable();
     let rate = o.decisions as f64 / o.elapsed.as_secs_f64();
     format!(
-        "{:>12.0} | {:>9.1} | {:>9.1} | {:>9.1} | {:>9.1} | {:>10} | {:>8.1}%",
+        "{:>12.0} | {:>9.1} | {:>9.1} | {:>9.1} | {:>9.1} | {:>10} | {:>8.1}% | {:>6}{}",
         rate,
         percentile(&o.latencies, 0.5),
         percentile(&o.latencies, 0.99),
@@ -162,6 +193,11 @@ fn summary(o: &mut Outcome) -> String {
         percentile(&o.latencies, 1.0),
         o.decisions,
         100.0 * o.admitted as f64 / o.decisions.max(1) as f64,
+        o.errors,
+        o.messages
+            .iter()
+            .map(|e| format!(" ({e})"))
+            .collect::<String>(),
     )
 }
 
@@ -238,27 +274,17 @@ async fn drive_rate(
             let store = store.clone();
             handles.push(tokio::spawn(async move {
                 let t0 = Instant::now();
-                let decision = store.acquire(request).await.expect("no store error");
+                let answer = store.acquire(request).await.map_err(|e| e.to_string());
                 let done = Instant::now();
-                (
-                    nanos(done - t0),
-                    nanos(done - scheduled),
-                    matches!(decision, Decision::Admitted { .. }),
-                )
+                (nanos(done - t0), nanos(done - scheduled), answer)
             }));
         }
     }
-    let mut outcome = Outcome {
-        decisions: 0,
-        admitted: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::with_capacity(handles.len()),
-    };
+    let mut outcome = Outcome::new(handles.len());
     let mut from_schedule = Vec::with_capacity(handles.len());
     for h in handles {
-        let (latency, late, admitted) = h.await.unwrap();
-        outcome.decisions += 1;
-        outcome.admitted += u64::from(admitted);
+        let (latency, late, answer) = h.await.unwrap();
+        outcome.count(answer);
         outcome.latencies.push(latency);
         from_schedule.push(late);
     }
@@ -403,8 +429,16 @@ fn main() {
         println!("load average at start: {}", load.trim());
     }
     println!(
-        "{:<34} | {:>12} | {:>9} | {:>9} | {:>9} | {:>9} | {:>10} | {:>9}",
-        "case", "decisions/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "decisions", "admitted"
+        "{:<34} | {:>12} | {:>9} | {:>9} | {:>9} | {:>9} | {:>10} | {:>9} | {:>6}",
+        "case",
+        "decisions/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "decisions",
+        "admitted",
+        "errors"
     );
     let rt = runtime();
     let mut memory = rt.block_on(drive(Arc::new(MemoryRateLimitStore::new()), 1, duration));
