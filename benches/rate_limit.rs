@@ -1,7 +1,8 @@
 //! Admission decisions per second, with the latency tail, for the memory store and the SQLite
 //! store (one process; two processes on one file).
 //!
-//! Workload: `RL_BENCH_RESOURCES` resources (default 100), each limited to 100 per second, asked
+//! Workload: `RL_BENCH_RESOURCES` resources (default 100), each limited to `RL_BENCH_LIMIT` per
+//! second (default 100; a limit far above the rate asked makes every decision an insert), asked
 //! round-robin with alternating user and background priority, so decisions mix admissions and
 //! refusals and go through the adaptive split (the `admitted` column says how many were
 //! admitted). Latency is measured around each `acquire` call, from `tasks` concurrent callers.
@@ -28,8 +29,12 @@
 //! Run: `cargo bench --bench rate_limit` (prints a table). `RL_BENCH_SECS` sets the measured
 //! time per case (default 3), `RL_BENCH_CHECKPOINT_MS` the SQLite store's checkpoint interval,
 //! `RL_BENCH_THREADS` the runtime's worker threads (default 1), `RL_BENCH_DIR` where the files
-//! go (default: the system's temporary directory). Children of the two-process cases
-//! inherit the settings.
+//! go (default: the system's temporary directory), `RL_BENCH_TASKS` the closed-loop task counts
+//! (default `1,16,64` in one process, `16,64` in two; empty for none), `RL_BENCH_ONLY` which
+//! groups of cases run
+//! (comma-separated among `memory`, `sqlite-1`, `sqlite-2`, `redis`; default all; an empty
+//! `RL_BENCH_RATES` skips the fixed-rate cases). Children of the two-process cases inherit the
+//! settings.
 //!
 //! With `--features redis` the Redis store follows (one process; two processes sharing the
 //! server), skipped with a message when Redis does not answer (see `rate_limit/redis.rs`).
@@ -112,11 +117,26 @@ fn resources() -> usize {
         .unwrap_or(100)
 }
 
+/// Each resource's limit per second (`RL_BENCH_LIMIT`, default 100). A limit far above the rate
+/// asked makes every decision an admission (an insert), the write-bound case.
+fn limit() -> NonZeroU32 {
+    std::env::var("RL_BENCH_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(NonZeroU32::new(100).unwrap())
+}
+
+/// Whether to run a group of cases: `RL_BENCH_ONLY` lists the groups to run, comma-separated,
+/// among `memory`, `sqlite-1`, `sqlite-2` and `redis` (default: all).
+pub(crate) fn wanted(group: &str) -> bool {
+    std::env::var("RL_BENCH_ONLY").map_or(true, |only| only.split(',').any(|g| g.trim() == group))
+}
+
 fn setup() -> (Vec<Resource>, Arc<[Limit]>, Arc<AdaptiveConfig>) {
     let resources = (0..resources())
         .map(|i| Resource::new(format!("r{i}")).unwrap())
         .collect();
-    let limits: Arc<[Limit]> = vec![Limit::per_second(NonZeroU32::new(100).unwrap())].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_second(limit())].into();
     (resources, limits, Arc::new(AdaptiveConfig::default()))
 }
 
@@ -418,6 +438,7 @@ fn main() {
     let rates: Vec<f64> = std::env::var("RL_BENCH_RATES")
         .unwrap_or_else(|_| "10000,25000,50000".to_owned())
         .split(',')
+        .filter(|r| !r.trim().is_empty())
         .map(|r| {
             r.trim()
                 .parse()
@@ -441,18 +462,28 @@ fn main() {
         "errors"
     );
     let rt = runtime();
-    let mut memory = rt.block_on(drive(Arc::new(MemoryRateLimitStore::new()), 1, duration));
-    println!("{:<34} | {}", "memory, 1 task", summary(&mut memory));
-    let mut memory = rt.block_on(drive(Arc::new(MemoryRateLimitStore::new()), 2, duration));
-    println!("{:<34} | {}", "memory, 2 tasks", summary(&mut memory));
+    if wanted("memory") {
+        for tasks in [1, 2] {
+            let mut memory = rt.block_on(drive(
+                Arc::new(MemoryRateLimitStore::new()),
+                tasks,
+                duration,
+            ));
+            println!(
+                "{:<34} | {}",
+                format!("memory, {tasks} task{}", if tasks == 1 { "" } else { "s" }),
+                summary(&mut memory)
+            );
+        }
+    }
 
     // `RL_BENCH_DIR` puts the files elsewhere (a tmpfs, to take the disk out of the picture).
     let dir = match std::env::var_os("RL_BENCH_DIR") {
         Some(parent) => tempfile::tempdir_in(parent).unwrap(),
         None => tempfile::tempdir().unwrap(),
     };
-    let one = [Load::Tasks(1), Load::Tasks(16), Load::Tasks(64)];
-    for load in one.into_iter().chain(rates.iter().map(|&r| Load::Rate(r))) {
+    let one = tasks(&[1, 16, 64]).chain(rates.iter().map(|&r| Load::Rate(r)));
+    for load in one.filter(|_| wanted("sqlite-1")) {
         let path = dir.path().join(format!("one-{}.db", load.to_env()));
         let (row, notes) = rt.block_on(sqlite_run(&path, load, duration));
         print_case(
@@ -461,17 +492,34 @@ fn main() {
             &notes,
         );
     }
-    let two = [Load::Tasks(16), Load::Tasks(64)];
-    for load in two
-        .into_iter()
-        .chain(rates.iter().map(|&r| Load::Rate(r / 2.0)))
-    {
+    let two = tasks(&[16, 64]).chain(rates.iter().map(|&r| Load::Rate(r / 2.0)));
+    for load in two.filter(|_| wanted("sqlite-2")) {
         two_processes(&rt, dir.path(), load, duration);
     }
     #[cfg(feature = "redis")]
-    redis_cases::run(&rt, duration);
+    if wanted("redis") {
+        redis_cases::run(&rt, duration);
+    }
     #[cfg(not(feature = "redis"))]
     println!("redis: SKIPPED: build with --features redis");
+}
+
+/// The closed-loop loads: `RL_BENCH_TASKS` (task counts, comma-separated; empty for none) or
+/// `default`.
+fn tasks(default: &[usize]) -> impl Iterator<Item = Load> {
+    let counts: Vec<usize> = match std::env::var("RL_BENCH_TASKS") {
+        Ok(list) => list
+            .split(',')
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("RL_BENCH_TASKS: task counts, comma-separated")
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    };
+    counts.into_iter().map(Load::Tasks)
 }
 
 fn two_processes(
