@@ -105,3 +105,72 @@ async fn a_process_with_a_shorter_window_keeps_what_a_longer_window_still_counts
     old_file.close().await.unwrap();
     new_file.close().await.unwrap();
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Two stores on one file (separate connections and separate in-memory copies of the
+    /// admissions, as two processes have), asked in a random order with stamps that lag behind
+    /// by up to 3 s (requests that waited before their decision): the window invariant holds over
+    /// the stamps, and a user request is refused only when the admissions decided before it
+    /// fill some window (counted, as the store does, from `now - window` with no upper bound).
+    #[test]
+    fn two_processes_with_copies_stay_exact_under_random_interleavings(
+        max in 1u32..8,
+        window_ms in 1u64..3000,
+        arrivals in prop::collection::vec(
+            (0u64..300, 0u64..3000, any::<bool>(), any::<bool>()),
+            1..150,
+        ),
+    ) {
+        use courteous::rate_limit::{AdaptiveConfig, AdmissionRequest, Decision, RateLimitStore, Timestamp};
+        use courteous::{Priority, Resource};
+        use std::sync::Arc;
+
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let limit = Limit::new(n(max), Duration::from_millis(window_ms));
+        let decisions = runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("two.db");
+            let files = [SqliteStore::open(&path).await.unwrap(), SqliteStore::open(&path).await.unwrap()];
+            let stores = [files[0].rate_limits(), files[1].rate_limits()];
+            let limits: Arc<[Limit]> = vec![limit].into();
+            let adaptive = Arc::new(AdaptiveConfig::default());
+            let resource = Resource::new("things").unwrap();
+            let mut clock = 1_700_000_000_000u64;
+            let mut out = Vec::new();
+            for (gap, lag, background, second) in &arrivals {
+                clock += gap;
+                let now = clock - lag;
+                let priority = if *background { Priority::Background } else { Priority::User };
+                let request = AdmissionRequest::new(
+                    resource.clone(), priority, limits.clone(), adaptive.clone(),
+                    Timestamp::from_millis(now),
+                );
+                let decision = stores[usize::from(*second)].acquire(request).await.unwrap();
+                out.push((now, *background, matches!(decision, Decision::Admitted { .. })));
+            }
+            for file in files {
+                file.close().await.unwrap();
+            }
+            out
+        });
+        let window = window_ms;
+        let admitted: Vec<u64> = decisions.iter().filter(|d| d.2).map(|d| d.0).collect();
+        let mut sorted = admitted.clone();
+        sorted.sort_unstable();
+        for (i, start) in sorted.iter().enumerate() {
+            let inside = sorted[i..].iter().take_while(|t| **t < start + window).count();
+            prop_assert!(inside <= max as usize, "{} admissions in [{}, +{})", inside, start, window);
+        }
+        let mut before = Vec::new();
+        for (now, background, admitted) in &decisions {
+            if !admitted && !background {
+                let counted = before.iter().filter(|t| **t > now.saturating_sub(window)).count();
+                prop_assert!(counted >= max as usize, "user request at {} refused with {} counted", now, counted);
+            }
+            if *admitted {
+                before.push(*now);
+            }
+        }
+    }
+}

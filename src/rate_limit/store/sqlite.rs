@@ -4,9 +4,12 @@
 //!
 //! [`acquire`](RateLimitStore::acquire) queues the request. One job per process at a time (a
 //! *runner*, on the [`SqliteStore`]'s threads) takes everything queued and decides it in one
-//! `BEGIN IMMEDIATE` transaction of up to 64 decisions: each decision counts the admissions in
-//! its windows (a range count on the primary key), and an admitted request is inserted in the
-//! same transaction before the next is decided. The transaction commits before any caller hears
+//! `BEGIN IMMEDIATE` transaction of up to 256 decisions: each decision reads its resource's state
+//! row (server feedback, and a generation that tells whether anything was admitted since) and
+//! counts the admissions in its windows on this process's copy of them, which the generation
+//! proves exact or which first catches up with what other processes admitted (see [`window`]:
+//! most decisions read no admission rows); an admitted request is inserted in the same
+//! transaction before the next is decided. The transaction commits before any caller hears
 //! its answer, so an admission is in the file, and visible to every other process, before the
 //! request goes out. Under load many decisions share one transaction (group commit); alone, a
 //! decision is one short transaction. A transaction stops taking decisions after 1 ms (the rest
@@ -28,8 +31,8 @@
 //! starved by a saturated limiter.
 //!
 //! With the environment variable `COURTEOUS_RL_PHASES` set, the store keeps per-phase latency
-//! histograms (turn wait, `BEGIN`, statements, `COMMIT`, queueing), which the `rate_limit`
-//! benchmark prints.
+//! histograms (turn wait, `BEGIN`, statements, `COMMIT`, queueing, how copies caught up), which
+//! the `rate_limit` benchmark prints.
 //!
 //! Windows are counted from `now - window` *with no upper bound*, so an admission another process
 //! stamped a few microseconds later still counts: the window invariant holds across processes
@@ -52,8 +55,12 @@
 //! until one window after the last process using it noted it, so that during a rolling deploy
 //! that shortens a limit, processes on the shorter window do not prune what those on the longer
 //! one still count. Admissions a server's `RateLimit-Remaining` budget counts are kept until it
-//! resets. The tables stay as large as the windows require. The cost of a decision grows with the number of admissions in
-//! the resource's window (a range count).
+//! resets. The tables stay as large as the windows require, and so do the copies in memory (the
+//! admissions of each resource's longest window, for at most 4,096 resources, least recently
+//! used dropped first). A decision costs the same whatever the number of admissions in the
+//! window, except when its copy is read again whole (a range scan of the window: the first
+//! decision for a resource, or after other processes admitted more than 16 times with stamps
+//! far apart).
 //!
 //! # Note on cancellation
 //!
@@ -104,7 +111,9 @@ use crate::store::sqlite::{SqliteError, SqliteStore};
 use crate::store::{StoreError, StoreErrorKind};
 
 mod phases;
+mod window;
 use phases::Phases;
+use window::{CachedLog, Windows};
 
 /// The rate limiter's tables.
 pub(crate) const RATE_LIMIT: Component = Component {
@@ -141,6 +150,22 @@ pub(crate) const RATE_LIMIT: Component = Component {
              keep_ms  INTEGER NOT NULL,
              until_ms INTEGER NOT NULL
          ) STRICT;",
+        // 3: a per-resource generation, raised by a trigger with every admission inserted
+        // (whatever version of this crate inserts it), which tells a process whether its copy of
+        // a resource's admissions is still exact, and the last 16 admissions, from which a copy
+        // that is behind catches up (see `window`). The trigger also creates the state row on a
+        // resource's first admission.
+        "ALTER TABLE rate_limit_state ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE rate_limit_state ADD COLUMN recent TEXT NOT NULL DEFAULT '';
+         CREATE TRIGGER rate_limit_admission_generation AFTER INSERT ON rate_limit_admissions
+         BEGIN
+             INSERT INTO rate_limit_state (resource, first_at, generation, recent)
+                 VALUES (NEW.resource, NEW.at, 1,
+                         printf('%016x', NEW.at * 2 + (NEW.background != 0)))
+             ON CONFLICT (resource) DO UPDATE SET
+                 generation = generation + 1,
+                 recent = substr(recent || excluded.recent, -256);
+         END;",
     ],
 };
 
@@ -154,7 +179,7 @@ const HOLD_BEFORE_GAP: Duration = Duration::from_millis(10);
 const GAP: Duration = Duration::from_micros(300);
 
 /// Most decisions in one transaction.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 256;
 
 /// A transaction stops taking decisions after this long (the rest go back to the head of the
 /// queue), so that one slow batch holds the other processes up no longer than this.
@@ -282,6 +307,9 @@ struct Inner {
     activity: Mutex<HashMap<Resource, (u64, Activity)>>,
     /// Per resource: when old rows were last pruned, and the longest window seen.
     pruning: Mutex<HashMap<Resource, (u64, u64)>>,
+    /// This process's copies of the admissions in its windows (see [`window`]); used by the
+    /// runner only.
+    windows: Mutex<Windows>,
     stats: Mutex<HashMap<Resource, ResourceStats>>,
 }
 
@@ -330,11 +358,14 @@ struct Row {
     exists: bool,
     last_user_at: Option<u64>,
     server: ServerState,
+    /// Raised with every admission of the resource (by a trigger).
+    generation: i64,
 }
 
 fn read_row(conn: &Connection, resource: &str) -> rusqlite::Result<Row> {
     let mut stmt = conn.prepare_cached(
-        "SELECT last_user_at, blocked_until, budget_remaining, budget_observed, budget_reset
+        "SELECT last_user_at, blocked_until, budget_remaining, budget_observed, budget_reset,
+                generation
          FROM rate_limit_state WHERE resource = ?1",
     )?;
     let row = stmt
@@ -356,6 +387,7 @@ fn read_row(conn: &Connection, resource: &str) -> rusqlite::Result<Row> {
                     blocked_until: r.get::<_, i64>(1)?.max(0) as u64,
                     budget,
                 },
+                generation: r.get(5)?,
             })
         })
         .optional()?;
@@ -758,6 +790,51 @@ impl Inner {
         let started = phases.map(|_| Instant::now());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let begun = Instant::now();
+        let mut windows = lock(&self.windows);
+        let counts = windows.counts();
+        let decided = self
+            .decide_in(&tx, &mut windows, batch, begun)
+            .and_then(|decisions| {
+                let decided = phases.map(|_| Instant::now());
+                tx.commit().map(|()| (decisions, decided))
+            });
+        match decided {
+            Ok((decisions, decided)) => {
+                if let (Some(phases), Some(started), Some(decided)) = (phases, started, decided) {
+                    phases.begin.record(begun - started);
+                    phases.statements.record(decided - begun);
+                    phases.commit.record(decided.elapsed());
+                    phases.size.record_count(decisions.len());
+                    let now = windows.counts();
+                    phases
+                        .from_log
+                        .record_count((now.from_log - counts.from_log) as usize);
+                    phases
+                        .from_tail
+                        .record_count((now.from_tail - counts.from_tail) as usize);
+                    phases
+                        .reads
+                        .record_count((now.reads - counts.reads) as usize);
+                }
+                Ok(decisions)
+            }
+            Err(error) => {
+                // What this transaction added to the copies was rolled back.
+                windows.clear();
+                Err(error)
+            }
+        }
+    }
+
+    /// Decides `batch` in order in the open transaction `tx`, until the budget has passed since
+    /// `begun` (always at least one), recording each admission in the table and in the copies.
+    fn decide_in(
+        &self,
+        tx: &Connection,
+        windows: &mut Windows,
+        batch: &[Waiting],
+        begun: Instant,
+    ) -> rusqlite::Result<Vec<Decision>> {
         let mut rows: HashMap<&Resource, Row> = HashMap::new();
         let mut decisions = Vec::with_capacity(batch.len());
         for Waiting { request, .. } in batch {
@@ -766,23 +843,32 @@ impl Inner {
             }
             let now = request.now.as_millis();
             let resource = request.resource.as_str();
-            let row = match rows.get(&request.resource) {
-                Some(row) => *row,
-                None => {
-                    let row = read_row(&tx, resource)?;
-                    rows.insert(&request.resource, row);
-                    row
+            let row = match rows.entry(&request.resource) {
+                std::collections::hash_map::Entry::Occupied(row) => row.into_mut(),
+                std::collections::hash_map::Entry::Vacant(row) => {
+                    row.insert(read_row(tx, resource)?)
                 }
             };
             let activity =
-                self.cached_activity(&tx, &request.resource, &row, &request.adaptive, now)?;
-            let mut log = SqlLog {
-                conn: &tx,
-                resource,
+                self.cached_activity(tx, &request.resource, row, &request.adaptive, now)?;
+            let keep = u64::try_from(retention(&request.limits).as_millis()).unwrap_or(u64::MAX);
+            let window = windows.get(
+                tx,
+                &request.resource,
+                row.generation,
+                now.saturating_sub(keep),
+                now,
+            )?;
+            let mut log = CachedLog {
+                window,
+                table: SqlLog { conn: tx, resource },
             };
             let decision = decide(&mut log, request, &activity, &row.server)?;
             if let Decision::Admitted { .. } = decision {
                 let background = request.priority == Priority::Background;
+                // The trigger raises the resource's generation (and creates its state row on
+                // its first admission, which leaves the adaptive split's initial state); the
+                // copy and the row follow.
                 tx.prepare_cached(
                     "INSERT INTO rate_limit_admissions (resource, at, id, background)
                      VALUES (?1, ?2, ?3, ?4)",
@@ -793,27 +879,11 @@ impl Inner {
                     next_id(),
                     i64::from(background)
                 ])?;
-                if !row.exists {
-                    // The resource's first request: the adaptive split leaves its initial state.
-                    tx.prepare_cached(
-                        "INSERT INTO rate_limit_state (resource, first_at) VALUES (?1, ?2)
-                         ON CONFLICT (resource) DO NOTHING",
-                    )?
-                    .execute(params![resource, now as i64])?;
-                    if let Some(row) = rows.get_mut(&request.resource) {
-                        row.exists = true;
-                    }
-                }
+                window.record(now, background);
+                row.generation = window.generation();
+                row.exists = true;
             }
             decisions.push(decision);
-        }
-        let decided = phases.map(|_| Instant::now());
-        tx.commit()?;
-        if let (Some(phases), Some(started), Some(decided)) = (phases, started, decided) {
-            phases.begin.record(begun - started);
-            phases.statements.record(decided - begun);
-            phases.commit.record(decided.elapsed());
-            phases.size.record_count(decisions.len());
         }
         Ok(decisions)
     }
@@ -1171,5 +1241,217 @@ mod tests {
         let phases = store.inner.phases.as_ref().unwrap();
         assert_eq!((phases.size.count(), phases.size.max()), (20, 1));
         sqlite.close().await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    //! The per-process copies of the admissions (`window`): every way a copy catches up gives
+    //! the exact count, what another process or an older version inserts is seen, and a failed
+    //! transaction leaves no copy behind.
+
+    use super::*;
+    use std::num::NonZeroU32;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    struct Process {
+        sqlite: SqliteStore,
+        store: SqliteRateLimitStore,
+    }
+
+    impl Process {
+        async fn open(path: &std::path::Path) -> Self {
+            let sqlite = SqliteStore::open(path).await.unwrap();
+            let store = sqlite.rate_limits();
+            Process { sqlite, store }
+        }
+
+        async fn ask(&self, resource: &str, max: u32, now: u64) -> Result<Decision, StoreError> {
+            self.ask_as(Priority::User, resource, max, now).await
+        }
+
+        async fn ask_as(
+            &self,
+            priority: Priority,
+            resource: &str,
+            max: u32,
+            now: u64,
+        ) -> Result<Decision, StoreError> {
+            self.store
+                .acquire(AdmissionRequest::new(
+                    Resource::new(resource).unwrap(),
+                    priority,
+                    vec![Limit::per_minute(NonZeroU32::new(max).unwrap())].into(),
+                    Arc::new(AdaptiveConfig::default()),
+                    Timestamp::from_millis(now),
+                ))
+                .await
+        }
+
+        async fn admit(&self, resource: &str, max: u32, now: u64) -> u32 {
+            match self.ask(resource, max, now).await.unwrap() {
+                Decision::Admitted { remaining } => remaining,
+                other => panic!("refused at {now}: {other:?}"),
+            }
+        }
+
+        fn counts(&self) -> window::Counts {
+            lock(&self.store.inner.windows).counts()
+        }
+
+        /// Asserts that this process's copy of `resource` holds exactly the rows after its start
+        /// and the generation in the file.
+        async fn assert_copy_is_exact(&self, resource: &'static str) {
+            let (from, rows, generation) = lock(&self.store.inner.windows)
+                .copy_of(resource)
+                .expect("a copy");
+            let (table, in_file) = self
+                .sqlite
+                .call(move |conn| {
+                    let mut stmt = conn.prepare(
+                        "SELECT at, background FROM rate_limit_admissions
+                         WHERE resource = ?1 AND at > ?2 ORDER BY at",
+                    )?;
+                    let rows = stmt
+                        .query_map(params![resource, from as i64], |r| {
+                            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? != 0))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    let generation: i64 = conn.query_row(
+                        "SELECT generation FROM rate_limit_state WHERE resource = ?1",
+                        [resource],
+                        |r| r.get(0),
+                    )?;
+                    Ok((rows, generation))
+                })
+                .await
+                .unwrap();
+            assert_eq!((rows, generation), (table, in_file));
+        }
+
+        async fn close(self) {
+            self.sqlite.close().await.unwrap();
+        }
+    }
+
+    async fn two() -> (tempfile::TempDir, Process, Process) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copies.db");
+        // Separate stores on one file have separate connections and copies, as processes do.
+        let (a, b) = (Process::open(&path).await, Process::open(&path).await);
+        (dir, a, b)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_copy_behind_by_a_few_catches_up_from_the_state_row() {
+        let (_dir, a, b) = two().await;
+        assert_eq!(a.admit("x", 10, T0).await, 9);
+        for i in 1..=5 {
+            b.admit("x", 10, T0 + i).await;
+        }
+        let background = b.ask_as(Priority::Background, "x", 10, T0 + 6).await;
+        assert!(
+            matches!(background, Ok(Decision::Admitted { .. })),
+            "{background:?}"
+        );
+        let before = a.counts();
+        // Seven admitted: a's copy counts b's six (one of them background).
+        assert_eq!(a.admit("x", 10, T0 + 10).await, 2);
+        a.assert_copy_is_exact("x").await;
+        let after = a.counts();
+        assert_eq!(after.from_log, before.from_log + 1);
+        assert_eq!(after.reads, before.reads);
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_copy_behind_by_many_catches_up_from_the_newest_rows() {
+        let (_dir, a, b) = two().await;
+        assert_eq!(a.admit("x", 100, T0).await, 99);
+        for i in 1..=20 {
+            b.admit("x", 100, T0 + i).await;
+        }
+        let before = a.counts();
+        assert_eq!(a.admit("x", 100, T0 + 30).await, 100 - 22);
+        a.assert_copy_is_exact("x").await;
+        let after = a.counts();
+        assert_eq!(after.from_tail, before.from_tail + 1);
+        assert_eq!(after.reads, before.reads);
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_copy_that_misses_older_stamped_rows_is_read_again() {
+        let (_dir, a, b) = two().await;
+        assert_eq!(a.admit("x", 100, T0).await, 99);
+        // Twenty admissions stamped 10 s earlier (a process whose requests waited), still in
+        // the minute.
+        for i in 1..=20 {
+            b.admit("x", 100, T0 - 10_000 + i).await;
+        }
+        let before = a.counts();
+        assert_eq!(a.admit("x", 100, T0 + 1).await, 100 - 22);
+        a.assert_copy_is_exact("x").await;
+        let after = a.counts();
+        assert_eq!(after.reads, before.reads + 1);
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn rows_inserted_by_an_older_version_are_counted() {
+        let (_dir, a, b) = two().await;
+        assert_eq!(a.admit("x", 10, T0).await, 9);
+        // Version 2 of the schema inserted admissions with plain SQL and knew nothing of the
+        // generation: the trigger keeps the copies right.
+        b.sqlite
+            .call(|conn| {
+                for i in 1..=3i64 {
+                    conn.execute(
+                        "INSERT INTO rate_limit_admissions (resource, at, id, background)
+                         VALUES ('x', ?1, ?2, 0)",
+                        params![T0 as i64 + i, i],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(a.admit("x", 10, T0 + 10).await, 5);
+        a.assert_copy_is_exact("x").await;
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_transaction_leaves_no_copy_behind() {
+        let (_dir, a, b) = two().await;
+        assert_eq!(a.admit("x", 10, T0).await, 9);
+        a.sqlite
+            .call(|conn| {
+                conn.execute_batch(
+                    "CREATE TRIGGER poison BEFORE INSERT ON rate_limit_admissions
+                     WHEN NEW.resource = 'poison'
+                     BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // One transaction (both are queued before the runner starts on this thread): x is
+        // admitted and added to the copy, then poison fails, and the transaction rolls back.
+        let (x, poison) = tokio::join!(a.ask("x", 10, T0 + 1), a.ask("poison", 10, T0 + 1));
+        assert!(x.is_err() && poison.is_err(), "{x:?} {poison:?}");
+        // Another process admits once, stamped long before the window: the generation is where
+        // a copy that kept the rolled-back admission would be, with other rows.
+        b.admit("x", 10, T0 - 120_000).await;
+        // One admission in the minute (T0), so 8 remain after this one.
+        assert_eq!(a.admit("x", 10, T0 + 2).await, 8);
+        a.assert_copy_is_exact("x").await;
+        a.close().await;
+        b.close().await;
     }
 }

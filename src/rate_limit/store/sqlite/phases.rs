@@ -2,7 +2,8 @@
 //!
 //! Off unless the environment variable `COURTEOUS_RL_PHASES` is set (to anything but `0`) when
 //! the store is created: then every batch records how long its runner waited for the turn lock,
-//! for `BEGIN IMMEDIATE`, in its statements and in `COMMIT`, and every request how long it was
+//! for `BEGIN IMMEDIATE`, in its statements and in `COMMIT`, how many copies of a resource's
+//! admissions it read from the table or caught up, and every request how long it was
 //! queued before a runner took it and how long it spent in the store in all. Off, the cost is
 //! one branch on an `Option` per batch and per request.
 
@@ -130,6 +131,11 @@ pub(super) struct Phases {
     pub(super) held: Histogram,
     /// Batch: decisions per transaction.
     pub(super) size: Histogram,
+    /// Batch: copies of a resource's admissions that were behind and caught up from the state
+    /// row's log, from the admissions near their newest, or read whole (the rest were exact).
+    pub(super) from_log: Histogram,
+    pub(super) from_tail: Histogram,
+    pub(super) reads: Histogram,
 }
 
 impl Phases {
@@ -154,6 +160,9 @@ impl Phases {
         self.commit.line("batch COMMIT", us, &mut out);
         self.held.line("batch turn held", us, &mut out);
         self.size.line("batch size (n)", 1.0, &mut out);
+        self.from_log.line("batch copies from log", 1.0, &mut out);
+        self.from_tail.line("batch copies from tail", 1.0, &mut out);
+        self.reads.line("batch copies read", 1.0, &mut out);
         out
     }
 }
