@@ -339,11 +339,17 @@ pub(crate) fn decide<L: AdmissionLog>(
                     Refusal::BackgroundShare
                 };
                 (
-                    oldest.saturating_add(window).saturating_add(1).max(now + 1),
+                    oldest
+                        .saturating_add(window)
+                        .saturating_add(1)
+                        .max(now.saturating_add(1)),
                     reason,
                 )
             }
-            Check::Paused => (now + PAUSED_RETRY_MS, Refusal::BackgroundPaused),
+            Check::Paused => (
+                now.saturating_add(PAUSED_RETRY_MS),
+                Refusal::BackgroundPaused,
+            ),
         };
         if refused.is_none_or(|(at, _)| retry_at > at) {
             refused = Some((retry_at, reason));
@@ -444,4 +450,33 @@ pub(crate) fn status_of<L: AdmissionLog>(
 /// The longest window among `limits` (what a backend must keep).
 pub(crate) fn retention(limits: &[Limit]) -> Duration {
     limits.iter().map(Limit::window).max().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    /// A request stamped at the end of time, over its limit, is refused with the end of time as
+    /// its `retry_at`, where `now + 1` used to overflow (a panic in debug builds).
+    #[test]
+    fn a_refusal_at_the_end_of_time_does_not_overflow() {
+        let memory = memory::MemoryRateLimitStore::new();
+        let ask = |priority| {
+            memory.acquire_now(&AdmissionRequest::new(
+                Resource::new("y").unwrap(),
+                priority,
+                vec![Limit::per_minute(NonZeroU32::new(1).unwrap())].into(),
+                Arc::new(AdaptiveConfig::default()),
+                Timestamp::from_millis(u64::MAX),
+            ))
+        };
+        assert!(matches!(ask(Priority::User), Decision::Admitted { .. }));
+        for priority in [Priority::User, Priority::Background] {
+            match ask(priority) {
+                Decision::Refused { retry_at, .. } => assert_eq!(retry_at.as_millis(), u64::MAX),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

@@ -566,6 +566,24 @@ impl Drop for RunnerGuard<'_> {
 }
 
 impl Inner {
+    /// Forgets a runner job that never started: the next request schedules another, and the
+    /// requests queued now are failed unless a runner is active (which will take them).
+    fn abandon(&self) {
+        let mut queue = lock(&self.queue);
+        queue.scheduled = false;
+        if queue.active {
+            return;
+        }
+        for waiting in queue.items.drain(..) {
+            let _ = waiting.reply.send(Err(StoreError::new(
+                "sqlite",
+                StoreErrorKind::Other,
+                "the rate-limit decision was not made: the store closed or its runtime shut down; \
+                 retry the request",
+            )));
+        }
+    }
+
     fn cached_activity(
         &self,
         conn: &Connection,
@@ -792,12 +810,19 @@ impl Inner {
         let begun = Instant::now();
         let mut windows = lock(&self.windows);
         let counts = windows.counts();
-        let decided = self
-            .decide_in(&tx, &mut windows, batch, begun)
-            .and_then(|decisions| {
-                let decided = phases.map(|_| Instant::now());
-                tx.commit().map(|()| (decisions, decided))
-            });
+        // A panic rolls the transaction back too (the transaction's guard, and `call`): what it
+        // added to the copies must go with it.
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.decide_in(&tx, &mut windows, batch, begun)
+        }))
+        .unwrap_or_else(|panic| {
+            windows.clear();
+            std::panic::resume_unwind(panic)
+        });
+        let decided = decided.and_then(|decisions| {
+            let decided = phases.map(|_| Instant::now());
+            tx.commit().map(|()| (decisions, decided))
+        });
         match decided {
             Ok((decisions, decided)) => {
                 if let (Some(phases), Some(started), Some(decided)) = (phases, started, decided) {
@@ -843,6 +868,10 @@ impl Inner {
             }
             let now = request.now.as_millis();
             let resource = request.resource.as_str();
+            #[cfg(test)]
+            if resource == copy_tests::PANIC {
+                panic!("a decision for {resource} panics");
+            }
             let row = match rows.entry(&request.resource) {
                 std::collections::hash_map::Entry::Occupied(row) => row.into_mut(),
                 std::collections::hash_map::Entry::Vacant(row) => {
@@ -866,6 +895,8 @@ impl Inner {
             let decision = decide(&mut log, request, &activity, &row.server)?;
             if let Decision::Admitted { .. } = decision {
                 let background = request.priority == Priority::Background;
+                // Stamps past SQLite's integers (absurd clocks) are stored as its largest.
+                let at = i64::try_from(now).unwrap_or(i64::MAX);
                 // The trigger raises the resource's generation (and creates its state row on
                 // its first admission, which leaves the adaptive split's initial state); the
                 // copy and the row follow.
@@ -875,11 +906,11 @@ impl Inner {
                 )?
                 .execute(params![
                     resource,
-                    now as i64,
+                    at,
                     next_id(),
                     i64::from(background)
                 ])?;
-                window.record(now, background);
+                window.record(at as u64, background);
                 row.generation = window.generation();
                 row.exists = true;
             }
@@ -976,28 +1007,26 @@ impl RateLimitStore for SqliteRateLimitStore {
             // The job runs detached, so that a caller that gives up does not take with it the
             // job other callers' requests wait for.
             let (sqlite, inner) = (self.sqlite.clone(), self.inner.clone());
+            let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let job = async move {
-                let worker = (sqlite.clone(), inner.clone());
-                let ran = sqlite
-                    .call(move |conn| worker.1.run_batches(&worker.0, conn))
-                    .await;
-                // A job that ran and failed has answered its callers already (its runner
-                // guard). One that never ran (the store closed) leaves them queued: no caller
-                // waits forever.
-                if let Err(error @ SqliteError::Closed) = ran {
-                    let mut queue = lock(&inner.queue);
-                    queue.scheduled = false;
-                    if !queue.active {
-                        let message = error.to_string();
-                        for waiting in queue.items.drain(..) {
-                            let _ = waiting.reply.send(Err(StoreError::new(
-                                "sqlite",
-                                StoreErrorKind::Other,
-                                message.clone(),
-                            )));
-                        }
+                // A job whose closure never started (the store closed, or the job was dropped
+                // waiting for a connection: its runtime shut down, or its caller gave up on the
+                // path without a runtime) would leave `scheduled` set, and every later request
+                // queued behind a runner that never comes. A job that started has answered its
+                // callers already, even if it failed (its runner guard).
+                let unstarted = (inner.clone(), started.clone());
+                let _abandon = OnDrop(Some(move || {
+                    if !unstarted.1.load(Ordering::SeqCst) {
+                        unstarted.0.abandon();
                     }
-                }
+                }));
+                let worker = (sqlite.clone(), inner, started);
+                let _ = sqlite
+                    .call(move |conn| {
+                        worker.2.store(true, Ordering::SeqCst);
+                        worker.1.run_batches(&worker.0, conn)
+                    })
+                    .await;
             };
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => drop(handle.spawn(job)),
@@ -1255,6 +1284,9 @@ mod copy_tests {
 
     const T0: u64 = 1_700_000_000_000;
 
+    /// A resource whose decision panics (see `decide_in`).
+    pub(super) const PANIC: &str = "test-panic";
+
     struct Process {
         sqlite: SqliteStore,
         store: SqliteRateLimitStore,
@@ -1298,6 +1330,20 @@ mod copy_tests {
 
         fn counts(&self) -> window::Counts {
             lock(&self.store.inner.windows).counts()
+        }
+
+        /// Waits until no runner is active, so that requests queued next share one batch (a
+        /// runner still finishing the last batch could take the first of them alone).
+        async fn idle(&self) {
+            loop {
+                {
+                    let queue = lock(&self.store.inner.queue);
+                    if !queue.active && !queue.scheduled {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
 
         /// Asserts that this process's copy of `resource` holds exactly the rows after its start
@@ -1443,6 +1489,7 @@ mod copy_tests {
             .unwrap();
         // One transaction (both are queued before the runner starts on this thread): x is
         // admitted and added to the copy, then poison fails, and the transaction rolls back.
+        a.idle().await;
         let (x, poison) = tokio::join!(a.ask("x", 10, T0 + 1), a.ask("poison", 10, T0 + 1));
         assert!(x.is_err() && poison.is_err(), "{x:?} {poison:?}");
         // Another process admits once, stamped long before the window: the generation is where
@@ -1451,6 +1498,127 @@ mod copy_tests {
         // One admission in the minute (T0), so 8 remain after this one.
         assert_eq!(a.admit("x", 10, T0 + 2).await, 8);
         a.assert_copy_is_exact("x").await;
+        a.close().await;
+        b.close().await;
+    }
+
+    /// A transaction that panics after an admission was added to a copy is rolled back: the
+    /// copy must not keep the admission (one admission by another process would bring the
+    /// file's generation level with the copy's, and the copy would be taken as exact).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicking_transaction_leaves_no_copy_behind() {
+        let (_dir, a, b) = two().await;
+        // a's copy of x: T0, generation 1.
+        assert_eq!(a.admit("x", 2, T0).await, 1);
+        // One batch: x at T0 - 59 s (a request that waited) is admitted and added to the copy;
+        // then the transaction panics.
+        a.idle().await;
+        let (x, panicked) = tokio::join!(a.ask("x", 2, T0 - 59_000), a.ask(PANIC, 1, T0));
+        assert!(x.is_err() && panicked.is_err(), "{x:?} {panicked:?}");
+        // Another process admits x once (the file: T0, T0 + 5, generation 2).
+        assert_eq!(b.admit("x", 2, T0 + 5).await, 0);
+        // Two admissions in the minute before T0 + 2 s: x is full.
+        let third = a.ask("x", 2, T0 + 2_000).await.unwrap();
+        assert!(
+            matches!(third, Decision::Refused { .. }),
+            "a third admission in a minute limited to 2: {third:?}"
+        );
+        a.assert_copy_is_exact("x").await;
+        a.close().await;
+        b.close().await;
+    }
+
+    /// A runner job dropped before a store thread runs it (its runtime shut down while the job
+    /// waited for a connection, and `call` skips a job whose caller is gone) must not leave later
+    /// requests queued behind a runner that never comes.
+    #[test]
+    fn a_runner_job_dropped_with_its_runtime_leaves_no_caller_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dropped.db");
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (sqlite, store) = first.block_on(async {
+            let sqlite = SqliteStore::builder(&path).workers(1).open().await.unwrap();
+            let store = sqlite.rate_limits();
+            (sqlite, store)
+        });
+        first.block_on(async {
+            // Keep the only connection busy, so the runner job waits in the store's queue.
+            let busy = sqlite.clone();
+            tokio::spawn(async move {
+                busy.call(|_| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(())
+                })
+                .await
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let asking = store.clone();
+            tokio::spawn(async move {
+                let _ = asking
+                    .acquire(AdmissionRequest::new(
+                        Resource::new("x").unwrap(),
+                        Priority::User,
+                        vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+                        Arc::new(AdaptiveConfig::default()),
+                        Timestamp::from_millis(T0),
+                    ))
+                    .await;
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+        // The runtime goes, with the detached runner job in it.
+        drop(first);
+        std::thread::sleep(Duration::from_millis(400));
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answered = second.block_on(async {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(3),
+                store.acquire(AdmissionRequest::new(
+                    Resource::new("x").unwrap(),
+                    Priority::User,
+                    vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+                    Arc::new(AdaptiveConfig::default()),
+                    Timestamp::from_millis(T0 + 1),
+                )),
+            )
+            .await;
+            sqlite.close().await.unwrap();
+            answer
+        });
+        assert!(answered.is_ok(), "the request was never decided");
+    }
+
+    /// A request stamped a little earlier than the one decided before it (stamps are taken
+    /// before requests queue) is decided on the copy, without reading the window again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_stamped_a_little_earlier_is_decided_on_the_copy() {
+        let (_dir, a, b) = two().await;
+        assert_eq!(a.admit("x", 100, T0 + 1).await, 99);
+        let before = a.counts();
+        assert_eq!(a.admit("x", 100, T0).await, 98);
+        let after = a.counts();
+        b.close().await;
+        a.close().await;
+        assert_eq!(after.reads, before.reads, "read the window again");
+    }
+
+    /// The trigger logs `printf('%016x', at * 2 + background)`: from 2^62 ms on (absurd clocks)
+    /// `at * 2` overflows SQLite's integers and printf clamps it. A copy must not catch up from
+    /// such an entry.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_copy_is_exact_for_stamps_past_what_the_log_can_hold() {
+        const FAR: u64 = 1 << 62;
+        let (_dir, a, b) = two().await;
+        b.admit("x", 10, FAR).await;
+        a.admit("x", 10, FAR + 10).await;
+        b.admit("x", 10, FAR + 20).await;
+        b.assert_copy_is_exact("x").await;
         a.close().await;
         b.close().await;
     }

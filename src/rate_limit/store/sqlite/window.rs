@@ -30,7 +30,14 @@
 //!    make the count fall short);
 //! 3. otherwise it is read again whole (a range scan of the window).
 //!
-//! A transaction that fails drops every copy, since what it added to them was rolled back.
+//! A transaction that fails or panics drops every copy, since what it added to them was rolled
+//! back.
+//!
+//! Only inserts raise the generation, and it must only grow: deleting admissions or state rows
+//! by hand (to "reset" a limit), or putting back an older copy of the file, while processes
+//! have it open, can leave their copies counting what is gone, or taken as exact when the
+//! counter climbs back to their generation. Restart the processes after doing either. (Pruning
+//! deletes only rows older than every window still in use, which the copies drop themselves.)
 
 use std::collections::{HashMap, VecDeque};
 
@@ -48,6 +55,11 @@ const MAX_WINDOWS: usize = 4096;
 /// How far before its newest admission a copy that is behind looks for the ones it missed,
 /// before reading the whole window again.
 const CATCH_UP_MS: u64 = 100;
+
+/// How much earlier than the latest request's window a copy starts, so that requests stamped
+/// a little earlier than the one decided before them (stamps are taken before requests queue,
+/// so a queue is not quite in stamp order) are decided on the copy instead of reading it again.
+const KEEP_EARLIER_MS: u64 = 1000;
 
 /// How many admissions the state row logs (`recent`, kept by the trigger of schema
 /// `rate_limit` v3), and the width of one entry: `at * 2 + background` in 16 hex digits.
@@ -115,7 +127,9 @@ impl Window {
             .map(|entry| {
                 let entry = std::str::from_utf8(entry).ok()?;
                 let value = u64::from_str_radix(entry, 16).ok()?;
-                Some((value >> 1, value & 1 == 1))
+                // `at * 2` past SQLite's integers (stamps from 2^62 ms on) turns into a REAL,
+                // which printf clamps to this: the time is unknown.
+                (value < i64::MAX as u64).then_some((value >> 1, value & 1 == 1))
             })
             .collect::<Option<Vec<_>>>()
         else {
@@ -251,7 +265,12 @@ impl Windows {
             }
         }
         if !fresh {
-            let window = read(conn, resource.as_str(), generation, from)?;
+            let window = read(
+                conn,
+                resource.as_str(),
+                generation,
+                from.saturating_sub(KEEP_EARLIER_MS),
+            )?;
             self.counts.reads += 1;
             if !self.map.contains_key(resource) && self.map.len() >= MAX_WINDOWS {
                 self.evict();
@@ -262,8 +281,8 @@ impl Windows {
             .map
             .get_mut(resource)
             .expect("inserted above when missing");
-        if window.from < from {
-            window.advance(from);
+        if window.from.saturating_add(KEEP_EARLIER_MS) < from {
+            window.advance(from - KEEP_EARLIER_MS);
         }
         window.used = window.used.max(now);
         Ok(window)
