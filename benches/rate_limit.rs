@@ -28,6 +28,7 @@
 //!
 //! Run: `cargo bench --bench rate_limit` (prints a table). `RL_BENCH_SECS` sets the measured
 //! time per case (default 3), `RL_BENCH_CHECKPOINT_MS` the SQLite store's checkpoint interval,
+//! `RL_BENCH_MAX_WAL` its `max_wal_size` in bytes,
 //! `RL_BENCH_THREADS` the runtime's worker threads (default 1), `RL_BENCH_DIR` where the files
 //! go (default: the system's temporary directory), `RL_BENCH_TASKS` the closed-loop task counts
 //! (default `1,16,64` in one process, `16,64` in two; empty for none), `RL_BENCH_ONLY` which
@@ -364,6 +365,12 @@ async fn sqlite_run(
         .and_then(|v| v.parse().ok())
     {
         builder = builder.checkpoint_interval(Duration::from_millis(ms));
+    }
+    if let Some(bytes) = std::env::var("RL_BENCH_MAX_WAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.max_wal_size(bytes);
     }
     let sqlite = builder.open().await.expect("open");
     let rate_limits = sqlite.rate_limits();

@@ -475,3 +475,66 @@ async fn a_closed_store_says_so() {
     assert!(clone.defer(|_| Ok(())).unwrap_err().is_closed());
     assert!(clone.flush().await.unwrap_err().is_closed());
 }
+
+/// Two stores on one file whose rate limiters admit without pause: a passive checkpoint never
+/// catches up with writes that leave it no pause, and the WAL would grow for as long as they
+/// go on. Past `max_wal_size` the writer starts it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_past_its_size_limit_is_started_over_under_steady_writes() {
+    use courteous::rate_limit::{
+        AdaptiveConfig, AdmissionRequest, Clock, Limit, RateLimitStore, SystemClock,
+    };
+    use courteous::{Priority, Resource};
+    use std::num::NonZeroU32;
+    use std::sync::Arc;
+
+    let (_dir, path) = temp_db();
+    let limit = 256 << 10;
+    let open = || {
+        SqliteStore::builder(&path)
+            .max_wal_size(limit)
+            .checkpoint_interval(Duration::from_millis(20))
+            .open()
+    };
+    let stores = [open().await.unwrap(), open().await.unwrap()];
+    let limits: Arc<[Limit]> = vec![Limit::per_second(NonZeroU32::new(1_000_000).unwrap())].into();
+    let adaptive = Arc::new(AdaptiveConfig::default());
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for t in 0..8 {
+            let (limiter, limits, adaptive) =
+                (store.rate_limits(), limits.clone(), adaptive.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = t;
+                while Instant::now() < until {
+                    i += 8;
+                    let resource = Resource::new(format!("r{s}-{}", i % 64)).unwrap();
+                    let request = AdmissionRequest::new(
+                        resource,
+                        Priority::Background,
+                        limits.clone(),
+                        adaptive.clone(),
+                        SystemClock.now(),
+                    );
+                    limiter.acquire(request).await.unwrap();
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let size = std::fs::metadata(&wal).unwrap().len();
+    let restarts: u64 = stores.iter().map(|s| s.stats().wal_restarts).sum();
+    for store in stores {
+        store.close().await.unwrap();
+    }
+    assert!(restarts > 0, "the WAL was never started over");
+    assert!(
+        size < 8 << 20,
+        "the WAL grew to {size} bytes past a limit of {limit}"
+    );
+}

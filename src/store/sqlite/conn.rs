@@ -156,8 +156,12 @@ fn configure(
         "PRAGMA synchronous = NORMAL;
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
-         PRAGMA journal_size_limit = 67108864;
          PRAGMA wal_autocheckpoint = 0;",
+    )?;
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        i64::try_from(config.max_wal_size).unwrap_or(i64::MAX),
     )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
@@ -165,9 +169,39 @@ fn configure(
 
 /// Runs a passive checkpoint: copies what it can from the WAL into the database without waiting
 /// for readers or writers. Automatic checkpoints are off on every connection so that no request
-/// ever pays for one.
-pub(super) fn checkpoint(conn: &Connection) {
-    if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        tracing::debug!(%error, "passive wal checkpoint did not run");
+/// ever pays for one. When the WAL then holds more than `max_wal_size` bytes, a restart
+/// checkpoint follows, so that it starts over (see [`SqliteStoreBuilder::max_wal_size`]).
+/// Returns whether a restart checkpoint ran and succeeded.
+///
+/// [`SqliteStoreBuilder::max_wal_size`]: super::SqliteStoreBuilder::max_wal_size
+pub(super) fn checkpoint(conn: &Connection, max_wal_size: u64) -> bool {
+    let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        row.get::<_, i64>(1)
+    });
+    let frames = match passive {
+        Ok(frames) => u64::try_from(frames).unwrap_or(0),
+        Err(error) => {
+            tracing::debug!(%error, "passive wal checkpoint did not run");
+            return false;
+        }
+    };
+    let page_size = conn
+        .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
+        .map_or(4096, |size| u64::try_from(size).unwrap_or(4096));
+    if frames.saturating_mul(page_size) <= max_wal_size {
+        return false;
+    }
+    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+        row.get::<_, i64>(0)
+    }) {
+        Ok(0) => true,
+        Ok(_) => {
+            tracing::debug!(frames, "restart wal checkpoint was blocked");
+            false
+        }
+        Err(error) => {
+            tracing::debug!(%error, frames, "restart wal checkpoint did not run");
+            false
+        }
     }
 }

@@ -123,6 +123,7 @@ pub(crate) struct Config {
     pub(crate) max_pending: usize,
     pub(crate) page_size: Option<u32>,
     pub(crate) checkpoint_interval: Duration,
+    pub(crate) max_wal_size: u64,
 }
 
 impl Default for Config {
@@ -135,6 +136,7 @@ impl Default for Config {
             max_pending: 100_000,
             page_size: None,
             checkpoint_interval: Duration::from_secs(1),
+            max_wal_size: 64 << 20,
         }
     }
 }
@@ -148,6 +150,7 @@ pub(crate) struct Counters {
     failed: AtomicU64,
     failed_batches: AtomicU64,
     dropped: AtomicU64,
+    wal_restarts: AtomicU64,
 }
 
 /// Counters of a [`SqliteStore`]'s write-behind writer, since it was opened in this process.
@@ -182,6 +185,9 @@ pub struct SqliteStats {
     pub failed_batches: u64,
     /// Deferred writes dropped because the queue was full.
     pub dropped: u64,
+    /// Checkpoints that started the WAL over because it had grown past
+    /// [`max_wal_size`](SqliteStoreBuilder::max_wal_size).
+    pub wal_restarts: u64,
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
@@ -285,6 +291,35 @@ impl SqliteStoreBuilder {
     /// How often the writer runs a passive WAL checkpoint (default 1 s).
     pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
         self.config.checkpoint_interval = interval;
+        self
+    }
+
+    /// How large the WAL may grow before a checkpoint waits for a pause in the writes to start
+    /// it over (default 64 MiB, at least one page); also the size it is cut back to then.
+    ///
+    /// A passive checkpoint never waits for writers, and SQLite starts the WAL over only once a
+    /// checkpoint has caught up with every write. Under a steady stream of writes that leaves it
+    /// no pause (several processes' saturated rate limiters: 50 MB a second), a passive
+    /// checkpoint never catches up and the WAL grows without bound, making every read slower.
+    /// Past this size the writer's checkpoint also runs SQLite's restart checkpoint, which takes
+    /// the write lock (with the busy handler), copies what the passive one left and lets the
+    /// next write start the WAL from the beginning: other writers wait for it, a few
+    /// milliseconds.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let sqlite = courteous::store::sqlite::SqliteStore::builder(dir.path().join("c.db"))
+    ///     .max_wal_size(16 << 20)
+    ///     .open()
+    ///     .await?;
+    /// # sqlite.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn max_wal_size(mut self, bytes: u64) -> Self {
+        self.config.max_wal_size = bytes;
         self
     }
 
@@ -555,6 +590,7 @@ impl SqliteStore {
             failed: c.failed.load(Ordering::Relaxed),
             failed_batches: c.failed_batches.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            wal_restarts: c.wal_restarts.load(Ordering::Relaxed),
         }
     }
 }

@@ -261,8 +261,10 @@ impl Writer {
 
     fn checkpoint(&mut self) {
         if self.dirty || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
-            if let Location::File(_) = self.location {
-                conn::checkpoint(&self.conn);
+            if let Location::File(_) = self.location
+                && conn::checkpoint(&self.conn, self.config.max_wal_size)
+            {
+                self.counters.wal_restarts.fetch_add(1, Ordering::Relaxed);
             }
             self.dirty = false;
         }
