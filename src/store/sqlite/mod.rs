@@ -12,7 +12,9 @@
 //!
 //! The async runtime only ever waits on a channel. Several processes may open the same file at
 //! once; locks are waited for with a fine-grained busy handler (no millisecond sleeps), and WAL
-//! checkpoints run passively on the writer thread, never on a request.
+//! checkpoints run passively on the writer thread, never on a request; only when the WAL has
+//! grown past [`max_wal_size`](SqliteStoreBuilder::max_wal_size) (writes that never pause) does
+//! the writer's checkpoint make other writers wait while it starts the WAL over.
 //!
 //! # Schema
 //!

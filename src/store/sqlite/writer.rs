@@ -10,7 +10,8 @@
 //! the batch is kept and retried with back-off; nothing is lost unless the queue overflows, which
 //! the caller is told about at once.
 //!
-//! The same thread runs passive WAL checkpoints, so no request ever pays for one.
+//! The same thread runs passive WAL checkpoints, so no request ever pays for one (past
+//! `max_wal_size` a restart checkpoint follows, which other writers wait for).
 
 use std::collections::HashMap;
 use std::sync::Arc;
