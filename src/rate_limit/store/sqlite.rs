@@ -7,8 +7,8 @@
 //! `BEGIN IMMEDIATE` transaction of up to 256 decisions: each decision reads its resource's state
 //! row (server feedback, and a generation that tells whether anything was admitted since) and
 //! counts the admissions in its windows on this process's copy of them, which the generation
-//! proves exact or which first catches up with what other processes admitted (see [`window`]:
-//! most decisions read no admission rows); an admitted request is inserted in the same
+//! proves exact or which first catches up with what other processes admitted (see "Copies"
+//! below: most decisions read no admission rows); an admitted request is inserted in the same
 //! transaction before the next is decided. The transaction commits before any caller hears
 //! its answer, so an admission is in the file, and visible to every other process, before the
 //! request goes out. Under load many decisions share one transaction (group commit); alone, a
@@ -61,6 +61,19 @@
 //! window, except when its copy is read again whole (a range scan of the window: the first
 //! decision for a resource, or after other processes admitted more than 16 times with stamps
 //! far apart).
+//!
+//! # Copies
+//!
+//! Each process keeps, per resource, the times of the admissions in its windows (and one second
+//! before them). Schema `rate_limit` v3 adds to `rate_limit_state` a `generation` and a log of
+//! the last 16 admissions (`recent`), which a trigger updates with every insert into
+//! `rate_limit_admissions`, whatever process or version of this crate makes it. A copy at the
+//! generation in the row is exact. One that is behind by `d` catches up from the log (`d` ≤ 16:
+//! no other page read, which matters since SQLite drops a connection's page cache whenever
+//! another process wrote), else from the newest rows when exactly `d` new ones are there, else
+//! by reading the window again. A transaction that fails or panics drops every copy. Deleting
+//! admissions or state rows by hand, or putting back an older copy of the file, while processes
+//! have it open, can leave their copies wrong: restart them afterwards.
 //!
 //! # Note on cancellation
 //!
