@@ -538,3 +538,37 @@ async fn a_wal_past_its_size_limit_is_started_over_under_steady_writes() {
         "the WAL grew to {size} bytes past a limit of {limit}"
     );
 }
+
+/// Deferred writes that take longer than a slice (1 ms) are committed in several transactions,
+/// so that the writer never holds the write lock for long; every write is committed once.
+#[tokio::test]
+async fn a_long_deferred_batch_is_committed_in_slices() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::builder(&path)
+        .flush_interval(Duration::from_secs(60))
+        .open()
+        .await
+        .unwrap();
+    store
+        .call(|conn| Ok(conn.execute_batch("CREATE TABLE slow (n INTEGER PRIMARY KEY)")?))
+        .await
+        .unwrap();
+    for n in 0..40i64 {
+        store
+            .defer(move |conn| {
+                std::thread::sleep(Duration::from_micros(250));
+                conn.execute("INSERT INTO slow VALUES (?1)", [n]).map(drop)
+            })
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+    let rows: i64 = store
+        .call(|conn| Ok(conn.query_row("SELECT count(*) FROM slow", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    let stats = store.stats();
+    assert_eq!((rows, stats.committed, stats.pending), (40, 40, 0));
+    // 10 ms of writes: at least 4 transactions of about 1 ms (each takes one write past it).
+    assert!(stats.batches >= 4, "{} transactions", stats.batches);
+    store.close().await.unwrap();
+}

@@ -30,6 +30,13 @@ use super::{Config, Counters, Location, conn};
 /// a rolled-back attempt left nothing behind).
 pub type DeferredWrite = Box<dyn Fn(&Connection) -> rusqlite::Result<()> + Send + 'static>;
 
+/// The longest a transaction of the writer takes more writes (it commits the rest in the next).
+const SLICE: Duration = Duration::from_millis(1);
+
+/// The pause between two transactions of one commit: longer than the busy handler's longest
+/// sleep (250 µs), so that a writer polling for the lock gets it.
+const SLICE_GAP: Duration = Duration::from_micros(300);
+
 pub(super) enum Message {
     Write {
         key: Option<Box<[u8]>>,
@@ -199,51 +206,89 @@ impl Writer {
         }
     }
 
-    /// Commits every pending write in one transaction.
+    /// Commits every pending write, in transactions of at most [`SLICE`] each (at least one
+    /// write), with a [`SLICE_GAP`] between them.
+    ///
+    /// One transaction for everything held the write lock for as long as the writes took: the
+    /// pruning of a hundred rate-limited resources, due together, kept every process's rate
+    /// limiter waiting 20 ms. Between slices the lock is free for longer than the busy handler's
+    /// longest sleep, so that writers waiting for it get in.
     fn commit(&mut self) -> Result<(), SqliteError> {
         if self.pending.live == 0 {
             self.pending.clear();
             return Ok(());
         }
-        let result = Self::run_batch(&mut self.conn, &self.pending.writes);
-        match result {
-            Ok(failed) => {
-                let n = self.pending.live as u64;
-                self.counters
-                    .committed
-                    .fetch_add(n - failed, Ordering::Relaxed);
-                self.counters.failed.fetch_add(failed, Ordering::Relaxed);
-                self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                self.counters.pending.fetch_sub(n, Ordering::Relaxed);
-                self.pending.clear();
-                self.retry_at = None;
-                self.backoff = Duration::from_millis(10);
-                self.dirty = true;
-                Ok(())
+        let next = |writes: &[Option<DeferredWrite>], from: usize| {
+            writes[from..]
+                .iter()
+                .position(Option::is_some)
+                .map(|i| from + i)
+        };
+        let mut first = true;
+        let mut cursor = 0;
+        while let Some(start) = next(&self.pending.writes, cursor) {
+            if !first {
+                std::thread::sleep(SLICE_GAP);
             }
-            Err(error) => {
-                let error =
-                    SqliteError::from(error).refine(self.location.path(), self.config.busy_timeout);
-                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    path = %self.location.path().display(),
-                    code = error.code(),
-                    %error,
-                    pending = self.pending.live,
-                    retry_in = ?self.backoff,
-                    "sqlite write-behind batch not committed; kept for retry"
-                );
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
-                Err(error)
-            }
+            first = false;
+            let result = Self::run_batch(&mut self.conn, &self.pending.writes[start..]);
+            let (failed, taken) = match result {
+                Ok(done) => done,
+                Err(error) => return Err(self.failed(error)),
+            };
+            let end = start + taken;
+            let n = self.pending.writes[start..end]
+                .iter_mut()
+                .filter_map(Option::take)
+                .count() as u64;
+            self.pending.keys.retain(|_, i| *i >= end);
+            self.pending.live -= n as usize;
+            self.counters
+                .committed
+                .fetch_add(n - failed, Ordering::Relaxed);
+            self.counters.failed.fetch_add(failed, Ordering::Relaxed);
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            self.counters.pending.fetch_sub(n, Ordering::Relaxed);
+            self.dirty = true;
+            cursor = end;
         }
+        self.pending.clear();
+        self.retry_at = None;
+        self.backoff = Duration::from_millis(10);
+        Ok(())
     }
 
-    fn run_batch(conn: &mut Connection, writes: &[Option<DeferredWrite>]) -> rusqlite::Result<u64> {
+    /// Keeps what is left for a retry with back-off, and reports the failure.
+    fn failed(&mut self, error: rusqlite::Error) -> SqliteError {
+        let error = SqliteError::from(error).refine(self.location.path(), self.config.busy_timeout);
+        self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            path = %self.location.path().display(),
+            code = error.code(),
+            %error,
+            pending = self.pending.live,
+            retry_in = ?self.backoff,
+            "sqlite write-behind batch not committed; kept for retry"
+        );
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+        error
+    }
+
+    /// Runs writes from the start of `writes` in one transaction until [`SLICE`] has passed
+    /// (at least one), and commits. Returns how many failed on their own, and how many slots of
+    /// `writes` it took.
+    fn run_batch(
+        conn: &mut Connection,
+        writes: &[Option<DeferredWrite>],
+    ) -> rusqlite::Result<(u64, usize)> {
         let mut failed = 0;
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for write in writes.iter().flatten() {
+        let started = Instant::now();
+        let mut taken = 0;
+        for slot in writes {
+            taken += 1;
+            let Some(write) = slot else { continue };
             let savepoint = tx.savepoint()?;
             match write(&savepoint) {
                 Ok(()) => savepoint.commit()?,
@@ -255,9 +300,12 @@ impl Writer {
                     tracing::warn!(%error, "deferred sqlite write failed and was dropped");
                 }
             }
+            if started.elapsed() >= SLICE {
+                break;
+            }
         }
         tx.commit()?;
-        Ok(failed)
+        Ok((failed, taken))
     }
 
     fn checkpoint(&mut self) {
