@@ -296,17 +296,18 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// How large the WAL may grow before a checkpoint waits for a pause in the writes to start
-    /// it over (default 64 MiB, at least one page); also the size it is cut back to then.
+    /// How large the WAL may grow before the writer's checkpoint makes it start over (default
+    /// 64 MiB).
     ///
     /// A passive checkpoint never waits for writers, and SQLite starts the WAL over only once a
     /// checkpoint has caught up with every write. Under a steady stream of writes that leaves it
     /// no pause (several processes' saturated rate limiters: 50 MB a second), a passive
-    /// checkpoint never catches up and the WAL grows without bound, making every read slower.
-    /// Past this size the writer's checkpoint also runs SQLite's restart checkpoint, which takes
-    /// the write lock (with the busy handler), copies what the passive one left and lets the
-    /// next write start the WAL from the beginning: other writers wait for it, a few
-    /// milliseconds.
+    /// checkpoint never catches up and the WAL grows without bound. Past this size the writer's
+    /// checkpoint also runs SQLite's restart checkpoint, which takes the write lock (with the
+    /// busy handler), copies what the passive one left and lets the next write start the WAL
+    /// from the beginning: other writers wait for it (milliseconds). The WAL file keeps the
+    /// largest size it reached (this plus what was written during one checkpoint interval) and is
+    /// reused; it is removed when the last connection to the database closes.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
