@@ -1402,62 +1402,73 @@ mod copy_tests {
         (dir, a, b)
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_copy_behind_by_a_few_catches_up_from_the_state_row() {
+    /// How a copy caught up: which counter moved.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Way {
+        Log,
+        Tail,
+        Read,
+    }
+
+    /// `a` admits at T0 (its copy), `b` admits at each of `stamps` (one of them background when
+    /// `background`), then `a` admits at `at`: returns what remained for `a`, and how its copy
+    /// caught up, after checking that the copy is exact.
+    async fn catch_up(max: u32, stamps: &[u64], background: bool, at: u64) -> (u32, Way) {
         let (_dir, a, b) = two().await;
-        assert_eq!(a.admit("x", 10, T0).await, 9);
-        for i in 1..=5 {
-            b.admit("x", 10, T0 + i).await;
+        assert_eq!(a.admit("x", max, T0).await, max - 1);
+        for (i, stamp) in stamps.iter().enumerate() {
+            let priority = if background && i == 0 {
+                Priority::Background
+            } else {
+                Priority::User
+            };
+            let decision = b.ask_as(priority, "x", max, *stamp).await;
+            assert!(
+                matches!(decision, Ok(Decision::Admitted { .. })),
+                "{decision:?}"
+            );
         }
-        let background = b.ask_as(Priority::Background, "x", 10, T0 + 6).await;
-        assert!(
-            matches!(background, Ok(Decision::Admitted { .. })),
-            "{background:?}"
-        );
         let before = a.counts();
-        // Seven admitted: a's copy counts b's six (one of them background).
-        assert_eq!(a.admit("x", 10, T0 + 10).await, 2);
+        let remaining = a.admit("x", max, at).await;
         a.assert_copy_is_exact("x").await;
         let after = a.counts();
-        assert_eq!(after.from_log, before.from_log + 1);
-        assert_eq!(after.reads, before.reads);
+        let way = match (
+            after.from_log - before.from_log,
+            after.from_tail - before.from_tail,
+            after.reads - before.reads,
+        ) {
+            (1, 0, 0) => Way::Log,
+            (0, 1, 0) => Way::Tail,
+            (0, 0, 1) => Way::Read,
+            other => panic!("caught up {other:?} times"),
+        };
         a.close().await;
         b.close().await;
+        (remaining, way)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_copy_behind_by_a_few_catches_up_from_the_state_row() {
+        // Seven admitted: a's copy counts b's six (one of them background).
+        let stamps: Vec<u64> = (1..=6).map(|i| T0 + i).collect();
+        assert_eq!(catch_up(10, &stamps, true, T0 + 10).await, (2, Way::Log));
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_copy_behind_by_many_catches_up_from_the_newest_rows() {
-        let (_dir, a, b) = two().await;
-        assert_eq!(a.admit("x", 100, T0).await, 99);
-        for i in 1..=20 {
-            b.admit("x", 100, T0 + i).await;
-        }
-        let before = a.counts();
-        assert_eq!(a.admit("x", 100, T0 + 30).await, 100 - 22);
-        a.assert_copy_is_exact("x").await;
-        let after = a.counts();
-        assert_eq!(after.from_tail, before.from_tail + 1);
-        assert_eq!(after.reads, before.reads);
-        a.close().await;
-        b.close().await;
+        let stamps: Vec<u64> = (1..=20).map(|i| T0 + i).collect();
+        assert_eq!(
+            catch_up(100, &stamps, false, T0 + 30).await,
+            (78, Way::Tail)
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_copy_that_misses_older_stamped_rows_is_read_again() {
-        let (_dir, a, b) = two().await;
-        assert_eq!(a.admit("x", 100, T0).await, 99);
         // Twenty admissions stamped 10 s earlier (a process whose requests waited), still in
         // the minute.
-        for i in 1..=20 {
-            b.admit("x", 100, T0 - 10_000 + i).await;
-        }
-        let before = a.counts();
-        assert_eq!(a.admit("x", 100, T0 + 1).await, 100 - 22);
-        a.assert_copy_is_exact("x").await;
-        let after = a.counts();
-        assert_eq!(after.reads, before.reads + 1);
-        a.close().await;
-        b.close().await;
+        let stamps: Vec<u64> = (1..=20).map(|i| T0 - 10_000 + i).collect();
+        assert_eq!(catch_up(100, &stamps, false, T0 + 1).await, (78, Way::Read));
     }
 
     #[tokio::test(flavor = "current_thread")]
