@@ -572,3 +572,197 @@ async fn a_long_deferred_batch_is_committed_in_slices() {
     assert!(stats.batches >= 4, "{} transactions", stats.batches);
     store.close().await.unwrap();
 }
+
+/// A reader that holds an old snapshot (a long `SELECT`, a backup, litestream) makes the
+/// writer's RESTART checkpoint hold the WAL write lock while it waits for the reader (a whole busy
+/// timeout, every checkpoint interval): every other writer would wait that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_on_an_old_snapshot_does_not_make_the_restart_hold_writers_up() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::builder(&path)
+        .busy_timeout(Duration::from_secs(2))
+        .max_wal_size(64 << 10)
+        .checkpoint_interval(Duration::from_millis(20))
+        .open()
+        .await
+        .unwrap();
+    store
+        .call(|conn| Ok(conn.execute_batch("CREATE TABLE t (b BLOB)")?))
+        .await
+        .unwrap();
+    // A reader holding a snapshot, as a long read or a backup would.
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM t;")
+        .unwrap();
+    // Past max_wal_size.
+    store
+        .call(|conn| {
+            for _ in 0..16 {
+                conn.execute("INSERT INTO t VALUES (zeroblob(65536))", [])?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut worst = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let started = Instant::now();
+        let result = store
+            .call(|conn| Ok(conn.execute("INSERT INTO t VALUES (1)", [])?))
+            .await;
+        worst = worst.max(started.elapsed());
+        assert!(result.is_ok(), "a write failed: {result:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(reader);
+    store.close().await.unwrap();
+    assert!(
+        worst < Duration::from_millis(500),
+        "a write waited {worst:?} for the writer's restart checkpoint"
+    );
+}
+
+/// The same, seen from the write-behind side: `flush()` must not wait behind the writer thread's
+/// RESTART checkpoint for a busy timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_is_not_held_up_by_a_blocked_restart_checkpoint() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::builder(&path)
+        .busy_timeout(Duration::from_secs(2))
+        .max_wal_size(64 << 10)
+        .checkpoint_interval(Duration::from_millis(20))
+        .open()
+        .await
+        .unwrap();
+    store
+        .call(|conn| Ok(conn.execute_batch("CREATE TABLE t (b BLOB)")?))
+        .await
+        .unwrap();
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM t;")
+        .unwrap();
+    store
+        .call(|conn| {
+            for _ in 0..16 {
+                conn.execute("INSERT INTO t VALUES (zeroblob(65536))", [])?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        store
+            .defer(|conn| conn.execute("INSERT INTO t VALUES (2)", []).map(drop))
+            .unwrap();
+        let started = Instant::now();
+        store.flush().await.unwrap();
+        worst = worst.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(reader);
+    store.close().await.unwrap();
+    assert!(
+        worst < Duration::from_millis(500),
+        "flush() waited {worst:?} behind the restart checkpoint"
+    );
+}
+
+/// A reader holding a snapshot lets the WAL grow past max_wal_size (no checkpoint can restart
+/// it); once the reader is gone the WAL restarts, and its file, grown past twice the limit, is
+/// cut back (SQLite's own cut-back in a commit is off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_file_is_cut_back_after_a_spike() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::builder(&path)
+        .max_wal_size(1 << 20)
+        .checkpoint_interval(Duration::from_millis(20))
+        .busy_timeout(Duration::from_millis(200))
+        .open()
+        .await
+        .unwrap();
+    store
+        .call(|conn| Ok(conn.execute_batch("CREATE TABLE t (b BLOB)")?))
+        .await
+        .unwrap();
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM t;")
+        .unwrap();
+    store
+        .call(|conn| {
+            for _ in 0..80 {
+                conn.execute("INSERT INTO t VALUES (zeroblob(1048576))", [])?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    drop(reader);
+    let until = Instant::now() + Duration::from_secs(5);
+    while store.stats().wal_restarts == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.stats().wal_restarts > 0);
+    for _ in 0..3 {
+        store
+            .call(|conn| Ok(conn.execute("INSERT INTO t VALUES (1)", [])?))
+            .await
+            .unwrap();
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let size = std::fs::metadata(&wal).unwrap().len();
+    store.close().await.unwrap();
+    assert!(
+        size <= 64 << 20,
+        "the WAL file stayed at {size} bytes after it restarted (max_wal_size 1 MiB)"
+    );
+}
+
+/// `recv_deadline` returns a waiting message before it reports a passed deadline: under a steady
+/// stream of deferred writes the writer must still checkpoint (and so bound the WAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_checkpoints_under_a_steady_stream_of_deferred_writes() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::builder(&path)
+        .max_wal_size(256 << 10)
+        .max_pending(10_000)
+        .checkpoint_interval(Duration::from_millis(20))
+        .open()
+        .await
+        .unwrap();
+    store
+        .call(|conn| Ok(conn.execute_batch("CREATE TABLE t (b BLOB)")?))
+        .await
+        .unwrap();
+    let producer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                let _ = store.defer(|conn| {
+                    conn.execute("INSERT INTO t VALUES (zeroblob(4096))", [])
+                        .map(drop)
+                });
+            }
+        })
+    };
+    producer.join().unwrap();
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let size = std::fs::metadata(&wal).unwrap().len();
+    let stats = store.stats();
+    store.close().await.unwrap();
+    assert!(
+        stats.wal_restarts > 0 && size < 8 << 20,
+        "no restart ({} restarts) and a WAL of {size} bytes after {} deferred writes",
+        stats.wal_restarts,
+        stats.committed
+    );
+}

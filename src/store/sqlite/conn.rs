@@ -159,27 +159,36 @@ fn configure(
          PRAGMA wal_autocheckpoint = 0;",
     )?;
     // SQLite would cut the WAL file back in the first commit after the WAL starts over, which
-    // held every writer up for 20 ms (ext4 with online discard). The file keeps the size it
-    // reached instead, which `max_wal_size` bounds (see `checkpoint`), and goes when the last
-    // connection closes.
+    // held every writer up for 20 ms (ext4 with online discard). The writer's checkpoint cuts it
+    // back instead, only after a spike (see `checkpoint`).
     conn.pragma_update(None, "journal_size_limit", -1i64)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 
+/// How long the writer's restart and truncate checkpoints wait for the write lock and for
+/// readers, holding the write lock while they wait for readers: every other writer waits too.
+const RESTART_BUSY: Duration = Duration::from_millis(50);
+
 /// Runs a passive checkpoint: copies what it can from the WAL into the database without waiting
 /// for readers or writers. Automatic checkpoints are off on every connection so that no request
-/// ever pays for one. When the WAL then holds more than `max_wal_size` bytes, a restart
-/// checkpoint follows, so that it starts over (see [`SqliteStoreBuilder::max_wal_size`]).
-/// Returns whether a restart checkpoint ran and succeeded.
+/// ever pays for one. Returns whether the WAL was started over.
+///
+/// When the WAL then holds more than `max_wal_size` bytes (see
+/// [`SqliteStoreBuilder::max_wal_size`]) and the passive checkpoint copied all of it, a restart
+/// checkpoint follows, so that it starts over; and when the WAL file (of the database at `path`)
+/// has grown past twice `max_wal_size` (a spike, or a reader that held the WAL for a while), a
+/// truncate checkpoint cuts it back. Both wait at most [`RESTART_BUSY`]. When the passive
+/// checkpoint could not copy everything, a reader is on an older snapshot: a restart would hold
+/// the write lock while waiting for it, so none is tried.
 ///
 /// [`SqliteStoreBuilder::max_wal_size`]: super::SqliteStoreBuilder::max_wal_size
-pub(super) fn checkpoint(conn: &Connection, max_wal_size: u64) -> bool {
+pub(super) fn checkpoint(conn: &Connection, path: &Path, max_wal_size: u64) -> bool {
     let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-        row.get::<_, i64>(1)
+        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
     });
-    let frames = match passive {
-        Ok(frames) => u64::try_from(frames).unwrap_or(0),
+    let (frames, copied) = match passive {
+        Ok(counts) => counts,
         Err(error) => {
             tracing::debug!(%error, "passive wal checkpoint did not run");
             return false;
@@ -188,19 +197,37 @@ pub(super) fn checkpoint(conn: &Connection, max_wal_size: u64) -> bool {
     let page_size = conn
         .query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))
         .map_or(4096, |size| u64::try_from(size).unwrap_or(4096));
-    if frames.saturating_mul(page_size) <= max_wal_size {
+    let bytes = u64::try_from(frames).unwrap_or(0).saturating_mul(page_size);
+    if bytes <= max_wal_size || copied < frames {
         return false;
     }
-    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+    if !checkpoint_briefly(conn, "RESTART") {
+        return false;
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if std::fs::metadata(wal).is_ok_and(|file| file.len() > max_wal_size.saturating_mul(2)) {
+        checkpoint_briefly(conn, "TRUNCATE");
+    }
+    true
+}
+
+/// Runs a blocking checkpoint (`RESTART` or `TRUNCATE`) with a busy timeout of
+/// [`RESTART_BUSY`]; whether it completed.
+fn checkpoint_briefly(conn: &Connection, mode: &str) -> bool {
+    let saved = BUSY.with(|busy| busy.replace((RESTART_BUSY, None)));
+    let result = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
         row.get::<_, i64>(0)
-    }) {
+    });
+    BUSY.with(|busy| busy.set(saved));
+    match result {
         Ok(0) => true,
         Ok(_) => {
-            tracing::debug!(frames, "restart wal checkpoint was blocked");
+            tracing::debug!(mode, "wal checkpoint was blocked");
             false
         }
         Err(error) => {
-            tracing::debug!(%error, frames, "restart wal checkpoint did not run");
+            tracing::debug!(%error, mode, "wal checkpoint did not run");
             false
         }
     }

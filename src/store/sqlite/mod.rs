@@ -305,9 +305,10 @@ impl SqliteStoreBuilder {
     /// checkpoint never catches up and the WAL grows without bound. Past this size the writer's
     /// checkpoint also runs SQLite's restart checkpoint, which takes the write lock (with the
     /// busy handler), copies what the passive one left and lets the next write start the WAL
-    /// from the beginning: other writers wait for it (milliseconds). The WAL file keeps the
-    /// largest size it reached (this plus what was written during one checkpoint interval) and is
-    /// reused; it is removed when the last connection to the database closes.
+    /// from the beginning: other writers wait for it (milliseconds; it gives up after 50 ms, and
+    /// is not tried while a reader holds an older snapshot, which it would wait for). The WAL
+    /// file keeps its size and is reused; only when it has grown past twice this size (a spike,
+    /// or a reader that held the WAL for a while) does the writer cut it back.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

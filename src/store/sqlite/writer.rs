@@ -122,6 +122,22 @@ impl Writer {
 
     pub(super) fn run(mut self, messages: Receiver<Message>) {
         loop {
+            // Due work first: `recv_deadline` hands over a waiting message before it reports a
+            // deadline that has passed, so under a steady stream of writes it never times out,
+            // and the flush interval and the checkpoints (with them `max_wal_size`) would wait
+            // for a pause that never comes.
+            if self.pending.live > 0
+                && self.retry_due()
+                && self
+                    .pending
+                    .oldest
+                    .is_some_and(|t| t.elapsed() >= self.config.flush_interval)
+            {
+                let _ = self.commit();
+            }
+            if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+                self.checkpoint();
+            }
             let deadline = self.next_deadline();
             match messages.recv_deadline(deadline) {
                 Ok(Message::Write { key, write }) => {
@@ -147,20 +163,7 @@ impl Writer {
                     let _ = reply.send(result);
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.pending.live > 0
-                        && self.retry_due()
-                        && self
-                            .pending
-                            .oldest
-                            .is_some_and(|t| t.elapsed() >= self.config.flush_interval)
-                    {
-                        let _ = self.commit();
-                    }
-                    if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
-                        self.checkpoint();
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     // Every handle is gone: a last flush, retried a few times.
                     for _ in 0..5 {
@@ -310,8 +313,8 @@ impl Writer {
 
     fn checkpoint(&mut self) {
         if self.dirty || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
-            if let Location::File(_) = self.location
-                && conn::checkpoint(&self.conn, self.config.max_wal_size)
+            if let Location::File(path) = &self.location
+                && conn::checkpoint(&self.conn, path, self.config.max_wal_size)
             {
                 self.counters.wal_restarts.fetch_add(1, Ordering::Relaxed);
             }
