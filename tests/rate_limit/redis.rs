@@ -14,7 +14,7 @@ use courteous::store::redis::RedisStore;
 use courteous::{HttpClient, Priority, Report, Resource};
 use futures_util::future::join_all;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, TestRng, TestRunner};
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::backend::forget;
@@ -83,7 +83,11 @@ async fn the_lua_decision_matches_the_rust_one() {
     );
     let reasons = tokio::task::spawn_blocking(move || {
         let reasons = std::sync::Mutex::new(std::collections::HashSet::new());
-        let mut runner = TestRunner::new(Config::with_cases(64));
+        // A fixed seed: the coverage check below must not depend on the luck of the draw (a
+        // random seed once drew 64 schedules without a paused background).
+        let config = Config::with_cases(64);
+        let rng = TestRng::deterministic_rng(config.rng_algorithm);
+        let mut runner = TestRunner::new_with_rng(config, rng);
         runner
             .run(&strategy, |(limits, events)| {
                 let seen = handle.block_on(compare(&url, &limits, &events, &adaptive));
