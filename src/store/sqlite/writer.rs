@@ -231,6 +231,11 @@ impl Writer {
         let mut cursor = 0;
         while let Some(start) = next(&self.pending.writes, cursor) {
             if !first {
+                // A long commit (a backlog of large writes) must not keep the WAL from its
+                // checkpoints, or it grows past `max_wal_size` by the whole backlog.
+                if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+                    self.checkpoint();
+                }
                 std::thread::sleep(SLICE_GAP);
             }
             first = false;
