@@ -32,10 +32,9 @@
 //! `RL_BENCH_THREADS` the runtime's worker threads (default 1), `RL_BENCH_DIR` where the files
 //! go (default: the system's temporary directory), `RL_BENCH_TASKS` the closed-loop task counts
 //! (default `1,16,64` in one process, `16,64` in two; empty for none), `RL_BENCH_ONLY` which
-//! groups of cases run
-//! (comma-separated among `memory`, `sqlite-1`, `sqlite-2`, `redis`; default all; an empty
-//! `RL_BENCH_RATES` skips the fixed-rate cases). Children of the two-process cases inherit the
-//! settings.
+//! groups of cases run (comma-separated among `memory`, `sqlite-1`, `sqlite-2`, `redis`; default
+//! all; an empty `RL_BENCH_RATES` skips the fixed-rate cases). Children of the two-process cases
+//! inherit the settings. Latencies include the calls that ended in a store error.
 //!
 //! With `--features redis` the Redis store follows (one process; two processes sharing the
 //! server), skipped with a message when Redis does not answer (see `rate_limit/redis.rs`).

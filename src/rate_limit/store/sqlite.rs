@@ -276,6 +276,19 @@ struct Queue {
     scheduled: bool,
 }
 
+impl Queue {
+    /// Answers every queued request with an error (nobody will decide them).
+    fn fail_all(&mut self, message: &'static str) {
+        for waiting in self.items.drain(..) {
+            let _ = waiting.reply.send(Err(StoreError::new(
+                "sqlite",
+                StoreErrorKind::Other,
+                message,
+            )));
+        }
+    }
+}
+
 #[derive(Default)]
 struct PendingActivity {
     users: HashMap<(Resource, u64), u32>,
@@ -527,8 +540,9 @@ fn take_batch(queue: &mut Queue, phases: Option<&Phases>) -> Vec<Waiting> {
     batch
 }
 
-/// Clears the runner flag when a runner stops for any reason other than an empty queue, and
-/// fails the requests still queued (nobody else would decide them).
+/// Clears the runner flag when a runner stops for any reason other than an empty queue (a
+/// panic: a failed transaction answers its own callers and the runner goes on), and fails the
+/// requests still queued (nobody else would decide them).
 ///
 /// A runner that stops because the queue is empty says so with [`stop_if_idle`](Self::stop_if_idle)
 /// under the queue's lock, which disarms the guard: by the time the guard is dropped, another
@@ -568,13 +582,7 @@ impl Drop for RunnerGuard<'_> {
         }
         let mut queue = lock(&self.inner.queue);
         queue.active = false;
-        for waiting in queue.items.drain(..) {
-            let _ = waiting.reply.send(Err(StoreError::new(
-                "sqlite",
-                StoreErrorKind::Other,
-                "an earlier rate-limit decision failed; retry the request",
-            )));
-        }
+        queue.fail_all("a rate-limit decision panicked; retry the request");
     }
 }
 
@@ -584,16 +592,11 @@ impl Inner {
     fn abandon(&self) {
         let mut queue = lock(&self.queue);
         queue.scheduled = false;
-        if queue.active {
-            return;
-        }
-        for waiting in queue.items.drain(..) {
-            let _ = waiting.reply.send(Err(StoreError::new(
-                "sqlite",
-                StoreErrorKind::Other,
-                "the rate-limit decision was not made: the store closed or its runtime shut down; \
-                 retry the request",
-            )));
+        if !queue.active {
+            queue.fail_all(
+                "the rate-limit decision was not made: the store closed or its runtime shut \
+                 down; retry the request",
+            );
         }
     }
 
@@ -631,8 +634,8 @@ impl Inner {
             queue.active = true;
             take_batch(&mut queue, self.phases.as_deref())
         };
-        // Whatever happens below (an error, a panic), the queue is left with no runner and no
-        // caller waiting forever.
+        // Whatever happens below (a panic too), the queue is left with no runner and no caller
+        // waiting forever.
         let mut runner = RunnerGuard::new(self);
         let turn = self.turn(sqlite);
         let mut held_since_gap = Duration::ZERO;
@@ -678,7 +681,12 @@ impl Inner {
                     phases.held.record(taken.elapsed());
                 }
             }));
-            self.run_batch(sqlite, conn, std::mem::take(&mut batch), release)?;
+            if let Err(error) = self.run_batch(sqlite, conn, std::mem::take(&mut batch), release) {
+                // Its callers have their error. The runner goes on: the next batch may well
+                // succeed (the error can be the batch's own), and if it fails too, its callers
+                // get the real error, not word of an earlier one.
+                tracing::debug!(%error, "a rate-limit transaction failed");
+            }
         }
     }
 
@@ -1239,7 +1247,7 @@ mod tests {
             queued_at: None,
             requeued: false,
         });
-        // Dropped without stopping: an error or a panic ended the runner.
+        // Dropped without stopping: a panic ended the runner.
         drop(runner);
         assert!(answer.try_recv().unwrap().is_err());
         assert!(!lock(&inner.queue).active);
@@ -1362,31 +1370,32 @@ mod copy_tests {
         /// Asserts that this process's copy of `resource` holds exactly the rows after its start
         /// and the generation in the file.
         async fn assert_copy_is_exact(&self, resource: &'static str) {
-            let (from, rows, generation) = lock(&self.store.inner.windows)
+            let (from, copy, generation) = lock(&self.store.inner.windows)
                 .copy_of(resource)
                 .expect("a copy");
             let (table, in_file) = self
                 .sqlite
                 .call(move |conn| {
-                    let mut stmt = conn.prepare(
-                        "SELECT at, background FROM rate_limit_admissions
-                         WHERE resource = ?1 AND at > ?2 ORDER BY at",
-                    )?;
-                    let rows = stmt
+                    let times = |background: &str| -> rusqlite::Result<Vec<u64>> {
+                        conn.prepare(&format!(
+                            "SELECT at FROM rate_limit_admissions
+                             WHERE resource = ?1 AND at > ?2 {background} ORDER BY at"
+                        ))?
                         .query_map(params![resource, from as i64], |r| {
-                            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? != 0))
+                            Ok(r.get::<_, i64>(0)? as u64)
                         })?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                        .collect()
+                    };
                     let generation: i64 = conn.query_row(
                         "SELECT generation FROM rate_limit_state WHERE resource = ?1",
                         [resource],
                         |r| r.get(0),
                     )?;
-                    Ok((rows, generation))
+                    Ok(((times("")?, times("AND background != 0")?), generation))
                 })
                 .await
                 .unwrap();
-            assert_eq!((rows, generation), (table, in_file));
+            assert_eq!((copy, generation), (table, in_file));
         }
 
         async fn close(self) {
@@ -1496,11 +1505,10 @@ mod copy_tests {
         b.close().await;
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_failed_transaction_leaves_no_copy_behind() {
-        let (_dir, a, b) = two().await;
-        assert_eq!(a.admit("x", 10, T0).await, 9);
-        a.sqlite
+    /// Makes inserts for the resource `poison` fail (as a constraint would).
+    async fn poison(process: &Process) {
+        process
+            .sqlite
             .call(|conn| {
                 conn.execute_batch(
                     "CREATE TRIGGER poison BEFORE INSERT ON rate_limit_admissions
@@ -1511,6 +1519,53 @@ mod copy_tests {
             })
             .await
             .unwrap();
+    }
+
+    /// Waits until `ready` holds of the queue.
+    async fn until_queue(process: &Process, ready: impl Fn(&Queue) -> bool) {
+        while !ready(&lock(&process.store.inner.queue)) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A request queued while a transaction that is going to fail waits for its turn is decided
+    /// in the next transaction: the failure is its own batch's, not every later request's.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_transaction_fails_only_its_own_requests() {
+        let (dir, a, b) = two().await;
+        poison(&a).await;
+        a.idle().await;
+        // Hold the turn, as another process would: a's runner takes its batch and waits.
+        let turn = TurnLock::open(&dir.path().join("copies.db")).unwrap();
+        assert!(turn.take());
+        let store = a.store.clone();
+        let failing = tokio::spawn(async move {
+            store
+                .acquire(AdmissionRequest::new(
+                    Resource::new("poison").unwrap(),
+                    Priority::User,
+                    vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+                    Arc::new(AdaptiveConfig::default()),
+                    Timestamp::from_millis(T0),
+                ))
+                .await
+        });
+        until_queue(&a, |q| q.active && q.items.is_empty()).await;
+        let (later, ()) = tokio::join!(a.ask("x", 10, T0), async {
+            until_queue(&a, |q| q.items.len() == 1).await;
+            turn.give();
+        });
+        assert!(failing.await.unwrap().is_err());
+        assert!(matches!(later, Ok(Decision::Admitted { .. })), "{later:?}");
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_transaction_leaves_no_copy_behind() {
+        let (_dir, a, b) = two().await;
+        assert_eq!(a.admit("x", 10, T0).await, 9);
+        poison(&a).await;
         // One transaction (both are queued before the runner starts on this thread): x is
         // admitted and added to the copy, then poison fails, and the transaction rolls back.
         a.idle().await;

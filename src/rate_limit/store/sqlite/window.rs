@@ -214,9 +214,10 @@ fn insert_sorted(times: &mut VecDeque<u64>, at: u64) {
     times.insert(i, at);
 }
 
-/// A copy as tests see it: its start, its admissions (time, background) and its generation.
+/// A copy as tests see it: its start, the times of its admissions and of its background ones,
+/// and its generation.
 #[cfg(test)]
-pub(super) type CopyView = (u64, Vec<(u64, bool)>, i64);
+pub(super) type CopyView = (u64, (Vec<u64>, Vec<u64>), i64);
 
 /// The copies, per resource. Used by the runner only (one per process at a time).
 #[derive(Debug, Default)]
@@ -298,16 +299,16 @@ impl Windows {
         self.counts
     }
 
-    /// The copy of `resource`: its start, its admissions (time, background) and generation.
+    /// The copy of `resource` (see [`CopyView`]).
     #[cfg(test)]
     pub(super) fn copy_of(&self, resource: &str) -> Option<CopyView> {
         let window = self.map.get(&Resource::new(resource)?)?;
-        let rows = window
-            .all
-            .iter()
-            .map(|at| (*at, window.background.contains(at)))
-            .collect();
-        Some((window.from, rows, window.generation))
+        let times = |times: &VecDeque<u64>| times.iter().copied().collect();
+        Some((
+            window.from,
+            (times(&window.all), times(&window.background)),
+            window.generation,
+        ))
     }
 
     fn evict(&mut self) {
