@@ -458,9 +458,11 @@ fn decode(input: &[u8]) -> Vec<u8> {
         match input[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let pair = input.get(i + 1).copied().and_then(hex).zip(
-                    input.get(i + 2).copied().and_then(hex),
-                );
+                let pair = input
+                    .get(i + 1)
+                    .copied()
+                    .and_then(hex)
+                    .zip(input.get(i + 2).copied().and_then(hex));
                 if let Some((high, low)) = pair {
                     out.push(high << 4 | low);
                     i += 2;
@@ -752,7 +754,13 @@ mod tests {
     #[test]
     fn uncovered_credential_headers_give_no_key() {
         let keys = DefaultKeyExtractor::new();
-        for name in ["x-api-key", "X-Auth-Token", "x-session-id", "apikey", "x-client-secret"] {
+        for name in [
+            "x-api-key",
+            "X-Auth-Token",
+            "x-session-id",
+            "apikey",
+            "x-client-secret",
+        ] {
             let request = http::Request::get("http://h/x").header(name, "s3cret");
             assert!(key_of(&keys, request.body(()).unwrap()).is_none(), "{name}");
         }
@@ -776,7 +784,8 @@ mod tests {
         assert_ne!(with("a"), with("b"));
 
         // Declared harmless: shared as if absent.
-        let keys = DefaultKeyExtractor::new().not_credential(HeaderName::from_static("x-trace-token"));
+        let keys =
+            DefaultKeyExtractor::new().not_credential(HeaderName::from_static("x-trace-token"));
         let traced = key_of(
             &keys,
             http::Request::get("http://h/x")
@@ -784,7 +793,10 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        assert_eq!(traced, key_of(&keys, http::Request::get("http://h/x").body(()).unwrap()));
+        assert_eq!(
+            traced,
+            key_of(&keys, http::Request::get("http://h/x").body(()).unwrap())
+        );
 
         // Replacing the keyed headers leaves Authorization uncovered: no key rather than sharing.
         let keys = DefaultKeyExtractor::new().headers([http::header::ACCEPT]);
@@ -792,4 +804,3 @@ mod tests {
         assert!(key_of(&keys, request.body(()).unwrap()).is_none());
     }
 }
-
