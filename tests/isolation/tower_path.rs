@@ -11,7 +11,11 @@ use http_body_util::BodyExt;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
+use crate::support::TestServer;
+use crate::support::server::Log;
 use crate::{Got, Stores, contains, on_memory_and_sqlite, server};
+use axum::body::Body;
+use axum::response::Response;
 
 type Client =
     BoxCloneService<http::Request<reqwest::Body>, http::Response<reqwest::Body>, BoxError>;
@@ -59,6 +63,7 @@ on_memory_and_sqlite!(
     dedupe_never_merges_different_credentials,
     query_bytes_are_compared_as_bytes,
     shared_cache_never_stores_private_or_set_cookie_responses,
+    shared_cache_never_stores_a_revalidation_that_sets_a_cookie,
     default_headers_of_the_client_are_keyed,
 );
 
@@ -248,6 +253,54 @@ async fn shared_cache_never_stores_private_or_set_cookie_responses(stores: Store
         let again = send(&private, http::Request::get(&url)).await;
         assert_eq!(again.cache, Some(CacheStatus::Hit), "{query}");
     }
+}
+
+/// A `304` that sets a cookie is served to its requester, but the entry it refreshes is not
+/// stored with that cookie for the next user.
+async fn shared_cache_never_stores_a_revalidation_that_sets_a_cookie(stores: Stores) {
+    use axum::extract::{Request, State};
+    use std::sync::Arc;
+
+    async fn revalidating(State(log): State<Arc<Log>>, request: Request) -> Response {
+        let n = log.record(&request);
+        let revalidation = request
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"");
+        let response = Response::builder()
+            .header("etag", "\"v1\"")
+            .header("cache-control", "no-cache");
+        if !revalidation {
+            return response.body(Body::from(format!("call {n}"))).unwrap();
+        }
+        let response = response.status(304);
+        // Only the first revalidation sets a cookie.
+        let response = if n == 2 {
+            response.header("set-cookie", "session=second-user")
+        } else {
+            response
+        };
+        response.body(Body::empty()).unwrap()
+    }
+
+    let server =
+        TestServer::with_router(|log| axum::Router::new().fallback(revalidating).with_state(log))
+            .await;
+    let shared = cache_only(CacheLayer::new(stores.cache.clone()).shared(true));
+    let url = server.url("/api/revalidated");
+    let first = send(&shared, http::Request::get(&url)).await;
+    assert_eq!(first.cache, Some(CacheStatus::Miss));
+    let second = send(&shared, http::Request::get(&url)).await;
+    assert_eq!(second.cache, Some(CacheStatus::Revalidated));
+    assert_eq!(second.set_cookie.as_deref(), Some("session=second-user"));
+    let third = send(&shared, http::Request::get(&url)).await;
+    assert_eq!(third.cache, Some(CacheStatus::Revalidated));
+    assert_eq!(third.body, first.body);
+    assert_eq!(
+        third.set_cookie, None,
+        "the second user's cookie was stored"
+    );
+    assert_eq!(server.hits(), 3);
 }
 
 /// A `reqwest::Client`'s default headers are keyed when `ContextLayer::default_headers` knows
