@@ -195,6 +195,7 @@ struct ContextConfig {
     default_priority: Priority,
     classifier: Arc<dyn ResourceClassifier>,
     keys: Arc<dyn KeyExtractor>,
+    default_headers: Option<Arc<http::HeaderMap>>,
 }
 
 impl ContextConfig {
@@ -204,6 +205,7 @@ impl ContextConfig {
             default_priority: Priority::User,
             classifier: Arc::new(DefaultResourceClassifier),
             keys: Arc::new(DefaultKeyExtractor::new()),
+            default_headers: None,
         })
     }
 
@@ -224,6 +226,9 @@ impl ContextConfig {
     fn resolve<B: ReplayableBody>(&self, request: &http::Request<B>) -> RequestContext {
         let mut head = empty_head(request);
         head.headers = request.headers().clone();
+        if let Some(defaults) = &self.default_headers {
+            add_default_headers(defaults, &mut head.headers);
+        }
         self.resolve_head(request, &head)
     }
 
@@ -235,6 +240,16 @@ impl ContextConfig {
         let context = self.resolve_head(request, &head);
         *request.headers_mut() = head.headers;
         context
+    }
+}
+
+/// Adds the `defaults` that `headers` lacks, exactly as `reqwest::Client` does when it sends:
+/// for each name absent from `headers`, its first default value.
+pub(crate) fn add_default_headers(defaults: &http::HeaderMap, headers: &mut http::HeaderMap) {
+    for (name, value) in defaults {
+        if let http::header::Entry::Vacant(entry) = headers.entry(name) {
+            entry.insert(value.clone());
+        }
     }
 }
 
@@ -299,6 +314,38 @@ impl ContextLayer {
         self
     }
 
+    /// The default headers of the `reqwest::Client` below the stack
+    /// (`reqwest::ClientBuilder::default_headers`).
+    ///
+    /// `reqwest::Client` adds its default headers when it sends, after every layer has run, so
+    /// no layer sees them: two clients with different default `Authorization` headers over one
+    /// store would share cache entries and dedupe results. Give the same headers here and this
+    /// layer adds each one the request lacks, as reqwest would (the first value of a name, never
+    /// replacing a request's own), before the key is computed; the cache, dedupe and the
+    /// upstream then see the same request.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::{ContextLayer, HttpClient};
+    /// use http::{HeaderMap, header::AUTHORIZATION};
+    /// use tower::ServiceBuilder;
+    ///
+    /// let mut defaults = HeaderMap::new();
+    /// defaults.insert(AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+    /// let reqwest = reqwest::Client::builder().default_headers(defaults.clone()).build().unwrap();
+    /// let client = ServiceBuilder::new()
+    ///     .layer(ContextLayer::new().default_headers(defaults))
+    ///     .service(HttpClient::new(reqwest));
+    /// # let _ = client;
+    /// ```
+    #[must_use]
+    pub fn default_headers(mut self, headers: http::HeaderMap) -> Self {
+        Arc::make_mut(&mut self.config).default_headers =
+            (!headers.is_empty()).then(|| Arc::new(headers));
+        self
+    }
+
     /// The context this layer would give `request`.
     pub fn resolve<B: ReplayableBody>(&self, request: &http::Request<B>) -> RequestContext {
         self.config.resolve(request)
@@ -359,6 +406,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if let Some(defaults) = &self.config.default_headers {
+            add_default_headers(defaults, request.headers_mut());
+        }
         let context = self.config.resolve_mut(&mut request);
         let (priority, resource) = (context.priority, context.resource.clone());
         request.extensions_mut().insert(context.priority);

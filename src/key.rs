@@ -1,15 +1,33 @@
 //! Request keys: what makes two requests "identical" for the cache and for dedupe.
 //!
-//! A [`RequestKey`] is the SHA-256 of a canonical form of the request: method, scheme, host, port
-//! (default ports dropped), path, query parameters in a canonical order, the configured request
-//! headers that change the response (`Authorization` and `Accept` by default) and the body, when
-//! there is one. Because it is a hash, secrets in URLs (`api_key=...`) or headers are never
-//! stored in clear; [`RequestKey::display`] is a readable form with secret query parameters
-//! masked, for logs and status pages.
+//! A [`RequestKey`] is the SHA-256 of a canonical form of the request: method, scheme, URL
+//! userinfo (`user:password@`), host, port (default ports dropped), path, query parameters in a
+//! canonical order, the configured request headers (`Accept` and every credential header:
+//! `Authorization`, `Proxy-Authorization`, `Cookie` by default, plus any
+//! [`DefaultKeyExtractor::key_headers`]) and the body, when there is one. Because it is a hash,
+//! secrets in URLs (`api_key=...`), userinfo or headers are never stored in clear;
+//! [`RequestKey::display`] is a readable form without userinfo and headers and with secret query
+//! parameters masked, for logs and status pages.
 //!
 //! Query parameters are sorted by name; values of a repeated name keep their relative order, since
 //! `ids=2&ids=1` may mean something else than `ids=1&ids=2` to an API. Percent-encoding is
-//! normalised (`a%20b`, `a+b` and `a b` are one value).
+//! normalised (`a%20b`, `a+b` and `a b` are one value) on raw bytes: `q=%FF`, `q=%FE` and
+//! `q=%EF%BF%BD` are three different keys (decoding them as UTF-8 would make all three `U+FFFD`).
+//!
+//! # Note on credentials the key cannot see
+//!
+//! A request that carries a header that *looks like* a credential (its name contains one of
+//! [`CREDENTIAL_HEADER_PATTERNS`], such as `X-Api-Key` or `X-Auth-Token`) but that the key does
+//! not cover gets **no key**: it bypasses the cache and dedupe rather than risk serving one
+//! user's response to another. Add such headers with [`DefaultKeyExtractor::key_headers`] to
+//! cache them per credential, or declare a look-alike harmless with
+//! [`DefaultKeyExtractor::not_credential`].
+//!
+//! Headers added *after* the stack cannot be seen at all: `reqwest::ClientBuilder::default_headers`
+//! and a reqwest cookie store are applied by `reqwest::Client` itself, below every layer. Tell
+//! the stack about default headers with [`ContextLayer::default_headers`](crate::ContextLayer::default_headers)
+//! (tower) or `Middleware::default_headers` (reqwest-middleware), and don't share one cache or
+//! dedupe store between clients whose cookie stores hold different users.
 //!
 //! Requests whose body is a stream cannot be replayed and have no key: they pass through the cache
 //! and dedupe layers untouched.
@@ -198,16 +216,33 @@ impl<K: KeyExtractor + ?Sized> KeyExtractor for Arc<K> {
 ///
 /// ```
 /// use courteous::{DefaultKeyExtractor, KeyExtractor};
+/// use http::HeaderName;
 ///
 /// let keys = DefaultKeyExtractor::new()
 ///     .header(http::header::ACCEPT_LANGUAGE)
+///     .key_headers([HeaderName::from_static("x-api-key")])
 ///     .secret_param("session");
-/// let (parts, _) = http::Request::get("http://h/x?session=abc").body(()).unwrap().into_parts();
-/// assert_eq!(keys.key(&parts, Some(b"")).unwrap().display(), "GET http://h/x?session=REDACTED");
+/// let request = |api_key: &str| {
+///     let request = http::Request::get("http://h/x?session=abc").header("x-api-key", api_key);
+///     request.body(()).unwrap().into_parts().0
+/// };
+/// let alice = keys.key(&request("alice-key"), Some(b"")).unwrap();
+/// let bob = keys.key(&request("bob-key"), Some(b"")).unwrap();
+/// assert_ne!(alice, bob);
+/// assert_eq!(alice.display(), "GET http://h/x?session=REDACTED");
+///
+/// // A credential-looking header the key does not cover: no key, so no sharing.
+/// let (parts, _) = http::Request::get("http://h/x")
+///     .header("x-auth-token", "t0k")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert!(keys.key(&parts, Some(b"")).is_none());
 /// ```
 #[derive(Debug, Clone)]
 pub struct DefaultKeyExtractor {
     headers: Vec<HeaderName>,
+    not_credentials: Vec<HeaderName>,
     secret_params: Vec<String>,
 }
 
@@ -223,11 +258,59 @@ pub const DEFAULT_SECRET_PARAMS: &[&str] = &[
     "signature",
 ];
 
+/// A request header whose (lower-case) name contains one of these is taken for a credential:
+/// unless the key covers it ([`DefaultKeyExtractor::key_headers`]) or it is declared harmless
+/// ([`DefaultKeyExtractor::not_credential`]), the request gets no key and bypasses the cache and
+/// dedupe.
+///
+/// The list is deliberately narrow (names, never values): `authorization`, `x-api-key`,
+/// `x-auth-token`, `x-session-id`, `x-client-secret`, `cookie` match; `accept`, `user-agent`,
+/// `x-request-id` do not.
+pub const CREDENTIAL_HEADER_PATTERNS: &[&str] = &[
+    "auth",
+    "token",
+    "secret",
+    "session",
+    "cookie",
+    "password",
+    "credential",
+    "api-key",
+    "apikey",
+    "api_key",
+];
+
+/// Whether a header name looks like it carries a credential (see [`CREDENTIAL_HEADER_PATTERNS`]).
+///
+/// # Example
+///
+/// ```
+/// use courteous::key::looks_like_credential;
+/// use http::HeaderName;
+///
+/// assert!(looks_like_credential(&HeaderName::from_static("x-api-key")));
+/// assert!(!looks_like_credential(&HeaderName::from_static("accept-language")));
+/// ```
+pub fn looks_like_credential(name: &HeaderName) -> bool {
+    // `HeaderName`s are lower case.
+    let name = name.as_str();
+    CREDENTIAL_HEADER_PATTERNS
+        .iter()
+        .any(|pattern| name.contains(pattern))
+}
+
 impl DefaultKeyExtractor {
-    /// Keys on `Authorization` and `Accept`, masking [`DEFAULT_SECRET_PARAMS`].
+    /// Keys on `Accept` and the standard credential headers (`Authorization`, `Cookie`,
+    /// `Proxy-Authorization`), masking [`DEFAULT_SECRET_PARAMS`].
     pub fn new() -> Self {
         DefaultKeyExtractor {
-            headers: vec![http::header::ACCEPT, http::header::AUTHORIZATION], // sorted by name,
+            // Sorted by name.
+            headers: vec![
+                http::header::ACCEPT,
+                http::header::AUTHORIZATION,
+                http::header::COOKIE,
+                http::header::PROXY_AUTHORIZATION,
+            ],
+            not_credentials: Vec::new(),
             secret_params: DEFAULT_SECRET_PARAMS
                 .iter()
                 .map(|s| (*s).to_owned())
@@ -247,11 +330,52 @@ impl DefaultKeyExtractor {
     }
 
     /// Key on exactly these request headers (replacing the defaults).
+    ///
+    /// A credential-looking header left out (`Authorization` included) makes the requests that
+    /// carry it bypass the cache and dedupe: see [`CREDENTIAL_HEADER_PATTERNS`].
     #[must_use]
     pub fn headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.headers = Vec::new();
         for name in names {
             self = self.header(name);
+        }
+        self
+    }
+
+    /// Also key on these API-specific credential headers (`X-Api-Key` and the like), so that
+    /// requests carrying them are cached and merged per credential instead of bypassing.
+    ///
+    /// Like every keyed header, their values are hashed, never stored in clear.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::{ContextLayer, DefaultKeyExtractor};
+    /// use http::HeaderName;
+    ///
+    /// let keys = DefaultKeyExtractor::new().key_headers([
+    ///     HeaderName::from_static("x-api-key"),
+    ///     HeaderName::from_static("x-tenant"),
+    /// ]);
+    /// let layer = ContextLayer::new().key_extractor(keys);
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        for name in names {
+            self = self.header(name);
+        }
+        self
+    }
+
+    /// Declares that this header, although its name looks like a credential (see
+    /// [`CREDENTIAL_HEADER_PATTERNS`]), never identifies a user: requests carrying it are
+    /// shared as if it were absent. Use it only for headers that cannot change the response
+    /// per user (a tracing token, an author name).
+    #[must_use]
+    pub fn not_credential(mut self, name: HeaderName) -> Self {
+        if !self.not_credentials.contains(&name) {
+            self.not_credentials.push(name);
         }
         self
     }
@@ -263,10 +387,19 @@ impl DefaultKeyExtractor {
         self
     }
 
-    fn is_secret(&self, name: &str) -> bool {
+    fn is_secret(&self, name: &[u8]) -> bool {
         self.secret_params
             .iter()
-            .any(|s| s.eq_ignore_ascii_case(name))
+            .any(|s| s.as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// The first header of `headers` that looks like a credential the key does not cover.
+    fn uncovered_credential<'a>(&self, headers: &'a http::HeaderMap) -> Option<&'a HeaderName> {
+        headers.keys().find(|name| {
+            looks_like_credential(name)
+                && !self.headers.contains(name)
+                && !self.not_credentials.contains(name)
+        })
     }
 }
 
@@ -307,12 +440,79 @@ fn lower(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The `application/x-www-form-urlencoded` decoding of `input` as raw bytes: `+` is a space,
+/// `%XY` the byte `0xXY`; a `%` not followed by two hexadecimal digits stays as it is. Unlike a
+/// decoding to `str`, bytes that are not UTF-8 are kept, so `%FF` and `%FE` stay different.
+fn decode(input: &[u8]) -> Vec<u8> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let pair = input
+                    .get(i + 1)
+                    .copied()
+                    .and_then(hex)
+                    .zip(input.get(i + 2).copied().and_then(hex));
+                if let Some((high, low)) = pair {
+                    out.push(high << 4 | low);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The query's `name=value` pairs, decoded to raw bytes (empty pairs skipped, as
+/// `form_urlencoded` does).
+fn query_pairs(query: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    query
+        .as_bytes()
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &[][..]),
+            };
+            (decode(name), decode(value))
+        })
+        .collect()
+}
+
 impl KeyExtractor for DefaultKeyExtractor {
     fn key(&self, parts: &Parts, body: Option<&[u8]>) -> Option<RequestKey> {
         let body = body?;
+        if let Some(name) = self.uncovered_credential(&parts.headers) {
+            tracing::debug!(
+                header = name.as_str(),
+                "request carries a credential-looking header the key does not cover; \
+                 it bypasses the cache and dedupe (add it with DefaultKeyExtractor::key_headers)"
+            );
+            return None;
+        }
         let uri = &parts.uri;
         let scheme = lower(uri.scheme_str().unwrap_or("http"));
         let host = lower(uri.host().unwrap_or(""));
+        // `user:password@`: hashed, never displayed.
+        let userinfo = uri
+            .authority()
+            .and_then(|authority| authority.as_str().rsplit_once('@'))
+            .map(|(userinfo, _)| userinfo);
         let port = uri
             .port_u16()
             .filter(|port| !matches!((&*scheme, port), ("http", 80) | ("https", 443)));
@@ -320,24 +520,28 @@ impl KeyExtractor for DefaultKeyExtractor {
             "" => "/",
             path => path,
         };
-        let mut params: Vec<(String, String)> =
-            form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
+        let mut params = query_pairs(uri.query().unwrap_or(""));
         // Stable: values of one name keep their order.
         params.sort_by(|a, b| a.0.cmp(&b.0));
 
         let mut h = Canonical(Sha256::new());
-        h.field(b"courteous-request-key-v1");
+        h.field(b"courteous-request-key-v2");
         h.field(parts.method.as_str().as_bytes());
         h.field(scheme.as_bytes());
+        match userinfo {
+            None => h.field(&[0]),
+            Some(userinfo) => {
+                h.field(&[1]);
+                h.field(userinfo.as_bytes());
+            }
+        }
         h.field(host.as_bytes());
         h.field(&port.unwrap_or(0).to_le_bytes());
         h.field(path.as_bytes());
         h.field(&(params.len() as u64).to_le_bytes());
         for (k, v) in &params {
-            h.field(k.as_bytes());
-            h.field(v.as_bytes());
+            h.field(k);
+            h.field(v);
         }
         h.headers(&self.headers, &parts.headers);
         if body.is_empty() {
@@ -362,19 +566,15 @@ impl KeyExtractor for DefaultKeyExtractor {
             let _ = write!(display, ":{port}");
         }
         display.push_str(path);
-        if !params.is_empty() {
-            let query = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(params.iter().map(|(k, v)| {
-                    let v = if self.is_secret(k) {
-                        "REDACTED"
-                    } else {
-                        v.as_str()
-                    };
-                    (k.as_str(), v)
-                }))
-                .finish();
-            display.push('?');
-            display.push_str(&query);
+        for (i, (k, v)) in params.iter().enumerate() {
+            display.push(if i == 0 { '?' } else { '&' });
+            display.extend(form_urlencoded::byte_serialize(k));
+            display.push('=');
+            if self.is_secret(k) {
+                display.push_str("REDACTED");
+            } else {
+                display.extend(form_urlencoded::byte_serialize(v));
+            }
         }
         Some(RequestKey {
             hash: h.0.finalize().into(),
@@ -394,7 +594,7 @@ mod tests {
 
     #[test]
     fn the_order_headers_are_configured_in_does_not_change_keys() {
-        use http::header::{ACCEPT, ACCEPT_LANGUAGE, AUTHORIZATION};
+        use http::header::{ACCEPT, ACCEPT_LANGUAGE, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
         let (parts, _) = http::Request::get("http://h/x")
             .header("accept", "a/b")
             .header("accept-language", "fr")
@@ -402,8 +602,20 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let one = DefaultKeyExtractor::new().headers([AUTHORIZATION, ACCEPT_LANGUAGE, ACCEPT]);
-        let two = DefaultKeyExtractor::new().headers([ACCEPT, AUTHORIZATION, ACCEPT_LANGUAGE]);
+        let one = DefaultKeyExtractor::new().headers([
+            PROXY_AUTHORIZATION,
+            AUTHORIZATION,
+            ACCEPT_LANGUAGE,
+            COOKIE,
+            ACCEPT,
+        ]);
+        let two = DefaultKeyExtractor::new().headers([
+            ACCEPT,
+            COOKIE,
+            AUTHORIZATION,
+            ACCEPT_LANGUAGE,
+            PROXY_AUTHORIZATION,
+        ]);
         let three = DefaultKeyExtractor::new().header(ACCEPT_LANGUAGE);
         let key = |k: &DefaultKeyExtractor| k.key(&parts, Some(b"")).unwrap();
         assert_eq!(key(&one), key(&two));
@@ -483,5 +695,112 @@ mod tests {
         assert!(!k.display().contains("abc"));
         assert!(!k.display().contains("zzz"));
         assert!(!format!("{k:?}").contains("abc"));
+    }
+    fn key_of(keys: &DefaultKeyExtractor, req: http::Request<()>) -> Option<RequestKey> {
+        let (parts, _) = req.into_parts();
+        keys.key(&parts, Some(b""))
+    }
+
+    #[test]
+    fn query_bytes_that_are_not_utf8_give_distinct_keys() {
+        let ff = key(http::Request::get("http://h/x?q=%FF").body(()).unwrap());
+        let fe = key(http::Request::get("http://h/x?q=%FE").body(()).unwrap());
+        let replacement = key(http::Request::get("http://h/x?q=%EF%BF%BD")
+            .body(())
+            .unwrap());
+        assert_ne!(ff, fe);
+        assert_ne!(ff, replacement);
+        assert_ne!(fe, replacement);
+        assert_eq!(ff.display(), "GET http://h/x?q=%FF");
+        // Names too, and the encoding of one byte does not matter.
+        let lower = key(http::Request::get("http://h/x?%ff=1").body(()).unwrap());
+        let upper = key(http::Request::get("http://h/x?%FF=1").body(()).unwrap());
+        let fe_name = key(http::Request::get("http://h/x?%FE=1").body(()).unwrap());
+        assert_eq!(lower, upper);
+        assert_ne!(lower, fe_name);
+        // A lone `%` stays literal.
+        let lone = key(http::Request::get("http://h/x?q=%zz%").body(()).unwrap());
+        assert_eq!(lone.display(), "GET http://h/x?q=%25zz%25");
+    }
+
+    #[test]
+    fn url_userinfo_is_keyed_but_never_displayed() {
+        let alice = key(http::Request::get("http://alice:pw1@h/x").body(()).unwrap());
+        let bob = key(http::Request::get("http://bob:pw2@h/x").body(()).unwrap());
+        let nobody = key(http::Request::get("http://h/x").body(()).unwrap());
+        let empty = key(http::Request::get("http://@h/x").body(()).unwrap());
+        assert_ne!(alice, bob);
+        assert_ne!(alice, nobody);
+        assert_ne!(empty, nobody);
+        assert_eq!(alice.display(), "GET http://h/x");
+        assert!(!format!("{alice:?}").contains("pw1"));
+    }
+
+    #[test]
+    fn every_standard_credential_header_is_keyed() {
+        for name in ["authorization", "proxy-authorization", "cookie"] {
+            let with = |value: &str| {
+                key(http::Request::get("http://h/x")
+                    .header(name, value)
+                    .body(())
+                    .unwrap())
+            };
+            let (a, b) = (with("user-a"), with("user-b"));
+            assert_ne!(a, b, "{name}");
+            assert_eq!(a.display(), "GET http://h/x", "{name}");
+        }
+    }
+
+    #[test]
+    fn uncovered_credential_headers_give_no_key() {
+        let keys = DefaultKeyExtractor::new();
+        for name in [
+            "x-api-key",
+            "X-Auth-Token",
+            "x-session-id",
+            "apikey",
+            "x-client-secret",
+        ] {
+            let request = http::Request::get("http://h/x").header(name, "s3cret");
+            assert!(key_of(&keys, request.body(()).unwrap()).is_none(), "{name}");
+        }
+        let harmless = http::Request::get("http://h/x")
+            .header("x-request-id", "1")
+            .header("user-agent", "u");
+        assert!(key_of(&keys, harmless.body(()).unwrap()).is_some());
+
+        // Covered with key_headers: keyed per value.
+        let keys = keys.key_headers([HeaderName::from_static("x-api-key")]);
+        let with = |value: &str| {
+            key_of(
+                &keys,
+                http::Request::get("http://h/x")
+                    .header("x-api-key", value)
+                    .body(())
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        assert_ne!(with("a"), with("b"));
+
+        // Declared harmless: shared as if absent.
+        let keys =
+            DefaultKeyExtractor::new().not_credential(HeaderName::from_static("x-trace-token"));
+        let traced = key_of(
+            &keys,
+            http::Request::get("http://h/x")
+                .header("x-trace-token", "1")
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(
+            traced,
+            key_of(&keys, http::Request::get("http://h/x").body(()).unwrap())
+        );
+
+        // Replacing the keyed headers leaves Authorization uncovered: no key rather than sharing.
+        let keys = DefaultKeyExtractor::new().headers([http::header::ACCEPT]);
+        let request = http::Request::get("http://h/x").header("authorization", "Bearer a");
+        assert!(key_of(&keys, request.body(()).unwrap()).is_none());
     }
 }

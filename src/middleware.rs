@@ -11,6 +11,17 @@
 //! A request that a layer sends on its own after the caller's request finished (a background
 //! refresh) has no chain to return to; `Handoff` then fails it with [`HandoffError`], which such
 //! layers treat like any transport error.
+//!
+//! # Note on `reqwest::ClientBuilder::default_headers`
+//!
+//! **The middleware cannot see the `reqwest::Client`'s default headers.** reqwest adds them
+//! when the client sends, after the whole middleware chain has run, so the cache and dedupe
+//! would key a request without its default `Authorization` (or `X-Api-Key`, `Cookie`...): two
+//! clients with different default credentials over one store would share cache entries and
+//! dedupe results. Give the same headers to [`Middleware::default_headers`]; the middleware then
+//! adds each one the request lacks, as reqwest would, before any layer runs. The same holds for
+//! a reqwest cookie store: its cookies are added after the chain, so don't share one store
+//! between clients whose cookie stores hold different users.
 
 use std::fmt;
 use std::future::Future;
@@ -98,6 +109,11 @@ struct HandoffSlot(std::sync::Arc<Slot>);
 /// Build it from the layers of the stack (a single layer or a `ServiceBuilder`); it puts
 /// [`Handoff`] innermost. Cloning the stack shares its state, as every courteous layer does.
 ///
+/// **If the `reqwest::Client` has default headers, give them to
+/// [`Middleware::default_headers`] too**: reqwest adds them after the middleware chain, so
+/// without it the cache and dedupe cannot tell apart requests that differ only in those headers
+/// (two clients with different default `Authorization` would share responses).
+///
 /// # Example
 ///
 /// ```
@@ -113,6 +129,7 @@ struct HandoffSlot(std::sync::Arc<Slot>);
 #[derive(Clone)]
 pub struct Middleware<S> {
     stack: S,
+    default_headers: Option<std::sync::Arc<http::HeaderMap>>,
 }
 
 impl<S> Middleware<S> {
@@ -123,12 +140,45 @@ impl<S> Middleware<S> {
     {
         Middleware {
             stack: layer.layer(Handoff::new()),
+            default_headers: None,
         }
     }
 
     /// The middleware for a stack already built over [`Handoff`].
     pub fn from_service(stack: S) -> Self {
-        Middleware { stack }
+        Middleware {
+            stack,
+            default_headers: None,
+        }
+    }
+
+    /// The default headers of the `reqwest::Client` this middleware runs in (what was given to
+    /// `reqwest::ClientBuilder::default_headers`).
+    ///
+    /// reqwest adds a client's default headers after the middleware chain, so the stack never
+    /// sees them: requests that differ only in a default `Authorization` would share cache
+    /// entries and dedupe results. With this, the middleware adds each default header the
+    /// request lacks before the stack runs (the first value of a name, never replacing the
+    /// request's own, exactly as reqwest does), so the key covers them.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::{ContextLayer, Middleware};
+    /// use http::{HeaderMap, header::AUTHORIZATION};
+    ///
+    /// let mut defaults = HeaderMap::new();
+    /// defaults.insert(AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+    /// let reqwest = reqwest::Client::builder().default_headers(defaults.clone()).build().unwrap();
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest)
+    ///     .with(Middleware::new(ContextLayer::new()).default_headers(defaults))
+    ///     .build();
+    /// # let _ = client;
+    /// ```
+    #[must_use]
+    pub fn default_headers(mut self, headers: http::HeaderMap) -> Self {
+        self.default_headers = (!headers.is_empty()).then(|| std::sync::Arc::new(headers));
+        self
     }
 
     /// The stack, for its handles (stores, statistics).
@@ -215,6 +265,9 @@ where
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let url = request.url().clone();
         let mut request = http::Request::<reqwest::Body>::try_from(request)?;
+        if let Some(defaults) = &self.default_headers {
+            crate::context::add_default_headers(defaults, request.headers_mut());
+        }
         request.extensions_mut().extend(extensions.clone());
         let slot = std::sync::Arc::new(Slot::default());
         let _close = CloseOnDrop(slot.clone());

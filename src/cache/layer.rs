@@ -21,6 +21,7 @@ type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) shared: bool,
+    pub(crate) share_set_cookie: bool,
     pub(crate) default_ttl: Option<CacheTtl>,
     pub(crate) resource_ttls: HashMap<Resource, CacheTtl>,
     pub(crate) statuses: Vec<StatusCode>,
@@ -178,6 +179,7 @@ impl CacheLayer {
         CacheLayer {
             config: Arc::new(Config {
                 shared: false,
+                share_set_cookie: false,
                 default_ttl: None,
                 resource_ttls: HashMap::new(),
                 statuses: vec![StatusCode::OK],
@@ -202,11 +204,40 @@ impl CacheLayer {
         Arc::make_mut(&mut self.config)
     }
 
-    /// Apply shared-cache rules (`private` responses and, unless allowed, responses to requests
-    /// with `Authorization` are not stored; `s-maxage` counts). Default: private.
+    /// Apply shared-cache rules (`s-maxage` counts; without a forced TTL, responses to requests
+    /// with `Authorization` are stored only when the response allows it). Default: private.
+    /// Either way every credential a request carries is part of its key (see
+    /// [`RequestKey`](crate::RequestKey)), so one user's entry is never another's.
+    ///
+    /// A shared cache never stores a response marked `Cache-Control: private`, nor one that sets
+    /// a cookie (`Set-Cookie`) unless [`share_set_cookie`](Self::share_set_cookie) allows it, even
+    /// when a forced TTL ([`default_ttl`](Self::default_ttl), [`resource_ttl`](Self::resource_ttl),
+    /// a request's [`CacheTtl`]) applies: such responses belong to one user.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use courteous::cache::{CacheLayer, CacheTtl, MemoryCacheStore};
+    ///
+    /// let layer = CacheLayer::new(MemoryCacheStore::new())
+    ///     .shared(true)
+    ///     .default_ttl(CacheTtl::absolute(Duration::from_secs(60)));
+    /// # let _ = layer;
+    /// ```
     #[must_use]
     pub fn shared(mut self, shared: bool) -> Self {
         self.config().shared = shared;
+        self
+    }
+
+    /// In shared mode, also store responses that carry `Set-Cookie` (default: no, they are
+    /// never stored, since the cookie is usually one user's session). Turn it on only when the
+    /// API's cookies are the same for everyone (a load balancer's affinity cookie). No effect on
+    /// a private cache.
+    #[must_use]
+    pub fn share_set_cookie(mut self, share: bool) -> Self {
+        self.config().share_set_cookie = share;
         self
     }
 

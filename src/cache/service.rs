@@ -676,7 +676,7 @@ impl Job {
             if status == StatusCode::NOT_MODIFIED && has_validator(&entry.headers) {
                 let refreshed = self.revalidated(&upstream, entry, response.headers(), now);
                 let served = self.serve(&refreshed, now, CacheStatus::Revalidated);
-                if upstream.store_ok {
+                if upstream.store_ok && self.shareable(&refreshed.headers) {
                     self.put(&upstream, Arc::new(refreshed)).await;
                 }
                 return Ok(served);
@@ -750,6 +750,15 @@ impl Job {
         window.is_some_and(|w| staleness <= w)
     }
 
+    /// Whether a shared cache may store a response with these headers: never one marked
+    /// `private`, nor (unless allowed) one that sets a cookie, whatever TTL is forced. A private
+    /// cache may store both.
+    fn shareable(&self, headers: &HeaderMap) -> bool {
+        !self.config.shared
+            || !(has_directive(headers, "private")
+                || (!self.config.share_set_cookie && headers.contains_key(header::SET_COOKIE)))
+    }
+
     /// Whether and how long to store this response.
     fn storable(
         &self,
@@ -762,7 +771,7 @@ impl Job {
         }
         let headers = response.headers();
         let vary = vary_names(headers)?;
-        if has_directive(headers, "no-store") {
+        if has_directive(headers, "no-store") || !self.shareable(headers) {
             return None;
         }
         if let Some(ttl) = upstream.ttl {
