@@ -36,9 +36,7 @@ pub(crate) const MIN_RESULT_RETENTION: Duration = Duration::from_secs(1);
 /// far future), not a panic on `Instant` overflow.
 fn deadline_after(started: Instant, timeout: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-    started
-        .checked_add(timeout.min(FAR))
-        .unwrap_or(started)
+    started.checked_add(timeout.min(FAR)).unwrap_or(started)
 }
 
 /// What a local leader leaves for its followers in this process.

@@ -7,13 +7,14 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod property;
 mod regressions;
 mod server;
 
 use std::cell::Cell;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use courteous::cache::{CacheLayer, CacheStatus, MemoryCacheStore};
@@ -154,4 +155,3 @@ pub fn panics() -> usize {
     });
     here + ELSEWHERE.load(Ordering::SeqCst)
 }
-

@@ -101,7 +101,8 @@ async fn stale_while_revalidate_at_u64_max_does_not_panic() {
 async fn max_age_at_2_63_and_above_saturates() {
     for backend in BACKENDS {
         for value in [I64_MAX_PLUS_1, U64_MAX, HUGE] {
-            let (_, second) = twice(backend, |c| c, cache_control(&format!("max-age={value}"))).await;
+            let (_, second) =
+                twice(backend, |c| c, cache_control(&format!("max-age={value}"))).await;
             // RFC 9111 section 1.2.2: a delta-seconds too large to represent counts as 2^31 s, so
             // the response is fresh (not "0", stale at once, which the value failing to parse
             // meant before).
@@ -130,9 +131,7 @@ async fn huge_age_with_an_etag_does_not_panic_on_the_second_request() {
                     .header("Cache-Control", "max-age=60")
                     .header("ETag", "\"v1\"")
                     .header("Age", age),
-                Reply::new(304)
-                    .header("ETag", "\"v1\"")
-                    .header("Age", age),
+                Reply::new(304).header("ETag", "\"v1\"").header("Age", age),
             ];
             // Without dedupe of GETs: its completed result (kept at least 1 s) would answer the
             // second request instead of the revalidation this test wants to see.

@@ -150,11 +150,6 @@ impl ScriptedServer {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Requests received for `path`.
-    pub fn hits_on(&self, path: &str) -> usize {
-        *self.scripts.lock().unwrap().hits.get(path).unwrap_or(&0)
-    }
-
     /// Requests received in all.
     pub fn hits(&self) -> u64 {
         self.total.load(Ordering::SeqCst)

@@ -183,7 +183,12 @@ mod tests {
     fn times_at_the_ends_of_the_range_decode_without_panicking() {
         let mut bytes = encode(&sample());
         // stored_at, age_at_store, fresh_until, expires_at, sliding: bytes 4..44.
-        for (at, value) in [(4, i64::MIN), (12, i64::MAX), (20, i64::MAX), (28, i64::MAX)] {
+        for (at, value) in [
+            (4, i64::MIN),
+            (12, i64::MAX),
+            (20, i64::MAX),
+            (28, i64::MAX),
+        ] {
             bytes[at..at + 8].copy_from_slice(&value.to_be_bytes());
         }
         let back = decode(Bytes::from(bytes)).unwrap();
