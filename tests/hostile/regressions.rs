@@ -212,3 +212,15 @@ async fn configured_dedupe_durations_at_the_maximum_saturate() {
         assert_eq!(second.cache, Some(CacheStatus::Miss), "{backend:?}");
     }
 }
+
+#[tokio::test]
+async fn directive_names_count_in_any_case() {
+    for backend in BACKENDS {
+        for cc in ["MAX-AGE=60", "Max-Age=60, Public", "s-MaxAge=60, max-AGE=60"] {
+            let (_, second) = twice(backend, |c| c, cache_control(cc)).await;
+            // `http-cache-semantics` looks names up as written: it saw no max-age here, so
+            // the response (with no validator) was not stored at all.
+            assert_eq!(second.cache, Some(CacheStatus::Hit), "{backend:?} {cc}");
+        }
+    }
+}
