@@ -190,6 +190,7 @@ async fn configured_durations_at_the_maximum_saturate() {
                 c.default_ttl(ttl)
                     .keep_stale(Duration::MAX)
                     .stale_if_error(Duration::MAX)
+                    .cleanup_interval(Some(Duration::MAX))
             };
             let replies = vec![Reply::new(200).header("ETag", "\"c\"")];
             let (_, second) = twice(backend, configure, replies).await;
@@ -216,11 +217,26 @@ async fn configured_dedupe_durations_at_the_maximum_saturate() {
 #[tokio::test]
 async fn directive_names_count_in_any_case() {
     for backend in BACKENDS {
-        for cc in ["MAX-AGE=60", "Max-Age=60, Public", "s-MaxAge=60, max-AGE=60"] {
+        for cc in [
+            "MAX-AGE=60",
+            "Max-Age=60, Public",
+            "s-MaxAge=60, max-AGE=60",
+        ] {
             let (_, second) = twice(backend, |c| c, cache_control(cc)).await;
             // `http-cache-semantics` looks names up as written: it saw no max-age here, so
             // the response (with no validator) was not stored at all.
             assert_eq!(second.cache, Some(CacheStatus::Hit), "{backend:?} {cc}");
         }
+    }
+}
+
+#[tokio::test]
+async fn a_zero_cleanup_interval_does_not_kill_the_cleanup_task() {
+    for backend in BACKENDS {
+        // `tokio::time::interval` asserts a non-zero period: the cleanup task panicked.
+        let configure = |c: CacheLayer| c.cleanup_interval(Some(Duration::ZERO));
+        let replies = vec![Reply::new(200).header("Cache-Control", "max-age=60")];
+        let (_, second) = twice(backend, configure, replies).await;
+        assert_eq!(second.cache, Some(CacheStatus::Hit), "{backend:?}");
     }
 }
