@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode, Version};
 
+use super::saturating;
+
 /// A stored response (or, when [`vary`](Self::vary) is set on the entry under a request's own
 /// key, the index that says which request headers select the variant).
 ///
@@ -69,11 +71,12 @@ impl CacheEntry {
         }
     }
 
-    /// Fresh for `fresh` after `stored_at`, kept `keep_stale` longer.
+    /// Fresh for `fresh` after `stored_at`, kept `keep_stale` longer. Both times stop at the
+    /// end of the year 9999 (so `Duration::MAX` means "as long as can be stored").
     #[must_use]
     pub fn fresh_for(mut self, fresh: Duration, keep_stale: Duration) -> Self {
-        self.fresh_until = self.stored_at + fresh;
-        self.expires_at = self.fresh_until + keep_stale;
+        self.fresh_until = saturating::add(self.stored_at, fresh);
+        self.expires_at = saturating::add(self.fresh_until, keep_stale);
         self
     }
 
@@ -87,9 +90,10 @@ impl CacheEntry {
         now >= self.expires_at
     }
 
-    /// The entry's age at `now`, as the `Age` header says it.
+    /// The entry's age at `now`, as the `Age` header says it (saturating, never panicking).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.age_at_store + now.duration_since(self.stored_at).unwrap_or_default()
+        self.age_at_store
+            .saturating_add(now.duration_since(self.stored_at).unwrap_or_default())
     }
 
     /// How long it stays fresh after `now` (zero when stale).
@@ -110,5 +114,22 @@ impl CacheEntry {
             .map(|(k, v)| k.as_str().len() + v.len() + 8)
             .sum();
         self.body.len() + headers + self.url.len() + 64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_and_ages_saturate() {
+        let now = SystemTime::now();
+        let mut entry = CacheEntry::new("u", StatusCode::OK, Bytes::new(), now)
+            .fresh_for(Duration::MAX, Duration::MAX);
+        assert!(entry.is_fresh(now + Duration::from_secs(100 * 365 * 86_400)));
+        assert!(entry.expires_at >= entry.fresh_until);
+        // An `Age` of u64::MAX seconds, a few seconds later: no "overflow when adding durations".
+        entry.age_at_store = Duration::from_secs(u64::MAX);
+        assert_eq!(entry.age(now + Duration::from_secs(3)), Duration::MAX);
     }
 }

@@ -73,6 +73,9 @@ pub(crate) struct State {
     cleanup_started: AtomicBool,
 }
 
+/// The shortest [`CacheLayer::cleanup_interval`].
+const MIN_CLEANUP_INTERVAL: Duration = Duration::from_millis(10);
+
 impl State {
     /// Starts the periodic cleanup of expired entries, once per layer, if a runtime is there.
     pub(crate) fn start_cleanup(self: &Arc<Self>, interval: Option<Duration>) {
@@ -86,6 +89,8 @@ impl State {
             return;
         };
         let state = Arc::downgrade(self);
+        // `tokio::time::interval` panics on a zero period.
+        let interval = interval.max(MIN_CLEANUP_INTERVAL);
         runtime.spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.tick().await;
@@ -298,8 +303,8 @@ impl CacheLayer {
         self
     }
 
-    /// How often expired entries are removed, in the background (default 60 s; `None` turns it
-    /// off). One cleanup runs at a time per layer.
+    /// How often expired entries are removed, in the background (default 60 s, at least 10 ms;
+    /// `None` turns it off). One cleanup runs at a time per layer.
     #[must_use]
     pub fn cleanup_interval(mut self, interval: Option<Duration>) -> Self {
         self.config().cleanup_interval = interval;

@@ -81,6 +81,7 @@ mod body;
 mod entry;
 pub mod future;
 mod layer;
+mod saturating;
 mod service;
 pub mod store;
 

@@ -21,6 +21,7 @@ use crate::store::StoreError;
 use super::body::{Buffered, buffer};
 use super::future::ResponseFuture;
 use super::layer::{CacheLayer, Config, State};
+use super::saturating;
 use super::store::Invalidation;
 use super::{CacheEntry, CacheMode, CacheStatus, CacheTtl};
 
@@ -141,10 +142,11 @@ fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<Strin
         })
 }
 
+/// The delta-seconds value of directive `name`, clamped to 2^31 s (RFC 9111 section 1.2.2).
 fn directive_secs(headers: &HeaderMap, name: &str) -> Option<u64> {
     directives(headers)
         .find(|(n, _)| n == name)
-        .and_then(|(_, v)| v?.parse().ok())
+        .and_then(|(_, v)| saturating::delta_seconds(&v?))
 }
 
 fn has_directive(headers: &HeaderMap, name: &str) -> bool {
@@ -165,7 +167,7 @@ impl RequestDirectives {
             return d;
         }
         for (name, value) in directives(headers) {
-            let secs = value.as_deref().and_then(|v| v.parse().ok());
+            let secs = value.as_deref().and_then(saturating::delta_seconds);
             match name.as_str() {
                 "no-cache" => d.no_cache = true,
                 "no-store" => d.no_store = true,
@@ -536,16 +538,18 @@ impl Job {
     }
 
     async fn slide(&self, key: &RequestKey, entry: &CacheEntry, now: SystemTime, window: Duration) {
-        let fresh_until = now + window;
+        let fresh_until = saturating::add(now, window);
         // Touch at most once a second of movement, so that hot entries do not write per hit.
         if fresh_until
             .duration_since(entry.fresh_until)
             .is_ok_and(|moved| moved >= Duration::from_secs(1))
         {
-            let expires_at = entry.expires_at
-                + (fresh_until
+            let expires_at = saturating::add(
+                entry.expires_at,
+                fresh_until
                     .duration_since(entry.fresh_until)
-                    .unwrap_or_default());
+                    .unwrap_or_default(),
+            );
             if let Err(error) = self.state.store.touch(key, fresh_until, expires_at).await {
                 self.store_failed("touch", &error);
             }
@@ -811,7 +815,8 @@ impl Job {
     ) -> CachePolicy {
         let (mut response, ()) = Response::new(()).into_parts();
         response.status = status;
-        response.headers = headers.clone();
+        // Normalised: `http-cache-semantics` misreads huge numbers and upper-case directives.
+        response.headers = saturating::for_policy(headers).into_owned();
         let options = CacheOptions {
             shared: self.config.shared,
             ..CacheOptions::default()
@@ -911,7 +916,7 @@ struct Lifetime {
 impl Lifetime {
     fn apply(self, entry: &mut CacheEntry, config: &Config) {
         entry.age_at_store = self.age;
-        entry.fresh_until = entry.stored_at + self.fresh;
+        entry.fresh_until = saturating::add(entry.stored_at, self.fresh);
         entry.sliding = self.sliding;
         entry.vary = self.vary;
         let h = &entry.headers;
@@ -927,7 +932,7 @@ impl Lifetime {
         if has_validator(h) {
             keep = keep.max(config.keep_stale);
         }
-        entry.expires_at = entry.fresh_until + keep;
+        entry.expires_at = saturating::add(entry.fresh_until, keep);
     }
 }
 

@@ -32,6 +32,13 @@ type Response = http::Response<reqwest::Body>;
 /// result there rather than a vacant key they would lead again.
 pub(crate) const MIN_RESULT_RETENTION: Duration = Duration::from_secs(1);
 
+/// `started + timeout`, saturating: a configured `Duration::MAX` means "30 years" (as tokio's own
+/// far future), not a panic on `Instant` overflow.
+fn deadline_after(started: Instant, timeout: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    started.checked_add(timeout.min(FAR)).unwrap_or(started)
+}
+
 /// What a local leader leaves for its followers in this process.
 #[derive(Clone)]
 enum Outcome {
@@ -362,7 +369,7 @@ where
     B: Send + 'static,
 {
     let started = Instant::now();
-    let deadline = started + config.follower_timeout;
+    let deadline = deadline_after(started, config.follower_timeout);
     let mut took_over = false;
     loop {
         let mut rx = match state.join_or_lead(&key) {
@@ -464,7 +471,7 @@ where
     let counters = state.counters();
     let store = &state.store;
     let owner = new_owner();
-    let deadline = started + config.follower_timeout;
+    let deadline = deadline_after(started, config.follower_timeout);
     // Lead the key across processes too, or follow whoever does.
     let lease = loop {
         let found = PendingLead::start(store, &key, &owner, config.lease_timeout)

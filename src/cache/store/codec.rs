@@ -27,13 +27,10 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
     }
 }
 
-/// The inverse of [`millis`].
+/// The inverse of [`millis`]; saturates instead of panicking on a value no platform time holds
+/// (the bytes come from a store other processes write).
 pub(crate) fn time(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    }
+    crate::cache::saturating::from_millis(ms)
 }
 
 fn duration_ms(d: Duration) -> i64 {
@@ -125,10 +122,10 @@ pub(crate) fn decode(bytes: Bytes) -> Option<CacheEntry> {
         body: bytes.slice(at..),
         vary,
         stored_at: time(stored_at),
-        age_at_store: Duration::from_millis(age.max(0) as u64),
+        age_at_store: Duration::from_millis(age.max(0).unsigned_abs()),
         fresh_until: time(fresh_until),
         expires_at: time(expires_at),
-        sliding: (sliding >= 0).then(|| Duration::from_millis(sliding as u64)),
+        sliding: (sliding >= 0).then(|| Duration::from_millis(sliding.unsigned_abs())),
     })
 }
 
@@ -180,6 +177,25 @@ mod tests {
         plain.sliding = None;
         let back = decode(Bytes::from(encode(&plain))).unwrap();
         assert_eq!((back.sliding, back.vary.len()), (None, 0));
+    }
+
+    #[test]
+    fn times_at_the_ends_of_the_range_decode_without_panicking() {
+        let mut bytes = encode(&sample());
+        // stored_at, age_at_store, fresh_until, expires_at, sliding: bytes 4..44.
+        for (at, value) in [
+            (4, i64::MIN),
+            (12, i64::MAX),
+            (20, i64::MAX),
+            (28, i64::MAX),
+        ] {
+            bytes[at..at + 8].copy_from_slice(&value.to_be_bytes());
+        }
+        let back = decode(Bytes::from(bytes)).unwrap();
+        let end = crate::cache::saturating::end_of_time();
+        assert_eq!((back.fresh_until, back.expires_at), (end, end));
+        assert!(back.stored_at < UNIX_EPOCH);
+        assert_eq!(back.age_at_store, Duration::from_millis(i64::MAX as u64));
     }
 
     #[test]

@@ -117,12 +117,10 @@ fn millis(t: SystemTime) -> i64 {
     }
 }
 
+/// The inverse of [`millis`]; saturates instead of panicking on a value no platform time holds
+/// (the file is shared with other processes).
 fn time(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    }
+    crate::cache::saturating::from_millis(ms)
 }
 
 fn version_code(v: Version) -> i64 {
@@ -339,12 +337,12 @@ fn decode_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Option<Cache
         body,
         vary,
         stored_at: time(row.get(5)?),
-        age_at_store: Duration::from_millis(row.get::<_, i64>(6)?.max(0) as u64),
+        age_at_store: Duration::from_millis(row.get::<_, i64>(6)?.max(0).unsigned_abs()),
         fresh_until: time(row.get(7)?),
         expires_at: time(row.get(8)?),
         sliding: row
             .get::<_, Option<i64>>(9)?
-            .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            .map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
     }))
 }
 

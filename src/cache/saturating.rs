@@ -1,0 +1,222 @@
+//! Arithmetic on server-supplied numbers that cannot overflow.
+//!
+//! Every number a response carries (`max-age`, `s-maxage`, `stale-if-error`,
+//! `stale-while-revalidate`, `Age`, the dates) and every configured duration ends up added to a
+//! [`SystemTime`]; `SystemTime + Duration` panics on overflow ("overflow when adding duration to
+//! instant"), and `Duration + Duration` does too. So:
+//!
+//! * a delta-seconds value too large to represent counts as 2^31 seconds, as RFC 9111 section
+//!   1.2.2 says ([`delta_seconds`]); larger values are clamped to it as well, which bounds
+//!   everything computed from them;
+//! * times are added with [`add`], which stops at [`end_of_time`] (the end of the year 9999, the
+//!   last instant an HTTP date can name) instead of panicking, so that a stored time also stays
+//!   within what every store can hold (SQLite and codec milliseconds, Redis `PX`);
+//! * the headers `http-cache-semantics` computes freshness from are first normalised by
+//!   [`for_policy`]: that crate parses `max-age`, `s-maxage` and `Age` as `u64` (so a value
+//!   above `u64::MAX` means 0, "stale at once", and `Age: 18446744073709551615` comes back as an
+//!   age of `u64::MAX` seconds, which overflowed our own additions), and it looks directive
+//!   names up case-sensitively (`MAX-AGE=60` was no `max-age` at all).
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::{self, HeaderValue};
+
+/// The largest delta-seconds value the cache computes with: 2^31 s, about 68 years.
+pub(crate) const DELTA_SECONDS_MAX: u64 = 1 << 31;
+
+/// 9999-12-31T23:59:59Z in seconds since the Unix epoch.
+const END_OF_TIME_SECS: u64 = 253_402_300_799;
+
+/// The latest time the cache computes with: the end of the year 9999.
+pub(crate) fn end_of_time() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(END_OF_TIME_SECS)
+}
+
+/// `t + d`, or [`end_of_time`] when that is later or does not exist (never earlier than `t`).
+pub(crate) fn add(t: SystemTime, d: Duration) -> SystemTime {
+    let cap = end_of_time().max(t);
+    t.checked_add(d).map_or(cap, |sum| sum.min(cap))
+}
+
+/// The time `ms` milliseconds after the Unix epoch (before it when negative), as a store
+/// codec wrote it; saturates at [`end_of_time`] and at the earliest time the platform holds.
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        add(UNIX_EPOCH, Duration::from_millis(ms.unsigned_abs()))
+    } else {
+        let back = Duration::from_millis(ms.unsigned_abs());
+        UNIX_EPOCH.checked_sub(back).unwrap_or_else(|| {
+            // The earliest time this platform can represent, found by halving the step.
+            let mut t = UNIX_EPOCH;
+            let mut step = back;
+            while !step.is_zero() {
+                match t.checked_sub(step) {
+                    Some(earlier) => t = earlier,
+                    None => step /= 2,
+                }
+            }
+            t
+        })
+    }
+}
+
+/// A delta-seconds value (`1*DIGIT`, optionally quoted), clamped to [`DELTA_SECONDS_MAX`];
+/// `None` when it is not one (signs, spaces inside, fractions, garbage).
+pub(crate) fn delta_seconds(value: &str) -> Option<u64> {
+    let digits = value.trim().trim_matches('"');
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // A value with more digits than u64 holds fails to parse: it is too large to represent.
+    Some(
+        digits
+            .parse::<u64>()
+            .map_or(DELTA_SECONDS_MAX, |n| n.min(DELTA_SECONDS_MAX)),
+    )
+}
+
+/// `headers` as `http-cache-semantics` must see them (see the module docs): `Cache-Control`
+/// directive names in lower case and delta-seconds values clamped, `Age` clamped. Borrowed
+/// when nothing needs changing. The stored and served headers stay as the server sent them.
+pub(crate) fn for_policy(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
+    let cache_control: Vec<Option<HeaderValue>> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .map(normalise_cache_control)
+        .collect();
+    let age = headers.get(header::AGE).and_then(|value| {
+        let clamped = delta_seconds(value.to_str().ok()?)?;
+        let text = clamped.to_string();
+        (text.as_bytes() != value.as_bytes().trim_ascii()).then(|| HeaderValue::from(clamped))
+    });
+    if age.is_none() && cache_control.iter().all(Option::is_none) {
+        return Cow::Borrowed(headers);
+    }
+    let mut normalised = headers.clone();
+    if cache_control.iter().any(Option::is_some) {
+        let originals: Vec<HeaderValue> = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .cloned()
+            .collect();
+        normalised.remove(header::CACHE_CONTROL);
+        for (original, new) in originals.into_iter().zip(cache_control) {
+            normalised.append(header::CACHE_CONTROL, new.unwrap_or(original));
+        }
+    }
+    if let Some(age) = age {
+        normalised.insert(header::AGE, age);
+    }
+    Cow::Owned(normalised)
+}
+
+/// One `Cache-Control` value with lower-case directive names and clamped delta-seconds, or
+/// `None` when it needs no change (or is not text, which `http-cache-semantics` ignores).
+fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
+    let text = value.to_str().ok()?;
+    let mut out = String::with_capacity(text.len());
+    for part in text.split(',') {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let mut kv = part.splitn(2, '=');
+        let name = kv.next().unwrap_or_default();
+        out.push_str(&name.to_ascii_lowercase());
+        if let Some(v) = kv.next() {
+            out.push('=');
+            match delta_seconds(v) {
+                Some(n) if v.trim().trim_matches('"') != n.to_string() => {
+                    out.push_str(&n.to_string());
+                }
+                _ => out.push_str(v),
+            }
+        }
+    }
+    if out == text {
+        return None;
+    }
+    HeaderValue::from_str(&out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_seconds_clamp_and_refuse_garbage() {
+        assert_eq!(delta_seconds("60"), Some(60));
+        assert_eq!(delta_seconds(" \"60\" "), Some(60));
+        assert_eq!(delta_seconds("2147483648"), Some(DELTA_SECONDS_MAX));
+        assert_eq!(
+            delta_seconds("9223372036854775808"),
+            Some(DELTA_SECONDS_MAX)
+        );
+        assert_eq!(
+            delta_seconds("18446744073709551615"),
+            Some(DELTA_SECONDS_MAX)
+        );
+        assert_eq!(
+            delta_seconds("999999999999999999999999999999"),
+            Some(DELTA_SECONDS_MAX)
+        );
+        for garbage in ["", "-1", "+5", "1.5", "1 2", "inf", "NaN", "0x10", "\"\""] {
+            assert_eq!(delta_seconds(garbage), None, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn additions_stop_at_the_end_of_time() {
+        let now = SystemTime::now();
+        assert_eq!(add(now, Duration::MAX), end_of_time());
+        assert_eq!(add(now, Duration::from_secs(u64::MAX / 2)), end_of_time());
+        assert_eq!(
+            add(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        // Never earlier than the time it adds to.
+        let beyond = end_of_time() + Duration::from_secs(10);
+        assert_eq!(add(beyond, Duration::from_secs(1)), beyond);
+        assert_eq!(from_millis(i64::MAX), end_of_time());
+        assert!(from_millis(i64::MIN) < UNIX_EPOCH);
+        assert_eq!(from_millis(-1500), UNIX_EPOCH - Duration::from_millis(1500));
+        assert_eq!(from_millis(1500), UNIX_EPOCH + Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_policy_sees_clamped_lower_case_directives() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("MAX-AGE=18446744073709551616, Private"),
+        );
+        headers.append(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-transform"),
+        );
+        headers.insert(
+            header::AGE,
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        let seen = for_policy(&headers);
+        let values: Vec<_> = seen.get_all(header::CACHE_CONTROL).iter().collect();
+        assert_eq!(values, ["max-age=2147483648, private", "no-transform"]);
+        assert_eq!(seen.get(header::AGE).unwrap(), "2147483648");
+
+        let mut plain = HeaderMap::new();
+        plain.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        );
+        plain.insert(header::AGE, HeaderValue::from_static("3"));
+        assert!(matches!(for_policy(&plain), Cow::Borrowed(_)));
+        // Not text: left as it is (the policy ignores it).
+        let mut bytes = HeaderMap::new();
+        bytes.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_bytes(b"max-age=\xff").unwrap(),
+        );
+        assert!(matches!(for_policy(&bytes), Cow::Borrowed(_)));
+    }
+}
