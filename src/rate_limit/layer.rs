@@ -421,14 +421,14 @@ impl RateLimitLayer {
             entry.1 += u64::from(open);
         }
         if open {
-            tracing::warn!(resource = %resource, %error, "rate-limit store failed; sending the request unchecked (fail open)");
+            crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "rate-limit store failed; sending the request unchecked (fail open)");
             Ok(Admission {
                 waited: started.elapsed(),
                 remaining: 0,
                 unchecked: true,
             })
         } else {
-            tracing::warn!(resource = %resource, %error, "rate-limit store failed; the request is not sent (fail closed)");
+            crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "rate-limit store failed; the request is not sent (fail closed)");
             Err(Box::new(RateLimitStoreFailed::new(resource.clone(), error)))
         }
     }
@@ -463,7 +463,7 @@ impl RateLimitLayer {
             .map(|item| self.shared.store.feedback(resource, item, now));
         for result in futures_util::future::join_all(writes).await {
             if let Err(error) = result {
-                tracing::warn!(resource = %resource, %error, "could not record the server's rate-limit feedback");
+                crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "could not record the server's rate-limit feedback");
             }
         }
         blocked
