@@ -285,8 +285,9 @@ fn now_ms() -> u64 {
 async fn absurd_server_feedback_is_capped_or_ignored() {
     let server = echo_server().await;
     let hour = 3_600_000u64;
-    // (status, headers, whether it blocks, as opposed to being ignored)
-    let cases: &[(u16, &[(&str, &str)], bool)] = &[
+    /// (status, headers, whether it blocks, as opposed to being ignored)
+    type Case<'a> = (u16, &'a [(&'a str, &'a str)], bool);
+    let cases: &[Case] = &[
         (429, &[("retry-after", "1e300")], true),
         (429, &[("retry-after", "18446744073709551615")], true),
         (

@@ -149,7 +149,10 @@ async fn the_circuit_breaker_answers_at_once_and_closes_after_a_probe() {
 /// What a capturing subscriber saw: the message and `suppressed` field of each `WARN` event
 /// from this crate.
 #[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<(String, Option<u64>)>>>);
+struct Warnings(Arc<Mutex<Vec<Warning>>>);
+
+/// A warning's message and its `suppressed` field.
+type Warning = (String, Option<u64>);
 
 impl tracing::Subscriber for Warnings {
     fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
