@@ -483,6 +483,16 @@ fn limits() -> Limits {
     Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap()))
 }
 
+/// `unblock` lifts a server's block and budget for another layer over a clone of one memory
+/// store.
+#[tokio::test]
+async fn unblock_lifts_a_block_for_every_layer_over_a_memory_store() {
+    let store = MemoryRateLimitStore::new();
+    let layer =
+        |store: MemoryRateLimitStore| RateLimitLayer::new(store, limits()).unwrap().fail_fast();
+    unblock_is_seen_by(layer(store.clone()), layer(store)).await;
+}
+
 /// `unblock` lifts a server's block and budget for a second store on the same SQLite file (as
 /// another process would open it).
 #[cfg(feature = "sqlite")]
