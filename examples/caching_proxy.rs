@@ -19,6 +19,12 @@
 //! the cache did. When the upstream cannot be reached and no stale entry may be served, the proxy
 //! answers `502 Bad Gateway`. The listening address must be a loopback address: this is a tool for
 //! trying things out, not a production proxy. Request bodies are read whole before forwarding.
+//!
+//! A request whose path climbs above the upstream base path with dot segments (`/../admin`,
+//! `/%2e%2e/admin`, `/.%2E/admin`, `/..%2F..%2Fadmin`, `/..\admin`) is refused with `400 Bad
+//! Request`: the URL parser would resolve them against the base (`https://api/v1` + `/../admin`
+//! is `https://api/admin`), and some upstreams decode `%2F` or treat `\` as a separator too, so
+//! the check decodes every percent escape and splits on both slashes before it counts.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,6 +44,8 @@ type Upstream = Cache<HttpClient>;
 #[derive(Clone)]
 struct Proxy {
     upstream: String,
+    /// The upstream URL's path, which no request may leave.
+    base_path: String,
     service: Upstream,
 }
 
@@ -74,7 +82,50 @@ fn plain(status: StatusCode, message: String) -> Response {
         .expect("a static response")
 }
 
+/// Whether `path` (as received, percent-encoded) climbs above its root: dot segments are
+/// counted after decoding every escape (`%2e`, `%2E`, `%2f`, `%5c`) and splitting on `/` and `\`,
+/// which covers what the URL parser resolves and what an upstream that decodes escapes or takes
+/// backslashes for separators would.
+fn climbs_above_root(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            decoded.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let mut depth = 0usize;
+    for segment in decoded.split(|b| *b == b'/' || *b == b'\\') {
+        match segment {
+            b"" | b"." => {}
+            b".." => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return true,
+            },
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
+    if climbs_above_root(request.uri().path()) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the request path climbs above the upstream base path with dot segments\n".to_owned(),
+        );
+    }
     let (mut parts, body) = request.into_parts();
     let body: Bytes = match body.collect().await {
         Ok(body) => body.to_bytes(),
@@ -87,6 +138,18 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{}", proxy.upstream.trim_end_matches('/'), path);
+    // Belt and braces: the URL as reqwest will send it (dot segments resolved) stays under the
+    // upstream's path.
+    let within_base = reqwest::Url::parse(&url).is_ok_and(|parsed| {
+        let base = proxy.base_path.trim_end_matches('/');
+        parsed.path() == base || parsed.path().starts_with(&format!("{base}/"))
+    });
+    if !within_base {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            format!("the request path leaves the upstream base path: {url}\n"),
+        );
+    }
     parts.uri = match url.parse() {
         Ok(uri) => uri,
         Err(error) => {
@@ -195,8 +258,10 @@ async fn main() -> Result<(), BoxError> {
     let service = ServiceBuilder::new()
         .layer(layer.clone())
         .service(HttpClient::new(client));
+    let base_path = reqwest::Url::parse(&args.upstream)?.path().to_owned();
     let proxy = Proxy {
         upstream: args.upstream.clone(),
+        base_path,
         service,
     };
     let router = axum::Router::new().fallback(forward).with_state(proxy);

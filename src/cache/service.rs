@@ -80,7 +80,9 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // One budget of store time for the request, shared with the layers below.
+        let budget = crate::store::budget::StoreBudget::of(request.extensions_mut());
         self.layer
             .state
             .start_cleanup(self.layer.config.cleanup_interval);
@@ -89,7 +91,7 @@ where
             state: self.layer.state.clone(),
         };
         ResponseFuture {
-            inner: Box::pin(job.run(self.inner.clone(), request)),
+            inner: Box::pin(budget.scope(job.run(self.inner.clone(), request))),
         }
     }
 }
@@ -260,7 +262,7 @@ impl Job {
             .counters
             .store_errors
             .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%error, kind = ?error.kind(), "cache store {what} failed; passing the request through");
+        crate::store::warn::store_warn!(&*self.state, %error, kind = ?error.kind(), "cache store {what} failed; passing the request through");
     }
 
     fn finish(

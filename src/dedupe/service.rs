@@ -167,7 +167,7 @@ impl StoreLease {
             Ok(()) => self.armed = false,
             Err(error) => {
                 DedupeCounters::add(&self.store.counters().store_errors, 1);
-                tracing::warn!(%error, key = %self.key, "dedupe store could not publish a result; releasing the lease so that followers in other processes lead");
+                crate::store::warn::store_warn!(&*self.store, %error, key = %self.key, "dedupe store could not publish a result; releasing the lease so that followers in other processes lead");
             }
         }
     }
@@ -342,13 +342,16 @@ where
             None
         };
         let inner = match key {
-            Some(key) => Box::pin(run(
-                self.config.clone(),
-                self.state.clone(),
-                inner,
-                request,
-                key,
-            )) as _,
+            // One budget of store time for the request, shared with the layers around it.
+            Some(key) => Box::pin(
+                crate::store::budget::StoreBudget::of(request.extensions_mut()).scope(run(
+                    self.config.clone(),
+                    self.state.clone(),
+                    inner,
+                    request,
+                    key,
+                )),
+            ) as _,
             None => Box::pin(async move { inner.oneshot(request).await.map_err(Into::into) }) as _,
         };
         ResponseFuture { inner }
@@ -546,7 +549,7 @@ where
 
 fn store_failed(state: &State, error: &crate::store::StoreError) {
     DedupeCounters::add(&state.counters().store_errors, 1);
-    tracing::warn!(%error, "dedupe store failed; the request goes upstream without cross-process coalescing");
+    crate::store::warn::store_warn!(&*state.store, %error, "dedupe store failed; the request goes upstream without cross-process coalescing");
 }
 
 /// The local leader found a result another process (or layer) published.
@@ -697,7 +700,7 @@ async fn with_renewal<F: std::future::Future>(
                 }
                 Err(error) => {
                     DedupeCounters::add(&lease.store.counters().store_errors, 1);
-                    tracing::warn!(%error, "dedupe store could not renew a lease");
+                    crate::store::warn::store_warn!(&*lease.store, %error, "dedupe store could not renew a lease");
                 }
             }
         }

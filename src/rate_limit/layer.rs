@@ -85,6 +85,7 @@ pub(crate) struct Config {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) pacing: Option<Arc<Pacer>>,
     pub(crate) on_store_error: OnStoreError,
+    pub(crate) max_server_block: Duration,
 }
 
 /// One FIFO line of waiters (tokio's mutex is fair).
@@ -135,6 +136,7 @@ impl RateLimitLayer {
                 clock: Arc::new(SystemClock),
                 pacing: None,
                 on_store_error: OnStoreError::FailClosed,
+                max_server_block: feedback::DEFAULT_MAX_SERVER_BLOCK,
             }),
             shared: Arc::new(Shared {
                 store: Arc::new(store),
@@ -221,6 +223,57 @@ impl RateLimitLayer {
     pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
         Arc::make_mut(&mut self.config).on_store_error = policy;
         self
+    }
+
+    /// The longest a server's feedback may hold a resource back (default one hour): a
+    /// `Retry-After`, or the reset of a `RateLimit-Remaining` budget, further away than this
+    /// from now is cut to it, with a warning that shows the value received. Without it a
+    /// hostile or broken server (`X-RateLimit-Reset: 1900000000000`, `Retry-After: 1e300`)
+    /// could refuse the resource for centuries, in every process.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::rate_limit::{Limits, MemoryRateLimitStore, RateLimitLayer};
+    /// use std::time::Duration;
+    ///
+    /// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), Limits::new())
+    ///     .unwrap()
+    ///     .max_server_block(Duration::from_secs(10 * 60));
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn max_server_block(mut self, max: Duration) -> Self {
+        Arc::make_mut(&mut self.config).max_server_block = max;
+        self
+    }
+
+    /// Lifts the block a server imposed on `resource` (`Retry-After`) and its
+    /// `RateLimit-Remaining` budget, for every process that shares the store: the next
+    /// request is decided by the resource's own limits alone.
+    ///
+    /// # Errors
+    ///
+    /// The store's error (nothing was lifted).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use courteous::rate_limit::{Limits, MemoryRateLimitStore, RateLimitLayer};
+    /// use courteous::Resource;
+    ///
+    /// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), Limits::new()).unwrap();
+    /// let issues = Resource::new("issues").unwrap();
+    /// layer.unblock(&issues).await.unwrap();
+    /// assert_eq!(layer.status(&issues).await.unwrap().blocked_until, None);
+    /// # }
+    /// ```
+    pub async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
+        self.shared.store.unblock(resource).await?;
+        tracing::info!(resource = %resource, "server block lifted");
+        Ok(())
     }
 
     /// The limits that apply to `resource`.
@@ -368,14 +421,14 @@ impl RateLimitLayer {
             entry.1 += u64::from(open);
         }
         if open {
-            tracing::warn!(resource = %resource, %error, "rate-limit store failed; sending the request unchecked (fail open)");
+            crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "rate-limit store failed; sending the request unchecked (fail open)");
             Ok(Admission {
                 waited: started.elapsed(),
                 remaining: 0,
                 unchecked: true,
             })
         } else {
-            tracing::warn!(resource = %resource, %error, "rate-limit store failed; the request is not sent (fail closed)");
+            crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "rate-limit store failed; the request is not sent (fail closed)");
             Err(Box::new(RateLimitStoreFailed::new(resource.clone(), error)))
         }
     }
@@ -394,7 +447,7 @@ impl RateLimitLayer {
         unchecked: bool,
     ) -> Option<Timestamp> {
         let now = self.config.clock.now();
-        let items = feedback::parse(status, headers, now);
+        let items = feedback::parse(status, headers, now, self.config.max_server_block);
         let blocked = items.iter().rev().find_map(|item| match item {
             ServerFeedback::Block { until } => Some(*until),
             ServerFeedback::Remaining { .. } => None,
@@ -410,7 +463,7 @@ impl RateLimitLayer {
             .map(|item| self.shared.store.feedback(resource, item, now));
         for result in futures_util::future::join_all(writes).await {
             if let Err(error) = result {
-                tracing::warn!(resource = %resource, %error, "could not record the server's rate-limit feedback");
+                crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "could not record the server's rate-limit feedback");
             }
         }
         blocked

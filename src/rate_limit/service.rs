@@ -74,7 +74,9 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        ResponseFuture::new(Box::pin(async move {
+        // One budget of store time for the request, shared with the layers around it.
+        let budget = crate::store::budget::StoreBudget::of(request.extensions_mut());
+        ResponseFuture::new(Box::pin(budget.scope(async move {
             let deadline = tokio::time::Instant::now() + max_wait;
             let resource = context.resource();
             let priority = context.priority();
@@ -129,7 +131,7 @@ where
             }
             Report::record(response.extensions_mut()).rate_limit = Some(report);
             Ok(response)
-        }))
+        })))
     }
 }
 

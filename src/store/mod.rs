@@ -28,10 +28,12 @@
 
 use crate::error::BoxError;
 
+pub(crate) mod budget;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub(crate) mod warn;
 
 /// What kind of failure a store reported, for callers that react differently to each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

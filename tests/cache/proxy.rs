@@ -190,3 +190,76 @@ async fn the_caching_proxy_with_sqlite_serves_what_it_stored_before_a_restart() 
     assert_eq!(response.text().await.unwrap(), "multi 1");
     assert_eq!(upstream.hits_on("/multi"), 1);
 }
+
+/// Sends `target` as the raw request-target of a GET (clients such as reqwest resolve dot
+/// segments before sending, which would hide what this tests) and returns the status code.
+async fn raw_get_status(addr: &str, target: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {target} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line for {target}: {reply:?}"))
+}
+
+/// Issue 12 item 13: a path whose dot segments, in any spelling, would climb above the upstream
+/// base path is refused with a 400 and never reaches the upstream; dot segments that stay below
+/// it, and names that merely contain dots, pass.
+#[tokio::test]
+async fn the_caching_proxy_refuses_paths_that_leave_the_upstream_base_path() {
+    let upstream = TestServer::start().await;
+    let proxy = tokio::task::spawn_blocking({
+        let url = upstream.url("/base");
+        move || start_proxy(&url)
+    })
+    .await
+    .unwrap();
+    for target in [
+        "/../admin",
+        "/..",
+        "/%2e%2e/admin",
+        "/%2E%2E/admin",
+        "/%2e%2E/admin",
+        "/.%2e/admin",
+        "/%2E./admin",
+        "/a/../../admin",
+        "/a/%2e%2e/%2e%2e/admin",
+        "/..%2fadmin",
+        "/..%2Fadmin",
+        "/a/..%5c..%5cadmin",
+        "/..\\admin",
+        "/./../admin?x=1",
+        "/%2e%2e%2fadmin",
+    ] {
+        assert_eq!(raw_get_status(&proxy.addr, target).await, 400, "{target}");
+    }
+    assert_eq!(upstream.hits(), 0, "{:?}", upstream.seen());
+    for (target, seen) in [
+        ("/a/../b", "/base/b"),
+        ("/items/..data/x", "/base/items/..data/x"),
+        ("/a/%2e/b", "/base/a/b"),
+        ("/v/...", "/base/v/..."),
+    ] {
+        assert_eq!(raw_get_status(&proxy.addr, target).await, 200, "{target}");
+        let last = upstream.seen().last().unwrap().path_and_query.clone();
+        assert_eq!(last, seen, "{target}");
+    }
+    assert!(
+        upstream
+            .seen()
+            .iter()
+            .all(|s| s.path_and_query.starts_with("/base/")),
+        "{:?}",
+        upstream.seen()
+    );
+}

@@ -231,3 +231,307 @@ async fn both_priorities_reach_the_decision_through_reqwest_middleware() {
     let stats = layer.stats().resources["volumes"];
     assert_eq!((stats.admitted_user, stats.admitted_background), (1, 2));
 }
+
+/// `/api/<resource>/`: answers with the status in the request's `x-reply-status` and, for each
+/// request header `x-reply-<name>`, a response header `<name>` with its value: the test decides
+/// what the server says.
+async fn echo_server() -> TestServer {
+    TestServer::with_router(|log| {
+        Router::new()
+            .fallback(|State(log): State<Arc<Log>>, request: Request| async move {
+                log.record(&request);
+                let mut builder = Response::builder();
+                for (name, value) in request.headers() {
+                    if name == "x-reply-status" {
+                        builder = builder.status(value.to_str().unwrap().parse::<u16>().unwrap());
+                    } else if let Some(name) = name.as_str().strip_prefix("x-reply-") {
+                        builder = builder.header(name, value);
+                    }
+                }
+                builder.body(axum::body::Body::from("{}")).unwrap()
+            })
+            .with_state(log)
+    })
+    .await
+}
+
+fn asking(url: String, status: u16, headers: &[(&str, &str)]) -> http::Request<reqwest::Body> {
+    let mut request = get(url);
+    request
+        .headers_mut()
+        .insert("x-reply-status", status.to_string().parse().unwrap());
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(format!("x-reply-{name}").as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    request
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Issue 11 item 4: absurd feedback (`X-RateLimit-Reset: 1900000000000`, `inf`, `1e300`, a date
+/// in the year 9999) through a real server never holds the resource back longer than
+/// `max_server_block` (one hour by default), and non-finite, negative or unparsable values are
+/// ignored, on the memory and the SQLite stores. It used to refuse the resource for up to 292 M
+/// years (and the SQLite file kept that across restarts).
+#[tokio::test]
+async fn absurd_server_feedback_is_capped_or_ignored() {
+    let server = echo_server().await;
+    let hour = 3_600_000u64;
+    /// (status, headers, whether it blocks, as opposed to being ignored)
+    type Case<'a> = (u16, &'a [(&'a str, &'a str)], bool);
+    let cases: &[Case] = &[
+        (429, &[("retry-after", "1e300")], true),
+        (429, &[("retry-after", "18446744073709551615")], true),
+        (
+            503,
+            &[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")],
+            true,
+        ),
+        (429, &[("retry-after", "inf")], false),
+        (429, &[("retry-after", "-1")], false),
+        (429, &[("retry-after", "NaN")], false),
+        (429, &[("retry-after", "tomorrow")], false),
+        (
+            200,
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1900000000000"),
+            ],
+            true,
+        ),
+        (
+            200,
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1e300"),
+            ],
+            true,
+        ),
+        (
+            200,
+            &[
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", "99999999999"),
+            ],
+            true,
+        ),
+        (
+            200,
+            &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "inf")],
+            false,
+        ),
+        (
+            200,
+            &[
+                ("x-ratelimit-remaining", "inf"),
+                ("x-ratelimit-reset", "30"),
+            ],
+            false,
+        ),
+        (
+            200,
+            &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "-30")],
+            false,
+        ),
+    ];
+    #[cfg(feature = "sqlite")]
+    let (_dir, path) = crate::support::temp_db();
+    #[cfg(feature = "sqlite")]
+    let sqlite = courteous::store::sqlite::SqliteStore::open(&path)
+        .await
+        .unwrap();
+    let mut layers = vec![("memory", layer())];
+    #[cfg(feature = "sqlite")]
+    layers.push((
+        "sqlite",
+        RateLimitLayer::new(
+            sqlite.rate_limits(),
+            Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap())),
+        )
+        .unwrap()
+        .fail_fast(),
+    ));
+    for (backend, layer) in layers {
+        let service = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(HttpClient::new(reqwest::Client::new()));
+        for (i, (status, headers, blocks)) in cases.iter().enumerate() {
+            let name = format!("evil{i}");
+            let resource = Resource::new(&name).unwrap();
+            let url = server.url(&format!("/api/{name}/"));
+            let response = service
+                .clone()
+                .oneshot(asking(url.clone(), *status, headers))
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), *status);
+            let status = layer.status(&resource).await.unwrap();
+            let refused = service.clone().oneshot(asking(url, 200, &[])).await.err();
+            let what = format!("{backend} {headers:?}: {status:?}");
+            if *blocks {
+                let limited = refused
+                    .as_ref()
+                    .and_then(|e| e.downcast_ref::<RateLimited>())
+                    .unwrap_or_else(|| panic!("not held back: {what}"));
+                // At most an hour (and a little for the time the test takes).
+                assert!(
+                    limited.retry_after() <= Duration::from_millis(hour + 60_000),
+                    "{what}: {limited}"
+                );
+                assert!(
+                    limited.retry_after() >= Duration::from_millis(hour - 60_000),
+                    "{what}: {limited}"
+                );
+                if let Some(until) = status.blocked_until {
+                    assert!(until.as_millis() <= now_ms() + hour + 60_000, "{what}");
+                }
+            } else {
+                assert!(refused.is_none(), "{what}: {refused:?}");
+                assert_eq!(status.blocked_until, None, "{what}");
+                assert_eq!(status.server_remaining, None, "{what}");
+            }
+        }
+    }
+    #[cfg(feature = "sqlite")]
+    sqlite.close().await.unwrap();
+}
+
+/// A shorter `max_server_block` cuts a long `Retry-After` to it: the resource is free again
+/// once it has passed.
+#[tokio::test]
+async fn max_server_block_cuts_a_long_retry_after() {
+    let server = echo_server().await;
+    let layer = layer().max_server_block(Duration::from_millis(300));
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(HttpClient::new(reqwest::Client::new()));
+    let url = server.url("/api/short/");
+    service
+        .clone()
+        .oneshot(asking(url.clone(), 429, &[("retry-after", "86400")]))
+        .await
+        .unwrap();
+    let err = service
+        .clone()
+        .oneshot(asking(url.clone(), 200, &[]))
+        .await
+        .unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().expect("rate limited");
+    assert!(
+        limited.retry_after() <= Duration::from_millis(300),
+        "{limited}"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    service.oneshot(asking(url, 200, &[])).await.unwrap();
+}
+
+/// Blocks `resource` through `blocker` (a 429 with a day's `Retry-After`, cut to the default
+/// hour), checks that `other` (another store over the same file or server) is held back too,
+/// lifts it with `blocker`'s `unblock`, and checks that `other` sends again; then the same with
+/// a `RateLimit-Remaining: 0` budget.
+async fn unblock_is_seen_by(blocker: RateLimitLayer, other: RateLimitLayer) {
+    let server = echo_server().await;
+    let client = |layer: &RateLimitLayer| {
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(HttpClient::new(reqwest::Client::new()))
+    };
+    let (first, second) = (client(&blocker), client(&other));
+    for (status, headers) in [
+        (429u16, &[("retry-after", "86400")][..]),
+        (
+            200,
+            &[("ratelimit-remaining", "0"), ("ratelimit-reset", "86400")][..],
+        ),
+    ] {
+        let resource = Resource::new("lifted").unwrap();
+        let url = server.url("/api/lifted/");
+        first
+            .clone()
+            .oneshot(asking(url.clone(), status, headers))
+            .await
+            .unwrap();
+        let err = second
+            .clone()
+            .oneshot(asking(url.clone(), 200, &[]))
+            .await
+            .unwrap_err();
+        assert!(err.is::<RateLimited>(), "{err}");
+        let hits = server.hits();
+        blocker.unblock(&resource).await.unwrap();
+        let status = other.status(&resource).await.unwrap();
+        assert_eq!(status.blocked_until, None, "{status:?}");
+        assert_eq!(status.server_remaining, None, "{status:?}");
+        second
+            .clone()
+            .oneshot(asking(url, 200, &[]))
+            .await
+            .expect("sent again after unblock");
+        assert_eq!(server.hits(), hits + 1);
+    }
+}
+
+fn limits() -> Limits {
+    Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap()))
+}
+
+/// `unblock` lifts a server's block and budget for another layer over a clone of one memory
+/// store.
+#[tokio::test]
+async fn unblock_lifts_a_block_for_every_layer_over_a_memory_store() {
+    let store = MemoryRateLimitStore::new();
+    let layer =
+        |store: MemoryRateLimitStore| RateLimitLayer::new(store, limits()).unwrap().fail_fast();
+    unblock_is_seen_by(layer(store.clone()), layer(store)).await;
+}
+
+/// `unblock` lifts a server's block and budget for a second store on the same SQLite file (as
+/// another process would open it).
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unblock_lifts_a_block_for_another_store_on_the_same_sqlite_file() {
+    use courteous::store::sqlite::SqliteStore;
+    let (_dir, path) = crate::support::temp_db();
+    let (one, two) = (
+        SqliteStore::open(&path).await.unwrap(),
+        SqliteStore::open(&path).await.unwrap(),
+    );
+    let layer = |store: &SqliteStore| {
+        RateLimitLayer::new(store.rate_limits(), limits())
+            .unwrap()
+            .fail_fast()
+    };
+    unblock_is_seen_by(layer(&one), layer(&two)).await;
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}
+
+/// `unblock` lifts a server's block and budget for a second store on the same Redis server.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unblock_lifts_a_block_for_another_store_on_the_same_redis() {
+    use courteous::store::redis::RedisStore;
+    let Some(url) = crate::support::redis::shared_url().await else {
+        return;
+    };
+    let prefix = crate::support::redis::unique_prefix("unblock");
+    let layer = || {
+        let store = RedisStore::builder(&url)
+            .prefix(&prefix)
+            .operation_timeout(Duration::from_secs(2))
+            .connect()
+            .unwrap();
+        RateLimitLayer::new(store.rate_limits(), limits())
+            .unwrap()
+            .fail_fast()
+    };
+    unblock_is_seen_by(layer(), layer()).await;
+}

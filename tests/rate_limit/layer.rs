@@ -471,6 +471,9 @@ impl RateLimitStore for Faulty {
     fn stats(&self) -> RateLimitStats {
         self.inner.stats()
     }
+    async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
+        self.inner.unblock(resource).await
+    }
 }
 
 /// Whatever the backend, a decision the store cannot make fails the request at once with a

@@ -212,4 +212,9 @@ impl RateLimitStore for MemoryRateLimitStore {
                 .collect(),
         }
     }
+
+    async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
+        self.with_state(resource, |state| state.server = ServerState::default());
+        Ok(())
+    }
 }

@@ -228,6 +228,11 @@ pub trait RateLimitStore: Send + Sync + 'static {
 
     /// Counters per resource, in this process.
     fn stats(&self) -> RateLimitStats;
+
+    /// Lifts what the server imposed on `resource` (its `Retry-After` block and its
+    /// `RateLimit-Remaining` budget), for every process sharing the store. The resource's own
+    /// limits and the admissions they count stay as they are.
+    async fn unblock(&self, resource: &Resource) -> Result<(), StoreError>;
 }
 
 #[async_trait]
@@ -254,6 +259,9 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
     }
     fn stats(&self) -> RateLimitStats {
         (**self).stats()
+    }
+    async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
+        (**self).unblock(resource).await
     }
 }
 

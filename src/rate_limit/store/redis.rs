@@ -963,6 +963,20 @@ impl RateLimitStore for RedisRateLimitStore {
                 .collect(),
         }
     }
+
+    async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
+        // Every decision reads these fields in its script: the next one, on any machine, sees
+        // the block and the budget gone. The hash's expiry stays as it is.
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(self.keys(resource).state).arg(&[
+            "blocked_until",
+            "budget_remaining",
+            "budget_observed",
+            "budget_reset",
+        ]);
+        let _: i64 = self.redis.query("rate-limit unblock", cmd).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1143,6 +1143,24 @@ impl RateLimitStore for SqliteRateLimitStore {
                 .collect(),
         }
     }
+
+    async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
+        let resource = resource.as_str().to_owned();
+        self.sqlite
+            .call(move |conn| {
+                // Read by every decision in its transaction: the next one, in any process,
+                // sees the block gone.
+                conn.execute(
+                    "UPDATE rate_limit_state SET blocked_until = 0, budget_remaining = NULL,
+                         budget_observed = NULL, budget_reset = NULL
+                     WHERE resource = ?1",
+                    [resource],
+                )?;
+                Ok(())
+            })
+            .await
+            .map_err(store_error)
+    }
 }
 
 /// A time as SQLite stores it: times past `i64::MAX` ms (a `Retry-After` of centuries) are

@@ -10,6 +10,23 @@
 //! configuration says (the cache and dedupe layers pass through; the rate limiter fails closed by
 //! default).
 //!
+//! # Note on outages
+//!
+//! A request that crosses several layers sends Redis several commands (a cache lookup, a dedupe
+//! claim, a rate-limit decision, writes afterwards). The [operation
+//! timeout](RedisStoreBuilder::operation_timeout) is **one budget per request** across all of
+//! them, not one per command: a command waits at most what the request has left of it, and one
+//! whose request has spent it all fails at once without being sent. So a stalled Redis costs a
+//! request about one timeout, whatever the number of layers. Work done outside a request
+//! (background writes, cleanup) gets the whole timeout per command.
+//!
+//! After [`circuit_breaker`](RedisStoreBuilder::circuit_breaker) failures in a row (default 3:
+//! Redis unreachable, or silent for a whole timeout), the store stops asking Redis for a while
+//! (default 1 s): every operation fails at once with [`RedisError::CircuitOpen`]. Then one
+//! operation goes through as a probe (the others still fail at once): if Redis answers, the
+//! circuit closes; if not, it stays open for another while. The cache, dedupe and rate-limit
+//! stores made from one [`RedisStore`] share its connection and its breaker.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -33,6 +50,7 @@ use std::time::{Duration, SystemTime};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Value};
 
+use crate::store::budget::{Charge, StoreBudget};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// A failure of the Redis backend.
@@ -74,6 +92,17 @@ pub enum RedisError {
         #[source]
         source: redis::RedisError,
     },
+    /// Redis failed repeatedly, and the store does not ask it again until the circuit breaker's
+    /// next probe (see [`RedisStoreBuilder::circuit_breaker`]): the operation was not sent.
+    #[error(
+        "redis failed repeatedly: {operation} was not sent; it is asked again in {retry_in:?} (circuit breaker open)"
+    )]
+    CircuitOpen {
+        /// What was attempted.
+        operation: &'static str,
+        /// When the next probe may go.
+        retry_in: Duration,
+    },
     /// Redis answered with an error (a script error, a wrong type...).
     #[error("redis refused {operation}: {source}")]
     Command {
@@ -107,14 +136,18 @@ impl RedisError {
             RedisError::Timeout { .. } => "redis_timeout",
             RedisError::Unavailable { .. } => "redis_unavailable",
             RedisError::Command { .. } => "redis_command",
+            RedisError::CircuitOpen { .. } => "redis_circuit_open",
         }
     }
 
-    /// Redis could not be reached in time (unreachable or slow).
+    /// Redis could not be reached in time (unreachable or slow), or failed so often that the
+    /// circuit breaker is open.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            RedisError::Timeout { .. } | RedisError::Unavailable { .. }
+            RedisError::Timeout { .. }
+                | RedisError::Unavailable { .. }
+                | RedisError::CircuitOpen { .. }
         )
     }
 
@@ -135,9 +168,9 @@ impl RedisError {
 impl From<RedisError> for StoreError {
     fn from(error: RedisError) -> Self {
         let kind = match &error {
-            RedisError::InvalidUrl { .. } | RedisError::Unavailable { .. } => {
-                StoreErrorKind::Unavailable
-            }
+            RedisError::InvalidUrl { .. }
+            | RedisError::Unavailable { .. }
+            | RedisError::CircuitOpen { .. } => StoreErrorKind::Unavailable,
             RedisError::Timeout { .. } => StoreErrorKind::Busy,
             RedisError::Command { .. } => StoreErrorKind::Other,
         };
@@ -150,6 +183,105 @@ struct Inner {
     manager: ConnectionManager,
     prefix: String,
     operation_timeout: Duration,
+    breaker: Breaker,
+}
+
+/// Stops asking a failing Redis for a while (see the module's "Note on outages").
+#[derive(Debug)]
+struct Breaker {
+    /// Failures in a row that open it (0: never).
+    failures: u32,
+    open_for: Duration,
+    state: std::sync::Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    /// Failures in a row.
+    failed: u32,
+    /// Set while open: when the next probe may go.
+    open_until: Option<tokio::time::Instant>,
+    /// A probe in flight, until this time (a probe that is dropped stops counting then).
+    probing_until: Option<tokio::time::Instant>,
+}
+
+/// What the breaker let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Closed,
+    Probe,
+}
+
+/// How an attempt went, for the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Redis answered (an error reply included: it is up).
+    Answered,
+    /// Redis could not be reached, or was silent for a whole operation timeout.
+    Failed,
+    /// Silent for less than a whole timeout (the request's budget was nearly spent): says
+    /// nothing either way.
+    Inconclusive,
+}
+
+impl Breaker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an operation may go now; `Err(retry_in)` while open.
+    fn pass(&self, timeout: Duration) -> Result<Pass, Duration> {
+        if self.failures == 0 {
+            return Ok(Pass::Closed);
+        }
+        let now = tokio::time::Instant::now();
+        let mut state = self.lock();
+        let Some(open_until) = state.open_until else {
+            return Ok(Pass::Closed);
+        };
+        if now < open_until {
+            return Err(open_until - now);
+        }
+        if let Some(probing) = state.probing_until
+            && now < probing
+        {
+            return Err(probing - now);
+        }
+        state.probing_until = Some(now + timeout);
+        Ok(Pass::Probe)
+    }
+
+    fn record(&self, pass: Pass, outcome: Outcome) {
+        if self.failures == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        if pass == Pass::Probe {
+            state.probing_until = None;
+        }
+        match outcome {
+            Outcome::Answered => {
+                if state.open_until.take().is_some() {
+                    tracing::info!("redis answers again; circuit breaker closed");
+                }
+                state.failed = 0;
+            }
+            Outcome::Failed => {
+                state.failed = state.failed.saturating_add(1);
+                if state.open_until.is_some() || state.failed >= self.failures {
+                    if state.open_until.is_none() {
+                        tracing::warn!(
+                            failures = state.failed,
+                            open_for = ?self.open_for,
+                            "redis failed repeatedly; circuit breaker open: operations fail at once until a probe succeeds"
+                        );
+                    }
+                    state.open_until = Some(tokio::time::Instant::now() + self.open_for);
+                }
+            }
+            Outcome::Inconclusive => {}
+        }
+    }
 }
 
 /// A Redis server shared by the cache, dedupe and rate-limit stores of every machine.
@@ -194,6 +326,8 @@ pub struct RedisStoreBuilder {
     prefix: String,
     connect_timeout: Duration,
     operation_timeout: Duration,
+    breaker_failures: u32,
+    breaker_open_for: Duration,
 }
 
 impl RedisStoreBuilder {
@@ -210,9 +344,37 @@ impl RedisStoreBuilder {
     }
 
     /// How long one operation may take, connection included, before it fails with
-    /// [`RedisError::Timeout`] (default 1 s).
+    /// [`RedisError::Timeout`] (default 1 s). Within a request this is one budget for all the
+    /// request's operations, across every layer (see the module's "Note on outages").
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
+        self
+    }
+
+    /// After `failures` failed operations in a row (Redis unreachable, or silent for a whole
+    /// operation timeout), fail every operation at once with [`RedisError::CircuitOpen`] for
+    /// `open_for`, then let one through as a probe, and close when one succeeds (default 3
+    /// failures, 1 s). `failures` of 0 turns the breaker off.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::store::redis::RedisStore;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+    ///     .operation_timeout(Duration::from_millis(250))
+    ///     .circuit_breaker(5, Duration::from_secs(2))
+    ///     .connect()
+    ///     .unwrap();
+    /// # let _ = store;
+    /// # }
+    /// ```
+    pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.breaker_failures = failures;
+        self.breaker_open_for = open_for;
         self
     }
 
@@ -244,6 +406,11 @@ impl RedisStoreBuilder {
                 manager,
                 prefix: self.prefix,
                 operation_timeout: self.operation_timeout,
+                breaker: Breaker {
+                    failures: self.breaker_failures,
+                    open_for: self.breaker_open_for,
+                    state: std::sync::Mutex::default(),
+                },
             }),
         })
     }
@@ -282,6 +449,8 @@ impl RedisStore {
             prefix: "courteous".to_owned(),
             connect_timeout: Duration::from_secs(1),
             operation_timeout: Duration::from_secs(1),
+            breaker_failures: 3,
+            breaker_open_for: Duration::from_secs(1),
         }
     }
 
@@ -365,7 +534,9 @@ impl RedisStore {
         .await
     }
 
-    /// Runs `attempt` on the shared connection, bounded by the operation timeout.
+    /// Runs `attempt` on the shared connection, bounded by the operation timeout (less what the
+    /// current request already spent on stores: see [`StoreBudget`]), unless the circuit
+    /// breaker is open.
     ///
     /// When the connection turns out to be broken (after a Redis restart the first command on
     /// the old connection fails), the connection manager starts a new one and the attempt is
@@ -382,7 +553,26 @@ impl RedisStore {
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let after = self.inner.operation_timeout;
+        let timeout = self.inner.operation_timeout;
+        let budget = StoreBudget::current();
+        let after = budget.as_ref().map_or(timeout, |b| b.left(timeout));
+        if after.is_zero() {
+            // The request spent its budget on earlier operations: not sent, and not a sign
+            // about Redis either way.
+            return Err(RedisError::Timeout {
+                operation,
+                after: timeout,
+            });
+        }
+        let pass =
+            self.inner
+                .breaker
+                .pass(timeout)
+                .map_err(|retry_in| RedisError::CircuitOpen {
+                    operation,
+                    retry_in,
+                })?;
+        let _charge = Charge::start(budget);
         let run = async {
             match attempt(self.inner.manager.clone()).await {
                 Err(error) if error.is_connection_dropped() || error.is_io_error() => {
@@ -392,11 +582,31 @@ impl RedisStore {
                 result => result,
             }
         };
-        match tokio::time::timeout(after, run).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(RedisError::from_redis(operation, source)),
-            Err(_) => Err(RedisError::Timeout { operation, after }),
-        }
+        let (result, outcome) = match tokio::time::timeout(after, run).await {
+            Ok(Ok(value)) => (Ok(value), Outcome::Answered),
+            Ok(Err(source)) => {
+                let error = RedisError::from_redis(operation, source);
+                let outcome = if error.is_unavailable() {
+                    Outcome::Failed
+                } else {
+                    Outcome::Answered
+                };
+                (Err(error), outcome)
+            }
+            Err(_) if after == timeout => (
+                Err(RedisError::Timeout { operation, after }),
+                Outcome::Failed,
+            ),
+            Err(_) => (
+                Err(RedisError::Timeout {
+                    operation,
+                    after: timeout,
+                }),
+                Outcome::Inconclusive,
+            ),
+        };
+        self.inner.breaker.record(pass, outcome);
+        result
     }
 }
 

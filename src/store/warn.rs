@@ -1,0 +1,80 @@
+//! Rate-limited warnings of store failures.
+//!
+//! A store that is down fails every request; a warning per request would flood the logs (and
+//! cost each request the logging). [`store_warn!`] logs at most one warning per store per
+//! [`INTERVAL`], with the number of failures whose warnings were left out since the previous
+//! one (`suppressed`); those are logged at `debug`.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// At most one warning per store in this interval.
+pub(crate) const INTERVAL: Duration = Duration::from_secs(10);
+
+/// Per store (by address): when its last warning was logged, and how many were left out since.
+static LAST: LazyLock<Mutex<HashMap<usize, (Instant, u64)>>> = LazyLock::new(Mutex::default);
+
+/// Whether a failure of `store` is warned about now: `Some(n)` with the number of warnings left
+/// out since the last one, or `None` to leave this one out (it is counted).
+pub(crate) fn admit<T: ?Sized>(store: &T) -> Option<u64> {
+    let key = std::ptr::from_ref(store).cast::<()>() as usize;
+    let now = Instant::now();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.len() > 1024 {
+        last.retain(|_, (at, _)| now.saturating_duration_since(*at) < INTERVAL);
+    }
+    match last.get_mut(&key) {
+        Some((at, suppressed)) if now.saturating_duration_since(*at) < INTERVAL => {
+            *suppressed += 1;
+            None
+        }
+        Some((at, suppressed)) => {
+            *at = now;
+            Some(std::mem::take(suppressed))
+        }
+        None => {
+            last.insert(key, (now, 0));
+            Some(0)
+        }
+    }
+}
+
+/// `tracing::warn!` for a failure of the store `$store` (any reference that identifies it),
+/// rate limited by [`admit`]: the warning carries `suppressed`, the count of those left out
+/// since the previous one, which go to `debug` instead.
+macro_rules! store_warn {
+    ($store:expr, $($arg:tt)+) => {
+        match $crate::store::warn::admit($store) {
+            Some(suppressed) => ::tracing::warn!(suppressed, $($arg)+),
+            None => ::tracing::debug!($($arg)+),
+        }
+    };
+}
+pub(crate) use store_warn;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_warning_per_store_per_interval_with_the_count_left_out() {
+        // Never freed, so no other test's store can have had these addresses.
+        let (one, two): (&u8, &u8) = (Box::leak(Box::new(1)), Box::leak(Box::new(2)));
+        assert_eq!(admit(one), Some(0));
+        assert_eq!(admit(two), Some(0), "another store warns on its own");
+        for _ in 0..41 {
+            assert_eq!(admit(one), None);
+        }
+        tokio::time::advance(INTERVAL - Duration::from_millis(1)).await;
+        assert_eq!(admit(one), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(admit(one), Some(42));
+        assert_eq!(admit(one), None);
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(admit(one), Some(1));
+        assert_eq!(admit(two), Some(0));
+    }
+}
