@@ -259,6 +259,10 @@ impl std::error::Error for SharedError {
 
 /// Why a deduplicated request failed. Cloneable: one failure reaches every follower.
 ///
+/// Its [`source`](std::error::Error::source) is the leader's original error for
+/// [`Upstream`](DedupeError::Upstream) (a `reqwest::Error`, say), so
+/// [`courteous::error::find`](crate::error::find) finds that through it.
+///
 /// # Example
 ///
 /// ```
@@ -268,35 +272,60 @@ impl std::error::Error for SharedError {
 /// assert_eq!(err.code(), "dedupe_failure_status");
 /// assert!(err.to_string().contains("502"));
 /// ```
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum DedupeError {
-    /// The leading request failed in this process.
-    #[error("the leading request for this key failed: {0}")]
-    Upstream(#[source] SharedError),
+    /// The leading request failed in this process, after it was sent.
+    Upstream(SharedError),
     /// The leading request failed in another process; only its message crossed over.
-    #[error("the leading request for this key failed in another process: {message}")]
     RemoteUpstream {
         /// The leader's error message.
         message: Arc<str>,
     },
     /// The leader's response had a status the layer was told to treat as failure
     /// ([`DedupeLayer::fail_on`]); the leader itself gets the response.
-    #[error(
-        "the leading request for this key answered {status}, which this dedupe layer treats as a failure"
-    )]
     FailureStatus {
         /// The leader's status.
         status: StatusCode,
     },
     /// The follower waited longer than its timeout and [`OnTimeout::Fail`] is set.
-    #[error(
-        "waited {waited:?} for the leading request for this key; raise follower_timeout or use OnTimeout::OwnRequest"
-    )]
     TimedOut {
         /// How long it waited.
         waited: Duration,
     },
+}
+
+impl fmt::Display for DedupeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DedupeError::Upstream(error) => {
+                write!(f, "the leading request for this key failed: {error}")
+            }
+            DedupeError::RemoteUpstream { message } => write!(
+                f,
+                "the leading request for this key failed in another process: {message}"
+            ),
+            DedupeError::FailureStatus { status } => write!(
+                f,
+                "the leading request for this key answered {status}, which this dedupe layer treats as a failure"
+            ),
+            DedupeError::TimedOut { waited } => write!(
+                f,
+                "waited {waited:?} for the leading request for this key; raise follower_timeout or use OnTimeout::OwnRequest"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DedupeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // The original error itself, not the `SharedError` around it (whose own `source`
+            // is the original's source): walking the chain meets the original's type.
+            DedupeError::Upstream(shared) => Some(shared.get_ref()),
+            _ => None,
+        }
+    }
 }
 
 impl DedupeError {

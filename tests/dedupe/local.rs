@@ -594,6 +594,9 @@ impl DedupeStore for Faulty {
     fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
         self.0.poll(key)
     }
+    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
+        self.0.invalidate(path)
+    }
     fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
         self.0.status(key)
     }
