@@ -382,9 +382,7 @@ where
         }
         let key = if self.config.methods.contains(request.method()) {
             let context = RequestContext::resolve(&mut request);
-            context
-                .key()
-                .map(|key| class_key(key, context.priority()))
+            context.key().map(|key| class_key(key, context.priority()))
         } else {
             None
         };

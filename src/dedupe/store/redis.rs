@@ -366,7 +366,10 @@ impl RedisDedupeStore {
             lease: self.redis.key(format_args!("dedupe:{{{hex}}}:lease")),
             meta: self.redis.key(format_args!("dedupe:{{{hex}}}:meta")),
             result: self.redis.key(format_args!("dedupe:{{{hex}}}:result")),
-            index: self.index(url_of(key)),
+            index: {
+                let url = url_of(key);
+                self.index(url.split_once('?').map_or(url, |(path, _)| path))
+            },
             hex,
         }
     }
