@@ -125,6 +125,38 @@ pub use store::{
     MemoryDedupeStore, StoreFuture,
 };
 
+/// The key under which a [`DedupeLayer`] coalesces `request` and registers it in its
+/// [`DedupeStore`]: the request's [`RequestKey`](crate::RequestKey) together with its
+/// [`Priority`](crate::Priority) class (see "Note on priority" in the [module docs](self)).
+/// `None` for a request without a key (a streaming body). For [`DedupeStore::status`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::dedupe::store_key;
+/// use courteous::{Priority, RequestContext};
+///
+/// let request = |priority| {
+///     let mut r = http::Request::get("http://h/x").body(reqwest::Body::from("")).unwrap();
+///     r.extensions_mut().insert(priority);
+///     r
+/// };
+/// let user = store_key(&mut request(Priority::User)).unwrap();
+/// let background = store_key(&mut request(Priority::Background)).unwrap();
+/// assert_ne!(user, background);
+/// assert_eq!(user.display(), "GET http://h/x");
+/// let mut plain = request(Priority::User);
+/// assert_ne!(&user, RequestContext::resolve(&mut plain).key().unwrap());
+/// ```
+pub fn store_key<B: crate::ReplayableBody>(
+    request: &mut http::Request<B>,
+) -> Option<crate::RequestKey> {
+    let context = crate::RequestContext::resolve(request);
+    context
+        .key()
+        .map(|key| service::class_key(key, context.priority()))
+}
+
 /// What the dedupe layer did with a request, in [`Report::dedupe`].
 ///
 /// # Example

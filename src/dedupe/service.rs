@@ -364,39 +364,45 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        if !safe(request.method()) {
-            let path = invalidated_path(&mut request);
-            let state = self.state.clone();
-            return ResponseFuture {
-                inner: Box::pin(async move {
-                    let response = inner.oneshot(request).await.map_err(Into::into)?;
-                    let status = response.status();
-                    if let Some(path) = path
-                        && (status.is_success() || status.is_redirection())
-                    {
-                        state.invalidate(&path).await;
-                    }
-                    Ok(response)
-                }),
-            };
-        }
+        // An unsafe request changes the resource: once it succeeded, no result from before it
+        // may serve a request made after it.
+        let invalidates = if safe(request.method()) {
+            None
+        } else {
+            invalidated_path(&mut request)
+        };
         let key = if self.config.methods.contains(request.method()) {
             let context = RequestContext::resolve(&mut request);
             context.key().map(|key| class_key(key, context.priority()))
         } else {
             None
         };
-        let inner = match key {
-            Some(key) => Box::pin(run(
-                self.config.clone(),
-                self.state.clone(),
-                inner,
-                request,
-                key,
-            )) as _,
-            None => Box::pin(async move { inner.oneshot(request).await.map_err(Into::into) }) as _,
+        let call: ResponseFuture = ResponseFuture {
+            inner: match key {
+                Some(key) => Box::pin(run(
+                    self.config.clone(),
+                    self.state.clone(),
+                    inner,
+                    request,
+                    key,
+                )),
+                None => Box::pin(async move { inner.oneshot(request).await.map_err(Into::into) }),
+            },
         };
-        ResponseFuture { inner }
+        let Some(path) = invalidates else {
+            return call;
+        };
+        let state = self.state.clone();
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let response = call.await?;
+                let status = response.status();
+                if status.is_success() || status.is_redirection() {
+                    state.invalidate(&path).await;
+                }
+                Ok(response)
+            }),
+        }
     }
 }
 
@@ -431,7 +437,7 @@ fn invalidated_path<B: ReplayableBody>(request: &mut http::Request<B>) -> Option
 /// refused, while the user reserve is free. Keying by class holds in every process without any
 /// store knowing about priorities; it costs at most one more upstream call per key when both
 /// classes ask for it at the same moment.
-fn class_key(key: &RequestKey, priority: Priority) -> RequestKey {
+pub(super) fn class_key(key: &RequestKey, priority: Priority) -> RequestKey {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     hash.update(b"courteous-dedupe-class-v1\0");

@@ -420,7 +420,7 @@ async fn a_result_is_served_to_late_followers_only_within_result_ttl() {
     assert_eq!(role(&first), DedupeRole::Leader);
     let key = {
         let mut r = get(&url);
-        RequestContext::resolve(&mut r).key().unwrap().clone()
+        courteous::dedupe::store_key(&mut r).unwrap()
     };
     assert!(matches!(
         layer.store().status(&key).await.unwrap(),
@@ -624,7 +624,7 @@ async fn a_leader_whose_publish_fails_releases_its_lease() {
 
     let key = {
         let mut r = get(url);
-        RequestContext::resolve(&mut r).key().unwrap().clone()
+        courteous::dedupe::store_key(&mut r).unwrap()
     };
     let started = std::time::Instant::now();
     loop {
@@ -674,7 +674,7 @@ async fn owner_ids_carry_a_random_part_next_to_the_pid() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let mut r = get(url);
-            let key = RequestContext::resolve(&mut r).key().unwrap().clone();
+            let key = courteous::dedupe::store_key(&mut r).unwrap();
             let status = store.status(&key).await.unwrap();
             leader.abort();
             match status {
