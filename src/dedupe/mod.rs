@@ -16,8 +16,22 @@
 //!   processes poll for it with a 1–8 ms backoff. A result is kept only
 //!   [`result_ttl`](DedupeLayer::result_ttl) (3 s by default, at least 1 s) for late followers:
 //!   dedupe is never a second cache.
-//! * **Failures**: the leader's error (or a status marked with [`DedupeLayer::fail_on`]) reaches
-//!   every follower as a cloneable [`DedupeError`]. A leader that is dropped (cancelled) or panics
+//! * **Only upstream outcomes are shared**: a response, or an error after the request left
+//!   (a timeout waiting for the answer, a connection reset, a status marked with
+//!   [`DedupeLayer::fail_on`]), reaches every follower, the error as a cloneable [`DedupeError`].
+//!   A leader refused *before* sending (by the rate limiter, including a request that waited
+//!   its whole `MaxWait` in its queue; a rate-limit store failing closed; a connection that
+//!   could not be made; see [`was_sent`](crate::error::was_sent)) gets its own error back
+//!   unchanged, and shares nothing: it releases its lease and its followers start again, the
+//!   first of them leading with its own priority and `MaxWait`, the others following it, in
+//!   this process and in others.
+//! * **Unsafe requests invalidate**: a request with any method but `GET`, `HEAD`, `OPTIONS`
+//!   and `TRACE` that succeeds (2xx or 3xx) discards the leases and results the store holds for
+//!   its URL (scheme, host and path, any query), in every process, as the cache layer discards
+//!   its entries; leaders in flight for that URL stop taking followers (the requests already
+//!   waiting still get their answer). A request made after the change never receives a result
+//!   from before it.
+//! * **Handing over**: a leader that is dropped (cancelled) or panics
 //!   hands over: one follower takes the lead and the others follow it; its lease in the store is
 //!   released, even when it was cancelled while the store was still granting it. A process that
 //!   dies holding a lease loses it after [`lease_timeout`](DedupeLayer::lease_timeout) and a
@@ -40,9 +54,14 @@
 //!
 //! # Note on priority
 //!
-//! The key does not include the [`Priority`](crate::Priority): a `User` request that arrives
-//! while a `Background` request for the same key is in flight follows it, and so waits as long as
-//! the background request waits for the rate limiter below.
+//! Requests coalesce under their key *and their [`Priority`](crate::Priority) class*
+//! ([`store_key`]): a `User` request never follows a `Background` leader, nor the reverse.
+//! The rate limiter below serves user requests first (a reserve of the limit is theirs): a
+//! background leader may wait minutes in its queue, or be refused, while a user request for the
+//! same URL would go out at once. We chose keying by class over letting a user request take
+//! the lead from a queued background one because it holds in every process without the store
+//! knowing priorities or queue states, and it is simple to reason about; it costs at most one
+//! more upstream call per key when both classes ask for it at the same moment.
 //!
 //! # Note on `result_ttl`
 //!
@@ -50,15 +69,18 @@
 //! `result_ttl` of the leader's completion gets it ([`DedupeRole::CrossProcessFollower`]), in this
 //! process too. It is kept at least 1 s whatever `result_ttl` says (`Duration::ZERO` included), so
 //! that followers already waiting in other processes (they read the store every few
-//! milliseconds) find it rather than a vacant key they would lead again. Use the cache layer for
-//! anything longer.
+//! milliseconds) find it rather than a vacant key they would lead again. An unsafe request to
+//! the URL that succeeds discards it at once. Use the cache layer for anything longer.
 //!
 //! # Note on errors
 //!
-//! A failed leader's error is shared: the leader and its followers all get a
-//! [`DedupeError::Upstream`], whose [`upstream`](DedupeError::upstream) is the original error (a
-//! `reqwest::Error`, say) to downcast. Followers in other processes get the message only
-//! ([`DedupeError::RemoteUpstream`]). A failure (an error, or a status marked with
+//! A leader refused before sending returns its refusal as it is
+//! ([`RateLimited`](crate::RateLimited), say: `error.downcast_ref::<RateLimited>()` finds it)
+//! and shares nothing. A failure after sending is shared: the leader and its followers all get
+//! a [`DedupeError::Upstream`], whose [`source`](std::error::Error::source) (and
+//! [`upstream`](DedupeError::upstream)) is the original error (a `reqwest::Error`, say), so
+//! [`courteous::error::find`](crate::error::find) finds it. Followers in other processes get
+//! the message only ([`DedupeError::RemoteUpstream`]). A failure (an error, or a status marked with
 //! [`fail_on`](DedupeLayer::fail_on)) is kept for 1 s only, whatever `result_ttl` says: long
 //! enough for the followers already waiting in other processes, after which a new request goes
 //! upstream again instead of receiving an old error.

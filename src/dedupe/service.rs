@@ -82,6 +82,7 @@ impl State {
             let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
             local.retain(|key, _| !covers(path, url_of(key)));
         }
+        DedupeCounters::add(&self.counters().invalidations, 1);
         match self.store.invalidate(path).await {
             Ok(n) => tracing::debug!(
                 url = path,
@@ -706,6 +707,7 @@ where
         // else receives it. The lease is released and the local followers join again: one of
         // them leads with its own priority and `MaxWait`, in this process or another.
         Err(error) if !was_sent(&*error) => {
+            DedupeCounters::add(&lead.state.counters().not_sent, 1);
             if let Some(lease) = lease {
                 lease.release().await;
             }

@@ -166,8 +166,9 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_of_a_refused_leader_makes_its_own_attempt() {
     let server = TestServer::start().await;
+    let dedupe = DedupeLayer::new(courteous::MemoryDedupeStore::new());
     let client = ServiceBuilder::new()
-        .layer(DedupeLayer::new(courteous::MemoryDedupeStore::new()))
+        .layer(dedupe.clone())
         .layer(one_per(Duration::from_secs(2)))
         .service(HttpClient::new(reqwest::Client::new()));
     let queued = occupy(&client, &server).await;
@@ -193,6 +194,8 @@ async fn a_follower_of_a_refused_leader_makes_its_own_attempt() {
     assert!(body_of(response).await.contains(r#""path":"/r/x""#));
     assert_eq!(server.hits_on("/r/x"), 1);
     queued.await.unwrap().unwrap();
+    let stats = dedupe.stats();
+    assert_eq!((stats.not_sent, stats.followers), (1, 0));
 }
 
 /// The same across dedupe layers sharing a store (as processes do): the refused leader releases
@@ -399,6 +402,7 @@ async fn a_post_discards_the_completed_result_for_its_url(backend: Backend) {
     let third = client.clone().oneshot(get(&url)).await.unwrap();
     assert_eq!(body_of(third).await, "version 1");
 
+    assert_eq!(dedupe.stats().invalidations, 1);
     let again = client.clone().oneshot(get(&other)).await.unwrap();
     assert_eq!(role(&again), DedupeRole::CrossProcessFollower);
     assert_eq!(server.hits_on("/things/2"), 1);

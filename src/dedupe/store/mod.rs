@@ -155,6 +155,11 @@ pub struct DedupeStats {
     pub store_errors: u64,
     /// Expired rows removed by cleanup.
     pub cleaned: u64,
+    /// Leaders that failed before sending (refused by the rate limiter, say): their error was
+    /// not shared, and their followers started again.
+    pub not_sent: u64,
+    /// Unsafe requests that succeeded and discarded the dedupe results for their URL.
+    pub invalidations: u64,
 }
 
 /// The counters behind [`DedupeStats`]; a store owns one and the layer counts into it.
@@ -168,6 +173,8 @@ pub struct DedupeCounters {
     pub(crate) bypassed: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) cleaned: AtomicU64,
+    pub(crate) not_sent: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
 }
 
 impl DedupeCounters {
@@ -183,6 +190,8 @@ impl DedupeCounters {
             bypassed: get(&self.bypassed),
             store_errors: get(&self.store_errors),
             cleaned: get(&self.cleaned),
+            not_sent: get(&self.not_sent),
+            invalidations: get(&self.invalidations),
         }
     }
 
