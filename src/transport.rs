@@ -19,6 +19,11 @@ pub(crate) struct FinalUrl(pub(crate) reqwest::Url);
 /// always ready, so the adapter never applies back-pressure of its own; clones share the client's
 /// connection pool.
 ///
+/// Its errors are `reqwest::Error`s. Those raised before the request left (it could not be built,
+/// or no connection could be made: `is_builder()`, `is_connect()`) count as not sent for
+/// [`was_sent`](crate::error::was_sent), so a dedupe layer above lets each waiting request try
+/// for itself; every other error may have reached the upstream and is shared.
+///
 /// # Example
 ///
 /// ```

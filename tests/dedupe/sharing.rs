@@ -126,7 +126,7 @@ async fn a_user_request_does_not_wait_behind_a_queued_background_leader() {
         "the user request waited for the background leader"
     );
     assert_eq!(role(&response), DedupeRole::Leader);
-    let report = Report::of(&response).unwrap().rate_limit.clone().unwrap();
+    let report = Report::of(&response).unwrap().rate_limit.unwrap();
     // Admitted at once from the user reserve (the background leader waits about 3 s).
     assert!(report.waited < Duration::from_secs(1), "{report:?}");
     assert_eq!(server.hits_on("/r/shared"), 1);
