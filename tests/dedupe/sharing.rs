@@ -27,7 +27,10 @@ every_backend!(
     a_post_detaches_a_leader_in_flight,
 );
 
-shared_backends!(a_post_in_another_process_discards_this_process_result);
+shared_backends!(
+    a_post_in_another_process_discards_this_process_result,
+    a_leader_refused_in_another_process_hands_over_to_this_one,
+);
 
 type Response = http::Response<reqwest::Body>;
 
@@ -495,4 +498,88 @@ async fn a_post_in_another_process_discards_this_process_result(backend: Backend
     assert_eq!(role(&after), DedupeRole::Leader);
     assert_eq!(body_of(after).await, "version 1");
     assert_eq!(server.hits_on("/things/1"), 3);
+}
+
+/// Child entry: over the shared store and a limiter of its own (1 per 3 s), takes the slot,
+/// queues a request for the next one, then leads `URL` with a `MaxWait` of 1 s, which times out
+/// in the queue. Writes `READY_FILE` while that leader waits; prints `refused` when it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process entry point, started by the cross-process tests"]
+async fn child_refused_leader() {
+    if !child::is_child("sharing::child_refused_leader") {
+        return;
+    }
+    let base: String = child::param("BASE");
+    let url: String = child::param("URL");
+    let ready: String = child::param("READY_FILE");
+    let layer = DedupeLayer::new(from_env().await);
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(one_per(Duration::from_secs(3)))
+        .service(HttpClient::new(reqwest::Client::new()));
+    client
+        .clone()
+        .oneshot(get(&format!("{base}/r/first")))
+        .await
+        .unwrap();
+    let queued = tokio::spawn(client.clone().oneshot(get(&format!("{base}/r/queued"))));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let short = request(
+        http::Method::GET,
+        &url,
+        Priority::User,
+        Duration::from_secs(1),
+    );
+    let leader = tokio::spawn(client.clone().oneshot(short));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(ready, b"leading").unwrap();
+    let error = leader.await.unwrap().unwrap_err();
+    assert!(error.downcast_ref::<RateLimited>().is_some(), "{error}");
+    println!("refused");
+    queued.await.unwrap().unwrap();
+    assert_eq!(layer.stats().not_sent, 1);
+}
+
+/// Issue 11 item 5 across OS processes: the leader in a child process is refused by its limiter;
+/// the follower here, waiting on the shared store, is not failed with that refusal but leads
+/// and gets the response.
+async fn a_leader_refused_in_another_process_hands_over_to_this_one(backend: Backend) {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let url = server.url("/r/x");
+    let mut env = backend.child_env();
+    env.extend([
+        ("BASE", server.url("")),
+        ("URL", url.clone()),
+        ("READY_FILE", ready.display().to_string()),
+    ]);
+    let refused = child::spawn("sharing::child_refused_leader", &env);
+    let started = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the child never led"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let key = courteous::dedupe::store_key(&mut get(&url)).unwrap();
+    let store = backend.handle().await;
+    assert!(
+        matches!(
+            store.status(&key).await.unwrap(),
+            courteous::dedupe::KeyStatus::Pending { .. }
+        ),
+        "the child leads the key"
+    );
+    let dedupe = DedupeLayer::new(store);
+    let client = ServiceBuilder::new()
+        .layer(dedupe.clone())
+        .service(HttpClient::new(reqwest::Client::new()));
+    let response = client.oneshot(get(&url)).await.expect("its own attempt");
+    assert_eq!(role(&response), DedupeRole::Leader);
+    assert!(body_of(response).await.contains(r#""path":"/r/x""#));
+    let stdout = child::wait_ok(refused);
+    assert!(stdout.contains("refused"), "{stdout}");
+    assert_eq!(server.hits_on("/r/x"), 1);
 }
