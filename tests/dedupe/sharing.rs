@@ -583,3 +583,44 @@ async fn a_leader_refused_in_another_process_hands_over_to_this_one(backend: Bac
     assert!(stdout.contains("refused"), "{stdout}");
     assert_eq!(server.hits_on("/r/x"), 1);
 }
+
+/// Issue 11 item 6, store errors: a rate-limit store that fails (here a closed SQLite store)
+/// refuses before sending. Each of two identical requests gets its own `RateLimitStoreFailed`
+/// (none is handed the other's as a `DedupeError`), with the `StoreError` found in its chain.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rate_limit_store_is_each_callers_own_typed_error() {
+    use courteous::rate_limit::RateLimitStoreFailed;
+    use courteous::store::StoreError;
+    let server = TestServer::start().await;
+    let (_dir, path) = crate::support::temp_db();
+    let sqlite = courteous::store::sqlite::SqliteStore::open(&path)
+        .await
+        .unwrap();
+    let limiter = RateLimitLayer::new(
+        sqlite.rate_limits(),
+        Limits::new().default_limit(Limit::per_second(n(100))),
+    )
+    .unwrap();
+    sqlite.close().await.unwrap();
+    let dedupe = DedupeLayer::new(courteous::MemoryDedupeStore::new());
+    let client = ServiceBuilder::new()
+        .layer(dedupe.clone())
+        .layer(limiter)
+        .service(HttpClient::new(reqwest::Client::new()));
+    let url = server.url("/r/x");
+    let (a, b) = tokio::join!(
+        client.clone().oneshot(get(&url)),
+        client.clone().oneshot(get(&url))
+    );
+    for error in [a.unwrap_err(), b.unwrap_err()] {
+        let failed = error
+            .downcast_ref::<RateLimitStoreFailed>()
+            .unwrap_or_else(|| panic!("not a RateLimitStoreFailed: {error:?}"));
+        assert_eq!(failed.store_error().backend(), "sqlite");
+        assert!(find::<StoreError>(&*error).is_some());
+        assert!(!was_sent(&*error));
+    }
+    assert_eq!(dedupe.stats().followers, 0);
+    assert_eq!(server.hits(), 0);
+}
