@@ -186,9 +186,7 @@ impl StoreLease {
             }
         }
     }
-}
 
-impl StoreLease {
     /// Ends the lease leaving nothing, so that followers in other processes lead at once; if
     /// that fails, the lease stays armed and its drop tries again in the background.
     async fn release(mut self) {
