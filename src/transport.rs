@@ -10,6 +10,7 @@ use tower::Service;
 /// The URL a response finally came from (after redirects), kept so that the
 /// `reqwest-middleware` path can hand it back on `reqwest::Response::url`.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "middleware"), allow(dead_code))]
 pub(crate) struct FinalUrl(pub(crate) reqwest::Url);
 
 /// A [`tower::Service`] that sends `http::Request`s with a `reqwest::Client`.
