@@ -196,7 +196,7 @@ impl<S> fmt::Debug for Middleware<S> {
 fn into_middleware_error(error: BoxError) -> reqwest_middleware::Error {
     match error.downcast::<reqwest::Error>() {
         Ok(error) => reqwest_middleware::Error::Reqwest(*error),
-        Err(error) => reqwest_middleware::Error::Middleware(anyhow::Error::from_boxed(error)),
+        Err(error) => reqwest_middleware::Error::Middleware(crate::error::into_anyhow(error)),
     }
 }
 

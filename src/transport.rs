@@ -10,6 +10,7 @@ use tower::Service;
 /// The URL a response finally came from (after redirects), kept so that the
 /// `reqwest-middleware` path can hand it back on `reqwest::Response::url`.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "middleware"), allow(dead_code))]
 pub(crate) struct FinalUrl(pub(crate) reqwest::Url);
 
 /// A [`tower::Service`] that sends `http::Request`s with a `reqwest::Client`.
@@ -18,6 +19,11 @@ pub(crate) struct FinalUrl(pub(crate) reqwest::Url);
 /// `reqwest::Response` back to an `http::Response<reqwest::Body>` whose body streams. The client is
 /// always ready, so the adapter never applies back-pressure of its own; clones share the client's
 /// connection pool.
+///
+/// Its errors are `reqwest::Error`s. Those raised before the request left (it could not be built,
+/// or no connection could be made: `is_builder()`, `is_connect()`) count as not sent for
+/// [`was_sent`](crate::error::was_sent), so a dedupe layer above lets each waiting request try
+/// for itself; every other error may have reached the upstream and is shared.
 ///
 /// # Example
 ///

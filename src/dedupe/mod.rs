@@ -16,8 +16,22 @@
 //!   processes poll for it with a 1–8 ms backoff. A result is kept only
 //!   [`result_ttl`](DedupeLayer::result_ttl) (3 s by default, at least 1 s) for late followers:
 //!   dedupe is never a second cache.
-//! * **Failures**: the leader's error (or a status marked with [`DedupeLayer::fail_on`]) reaches
-//!   every follower as a cloneable [`DedupeError`]. A leader that is dropped (cancelled) or panics
+//! * **Only upstream outcomes are shared**: a response, or an error after the request left
+//!   (a timeout waiting for the answer, a connection reset, a status marked with
+//!   [`DedupeLayer::fail_on`]), reaches every follower, the error as a cloneable [`DedupeError`].
+//!   A leader refused *before* sending (by the rate limiter, including a request that waited
+//!   its whole `MaxWait` in its queue; a rate-limit store failing closed; a connection that
+//!   could not be made; see [`was_sent`](crate::error::was_sent)) gets its own error back
+//!   unchanged, and shares nothing: it releases its lease and its followers start again, the
+//!   first of them leading with its own priority and `MaxWait`, the others following it, in
+//!   this process and in others.
+//! * **Unsafe requests invalidate**: a request with any method but `GET`, `HEAD`, `OPTIONS`
+//!   and `TRACE` that succeeds (2xx or 3xx) discards the leases and results the store holds for
+//!   its URL (scheme, host and path, any query), in every process, as the cache layer discards
+//!   its entries; leaders in flight for that URL stop taking followers (the requests already
+//!   waiting still get their answer). A request made after the change never receives a result
+//!   from before it.
+//! * **Handing over**: a leader that is dropped (cancelled) or panics
 //!   hands over: one follower takes the lead and the others follow it; its lease in the store is
 //!   released, even when it was cancelled while the store was still granting it. A process that
 //!   dies holding a lease loses it after [`lease_timeout`](DedupeLayer::lease_timeout) and a
@@ -40,9 +54,14 @@
 //!
 //! # Note on priority
 //!
-//! The key does not include the [`Priority`](crate::Priority): a `User` request that arrives
-//! while a `Background` request for the same key is in flight follows it, and so waits as long as
-//! the background request waits for the rate limiter below.
+//! Requests coalesce under their key *and their [`Priority`](crate::Priority) class*
+//! ([`store_key`]): a `User` request never follows a `Background` leader, nor the reverse.
+//! The rate limiter below serves user requests first (a reserve of the limit is theirs): a
+//! background leader may wait minutes in its queue, or be refused, while a user request for the
+//! same URL would go out at once. We chose keying by class over letting a user request take
+//! the lead from a queued background one because it holds in every process without the store
+//! knowing priorities or queue states, and it is simple to reason about; it costs at most one
+//! more upstream call per key when both classes ask for it at the same moment.
 //!
 //! # Note on `result_ttl`
 //!
@@ -50,15 +69,18 @@
 //! `result_ttl` of the leader's completion gets it ([`DedupeRole::CrossProcessFollower`]), in this
 //! process too. It is kept at least 1 s whatever `result_ttl` says (`Duration::ZERO` included), so
 //! that followers already waiting in other processes (they read the store every few
-//! milliseconds) find it rather than a vacant key they would lead again. Use the cache layer for
-//! anything longer.
+//! milliseconds) find it rather than a vacant key they would lead again. An unsafe request to
+//! the URL that succeeds discards it at once. Use the cache layer for anything longer.
 //!
 //! # Note on errors
 //!
-//! A failed leader's error is shared: the leader and its followers all get a
-//! [`DedupeError::Upstream`], whose [`upstream`](DedupeError::upstream) is the original error (a
-//! `reqwest::Error`, say) to downcast. Followers in other processes get the message only
-//! ([`DedupeError::RemoteUpstream`]). A failure (an error, or a status marked with
+//! A leader refused before sending returns its refusal as it is
+//! ([`RateLimited`](crate::RateLimited), say: `error.downcast_ref::<RateLimited>()` finds it)
+//! and shares nothing. A failure after sending is shared: the leader and its followers all get
+//! a [`DedupeError::Upstream`], whose [`source`](std::error::Error::source) (and
+//! [`upstream`](DedupeError::upstream)) is the original error (a `reqwest::Error`, say), so
+//! [`courteous::error::find`](crate::error::find) finds it. Followers in other processes get
+//! the message only ([`DedupeError::RemoteUpstream`]). A failure (an error, or a status marked with
 //! [`fail_on`](DedupeLayer::fail_on)) is kept for 1 s only, whatever `result_ttl` says: long
 //! enough for the followers already waiting in other processes, after which a new request goes
 //! upstream again instead of receiving an old error.
@@ -124,6 +146,38 @@ pub use store::{
     Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, KeyStatus, Lead,
     MemoryDedupeStore, StoreFuture,
 };
+
+/// The key under which a [`DedupeLayer`] coalesces `request` and registers it in its
+/// [`DedupeStore`]: the request's [`RequestKey`](crate::RequestKey) together with its
+/// [`Priority`](crate::Priority) class (see "Note on priority" in the [module docs](self)).
+/// `None` for a request without a key (a streaming body). For [`DedupeStore::status`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::dedupe::store_key;
+/// use courteous::{Priority, RequestContext};
+///
+/// let request = |priority| {
+///     let mut r = http::Request::get("http://h/x").body(reqwest::Body::from("")).unwrap();
+///     r.extensions_mut().insert(priority);
+///     r
+/// };
+/// let user = store_key(&mut request(Priority::User)).unwrap();
+/// let background = store_key(&mut request(Priority::Background)).unwrap();
+/// assert_ne!(user, background);
+/// assert_eq!(user.display(), "GET http://h/x");
+/// let mut plain = request(Priority::User);
+/// assert_ne!(&user, RequestContext::resolve(&mut plain).key().unwrap());
+/// ```
+pub fn store_key<B: crate::ReplayableBody>(
+    request: &mut http::Request<B>,
+) -> Option<crate::RequestKey> {
+    let context = crate::RequestContext::resolve(request);
+    context
+        .key()
+        .map(|key| service::class_key(key, context.priority()))
+}
 
 /// What the dedupe layer did with a request, in [`Report::dedupe`].
 ///
@@ -259,6 +313,10 @@ impl std::error::Error for SharedError {
 
 /// Why a deduplicated request failed. Cloneable: one failure reaches every follower.
 ///
+/// Its [`source`](std::error::Error::source) is the leader's original error for
+/// [`Upstream`](DedupeError::Upstream) (a `reqwest::Error`, say), so
+/// [`courteous::error::find`](crate::error::find) finds that through it.
+///
 /// # Example
 ///
 /// ```
@@ -268,35 +326,60 @@ impl std::error::Error for SharedError {
 /// assert_eq!(err.code(), "dedupe_failure_status");
 /// assert!(err.to_string().contains("502"));
 /// ```
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum DedupeError {
-    /// The leading request failed in this process.
-    #[error("the leading request for this key failed: {0}")]
-    Upstream(#[source] SharedError),
+    /// The leading request failed in this process, after it was sent.
+    Upstream(SharedError),
     /// The leading request failed in another process; only its message crossed over.
-    #[error("the leading request for this key failed in another process: {message}")]
     RemoteUpstream {
         /// The leader's error message.
         message: Arc<str>,
     },
     /// The leader's response had a status the layer was told to treat as failure
     /// ([`DedupeLayer::fail_on`]); the leader itself gets the response.
-    #[error(
-        "the leading request for this key answered {status}, which this dedupe layer treats as a failure"
-    )]
     FailureStatus {
         /// The leader's status.
         status: StatusCode,
     },
     /// The follower waited longer than its timeout and [`OnTimeout::Fail`] is set.
-    #[error(
-        "waited {waited:?} for the leading request for this key; raise follower_timeout or use OnTimeout::OwnRequest"
-    )]
     TimedOut {
         /// How long it waited.
         waited: Duration,
     },
+}
+
+impl fmt::Display for DedupeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DedupeError::Upstream(error) => {
+                write!(f, "the leading request for this key failed: {error}")
+            }
+            DedupeError::RemoteUpstream { message } => write!(
+                f,
+                "the leading request for this key failed in another process: {message}"
+            ),
+            DedupeError::FailureStatus { status } => write!(
+                f,
+                "the leading request for this key answered {status}, which this dedupe layer treats as a failure"
+            ),
+            DedupeError::TimedOut { waited } => write!(
+                f,
+                "waited {waited:?} for the leading request for this key; raise follower_timeout or use OnTimeout::OwnRequest"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DedupeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // The original error itself, not the `SharedError` around it (whose own `source`
+            // is the original's source): walking the chain meets the original's type.
+            DedupeError::Upstream(shared) => Some(shared.get_ref()),
+            _ => None,
+        }
+    }
 }
 
 impl DedupeError {

@@ -14,14 +14,14 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::body::ReplayableBody;
-use crate::context::{Report, RequestContext};
-use crate::error::BoxError;
-use crate::key::RequestKey;
+use crate::context::{Priority, Report, RequestContext};
+use crate::error::{BoxError, was_sent};
+use crate::key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
 use crate::store::StoreError;
 
 use super::future::ResponseFuture;
 use super::layer::{Config, OnTimeout};
-use super::store::{Completion, DedupeCounters, DedupeStore, KeyState, Lead};
+use super::store::{Completion, DedupeCounters, DedupeStore, KeyState, Lead, covers, url_of};
 use super::{BypassReason, DedupeError, DedupeRole, SharedError, SharedResponse};
 
 type Response = http::Response<reqwest::Body>;
@@ -79,6 +79,28 @@ impl State {
 
     fn counters(&self) -> &DedupeCounters {
         self.store.counters()
+    }
+
+    /// Discards what this layer and its store hold for `path` (scheme, host and path; any
+    /// query): local flights stop taking followers (those already waiting still get their
+    /// leader's answer), and the store drops the leases and results of every process for it.
+    async fn invalidate(&self, path: &str) {
+        {
+            let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            local.retain(|key, _| !covers(path, url_of(key)));
+        }
+        DedupeCounters::add(&self.counters().invalidations, 1);
+        match self.store.invalidate(path).await {
+            Ok(n) => tracing::debug!(
+                url = path,
+                discarded = n,
+                "unsafe request discarded dedupe results"
+            ),
+            Err(error) => {
+                DedupeCounters::add(&self.counters().store_errors, 1);
+                crate::store::warn::store_warn!(&*self.store, %error, url = path, "dedupe store could not discard the results for a URL an unsafe request changed");
+            }
+        }
     }
 
     /// Follows the local flight for `key`, or starts one and leads it.
@@ -168,6 +190,18 @@ impl StoreLease {
             Err(error) => {
                 DedupeCounters::add(&self.store.counters().store_errors, 1);
                 crate::store::warn::store_warn!(&*self.store, %error, key = %self.key, "dedupe store could not publish a result; releasing the lease so that followers in other processes lead");
+            }
+        }
+    }
+
+    /// Ends the lease leaving nothing, so that followers in other processes lead at once; if
+    /// that fails, the lease stays armed and its drop tries again in the background.
+    async fn release(mut self) {
+        match self.store.release(&self.key, &self.owner).await {
+            Ok(()) => self.armed = false,
+            Err(error) => {
+                DedupeCounters::add(&self.store.counters().store_errors, 1);
+                tracing::debug!(%error, key = %self.key, "dedupe store could not release a lease");
             }
         }
     }
@@ -336,26 +370,89 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        // An unsafe request changes the resource: once it succeeded, no result from before it
+        // may serve a request made after it.
+        let invalidates = if safe(request.method()) {
+            None
+        } else {
+            invalidated_path(&mut request)
+        };
         let key = if self.config.methods.contains(request.method()) {
-            RequestContext::resolve(&mut request).key().cloned()
+            let context = RequestContext::resolve(&mut request);
+            context.key().map(|key| class_key(key, context.priority()))
         } else {
             None
         };
-        let inner = match key {
-            // One budget of store time for the request, shared with the layers around it.
-            Some(key) => Box::pin(
-                crate::store::budget::StoreBudget::of(request.extensions_mut()).scope(run(
-                    self.config.clone(),
-                    self.state.clone(),
-                    inner,
-                    request,
-                    key,
-                )),
-            ) as _,
-            None => Box::pin(async move { inner.oneshot(request).await.map_err(Into::into) }) as _,
+        let call: ResponseFuture = ResponseFuture {
+            inner: match key {
+                // One budget of store time for the request, shared with the layers around it.
+                Some(key) => Box::pin(
+                    crate::store::budget::StoreBudget::of(request.extensions_mut()).scope(run(
+                        self.config.clone(),
+                        self.state.clone(),
+                        inner,
+                        request,
+                        key,
+                    )),
+                ),
+                None => Box::pin(async move { inner.oneshot(request).await.map_err(Into::into) }),
+            },
         };
-        ResponseFuture { inner }
+        let Some(path) = invalidates else {
+            return call;
+        };
+        let state = self.state.clone();
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let response = call.await?;
+                let status = response.status();
+                if status.is_success() || status.is_redirection() {
+                    state.invalidate(&path).await;
+                }
+                Ok(response)
+            }),
+        }
     }
+}
+
+/// Whether `method` is safe (RFC 9110): it changes nothing upstream, so it invalidates nothing.
+fn safe(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(method)
+}
+
+/// The URL (scheme, host and path, secret parameters masked) whose dedupe results an unsafe
+/// request invalidates when it succeeds: from the request's key, as the cache layer does, or,
+/// for a streaming body (no key), from the stock key of the request without its body.
+fn invalidated_path<B: ReplayableBody>(request: &mut http::Request<B>) -> Option<String> {
+    let key = match RequestContext::resolve(request).key() {
+        Some(key) => key.clone(),
+        None => {
+            let mut parts = http::Request::new(()).into_parts().0;
+            parts.method = request.method().clone();
+            parts.uri = request.uri().clone();
+            DefaultKeyExtractor::new().key(&parts, Some(b""))?
+        }
+    };
+    let url = url_of(&key);
+    Some(url.split_once('?').map_or(url, |(path, _)| path).to_owned())
+}
+
+/// The key a request coalesces under: its request key and its priority class.
+///
+/// `User` and `Background` requests never share a flight. A `User` request that followed a
+/// `Background` leader would wait as long as that leader waits for the rate limiter below (which
+/// serves user requests first): the background request may wait minutes for its share, or be
+/// refused, while the user reserve is free. Keying by class holds in every process without any
+/// store knowing about priorities; it costs at most one more upstream call per key when both
+/// classes ask for it at the same moment.
+pub(super) fn class_key(key: &RequestKey, priority: Priority) -> RequestKey {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"courteous-dedupe-class-v1\0");
+    hash.update(key.as_bytes());
+    hash.update(priority.as_str().as_bytes());
+    RequestKey::from_parts(hash.finalize().into(), key.display())
 }
 
 async fn run<S, B>(
@@ -613,6 +710,18 @@ where
     // receiving an error that may no longer hold.
     let ttl = config.result_ttl.max(MIN_RESULT_RETENTION);
     match result {
+        // Refused or failed before it left (the rate limiter refused it, it waited its whole
+        // `MaxWait` in the queue, it could not connect): not an upstream outcome, so nobody
+        // else receives it. The lease is released and the local followers join again: one of
+        // them leads with its own priority and `MaxWait`, in this process or another.
+        Err(error) if !was_sent(&*error) => {
+            DedupeCounters::add(&lead.state.counters().not_sent, 1);
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
+            lead.hand_off();
+            Err(error)
+        }
         Err(error) => {
             let error = DedupeError::Upstream(SharedError::new(error));
             lead.finish(Outcome::Failed(error.clone()));
@@ -695,7 +804,7 @@ async fn with_renewal<F: std::future::Future>(
             match lease.store.renew(&lease.key, &lease.owner, duration).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(key = %lease.key, "dedupe lease was lost (taken over); finishing the request anyway");
+                    tracing::warn!(key = %lease.key, "dedupe lease was lost (taken over, or discarded by an unsafe request); finishing the request anyway");
                     std::future::pending::<()>().await;
                 }
                 Err(error) => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::{Request, State};
 use courteous::dedupe::{DedupeLayer, DedupeStore, KeyStatus};
-use courteous::{HttpClient, Report, RequestContext};
+use courteous::{HttpClient, Report};
 use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
@@ -260,7 +260,7 @@ async fn a_leader_process_killed_mid_request_is_taken_over(backend: Backend) {
     // Still led by the leader process, whose lease is being renewed.
     let key = {
         let mut r = get(&url);
-        RequestContext::resolve(&mut r).key().unwrap().clone()
+        courteous::dedupe::store_key(&mut r).unwrap()
     };
     let store = backend.handle().await;
     match store.status(&key).await.unwrap() {

@@ -420,7 +420,7 @@ async fn a_result_is_served_to_late_followers_only_within_result_ttl() {
     assert_eq!(role(&first), DedupeRole::Leader);
     let key = {
         let mut r = get(&url);
-        RequestContext::resolve(&mut r).key().unwrap().clone()
+        courteous::dedupe::store_key(&mut r).unwrap()
     };
     assert!(matches!(
         layer.store().status(&key).await.unwrap(),
@@ -594,6 +594,9 @@ impl DedupeStore for Faulty {
     fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
         self.0.poll(key)
     }
+    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
+        self.0.invalidate(path)
+    }
     fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
         self.0.status(key)
     }
@@ -621,7 +624,7 @@ async fn a_leader_whose_publish_fails_releases_its_lease() {
 
     let key = {
         let mut r = get(url);
-        RequestContext::resolve(&mut r).key().unwrap().clone()
+        courteous::dedupe::store_key(&mut r).unwrap()
     };
     let started = std::time::Instant::now();
     loop {
@@ -671,7 +674,7 @@ async fn owner_ids_carry_a_random_part_next_to_the_pid() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let mut r = get(url);
-            let key = RequestContext::resolve(&mut r).key().unwrap().clone();
+            let key = courteous::dedupe::store_key(&mut r).unwrap();
             let status = store.status(&key).await.unwrap();
             leader.abort();
             match status {

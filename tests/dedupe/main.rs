@@ -10,6 +10,7 @@ mod cross;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
+mod sharing;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod stores;

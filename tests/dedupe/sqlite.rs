@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use courteous::dedupe::{DedupeLayer, DedupeRole, DedupeStore, KeyStatus};
 use courteous::store::sqlite::SqliteStore;
-use courteous::{BoxError, Report, RequestContext};
+use courteous::{BoxError, Report};
 use tower::{ServiceBuilder, ServiceExt};
 
 fn get(url: &str) -> http::Request<reqwest::Body> {
@@ -69,7 +69,7 @@ async fn a_leader_cancelled_while_waiting_for_the_write_lock_leaves_no_lease() {
 
     let key = {
         let mut r = get(url);
-        RequestContext::resolve(&mut r).key().unwrap().clone()
+        courteous::dedupe::store_key(&mut r).unwrap()
     };
     // The lease the cancelled call committed is released shortly after the lock is free.
     let started = Instant::now();

@@ -10,7 +10,7 @@ use courteous::dedupe::{
     BypassReason, Completion, DedupeError, DedupeLayer, DedupeRole, DedupeStore, KeyState,
     KeyStatus, Lead, SharedResponse,
 };
-use courteous::{BoxError, HttpClient, Report, RequestContext, RequestKey};
+use courteous::{BoxError, HttpClient, Report, RequestKey};
 use futures_util::future::join_all;
 use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
@@ -38,7 +38,7 @@ fn get(url: &str) -> http::Request<reqwest::Body> {
 
 fn key_of(url: &str) -> RequestKey {
     let mut r = get(url);
-    RequestContext::resolve(&mut r).key().unwrap().clone()
+    courteous::dedupe::store_key(&mut r).unwrap()
 }
 
 fn role(r: &http::Response<reqwest::Body>) -> DedupeRole {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::key::RequestKey;
 
 use super::{
-    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture, ms, now_ms,
-    since,
+    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture, covers, ms,
+    now_ms, since, url_of,
 };
 
 const CLEANUP_EVERY_MS: i64 = 1_000;
@@ -21,15 +21,24 @@ enum Entry {
         owner: String,
         started: i64,
         lease_until: i64,
+        /// The key's URL, for [`DedupeStore::invalidate`].
+        url: Arc<str>,
     },
     Completed {
         completion: Completion,
         at: i64,
         until: i64,
+        url: Arc<str>,
     },
 }
 
 impl Entry {
+    fn url(&self) -> &str {
+        match self {
+            Entry::Pending { url, .. } | Entry::Completed { url, .. } => url,
+        }
+    }
+
     fn expired(&self, now: i64) -> bool {
         match self {
             Entry::Pending { lease_until, .. } => *lease_until <= now,
@@ -139,6 +148,7 @@ impl DedupeStore for MemoryDedupeStore {
                     owner: owner.to_owned(),
                     started: now,
                     lease_until: now + ms(lease),
+                    url: url_of(key).into(),
                 },
             );
             Ok(Lead::Acquired { takeover })
@@ -179,12 +189,16 @@ impl DedupeStore for MemoryDedupeStore {
             let now = now_ms();
             let mut map = self.lock();
             if let Some(entry) = map.get_mut(key.as_bytes())
-                && matches!(entry, Entry::Pending { owner: held, .. } if held == owner)
+                && let Entry::Pending {
+                    owner: held, url, ..
+                } = entry
+                && held == owner
             {
                 *entry = Entry::Completed {
                     completion,
                     at: now,
                     until: now + ms(ttl),
+                    url: url.clone(),
                 };
             }
             Ok(())
@@ -231,6 +245,7 @@ impl DedupeStore for MemoryDedupeStore {
                     owner,
                     started,
                     lease_until,
+                    ..
                 }) => KeyStatus::Pending {
                     owner: owner.clone(),
                     age: since(*started, now),
@@ -240,6 +255,7 @@ impl DedupeStore for MemoryDedupeStore {
                     completion,
                     at,
                     until,
+                    ..
                 }) => KeyStatus::Completed {
                     age: since(*at, now),
                     expires_in: since(now, *until),
@@ -249,6 +265,15 @@ impl DedupeStore for MemoryDedupeStore {
                     },
                 },
             })
+        })
+    }
+
+    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let mut map = self.lock();
+            let before = map.len();
+            map.retain(|_, entry| !covers(path, entry.url()));
+            Ok((before - map.len()) as u64)
         })
     }
 

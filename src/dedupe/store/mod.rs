@@ -19,6 +19,9 @@
 //!   followers, then is gone) or [`release`](DedupeStore::release) (nothing to share).
 //! * Followers in other processes read the key with [`poll`](DedupeStore::poll), or
 //!   [`wait`](DedupeStore::wait) (polls with a short backoff unless the backend can do better).
+//! * An unsafe request (`POST`, `PUT`, `DELETE`...) that succeeded changed the resource:
+//!   [`invalidate`](DedupeStore::invalidate) drops every lease and result of its URL, so no
+//!   result from before the change is served after it, in any process.
 //! * Expired rows are removed by [`cleanup`](DedupeStore::cleanup); backends also run it on their
 //!   own, coalesced, at most once per cleanup interval.
 
@@ -152,6 +155,11 @@ pub struct DedupeStats {
     pub store_errors: u64,
     /// Expired rows removed by cleanup.
     pub cleaned: u64,
+    /// Leaders that failed before sending (refused by the rate limiter, say): their error was
+    /// not shared, and their followers started again.
+    pub not_sent: u64,
+    /// Unsafe requests that succeeded and discarded the dedupe results for their URL.
+    pub invalidations: u64,
 }
 
 /// The counters behind [`DedupeStats`]; a store owns one and the layer counts into it.
@@ -165,6 +173,8 @@ pub struct DedupeCounters {
     pub(crate) bypassed: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) cleaned: AtomicU64,
+    pub(crate) not_sent: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
 }
 
 impl DedupeCounters {
@@ -180,6 +190,8 @@ impl DedupeCounters {
             bypassed: get(&self.bypassed),
             store_errors: get(&self.store_errors),
             cleaned: get(&self.cleaned),
+            not_sent: get(&self.not_sent),
+            invalidations: get(&self.invalidations),
         }
     }
 
@@ -267,6 +279,14 @@ pub trait DedupeStore: fmt::Debug + Send + Sync + 'static {
         })
     }
 
+    /// Drops the leases and results of every key whose URL is `path` (scheme, host and path,
+    /// as in [`RequestKey::display`] after the method) with any query string or none; returns how
+    /// many went. Called when an unsafe request to that URL succeeded: results from before the
+    /// change must not reach requests made after it. A leader whose lease went this way finds
+    /// its [`renew`](DedupeStore::renew) refused and its [`publish`](DedupeStore::publish)
+    /// ignored; its followers in other processes find the key vacant and lead again.
+    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64>;
+
     /// What the store knows about `key`, for monitoring.
     fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus>;
 
@@ -317,6 +337,9 @@ impl<T: DedupeStore + ?Sized> DedupeStore for Arc<T> {
     fn wait<'a>(&'a self, key: &'a RequestKey, deadline: Instant) -> StoreFuture<'a, KeyState> {
         (**self).wait(key, deadline)
     }
+    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
+        (**self).invalidate(path)
+    }
     fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
         (**self).status(key)
     }
@@ -326,6 +349,19 @@ impl<T: DedupeStore + ?Sized> DedupeStore for Arc<T> {
     fn counters(&self) -> &DedupeCounters {
         (**self).counters()
     }
+}
+
+/// The URL of a key: its display form without the method (secret parameters are masked there),
+/// as the cache layer stores and invalidates entries.
+pub(crate) fn url_of(key: &RequestKey) -> &str {
+    let display = key.display();
+    display.split_once(' ').map_or(display, |(_, url)| url)
+}
+
+/// Whether `url` is `path` with any query string or none.
+pub(crate) fn covers(path: &str, url: &str) -> bool {
+    url.strip_prefix(path)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
 }
 
 /// Milliseconds since the Unix epoch: the clock every process shares.

@@ -17,13 +17,13 @@ use crate::store::redis::{RedisError, RedisStore, Subscription};
 
 use super::{
     Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture,
-    decode_headers, encode_headers, ms,
+    decode_headers, encode_headers, ms, url_of,
 };
 
 /// How long a leader's `meta` hash outlives its lease, so that the next leader knows it took over.
 const META_GRACE_MS: i64 = 30_000;
 
-/// Shared by every script: `KEYS` are lease, meta, result.
+/// Shared by every script: `KEYS` are lease, meta, result, and the URL's index.
 macro_rules! prelude {
     () => {
         r#"
@@ -47,6 +47,12 @@ local function read(now)
   end
   return {'vacant', now}
 end
+local function index(hex, ms)
+  redis.call('SADD', KEYS[4], hex)
+  if redis.call('PTTL', KEYS[4]) < ms then
+    redis.call('PEXPIRE', KEYS[4], ms)
+  end
+end
 local function owned(owner)
   local current = redis.call('GET', KEYS[1])
   if current then
@@ -58,7 +64,7 @@ end
     };
 }
 
-/// ARGV: owner, lease ms, meta grace ms.
+/// ARGV: owner, lease ms, meta grace ms, key hex.
 static TRY_LEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -73,6 +79,7 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'started', now)
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
+index(ARGV[4], tonumber(ARGV[2]) + tonumber(ARGV[3]))
 if state[1] == 'expired' then
   return {'acquired', now, 1}
 end
@@ -81,7 +88,7 @@ return {'acquired', now, 0}
     ))
 });
 
-/// ARGV: owner, lease ms, meta grace ms.
+/// ARGV: owner, lease ms, meta grace ms, key hex.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -91,6 +98,7 @@ if not owned(ARGV[1]) then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
+index(ARGV[4], tonumber(ARGV[2]) + tonumber(ARGV[3]))
 return 1
 "#
     ))
@@ -111,6 +119,7 @@ if ttl > 0 then
   redis.call('HSET', KEYS[3], 'kind', ARGV[3], 'at', now_ms(), 'status', ARGV[4],
     'headers', ARGV[5], 'body', ARGV[6], 'error', ARGV[7])
   redis.call('PEXPIRE', KEYS[3], ttl)
+  index(ARGV[9], ttl)
 end
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return 1
@@ -135,6 +144,26 @@ return 1
 
 static POLL: LazyLock<Script> =
     LazyLock::new(|| Script::new(concat!(prelude!(), "return read(now_ms())\n")));
+
+/// KEYS: a URL's index. ARGV: the dedupe key prefix (`p:dedupe:`), channel. Deletes the lease,
+/// meta and result of every key in the index, announces each (its waiters re-read it and find
+/// it vacant), and deletes the index.
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = 0
+for _, hex in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local base = ARGV[1] .. '{' .. hex .. '}:'
+  if redis.call('DEL', base .. 'lease', base .. 'meta', base .. 'result') > 0 then
+    n = n + 1
+  end
+  redis.call('PUBLISH', ARGV[2], hex)
+end
+redis.call('DEL', KEYS[1])
+return n
+"#,
+    )
+});
 
 /// KEYS: meta, lease, meta, lease, ...: deletes each meta hash whose lease is gone.
 static CLEAN: LazyLock<Script> = LazyLock::new(|| {
@@ -227,6 +256,11 @@ struct Shared {
 /// | `p:dedupe:{h}:lease` | the leader's owner id, set with `SET NX PX lease` | the lease (renewed by the leader) |
 /// | `p:dedupe:{h}:meta` | hash `owner`, `started` of the current or last leader | lease + 30 s, so a takeover is recognised |
 /// | `p:dedupe:{h}:result` | hash `kind`, `at`, `status`, `headers`, `body`, `error` | `result_ttl` |
+/// | `p:dedupe:url:<sha256 of the URL>` | set of the `h` led or completed for one URL (scheme, host, path) | its longest lease + 30 s or result |
+///
+/// [`invalidate`](DedupeStore::invalidate) reads a URL's set and deletes its members' three keys
+/// in one script. The script names keys it was not given, so it needs one Redis server (or
+/// the keys of one URL in one slot), not a cluster spreading them.
 ///
 /// Each operation is one Lua script (atomic on the server): taking the lead reads the result and
 /// lease and sets the lease `NX` in one step; renew, publish and release check that the caller
@@ -293,6 +327,7 @@ struct Keys {
     lease: String,
     meta: String,
     result: String,
+    index: String,
     hex: String,
 }
 
@@ -331,8 +366,24 @@ impl RedisDedupeStore {
             lease: self.redis.key(format_args!("dedupe:{{{hex}}}:lease")),
             meta: self.redis.key(format_args!("dedupe:{{{hex}}}:meta")),
             result: self.redis.key(format_args!("dedupe:{{{hex}}}:result")),
+            index: {
+                let url = url_of(key);
+                self.index(url.split_once('?').map_or(url, |(path, _)| path))
+            },
             hex,
         }
+    }
+
+    /// The set of the keys led or completed for the URL `path`.
+    fn index(&self, path: &str) -> String {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write;
+        let hash = Sha256::digest(path.as_bytes());
+        let hex = hash.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+        self.redis.key(format_args!("dedupe:url:{hex}"))
     }
 
     /// Runs `script` on `key`'s keys with `args`.
@@ -347,7 +398,8 @@ impl RedisDedupeStore {
         invocation
             .key(&keys.lease)
             .key(&keys.meta)
-            .key(&keys.result);
+            .key(&keys.result)
+            .key(&keys.index);
         for arg in args {
             invocation.arg(*arg);
         }
@@ -510,7 +562,12 @@ impl DedupeStore for RedisDedupeStore {
         Box::pin(async move {
             let keys = self.keys(key);
             let grace = META_GRACE_MS.to_string();
-            let args: [&[u8]; 3] = [owner.as_bytes(), &px(lease), grace.as_bytes()];
+            let args: [&[u8]; 4] = [
+                owner.as_bytes(),
+                &px(lease),
+                grace.as_bytes(),
+                keys.hex.as_bytes(),
+            ];
             Ok(
                 match self.read("dedupe lead", &TRY_LEAD, &keys, &args).await? {
                     Found::Acquired { takeover } => Lead::Acquired { takeover },
@@ -544,7 +601,12 @@ impl DedupeStore for RedisDedupeStore {
         Box::pin(async move {
             let keys = self.keys(key);
             let grace = META_GRACE_MS.to_string();
-            let args: [&[u8]; 3] = [owner.as_bytes(), &px(lease), grace.as_bytes()];
+            let args: [&[u8]; 4] = [
+                owner.as_bytes(),
+                &px(lease),
+                grace.as_bytes(),
+                keys.hex.as_bytes(),
+            ];
             let renewed: i64 = self.run("dedupe renew", &RENEW, &keys, &args).await?;
             Ok(renewed == 1)
         })
@@ -603,6 +665,18 @@ impl DedupeStore for RedisDedupeStore {
             ];
             let _released: i64 = self.run("dedupe release", &RELEASE, &keys, &args).await?;
             Ok(())
+        })
+    }
+
+    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let mut invocation = INVALIDATE.prepare_invoke();
+            invocation
+                .key(self.index(path))
+                .arg(self.redis.key("dedupe:"))
+                .arg(&self.shared.channel);
+            let removed: i64 = self.redis.script("dedupe invalidate", invocation).await?;
+            Ok(removed.max(0) as u64)
         })
     }
 

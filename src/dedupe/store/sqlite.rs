@@ -422,6 +422,27 @@ impl DedupeStore for SqliteDedupeStore {
         })
     }
 
+    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
+        let path = path.to_owned();
+        Box::pin(async move {
+            let removed = self
+                .store
+                .call(move |conn| {
+                    // The URL is the display form after the method, as `url_of` reads it; the
+                    // table holds only live and recently finished keys, so a scan is short.
+                    Ok(conn.execute(
+                        "DELETE FROM courteous_dedupe
+                         WHERE substr(display, instr(display, ' ') + 1) = ?1
+                            OR substr(substr(display, instr(display, ' ') + 1), 1, length(?1) + 1)
+                               = ?1 || '?'",
+                        [&path],
+                    )? as u64)
+                })
+                .await?;
+            Ok(removed)
+        })
+    }
+
     fn cleanup(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             self.last_cleanup.store(now_ms(), Ordering::Relaxed);
