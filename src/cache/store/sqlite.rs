@@ -68,7 +68,9 @@ type Pending = Arc<Mutex<PendingMap>>;
 ///
 /// Reads run on the store's threads ([`SqliteStore::call`]); writes are write-behind
 /// ([`SqliteStore::defer_keyed`], one key per entry, so a later write of the same entry replaces a
-/// pending one) and are visible to this process at once. Deletes and invalidations first commit
+/// pending one) and are visible to this process at once: the entry is kept in memory until the
+/// transaction that writes it has committed (or for at most a second, so that a database that
+/// refuses writes is not masked for long). Deletes and invalidations first commit
 /// what is pending, so a pending write never brings back an invalidated entry.
 ///
 /// [`close`](CacheStore::close) commits pending writes; it does not close the shared
@@ -432,18 +434,23 @@ impl CacheStore for SqliteCacheStore {
             }
         }
         let pending = self.pending.clone();
+        let written = Arc::downgrade(&entry);
+        // The copy in memory stays readable until the transaction that writes it has committed:
+        // until then readers on the other connections see the old row (read-your-writes).
         self.store
-            .defer_keyed(write_key(key), move |conn| {
-                let result = write_entry(conn, &hash, &entry);
-                let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
-                if pending
-                    .get(&hash)
-                    .is_some_and(|(p, _)| Arc::ptr_eq(p, &entry))
-                {
-                    pending.remove(&hash);
-                }
-                result
-            })
+            .defer_keyed_then(
+                write_key(key),
+                move |conn| write_entry(conn, &hash, &entry),
+                move || {
+                    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if pending
+                        .get(&hash)
+                        .is_some_and(|(p, _)| std::ptr::eq(Arc::as_ptr(p), written.as_ptr()))
+                    {
+                        pending.remove(&hash);
+                    }
+                },
+            )
             .map_err(|e| {
                 self.pending().remove(&hash);
                 self.failed(e)

@@ -87,7 +87,7 @@ use tokio::sync::oneshot;
 pub use error::SqliteError;
 pub use writer::DeferredWrite;
 
-use writer::{Message, Writer};
+use writer::{AfterCommit, Message, Writer};
 
 /// Where the database lives.
 #[derive(Debug, Clone)]
@@ -499,7 +499,7 @@ impl SqliteStore {
     where
         F: Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
     {
-        self.send_write(None, Box::new(write))
+        self.send_write(None, Box::new(write), None)
     }
 
     /// Like [`defer`](Self::defer), but a pending write with the same `key` is replaced by this
@@ -508,13 +508,34 @@ impl SqliteStore {
     where
         F: Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
     {
-        self.send_write(Some(key.into()), Box::new(write))
+        self.send_write(Some(key.into()), Box::new(write), None)
     }
 
-    fn send_write(&self, key: Option<Box<[u8]>>, write: DeferredWrite) -> Result<(), SqliteError> {
+    /// Like [`defer_keyed`](Self::defer_keyed), and runs `after` on the writer thread once the
+    /// transaction that ran `write` has committed (not when `write` is replaced by a later write
+    /// with the same key, dropped from a full queue, or lost at close). A store that keeps its
+    /// own copy of what it wrote, readable until the file has it, drops the copy here.
+    pub(crate) fn defer_keyed_then<F>(
+        &self,
+        key: impl Into<Box<[u8]>>,
+        write: F,
+        after: impl FnOnce() + Send + 'static,
+    ) -> Result<(), SqliteError>
+    where
+        F: Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    {
+        self.send_write(Some(key.into()), Box::new(write), Some(Box::new(after)))
+    }
+
+    fn send_write(
+        &self,
+        key: Option<Box<[u8]>>,
+        write: DeferredWrite,
+        after: Option<AfterCommit>,
+    ) -> Result<(), SqliteError> {
         let writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
         let sender = writer.as_ref().ok_or(SqliteError::Closed)?;
-        match sender.try_send(Message::Write { key, write }) {
+        match sender.try_send(Message::Write { key, write, after }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(SqliteError::Backlog {
                 path: self.path().to_path_buf(),

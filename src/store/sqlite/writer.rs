@@ -30,6 +30,17 @@ use super::{Config, Counters, Location, conn};
 /// a rolled-back attempt left nothing behind).
 pub type DeferredWrite = Box<dyn Fn(&Connection) -> rusqlite::Result<()> + Send + 'static>;
 
+/// Runs once the transaction that ran its write has committed (whether the write itself
+/// succeeded or was dropped on its own). Never runs for a write that was replaced by a later one
+/// with the same key, dropped from a full queue, or lost when the store closed.
+pub(crate) type AfterCommit = Box<dyn FnOnce() + Send + 'static>;
+
+/// A pending write and what to run once it is committed.
+pub(super) struct Slot {
+    write: DeferredWrite,
+    after: Option<AfterCommit>,
+}
+
 /// The longest a transaction of the writer takes more writes (it commits the rest in the next).
 const SLICE: Duration = Duration::from_millis(1);
 
@@ -41,6 +52,7 @@ pub(super) enum Message {
     Write {
         key: Option<Box<[u8]>>,
         write: DeferredWrite,
+        after: Option<AfterCommit>,
     },
     Flush(oneshot::Sender<Result<(), SqliteError>>),
     Close(oneshot::Sender<Result<(), SqliteError>>),
@@ -48,23 +60,23 @@ pub(super) enum Message {
 
 #[derive(Default)]
 struct Pending {
-    writes: Vec<Option<DeferredWrite>>,
+    writes: Vec<Option<Slot>>,
     keys: HashMap<Box<[u8]>, usize>,
     live: usize,
     oldest: Option<Instant>,
 }
 
 impl Pending {
-    fn push(&mut self, key: Option<Box<[u8]>>, write: DeferredWrite) -> bool {
+    fn push(&mut self, key: Option<Box<[u8]>>, slot: Slot) -> bool {
         self.oldest.get_or_insert_with(Instant::now);
         if let Some(key) = key {
             if let Some(&index) = self.keys.get(&key) {
-                self.writes[index] = Some(write);
+                self.writes[index] = Some(slot);
                 return true;
             }
             self.keys.insert(key, self.writes.len());
         }
-        self.writes.push(Some(write));
+        self.writes.push(Some(slot));
         self.live += 1;
         false
     }
@@ -140,8 +152,8 @@ impl Writer {
             }
             let deadline = self.next_deadline();
             match messages.recv_deadline(deadline) {
-                Ok(Message::Write { key, write }) => {
-                    let replaced = self.pending.push(key, write);
+                Ok(Message::Write { key, write, after }) => {
+                    let replaced = self.pending.push(key, Slot { write, after });
                     if replaced {
                         self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -221,7 +233,7 @@ impl Writer {
             self.pending.clear();
             return Ok(());
         }
-        let next = |writes: &[Option<DeferredWrite>], from: usize| {
+        let next = |writes: &[Option<Slot>], from: usize| {
             writes[from..]
                 .iter()
                 .position(Option::is_some)
@@ -245,10 +257,18 @@ impl Writer {
                 Err(error) => return Err(self.failed(error)),
             };
             let end = start + taken;
-            let n = self.pending.writes[start..end]
+            let mut n = 0u64;
+            // Committed: what waited for it (a cache entry kept readable in memory until now)
+            // may go.
+            for slot in self.pending.writes[start..end]
                 .iter_mut()
                 .filter_map(Option::take)
-                .count() as u64;
+            {
+                n += 1;
+                if let Some(after) = slot.after {
+                    after();
+                }
+            }
             self.pending.keys.retain(|_, i| *i >= end);
             self.pending.live -= n as usize;
             self.counters
@@ -288,7 +308,7 @@ impl Writer {
     /// `writes` it took.
     fn run_batch(
         conn: &mut Connection,
-        writes: &[Option<DeferredWrite>],
+        writes: &[Option<Slot>],
     ) -> rusqlite::Result<(u64, usize)> {
         let mut failed = 0;
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -296,7 +316,9 @@ impl Writer {
         let mut taken = 0;
         for slot in writes {
             taken += 1;
-            let Some(write) = slot else { continue };
+            let Some(Slot { write, .. }) = slot else {
+                continue;
+            };
             let savepoint = tx.savepoint()?;
             match write(&savepoint) {
                 Ok(()) => savepoint.commit()?,
