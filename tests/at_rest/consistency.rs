@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use crate::support;
+use bytes::Bytes;
 use courteous::RequestKey;
 use courteous::cache::{CacheEntry, CacheStore};
 use courteous::store::sqlite::SqliteStore;
@@ -38,7 +38,10 @@ impl Gate {
     async fn entered(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !self.entered.load(Ordering::SeqCst) {
-            assert!(std::time::Instant::now() < deadline, "writer never reached the gate");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writer never reached the gate"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }

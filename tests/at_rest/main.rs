@@ -6,3 +6,4 @@ mod support;
 
 #[cfg(feature = "sqlite")]
 mod consistency;
+mod secrets;

@@ -306,10 +306,7 @@ impl Writer {
     /// Runs writes from the start of `writes` in one transaction until [`SLICE`] has passed
     /// (at least one), and commits. Returns how many failed on their own, and how many slots of
     /// `writes` it took.
-    fn run_batch(
-        conn: &mut Connection,
-        writes: &[Option<Slot>],
-    ) -> rusqlite::Result<(u64, usize)> {
+    fn run_batch(conn: &mut Connection, writes: &[Option<Slot>]) -> rusqlite::Result<(u64, usize)> {
         let mut failed = 0;
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let started = Instant::now();
