@@ -6,4 +6,7 @@ mod support;
 
 #[cfg(feature = "sqlite")]
 mod consistency;
+#[cfg(all(feature = "sqlite", unix))]
+mod files;
+mod logs;
 mod secrets;

@@ -94,11 +94,23 @@ type Pending = Arc<Mutex<PendingMap>>;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteCacheStore {
     store: SqliteStore,
     pending: Pending,
     counters: Arc<Counters>,
+}
+
+/// Shows how many entries are pending, never their headers or bodies (`Set-Cookie`, private
+/// responses): a `CacheLayer` printed in a log must not leak them.
+impl std::fmt::Debug for SqliteCacheStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteCacheStore")
+            .field("path", &self.store.path())
+            .field("pending", &self.pending().len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {

@@ -98,13 +98,24 @@ pub(crate) enum Location {
 }
 
 impl Location {
-    fn new(path: &Path) -> Self {
+    /// Where `path` points. A `file:` URI without parameters is the file it names (created
+    /// owner-only like any other); one with parameters (`?mode=`, `?vfs=`, `?immutable=`...) or
+    /// a host is refused: courteous opens the file itself, and SQLite would otherwise create it
+    /// with the default permissions.
+    fn new(path: &Path) -> Result<Self, SqliteError> {
+        let path = match conn::uri_path(path)? {
+            Some(file) => file,
+            None => path.to_path_buf(),
+        };
         if path.as_os_str() == ":memory:" {
             static NEXT: AtomicU64 = AtomicU64::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            Location::Memory(format!("courteous-{}-{n}", std::process::id()))
+            Ok(Location::Memory(format!(
+                "courteous-{}-{n}",
+                std::process::id()
+            )))
         } else {
-            Location::File(path.to_path_buf())
+            Ok(Location::File(path))
         }
     }
 
@@ -126,6 +137,7 @@ pub(crate) struct Config {
     pub(crate) page_size: Option<u32>,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) max_wal_size: u64,
+    pub(crate) tighten_permissions: bool,
 }
 
 impl Default for Config {
@@ -139,6 +151,7 @@ impl Default for Config {
             page_size: None,
             checkpoint_interval: Duration::from_secs(1),
             max_wal_size: 64 << 20,
+            tighten_permissions: false,
         }
     }
 }
@@ -327,9 +340,39 @@ impl SqliteStoreBuilder {
         self
     }
 
+    /// Makes an existing database that group or others may read owner-only at open: `chmod
+    /// 0600` of the file and of its `-wal` and `-shm` files (default off: such a file is only
+    /// reported, with a warning). A new file is always created 0600.
+    ///
+    /// Cached bodies, rate-limit history and dedupe results may be private; leave this off only
+    /// when other users are meant to share the file.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::unix::fs::PermissionsExt;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("c.db");
+    /// std::fs::write(&path, b"")?;
+    /// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    /// let sqlite = courteous::store::sqlite::SqliteStore::builder(&path)
+    ///     .tighten_permissions(true)
+    ///     .open()
+    ///     .await?;
+    /// assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+    /// # sqlite.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tighten_permissions(mut self, tighten: bool) -> Self {
+        self.config.tighten_permissions = tighten;
+        self
+    }
+
     /// Opens (creating if needed) and migrates the database.
     pub async fn open(self) -> Result<SqliteStore, SqliteError> {
-        SqliteStore::start(Location::new(&self.path), self.config).await
+        SqliteStore::start(Location::new(&self.path)?, self.config).await
     }
 }
 
@@ -381,6 +424,9 @@ impl SqliteStore {
         {
             let (location, config, counters) = (location.clone(), config.clone(), counters.clone());
             spawn_thread(format!("courteous-sqlite-writer-{thread_tag}"), move || {
+                if let Location::File(path) = &location {
+                    conn::check_permissions(path, config.tighten_permissions);
+                }
                 let opened = conn::open(&location, &config).and_then(|mut conn| {
                     conn::retry_busy(config.busy_timeout, || {
                         schema::migrate(&mut conn, location.path(), schema::COMPONENTS)
