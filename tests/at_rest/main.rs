@@ -9,4 +9,6 @@ mod consistency;
 #[cfg(all(feature = "sqlite", unix))]
 mod files;
 mod logs;
+#[cfg(all(feature = "sqlite", unix))]
+mod readonly;
 mod secrets;
