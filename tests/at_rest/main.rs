@@ -11,4 +11,6 @@ mod files;
 mod logs;
 #[cfg(all(feature = "sqlite", unix))]
 mod readonly;
+#[cfg(all(feature = "sqlite", unix))]
+mod reopen;
 mod secrets;

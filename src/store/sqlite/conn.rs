@@ -132,6 +132,28 @@ pub(super) fn uri_path(path: &Path) -> Result<Option<std::path::PathBuf>, Sqlite
     Ok(Some(file))
 }
 
+/// What identifies a file whatever its name: device and inode.
+pub(super) type FileId = (u64, u64);
+
+/// The identity of the file `location`'s path names now; `None` when there is none (or for an
+/// in-memory database).
+pub(super) fn file_id(location: &Location) -> Option<FileId> {
+    let Location::File(path) = location else {
+        return None;
+    };
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
 /// `path` with `suffix` appended to its file name (`-wal`, `-shm`).
 pub(super) fn companion(path: &Path, suffix: &str) -> std::path::PathBuf {
     let mut name = path.as_os_str().to_owned();

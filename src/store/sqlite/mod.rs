@@ -138,6 +138,7 @@ pub(crate) struct Config {
     pub(crate) checkpoint_interval: Duration,
     pub(crate) max_wal_size: u64,
     pub(crate) tighten_permissions: bool,
+    pub(crate) file_check_interval: Duration,
 }
 
 impl Default for Config {
@@ -152,6 +153,7 @@ impl Default for Config {
             checkpoint_interval: Duration::from_secs(1),
             max_wal_size: 64 << 20,
             tighten_permissions: false,
+            file_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -166,6 +168,10 @@ pub(crate) struct Counters {
     failed_batches: AtomicU64,
     dropped: AtomicU64,
     wal_restarts: AtomicU64,
+    reopened: AtomicU64,
+    /// Bumped by the writer each time it has reopened the file; each worker reopens its
+    /// connection when it sees a new value.
+    pub(crate) generation: AtomicU64,
 }
 
 /// Counters of a [`SqliteStore`]'s write-behind writer, since it was opened in this process.
@@ -203,6 +209,9 @@ pub struct SqliteStats {
     /// Checkpoints that started the WAL over because it had grown past
     /// [`max_wal_size`](SqliteStoreBuilder::max_wal_size).
     pub wal_restarts: u64,
+    /// Times the database file was found deleted or replaced while open, and reopened (see
+    /// [`file_check_interval`](SqliteStoreBuilder::file_check_interval)).
+    pub reopened: u64,
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
@@ -370,6 +379,37 @@ impl SqliteStoreBuilder {
         self
     }
 
+    /// How often the writer checks that the path still names the file it opened (default 1 s).
+    ///
+    /// A database file deleted or replaced under a running process (a cleanup script, a restore
+    /// from backup) stays open in that process, which goes on alone with the old file (SQLite
+    /// refuses its writes) while the others use the new one: they stop sharing limits, cache
+    /// and dedupe. When the path's identity (device and inode) changes, or the file is gone,
+    /// the store logs a warning, reopens the path (creating and migrating a new file if
+    /// needed) and counts it in [`SqliteStats::reopened`]; deferred writes not yet committed
+    /// go to the new file. A write refused as read-only makes the writer check at once.
+    ///
+    /// Replace a database with its `-wal` and `-shm` files removed (SQLite's own rule): a WAL
+    /// left next to the new file would be read as the new file's.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let sqlite = courteous::store::sqlite::SqliteStore::builder(dir.path().join("c.db"))
+    ///     .file_check_interval(std::time::Duration::from_secs(5))
+    ///     .open()
+    ///     .await?;
+    /// assert_eq!(sqlite.stats().reopened, 0);
+    /// # sqlite.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn file_check_interval(mut self, interval: Duration) -> Self {
+        self.config.file_check_interval = interval;
+        self
+    }
+
     /// Opens (creating if needed) and migrates the database.
     pub async fn open(self) -> Result<SqliteStore, SqliteError> {
         SqliteStore::start(Location::new(&self.path)?, self.config).await
@@ -427,13 +467,7 @@ impl SqliteStore {
                 if let Location::File(path) = &location {
                     conn::check_permissions(path, config.tighten_permissions);
                 }
-                let opened = conn::open(&location, &config).and_then(|mut conn| {
-                    conn::retry_busy(config.busy_timeout, || {
-                        schema::migrate(&mut conn, location.path(), schema::COMPONENTS)
-                            .map_err(|e| e.refine(location.path(), config.busy_timeout))
-                    })?;
-                    Ok(conn)
-                });
+                let opened = writer::open_and_migrate(&location, &config);
                 match opened {
                     Ok(conn) => {
                         let _ = ready_tx.send(Ok(()));
@@ -452,6 +486,7 @@ impl SqliteStore {
         let mut workers_done = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
             let (location, config, jobs) = (location.clone(), config.clone(), jobs_rx.clone());
+            let counters = counters.clone();
             let (ready_tx, ready_rx) = oneshot::channel();
             let (done_tx, done_rx) = oneshot::channel();
             ready.push(ready_rx);
@@ -461,7 +496,22 @@ impl SqliteStore {
                 move || match conn::open(&location, &config) {
                     Ok(mut conn) => {
                         let _ = ready_tx.send(Ok(()));
+                        let mut generation = counters.generation.load(Ordering::Acquire);
                         for job in jobs {
+                            // The writer found the file deleted or replaced and reopened it.
+                            let now = counters.generation.load(Ordering::Acquire);
+                            if now != generation {
+                                match conn::open(&location, &config) {
+                                    Ok(reopened) => {
+                                        conn = reopened;
+                                        generation = now;
+                                    }
+                                    Err(error) => tracing::warn!(
+                                        %error,
+                                        "could not reopen the sqlite database; will try again"
+                                    ),
+                                }
+                            }
                             job(&mut conn);
                         }
                         drop(conn);
@@ -662,6 +712,7 @@ impl SqliteStore {
             failed_batches: c.failed_batches.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             wal_restarts: c.wal_restarts.load(Ordering::Relaxed),
+            reopened: c.reopened.load(Ordering::Relaxed),
         }
     }
 }

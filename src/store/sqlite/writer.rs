@@ -100,8 +100,25 @@ impl Pending {
     }
 }
 
+/// Opens the writer's connection and brings the schema up to date.
+pub(super) fn open_and_migrate(
+    location: &Location,
+    config: &Config,
+) -> Result<Connection, SqliteError> {
+    let mut conn = conn::open(location, config)?;
+    conn::retry_busy(config.busy_timeout, || {
+        super::schema::migrate(&mut conn, location.path(), super::schema::COMPONENTS)
+            .map_err(|e| e.refine(location.path(), config.busy_timeout))
+    })?;
+    Ok(conn)
+}
+
 pub(super) struct Writer {
     conn: Connection,
+    /// The identity of the file the connections opened, and when it was last compared with
+    /// what the path names now.
+    identity: Option<conn::FileId>,
+    last_file_check: Instant,
     location: Location,
     config: Config,
     counters: Arc<Counters>,
@@ -119,8 +136,11 @@ impl Writer {
         config: Config,
         counters: Arc<Counters>,
     ) -> Self {
+        let identity = conn::file_id(&location);
         Writer {
             conn,
+            identity,
+            last_file_check: Instant::now(),
             location,
             config,
             counters,
@@ -149,6 +169,9 @@ impl Writer {
             }
             if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
                 self.checkpoint();
+            }
+            if self.last_file_check.elapsed() >= self.config.file_check_interval {
+                self.check_file();
             }
             let deadline = self.next_deadline();
             match messages.recv_deadline(deadline) {
@@ -195,12 +218,55 @@ impl Writer {
         self.retry_at.is_none_or(|at| Instant::now() >= at)
     }
 
+    /// Reopens the file when the path no longer names the one the connections hold (deleted,
+    /// or replaced by another file): see
+    /// [`SqliteStoreBuilder::file_check_interval`](super::SqliteStoreBuilder::file_check_interval).
+    fn check_file(&mut self) {
+        self.last_file_check = Instant::now();
+        let Location::File(path) = &self.location else {
+            return;
+        };
+        let now = conn::file_id(&self.location);
+        if self.identity.is_none() || now == self.identity {
+            return;
+        }
+        let what = if now.is_none() { "deleted" } else { "replaced" };
+        tracing::warn!(
+            path = %path.display(),
+            "sqlite database file was {what} while open; reopening it so that this process \
+             shares limits, cache and dedupe with the others again"
+        );
+        match open_and_migrate(&self.location, &self.config) {
+            Ok(conn) => {
+                // Closing a connection to a file that has moved neither checkpoints it nor
+                // deletes `<path>-wal` and `<path>-shm` (SQLite checks, and those are the new
+                // file's now).
+                drop(std::mem::replace(&mut self.conn, conn));
+                self.identity = conn::file_id(&self.location);
+                self.counters.reopened.fetch_add(1, Ordering::Relaxed);
+                self.counters.generation.fetch_add(1, Ordering::Release);
+            }
+            Err(error) => tracing::warn!(
+                path = %path.display(),
+                code = error.code(),
+                %error,
+                "could not reopen the sqlite database; will try again"
+            ),
+        }
+    }
+
     fn next_deadline(&self) -> Instant {
-        let checkpoint = self.last_checkpoint + self.config.checkpoint_interval;
+        // Intervals are the user's: a huge one means "never", not an overflow.
+        let after = |at: Instant, interval: Duration| {
+            at.checked_add(interval)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
+        };
+        let checkpoint = after(self.last_checkpoint, self.config.checkpoint_interval)
+            .min(after(self.last_file_check, self.config.file_check_interval));
         let Some(oldest) = self.pending.oldest else {
             return checkpoint;
         };
-        let mut flush = oldest + self.config.flush_interval;
+        let mut flush = after(oldest, self.config.flush_interval);
         if let Some(retry) = self.retry_at {
             flush = flush.max(retry);
         }
@@ -289,6 +355,12 @@ impl Writer {
     /// Keeps what is left for a retry with back-off, and reports the failure.
     fn failed(&mut self, error: rusqlite::Error) -> SqliteError {
         let error = SqliteError::from(error).refine(self.location.path(), self.config.busy_timeout);
+        if error.is_read_only() {
+            // SQLite refuses writes to a file that was deleted or moved: check it now.
+            self.last_file_check = Instant::now()
+                .checked_sub(self.config.file_check_interval)
+                .unwrap_or(self.last_file_check);
+        }
         self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             path = %self.location.path().display(),

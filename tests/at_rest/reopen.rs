@@ -1,0 +1,145 @@
+//! Issue 12 item 11, second half: a database file deleted or replaced under a running store is
+//! noticed, logged and reopened, so that the store shares with the others again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use courteous::RequestKey;
+use courteous::cache::{CacheEntry, CacheStore, SqliteCacheStore};
+use courteous::store::sqlite::SqliteStore;
+
+use crate::logs;
+
+fn entry(body: &'static str) -> Arc<CacheEntry> {
+    Arc::new(
+        CacheEntry::new(
+            format!("http://h/{body}"),
+            http::StatusCode::OK,
+            Bytes::from_static(body.as_bytes()),
+            SystemTime::now(),
+        )
+        .fresh_for(Duration::from_secs(600), Duration::ZERO),
+    )
+}
+
+fn key(n: u8) -> RequestKey {
+    RequestKey::from_parts([n; 32], format!("GET http://h/{n}"))
+}
+
+/// Waits (generously: the machine may be loaded) until `cache` has `key`.
+async fn eventually_sees(cache: &SqliteCacheStore, key: &RequestKey) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if cache.get(key).await.unwrap().is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn remove_database(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(std::path::PathBuf::from(name));
+    }
+}
+
+/// `rm courteous.db*` under a running store, then another store creates the file anew: the
+/// first one went on alone with the deleted file and never saw the other's writes again. Then
+/// the file is replaced by another database (`mv`, the old `-wal` and `-shm` removed): both
+/// follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_replaced_database_is_reopened() {
+    logs::capture();
+    let (dir, path) = crate::support::temp_db();
+    let open = || {
+        SqliteStore::builder(&path)
+            .file_check_interval(Duration::from_millis(20))
+            .open()
+    };
+    let first = open().await.unwrap();
+    let first_cache = first.cache();
+    first_cache.put(&key(1), entry("one")).await.unwrap();
+    first.flush().await.unwrap();
+
+    remove_database(&path);
+    // Its WAL is never checkpointed while open: what it commits stays in its -wal.
+    let second = SqliteStore::builder(&path)
+        .file_check_interval(Duration::from_millis(20))
+        .checkpoint_interval(Duration::from_secs(3600))
+        .open()
+        .await
+        .unwrap();
+    let second_cache = second.cache();
+    assert!(
+        second_cache.get(&key(1)).await.unwrap().is_none(),
+        "a new file"
+    );
+    second_cache.put(&key(2), entry("two")).await.unwrap();
+    second.flush().await.unwrap();
+    assert!(
+        eventually_sees(&first_cache, &key(2)).await,
+        "the first store never saw the new file's entry"
+    );
+    assert_eq!(first.stats().reopened, 1);
+    let shown = path.display().to_string();
+    assert_eq!(
+        // "deleted" or "replaced", whichever the check saw first.
+        logs::lines_with(&["WARN", &shown, "while open; reopening"]).len(),
+        1,
+        "logged once"
+    );
+    // Every connection of the first store has moved to the new file, closing its connection to
+    // the old one: that must not have taken the new file's -wal (SQLite would delete it by
+    // name, were the moved file not noticed).
+    for _ in 0..8 {
+        let _ = first_cache.get(&key(9)).await.unwrap();
+    }
+    second_cache.put(&key(5), entry("five")).await.unwrap();
+    second.flush().await.unwrap();
+    let third = SqliteStore::open(&path).await.unwrap();
+    assert!(
+        third.cache().get(&key(5)).await.unwrap().is_some(),
+        "the second store's -wal was lost"
+    );
+    third.close().await.unwrap();
+    // Writes of the first store reach the new file.
+    first_cache.put(&key(3), entry("three")).await.unwrap();
+    first.flush().await.unwrap();
+    assert!(eventually_sees(&second_cache, &key(3)).await);
+
+    // Replaced: another database moved over the path.
+    let other_path = dir.path().join("other.db");
+    let other = SqliteStore::open(&other_path).await.unwrap();
+    other.cache().put(&key(4), entry("four")).await.unwrap();
+    other.close().await.unwrap();
+    // As SQLite requires of any replacement: the old -wal and -shm go too (a WAL left next to
+    // the new file would be read as the new file's).
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::fs::remove_file(std::path::PathBuf::from(name)).unwrap();
+    }
+    std::fs::rename(&other_path, &path).unwrap();
+    assert!(eventually_sees(&first_cache, &key(4)).await, "first");
+    assert!(eventually_sees(&second_cache, &key(4)).await, "second");
+    assert_eq!(first.stats().reopened, 2);
+    assert_eq!(second.stats().reopened, 1);
+    assert_eq!(
+        logs::lines_with(&["WARN", &shown, "while open; reopening"]).len(),
+        3,
+        "each store logged its reopening"
+    );
+
+    second.close().await.unwrap();
+    first.close().await.unwrap();
+    // The file the stores use last holds every entry written to it.
+    let check = SqliteStore::open(&path).await.unwrap();
+    for n in [4] {
+        assert!(check.cache().get(&key(n)).await.unwrap().is_some(), "{n}");
+    }
+    check.close().await.unwrap();
+}
