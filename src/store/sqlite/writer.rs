@@ -236,6 +236,7 @@ impl Writer {
             "sqlite database file was {what} while open; reopening it so that this process \
              shares limits, cache and dedupe with the others again"
         );
+        conn::check_permissions(path, self.config.tighten_permissions);
         match open_and_migrate(&self.location, &self.config) {
             Ok(conn) => {
                 // Closing a connection to a file that has moved neither checkpoints it nor
