@@ -143,3 +143,72 @@ async fn a_deleted_or_replaced_database_is_reopened() {
     }
     check.close().await.unwrap();
 }
+
+/// The same across real processes: after `rm courteous.db*`, a process that creates the file
+/// anew and the running store share again, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_store_shares_with_other_processes_after_its_file_was_deleted() {
+    use crate::support::child::{spawn, wait_ok};
+
+    let (_dir, path) = crate::support::temp_db();
+    let store = SqliteStore::builder(&path)
+        .file_check_interval(Duration::from_millis(20))
+        .open()
+        .await
+        .unwrap();
+    let cache = store.cache();
+    cache.put(&key(1), entry("one")).await.unwrap();
+    store.flush().await.unwrap();
+
+    remove_database(&path);
+    let env = |op: &str, n: u8| {
+        [
+            ("DB", path.display().to_string()),
+            ("OP", op.to_owned()),
+            ("N", n.to_string()),
+        ]
+    };
+    let out = wait_ok(spawn("reopen::child_cache", &env("put", 2)));
+    assert!(out.contains("CHILD-OK"), "{out}");
+    assert!(
+        eventually_sees(&cache, &key(2)).await,
+        "the running store never saw the other process's entry"
+    );
+    cache.put(&key(3), entry("three")).await.unwrap();
+    store.flush().await.unwrap();
+    let out = wait_ok(spawn("reopen::child_cache", &env("get", 3)));
+    assert!(
+        out.contains("CHILD-FOUND"),
+        "the other process never saw ours: {out}"
+    );
+    assert_eq!(store.stats().reopened, 1);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of a_running_store_shares_with_other_processes_after_its_file_was_deleted"]
+async fn child_cache() {
+    use crate::support::child::{is_child, param};
+
+    if !is_child("reopen::child_cache") {
+        return;
+    }
+    let path: std::path::PathBuf = param("DB");
+    let op: String = param("OP");
+    let n: u8 = param("N");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let cache = store.cache();
+    match op.as_str() {
+        "put" => {
+            cache.put(&key(n), entry("from a child")).await.unwrap();
+            store.flush().await.unwrap();
+            println!("CHILD-OK");
+        }
+        _ => {
+            if cache.get(&key(n)).await.unwrap().is_some() {
+                println!("CHILD-FOUND");
+            }
+        }
+    }
+    store.close().await.unwrap();
+}
