@@ -112,3 +112,84 @@ async fn a_put_stays_visible_until_its_transaction_commits() {
     other.close().await.unwrap();
     store.close().await.unwrap();
 }
+
+/// A commit that takes longer than a second (the file locked by another process, a backlog)
+/// while the database accepts writes: the entry stays readable until it is done. It used to be
+/// dropped from memory after a second whatever the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_stays_visible_through_a_slow_commit() {
+    let (_dir, path) = support::temp_db();
+    let store = SqliteStore::builder(&path)
+        .flush_interval(Duration::from_secs(3600))
+        .open()
+        .await
+        .unwrap();
+    let cache = store.cache();
+    let key = RequestKey::from_parts([8; 32], "GET http://h/item");
+    cache.put(&key, entry("old")).await.unwrap();
+    store.flush().await.unwrap();
+
+    cache.put(&key, entry("new")).await.unwrap();
+    let gate = Gate::default();
+    gate.hold(&store);
+    let flush = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush().await }
+    });
+    gate.entered().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = cache.get(&key).await.unwrap().expect("entry");
+    assert_eq!(
+        &got.body[..],
+        b"new",
+        "dropped from memory before its commit"
+    );
+    gate.release();
+    flush.await.unwrap().unwrap();
+    assert_eq!(&cache.get(&key).await.unwrap().unwrap().body[..], b"new");
+    store.close().await.unwrap();
+}
+
+/// A database that refuses writes is not masked for long: once it has refused a batch, an entry
+/// put more than a second ago is no longer served from memory.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_refuses_writes_is_not_masked_for_long() {
+    let (_dir, path) = support::temp_db();
+    let store = SqliteStore::builder(&path)
+        .flush_interval(Duration::from_millis(10))
+        .busy_timeout(Duration::from_millis(50))
+        .open()
+        .await
+        .unwrap();
+    let cache = store.cache();
+    let key = RequestKey::from_parts([9; 32], "GET http://h/refused");
+    // Another connection holds the write lock: every batch is refused (busy).
+    let blocker = rusqlite_connection(&path);
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    cache.put(&key, entry("pending")).await.unwrap();
+    assert!(
+        cache.get(&key).await.unwrap().is_some(),
+        "served from memory"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.stats().failed_batches == 0 {
+        assert!(std::time::Instant::now() < deadline, "no batch refused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Not from memory any more; the read itself goes to the file (readers are not blocked).
+    assert!(cache.get(&key).await.unwrap().is_none());
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    store.flush().await.unwrap();
+    assert!(
+        cache.get(&key).await.unwrap().is_some(),
+        "committed once allowed"
+    );
+    store.close().await.unwrap();
+}
+
+fn rusqlite_connection(path: &std::path::Path) -> courteous::store::sqlite::rusqlite::Connection {
+    courteous::store::sqlite::rusqlite::Connection::open(path).unwrap()
+}
