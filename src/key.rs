@@ -188,6 +188,14 @@ pub trait KeyExtractor: Send + Sync + 'static {
     /// Whether the query parameter `name` (percent-decoded) holds a secret: its value is masked
     /// in error messages, in what the dedupe stores publish to other processes, and in logs.
     /// The default masks [`DEFAULT_SECRET_PARAMS`] (compared case-insensitively).
+    ///
+    /// ```
+    /// use courteous::{DefaultKeyExtractor, KeyExtractor};
+    ///
+    /// let keys = DefaultKeyExtractor::new().secret_param("sig");
+    /// assert!(keys.is_secret_param("SIG") && keys.is_secret_param("token"));
+    /// assert!(!keys.is_secret_param("page"));
+    /// ```
     fn is_secret_param(&self, name: &str) -> bool {
         is_default_secret_param(name)
     }
@@ -204,6 +212,13 @@ impl<K: KeyExtractor + ?Sized> KeyExtractor for Arc<K> {
 }
 
 /// Whether `name` is one of [`DEFAULT_SECRET_PARAMS`], in any case.
+///
+/// ```
+/// use courteous::key::is_default_secret_param;
+///
+/// assert!(is_default_secret_param("API_KEY"));
+/// assert!(!is_default_secret_param("page"));
+/// ```
 pub fn is_default_secret_param(name: &str) -> bool {
     DEFAULT_SECRET_PARAMS
         .iter()
