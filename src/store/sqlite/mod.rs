@@ -16,6 +16,18 @@
 //! grown past [`max_wal_size`](SqliteStoreBuilder::max_wal_size) (writes that never pause) does
 //! the writer's checkpoint make other writers wait while it starts the WAL over.
 //!
+//! # Files
+//!
+//! A new database is created 0600; SQLite gives its `-wal` and `-shm` files the database's mode.
+//! A `file:` URI is taken as the file it names (a URI with parameters or a host is refused with
+//! [`SqliteError::UnsupportedUri`]). At open, files that group or others may read are reported
+//! (made 0600 with [`tighten_permissions`](SqliteStoreBuilder::tighten_permissions)), the
+//! `-wal` and `-shm` get back the owner access the database has (a failed read-only open left a
+//! 0400 `-shm` that broke every later write), and each connection takes the write lock once, so
+//! that a store that could only read fails at open with [`SqliteError::ReadOnly`]. A file
+//! deleted or replaced while open is reopened (see
+//! [`file_check_interval`](SqliteStoreBuilder::file_check_interval)).
+//!
 //! # Schema
 //!
 //! Each part of courteous that keeps tables here has its own numbered list of migrations, recorded
@@ -435,7 +447,7 @@ impl SqliteStore {
     ///
     /// [`SqliteError::Open`] when the file cannot be created or opened,
     /// [`SqliteError::ReadOnly`], [`SqliteError::NotADatabase`], [`SqliteError::Corrupt`],
-    /// [`SqliteError::SchemaTooNew`].
+    /// [`SqliteError::SchemaTooNew`], [`SqliteError::UnsupportedUri`].
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, SqliteError> {
         Self::builder(path).open().await
     }
