@@ -391,7 +391,8 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// How often the writer checks that the path still names the file it opened (default 1 s).
+    /// How often the writer checks that the path still names the file it opened (default 1 s,
+    /// at least 10 ms).
     ///
     /// A database file deleted or replaced under a running process (a cleanup script, a restore
     /// from backup) stays open in that process, which goes on alone with the old file (SQLite
@@ -418,7 +419,8 @@ impl SqliteStoreBuilder {
     /// # }
     /// ```
     pub fn file_check_interval(mut self, interval: Duration) -> Self {
-        self.config.file_check_interval = interval;
+        // Zero would keep the writer thread polling the file system.
+        self.config.file_check_interval = interval.max(Duration::from_millis(10));
         self
     }
 
