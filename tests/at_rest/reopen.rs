@@ -212,3 +212,70 @@ async fn child_cache() {
     }
     store.close().await.unwrap();
 }
+
+/// Limits after a reopen: the rate limiter's copy of a window from the deleted file, at the
+/// same generation as the new file's row, must not be taken for the new file's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_after_a_reopen_count_the_new_files_admissions() {
+    use courteous::rate_limit::{
+        AdaptiveConfig, AdmissionRequest, Decision, Limit, RateLimitStore, Timestamp,
+    };
+    use courteous::{Priority, Resource};
+    use std::num::NonZeroU32;
+
+    let (_dir, path) = crate::support::temp_db();
+    let open = || {
+        SqliteStore::builder(&path)
+            .file_check_interval(Duration::from_millis(20))
+            .open()
+    };
+    let limits: Arc<[Limit]> = vec![Limit::per_minute(NonZeroU32::new(3).unwrap())].into();
+    let adaptive = Arc::new(AdaptiveConfig::default());
+    let t0 = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ask = |at: u64| {
+        AdmissionRequest::new(
+            Resource::new("items").unwrap(),
+            Priority::User,
+            limits.clone(),
+            adaptive.clone(),
+            Timestamp::from_millis(at),
+        )
+    };
+    let first = open().await.unwrap();
+    let first_limits = first.rate_limits();
+    for i in 0..3 {
+        let decision = first_limits.acquire(ask(t0 + i)).await.unwrap();
+        assert!(
+            matches!(decision, Decision::Admitted { .. }),
+            "{decision:?}"
+        );
+    }
+
+    remove_database(&path);
+    let second = open().await.unwrap();
+    let second_limits = second.rate_limits();
+    for i in 0..3 {
+        let decision = second_limits.acquire(ask(t0 + 30_000 + i)).await.unwrap();
+        assert!(
+            matches!(decision, Decision::Admitted { .. }),
+            "{decision:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while first.stats().reopened == 0 {
+        assert!(Instant::now() < deadline, "never reopened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A minute after the first store's admissions, 31 s after the second's: the new file's
+    // minute is full.
+    let decision = first_limits.acquire(ask(t0 + 61_000)).await.unwrap();
+    assert!(
+        matches!(decision, Decision::Refused { .. }),
+        "a fourth admission in a minute limited to 3: {decision:?}"
+    );
+    second.close().await.unwrap();
+    first.close().await.unwrap();
+}

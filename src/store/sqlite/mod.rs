@@ -228,6 +228,19 @@ pub struct SqliteStats {
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
 
+thread_local! {
+    /// On a store thread: which opening of the database file its connection belongs to.
+    static FILE_EPOCH: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Which opening of the database file the connection of the current store thread belongs to
+/// (in a [`SqliteStore::call`] job). It changes when the file was deleted or replaced and the
+/// connection reopened it (see [`SqliteStoreBuilder::file_check_interval`]): what a store keeps
+/// in memory about the file's rows belongs to the old file then.
+pub(crate) fn file_epoch() -> u64 {
+    FILE_EPOCH.with(std::cell::Cell::get)
+}
+
 struct Shared {
     location: Location,
     config: Config,
@@ -511,6 +524,7 @@ impl SqliteStore {
                     Ok(mut conn) => {
                         let _ = ready_tx.send(Ok(()));
                         let mut generation = counters.generation.load(Ordering::Acquire);
+                        FILE_EPOCH.with(|epoch| epoch.set(generation));
                         for job in jobs {
                             // The writer found the file deleted or replaced and reopened it.
                             let now = counters.generation.load(Ordering::Acquire);
@@ -519,6 +533,7 @@ impl SqliteStore {
                                     Ok(reopened) => {
                                         conn = reopened;
                                         generation = now;
+                                        FILE_EPOCH.with(|epoch| epoch.set(now));
                                     }
                                     Err(error) => tracing::warn!(
                                         %error,
