@@ -300,3 +300,58 @@ async fn the_dedupe_layer_masks_what_it_publishes_from_any_transport() {
     assert_masked("the published error", &published[0]);
     sqlite.close().await.unwrap();
 }
+
+/// The whole stack over one SQLite file, responses cached, deduplicated and rate limited: no
+/// secret of the URLs reaches the file (cache rows, dedupe rows, rate-limit rows).
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_response_leaves_no_secret_in_the_sqlite_file() {
+    use courteous::cache::CacheLayer;
+    use courteous::store::sqlite::SqliteStore;
+    use courteous::{Limit, Limits, RateLimitLayer};
+    use std::num::NonZeroU32;
+
+    let server = crate::support::TestServer::start().await;
+    let (dir, path) = crate::support::temp_db();
+    let sqlite = SqliteStore::open(&path).await.unwrap();
+    let client: Client = ServiceBuilder::new()
+        .layer(ContextLayer::new().key_extractor(keys()))
+        .layer(CacheLayer::new(sqlite.cache()))
+        .layer(DedupeLayer::new(sqlite.dedupe()))
+        .layer(
+            RateLimitLayer::new(
+                sqlite.rate_limits(),
+                Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap())),
+            )
+            .unwrap(),
+        )
+        .service(HttpClient::new(reqwest::Client::new()))
+        .boxed_clone();
+    let url = server.url(
+        "/api/items/?api_key=SEKRET-A&sig=SEKRET-S&Token=SEKRET-T&access%5Ftoken=SEKRET-E\
+         &cache_control=max-age%3D60",
+    );
+    for _ in 0..2 {
+        let response = send(&client, &url).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+    }
+    assert_eq!(server.hits(), 1, "the second came from the cache");
+    sqlite.flush().await.unwrap();
+    let cached: String = sqlite
+        .call(|conn| Ok(conn.query_row("SELECT url FROM cache_entries", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert!(cached.contains("api_key=REDACTED"), "{cached}");
+    sqlite.close().await.unwrap();
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        let file = file.unwrap().path();
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in SECRETS {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds {secret}",
+                file.display()
+            );
+        }
+    }
+}
