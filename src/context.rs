@@ -114,6 +114,17 @@ pub struct RequestContext {
     priority: Priority,
     resource: Resource,
     key: Option<RequestKey>,
+    secrets: Secrets,
+}
+
+/// The key extractor, asked which query parameters are secret when an error is masked.
+#[derive(Clone)]
+struct Secrets(Arc<dyn KeyExtractor>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets")
+    }
 }
 
 impl RequestContext {
@@ -130,6 +141,29 @@ impl RequestContext {
     /// The key that identifies identical requests; `None` for a body that cannot be replayed.
     pub fn key(&self) -> Option<&RequestKey> {
         self.key.as_ref()
+    }
+
+    /// `text` (an error message) with the secret query parameters of the request's
+    /// [`KeyExtractor`] (see [`KeyExtractor::is_secret_param`]) and URL userinfo masked.
+    ///
+    /// ```
+    /// use courteous::{ContextLayer, DefaultKeyExtractor};
+    ///
+    /// let request = http::Request::get("http://h/x?sig=abc").body(String::new()).unwrap();
+    /// let layer = ContextLayer::new().key_extractor(DefaultKeyExtractor::new().secret_param("sig"));
+    /// let context = layer.resolve(&request);
+    /// assert_eq!(
+    ///     context.redact("GET http://h/x?sig=abc&api_key=k failed"),
+    ///     "GET http://h/x?sig=REDACTED&api_key=REDACTED failed"
+    /// );
+    /// ```
+    pub fn redact(&self, text: &str) -> String {
+        crate::key::redact_secrets(text, |name| self.secrets.0.is_secret_param(name))
+    }
+
+    /// Masks `url` in place as [`redact`](Self::redact) masks text.
+    pub(crate) fn redact_url(&self, url: &mut reqwest::Url) {
+        crate::key::redact_url(url, |name| self.secrets.0.is_secret_param(name));
     }
 
     /// The context a [`ContextLayer`] stored on this request, if any.
@@ -218,6 +252,7 @@ impl ContextConfig {
             priority: Priority::of(request.extensions()).unwrap_or(self.default_priority),
             resource: self.classifier.classify(head),
             key: self.keys.key(head, request.body().replayable_bytes()),
+            secrets: Secrets(self.keys.clone()),
         }
     }
 

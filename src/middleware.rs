@@ -229,6 +229,7 @@ async fn serve(call: Call, next: Next<'_>) {
     let Call { request, reply } = call;
     let (mut parts, body) = request.into_parts();
     let mut extensions = std::mem::take(&mut parts.extensions);
+    let context = extensions.get::<crate::RequestContext>().cloned();
     let result = match reqwest::Request::try_from(http::Request::from_parts(parts, body)) {
         Ok(request) => match next.run(request, &mut extensions).await {
             Ok(response) => {
@@ -237,7 +238,10 @@ async fn serve(call: Call, next: Next<'_>) {
                 response.extensions_mut().insert(url);
                 Ok(response)
             }
-            Err(reqwest_middleware::Error::Reqwest(error)) => Err(error.into()),
+            // Its URL masked (issue 12 item 7).
+            Err(reqwest_middleware::Error::Reqwest(error)) => {
+                Err(crate::transport::redact(error, context.as_ref()).into())
+            }
             Err(reqwest_middleware::Error::Middleware(error)) => Err(error.into()),
         },
         Err(error) => Err(error.into()),

@@ -7,6 +7,8 @@ use std::task::{Context, Poll};
 
 use tower::Service;
 
+use crate::context::RequestContext;
+
 /// The URL a response finally came from (after redirects), kept so that the
 /// `reqwest-middleware` path can hand it back on `reqwest::Response::url`.
 #[derive(Debug, Clone)]
@@ -77,10 +79,14 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let client = self.client.clone();
+        let context = RequestContext::of(&request).cloned();
         let request = reqwest::Request::try_from(request);
         ResponseFuture {
             inner: Box::pin(async move {
-                let response = client.execute(request?).await?;
+                let response = client
+                    .execute(request.map_err(|e| redact(e, context.as_ref()))?)
+                    .await
+                    .map_err(|e| redact(e, context.as_ref()))?;
                 let url = FinalUrl(response.url().clone());
                 let mut response = http::Response::from(response);
                 response.extensions_mut().insert(url);
@@ -88,6 +94,23 @@ where
             }),
         }
     }
+}
+
+/// `error` with the secrets of its URL masked: reqwest's errors print the full URL, query
+/// string and userinfo included. The request's [`KeyExtractor`](crate::KeyExtractor) says which
+/// query parameters are secret ([`DEFAULT_SECRET_PARAMS`](crate::key::DEFAULT_SECRET_PARAMS)
+/// without a context).
+pub(crate) fn redact(
+    mut error: reqwest::Error,
+    context: Option<&RequestContext>,
+) -> reqwest::Error {
+    if let Some(url) = error.url_mut() {
+        match context {
+            Some(context) => context.redact_url(url),
+            None => crate::key::redact_url(url, crate::key::is_default_secret_param),
+        }
+    }
+    error
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -695,6 +695,8 @@ where
     S: Service<http::Request<B>, Response = Response>,
     S::Error: Into<BoxError>,
 {
+    // Masks what other processes receive of an error (issue 12 item 7).
+    let context = crate::RequestContext::of(&request).cloned();
     let call = async {
         let response = inner.oneshot(request).await.map_err(Into::into)?;
         let (parts, body) = response.into_parts();
@@ -729,6 +731,12 @@ where
                 let message = error
                     .upstream()
                     .map_or_else(|| error.to_string(), |e| error_chain(e));
+                let message = match &context {
+                    Some(context) => context.redact(&message),
+                    None => {
+                        crate::key::redact_secrets(&message, crate::key::is_default_secret_param)
+                    }
+                };
                 lease
                     .publish(Completion::Failed(message.into()), MIN_RESULT_RETENTION)
                     .await;

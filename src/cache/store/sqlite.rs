@@ -48,8 +48,10 @@ pub(crate) const CACHE: Component = Component {
 /// At most this many written entries are kept in memory until the writer has run them.
 const MAX_PENDING: usize = 1024;
 
-/// How long a written entry is served from memory before the writer has run it. Past this, a
-/// database that refuses writes (read-only, full) is not masked by the pending entries.
+/// How long a written entry is served from memory at most once the database has refused a
+/// batch or dropped a write since it was put: a database that refuses writes (read-only, full)
+/// is not masked for long by the pending entries. While the database accepts writes, an entry
+/// stays until the transaction that writes it has committed, however long that takes.
 const PENDING_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
@@ -60,7 +62,26 @@ struct Counters {
     purged: AtomicU64,
 }
 
-type PendingMap = HashMap<[u8; 32], (Arc<CacheEntry>, Instant)>;
+/// A written entry not yet committed.
+#[derive(Debug)]
+struct PendingEntry {
+    entry: Arc<CacheEntry>,
+    /// Which put it came from: a commit removes only its own put's entry (a `touch` keeps it).
+    put: u64,
+    since: Instant,
+    /// The store's count of refused batches and dropped writes when it was put.
+    troubles: u64,
+}
+
+impl PendingEntry {
+    /// Whether to stop serving it: the database has been in trouble since it was put, a while
+    /// ago.
+    fn given_up(&self, troubles: u64) -> bool {
+        troubles > self.troubles && self.since.elapsed() > PENDING_FOR
+    }
+}
+
+type PendingMap = HashMap<[u8; 32], PendingEntry>;
 type Pending = Arc<Mutex<PendingMap>>;
 
 /// Cache entries in the shared SQLite file: they survive restarts and are shared by every
@@ -68,7 +89,9 @@ type Pending = Arc<Mutex<PendingMap>>;
 ///
 /// Reads run on the store's threads ([`SqliteStore::call`]); writes are write-behind
 /// ([`SqliteStore::defer_keyed`], one key per entry, so a later write of the same entry replaces a
-/// pending one) and are visible to this process at once. Deletes and invalidations first commit
+/// pending one) and are visible to this process at once: the entry is kept in memory until the
+/// transaction that writes it has committed (or for at most a second, so that a database that
+/// refuses writes is not masked for long). Deletes and invalidations first commit
 /// what is pending, so a pending write never brings back an invalidated entry.
 ///
 /// [`close`](CacheStore::close) commits pending writes; it does not close the shared
@@ -92,11 +115,23 @@ type Pending = Arc<Mutex<PendingMap>>;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteCacheStore {
     store: SqliteStore,
     pending: Pending,
     counters: Arc<Counters>,
+}
+
+/// Shows how many entries are pending, never their headers or bodies (`Set-Cookie`, private
+/// responses): a `CacheLayer` printed in a log must not leak them.
+impl std::fmt::Debug for SqliteCacheStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteCacheStore")
+            .field("path", &self.store.path())
+            .field("pending", &self.pending().len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
@@ -383,6 +418,12 @@ impl SqliteCacheStore {
         &self.store
     }
 
+    /// Batches the database refused and writes it dropped, so far.
+    fn troubles(&self) -> u64 {
+        let stats = self.store.stats();
+        stats.failed_batches.saturating_add(stats.dropped)
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, PendingMap> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -395,11 +436,11 @@ impl CacheStore for SqliteCacheStore {
         let pending = {
             let mut pending = self.pending();
             match pending.get(key.as_bytes()) {
-                Some((_, since)) if since.elapsed() > PENDING_FOR => {
+                Some(p) if p.given_up(self.troubles()) => {
                     pending.remove(key.as_bytes());
                     None
                 }
-                found => found.map(|(entry, _)| entry.clone()),
+                found => found.map(|p| p.entry.clone()),
             }
         };
         if let Some(entry) = pending.filter(|e| !e.is_expired(now)) {
@@ -423,25 +464,41 @@ impl CacheStore for SqliteCacheStore {
 
     async fn put(&self, key: &RequestKey, entry: Arc<CacheEntry>) -> Result<(), StoreError> {
         let hash = *key.as_bytes();
+        static PUTS: AtomicU64 = AtomicU64::new(0);
+        let put = PUTS.fetch_add(1, Ordering::Relaxed);
         {
+            let troubles = self.troubles();
             let mut pending = self.pending();
+            if pending.len() >= MAX_PENDING {
+                // Entries whose writes the database refused or dropped make room.
+                pending.retain(|_, p| !p.given_up(troubles));
+            }
             if pending.len() < MAX_PENDING {
-                pending.insert(hash, (entry.clone(), Instant::now()));
+                pending.insert(
+                    hash,
+                    PendingEntry {
+                        entry: entry.clone(),
+                        put,
+                        since: Instant::now(),
+                        troubles,
+                    },
+                );
             }
         }
         let pending = self.pending.clone();
+        // The copy in memory stays readable until the transaction that writes it has committed:
+        // until then readers on the other connections see the old row (read-your-writes).
         self.store
-            .defer_keyed(write_key(key), move |conn| {
-                let result = write_entry(conn, &hash, &entry);
-                let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
-                if pending
-                    .get(&hash)
-                    .is_some_and(|(p, _)| Arc::ptr_eq(p, &entry))
-                {
-                    pending.remove(&hash);
-                }
-                result
-            })
+            .defer_keyed_then(
+                write_key(key),
+                move |conn| write_entry(conn, &hash, &entry),
+                move || {
+                    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if pending.get(&hash).is_some_and(|p| p.put == put) {
+                        pending.remove(&hash);
+                    }
+                },
+            )
             .map_err(|e| {
                 self.pending().remove(&hash);
                 self.failed(e)
@@ -457,7 +514,7 @@ impl CacheStore for SqliteCacheStore {
         let hash = *key.as_bytes();
         {
             let mut pending = self.pending();
-            if let Some((entry, _)) = pending.get_mut(&hash) {
+            if let Some(PendingEntry { entry, .. }) = pending.get_mut(&hash) {
                 let mut moved = CacheEntry::clone(entry);
                 moved.fresh_until = fresh_until;
                 moved.expires_at = expires_at;
@@ -501,8 +558,7 @@ impl CacheStore for SqliteCacheStore {
     }
 
     async fn invalidate(&self, target: &Invalidation) -> Result<u64, StoreError> {
-        self.pending()
-            .retain(|_, (entry, _)| !target.matches(&entry.url));
+        self.pending().retain(|_, p| !target.matches(&p.entry.url));
         self.store.flush().await.map_err(|e| self.failed(e))?;
         let target = target.clone();
         self.store

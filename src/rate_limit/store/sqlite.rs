@@ -337,6 +337,8 @@ struct Inner {
     /// runner only.
     windows: Mutex<Windows>,
     stats: Mutex<HashMap<Resource, ResourceStats>>,
+    /// The opening of the file the copies were made from (see `store::sqlite::file_epoch`).
+    file_epoch: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -830,6 +832,13 @@ impl Inner {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let begun = Instant::now();
         let mut windows = lock(&self.windows);
+        // The file was deleted or replaced and this connection reopened it: the copies (and
+        // the activity read) are the old file's, whatever their generations say.
+        let epoch = crate::store::sqlite::file_epoch();
+        if self.file_epoch.swap(epoch, Ordering::Relaxed) != epoch {
+            windows.clear();
+            lock(&self.activity).clear();
+        }
         let counts = windows.counts();
         // A panic rolls the transaction back too (the transaction's guard, and `call`): what it
         // added to the copies must go with it.

@@ -71,6 +71,170 @@ fn create_owner_only(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The file a `file:` URI names, percent-decoded; `None` when `path` is not a `file:` URI.
+///
+/// A URI with parameters or a fragment (`?mode=ro`, `?vfs=`, `#...`), or with a host other than
+/// `localhost`, is refused: courteous opens the file itself, and SQLite would create a file it
+/// names with the default permissions instead of 0600.
+pub(super) fn uri_path(path: &Path) -> Result<Option<std::path::PathBuf>, SqliteError> {
+    let raw = path.as_os_str().as_encoded_bytes();
+    let Some(rest) = raw.strip_prefix(b"file:") else {
+        return Ok(None);
+    };
+    let refuse = |what| {
+        Err(SqliteError::UnsupportedUri {
+            path: path.to_path_buf(),
+            what,
+        })
+    };
+    if rest.iter().any(|&b| b == b'?' || b == b'#') {
+        return refuse("parameters");
+    }
+    let rest = match rest.strip_prefix(b"//") {
+        Some(authority_and_path) => {
+            let end = authority_and_path
+                .iter()
+                .position(|&b| b == b'/')
+                .unwrap_or(authority_and_path.len());
+            let host = &authority_and_path[..end];
+            if !host.is_empty() && !host.eq_ignore_ascii_case(b"localhost") {
+                return refuse("a host");
+            }
+            &authority_and_path[end..]
+        }
+        None => rest,
+    };
+    let mut decoded = Vec::with_capacity(rest.len());
+    let mut i = 0;
+    while i < rest.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (rest[i], rest.get(i + 1).copied(), rest.get(i + 2).copied()) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                decoded.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    if decoded.is_empty() {
+        return refuse("no file name");
+    }
+    #[cfg(unix)]
+    let file = {
+        use std::os::unix::ffi::OsStringExt;
+        std::path::PathBuf::from(std::ffi::OsString::from_vec(decoded))
+    };
+    #[cfg(not(unix))]
+    let file = std::path::PathBuf::from(String::from_utf8_lossy(&decoded).into_owned());
+    Ok(Some(file))
+}
+
+/// What identifies a file whatever its name: device and inode.
+pub(super) type FileId = (u64, u64);
+
+/// The identity of the file `location`'s path names now; `None` when there is none (or for an
+/// in-memory database).
+pub(super) fn file_id(location: &Location) -> Option<FileId> {
+    let Location::File(path) = location else {
+        return None;
+    };
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+/// `path` with `suffix` appended to its file name (`-wal`, `-shm`).
+pub(super) fn companion(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// Reports (and with `tighten`, fixes) a database that group or others may read, and gives the
+/// `-wal` and `-shm` files back the owner's read and write access the database file has.
+///
+/// SQLite creates the `-wal` and `-shm` files with the database file's mode. A read-only open of
+/// a file made read-only (0400) therefore leaves a 0400 `-shm` behind; once the file is writable
+/// again, SQLite opened that `-shm` read-only and every write failed while the open succeeded.
+/// Runs on the writer thread before any connection opens.
+#[cfg(unix)]
+pub(super) fn check_permissions(path: &Path, tighten: bool) {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mode_of = |file: &Path| {
+        std::fs::metadata(file)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777)
+    };
+    let set_mode = |file: &Path, mode: u32| {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode))
+    };
+    // A new file is created 0600 by `create_owner_only`.
+    let Some(db_mode) = mode_of(path) else {
+        return;
+    };
+    let mut open_to_others = Vec::new();
+    for (file, suffix) in [
+        (path.to_path_buf(), ""),
+        (companion(path, "-wal"), "-wal"),
+        (companion(path, "-shm"), "-shm"),
+    ] {
+        let Some(mode) = mode_of(&file) else {
+            continue;
+        };
+        let mut wanted = mode;
+        if !suffix.is_empty() {
+            // The owner's access the database file has, which SQLite copied at creation.
+            wanted |= db_mode & 0o600;
+        }
+        if tighten {
+            wanted &= !0o077;
+        }
+        if wanted != mode {
+            match set_mode(&file, wanted) {
+                Ok(()) => tracing::info!(
+                    file = %file.display(),
+                    from = format_args!("{mode:o}"),
+                    to = format_args!("{wanted:o}"),
+                    "changed the mode of a sqlite database file"
+                ),
+                Err(error) => tracing::warn!(
+                    file = %file.display(),
+                    mode = format_args!("{mode:o}"),
+                    %error,
+                    "could not change the mode of a sqlite database file"
+                ),
+            }
+        }
+        let now = mode_of(&file).unwrap_or(wanted);
+        if now & 0o077 != 0 {
+            open_to_others.push(format!("{}{suffix} ({now:o})", path.display()));
+        }
+    }
+    if !open_to_others.is_empty() {
+        tracing::warn!(
+            files = %open_to_others.join(", "),
+            "sqlite database files are readable by group or others; open with \
+             SqliteStoreBuilder::tighten_permissions(true) (or chmod 0600 them) unless other \
+             users are meant to share them"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+pub(super) fn check_permissions(_path: &Path, _tighten: bool) {}
+
 /// Runs `attempt` again while it fails with [`SqliteError::Busy`], for up to `timeout`.
 ///
 /// Some steps get `SQLITE_BUSY` at once, without the busy handler being asked: switching a new
@@ -114,6 +278,12 @@ fn open_once(location: &Location, config: &Config) -> Result<Connection, SqliteE
                 path: path.clone(),
                 source: Box::new(e),
             })?;
+            // SQLite (built with URIs on) would read a name starting with `file:` as a URI.
+            let path = if path.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+                Path::new(".").join(path)
+            } else {
+                path.clone()
+            };
             Connection::open_with_flags(path, flags)
         }
         Location::Memory(name) => {
@@ -152,6 +322,15 @@ fn configure(
             )));
         }
     }
+    // A connection that may read but not write (a `-shm` or `-wal` file it may only read) opens
+    // without complaint and fails every write later: take the write lock once to find out.
+    conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        .map_err(|error| match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ReadOnly) => SqliteError::ReadOnly {
+                path: location.path().to_path_buf(),
+            },
+            _ => SqliteError::from(error),
+        })?;
     conn.execute_batch(
         "PRAGMA synchronous = NORMAL;
          PRAGMA foreign_keys = ON;

@@ -46,6 +46,17 @@ pub enum SqliteError {
         /// The database file.
         path: PathBuf,
     },
+    /// The path is a SQLite `file:` URI with parameters or a host, which courteous does not pass
+    /// on: it opens the file itself, in WAL mode and created owner-only (0600).
+    #[error(
+        "{path} is a sqlite URI with {what}; courteous opens the file itself (WAL, created with mode 0600): pass a plain path or a file: URI without parameters"
+    )]
+    UnsupportedUri {
+        /// The path as given.
+        path: PathBuf,
+        /// What it carries that courteous does not support.
+        what: &'static str,
+    },
     /// The file is not a SQLite database (or is encrypted).
     #[error("{path} is not a sqlite database; point courteous at a new file or move this one away")]
     NotADatabase {
@@ -107,6 +118,7 @@ impl SqliteError {
         match self {
             SqliteError::Open { .. } => "sqlite_open",
             SqliteError::ReadOnly { .. } => "sqlite_read_only",
+            SqliteError::UnsupportedUri { .. } => "sqlite_unsupported_uri",
             SqliteError::NotADatabase { .. } => "sqlite_not_a_database",
             SqliteError::Corrupt { .. } => "sqlite_corrupt",
             SqliteError::Busy { .. } => "sqlite_busy",
@@ -193,7 +205,9 @@ impl SqliteError {
 impl From<SqliteError> for StoreError {
     fn from(error: SqliteError) -> Self {
         let kind = match &error {
-            SqliteError::Open { .. } => StoreErrorKind::Unavailable,
+            SqliteError::Open { .. } | SqliteError::UnsupportedUri { .. } => {
+                StoreErrorKind::Unavailable
+            }
             SqliteError::ReadOnly { .. } => StoreErrorKind::ReadOnly,
             SqliteError::NotADatabase { .. }
             | SqliteError::Corrupt { .. }

@@ -16,6 +16,18 @@
 //! grown past [`max_wal_size`](SqliteStoreBuilder::max_wal_size) (writes that never pause) does
 //! the writer's checkpoint make other writers wait while it starts the WAL over.
 //!
+//! # Files
+//!
+//! A new database is created 0600; SQLite gives its `-wal` and `-shm` files the database's mode.
+//! A `file:` URI is taken as the file it names (a URI with parameters or a host is refused with
+//! [`SqliteError::UnsupportedUri`]). At open, files that group or others may read are reported
+//! (made 0600 with [`tighten_permissions`](SqliteStoreBuilder::tighten_permissions)), the
+//! `-wal` and `-shm` get back the owner access the database has (a failed read-only open left a
+//! 0400 `-shm` that broke every later write), and each connection takes the write lock once, so
+//! that a store that could only read fails at open with [`SqliteError::ReadOnly`]. A file
+//! deleted or replaced while open is reopened (see
+//! [`file_check_interval`](SqliteStoreBuilder::file_check_interval)).
+//!
 //! # Schema
 //!
 //! Each part of courteous that keeps tables here has its own numbered list of migrations, recorded
@@ -87,7 +99,7 @@ use tokio::sync::oneshot;
 pub use error::SqliteError;
 pub use writer::DeferredWrite;
 
-use writer::{Message, Writer};
+use writer::{AfterCommit, Message, Writer};
 
 /// Where the database lives.
 #[derive(Debug, Clone)]
@@ -98,13 +110,24 @@ pub(crate) enum Location {
 }
 
 impl Location {
-    fn new(path: &Path) -> Self {
+    /// Where `path` points. A `file:` URI without parameters is the file it names (created
+    /// owner-only like any other); one with parameters (`?mode=`, `?vfs=`, `?immutable=`...) or
+    /// a host is refused: courteous opens the file itself, and SQLite would otherwise create it
+    /// with the default permissions.
+    fn new(path: &Path) -> Result<Self, SqliteError> {
+        let path = match conn::uri_path(path)? {
+            Some(file) => file,
+            None => path.to_path_buf(),
+        };
         if path.as_os_str() == ":memory:" {
             static NEXT: AtomicU64 = AtomicU64::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            Location::Memory(format!("courteous-{}-{n}", std::process::id()))
+            Ok(Location::Memory(format!(
+                "courteous-{}-{n}",
+                std::process::id()
+            )))
         } else {
-            Location::File(path.to_path_buf())
+            Ok(Location::File(path))
         }
     }
 
@@ -126,6 +149,8 @@ pub(crate) struct Config {
     pub(crate) page_size: Option<u32>,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) max_wal_size: u64,
+    pub(crate) tighten_permissions: bool,
+    pub(crate) file_check_interval: Duration,
 }
 
 impl Default for Config {
@@ -139,6 +164,8 @@ impl Default for Config {
             page_size: None,
             checkpoint_interval: Duration::from_secs(1),
             max_wal_size: 64 << 20,
+            tighten_permissions: false,
+            file_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -153,6 +180,10 @@ pub(crate) struct Counters {
     failed_batches: AtomicU64,
     dropped: AtomicU64,
     wal_restarts: AtomicU64,
+    reopened: AtomicU64,
+    /// Bumped by the writer each time it has reopened the file; each worker reopens its
+    /// connection when it sees a new value.
+    pub(crate) generation: AtomicU64,
 }
 
 /// Counters of a [`SqliteStore`]'s write-behind writer, since it was opened in this process.
@@ -190,9 +221,25 @@ pub struct SqliteStats {
     /// Checkpoints that started the WAL over because it had grown past
     /// [`max_wal_size`](SqliteStoreBuilder::max_wal_size).
     pub wal_restarts: u64,
+    /// Times the database file was found deleted or replaced while open, and reopened (see
+    /// [`file_check_interval`](SqliteStoreBuilder::file_check_interval)).
+    pub reopened: u64,
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
+
+thread_local! {
+    /// On a store thread: which opening of the database file its connection belongs to.
+    static FILE_EPOCH: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Which opening of the database file the connection of the current store thread belongs to
+/// (in a [`SqliteStore::call`] job). It changes when the file was deleted or replaced and the
+/// connection reopened it (see [`SqliteStoreBuilder::file_check_interval`]): what a store keeps
+/// in memory about the file's rows belongs to the old file then.
+pub(crate) fn file_epoch() -> u64 {
+    FILE_EPOCH.with(std::cell::Cell::get)
+}
 
 struct Shared {
     location: Location,
@@ -327,9 +374,72 @@ impl SqliteStoreBuilder {
         self
     }
 
+    /// Makes an existing database that group or others may read owner-only at open: `chmod
+    /// 0600` of the file and of its `-wal` and `-shm` files (default off: such a file is only
+    /// reported, with a warning). A new file is always created 0600.
+    ///
+    /// Cached bodies, rate-limit history and dedupe results may be private; leave this off only
+    /// when other users are meant to share the file.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::unix::fs::PermissionsExt;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("c.db");
+    /// std::fs::write(&path, b"")?;
+    /// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    /// let sqlite = courteous::store::sqlite::SqliteStore::builder(&path)
+    ///     .tighten_permissions(true)
+    ///     .open()
+    ///     .await?;
+    /// assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+    /// # sqlite.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tighten_permissions(mut self, tighten: bool) -> Self {
+        self.config.tighten_permissions = tighten;
+        self
+    }
+
+    /// How often the writer checks that the path still names the file it opened (default 1 s,
+    /// at least 10 ms).
+    ///
+    /// A database file deleted or replaced under a running process (a cleanup script, a restore
+    /// from backup) stays open in that process, which goes on alone with the old file (SQLite
+    /// refuses its writes) while the others use the new one: they stop sharing limits, cache
+    /// and dedupe. When the path's identity (device and inode) changes, or the file is gone,
+    /// the store logs a warning, reopens the path (creating and migrating a new file if
+    /// needed) and counts it in [`SqliteStats::reopened`]; deferred writes not yet committed
+    /// go to the new file. A write refused as read-only makes the writer check at once.
+    ///
+    /// Replace a database with its `-wal` and `-shm` files removed (SQLite's own rule): a WAL
+    /// left next to the new file would be read as the new file's.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let sqlite = courteous::store::sqlite::SqliteStore::builder(dir.path().join("c.db"))
+    ///     .file_check_interval(std::time::Duration::from_secs(5))
+    ///     .open()
+    ///     .await?;
+    /// assert_eq!(sqlite.stats().reopened, 0);
+    /// # sqlite.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn file_check_interval(mut self, interval: Duration) -> Self {
+        // Zero would keep the writer thread polling the file system.
+        self.config.file_check_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
     /// Opens (creating if needed) and migrates the database.
     pub async fn open(self) -> Result<SqliteStore, SqliteError> {
-        SqliteStore::start(Location::new(&self.path), self.config).await
+        SqliteStore::start(Location::new(&self.path)?, self.config).await
     }
 }
 
@@ -352,7 +462,7 @@ impl SqliteStore {
     ///
     /// [`SqliteError::Open`] when the file cannot be created or opened,
     /// [`SqliteError::ReadOnly`], [`SqliteError::NotADatabase`], [`SqliteError::Corrupt`],
-    /// [`SqliteError::SchemaTooNew`].
+    /// [`SqliteError::SchemaTooNew`], [`SqliteError::UnsupportedUri`].
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, SqliteError> {
         Self::builder(path).open().await
     }
@@ -381,13 +491,10 @@ impl SqliteStore {
         {
             let (location, config, counters) = (location.clone(), config.clone(), counters.clone());
             spawn_thread(format!("courteous-sqlite-writer-{thread_tag}"), move || {
-                let opened = conn::open(&location, &config).and_then(|mut conn| {
-                    conn::retry_busy(config.busy_timeout, || {
-                        schema::migrate(&mut conn, location.path(), schema::COMPONENTS)
-                            .map_err(|e| e.refine(location.path(), config.busy_timeout))
-                    })?;
-                    Ok(conn)
-                });
+                if let Location::File(path) = &location {
+                    conn::check_permissions(path, config.tighten_permissions);
+                }
+                let opened = writer::open_and_migrate(&location, &config);
                 match opened {
                     Ok(conn) => {
                         let _ = ready_tx.send(Ok(()));
@@ -406,6 +513,7 @@ impl SqliteStore {
         let mut workers_done = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
             let (location, config, jobs) = (location.clone(), config.clone(), jobs_rx.clone());
+            let counters = counters.clone();
             let (ready_tx, ready_rx) = oneshot::channel();
             let (done_tx, done_rx) = oneshot::channel();
             ready.push(ready_rx);
@@ -415,7 +523,24 @@ impl SqliteStore {
                 move || match conn::open(&location, &config) {
                     Ok(mut conn) => {
                         let _ = ready_tx.send(Ok(()));
+                        let mut generation = counters.generation.load(Ordering::Acquire);
+                        FILE_EPOCH.with(|epoch| epoch.set(generation));
                         for job in jobs {
+                            // The writer found the file deleted or replaced and reopened it.
+                            let now = counters.generation.load(Ordering::Acquire);
+                            if now != generation {
+                                match conn::open(&location, &config) {
+                                    Ok(reopened) => {
+                                        conn = reopened;
+                                        generation = now;
+                                        FILE_EPOCH.with(|epoch| epoch.set(now));
+                                    }
+                                    Err(error) => tracing::warn!(
+                                        %error,
+                                        "could not reopen the sqlite database; will try again"
+                                    ),
+                                }
+                            }
                             job(&mut conn);
                         }
                         drop(conn);
@@ -499,7 +624,7 @@ impl SqliteStore {
     where
         F: Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
     {
-        self.send_write(None, Box::new(write))
+        self.send_write(None, Box::new(write), None)
     }
 
     /// Like [`defer`](Self::defer), but a pending write with the same `key` is replaced by this
@@ -508,13 +633,34 @@ impl SqliteStore {
     where
         F: Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
     {
-        self.send_write(Some(key.into()), Box::new(write))
+        self.send_write(Some(key.into()), Box::new(write), None)
     }
 
-    fn send_write(&self, key: Option<Box<[u8]>>, write: DeferredWrite) -> Result<(), SqliteError> {
+    /// Like [`defer_keyed`](Self::defer_keyed), and runs `after` on the writer thread once the
+    /// transaction that ran `write` has committed (not when `write` is replaced by a later write
+    /// with the same key, dropped from a full queue, or lost at close). A store that keeps its
+    /// own copy of what it wrote, readable until the file has it, drops the copy here.
+    pub(crate) fn defer_keyed_then<F>(
+        &self,
+        key: impl Into<Box<[u8]>>,
+        write: F,
+        after: impl FnOnce() + Send + 'static,
+    ) -> Result<(), SqliteError>
+    where
+        F: Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    {
+        self.send_write(Some(key.into()), Box::new(write), Some(Box::new(after)))
+    }
+
+    fn send_write(
+        &self,
+        key: Option<Box<[u8]>>,
+        write: DeferredWrite,
+        after: Option<AfterCommit>,
+    ) -> Result<(), SqliteError> {
         let writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
         let sender = writer.as_ref().ok_or(SqliteError::Closed)?;
-        match sender.try_send(Message::Write { key, write }) {
+        match sender.try_send(Message::Write { key, write, after }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(SqliteError::Backlog {
                 path: self.path().to_path_buf(),
@@ -595,6 +741,7 @@ impl SqliteStore {
             failed_batches: c.failed_batches.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             wal_restarts: c.wal_restarts.load(Ordering::Relaxed),
+            reopened: c.reopened.load(Ordering::Relaxed),
         }
     }
 }

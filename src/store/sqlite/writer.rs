@@ -30,6 +30,17 @@ use super::{Config, Counters, Location, conn};
 /// a rolled-back attempt left nothing behind).
 pub type DeferredWrite = Box<dyn Fn(&Connection) -> rusqlite::Result<()> + Send + 'static>;
 
+/// Runs once the transaction that ran its write has committed (whether the write itself
+/// succeeded or was dropped on its own). Never runs for a write that was replaced by a later one
+/// with the same key, dropped from a full queue, or lost when the store closed.
+pub(crate) type AfterCommit = Box<dyn FnOnce() + Send + 'static>;
+
+/// A pending write and what to run once it is committed.
+pub(super) struct Slot {
+    write: DeferredWrite,
+    after: Option<AfterCommit>,
+}
+
 /// The longest a transaction of the writer takes more writes (it commits the rest in the next).
 const SLICE: Duration = Duration::from_millis(1);
 
@@ -41,6 +52,7 @@ pub(super) enum Message {
     Write {
         key: Option<Box<[u8]>>,
         write: DeferredWrite,
+        after: Option<AfterCommit>,
     },
     Flush(oneshot::Sender<Result<(), SqliteError>>),
     Close(oneshot::Sender<Result<(), SqliteError>>),
@@ -48,23 +60,23 @@ pub(super) enum Message {
 
 #[derive(Default)]
 struct Pending {
-    writes: Vec<Option<DeferredWrite>>,
+    writes: Vec<Option<Slot>>,
     keys: HashMap<Box<[u8]>, usize>,
     live: usize,
     oldest: Option<Instant>,
 }
 
 impl Pending {
-    fn push(&mut self, key: Option<Box<[u8]>>, write: DeferredWrite) -> bool {
+    fn push(&mut self, key: Option<Box<[u8]>>, slot: Slot) -> bool {
         self.oldest.get_or_insert_with(Instant::now);
         if let Some(key) = key {
             if let Some(&index) = self.keys.get(&key) {
-                self.writes[index] = Some(write);
+                self.writes[index] = Some(slot);
                 return true;
             }
             self.keys.insert(key, self.writes.len());
         }
-        self.writes.push(Some(write));
+        self.writes.push(Some(slot));
         self.live += 1;
         false
     }
@@ -88,8 +100,25 @@ impl Pending {
     }
 }
 
+/// Opens the writer's connection and brings the schema up to date.
+pub(super) fn open_and_migrate(
+    location: &Location,
+    config: &Config,
+) -> Result<Connection, SqliteError> {
+    let mut conn = conn::open(location, config)?;
+    conn::retry_busy(config.busy_timeout, || {
+        super::schema::migrate(&mut conn, location.path(), super::schema::COMPONENTS)
+            .map_err(|e| e.refine(location.path(), config.busy_timeout))
+    })?;
+    Ok(conn)
+}
+
 pub(super) struct Writer {
     conn: Connection,
+    /// The identity of the file the connections opened, and when it was last compared with
+    /// what the path names now.
+    identity: Option<conn::FileId>,
+    last_file_check: Instant,
     location: Location,
     config: Config,
     counters: Arc<Counters>,
@@ -107,8 +136,11 @@ impl Writer {
         config: Config,
         counters: Arc<Counters>,
     ) -> Self {
+        let identity = conn::file_id(&location);
         Writer {
             conn,
+            identity,
+            last_file_check: Instant::now(),
             location,
             config,
             counters,
@@ -138,10 +170,13 @@ impl Writer {
             if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
                 self.checkpoint();
             }
+            if self.last_file_check.elapsed() >= self.config.file_check_interval {
+                self.check_file();
+            }
             let deadline = self.next_deadline();
             match messages.recv_deadline(deadline) {
-                Ok(Message::Write { key, write }) => {
-                    let replaced = self.pending.push(key, write);
+                Ok(Message::Write { key, write, after }) => {
+                    let replaced = self.pending.push(key, Slot { write, after });
                     if replaced {
                         self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -183,12 +218,56 @@ impl Writer {
         self.retry_at.is_none_or(|at| Instant::now() >= at)
     }
 
+    /// Reopens the file when the path no longer names the one the connections hold (deleted,
+    /// or replaced by another file): see
+    /// [`SqliteStoreBuilder::file_check_interval`](super::SqliteStoreBuilder::file_check_interval).
+    fn check_file(&mut self) {
+        self.last_file_check = Instant::now();
+        let Location::File(path) = &self.location else {
+            return;
+        };
+        let now = conn::file_id(&self.location);
+        if self.identity.is_none() || now == self.identity {
+            return;
+        }
+        let what = if now.is_none() { "deleted" } else { "replaced" };
+        tracing::warn!(
+            path = %path.display(),
+            "sqlite database file was {what} while open; reopening it so that this process \
+             shares limits, cache and dedupe with the others again"
+        );
+        conn::check_permissions(path, self.config.tighten_permissions);
+        match open_and_migrate(&self.location, &self.config) {
+            Ok(conn) => {
+                // Closing a connection to a file that has moved neither checkpoints it nor
+                // deletes `<path>-wal` and `<path>-shm` (SQLite checks, and those are the new
+                // file's now).
+                drop(std::mem::replace(&mut self.conn, conn));
+                self.identity = conn::file_id(&self.location);
+                self.counters.reopened.fetch_add(1, Ordering::Relaxed);
+                self.counters.generation.fetch_add(1, Ordering::Release);
+            }
+            Err(error) => tracing::warn!(
+                path = %path.display(),
+                code = error.code(),
+                %error,
+                "could not reopen the sqlite database; will try again"
+            ),
+        }
+    }
+
     fn next_deadline(&self) -> Instant {
-        let checkpoint = self.last_checkpoint + self.config.checkpoint_interval;
+        // Intervals are the user's: a huge one means "never", not an overflow.
+        let after = |at: Instant, interval: Duration| {
+            at.checked_add(interval)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
+        };
+        let checkpoint = after(self.last_checkpoint, self.config.checkpoint_interval)
+            .min(after(self.last_file_check, self.config.file_check_interval));
         let Some(oldest) = self.pending.oldest else {
             return checkpoint;
         };
-        let mut flush = oldest + self.config.flush_interval;
+        let mut flush = after(oldest, self.config.flush_interval);
         if let Some(retry) = self.retry_at {
             flush = flush.max(retry);
         }
@@ -221,7 +300,7 @@ impl Writer {
             self.pending.clear();
             return Ok(());
         }
-        let next = |writes: &[Option<DeferredWrite>], from: usize| {
+        let next = |writes: &[Option<Slot>], from: usize| {
             writes[from..]
                 .iter()
                 .position(Option::is_some)
@@ -245,10 +324,18 @@ impl Writer {
                 Err(error) => return Err(self.failed(error)),
             };
             let end = start + taken;
-            let n = self.pending.writes[start..end]
+            let mut n = 0u64;
+            // Committed: what waited for it (a cache entry kept readable in memory until now)
+            // may go.
+            for slot in self.pending.writes[start..end]
                 .iter_mut()
                 .filter_map(Option::take)
-                .count() as u64;
+            {
+                n += 1;
+                if let Some(after) = slot.after {
+                    after();
+                }
+            }
             self.pending.keys.retain(|_, i| *i >= end);
             self.pending.live -= n as usize;
             self.counters
@@ -269,6 +356,12 @@ impl Writer {
     /// Keeps what is left for a retry with back-off, and reports the failure.
     fn failed(&mut self, error: rusqlite::Error) -> SqliteError {
         let error = SqliteError::from(error).refine(self.location.path(), self.config.busy_timeout);
+        if error.is_read_only() {
+            // SQLite refuses writes to a file that was deleted or moved: check it now.
+            self.last_file_check = Instant::now()
+                .checked_sub(self.config.file_check_interval)
+                .unwrap_or(self.last_file_check);
+        }
         self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             path = %self.location.path().display(),
@@ -286,17 +379,16 @@ impl Writer {
     /// Runs writes from the start of `writes` in one transaction until [`SLICE`] has passed
     /// (at least one), and commits. Returns how many failed on their own, and how many slots of
     /// `writes` it took.
-    fn run_batch(
-        conn: &mut Connection,
-        writes: &[Option<DeferredWrite>],
-    ) -> rusqlite::Result<(u64, usize)> {
+    fn run_batch(conn: &mut Connection, writes: &[Option<Slot>]) -> rusqlite::Result<(u64, usize)> {
         let mut failed = 0;
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let started = Instant::now();
         let mut taken = 0;
         for slot in writes {
             taken += 1;
-            let Some(write) = slot else { continue };
+            let Some(Slot { write, .. }) = slot else {
+                continue;
+            };
             let savepoint = tx.savepoint()?;
             match write(&savepoint) {
                 Ok(()) => savepoint.commit()?,
