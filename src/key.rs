@@ -570,7 +570,7 @@ impl DefaultKeyExtractor {
     /// assert_eq!(keys.redact("GET /x?sig=abc&n=1"), "GET /x?sig=REDACTED&n=1");
     /// ```
     pub fn redact(&self, text: &str) -> String {
-        redact_secrets(text, |name| self.is_secret(name))
+        redact_secrets(text, |name| self.is_secret(name.as_bytes()))
     }
 }
 
@@ -667,7 +667,7 @@ fn query_pairs(query: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 impl KeyExtractor for DefaultKeyExtractor {
     fn is_secret_param(&self, name: &str) -> bool {
-        self.is_secret(name)
+        self.is_secret(name.as_bytes())
     }
 
     fn key(&self, parts: &Parts, body: Option<&[u8]>) -> Option<RequestKey> {
