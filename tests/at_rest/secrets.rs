@@ -16,11 +16,30 @@ type Client =
 /// extractor was told about (`sig`), a percent-encoded name, and userinfo.
 const SECRETS: &[&str] = &["SEKRET-A", "SEKRET-S", "SEKRET-T", "SEKRET-E", "pa55word"];
 
-/// A URL on a port nobody listens on (the connection is refused), carrying [`SECRETS`].
-fn refused_url() -> String {
+/// A URL carrying [`SECRETS`] on a local server that reads each request and hangs up without
+/// answering: the request was sent, so its failure is a real upstream outcome that a dedupe
+/// leader publishes (a refused connection is not: the request never left).
+fn hangup_url() -> String {
+    use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buffer = [0u8; 4096];
+            // Read until the request head is complete, then close without a response.
+            let mut seen = Vec::new();
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buffer[..n]);
+                if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    });
     format!(
         "http://user:pa55word@127.0.0.1:{port}/items?api_key=SEKRET-A&page=1&sig=SEKRET-S\
          &Token=SEKRET-T&access%5Ftoken=SEKRET-E"
@@ -119,7 +138,7 @@ fn urls_and_text_are_masked_by_name_in_any_case_and_encoding() {
     }
 }
 
-/// The tower path: a leader whose connection is refused. Its error (Display, Debug, sources)
+/// The tower path: a leader whose server hangs up. Its error (Display, Debug, sources)
 /// and the error published in the SQLite dedupe table hold only the masked URL, and after the
 /// store closes no byte of the database, its WAL or its shared memory holds a secret.
 #[cfg(feature = "sqlite")]
@@ -130,8 +149,8 @@ async fn a_failed_leader_leaves_no_secret_in_errors_or_the_sqlite_file() {
     let (dir, path) = crate::support::temp_db();
     let sqlite = SqliteStore::open(&path).await.unwrap();
     let client = client(sqlite.dedupe());
-    let url = refused_url();
-    let error = send(&client, &url).await.expect_err("nobody listens");
+    let url = hangup_url();
+    let error = send(&client, &url).await.expect_err("the server hangs up");
     assert_error_masked(&error);
 
     let published: Vec<String> = sqlite
@@ -183,9 +202,9 @@ async fn a_failed_leader_leaves_no_secret_in_redis() {
         .connect()
         .unwrap();
     let client = client(store.dedupe());
-    let error = send(&client, &refused_url())
+    let error = send(&client, &hangup_url())
         .await
-        .expect_err("nobody listens");
+        .expect_err("the server hangs up");
     assert_error_masked(&error);
 
     let redis = ::redis::Client::open(redis_url.as_str()).unwrap();
@@ -257,10 +276,10 @@ async fn the_middleware_path_returns_masked_errors() {
         .with(Middleware::new(stack))
         .build();
     let error = client
-        .get(refused_url())
+        .get(hangup_url())
         .send()
         .await
-        .expect_err("nobody listens");
+        .expect_err("the server hangs up");
     let error: BoxError = Box::new(error);
     assert_error_masked(&error);
 }
@@ -285,7 +304,7 @@ async fn the_dedupe_layer_masks_what_it_publishes_from_any_transport() {
             },
         ))
         .boxed_clone();
-    let url = refused_url().replace("user:pa55word@", "");
+    let url = hangup_url().replace("user:pa55word@", "");
     send(&client, &url).await.expect_err("the transport fails");
     let published: Vec<String> = sqlite
         .call(|conn| {
