@@ -238,6 +238,43 @@ fn has_validator(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
 }
 
+/// The statuses RFC 9110 section 15.1 defines as heuristically cacheable (206 is among them,
+/// but never stored here).
+const HEURISTICALLY_CACHEABLE: &[u16] = &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// The statuses whose caching requirements the cache implements, for `must-understand`
+/// (RFC 9111 section 5.2.2.3): those `http-cache-semantics` understands (not `206`).
+const UNDERSTOOD_STATUSES: &[u16] = &[
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
+
+/// Whether the response's `no-store` applies: it does unless `must-understand` is present
+/// and the status understood (RFC 9111 section 5.2.2.3: the cache then ignores `no-store`).
+fn no_store(status: StatusCode, headers: &HeaderMap) -> bool {
+    has_directive(headers, "no-store")
+        && !(has_directive(headers, "must-understand")
+            && UNDERSTOOD_STATUSES.contains(&status.as_u16()))
+}
+
+/// One `Cache-Control` value without directive `name` (compared case-insensitively); `None`
+/// when nothing is left.
+fn without_directive(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
+    let Ok(text) = value.to_str() else {
+        return Some(value.clone());
+    };
+    let kept: Vec<&str> = text
+        .split(',')
+        .filter(|part| {
+            let directive = part.split('=').next().unwrap_or_default().trim();
+            !directive.is_empty() && !directive.eq_ignore_ascii_case(name)
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(",")).ok()
+}
+
 /// Whether `method` is known to be safe (RFC 9110 section 9.2.1). Every other method, those
 /// the cache has never heard of included, is unsafe and invalidates (RFC 9111 section 4.4).
 fn is_safe(method: &Method) -> bool {
@@ -898,34 +935,31 @@ impl Job {
         response: &Response<reqwest::Body>,
         now: SystemTime,
     ) -> Option<Lifetime> {
-        if !self.config.statuses.contains(&response.status()) {
-            return None;
-        }
+        let status = response.status();
         let headers = response.headers();
         let vary = vary_names(headers)?;
-        if has_directive(headers, "no-store") || !self.shareable(headers) {
+        if !self.shareable(headers) || no_store(status, headers) {
             return None;
         }
         if let Some(ttl) = upstream.ttl {
             if ttl.is_no_store() {
                 return None;
             }
-            return Some(Lifetime {
-                fresh: ttl.ttl(),
-                age: Duration::ZERO,
-                sliding: ttl.is_sliding().then_some(ttl.ttl()),
-                vary,
-            });
+            if self.config.statuses.contains(&status) {
+                return Some(Lifetime {
+                    fresh: ttl.ttl(),
+                    age: Duration::ZERO,
+                    sliding: ttl.is_sliding().then_some(ttl.ttl()),
+                    vary,
+                });
+            }
+            // Other statuses: as RFC 9111 allows, without heuristics (the forced TTL wins).
         }
-        let policy = self.policy(&upstream.head, response.status(), headers, now);
-        if !policy.is_storable() {
-            return None;
-        }
-        let fresh = policy.time_to_live(now);
+        let (fresh, age) =
+            self.rfc_lifetime(&upstream.head, status, headers, now, upstream.ttl.is_none())?;
         if fresh.is_zero() && !has_validator(headers) {
             return None;
         }
-        let age = policy.age(now);
         Some(Lifetime {
             fresh,
             age,
@@ -934,6 +968,52 @@ impl Job {
         })
     }
 
+    /// Whether RFC 9111 section 3 lets a cache store a response of `status` with `headers`,
+    /// and if so its freshness (time to live) and age. `heuristic`: whether heuristic freshness
+    /// may apply (no forced TTL for the request).
+    fn rfc_lifetime(
+        &self,
+        head: &Head,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+        heuristic: bool,
+    ) -> Option<(Duration, Duration)> {
+        let code = status.as_u16();
+        // A final status; 206 and 304 only when the cache understands them, and it does not:
+        // range requests pass through, partial responses are never stored or combined.
+        if status.is_informational() || code == 206 || code == 304 {
+            return None;
+        }
+        if has_directive(headers, "must-understand") && !UNDERSTOOD_STATUSES.contains(&code) {
+            return None;
+        }
+        let explicit = has_directive(headers, "max-age")
+            || (self.config.shared && has_directive(headers, "s-maxage"))
+            || headers.contains_key(header::EXPIRES);
+        let heuristically = HEURISTICALLY_CACHEABLE.contains(&code);
+        if !(explicit || heuristically || has_directive(headers, "public")) {
+            return None;
+        }
+        let policy = if heuristic {
+            self.policy(head, status, headers, now)
+        } else {
+            self.policy_with(head, status, headers, now, false)
+        };
+        if !policy.is_storable() {
+            return None;
+        }
+        let age = policy.age(now);
+        let mut fresh = policy.time_to_live(now);
+        if !explicit {
+            // Inferred freshness (heuristic, `immutable`) is capped.
+            fresh = fresh.min(self.config.heuristic_cap.saturating_sub(age));
+        }
+        Some((fresh, age))
+    }
+
+    /// The `http-cache-semantics` policy of a response, heuristics allowed where RFC 9111
+    /// allows them.
     fn policy(
         &self,
         head: &Head,
@@ -941,12 +1021,54 @@ impl Job {
         headers: &HeaderMap,
         now: SystemTime,
     ) -> CachePolicy {
+        let heuristic = HEURISTICALLY_CACHEABLE.contains(&status.as_u16())
+            && self.config.heuristic_fraction > 0.0;
+        self.policy_with(head, status, headers, now, heuristic)
+    }
+
+    /// The policy, with what the crate sees adjusted (see [`saturating::for_policy`]):
+    /// * headers normalised (directive case, huge numbers, `Age` lists, strict HTTP-dates);
+    /// * `Last-Modified` hidden unless `heuristic`: the crate applies heuristics to every
+    ///   storable status, RFC 9111 only to the heuristically cacheable ones;
+    /// * `no-store` hidden when `must-understand` is present and the status understood
+    ///   (RFC 9111 section 5.2.2.3); the crate does not know `must-understand`;
+    /// * a status the crate does not list as understood (it knows 14) stands in as `200`,
+    ///   once [`Job::rfc_lifetime`] has decided that RFC 9111 lets it be stored: the crate
+    ///   refuses every other status, even with explicit freshness.
+    fn policy_with(
+        &self,
+        head: &Head,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+        heuristic: bool,
+    ) -> CachePolicy {
         let (mut response, ()) = Response::new(()).into_parts();
-        response.status = status;
-        // Normalised: `http-cache-semantics` misreads huge numbers and upper-case directives.
-        response.headers = saturating::for_policy(headers).into_owned();
+        response.status = if UNDERSTOOD_STATUSES.contains(&status.as_u16()) {
+            status
+        } else {
+            StatusCode::OK
+        };
+        let mut seen = saturating::for_policy(headers);
+        if !heuristic && seen.contains_key(header::LAST_MODIFIED) {
+            seen.to_mut().remove(header::LAST_MODIFIED);
+        }
+        if has_directive(headers, "no-store") && !no_store(status, headers) {
+            let kept: Vec<HeaderValue> = seen
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| without_directive(v, "no-store"))
+                .collect();
+            let seen = seen.to_mut();
+            seen.remove(header::CACHE_CONTROL);
+            for value in kept {
+                seen.append(header::CACHE_CONTROL, value);
+            }
+        }
+        response.headers = seen.into_owned();
         let options = CacheOptions {
             shared: self.config.shared,
+            cache_heuristic: self.config.heuristic_fraction as f32,
             ..CacheOptions::default()
         };
         CachePolicy::new_options(&head.parts(), &response, now, options)
@@ -973,7 +1095,10 @@ impl Job {
         let mut refreshed =
             CacheEntry::new(entry.url.clone(), entry.status, entry.body.clone(), now);
         refreshed.version = entry.version;
-        let lifetime = match upstream.ttl.filter(|t| !t.is_no_store()) {
+        let lifetime = match upstream
+            .ttl
+            .filter(|t| !t.is_no_store() && self.config.statuses.contains(&entry.status))
+        {
             Some(ttl) => Lifetime {
                 fresh: ttl.ttl(),
                 age: Duration::ZERO,
@@ -981,10 +1106,12 @@ impl Job {
                 vary: entry.vary.clone(),
             },
             None => {
-                let policy = self.policy(&upstream.head, entry.status, &headers, now);
+                let (fresh, age) = self
+                    .rfc_lifetime(&upstream.head, entry.status, &headers, now, true)
+                    .unwrap_or_default();
                 Lifetime {
-                    fresh: policy.time_to_live(now),
-                    age: policy.age(now),
+                    fresh,
+                    age,
                     sliding: None,
                     vary: entry.vary.clone(),
                 }
