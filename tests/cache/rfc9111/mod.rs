@@ -373,3 +373,4 @@ macro_rules! rfc9111_mode {
 // (textually: declare the files below this line; no `use` needed).
 mod harness;
 mod invalidation;
+mod parsing;
