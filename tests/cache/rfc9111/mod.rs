@@ -374,3 +374,4 @@ macro_rules! rfc9111_mode {
 mod harness;
 mod invalidation;
 mod parsing;
+mod storing;
