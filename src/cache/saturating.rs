@@ -15,7 +15,8 @@
 //!   [`for_policy`]: that crate parses `max-age`, `s-maxage` and `Age` as `u64` (so a value
 //!   above `u64::MAX` means 0, "stale at once", and `Age: 18446744073709551615` comes back as an
 //!   age of `u64::MAX` seconds, which overflowed our own additions), and it looks directive
-//!   names up case-sensitively (`MAX-AGE=60` was no `max-age` at all).
+//!   names up case-sensitively (`MAX-AGE=60` was no `max-age` at all). It also reads an `Age`
+//!   list (`7200, 0`) as no age at all, and dates as RFC 2822 (see [`for_policy`]).
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
