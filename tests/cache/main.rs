@@ -10,6 +10,7 @@ mod proxy;
 #[cfg(feature = "redis")]
 mod redis;
 mod revalidation;
+mod rfc9111;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod stores;
