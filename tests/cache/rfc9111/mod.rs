@@ -373,4 +373,5 @@ macro_rules! rfc9111_mode {
 // (textually: declare the files below this line; no `use` needed).
 mod freshening;
 mod harness;
+mod request;
 mod stale;
