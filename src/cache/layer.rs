@@ -24,7 +24,12 @@ pub(crate) struct Config {
     pub(crate) share_set_cookie: bool,
     pub(crate) default_ttl: Option<CacheTtl>,
     pub(crate) resource_ttls: HashMap<Resource, CacheTtl>,
+    /// The statuses a forced TTL stores (default `200`).
     pub(crate) statuses: Vec<StatusCode>,
+    /// Heuristic freshness (RFC 9111 section 4.2.2): this fraction of the time since
+    /// `Last-Modified`, at most `heuristic_cap`; `0.0` turns it off.
+    pub(crate) heuristic_fraction: f64,
+    pub(crate) heuristic_cap: Duration,
     pub(crate) max_entry_size: usize,
     pub(crate) status_header: Option<HeaderName>,
     pub(crate) keep_stale: Duration,
@@ -72,6 +77,15 @@ pub(crate) struct State {
     pub(crate) foreground: Mutex<HashSet<RequestKey>>,
     cleanup_started: AtomicBool,
 }
+
+/// The default [`CacheLayer::heuristic_fraction`]: 10 %, as RFC 9111 section 4.2.2 suggests.
+const DEFAULT_HEURISTIC_FRACTION: f64 = 0.1;
+
+/// The default [`CacheLayer::heuristic_cap`]: one day. A resource unchanged for a year would
+/// otherwise be served unchecked for over a month on a guess; API data changes more often than
+/// static files, and a day is also where RFC 7234 asked caches to warn (`113 Heuristic
+/// Expiration`) that the guess had grown large.
+const DEFAULT_HEURISTIC_CAP: Duration = Duration::from_secs(24 * 3600);
 
 /// The shortest [`CacheLayer::cleanup_interval`].
 const MIN_CLEANUP_INTERVAL: Duration = Duration::from_millis(10);
@@ -179,7 +193,9 @@ impl fmt::Debug for CacheLayer {
 }
 
 impl CacheLayer {
-    /// A private RFC 9111 cache over `store`, storing `200` responses up to 5 MiB.
+    /// A private RFC 9111 cache over `store`, storing what RFC 9111 allows (any final status
+    /// with explicit freshness or `public`; heuristic freshness for the heuristically cacheable
+    /// statuses), bodies up to 5 MiB.
     pub fn new(store: impl CacheStore) -> Self {
         CacheLayer {
             config: Arc::new(Config {
@@ -188,6 +204,8 @@ impl CacheLayer {
                 default_ttl: None,
                 resource_ttls: HashMap::new(),
                 statuses: vec![StatusCode::OK],
+                heuristic_fraction: DEFAULT_HEURISTIC_FRACTION,
+                heuristic_cap: DEFAULT_HEURISTIC_CAP,
                 max_entry_size: 5 * 1024 * 1024,
                 status_header: None,
                 keep_stale: Duration::from_secs(24 * 3600),
@@ -264,10 +282,80 @@ impl CacheLayer {
         self
     }
 
-    /// Which response statuses are stored (default: only `200 OK`).
+    /// Which response statuses a forced TTL ([`default_ttl`](Self::default_ttl),
+    /// [`resource_ttl`](Self::resource_ttl), a request's [`CacheTtl`]) stores (default: only
+    /// `200 OK`). Responses of other statuses, and every response without a forced TTL, are
+    /// stored as RFC 9111 allows: any final status with explicit freshness (`max-age`,
+    /// `s-maxage` in shared mode, `Expires`) or `public`, unless `must-understand` names a
+    /// status the cache does not understand; heuristic freshness (see
+    /// [`heuristic_fraction`](Self::heuristic_fraction)) only for 200, 203, 204, 300, 301, 308,
+    /// 404, 405, 410, 414 and 501. `206 Partial Content` is never stored: range requests pass
+    /// through and partial responses are never combined.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use courteous::cache::{CacheLayer, CacheTtl, MemoryCacheStore};
+    /// use http::StatusCode;
+    ///
+    /// // An API that sends no cache headers: keep its answers, "not found" included, a minute.
+    /// let layer = CacheLayer::new(MemoryCacheStore::new())
+    ///     .default_ttl(CacheTtl::absolute(Duration::from_secs(60)))
+    ///     .statuses([StatusCode::OK, StatusCode::NOT_FOUND]);
+    /// # let _ = layer;
+    /// ```
     #[must_use]
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.config().statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Heuristic freshness (RFC 9111 section 4.2.2): a response without explicit freshness
+    /// (`max-age`, `s-maxage`, `Expires`) whose status is heuristically cacheable and that
+    /// carries `Last-Modified` is fresh for this fraction of the time between `Last-Modified`
+    /// and its `Date`, at most [`heuristic_cap`](Self::heuristic_cap). Default `0.1` (10 %);
+    /// `0.0` (or a negative or NaN value) turns heuristics off; values above `1.0` count as
+    /// `1.0`. A forced TTL for the request's resource wins: no heuristic applies under it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::cache::{CacheLayer, MemoryCacheStore};
+    ///
+    /// // Never guess: store only what the server gives a lifetime (or can revalidate).
+    /// let strict = CacheLayer::new(MemoryCacheStore::new()).heuristic_fraction(0.0);
+    /// // Guess more boldly than the default 10 %.
+    /// let bold = CacheLayer::new(MemoryCacheStore::new()).heuristic_fraction(0.25);
+    /// # let _ = (strict, bold);
+    /// ```
+    #[must_use]
+    pub fn heuristic_fraction(mut self, fraction: f64) -> Self {
+        self.config().heuristic_fraction = if fraction > 0.0 {
+            fraction.min(1.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// The longest heuristic freshness (default one day: a guess from `Last-Modified` is
+    /// still a guess, and a resource unchanged for a year should not be served unchecked for
+    /// a month). It bounds every freshness the cache infers without explicit freshness.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use courteous::cache::{CacheLayer, MemoryCacheStore};
+    ///
+    /// let layer = CacheLayer::new(MemoryCacheStore::new())
+    ///     .heuristic_cap(Duration::from_secs(3600));
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn heuristic_cap(mut self, cap: Duration) -> Self {
+        self.config().heuristic_cap = cap;
         self
     }
 

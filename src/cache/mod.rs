@@ -9,8 +9,10 @@
 //! * **What is looked up**: `GET` and `HEAD` requests with a [`RequestKey`](crate::RequestKey)
 //!   (replayable bodies). The key includes the `Authorization` header, hashed, so one user never
 //!   receives another user's response. Requests with `Range` or caller-supplied conditional
-//!   headers pass through. A successful unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`)
-//!   invalidates the stored entries for its URL (any query).
+//!   headers pass through. A non-error answer (2xx, 3xx) to an unsafe request (every method but
+//!   `GET`, `HEAD`, `OPTIONS` and `TRACE`, unknown ones included) invalidates the stored entries
+//!   for its URL (any query) and for the same-origin URLs of its `Location` and
+//!   `Content-Location` (RFC 9111 section 4.4).
 //! * **Freshness**: by default from the response (`Cache-Control`, `Expires`, heuristics from
 //!   `Last-Modified`), computed by [`http-cache-semantics`](http_cache_semantics) as a *private*
 //!   cache ([`CacheLayer::shared`] switches to shared-cache rules). `Vary` is honoured with several

@@ -78,20 +78,53 @@ pub(crate) fn delta_seconds(value: &str) -> Option<u64> {
 }
 
 /// `headers` as `http-cache-semantics` must see them (see the module docs): `Cache-Control`
-/// directive names in lower case and delta-seconds values clamped, `Age` clamped. Borrowed
-/// when nothing needs changing. The stored and served headers stay as the server sent them.
+/// directive names in lower case and delta-seconds values clamped; `Age` reduced to its first
+/// member (RFC 9111 section 5.1: a list or repeated field uses the first value; an invalid one
+/// is ignored) and clamped; `Date`, `Expires` and `Last-Modified` parsed strictly as HTTP-dates
+/// in the three RFC 9110 section 5.6.7 formats and handed on as IMF-fixdate (the crate reads
+/// RFC 2822 dates only: it refused valid RFC 850 and asctime dates and accepted invalid ones);
+/// an invalid `Expires` becomes a date in the past (RFC 9111 section 5.3: "already expired"), an
+/// invalid `Date` or `Last-Modified` is dropped. Borrowed when nothing needs changing. The stored
+/// and served headers stay as the server sent them.
 pub(crate) fn for_policy(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
     let cache_control: Vec<Option<HeaderValue>> = headers
         .get_all(header::CACHE_CONTROL)
         .iter()
         .map(normalise_cache_control)
         .collect();
-    let age = headers.get(header::AGE).and_then(|value| {
-        let clamped = delta_seconds(value.to_str().ok()?)?;
-        let text = clamped.to_string();
-        (text.as_bytes() != value.as_bytes().trim_ascii()).then(|| HeaderValue::from(clamped))
-    });
-    if age.is_none() && cache_control.iter().all(Option::is_none) {
+    let mut fixes: Vec<(header::HeaderName, Option<HeaderValue>)> = Vec::new();
+    let ages = headers.get_all(header::AGE).iter().count();
+    if let Some(value) = headers.get(header::AGE) {
+        let first = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(',').next())
+            .and_then(delta_seconds);
+        match first {
+            Some(age) if ages == 1 && age.to_string().as_bytes() == value.as_bytes() => {}
+            Some(age) => fixes.push((header::AGE, Some(HeaderValue::from(age)))),
+            None => fixes.push((header::AGE, None)),
+        }
+    }
+    for name in [header::DATE, header::EXPIRES, header::LAST_MODIFIED] {
+        let Some(value) = headers.get(&name) else {
+            continue;
+        };
+        let repeated = headers.get_all(&name).iter().count() > 1;
+        match http_date(value) {
+            Some(date) => {
+                let canonical = httpdate::fmt_http_date(date);
+                if repeated || canonical.as_bytes() != value.as_bytes() {
+                    fixes.push((name, HeaderValue::from_str(&canonical).ok()));
+                }
+            }
+            None if name == header::EXPIRES => {
+                fixes.push((name, Some(HeaderValue::from_static(ALREADY_EXPIRED))));
+            }
+            None => fixes.push((name, None)),
+        }
+    }
+    if fixes.is_empty() && cache_control.iter().all(Option::is_none) {
         return Cow::Borrowed(headers);
     }
     let mut normalised = headers.clone();
@@ -106,10 +139,32 @@ pub(crate) fn for_policy(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
             normalised.append(header::CACHE_CONTROL, new.unwrap_or(original));
         }
     }
-    if let Some(age) = age {
-        normalised.insert(header::AGE, age);
+    for (name, value) in fixes {
+        match value {
+            Some(value) => {
+                normalised.insert(name, value);
+            }
+            None => {
+                normalised.remove(name);
+            }
+        }
     }
     Cow::Owned(normalised)
+}
+
+/// An `Expires` value in the past, for an invalid one.
+const ALREADY_EXPIRED: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
+
+/// An HTTP-date in one of the three formats of RFC 9110 section 5.6.7 (IMF-fixdate, RFC 850,
+/// asctime), exactly: no extra spaces, a weekday that matches the date, a time that exists.
+/// `None` for anything else (`0`, `-1`, garbage, non-ASCII, numeric zones).
+pub(crate) fn http_date(value: &HeaderValue) -> Option<SystemTime> {
+    let text = value.to_str().ok()?;
+    // `httpdate` trims surrounding whitespace; a header value has none left (`http` trims it).
+    if text.trim() != text {
+        return None;
+    }
+    httpdate::parse_http_date(text).ok()
 }
 
 /// One `Cache-Control` value with lower-case directive names and clamped delta-seconds, or
@@ -203,6 +258,51 @@ mod tests {
         let values: Vec<_> = seen.get_all(header::CACHE_CONTROL).iter().collect();
         assert_eq!(values, ["max-age=2147483648, private", "no-transform"]);
         assert_eq!(seen.get(header::AGE).unwrap(), "2147483648");
+
+        // Age: the first member of a list or of repeated fields; invalid: ignored.
+        let age = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::AGE, HeaderValue::from_static(v));
+            }
+            for_policy(&headers).get(header::AGE).cloned()
+        };
+        assert_eq!(age(&["7200, 0"]).unwrap(), "7200");
+        assert_eq!(age(&["7200", "0"]).unwrap(), "7200");
+        assert_eq!(age(&[" 5 "]).unwrap(), "5");
+        assert_eq!(age(&["-1"]), None);
+        assert_eq!(age(&["soon, 10"]), None);
+
+        // Dates: strictly the three formats, handed on as IMF-fixdate.
+        let date = |name: header::HeaderName, value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), HeaderValue::from_static(value));
+            for_policy(&headers)
+                .get(&name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let imf = "Sun, 06 Nov 1994 08:49:37 GMT";
+        for same in [imf, "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(date(header::EXPIRES, same).as_deref(), Some(imf), "{same}");
+            assert_eq!(date(header::DATE, same).as_deref(), Some(imf), "{same}");
+            assert_eq!(date(header::LAST_MODIFIED, same).as_deref(), Some(imf));
+        }
+        for invalid in [
+            "0",
+            "-1",
+            "Sun,  06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994  08:49:37 GMT",
+            "Mon, 06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 +0000",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+            "6 Nov 1994 08:49:37 GMT",
+            "tomorrow",
+        ] {
+            assert_eq!(date(header::EXPIRES, invalid).as_deref(), Some(ALREADY_EXPIRED), "{invalid}");
+            assert_eq!(date(header::DATE, invalid), None, "{invalid}");
+            assert_eq!(date(header::LAST_MODIFIED, invalid), None, "{invalid}");
+        }
 
         let mut plain = HeaderMap::new();
         plain.insert(

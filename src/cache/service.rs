@@ -308,10 +308,6 @@ fn url_of(key: &RequestKey) -> &str {
     display.split_once(' ').map_or(display, |(_, url)| url)
 }
 
-fn path_of(url: &str) -> &str {
-    url.split_once('?').map_or(url, |(path, _)| path)
-}
-
 /// The key of one `Vary` variant: the base key and the values of the varying request headers.
 fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
@@ -336,6 +332,171 @@ fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 
 fn has_validator(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
+}
+
+/// The statuses RFC 9110 section 15.1 defines as heuristically cacheable (206 is among them,
+/// but never stored here).
+const HEURISTICALLY_CACHEABLE: &[u16] = &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// The statuses whose caching requirements the cache implements, for `must-understand`
+/// (RFC 9111 section 5.2.2.3): those `http-cache-semantics` understands (not `206`).
+const UNDERSTOOD_STATUSES: &[u16] = &[
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
+
+/// Whether the response's `no-store` applies: it does unless `must-understand` is present
+/// and the status understood (RFC 9111 section 5.2.2.3: the cache then ignores `no-store`).
+fn no_store(status: StatusCode, headers: &HeaderMap) -> bool {
+    has_directive(headers, "no-store")
+        && !(has_directive(headers, "must-understand")
+            && UNDERSTOOD_STATUSES.contains(&status.as_u16()))
+}
+
+/// One `Cache-Control` value without directive `name` (compared case-insensitively); `None`
+/// when nothing is left.
+fn without_directive(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
+    let Ok(text) = value.to_str() else {
+        return Some(value.clone());
+    };
+    let kept: Vec<&str> = text
+        .split(',')
+        .filter(|part| {
+            let directive = part.split('=').next().unwrap_or_default().trim();
+            !directive.is_empty() && !directive.eq_ignore_ascii_case(name)
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(",")).ok()
+}
+
+/// Whether `method` is known to be safe (RFC 9110 section 9.2.1). Every other method, those
+/// the cache has never heard of included, is unsafe and invalidates (RFC 9111 section 4.4).
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// A URI's origin and path as the request key's display form writes them (lower-case scheme and
+/// host, no default port, no userinfo, `/` for an empty path): `(origin, path)`.
+fn origin_and_path(uri: &http::Uri) -> Option<(String, String)> {
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let host = uri.host()?.to_ascii_lowercase();
+    let origin = match uri
+        .port_u16()
+        .filter(|port| !matches!((&*scheme, port), ("http", 80) | ("https", 443)))
+    {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    };
+    let path = match uri.path() {
+        "" => "/",
+        path => path,
+    };
+    Some((origin, path.to_owned()))
+}
+
+/// The URLs (origin and path, any query) that a non-error response to an unsafe request to
+/// `target` invalidates: the target itself, and the URIs of `Location` and `Content-Location`
+/// when they have the target's origin (RFC 9111 section 4.4: never another origin's, so a
+/// server cannot evict entries of a host it does not serve). Values that are not valid URI
+/// references are ignored.
+fn invalidated_urls(target: &http::Uri, headers: &HeaderMap) -> Vec<String> {
+    let Some((origin, path)) = origin_and_path(target) else {
+        return Vec::new();
+    };
+    let mut urls = vec![format!("{origin}{path}")];
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let Some(resolved) = resolve_reference(&origin, &path, value) else {
+            continue;
+        };
+        if let Some((other, other_path)) = origin_and_path(&resolved) {
+            let url = format!("{other}{other_path}");
+            if other == origin && !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+    }
+    urls
+}
+
+/// `reference` resolved against the base `origin` + `path` (RFC 3986 section 5.2, without the
+/// fragment); `None` when it is not a valid `http`/`https` URI reference.
+fn resolve_reference(origin: &str, path: &str, reference: &str) -> Option<http::Uri> {
+    let reference = reference.trim();
+    let reference = reference.split_once('#').map_or(reference, |(r, _)| r);
+    let has_scheme = reference.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let absolute = if has_scheme {
+        reference.to_owned()
+    } else if let Some(rest) = reference.strip_prefix("//") {
+        let scheme = origin.split_once("://")?.0;
+        format!("{scheme}://{rest}")
+    } else if reference.starts_with('/') {
+        format!("{origin}{reference}")
+    } else if reference.is_empty() || reference.starts_with('?') {
+        format!("{origin}{path}{reference}")
+    } else {
+        let directory = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+        format!("{origin}{directory}/{reference}")
+    };
+    let uri = http::Uri::try_from(absolute).ok()?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return None;
+    }
+    let clean = remove_dot_segments(uri.path());
+    if clean == uri.path() {
+        return Some(uri);
+    }
+    let mut parts = uri.into_parts();
+    let query = parts
+        .path_and_query
+        .as_ref()
+        .and_then(|pq| pq.query())
+        .map_or(String::new(), |q| format!("?{q}"));
+    parts.path_and_query = Some(format!("{clean}{query}").parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
+/// RFC 3986 section 5.2.4.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                if out.len() > 1 {
+                    out.pop();
+                }
+                if i == last {
+                    out.push("");
+                }
+            }
+            segment => out.push(segment),
+        }
+    }
+    let joined = out.join("/");
+    if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
 }
 
 struct Job {
@@ -418,17 +579,15 @@ impl Job {
     {
         let method = request.method().clone();
         let lookup = method == Method::GET || method == Method::HEAD;
-        let unsafe_method = matches!(
-            method,
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-        );
+        // Invalidation does not need a key: an unsafe request with a streaming body or an
+        // uncovered credential still invalidates its URL.
+        if !is_safe(&method) {
+            return Box::pin(self.unsafe_request(inner, request)).await;
+        }
         let context = RequestContext::resolve(&mut request);
         let Some(key) = context.key().cloned() else {
             return Box::pin(self.pass(inner, request, CacheStatus::Bypass)).await;
         };
-        if unsafe_method {
-            return Box::pin(self.unsafe_request(inner, request, key)).await;
-        }
         let mode = request
             .extensions()
             .get::<CacheMode>()
@@ -536,28 +695,32 @@ impl Job {
         Box::pin(self.fetch(inner, request, found, ttl, store_ok, directives)).await
     }
 
-    /// Sends an unsafe request; when it succeeds, invalidates the stored entries for its URL.
+    /// Sends an unsafe request; when the answer is not an error (2xx, 3xx), invalidates the
+    /// stored entries of its URL (any query) and of the same-origin URLs its `Location` and
+    /// `Content-Location` name (RFC 9111 section 4.4).
     async fn unsafe_request<S, B>(
         &self,
         inner: S,
         request: Request<B>,
-        key: RequestKey,
     ) -> Result<Response<reqwest::Body>, BoxError>
     where
         S: Service<Request<B>, Response = Response<reqwest::Body>>,
         S::Error: Into<BoxError>,
     {
+        let target = request.uri().clone();
         let response = inner.oneshot(request).await.map_err(Into::into)?;
         let status = response.status();
         if status.is_success() || status.is_redirection() {
-            let target = Invalidation::Path(path_of(url_of(&key)).to_owned());
-            match self.state.store.invalidate(&target).await {
-                Ok(n) => tracing::debug!(
-                    url = url_of(&key),
-                    invalidated = n,
-                    "unsafe request invalidated cache entries"
-                ),
-                Err(error) => self.store_failed("invalidation", &error),
+            for url in invalidated_urls(&target, response.headers()) {
+                let target = Invalidation::Path(url);
+                match self.state.store.invalidate(&target).await {
+                    Ok(n) => tracing::debug!(
+                        ?target,
+                        invalidated = n,
+                        "unsafe request invalidated cache entries"
+                    ),
+                    Err(error) => self.store_failed("invalidation", &error),
+                }
             }
         }
         Ok(self.finish(response, CacheStatus::Bypass))
@@ -886,34 +1049,31 @@ impl Job {
         response: &Response<reqwest::Body>,
         now: SystemTime,
     ) -> Option<Lifetime> {
-        if !self.config.statuses.contains(&response.status()) {
-            return None;
-        }
+        let status = response.status();
         let headers = response.headers();
         let vary = vary_names(headers)?;
-        if has_directive(headers, "no-store") || !self.shareable(headers) {
+        if !self.shareable(headers) || no_store(status, headers) {
             return None;
         }
         if let Some(ttl) = upstream.ttl {
             if ttl.is_no_store() {
                 return None;
             }
-            return Some(Lifetime {
-                fresh: ttl.ttl(),
-                age: Duration::ZERO,
-                sliding: ttl.is_sliding().then_some(ttl.ttl()),
-                vary,
-            });
+            if self.config.statuses.contains(&status) {
+                return Some(Lifetime {
+                    fresh: ttl.ttl(),
+                    age: Duration::ZERO,
+                    sliding: ttl.is_sliding().then_some(ttl.ttl()),
+                    vary,
+                });
+            }
+            // Other statuses: as RFC 9111 allows, without heuristics (the forced TTL wins).
         }
-        let policy = self.policy(&upstream.head, response.status(), headers, now);
-        if !policy.is_storable() {
-            return None;
-        }
-        let fresh = policy.time_to_live(now);
+        let (fresh, age) =
+            self.rfc_lifetime(&upstream.head, status, headers, now, upstream.ttl.is_none())?;
         if fresh.is_zero() && !has_validator(headers) {
             return None;
         }
-        let age = policy.age(now);
         Some(Lifetime {
             fresh,
             age,
@@ -922,6 +1082,52 @@ impl Job {
         })
     }
 
+    /// Whether RFC 9111 section 3 lets a cache store a response of `status` with `headers`,
+    /// and if so its freshness (time to live) and age. `heuristic`: whether heuristic freshness
+    /// may apply (no forced TTL for the request).
+    fn rfc_lifetime(
+        &self,
+        head: &Head,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+        heuristic: bool,
+    ) -> Option<(Duration, Duration)> {
+        let code = status.as_u16();
+        // A final status; 206 and 304 only when the cache understands them, and it does not:
+        // range requests pass through, partial responses are never stored or combined.
+        if status.is_informational() || code == 206 || code == 304 {
+            return None;
+        }
+        if has_directive(headers, "must-understand") && !UNDERSTOOD_STATUSES.contains(&code) {
+            return None;
+        }
+        let explicit = has_directive(headers, "max-age")
+            || (self.config.shared && has_directive(headers, "s-maxage"))
+            || headers.contains_key(header::EXPIRES);
+        let heuristically = HEURISTICALLY_CACHEABLE.contains(&code);
+        if !(explicit || heuristically || has_directive(headers, "public")) {
+            return None;
+        }
+        let policy = if heuristic {
+            self.policy(head, status, headers, now)
+        } else {
+            self.policy_with(head, status, headers, now, false)
+        };
+        if !policy.is_storable() {
+            return None;
+        }
+        let age = policy.age(now);
+        let mut fresh = policy.time_to_live(now);
+        if !explicit {
+            // Inferred freshness (heuristic, `immutable`) is capped.
+            fresh = fresh.min(self.config.heuristic_cap.saturating_sub(age));
+        }
+        Some((fresh, age))
+    }
+
+    /// The `http-cache-semantics` policy of a response, heuristics allowed where RFC 9111
+    /// allows them.
     fn policy(
         &self,
         head: &Head,
@@ -929,12 +1135,54 @@ impl Job {
         headers: &HeaderMap,
         now: SystemTime,
     ) -> CachePolicy {
+        let heuristic = HEURISTICALLY_CACHEABLE.contains(&status.as_u16())
+            && self.config.heuristic_fraction > 0.0;
+        self.policy_with(head, status, headers, now, heuristic)
+    }
+
+    /// The policy, with what the crate sees adjusted (see [`saturating::for_policy`]):
+    /// * headers normalised (directive case, huge numbers, `Age` lists, strict HTTP-dates);
+    /// * `Last-Modified` hidden unless `heuristic`: the crate applies heuristics to every
+    ///   storable status, RFC 9111 only to the heuristically cacheable ones;
+    /// * `no-store` hidden when `must-understand` is present and the status understood
+    ///   (RFC 9111 section 5.2.2.3); the crate does not know `must-understand`;
+    /// * a status the crate does not list as understood (it knows 14) stands in as `200`,
+    ///   once [`Job::rfc_lifetime`] has decided that RFC 9111 lets it be stored: the crate
+    ///   refuses every other status, even with explicit freshness.
+    fn policy_with(
+        &self,
+        head: &Head,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+        heuristic: bool,
+    ) -> CachePolicy {
         let (mut response, ()) = Response::new(()).into_parts();
-        response.status = status;
-        // Normalised: `http-cache-semantics` misreads huge numbers and upper-case directives.
-        response.headers = saturating::for_policy(headers).into_owned();
+        response.status = if UNDERSTOOD_STATUSES.contains(&status.as_u16()) {
+            status
+        } else {
+            StatusCode::OK
+        };
+        let mut seen = saturating::for_policy(headers);
+        if !heuristic && seen.contains_key(header::LAST_MODIFIED) {
+            seen.to_mut().remove(header::LAST_MODIFIED);
+        }
+        if has_directive(headers, "no-store") && !no_store(status, headers) {
+            let kept: Vec<HeaderValue> = seen
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| without_directive(v, "no-store"))
+                .collect();
+            let seen = seen.to_mut();
+            seen.remove(header::CACHE_CONTROL);
+            for value in kept {
+                seen.append(header::CACHE_CONTROL, value);
+            }
+        }
+        response.headers = seen.into_owned();
         let options = CacheOptions {
             shared: self.config.shared,
+            cache_heuristic: self.config.heuristic_fraction as f32,
             ..CacheOptions::default()
         };
         CachePolicy::new_options(&head.parts(), &response, now, options)
@@ -969,7 +1217,10 @@ impl Job {
         refreshed.version = entry.version;
         let vary_now = vary_names(&headers);
         let vary = vary_now.clone().unwrap_or_default();
-        let lifetime = match upstream.ttl.filter(|t| !t.is_no_store()) {
+        let lifetime = match upstream
+            .ttl
+            .filter(|t| !t.is_no_store() && self.config.statuses.contains(&entry.status))
+        {
             Some(ttl) => Lifetime {
                 fresh: ttl.ttl(),
                 age: Duration::ZERO,
@@ -977,10 +1228,12 @@ impl Job {
                 vary,
             },
             None => {
-                let policy = self.policy(&upstream.head, entry.status, &headers, now);
+                let (fresh, age) = self
+                    .rfc_lifetime(&upstream.head, entry.status, &headers, now, true)
+                    .unwrap_or_default();
                 Lifetime {
-                    fresh: policy.time_to_live(now),
-                    age: policy.age(now),
+                    fresh,
+                    age,
                     sliding: None,
                     vary,
                 }
@@ -1070,5 +1323,77 @@ fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
     }
     if let Some(modified) = stored.get(header::LAST_MODIFIED) {
         request.insert(header::IF_MODIFIED_SINCE, modified.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(target: &str, headers: &[(&str, &str)]) -> Vec<String> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        invalidated_urls(&target.parse().unwrap(), &map)
+    }
+
+    #[test]
+    fn location_and_content_location_resolve_and_stay_on_the_origin() {
+        let t = "http://H:80/a/b/c?x=1";
+        assert_eq!(urls(t, &[]), ["http://h/a/b/c"]);
+        assert_eq!(
+            urls(t, &[("location", "d"), ("content-location", "../e?q#f")]),
+            ["http://h/a/b/c", "http://h/a/b/d", "http://h/a/e"]
+        );
+        assert_eq!(
+            urls(
+                t,
+                &[("location", "/x/./y/../z"), ("content-location", "?only")]
+            ),
+            ["http://h/a/b/c", "http://h/x/z"]
+        );
+        assert_eq!(
+            urls(
+                t,
+                &[("location", "//h/s"), ("content-location", "HTTP://h:80/t")]
+            ),
+            ["http://h/a/b/c", "http://h/s", "http://h/t"]
+        );
+        // Other origins (host, port, scheme), other schemes and garbage are ignored.
+        for other in [
+            "http://evil/a/b/c",
+            "http://h:8080/x",
+            "https://h/x",
+            "//evil/x",
+            "mailto:x@h",
+            "http://h/a b",
+            "http://[::1/x",
+        ] {
+            assert_eq!(
+                urls(t, &[("location", other)]),
+                ["http://h/a/b/c"],
+                "{other}"
+            );
+        }
+        assert_eq!(
+            urls(t, &[("location", "/../../..")]),
+            ["http://h/a/b/c", "http://h/"]
+        );
+    }
+
+    #[test]
+    fn only_get_head_options_and_trace_are_safe() {
+        for safe in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+            assert!(is_safe(&Method::from_bytes(safe.as_bytes()).unwrap()));
+        }
+        for unsafe_method in ["POST", "PUT", "PATCH", "DELETE", "CONNECT", "PURGE", "get"] {
+            assert!(!is_safe(
+                &Method::from_bytes(unsafe_method.as_bytes()).unwrap()
+            ));
+        }
     }
 }

@@ -373,5 +373,6 @@ macro_rules! rfc9111_mode {
 // (textually: declare the files below this line; no `use` needed).
 mod freshening;
 mod harness;
+mod invalidation;
 mod request;
 mod stale;
