@@ -205,6 +205,50 @@ fn may_serve_stale(headers: &HeaderMap, shared: bool) -> bool {
     ok
 }
 
+/// Drops `max-stale=VALUE` members whose value is not delta-seconds (`-1`, `1.5`, `"`) from the
+/// request's `Cache-Control`: the crate reads them as a bare `max-stale`, "any staleness", so a
+/// garbage value would widen what is served stale; RFC 9111 section 5.2.1.2 gives a value
+/// meaning only as delta-seconds, and a cache may always refuse a stale response.
+fn drop_invalid_max_stale(headers: &mut HeaderMap) {
+    let invalid = |part: &str| {
+        let mut kv = part.splitn(2, '=');
+        let name = kv.next().unwrap_or_default().trim();
+        name.eq_ignore_ascii_case("max-stale")
+            && kv
+                .next()
+                .is_some_and(|value| saturating::delta_seconds(value).is_none())
+    };
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .cloned()
+        .collect();
+    if !values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(invalid))
+    {
+        return;
+    }
+    headers.remove(header::CACHE_CONTROL);
+    for value in values {
+        let kept = match value.to_str() {
+            Ok(text) => text
+                .split(',')
+                .filter(|part| !invalid(part))
+                .collect::<Vec<_>>()
+                .join(","),
+            Err(_) => {
+                headers.append(header::CACHE_CONTROL, value);
+                continue;
+            }
+        };
+        if let Ok(kept) = HeaderValue::from_str(&kept) {
+            headers.append(header::CACHE_CONTROL, kept);
+        }
+    }
+}
+
 /// Whether the request's own directives (`no-cache`, `max-age`, `min-fresh`, `max-stale`, and
 /// `Pragma: no-cache`) let it be answered with `entry` without going upstream, fresh or (with
 /// `max-stale`, when `stale_ok`) stale, as `http-cache-semantics` evaluates them
@@ -221,6 +265,7 @@ fn may_serve_stale(headers: &HeaderMap, shared: bool) -> bool {
 ///   and 1.2.2; the crate is case-sensitive and reads a too-large `min-fresh` as absent);
 /// * `Pragma` dropped when `Cache-Control` is present (section 5.4; the crate honours
 ///   `Pragma: no-cache` always);
+/// * a `max-stale` with an invalid value dropped ([`drop_invalid_max_stale`]);
 /// * `Authorization` dropped (the crate would call the policy unstorable, so stale, in a
 ///   shared cache; the key already holds the credentials, and storing was decided when the
 ///   entry was written).
@@ -269,6 +314,7 @@ fn request_accepts<B>(
     presented.headers.remove(header::AUTHORIZATION);
     if presented.headers.contains_key(header::CACHE_CONTROL) {
         presented.headers.remove(header::PRAGMA);
+        drop_invalid_max_stale(&mut presented.headers);
     }
     let options = CacheOptions {
         shared,

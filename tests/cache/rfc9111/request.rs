@@ -161,3 +161,62 @@ async fn s5_2_1_3_min_fresh_with_authorization(case: Case) {
     assert_eq!(case.origin.hits("/r"), 1, "{label}");
 }
 rfc9111!(s5_2_1_3_min_fresh_with_authorization);
+
+/// Hostile request directives (garbage values, signs, quotes, huge numbers, non-UTF-8, odd
+/// `Connection` and `Warning` fields the crate copies) never panic; a fresh entry is served
+/// fresh or fetched again, and a stale one is served stale only under a valid `max-stale` (an
+/// invalid value does not mean "any staleness").
+async fn s5_2_1_hostile_request_directives_are_answered(case: Case) {
+    let label = case.label();
+    case.origin
+        .reply("/r", Reply::ok().header("cache-control", "max-age=100"));
+    let client = case.client();
+    case.get(&client, "/r").await;
+    // (value, whether it allows a stale answer)
+    let values: &[(&[u8], bool)] = &[
+        (b"max-stale=-1", false),
+        (b"max-stale=\"", false),
+        (b"max-stale=1.5", false),
+        (b"min-fresh=1e9", false),
+        (b"max-age=18446744073709551616", false),
+        (b"max-age=inf, max-age=5", false),
+        (b", ,=, =x, no-cache=", false),
+        (b"\xff\xfe max-stale", false),
+        (
+            b"max-stale=99999999999999999999999999999, must-revalidate",
+            true,
+        ),
+        (b"MAX-STALE, Max-Stale=\"7\"", true),
+    ];
+    let request = |value: &[u8]| {
+        http::Request::get(case.url("/r"))
+            .header(
+                "cache-control",
+                http::HeaderValue::from_bytes(value).unwrap(),
+            )
+            .header("connection", "x-a, , \t, warning")
+            .header("warning", "199 - \"x\", 110 a b")
+            .header(
+                "pragma",
+                http::HeaderValue::from_bytes(b"\xffno-cache").unwrap(),
+            )
+    };
+    for (value, _) in values {
+        let got = case.send(&client, request(value)).await;
+        assert_eq!(got.status, 200, "{label} {value:?}");
+        assert_ne!(got.cache, Some(CacheStatus::Stale), "{label} {value:?}");
+    }
+    for (value, stale_ok) in values {
+        // Whatever the last request stored, it is stale now.
+        case.advance(SECS(1000));
+        let got = case.send(&client, request(value)).await;
+        assert_eq!(got.status, 200, "{label} {value:?}");
+        let expected = if *stale_ok {
+            CacheStatus::Stale
+        } else {
+            CacheStatus::Miss
+        };
+        assert_eq!(got.cache, Some(expected), "{label} {value:?}");
+    }
+}
+rfc9111!(s5_2_1_hostile_request_directives_are_answered);
