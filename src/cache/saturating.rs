@@ -282,7 +282,11 @@ mod tests {
                 .map(|v| v.to_str().unwrap().to_owned())
         };
         let imf = "Sun, 06 Nov 1994 08:49:37 GMT";
-        for same in [imf, "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+        for same in [
+            imf,
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
             assert_eq!(date(header::EXPIRES, same).as_deref(), Some(imf), "{same}");
             assert_eq!(date(header::DATE, same).as_deref(), Some(imf), "{same}");
             assert_eq!(date(header::LAST_MODIFIED, same).as_deref(), Some(imf));
@@ -299,7 +303,11 @@ mod tests {
             "6 Nov 1994 08:49:37 GMT",
             "tomorrow",
         ] {
-            assert_eq!(date(header::EXPIRES, invalid).as_deref(), Some(ALREADY_EXPIRED), "{invalid}");
+            assert_eq!(
+                date(header::EXPIRES, invalid).as_deref(),
+                Some(ALREADY_EXPIRED),
+                "{invalid}"
+            );
             assert_eq!(date(header::DATE, invalid), None, "{invalid}");
             assert_eq!(date(header::LAST_MODIFIED, invalid), None, "{invalid}");
         }

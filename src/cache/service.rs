@@ -382,7 +382,8 @@ fn has_validator(headers: &HeaderMap) -> bool {
 
 /// The statuses RFC 9110 section 15.1 defines as heuristically cacheable (206 is among them,
 /// but never stored here).
-const HEURISTICALLY_CACHEABLE: &[u16] = &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+const HEURISTICALLY_CACHEABLE: &[u16] =
+    &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// The statuses whose caching requirements the cache implements, for `must-understand`
 /// (RFC 9111 section 5.2.2.3): those `http-cache-semantics` understands (not `206`).

@@ -373,6 +373,9 @@ macro_rules! rfc9111_mode {
 // (textually: declare the files below this line; no `use` needed).
 mod freshening;
 mod harness;
+mod heuristic;
 mod invalidation;
+mod parsing;
 mod request;
 mod stale;
+mod storing;
