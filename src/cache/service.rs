@@ -773,7 +773,9 @@ impl Job {
         Ok(self.finish(response, CacheStatus::Bypass))
     }
 
-    /// Goes upstream, conditionally when the stored entry can be revalidated.
+    /// Goes upstream, conditionally when the stored entry can be revalidated; again without
+    /// validators when the `304` does not describe the stored response (RFC 9111 section
+    /// 4.3.4: it then MUST NOT update it, and the caller, who sent no condition, needs a body).
     async fn fetch<S, B>(
         &self,
         inner: S,
@@ -784,19 +786,42 @@ impl Job {
         directives: RequestDirectives,
     ) -> Result<Response<reqwest::Body>, BoxError>
     where
-        S: Service<Request<B>, Response = Response<reqwest::Body>>,
+        S: Service<Request<B>, Response = Response<reqwest::Body>> + Clone,
         S::Error: Into<BoxError>,
+        B: ReplayableBody + From<Bytes>,
     {
         let head = Head {
             method: request.method().clone(),
             uri: request.uri().clone(),
             headers: request.headers().clone(),
         };
-        let entry = found.entry.clone();
+        let mut entry = found.entry.clone();
+        let mut retry = None;
         if let Some(entry) = &entry {
+            if has_validator(&entry.headers) {
+                retry = Some((inner.clone(), replay(&request)));
+            }
             add_validators(request.headers_mut(), &entry.headers);
         }
-        let outcome = inner.oneshot(request).await.map_err(Into::into);
+        let mut outcome = inner.oneshot(request).await.map_err(Into::into);
+        let unselected = match (&entry, &outcome) {
+            (Some(entry), Ok(response)) => {
+                response.status() == StatusCode::NOT_MODIFIED
+                    && !selects(&entry.headers, response.headers())
+            }
+            _ => false,
+        };
+        if let (true, Some((inner, request))) = (unselected, retry) {
+            tracing::debug!(
+                url = url_of(&found.key),
+                "the 304 names another entity-tag than the stored response; fetching it whole"
+            );
+            if let Err(error) = self.state.store.delete(&found.key).await {
+                self.store_failed("delete", &error);
+            }
+            entry = None;
+            outcome = inner.oneshot(request).await.map_err(Into::into);
+        }
         let upstream = Upstream {
             head,
             base: found.base,
@@ -983,7 +1008,16 @@ impl Job {
         };
         let status = response.status();
         if let Some(entry) = &upstream.entry {
-            if status == StatusCode::NOT_MODIFIED && has_validator(&entry.headers) {
+            if status == StatusCode::NOT_MODIFIED
+                && has_validator(&entry.headers)
+                && !selects(&entry.headers, response.headers())
+            {
+                // Section 4.3.4: not applied. Only a background refresh gets here (`fetch`
+                // resends the request); the entry it could not refresh is dropped.
+                if let Err(error) = self.state.store.delete(&upstream.key).await {
+                    self.store_failed("delete", &error);
+                }
+            } else if status == StatusCode::NOT_MODIFIED && has_validator(&entry.headers) {
                 let (refreshed, vary) = self.revalidated(&upstream, entry, response.headers(), now);
                 let served = self.serve(&refreshed, now, CacheStatus::Revalidated);
                 // RFC 9111 section 4.3.4: a `304` whose `Vary` differs from the stored
@@ -1361,6 +1395,42 @@ impl Lifetime {
         }
         entry.expires_at = saturating::add(entry.fresh_until, keep);
     }
+}
+
+/// A copy of `request` to send again (its body is replayable: requests with streaming bodies
+/// have no key and never get here).
+fn replay<B: ReplayableBody + From<Bytes>>(request: &Request<B>) -> Request<B> {
+    let body = B::from(Bytes::copy_from_slice(
+        request.body().replayable_bytes().unwrap_or_default(),
+    ));
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
+}
+
+/// Whether a `304` describes the stored response (RFC 9111 section 4.3.4): one that carries an
+/// `ETag` selects it only when the stored response has the same entity-tag, compared weakly
+/// (the cache sent it in `If-None-Match`, where weak comparison applies, RFC 9110 section
+/// 13.1.2). One without an `ETag` is taken as answering the validators the cache sent: RFC 9110
+/// section 15.4.5 requires the `ETag` in a `304`, but servers that omit it (or answer
+/// `If-Modified-Since` without repeating `Last-Modified`) are common, and
+/// `CachePolicy::after_response`, which refuses those, would turn every such revalidation into
+/// a full download.
+fn selects(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let Some(new) = not_modified.get(header::ETAG) else {
+        return true;
+    };
+    let opaque = |value: &HeaderValue| {
+        let tag = value.as_bytes().trim_ascii();
+        tag.strip_prefix(b"W/").unwrap_or(tag).to_vec()
+    };
+    stored
+        .get(header::ETAG)
+        .is_some_and(|old| opaque(old) == opaque(new))
 }
 
 /// Adds `If-None-Match` / `If-Modified-Since` from the stored response.

@@ -127,3 +127,113 @@ async fn s4_3_4_304_with_the_same_vary_refreshes_the_variant(case: Case) {
     assert_eq!(case.origin.hits("/v"), 2, "{label}");
 }
 rfc9111!(s4_3_4_304_with_the_same_vary_refreshes_the_variant);
+
+/// A `304` that names another entity-tag than the stored response's does not update it ("MUST
+/// NOT use the new response to update any stored responses"): the cache drops the entry and
+/// fetches the resource whole, so the caller gets the current body, never the old one under
+/// the new headers. A `304` without an `ETag` still refreshes (servers often omit it).
+async fn s4_3_4_304_with_another_etag_is_not_applied(case: Case) {
+    let label = case.label();
+    case.origin.script("/e", |asked| {
+        let conditional = asked.headers.get("if-none-match").is_some();
+        match (asked.n, conditional) {
+            (1, _) => Reply::ok()
+                .header("cache-control", "max-age=10")
+                .header("etag", "\"a\""),
+            (_, true) => Reply::status(304)
+                .body("")
+                .header("cache-control", "max-age=600")
+                .header("etag", "\"b\""),
+            (_, false) => Reply::ok()
+                .header("cache-control", "max-age=600")
+                .header("etag", "\"b\""),
+        }
+    });
+    case.origin.script("/no-etag", |asked| {
+        if asked.n == 1 {
+            Reply::ok()
+                .header("cache-control", "max-age=10")
+                .header("etag", "\"a\"")
+        } else {
+            Reply::status(304)
+                .body("")
+                .header("cache-control", "max-age=600")
+        }
+    });
+    let client = case.client();
+    case.get(&client, "/e").await;
+    case.get(&client, "/no-etag").await;
+    case.advance(SECS(20));
+
+    let got = case.get(&client, "/e").await;
+    assert_eq!(
+        (got.status.as_u16(), got.cache, got.text().as_str()),
+        (200, Some(CacheStatus::Miss), "/e 3"),
+        "{label}"
+    );
+    assert_eq!(got.header("etag"), Some("\"b\""), "{label}");
+    let seen = case.origin.seen();
+    assert!(
+        seen.last().unwrap().headers.get("if-none-match").is_none(),
+        "{label}: the second fetch is unconditional"
+    );
+    case.flush().await;
+    let hit = case.get(&client, "/e").await;
+    assert_eq!(
+        (hit.cache, hit.text().as_str()),
+        (Some(CacheStatus::Hit), "/e 3"),
+        "{label}"
+    );
+    assert_eq!(case.origin.hits("/e"), 3, "{label}");
+
+    let refreshed = case.get(&client, "/no-etag").await;
+    assert_eq!(
+        (refreshed.cache, refreshed.text().as_str()),
+        (Some(CacheStatus::Revalidated), "/no-etag 1"),
+        "{label}"
+    );
+}
+rfc9111!(s4_3_4_304_with_another_etag_is_not_applied);
+
+/// The same through a stale-while-revalidate background refresh: nobody waits for a body, so
+/// the entry the `304` does not describe is dropped (and not refreshed).
+async fn s4_3_4_background_304_with_another_etag_drops_the_entry(case: Case) {
+    let label = case.label();
+    case.origin.script("/swr", |asked| {
+        if asked.n == 1 {
+            Reply::ok()
+                .header("cache-control", "max-age=10, stale-while-revalidate=600")
+                .header("etag", "\"a\"")
+        } else {
+            Reply::status(304)
+                .body("")
+                .header("cache-control", "max-age=600")
+                .header("etag", "\"b\"")
+        }
+    });
+    let client = case.client();
+    case.get(&client, "/swr").await;
+    case.advance(SECS(20));
+    let stale = case.get(&client, "/swr").await;
+    assert_eq!(stale.cache, Some(CacheStatus::Stale), "{label}");
+
+    // `OnlyIfCached` reads the store without refreshing: 504 once the entry is gone.
+    let only = || {
+        http::Request::get(case.url("/swr")).extension(courteous::cache::CacheMode::OnlyIfCached)
+    };
+    let deadline = std::time::Instant::now() + SECS(20);
+    loop {
+        let got = case.send(&client, only()).await;
+        if got.status == http::StatusCode::GATEWAY_TIMEOUT {
+            break;
+        }
+        assert_eq!(got.text(), "/swr 1", "{label}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{label}: the entry was kept after a 304 for another entity-tag"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(case.origin.hits("/swr"), 2, "{label}");
+}
+rfc9111!(s4_3_4_background_304_with_another_etag_drops_the_entry);
