@@ -925,14 +925,7 @@ impl Job {
                 return;
             }
         }
-        let body = B::from(Bytes::copy_from_slice(
-            request.body().replayable_bytes().unwrap_or_default(),
-        ));
-        let mut copy = Request::new(body);
-        *copy.method_mut() = request.method().clone();
-        *copy.uri_mut() = request.uri().clone();
-        *copy.headers_mut() = request.headers().clone();
-        *copy.extensions_mut() = request.extensions().clone();
+        let mut copy = replay(request);
         let head = Head {
             method: request.method().clone(),
             uri: request.uri().clone(),
