@@ -13,9 +13,18 @@
 //!   `GET`, `HEAD`, `OPTIONS` and `TRACE`, unknown ones included) invalidates the stored entries
 //!   for its URL (any query) and for the same-origin URLs of its `Location` and
 //!   `Content-Location` (RFC 9111 section 4.4).
-//! * **Freshness**: by default from the response (`Cache-Control`, `Expires`, heuristics from
-//!   `Last-Modified`), computed by [`http-cache-semantics`](http_cache_semantics) as a *private*
-//!   cache ([`CacheLayer::shared`] switches to shared-cache rules). `Vary` is honoured with several
+//! * **What is stored**: what RFC 9111 allows: a response of any final status with explicit
+//!   freshness (`max-age`, `s-maxage` in shared mode, `Expires`) or `public`, unless
+//!   `must-understand` names a status the cache does not understand; without those, the
+//!   heuristically cacheable statuses (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501).
+//!   `206 Partial Content` is never stored: range requests pass through and partial responses
+//!   are never combined.
+//! * **Freshness**: by default from the response (`Cache-Control`, `Expires`), computed by
+//!   [`http-cache-semantics`](http_cache_semantics) as a *private* cache ([`CacheLayer::shared`]
+//!   switches to shared-cache rules), with headers normalised first (directive names in any
+//!   case, `Age` lists, strict HTTP-dates, an invalid `Expires` is already expired). Without
+//!   explicit freshness, heuristics from `Last-Modified`: 10 % of its age, at most a day
+//!   ([`CacheLayer::heuristic_fraction`], [`CacheLayer::heuristic_cap`]). `Vary` is honoured with several
 //!   variants of one URL stored side by side. Stale entries with `ETag`/`Last-Modified` are
 //!   revalidated with a conditional request; a `304` refreshes the stored headers and freshness.
 //!   `stale-if-error` serves the stale entry on a 5xx or a transport error;
@@ -29,7 +38,8 @@
 //! * **Forced TTLs**: [`CacheLayer::default_ttl`] and [`CacheLayer::resource_ttl`] give a fixed
 //!   lifetime ([`CacheTtl::absolute`] or [`CacheTtl::sliding`]) whatever the response says
 //!   (except `no-store`); a [`CacheTtl`] request extension overrides it per request. A zero TTL
-//!   means "do not store", everywhere. Which statuses are stored is configurable (default 200).
+//!   means "do not store", everywhere. Which statuses a forced TTL stores is configurable
+//!   ([`CacheLayer::statuses`], default 200); no heuristic applies under a forced TTL.
 //! * **Per request**: a [`CacheMode`] extension (`NoStore`, `Reload`, `NoCache`, `ForceCache`,
 //!   `OnlyIfCached`).
 //! * **What happened**: [`Report::cache`](crate::Report::cache) on the response says

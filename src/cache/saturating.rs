@@ -15,7 +15,8 @@
 //!   [`for_policy`]: that crate parses `max-age`, `s-maxage` and `Age` as `u64` (so a value
 //!   above `u64::MAX` means 0, "stale at once", and `Age: 18446744073709551615` comes back as an
 //!   age of `u64::MAX` seconds, which overflowed our own additions), and it looks directive
-//!   names up case-sensitively (`MAX-AGE=60` was no `max-age` at all).
+//!   names up case-sensitively (`MAX-AGE=60` was no `max-age` at all). It also reads an `Age`
+//!   list (`7200, 0`) as no age at all, and dates as RFC 2822 (see [`for_policy`]).
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -111,9 +112,8 @@ pub(crate) fn for_policy(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
             continue;
         };
         let repeated = headers.get_all(&name).iter().count() > 1;
-        match http_date(value) {
-            Some(date) => {
-                let canonical = httpdate::fmt_http_date(date);
+        match imf_fixdate(value) {
+            Some(canonical) => {
                 if repeated || canonical.as_bytes() != value.as_bytes() {
                     fixes.push((name, HeaderValue::from_str(&canonical).ok()));
                 }
@@ -156,15 +156,49 @@ pub(crate) fn for_policy(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
 const ALREADY_EXPIRED: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
 
 /// An HTTP-date in one of the three formats of RFC 9110 section 5.6.7 (IMF-fixdate, RFC 850,
-/// asctime), exactly: no extra spaces, a weekday that matches the date, a time that exists.
-/// `None` for anything else (`0`, `-1`, garbage, non-ASCII, numeric zones).
-pub(crate) fn http_date(value: &HeaderValue) -> Option<SystemTime> {
+/// asctime), exactly: no extra spaces, a weekday that matches the date, a time that exists;
+/// returned in IMF-fixdate form. `None` for anything else (`0`, `-1`, garbage, non-ASCII,
+/// numeric zones).
+pub(crate) fn imf_fixdate(value: &HeaderValue) -> Option<String> {
     let text = value.to_str().ok()?;
     // `httpdate` trims surrounding whitespace; a header value has none left (`http` trims it).
     if text.trim() != text {
         return None;
     }
-    httpdate::parse_http_date(text).ok()
+    if let Ok(date) = httpdate::parse_http_date(text) {
+        return Some(httpdate::fmt_http_date(date));
+    }
+    before_1970(text)
+}
+
+/// A valid IMF-fixdate or asctime date before 1970, which `httpdate` refuses (it works in
+/// `SystemTime` after the epoch): checked by moving it forward whole 400-year cycles (the
+/// Gregorian calendar, weekdays included, repeats after 146,097 days), and
+/// written back with its own year. (An RFC 850 date's two-digit year is never before 1970.)
+fn before_1970(text: &str) -> Option<String> {
+    let years = match text.len() {
+        29 => 12..16,
+        24 => 20..24,
+        _ => return None,
+    };
+    let digits = text.get(years.clone())?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year: u64 = digits.parse().ok()?;
+    if year >= 1970 {
+        return None;
+    }
+    let cycles = (1970 - year).div_ceil(400);
+    let moved = format!(
+        "{}{:04}{}",
+        &text[..years.start],
+        year + 400 * cycles,
+        &text[years.end..]
+    );
+    let date = httpdate::parse_http_date(&moved).ok()?;
+    let imf = httpdate::fmt_http_date(date);
+    Some(format!("{}{digits}{}", &imf[..12], &imf[16..]))
 }
 
 /// One `Cache-Control` value with lower-case directive names and clamped delta-seconds, or
@@ -291,6 +325,25 @@ mod tests {
             assert_eq!(date(header::DATE, same).as_deref(), Some(imf), "{same}");
             assert_eq!(date(header::LAST_MODIFIED, same).as_deref(), Some(imf));
         }
+        // Before 1970 (httpdate refuses those), in IMF-fixdate and asctime form.
+        let old = "Mon, 01 Jan 1900 00:00:00 GMT";
+        for same in [old, "Mon Jan  1 00:00:00 1900"] {
+            assert_eq!(
+                date(header::LAST_MODIFIED, same).as_deref(),
+                Some(old),
+                "{same}"
+            );
+        }
+        assert_eq!(
+            date(header::DATE, "Thu, 01 Jan 0000 00:00:00 GMT").as_deref(),
+            None,
+            "year 0 was a Saturday"
+        );
+        assert_eq!(
+            date(header::DATE, "Sat, 01 Jan 0000 00:00:00 GMT").as_deref(),
+            Some("Sat, 01 Jan 0000 00:00:00 GMT")
+        );
+        assert_eq!(date(header::DATE, "Tue, 01 Jan 1900 00:00:00 GMT"), None);
         for invalid in [
             "0",
             "-1",

@@ -1303,7 +1303,13 @@ impl Job {
             },
             None => {
                 let (fresh, age) = self
-                    .rfc_lifetime(&upstream.head, entry.status, &headers, now, true)
+                    .rfc_lifetime(
+                        &upstream.head,
+                        entry.status,
+                        &headers,
+                        now,
+                        upstream.ttl.is_none(),
+                    )
                     .unwrap_or_default();
                 Lifetime {
                     fresh,

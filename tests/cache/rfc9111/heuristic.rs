@@ -180,6 +180,41 @@ async fn s4_2_2_explicit_freshness_and_forced_ttls_win(case: Case) {
     );
 }
 
+/// The same after a `304`: a revalidated `404` under a forced TTL gets no heuristic
+/// freshness either, so the next request revalidates again.
+async fn s4_2_2_no_heuristic_after_a_304_under_a_forced_ttl(case: Case) {
+    let modified = httpdate::fmt_http_date(case.clock.now() - 10 * HOUR);
+    case.origin.script("/api/things/1", move |asked| {
+        if asked.headers.contains_key("if-none-match") {
+            Reply::status(304).header("etag", "\"t\"")
+        } else {
+            Reply::status(404)
+                .header("etag", "\"t\"")
+                .header("last-modified", &modified)
+        }
+    });
+    let client = case.client_with(|l: CacheLayer| {
+        l.resource_ttl("things", CacheTtl::absolute(Duration::from_secs(120)))
+    });
+    case.get(&client, "/api/things/1").await;
+    let revalidated = case.get(&client, "/api/things/1").await;
+    assert_eq!(
+        revalidated.cache,
+        Some(CacheStatus::Revalidated),
+        "{}",
+        case.label()
+    );
+    case.advance(Duration::from_secs(60));
+    let again = case.get(&client, "/api/things/1").await;
+    assert_eq!(
+        again.cache,
+        Some(CacheStatus::Revalidated),
+        "{}",
+        case.label()
+    );
+    assert_eq!(case.origin.hits("/api/things/1"), 3);
+}
+
 rfc9111!(
     s4_2_2_default_is_ten_percent_of_the_time_since_last_modified,
     s4_2_2_the_fraction_is_configurable,
@@ -187,4 +222,5 @@ rfc9111!(
     s4_2_2_heuristics_can_be_turned_off,
     s4_2_2_only_heuristically_cacheable_statuses,
     s4_2_2_explicit_freshness_and_forced_ttls_win,
+    s4_2_2_no_heuristic_after_a_304_under_a_forced_ttl,
 );

@@ -187,3 +187,28 @@ rfc9111!(
     s4_4_location_and_content_location_of_the_same_origin,
     s4_4_an_unkeyable_unsafe_request_still_invalidates,
 );
+
+/// The invalidation reaches every client of the store (another layer, as another process
+/// would have it): client B's `DELETE` drops what client A stored.
+async fn s4_4_invalidation_reaches_every_client_of_the_store(case: Case) {
+    let (a, b) = (case.client(), case.client());
+    stored(&case, &a, "/shared").await;
+    case.flush().await;
+    assert_eq!(
+        case.get(&b, "/shared").await.cache,
+        Some(CacheStatus::Hit),
+        "{}",
+        case.label()
+    );
+    case.send(&b, http::Request::delete(case.url("/shared")))
+        .await;
+    case.flush().await;
+    assert_eq!(
+        case.get(&a, "/shared").await.cache,
+        Some(CacheStatus::Miss),
+        "{}",
+        case.label()
+    );
+}
+
+rfc9111!(s4_4_invalidation_reaches_every_client_of_the_store);
