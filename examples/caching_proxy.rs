@@ -7,12 +7,26 @@
 //! ```
 //!
 //! Every request to the listening address is forwarded to the upstream base URL (the path and
-//! query are appended to it) through `CacheLayer` as shipped: a private RFC 9111 cache, in
-//! memory or, with `--sqlite FILE`, in a SQLite file that survives restarts. Options:
+//! query are appended to it) through `CacheLayer` as shipped: a private RFC 9111 cache (a shared
+//! one with `--shared`), in memory or, with `--sqlite FILE`, in a SQLite file that survives
+//! restarts. Options:
 //!
 //! * `--sqlite FILE`: keep the cache in this SQLite file (default: memory);
+//! * `--shared`: a shared cache (RFC 9111 shared-cache rules: `private` responses are not
+//!   stored, `s-maxage` counts, `proxy-revalidate` and `s-maxage` forbid serving stale);
+//! * `--stale-if-error SECONDS`: when the upstream fails (5xx or unreachable), serve a stale
+//!   entry up to this long past its freshness, as if every response said `stale-if-error`
+//!   (never one that says `must-revalidate` or `no-cache`);
+//! * `--heuristic PERCENT`: a response without explicit freshness but with `Last-Modified` is
+//!   fresh for this percentage of its age (RFC 9111 section 4.2.2; default 10, `0` turns
+//!   heuristic freshness off);
 //! * `--ttl SECONDS`: force this TTL on every response instead of honouring its cache headers;
 //! * `--max-entry-size BYTES`: larger bodies stream through uncached (default 5 MiB).
+//!
+//! ```text
+//! cargo run --example caching_proxy -- 127.0.0.1:8080 http://127.0.0.1:9000 --shared --stale-if-error 300
+//! cargo run --example caching_proxy -- 127.0.0.1:8080 http://127.0.0.1:9000 --heuristic 0
+//! ```
 //!
 //! Status, headers (repeated ones stay separate) and body pass through unchanged; redirects
 //! are not followed and bodies are not decompressed. The `x-cache` response header says what
@@ -189,11 +203,15 @@ struct Args {
     sqlite: Option<String>,
     ttl: Option<u64>,
     max_entry_size: Option<usize>,
+    shared: bool,
+    stale_if_error: Option<u64>,
+    heuristic: Option<f64>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: caching_proxy LISTEN_ADDR UPSTREAM_URL [--sqlite FILE] [--ttl SECONDS] [--max-entry-size BYTES]\n\
+        "usage: caching_proxy LISTEN_ADDR UPSTREAM_URL [--sqlite FILE] [--shared] [--stale-if-error SECONDS]\n\
+         \x20      [--heuristic PERCENT] [--ttl SECONDS] [--max-entry-size BYTES]\n\
          example: caching_proxy 127.0.0.1:8080 https://api.example.com --sqlite cache.db"
     );
     std::process::exit(2)
@@ -202,6 +220,7 @@ fn usage() -> ! {
 fn parse_args() -> Args {
     let mut positional = Vec::new();
     let (mut sqlite, mut ttl, mut max_entry_size) = (None, None, None);
+    let (mut shared, mut stale_if_error, mut heuristic) = (false, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage());
@@ -210,6 +229,17 @@ fn parse_args() -> Args {
             "--ttl" => ttl = Some(value().parse().unwrap_or_else(|_| usage())),
             "--max-entry-size" => {
                 max_entry_size = Some(value().parse().unwrap_or_else(|_| usage()))
+            }
+            "--shared" => shared = true,
+            "--stale-if-error" => {
+                stale_if_error = Some(value().parse().unwrap_or_else(|_| usage()))
+            }
+            "--heuristic" => {
+                let percent: f64 = value().parse().unwrap_or_else(|_| usage());
+                if !(percent.is_finite() && percent >= 0.0) {
+                    usage();
+                }
+                heuristic = Some(percent);
             }
             "-h" | "--help" => usage(),
             _ => positional.push(arg),
@@ -231,6 +261,9 @@ fn parse_args() -> Args {
         sqlite,
         ttl,
         max_entry_size,
+        shared,
+        stale_if_error,
+        heuristic,
     }
 }
 
@@ -245,7 +278,15 @@ async fn main() -> Result<(), BoxError> {
         }
         None => (Box::new(|| CacheLayer::new(MemoryCacheStore::new())), None),
     };
-    let mut layer = store().status_header(HeaderName::from_static("x-cache"));
+    let mut layer = store()
+        .status_header(HeaderName::from_static("x-cache"))
+        .shared(args.shared);
+    if let Some(percent) = args.heuristic {
+        layer = layer.heuristic_fraction(percent / 100.0);
+    }
+    if let Some(window) = args.stale_if_error {
+        layer = layer.stale_if_error(Duration::from_secs(window));
+    }
     if let Some(ttl) = args.ttl {
         layer = layer.default_ttl(CacheTtl::absolute(Duration::from_secs(ttl)));
     }

@@ -384,7 +384,8 @@ impl CacheLayer {
 
     /// Serve a stale entry for up to `window` past its freshness when the server fails (5xx or
     /// transport error), as if every response said `stale-if-error`. Default: only when the
-    /// response says so.
+    /// response says so. A response that forbids stale use (`must-revalidate`, `no-cache`, and
+    /// in a shared cache `proxy-revalidate` or `s-maxage`) is never served stale.
     #[must_use]
     pub fn stale_if_error(mut self, window: Duration) -> Self {
         self.config().stale_if_error = Some(window);

@@ -28,7 +28,11 @@
 //!   variants of one URL stored side by side. Stale entries with `ETag`/`Last-Modified` are
 //!   revalidated with a conditional request; a `304` refreshes the stored headers and freshness.
 //!   `stale-if-error` serves the stale entry on a 5xx or a transport error;
-//!   `stale-while-revalidate` serves it and refreshes once in the background. The request
+//!   `stale-while-revalidate` serves it and refreshes once in the background. No path serves
+//!   stale a response that says `must-revalidate` or `no-cache` (nor, in a shared cache,
+//!   `proxy-revalidate` or `s-maxage`). A `304` whose `Vary` differs from the stored
+//!   response's re-keys the entry under the new `Vary`; one that names another `ETag` is not
+//!   applied (the resource is fetched again, unconditionally). The request
 //!   directives `no-cache`, `no-store`, `max-age`, `max-stale`, `min-fresh` and `only-if-cached`
 //!   (a `504` on a miss) are honoured. Served entries carry an `Age` header.
 //! * **Forced TTLs**: [`CacheLayer::default_ttl`] and [`CacheLayer::resource_ttl`] give a fixed

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_cache_semantics::{CacheOptions, CachePolicy};
+use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
 use tower::{Service, ServiceExt};
 
 use crate::body::ReplayableBody;
@@ -114,16 +114,20 @@ impl Head {
     }
 }
 
-/// The request's own `Cache-Control` directives.
+/// The request directives `http-cache-semantics` does not evaluate for us: its
+/// [`CachePolicy::before_request`] decides whether a stored response satisfies `no-cache`,
+/// `max-age`, `min-fresh` and `max-stale` (see [`request_accepts`]), but it has no answer for
+/// these.
 #[derive(Debug, Default)]
 struct RequestDirectives {
+    /// RFC 9111 section 5.2.1.4 (and Pragma, section 5.4): kept to refuse a
+    /// stale-while-revalidate answer, which `before_request`'s "stale" does not tell apart.
     no_cache: bool,
+    /// Section 5.2.1.5: the cache neither reads nor writes (the crate only refuses to store).
     no_store: bool,
+    /// Section 5.2.1.7: the crate leaves the `504` to the cache.
     only_if_cached: bool,
-    max_age: Option<u64>,
-    /// `Some(None)`: any staleness.
-    max_stale: Option<Option<u64>>,
-    min_fresh: Option<u64>,
+    /// RFC 5861 section 4: unknown to the crate.
     stale_if_error: Option<u64>,
 }
 
@@ -169,20 +173,158 @@ impl RequestDirectives {
             return d;
         }
         for (name, value) in directives(headers) {
-            let secs = value.as_deref().and_then(saturating::delta_seconds);
             match name.as_str() {
                 "no-cache" => d.no_cache = true,
                 "no-store" => d.no_store = true,
                 "only-if-cached" => d.only_if_cached = true,
-                "max-age" => d.max_age = secs,
-                "max-stale" => d.max_stale = Some(secs),
-                "min-fresh" => d.min_fresh = secs,
-                "stale-if-error" => d.stale_if_error = secs,
+                "stale-if-error" => {
+                    d.stale_if_error = value.as_deref().and_then(saturating::delta_seconds);
+                }
                 _ => {}
             }
         }
         d
     }
+}
+
+/// Whether the stored response lets a stale copy of it be served at all (RFC 9111 section
+/// 4.2.4): not when it says `must-revalidate` (section 5.2.2.2) or `no-cache` (section 5.2.2.4:
+/// only after a successful revalidation), nor, in a shared cache, `proxy-revalidate` (section
+/// 5.2.2.8) or `s-maxage` (section 5.2.2.10, which implies it). This holds for every stale path:
+/// `max-stale`, stale-if-error, stale-while-revalidate, [`CacheMode::ForceCache`] and
+/// [`CacheMode::OnlyIfCached`], forced TTLs and [`CacheLayer::stale_if_error`].
+fn may_serve_stale(headers: &HeaderMap, shared: bool) -> bool {
+    let mut ok = true;
+    for (name, _) in directives(headers) {
+        match name.as_str() {
+            "must-revalidate" | "no-cache" => ok = false,
+            "proxy-revalidate" | "s-maxage" if shared => ok = false,
+            _ => {}
+        }
+    }
+    ok
+}
+
+/// Drops `max-stale=VALUE` members whose value is not delta-seconds (`-1`, `1.5`, `"`) from the
+/// request's `Cache-Control`: the crate reads them as a bare `max-stale`, "any staleness", so a
+/// garbage value would widen what is served stale; RFC 9111 section 5.2.1.2 gives a value
+/// meaning only as delta-seconds, and a cache may always refuse a stale response.
+fn drop_invalid_max_stale(headers: &mut HeaderMap) {
+    let invalid = |part: &str| {
+        let mut kv = part.splitn(2, '=');
+        let name = kv.next().unwrap_or_default().trim();
+        name.eq_ignore_ascii_case("max-stale")
+            && kv
+                .next()
+                .is_some_and(|value| saturating::delta_seconds(value).is_none())
+    };
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .cloned()
+        .collect();
+    if !values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(invalid))
+    {
+        return;
+    }
+    headers.remove(header::CACHE_CONTROL);
+    for value in values {
+        let kept = match value.to_str() {
+            Ok(text) => text
+                .split(',')
+                .filter(|part| !invalid(part))
+                .collect::<Vec<_>>()
+                .join(","),
+            Err(_) => {
+                headers.append(header::CACHE_CONTROL, value);
+                continue;
+            }
+        };
+        if let Ok(kept) = HeaderValue::from_str(&kept) {
+            headers.append(header::CACHE_CONTROL, kept);
+        }
+    }
+}
+
+/// Whether the request's own directives (`no-cache`, `max-age`, `min-fresh`, `max-stale`, and
+/// `Pragma: no-cache`) let it be answered with `entry` without going upstream, fresh or (with
+/// `max-stale`, when `stale_ok`) stale, as `http-cache-semantics` evaluates them
+/// ([`CachePolicy::before_request`], RFC 9111 section 4 and 5.2.1).
+///
+/// The entry's freshness is the cache's, not the crate's (forced and sliding TTLs, heuristics),
+/// so the crate sees a policy made from it: `max-age` equal to the entry's lifetime in whole
+/// seconds, rounded up, received that long before the entry turns stale, and `must-revalidate`
+/// when stale use is forbidden. Its stale instant is then exactly the entry's; its age is at
+/// most a second above the entry's (a request `max-age` errs on the side of going upstream).
+///
+/// Where the crate falls short, the request is prepared first:
+/// * directive names in lower case and delta-seconds clamped to 2^31 (RFC 9111 sections 5.2
+///   and 1.2.2; the crate is case-sensitive and reads a too-large `min-fresh` as absent);
+/// * `Pragma` dropped when `Cache-Control` is present (section 5.4; the crate honours
+///   `Pragma: no-cache` always);
+/// * a `max-stale` with an invalid value dropped ([`drop_invalid_max_stale`]);
+/// * `Authorization` dropped (the crate would call the policy unstorable, so stale, in a
+///   shared cache; the key already holds the credentials, and storing was decided when the
+///   entry was written).
+///
+/// The crate serves `max-stale=N` only while the staleness is below N seconds, not at N
+/// exactly (section 5.2.1.1 allows N); the cache may always refuse a stale response, so this is
+/// kept.
+fn request_accepts<B>(
+    request: &Request<B>,
+    entry: &CacheEntry,
+    stale_ok: bool,
+    shared: bool,
+    now: SystemTime,
+) -> bool {
+    let headers = request.headers();
+    // Without request directives the answer is the entry's freshness: no policy on a plain hit.
+    if !headers.contains_key(header::CACHE_CONTROL) && !headers.contains_key(header::PRAGMA) {
+        return entry.is_fresh(now);
+    }
+    let lifetime = entry
+        .fresh_until
+        .duration_since(entry.stored_at)
+        .unwrap_or_default()
+        .saturating_add(entry.age_at_store);
+    let secs = lifetime
+        .as_secs()
+        .saturating_add(u64::from(lifetime.subsec_nanos() > 0));
+    let received = entry
+        .fresh_until
+        .checked_sub(Duration::from_secs(secs))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let mut cache_control = format!("max-age={secs}");
+    if !stale_ok {
+        cache_control.push_str(", must-revalidate");
+    }
+    let (mut stored, ()) = Response::new(()).into_parts();
+    if let Ok(value) = HeaderValue::from_str(&cache_control) {
+        stored.headers.insert(header::CACHE_CONTROL, value);
+    }
+    let mut presented = Head {
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        headers: saturating::for_policy(headers).into_owned(),
+    }
+    .parts();
+    presented.headers.remove(header::AUTHORIZATION);
+    if presented.headers.contains_key(header::CACHE_CONTROL) {
+        presented.headers.remove(header::PRAGMA);
+        drop_invalid_max_stale(&mut presented.headers);
+    }
+    let options = CacheOptions {
+        shared,
+        ..CacheOptions::default()
+    };
+    let policy = CachePolicy::new_options(&presented, &stored, received, options);
+    matches!(
+        policy.before_request(&presented, now),
+        BeforeRequest::Fresh(_)
+    )
 }
 
 /// Request headers that make the cache step aside: the caller revalidates or asks for a range
@@ -551,43 +693,41 @@ impl Job {
 
         if let Some(entry) = &found.entry {
             let fresh = entry.is_fresh(now);
+            let stale_ok = may_serve_stale(&entry.headers, self.config.shared);
             if matches!(mode, CacheMode::ForceCache | CacheMode::OnlyIfCached) {
-                let status = if fresh {
-                    CacheStatus::Hit
-                } else {
-                    CacheStatus::Stale
-                };
-                return Ok(self.serve(entry, now, status));
-            }
-            let revalidate = mode == CacheMode::NoCache || directives.no_cache;
-            let age = entry.age(now).as_secs();
-            let satisfies = directives.max_age.is_none_or(|max| age <= max)
-                && directives
-                    .min_fresh
-                    .is_none_or(|min| entry.time_to_live(now).as_secs() >= min);
-            if !revalidate && satisfies && fresh {
-                if let Some(window) = entry.sliding {
-                    self.slide(&found.key, entry, now, window).await;
+                if fresh {
+                    return Ok(self.serve(entry, now, CacheStatus::Hit));
                 }
-                return Ok(self.serve(entry, now, CacheStatus::Hit));
-            }
-            if !revalidate && !fresh && !has_directive(&entry.headers, "must-revalidate") {
-                let staleness = entry.staleness(now).as_secs();
-                let max_stale_ok = match directives.max_stale {
-                    Some(None) => true,
-                    Some(Some(max)) => staleness <= max,
-                    None => false,
-                };
-                if max_stale_ok && directives.max_age.is_none_or(|max| age <= max) {
+                // RFC 9111 section 4.2.4: even "however stale" stops where the stored response
+                // forbids stale use; `ForceCache` then revalidates, `OnlyIfCached` answers 504
+                // (section 5.2.2.2: a disconnected cache generates an error instead).
+                if stale_ok {
                     return Ok(self.serve(entry, now, CacheStatus::Stale));
                 }
-                if directive_secs(&entry.headers, "stale-while-revalidate")
-                    .is_some_and(|swr| staleness <= swr)
-                    && !self.refresh_failed(&found.key)
-                {
-                    self.refresh_in_background(inner, &request, &found, ttl);
-                    return Ok(self.serve(entry, now, CacheStatus::Stale));
+            }
+            if mode != CacheMode::NoCache
+                && request_accepts(&request, entry, stale_ok, self.config.shared, now)
+            {
+                if fresh {
+                    if let Some(window) = entry.sliding {
+                        self.slide(&found.key, entry, now, window).await;
+                    }
+                    return Ok(self.serve(entry, now, CacheStatus::Hit));
                 }
+                return Ok(self.serve(entry, now, CacheStatus::Stale));
+            }
+            // RFC 5861 section 3, limited by RFC 9111 section 5.2.1.4: a request that says
+            // `no-cache` wants a validated response, which a stale-while-revalidate answer is not.
+            if !fresh
+                && stale_ok
+                && mode != CacheMode::NoCache
+                && !directives.no_cache
+                && directive_secs(&entry.headers, "stale-while-revalidate")
+                    .is_some_and(|swr| entry.staleness(now).as_secs() <= swr)
+                && !self.refresh_failed(&found.key)
+            {
+                self.refresh_in_background(inner, &request, &found, ttl);
+                return Ok(self.serve(entry, now, CacheStatus::Stale));
             }
         }
         if only_if_cached {
@@ -633,7 +773,9 @@ impl Job {
         Ok(self.finish(response, CacheStatus::Bypass))
     }
 
-    /// Goes upstream, conditionally when the stored entry can be revalidated.
+    /// Goes upstream, conditionally when the stored entry can be revalidated; again without
+    /// validators when the `304` does not describe the stored response (RFC 9111 section
+    /// 4.3.4: it then MUST NOT update it, and the caller, who sent no condition, needs a body).
     async fn fetch<S, B>(
         &self,
         inner: S,
@@ -644,19 +786,42 @@ impl Job {
         directives: RequestDirectives,
     ) -> Result<Response<reqwest::Body>, BoxError>
     where
-        S: Service<Request<B>, Response = Response<reqwest::Body>>,
+        S: Service<Request<B>, Response = Response<reqwest::Body>> + Clone,
         S::Error: Into<BoxError>,
+        B: ReplayableBody + From<Bytes>,
     {
         let head = Head {
             method: request.method().clone(),
             uri: request.uri().clone(),
             headers: request.headers().clone(),
         };
-        let entry = found.entry.clone();
+        let mut entry = found.entry.clone();
+        let mut retry = None;
         if let Some(entry) = &entry {
+            if has_validator(&entry.headers) {
+                retry = Some((inner.clone(), replay(&request)));
+            }
             add_validators(request.headers_mut(), &entry.headers);
         }
-        let outcome = inner.oneshot(request).await.map_err(Into::into);
+        let mut outcome = inner.oneshot(request).await.map_err(Into::into);
+        let unselected = match (&entry, &outcome) {
+            (Some(entry), Ok(response)) => {
+                response.status() == StatusCode::NOT_MODIFIED
+                    && !selects(&entry.headers, response.headers())
+            }
+            _ => false,
+        };
+        if let (true, Some((inner, request))) = (unselected, retry) {
+            tracing::debug!(
+                url = url_of(&found.key),
+                "the 304 names another entity-tag than the stored response; fetching it whole"
+            );
+            if let Err(error) = self.state.store.delete(&found.key).await {
+                self.store_failed("delete", &error);
+            }
+            entry = None;
+            outcome = inner.oneshot(request).await.map_err(Into::into);
+        }
         let upstream = Upstream {
             head,
             base: found.base,
@@ -760,14 +925,7 @@ impl Job {
                 return;
             }
         }
-        let body = B::from(Bytes::copy_from_slice(
-            request.body().replayable_bytes().unwrap_or_default(),
-        ));
-        let mut copy = Request::new(body);
-        *copy.method_mut() = request.method().clone();
-        *copy.uri_mut() = request.uri().clone();
-        *copy.headers_mut() = request.headers().clone();
-        *copy.extensions_mut() = request.extensions().clone();
+        let mut copy = replay(request);
         let head = Head {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -843,10 +1001,36 @@ impl Job {
         };
         let status = response.status();
         if let Some(entry) = &upstream.entry {
-            if status == StatusCode::NOT_MODIFIED && has_validator(&entry.headers) {
-                let refreshed = self.revalidated(&upstream, entry, response.headers(), now);
+            if status == StatusCode::NOT_MODIFIED
+                && has_validator(&entry.headers)
+                && !selects(&entry.headers, response.headers())
+            {
+                // Section 4.3.4: not applied. Only a background refresh gets here (`fetch`
+                // resends the request); the entry it could not refresh is dropped.
+                if let Err(error) = self.state.store.delete(&upstream.key).await {
+                    self.store_failed("delete", &error);
+                }
+            } else if status == StatusCode::NOT_MODIFIED && has_validator(&entry.headers) {
+                let (refreshed, vary) = self.revalidated(&upstream, entry, response.headers(), now);
                 let served = self.serve(&refreshed, now, CacheStatus::Revalidated);
-                if upstream.store_ok && self.shareable(&refreshed.headers) {
+                // RFC 9111 section 4.3.4: a `304` whose `Vary` differs from the stored
+                // response's is not applied to the old variant. The server validated the body
+                // for *this* request, so it is served and stored again under the new `Vary`
+                // (keyed by this request's headers); the old variant is dropped. With
+                // `Vary: *` nothing is stored.
+                if vary.as_ref() != Some(&entry.vary) {
+                    let mut stale_keys = vec![&upstream.key];
+                    if vary.is_none() {
+                        stale_keys.push(&upstream.base);
+                    }
+                    stale_keys.dedup();
+                    for key in stale_keys {
+                        if let Err(error) = self.state.store.delete(key).await {
+                            self.store_failed("delete", &error);
+                        }
+                    }
+                }
+                if vary.is_some() && upstream.store_ok && self.shareable(&refreshed.headers) {
                     self.put(&upstream, Arc::new(refreshed)).await;
                 }
                 return Ok(served);
@@ -911,6 +1095,9 @@ impl Job {
         directives: &RequestDirectives,
         now: SystemTime,
     ) -> bool {
+        if !may_serve_stale(&entry.headers, self.config.shared) {
+            return false;
+        }
         let staleness = entry.staleness(now).as_secs();
         let window = directive_secs(&entry.headers, "stale-if-error")
             .into_iter()
@@ -1075,14 +1262,20 @@ impl Job {
         CachePolicy::new_options(&head.parts(), &response, now, options)
     }
 
-    /// The stored entry with the headers of a `304` and a new lifetime.
+    /// The stored entry with the headers of a `304` and a new lifetime, and the `Vary` names of
+    /// the merged headers (`None` for `Vary: *`).
+    ///
+    /// The headers are merged by hand (RFC 9111 section 4.3.4: every field the `304` carries
+    /// replaces all instances of it in the stored response, and fields new in the `304` are
+    /// added): `CachePolicy::after_response` keeps only the first value of a repeated field and
+    /// drops fields the stored response did not have (a new `Vary` among them).
     fn revalidated(
         &self,
         upstream: &Upstream,
         entry: &CacheEntry,
         not_modified: &HeaderMap,
         now: SystemTime,
-    ) -> CacheEntry {
+    ) -> (CacheEntry, Option<Vec<HeaderName>>) {
         let mut headers = entry.headers.clone();
         for name in not_modified.keys() {
             if NOT_UPDATED_BY_304.contains(name) {
@@ -1096,6 +1289,8 @@ impl Job {
         let mut refreshed =
             CacheEntry::new(entry.url.clone(), entry.status, entry.body.clone(), now);
         refreshed.version = entry.version;
+        let vary_now = vary_names(&headers);
+        let vary = vary_now.clone().unwrap_or_default();
         let lifetime = match upstream
             .ttl
             .filter(|t| !t.is_no_store() && self.config.statuses.contains(&entry.status))
@@ -1104,7 +1299,7 @@ impl Job {
                 fresh: ttl.ttl(),
                 age: Duration::ZERO,
                 sliding: ttl.is_sliding().then_some(ttl.ttl()),
-                vary: entry.vary.clone(),
+                vary,
             },
             None => {
                 let (fresh, age) = self
@@ -1120,13 +1315,13 @@ impl Job {
                     fresh,
                     age,
                     sliding: None,
-                    vary: entry.vary.clone(),
+                    vary,
                 }
             }
         };
         refreshed.headers = headers;
         lifetime.apply(&mut refreshed, &self.config);
-        refreshed
+        (refreshed, vary_now)
     }
 
     /// Stores `entry` under the request's key, or under its `Vary` variant with an index at the
@@ -1182,6 +1377,8 @@ impl Lifetime {
         entry.sliding = self.sliding;
         entry.vary = self.vary;
         let h = &entry.headers;
+        // A response that may never be served stale is kept past its freshness only to be
+        // revalidated.
         let mut keep = [
             directive_secs(h, "stale-if-error"),
             directive_secs(h, "stale-while-revalidate"),
@@ -1190,12 +1387,49 @@ impl Lifetime {
         .into_iter()
         .flatten()
         .max()
+        .filter(|_| may_serve_stale(h, config.shared))
         .map_or(Duration::ZERO, Duration::from_secs);
         if has_validator(h) {
             keep = keep.max(config.keep_stale);
         }
         entry.expires_at = saturating::add(entry.fresh_until, keep);
     }
+}
+
+/// A copy of `request` to send again (its body is replayable: requests with streaming bodies
+/// have no key and never get here).
+fn replay<B: ReplayableBody + From<Bytes>>(request: &Request<B>) -> Request<B> {
+    let body = B::from(Bytes::copy_from_slice(
+        request.body().replayable_bytes().unwrap_or_default(),
+    ));
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
+}
+
+/// Whether a `304` describes the stored response (RFC 9111 section 4.3.4): one that carries an
+/// `ETag` selects it only when the stored response has the same entity-tag, compared weakly
+/// (the cache sent it in `If-None-Match`, where weak comparison applies, RFC 9110 section
+/// 13.1.2). One without an `ETag` is taken as answering the validators the cache sent: RFC 9110
+/// section 15.4.5 requires the `ETag` in a `304`, but servers that omit it (or answer
+/// `If-Modified-Since` without repeating `Last-Modified`) are common, and
+/// `CachePolicy::after_response`, which refuses those, would turn every such revalidation into
+/// a full download.
+fn selects(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let Some(new) = not_modified.get(header::ETAG) else {
+        return true;
+    };
+    let opaque = |value: &HeaderValue| {
+        let tag = value.as_bytes().trim_ascii();
+        tag.strip_prefix(b"W/").unwrap_or(tag).to_vec()
+    };
+    stored
+        .get(header::ETAG)
+        .is_some_and(|old| opaque(old) == opaque(new))
 }
 
 /// Adds `If-None-Match` / `If-Modified-Since` from the stored response.

@@ -263,3 +263,114 @@ async fn the_caching_proxy_refuses_paths_that_leave_the_upstream_base_path() {
         upstream.seen()
     );
 }
+
+/// Issue 13 item 8: `--shared` applies shared-cache rules (a `private` response is not stored,
+/// `s-maxage` counts), `--stale-if-error` serves a stale entry when the upstream fails, and
+/// `--heuristic 0` turns heuristic freshness off.
+#[tokio::test]
+async fn the_caching_proxy_flags_shared_stale_if_error_and_heuristic() {
+    let upstream = TestServer::with_router(|log| {
+        let (l1, l2, l3, l4) = (log.clone(), log.clone(), log.clone(), log);
+        let route = move |log: std::sync::Arc<crate::support::server::Log>,
+                          reply: fn(u64) -> Response| {
+            axum::routing::get(move |request: axum::extract::Request| async move {
+                reply(log.record(&request))
+            })
+        };
+        Router::new()
+            .route(
+                "/private",
+                route(l1, |n| {
+                    Response::builder()
+                        .header("cache-control", "private, max-age=60")
+                        .body(Body::from(format!("private {n}")))
+                        .unwrap()
+                }),
+            )
+            .route(
+                "/s-maxage",
+                route(l2, |n| {
+                    Response::builder()
+                        .header("cache-control", "max-age=0, s-maxage=60")
+                        .body(Body::from(format!("s-maxage {n}")))
+                        .unwrap()
+                }),
+            )
+            .route(
+                "/flaky",
+                route(l3, |n| {
+                    let builder = Response::builder();
+                    if n == 1 {
+                        builder
+                            .header("cache-control", "max-age=1")
+                            .body(Body::from("good"))
+                    } else {
+                        builder.status(500).body(Body::from("broken"))
+                    }
+                    .unwrap()
+                }),
+            )
+            .route(
+                "/last-modified",
+                route(l4, |n| {
+                    // Unchanged for ten days: fresh for a day by the default heuristic.
+                    let modified = std::time::SystemTime::now()
+                        - std::time::Duration::from_secs(10 * 24 * 3600);
+                    Response::builder()
+                        .header("last-modified", httpdate::fmt_http_date(modified))
+                        .body(Body::from(format!("last-modified {n}")))
+                        .unwrap()
+                }),
+            )
+    })
+    .await;
+    let start = |extra: &'static [&'static str]| {
+        let url = upstream.url("");
+        tokio::task::spawn_blocking(move || start_proxy_with(&url, extra))
+    };
+    let shared = start(&["--shared", "--stale-if-error", "600", "--heuristic", "0"])
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("http://{}{path}", shared.addr)).send();
+
+    for path in ["/private", "/s-maxage"] {
+        get(path).await.unwrap();
+    }
+    let private = get("/private").await.unwrap();
+    assert_eq!(private.headers()["x-cache"], "MISS");
+    assert_eq!(private.text().await.unwrap(), "private 2");
+    let s_maxage = get("/s-maxage").await.unwrap();
+    assert_eq!(s_maxage.headers()["x-cache"], "HIT");
+    assert_eq!(s_maxage.text().await.unwrap(), "s-maxage 1");
+
+    assert_eq!(get("/flaky").await.unwrap().headers()["x-cache"], "MISS");
+    // The proxy runs on the real clock: let `max-age=1` run out.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let stale = get("/flaky").await.unwrap();
+    assert_eq!(stale.status(), 200);
+    assert_eq!(stale.headers()["x-cache"], "STALE");
+    assert_eq!(stale.text().await.unwrap(), "good");
+    assert_eq!(upstream.hits_on("/flaky"), 2);
+    for _ in 0..2 {
+        let guessed = get("/last-modified").await.unwrap();
+        assert_eq!(guessed.headers()["x-cache"], "MISS");
+    }
+    drop(shared);
+
+    // Without the flags: private rules (the `private` response is stored, `s-maxage` does not
+    // count) and the upstream's 500 comes through.
+    let private = start(&[]).await.unwrap();
+    let get = |path: &str| client.get(format!("http://{}{path}", private.addr)).send();
+    for path in ["/private", "/s-maxage", "/flaky", "/last-modified"] {
+        get(path).await.unwrap();
+    }
+    let guessed = get("/last-modified").await.unwrap();
+    assert_eq!(guessed.headers()["x-cache"], "HIT");
+    assert_eq!(guessed.text().await.unwrap(), "last-modified 3");
+    assert_eq!(get("/private").await.unwrap().headers()["x-cache"], "HIT");
+    assert_eq!(get("/s-maxage").await.unwrap().headers()["x-cache"], "MISS");
+    let error = get("/flaky").await.unwrap();
+    assert_eq!(error.status(), 500);
+    assert_eq!(error.headers()["x-cache"], "MISS");
+}

@@ -371,8 +371,11 @@ macro_rules! rfc9111_mode {
 
 // One file per RFC section (see the module docs). The macros above are in scope in them
 // (textually: declare the files below this line; no `use` needed).
+mod freshening;
 mod harness;
 mod heuristic;
 mod invalidation;
 mod parsing;
+mod request;
+mod stale;
 mod storing;
