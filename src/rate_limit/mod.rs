@@ -85,7 +85,7 @@ pub mod store;
 pub use adaptive::{Activity, AdaptiveConfig, Split, Trend, allocate};
 pub use clock::{Clock, SystemClock, Timestamp, TokioClock};
 pub use error::{OnStoreError, RateLimitConfigError, RateLimitStoreFailed, RateLimited};
-pub use layer::{MaxWait, RateLimitLayer, RateLimitReport};
+pub use layer::{Accounting, MaxWait, RateLimitLayer, RateLimitReport};
 pub use limit::{Limit, Limits};
 pub use pacing::{Pacing, PacingKey};
 pub use service::RateLimit;
@@ -95,6 +95,6 @@ pub use store::redis::{RedisClock, RedisRateLimitStore};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteRateLimitStore;
 pub use store::{
-    AdmissionRequest, Decision, LimitStatus, RateLimitStats, RateLimitStatus, RateLimitStore,
-    Refusal, ResourceStats, ServerFeedback,
+    AdmissionRequest, Decision, InFlight, LimitStatus, RateLimitStats, RateLimitStatus,
+    RateLimitStore, Refusal, ResourceStats, ServerFeedback,
 };

@@ -217,7 +217,7 @@ async fn handles_with_clocks_an_hour_apart_share_one_window() {
             SystemClock.now() + skew,
         );
         let store = store.clone();
-        async move { (request.now, store.acquire(request).await.unwrap()) }
+        async move { (request.clock.now(), store.acquire(request).await.unwrap()) }
     };
     for i in 0..5 {
         let (_, decision) = if i % 2 == 0 {
@@ -467,15 +467,15 @@ async fn the_first_decision_after_a_restart_succeeds() {
             SystemClock.now(),
         )
     };
-    assert_eq!(
+    assert!(matches!(
         rate_limits.acquire(request()).await.unwrap(),
-        Decision::Admitted { remaining: 9 }
-    );
+        Decision::Admitted { remaining: 9, .. }
+    ));
     redis.restart();
-    assert_eq!(
+    assert!(matches!(
         rate_limits.acquire(request()).await.unwrap(),
-        Decision::Admitted { remaining: 9 }
-    );
+        Decision::Admitted { remaining: 9, .. }
+    ));
 }
 
 /// Redis that accepts connections but does not answer (paused with SIGSTOP): the decision fails

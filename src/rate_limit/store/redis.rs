@@ -41,7 +41,7 @@
 //!
 //! Admissions are stamped with the Redis server's clock (`TIME`, read inside the script), so
 //! machines whose clocks disagree still count on one time line. The `retry_at` of a refusal is
-//! mapped back to the caller's clock (`request.now + (retry_at − server now)`), so the layer
+//! mapped back to the caller's clock (`caller now + (retry_at − server now)`, the caller's now read just before the script is sent), so the layer
 //! waits the right time whatever its own clock says; feedback (`Retry-After`, a budget's reset)
 //! is mapped the other way, as a delay from the caller's `now`. [`RedisClock::Caller`] stamps
 //! with the caller's clock instead (for tests with injected or paused time). Scripts that read
@@ -100,8 +100,8 @@ use async_trait::async_trait;
 use redis::{ErrorKind, Script, Value};
 
 use super::{
-    AdmissionLog, AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore,
-    Refusal, ResourceStats, ServerFeedback, ServerState, retention, status_of,
+    AdmissionLog, AdmissionRequest, Decision, InFlight, RateLimitStats, RateLimitStatus,
+    RateLimitStore, Refusal, ResourceStats, ServerFeedback, ServerState, retention, status_of,
 };
 use crate::context::Priority;
 use crate::rate_limit::adaptive::{
@@ -415,7 +415,7 @@ pub enum RedisClock {
     /// says (default).
     #[default]
     Server,
-    /// The time the caller passes ([`AdmissionRequest::now`], the layer's
+    /// The time the caller passes ([`AdmissionRequest::clock`] read just before the script is sent, the layer's
     /// [`Clock`](crate::rate_limit::Clock)): for tests with injected or paused time, or machines
     /// whose clocks are synchronised. Machines whose clocks disagree miscount, and keys live an
     /// hour longer than their windows need (Redis expires them by its own clock).
@@ -484,7 +484,7 @@ const UNKNOWN: i64 = i64::MIN;
 ///     Arc::new(AdaptiveConfig::default()),
 ///     Timestamp::from_system_time(std::time::SystemTime::now()),
 /// );
-/// assert!(matches!(store.acquire(request.clone()).await?, Decision::Admitted { remaining: 0 }));
+/// assert!(matches!(store.acquire(request.clone()).await?, Decision::Admitted { remaining: 0, .. }));
 /// assert!(matches!(store.acquire(request).await?, Decision::Refused { .. }));
 /// # Ok(())
 /// # }
@@ -740,6 +740,9 @@ impl RedisRateLimitStore {
     }
 
     async fn decide(&self, request: &AdmissionRequest) -> Result<Decision, RedisError> {
+        // Read right before the script is built and sent (with `RedisClock::Server` the script
+        // stamps with the server's `TIME` instead).
+        let caller_now = request.clock.now();
         let keys = self.keys(&request.resource);
         let user = request.priority == Priority::User;
         let mut invocation = ACQUIRE.prepare_invoke();
@@ -761,7 +764,7 @@ impl RedisRateLimitStore {
             .saturating_add(self.slack())
             .min(MAX_MS);
         invocation
-            .arg(self.now_arg(request.now))
+            .arg(self.now_arg(caller_now))
             .arg(member)
             .arg(if user { "u" } else { "b" })
             .arg(ms(retention(&request.limits)))
@@ -774,7 +777,7 @@ impl RedisRateLimitStore {
             None
         } else {
             Some(
-                self.activity(&request.resource, &keys, config, request.now)
+                self.activity(&request.resource, &keys, config, caller_now)
                     .await?,
             )
         };
@@ -793,12 +796,18 @@ impl RedisRateLimitStore {
         }
         let reply: Vec<Value> = self.redis.script("rate-limit acquire", invocation).await?;
         let (now, answer) = decode_acquire(&reply)?;
-        self.observe_offset(now, request.now);
+        self.observe_offset(now, caller_now);
         Ok(match answer {
-            Answer::Admitted { remaining } => Decision::Admitted { remaining },
+            // TEMPORARY (first step of issue 11): stamped final at the decision, never in
+            // flight, until the Redis store records in-flight admissions.
+            Answer::Admitted { remaining } => Decision::Admitted {
+                remaining,
+                at: caller_now,
+                in_flight: None,
+            },
             Answer::Refused { retry_at, reason } => Decision::Refused {
                 // The same delay from the caller's now.
-                retry_at: request.now + Duration::from_millis(retry_at.saturating_sub(now)),
+                retry_at: caller_now + Duration::from_millis(retry_at.saturating_sub(now)),
                 reason,
             },
         })
@@ -824,6 +833,11 @@ impl RateLimitStore for RedisRateLimitStore {
             }
         });
         Ok(decision)
+    }
+
+    async fn settle(&self, _admission: &InFlight, _at: Timestamp) -> Result<(), StoreError> {
+        // TEMPORARY (first step of issue 11): nothing is in flight (see `decide`).
+        Ok(())
     }
 
     async fn feedback(

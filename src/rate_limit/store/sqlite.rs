@@ -111,8 +111,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::{
-    AdmissionLog, AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore,
-    ResourceStats, ServerFeedback, ServerState, decide, retention, status_of,
+    AdmissionLog, AdmissionRequest, Decision, InFlight, RateLimitStats, RateLimitStatus,
+    RateLimitStore, ResourceStats, ServerFeedback, ServerState, decide, retention, status_of,
 };
 use crate::context::Priority;
 use crate::rate_limit::adaptive::{Activity, AdaptiveConfig, WindowUsage, activity_from_buckets};
@@ -739,9 +739,9 @@ impl Inner {
                         let entry = stats.entry(request.resource.clone()).or_default();
                         match (decision, request.priority) {
                             (Decision::Refused { .. }, _) => entry.refused += 1,
-                            (_, Priority::User) => {
+                            (Decision::Admitted { at, .. }, Priority::User) => {
                                 entry.admitted_user += 1;
-                                let now = request.now.as_millis();
+                                let now = at.as_millis();
                                 *pending
                                     .users
                                     .entry((request.resource.clone(), now / 1000))
@@ -887,7 +887,9 @@ impl Inner {
             if !decisions.is_empty() && begun.elapsed() >= self.budget {
                 break;
             }
-            let now = request.now.as_millis();
+            // The time of the decision, read inside the transaction.
+            let stamp = request.clock.now();
+            let now = stamp.as_millis();
             let resource = request.resource.as_str();
             #[cfg(test)]
             if resource == copy_tests::PANIC {
@@ -913,7 +915,7 @@ impl Inner {
                 window,
                 table: SqlLog { conn: tx, resource },
             };
-            let decision = decide(&mut log, request, &activity, &row.server)?;
+            let decision = decide(&mut log, request, stamp, &activity, &row.server)?;
             if let Decision::Admitted { .. } = decision {
                 let background = request.priority == Priority::Background;
                 // Stamps past SQLite's integers (absurd clocks) are stored as its largest.
@@ -943,7 +945,7 @@ impl Inner {
     /// Queues pruning of the rows that no window in use (in any process) needs any more, at
     /// most once every `PRUNE_EVERY_MS` per resource (coalesced in the write-behind queue).
     fn schedule_pruning(&self, sqlite: &SqliteStore, request: &AdmissionRequest) {
-        let now = request.now.as_millis();
+        let now = request.clock.now().as_millis();
         let window = u64::try_from(retention(&request.limits).as_millis()).unwrap_or(u64::MAX);
         let keep = {
             let mut pruning = lock(&self.pruning);
@@ -1062,6 +1064,11 @@ impl RateLimitStore for SqliteRateLimitStore {
                 "the rate-limit decision was lost (the store closed or failed); retry the request",
             )),
         }
+    }
+
+    async fn settle(&self, _admission: &InFlight, _at: Timestamp) -> Result<(), StoreError> {
+        // TEMPORARY (first step of issue 11): admissions are stamped final at the decision.
+        Ok(())
     }
 
     async fn feedback(
@@ -1282,7 +1289,7 @@ mod tests {
         let remaining: Vec<u32> = decisions
             .into_iter()
             .map(|d| match d.unwrap() {
-                Decision::Admitted { remaining } => remaining,
+                Decision::Admitted { remaining, .. } => remaining,
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -1344,7 +1351,7 @@ mod copy_tests {
 
         async fn admit(&self, resource: &str, max: u32, now: u64) -> u32 {
             match self.ask(resource, max, now).await.unwrap() {
-                Decision::Admitted { remaining } => remaining,
+                Decision::Admitted { remaining, .. } => remaining,
                 other => panic!("refused at {now}: {other:?}"),
             }
         }
