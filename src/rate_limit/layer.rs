@@ -443,6 +443,13 @@ impl RateLimitLayer {
         }
     }
 
+    /// The time to re-stamp an admission settled now with: the clock's time rounded up to the
+    /// next millisecond (timestamps are whole milliseconds, read rounded down), so that the
+    /// stamp is never before the moment the response head arrived.
+    fn settle_time(&self) -> Timestamp {
+        self.config.clock.now() + Duration::from_millis(1)
+    }
+
     /// Re-stamps an in-flight admission at `at`; a failure is logged (the admission then holds
     /// its slot until its expiry).
     async fn settle_at(shared: &Shared, admission: &InFlight, at: Timestamp) {
@@ -544,7 +551,7 @@ impl SettleOnDrop {
     /// whoever reads the store next, see it settled.
     pub(crate) async fn finish(mut self) {
         if let Some(admission) = self.admission.take() {
-            let at = self.layer.config.clock.now();
+            let at = self.layer.settle_time();
             RateLimitLayer::settle_at(&self.layer.shared, &admission, at).await;
         }
     }
@@ -555,7 +562,7 @@ impl Drop for SettleOnDrop {
         let Some(admission) = self.admission.take() else {
             return;
         };
-        let at = self.layer.config.clock.now();
+        let at = self.layer.settle_time();
         let shared = self.layer.shared.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => drop(handle.spawn(async move {

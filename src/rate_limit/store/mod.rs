@@ -463,6 +463,11 @@ impl ServerState {
 
 const PAUSED_RETRY_MS: u64 = 1000;
 
+/// How far ahead of the clock a settled admission may be stamped: the layer rounds the time of
+/// a settlement up to the next millisecond. A stamp further ahead is an in-flight admission's
+/// expiry.
+pub(crate) const SETTLE_ROUNDING_MS: u64 = 1;
+
 /// The decision every backend makes at `now`, over its own log. Records nothing: the caller
 /// records the admission in the same atomic step when this returns `Admitted` (whose `at` is
 /// `now` and `in_flight` is `None`; the caller fills it in).
@@ -509,7 +514,7 @@ pub(crate) fn decide<L: AdmissionLog>(
             }
             Check::Full(k) => {
                 let mut oldest = log.kth_oldest(since, k)?.unwrap_or(now);
-                let reason = if oldest > now {
+                let reason = if oldest > now.saturating_add(SETTLE_ROUNDING_MS) {
                     // Stamped with its expiry: in flight (see `InFlight`). It will be
                     // re-stamped no earlier than now, so its slot frees one window from now at
                     // the earliest: the earliest time worth asking again (by then it has
@@ -619,8 +624,8 @@ pub(crate) fn status_of<L: AdmissionLog>(
     if limits.is_empty() {
         reasons.push("no limits configured".to_owned());
     }
-    // Stamped after now: in flight (see `InFlight`).
-    let in_flight = log.usage(now_ms)?.total;
+    // Stamped after now (and a settlement's rounding): in flight (see `InFlight`).
+    let in_flight = log.usage(now_ms.saturating_add(SETTLE_ROUNDING_MS))?.total;
     if in_flight > 0 {
         reasons.push(format!("{in_flight} in flight"));
     }
