@@ -39,8 +39,9 @@ enum Event {
     /// A request, stamped final at its decision (`None`) or in flight for at most this many ms.
     Request(Priority, Option<u64>),
     /// Settles the `n`-th (modulo their number) in-flight admission not settled yet, at this
-    /// many ms before now (a settlement may be written late; never before its decision).
-    Settle(usize, u64),
+    /// many ms before now (a settlement may be written late; never before its decision; −1: one
+    /// ms ahead, as the layer rounds a settlement's time up).
+    Settle(usize, i64),
     /// `Retry-After`: blocked for this many ms.
     Block(u64),
     /// `RateLimit-Remaining` with a reset this many ms away (often past the longest window).
@@ -49,7 +50,11 @@ enum Event {
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        8 => (any::<bool>(), prop::option::of(0u64..4000)).prop_map(|(bg, bound)| Event::Request(
+        8 => (
+            any::<bool>(),
+            prop::option::of(prop_oneof![3 => 0u64..4000, 1 => 0u64..3])
+        )
+            .prop_map(|(bg, bound)| Event::Request(
             if bg {
                 Priority::Background
             } else {
@@ -57,7 +62,10 @@ fn event() -> impl Strategy<Value = Event> {
             },
             bound
         )),
-        3 => (any::<usize>(), prop_oneof![3 => Just(0u64), 1 => 0u64..300])
+        3 => (
+            any::<usize>(),
+            prop_oneof![2 => Just(-1i64), 2 => Just(0), 1 => 0i64..300]
+        )
             .prop_map(|(n, back)| Event::Settle(n, back)),
         1 => (1u64..3000).prop_map(Event::Block),
         1 => (0u32..6, 1u64..8000).prop_map(|(left, reset)| Event::Budget(left, reset)),
@@ -80,7 +88,7 @@ async fn the_lua_decision_matches_the_rust_one() {
                 .prop_map(|(max, ms)| Limit::new(n(max), Duration::from_millis(ms))),
             1..4,
         ),
-        prop::collection::vec((0u64..400, event()), 1..80),
+        prop::collection::vec((prop_oneof![3 => 0u64..400, 1 => 0u64..2], event()), 1..80),
     );
     let handle = tokio::runtime::Handle::current();
     let adaptive = Arc::new(
@@ -185,7 +193,7 @@ async fn compare(
                 if mine.expires_at.as_millis() <= now - retention {
                     continue;
                 }
-                let when = at - Duration::from_millis(back);
+                let when = Timestamp::from_millis(now.saturating_add_signed(-back));
                 memory.settle(&mine, when).await.unwrap();
                 redis.settle(&theirs, when).await.unwrap();
             }
@@ -1315,4 +1323,83 @@ async fn a_decision_is_stamped_when_redis_makes_it() {
         decided >= resumed - Duration::from_millis(5) && decided <= at,
         "Redis decided at {decided:?}, resumed at {resumed:?}"
     );
+}
+
+/// A settlement is stamped up to a millisecond ahead of the clock (the layer rounds its time up,
+/// and so does the script with Redis's `TIME`): such a stamp is a settled admission, counted
+/// from then (a `Limit` refusal, exact retry time), not one in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_rounded_up_is_not_in_flight() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("rounding");
+    let redis = store(&url, &prefix, Duration::from_secs(2));
+    let caller = redis.rate_limits().clock(RedisClock::Caller);
+    let resource = Resource::new("rounding").unwrap();
+    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::from_secs(1))].into();
+    let t0 = 1_700_000_000_000u64;
+    let minute = Some(Duration::from_secs(60));
+    let admission = admitted_in_flight(
+        caller
+            .acquire(in_flight_request(&resource, &limits, t0, minute))
+            .await
+            .unwrap(),
+    );
+    let now = t0 + 500;
+    caller
+        .settle(&admission, Timestamp::from_millis(now + 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        caller
+            .acquire(in_flight_request(&resource, &limits, now, minute))
+            .await
+            .unwrap(),
+        Decision::Refused {
+            retry_at: Timestamp::from_millis(now + 1 + 1_001),
+            reason: Refusal::Limit,
+        }
+    );
+    let status = caller
+        .status(
+            &resource,
+            &limits,
+            &AdaptiveConfig::default(),
+            Timestamp::from_millis(now),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status.in_flight, status.limits[0].used), (0, 1));
+
+    // On Redis's clock, the settlement's stamp is never within the millisecond read before it
+    // was sent (rounded up, not down).
+    let server = redis.rate_limits();
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let limits: Arc<[Limit]> = vec![Limit::per_minute(n(1000))].into();
+    for _ in 0..20 {
+        let request = AdmissionRequest::new(
+            resource.clone(),
+            Priority::User,
+            limits.clone(),
+            Arc::new(AdaptiveConfig::default()),
+            SystemClock,
+        )
+        .in_flight(minute);
+        let admission = admitted_in_flight(server.acquire(request).await.unwrap());
+        let before = SystemClock.now();
+        server.settle(&admission, before).await.unwrap();
+        let score: u64 = ::redis::cmd("ZSCORE")
+            .arg(format!("{prefix}:rl:{{rounding}}:all"))
+            .arg(format!("s{}", admission.id))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            score > before.as_millis(),
+            "settled at {score}, read {before:?} before"
+        );
+    }
+    forget(&url, &prefix).await;
 }

@@ -174,6 +174,9 @@ macro_rules! prelude {
     () => {
         r#"
 local MAX_MS = 315360000000
+-- A settled admission may be stamped this far ahead of the clock (a settlement's time is rounded
+-- up to the next millisecond); a stamp further ahead is an in-flight admission's expiry.
+local SETTLE_ROUNDING_MS = 1
 -- ARGV[i] as a number in [low, high]; else the script fails before it writes anything (Redis
 -- does not roll a script back).
 local function num(i, low, high)
@@ -291,7 +294,7 @@ for i = 0, count - 1 do
       local kth = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. since, '+inf', 'WITHSCORES',
         'LIMIT', k - 1, 1)
       local oldest = tonumber(kth[2]) or now
-      if oldest > now then
+      if oldest > now + SETTLE_ROUNDING_MS then
         -- Stamped with its expiry: in flight. It settles no earlier than now, so its slot
         -- frees one window from now at the earliest.
         oldest, why = now, 'in_flight'
@@ -416,10 +419,11 @@ local used = -1
 if state[3] then
   used = redis.call('ZCOUNT', KEYS[1], '(' .. state[3], '+inf')
 end
--- In flight: stamped after now (with their expiry).
+-- In flight: stamped after now and a settlement's rounding (with their expiry).
+local live = '(' .. (now + SETTLE_ROUNDING_MS)
 local out = {{now, tonumber(state[1]) or 0, tonumber(state[2]) or -1, tonumber(state[3]) or -1,
-  tonumber(state[4]) or -1, used, redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf'),
-  redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')}}
+  tonumber(state[4]) or -1, used, redis.call('ZCOUNT', KEYS[1], live, '+inf'),
+  redis.call('ZCOUNT', KEYS[2], live, '+inf')}}
 for i = 1, windows do
   local since = math.max(now - tonumber(ARGV[2 + i]), 0)
   local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. since, '+inf', 'WITHSCORES',
@@ -481,6 +485,11 @@ local live = 'i' .. ARGV[2]
 local expiry = tonumber(redis.call('ZSCORE', KEYS[1], live))
 if not expiry then
   return 0
+end
+if ARGV[1] == '' then
+  -- `TIME` rounded up to the next millisecond, as the layer rounds its clock: never before the
+  -- response head arrived.
+  now = now + SETTLE_ROUNDING_MS
 end
 -- Never before the decision (a clock that stepped back), which is its expiry less its bound.
 local stamp = math.max(now, expiry - bound)
@@ -1092,9 +1101,10 @@ impl RateLimitStore for RedisRateLimitStore {
                 })
                 .collect(),
         };
-        // Stamped after now: in flight (what `status_of` reports as such).
+        // Stamped after now and a settlement's rounding: in flight (what `status_of` reports as
+        // such).
         log.windows.push((
-            now_ms,
+            now_ms.saturating_add(super::SETTLE_ROUNDING_MS),
             WindowUsage {
                 total: u32::try_from((*live).max(0)).unwrap_or(u32::MAX),
                 background: u32::try_from((*live_bg).max(0)).unwrap_or(u32::MAX),
@@ -1218,6 +1228,11 @@ mod tests {
     #[test]
     fn the_scripts_clamp_to_the_same_maximum_as_rust() {
         let lua = format!("local MAX_MS = {MAX_MS}\n");
+        assert!(prelude!().contains(&lua));
+        let lua = format!(
+            "local SETTLE_ROUNDING_MS = {}\n",
+            super::super::SETTLE_ROUNDING_MS
+        );
         assert!(prelude!().contains(&lua));
         assert_eq!(ms(Duration::MAX), MAX_MS);
         assert_eq!(capped(u64::MAX), MAX_MS);
