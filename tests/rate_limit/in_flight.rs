@@ -1,6 +1,7 @@
 //! Issue 11: admissions stamped when the store decides, held in flight until the response head
 //! arrives, settled when the response future is dropped, and let go at their bound when their
-//! process died. Memory and SQLite here (the suite's `in_flight_backends!`); Redis has its own.
+//! process died. Memory, SQLite and Redis here (the suite's `in_flight_backends!`); Redis has
+//! more of its own in `redis.rs`.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -33,6 +34,12 @@ macro_rules! in_flight_backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 run(Kind::Sqlite, stringify!($name), super::$name).await;
+            }
+
+            #[cfg(feature = "redis")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                run(Kind::Redis, stringify!($name), super::$name).await;
             }
         }
     )*};
@@ -324,7 +331,7 @@ async fn a_response_future_dropped_mid_flight_settles(backend: Backend) {
 
 /// Child entry: one request in flight (bound 3 s) to a server that answers after a minute; the
 /// parent kills this process meanwhile.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process entry point, started by an_in_flight_admission_of_a_killed_process_expires"]
 async fn child_in_flight() {
@@ -356,14 +363,26 @@ fn killed_layer(store: impl RateLimitStore) -> RateLimitLayer {
     .in_flight_timeout(KILLED_BOUND)
 }
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 mod an_in_flight_admission_of_a_killed_process_expires {
     use crate::backend::{Kind, run};
 
+    #[cfg(feature = "sqlite")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {
         run(
             Kind::Sqlite,
+            "an_in_flight_admission_of_a_killed_process_expires",
+            super::an_in_flight_admission_of_a_killed_process_expires,
+        )
+        .await;
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        run(
+            Kind::Redis,
             "an_in_flight_admission_of_a_killed_process_expires",
             super::an_in_flight_admission_of_a_killed_process_expires,
         )
@@ -374,7 +393,7 @@ mod an_in_flight_admission_of_a_killed_process_expires {
 /// A process killed (SIGKILL) while its request is in flight never settles it: its admission
 /// holds the slot until its bound (3 s here), then counts as if stamped then, and another
 /// process gets the slot one window later, not never.
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 async fn an_in_flight_admission_of_a_killed_process_expires(backend: Backend) {
     let server = TestServer::start().await;
     let mut env = backend.child_env();
