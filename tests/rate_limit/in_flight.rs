@@ -505,3 +505,74 @@ async fn a_sqlite_decision_is_stamped_after_waiting_for_the_turn() {
     );
     sqlite.close().await.unwrap();
 }
+
+/// In SQLite, a caller that gives up while its request waits for its decision (its runner waits
+/// for another process's turn) leaves nothing behind: no admission, none in flight.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_request_whose_caller_left_before_its_turn_leaves_nothing() {
+    let (_dir, path) = crate::support::temp_db();
+    let sqlite = courteous::store::sqlite::SqliteStore::open(&path)
+        .await
+        .unwrap();
+    let store = sqlite.rate_limits();
+    let mut name = path.as_os_str().to_owned();
+    name.push("-ratelimit.lock");
+    let turn = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(name)
+        .unwrap();
+    turn.lock().unwrap();
+    let limits = [Limit::new(n(1), Duration::from_secs(1))];
+    let asking = {
+        let store = store.clone();
+        let limits: Arc<[Limit]> = limits.to_vec().into();
+        tokio::spawn(async move {
+            store
+                .acquire(
+                    courteous::rate_limit::AdmissionRequest::new(
+                        Resource::new("items").unwrap(),
+                        courteous::Priority::User,
+                        limits,
+                        Arc::new(Default::default()),
+                        SystemClock,
+                    )
+                    .in_flight(Some(Duration::from_secs(60))),
+                )
+                .await
+        })
+    };
+    // Its runner has taken it and waits for the turn; the caller gives up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    asking.abort();
+    let _ = asking.await;
+    turn.unlock().unwrap();
+    let items = Resource::new("items").unwrap();
+    wait_for(|| async {
+        let status = store
+            .status(&items, &limits, &Default::default(), SystemClock.now())
+            .await
+            .unwrap();
+        status.limits[0].used == 0 && status.in_flight == 0
+    })
+    .await;
+    // And the resource is free.
+    let decision = store
+        .acquire(courteous::rate_limit::AdmissionRequest::new(
+            items.clone(),
+            courteous::Priority::User,
+            limits.to_vec().into(),
+            Arc::new(Default::default()),
+            SystemClock,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(decision, courteous::rate_limit::Decision::Admitted { .. }),
+        "{decision:?}"
+    );
+    sqlite.close().await.unwrap();
+}

@@ -91,7 +91,9 @@
 //!
 //! A request dropped before its batch is taken is skipped and records nothing. One dropped while
 //! its batch is being decided may be recorded without being sent: it over-counts by one, which
-//! never lets the API see more than the limit.
+//! never lets the API see more than the limit. If it was asked in flight, it is settled at its
+//! decision (by the runner, or by the dropped caller when the answer had already arrived), so it
+//! counts for one window, not until its in-flight bound.
 //!
 //! # Example
 //!
@@ -832,8 +834,9 @@ impl Inner {
                 }
                 let phases = self.phases.as_deref();
                 for (waiting, decision) in batch.into_iter().zip(decisions) {
-                    let _ = waiting.reply.send(Ok(decision));
-                    if let (Some(phases), Some(at)) = (phases, waiting.queued_at) {
+                    let queued_at = waiting.queued_at;
+                    self.answer(waiting, decision);
+                    if let (Some(phases), Some(at)) = (phases, queued_at) {
                         phases.in_store.record(at.elapsed());
                     }
                 }
@@ -862,6 +865,24 @@ impl Inner {
                 }
                 Err(error)
             }
+        }
+    }
+
+    /// Sends a decision to its caller. An in-flight admission whose caller gave up while it was
+    /// decided was never sent: its re-stamp at its decision is queued for the runner (which is
+    /// active, and takes it before it stops), so that it does not hold its slot to its bound.
+    fn answer(&self, waiting: Waiting, decision: Decision) {
+        if let Err(Ok(Decision::Admitted {
+            in_flight: Some(in_flight),
+            ..
+        })) = waiting.reply.send(Ok(decision))
+        {
+            let at = in_flight.admitted_at;
+            lock(&self.queue).settles.push(Settling {
+                admission: in_flight,
+                at,
+                reply: oneshot::channel().0,
+            });
         }
     }
 
@@ -1124,6 +1145,35 @@ fn store_error(error: SqliteError) -> StoreError {
     StoreError::from(error)
 }
 
+/// The caller's end of a decision; see [`SqliteRateLimitStore::acquire`].
+struct Answer<'a> {
+    store: &'a SqliteRateLimitStore,
+    answer: Option<oneshot::Receiver<Result<Decision, StoreError>>>,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        let Some(mut answer) = self.answer.take() else {
+            return;
+        };
+        // No answer can arrive after this: the runner then finds the channel closed and settles
+        // an in-flight admission itself; one that arrived before is settled here.
+        answer.close();
+        if let Ok(Ok(Decision::Admitted {
+            in_flight: Some(in_flight),
+            ..
+        })) = answer.try_recv()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.store.clone();
+            drop(handle.spawn(async move {
+                let at = in_flight.admitted_at;
+                let _ = store.settle(&in_flight, at).await;
+            }));
+        }
+    }
+}
+
 impl SqliteRateLimitStore {
     /// Queues work for the runner (under the queue's lock), and schedules a runner job unless
     /// one is active or scheduled.
@@ -1183,6 +1233,13 @@ impl RateLimitStore for SqliteRateLimitStore {
             });
         })
         .await;
+        // Dropped after its admission was decided but before it was read, the admission is
+        // settled at its decision, not held in flight to its bound (it was never sent).
+        let mut answer = Answer {
+            store: self,
+            answer: Some(answer),
+        };
+        let answer = answer.answer.as_mut().expect("taken only on drop");
         match answer.await {
             Ok(result) => result,
             Err(_) => Err(StoreError::new(
@@ -1732,6 +1789,45 @@ mod copy_tests {
         assert_eq!(a.admit("x", 100, T0 + 200).await, 58);
         a.assert_copy_is_exact("x").await;
         assert_eq!(a.counts().reads - before.reads, 1);
+        a.close().await;
+        b.close().await;
+    }
+
+    /// An in-flight admission whose caller gave up while it was being decided (its answer cannot
+    /// be sent) is settled at its decision by the runner, not held to its bound.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_admission_whose_caller_left_is_settled_at_its_decision() {
+        let (_dir, a, b) = two().await;
+        let in_flight = a.admit_in_flight("x", 10, T0).await;
+        // Its answer goes to a caller that is gone.
+        let (reply, gone) = oneshot::channel();
+        drop(gone);
+        let asked = AdmissionRequest::new(
+            Resource::new("x").unwrap(),
+            Priority::User,
+            vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+            Arc::new(AdaptiveConfig::default()),
+            Timestamp::from_millis(T0),
+        )
+        .in_flight(Some(Duration::from_secs(60)));
+        a.store.inner.answer(
+            Waiting {
+                request: asked,
+                reply,
+                queued_at: None,
+                requeued: false,
+            },
+            Decision::Admitted {
+                remaining: 9,
+                at: in_flight.admitted_at,
+                in_flight: Some(in_flight),
+            },
+        );
+        // The next run of the runner writes it: x is stamped at T0, and left the minute by
+        // T0 + 60_001 (in flight, it would count until T0 + 60_000 and then a minute more).
+        assert_eq!(a.admit("y", 10, T0 + 1).await, 9);
+        assert_eq!(b.admit("x", 10, T0 + 60_001).await, 9);
+        b.assert_copy_is_exact("x").await;
         a.close().await;
         b.close().await;
     }
