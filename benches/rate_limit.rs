@@ -21,6 +21,11 @@
 //!   `rate / 1000`; latency is measured from the issue, and the line under the case gives it from
 //!   the scheduled time as well (which adds the timer's lateness).
 //!
+//! The `stamp ms p99/max` column is how long after its stamp an admitted caller had its answer,
+//! in milliseconds (the stamps' unit): the time an admission is counted too early by. Stores
+//! stamp at the decision (issue 11); `RL_BENCH_STAMP=ask` makes requests carry the time they
+//! were made instead, as the layer passed it before, for the "before" figure.
+//!
 //! Under each SQLite case, `sched` is how late a thread sleeping 1 ms wakes up in that process
 //! during the run (what the machine's CPU contention alone does to a latency), and with
 //! `COURTEOUS_RL_PHASES=1` the store's per-phase histograms are printed (turn wait, `BEGIN`,
@@ -36,6 +41,14 @@
 //! all; an empty `RL_BENCH_RATES` skips the fixed-rate cases). Children of the two-process cases
 //! inherit the settings. Latencies include the calls that ended in a store error.
 //!
+//! The *accounting* cases (group `accounting`, in `RL_BENCH_ONLY`; not in the default run) put
+//! the whole layer over the memory and SQLite stores in front of a fake upstream that answers
+//! after 10 ms or 200 ms, with enough callers to keep the limit saturated, and measure the
+//! requests the upstream received per second in the steady state (after the first window's
+//! burst), for 20 per 2 s and 1000 per 1 s, in `Accounting::Exact` (the default) and
+//! `Accounting::OnSend`, `RL_BENCH_SAMPLES` runs each (default 3; the median is printed, and
+//! every sample), with the busiest window of the upstream's own log.
+//!
 //! With `--features redis` the Redis store follows (one process; two processes sharing the
 //! server), skipped with a message when Redis does not answer (see `rate_limit/redis.rs`).
 
@@ -44,8 +57,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courteous::rate_limit::{
-    AdaptiveConfig, AdmissionRequest, Clock, Decision, Limit, MemoryRateLimitStore, RateLimitStore,
-    SystemClock,
+    Accounting, AdaptiveConfig, AdmissionRequest, Clock, Decision, Limit, Limits,
+    MemoryRateLimitStore, RateLimitLayer, RateLimitStore, SystemClock,
 };
 use courteous::store::sqlite::SqliteStore;
 use courteous::{Priority, Resource};
@@ -61,6 +74,8 @@ struct Outcome {
     admitted: u64,
     elapsed: Duration,
     latencies: Vec<u64>,
+    /// Per admission: from its stamp to the moment its caller had the answer (µs).
+    stamp_delays: Vec<u64>,
     /// Decisions the store failed to make (counted, not decisions), and their distinct messages.
     errors: u64,
     messages: std::collections::BTreeSet<String>,
@@ -73,18 +88,28 @@ impl Outcome {
             admitted: 0,
             elapsed: Duration::ZERO,
             latencies: Vec::with_capacity(capacity),
+            stamp_delays: Vec::with_capacity(capacity),
             errors: 0,
             messages: Default::default(),
         }
     }
 
-    /// Counts one answer of the store: a decision, or an error (reported, not a panic, so that
-    /// a run shows how many surfaced).
+    /// Counts one answer of the store, just received: a decision, or an error (reported, not a
+    /// panic, so that a run shows how many surfaced).
     fn count(&mut self, answer: Result<Decision, String>) {
+        let delay = stamp_delay(&answer);
+        self.count_answered(answer, delay);
+    }
+
+    /// Counts one answer received earlier, `delay` after its stamp.
+    fn count_answered(&mut self, answer: Result<Decision, String>, delay: Option<u64>) {
         match answer {
             Ok(decision) => {
                 self.decisions += 1;
-                self.admitted += u64::from(matches!(decision, Decision::Admitted { .. }));
+                if let Decision::Admitted { .. } = decision {
+                    self.admitted += 1;
+                }
+                self.stamp_delays.extend(delay);
             }
             Err(error) => {
                 self.errors += 1;
@@ -97,8 +122,29 @@ impl Outcome {
         self.decisions += other.decisions;
         self.admitted += other.admitted;
         self.latencies.extend(other.latencies);
+        self.stamp_delays.extend(other.stamp_delays);
         self.errors += other.errors;
         self.messages.extend(other.messages);
+    }
+}
+
+/// The clock a request carries: the wall clock, read by the store when it decides; with
+/// `RL_BENCH_STAMP=ask`, the time the request was made, as the layer passed it before issue 11
+/// (the "before" of the stamp-delay column).
+fn clock() -> Arc<dyn Clock> {
+    if std::env::var("RL_BENCH_STAMP").is_ok_and(|v| v == "ask") {
+        Arc::new(SystemClock.now())
+    } else {
+        Arc::new(SystemClock)
+    }
+}
+
+/// How long after its stamp an admission's answer is in its caller's hands (now), in ns of
+/// whole milliseconds (the stamps' unit).
+fn stamp_delay(answer: &Result<Decision, String>) -> Option<u64> {
+    match answer {
+        Ok(Decision::Admitted { at, .. }) => Some(nanos(SystemClock.now().saturating_since(*at))),
+        _ => None,
     }
 }
 
@@ -169,8 +215,9 @@ async fn drive(store: Arc<dyn RateLimitStore>, tasks: usize, duration: Duration)
                             priority,
                             limits.clone(),
                             adaptive.clone(),
-                            SystemClock.now(),
-                        );
+                            SystemClock,
+                        )
+                        .with_clock(clock());
                         let t0 = Instant::now();
                         let answer = store.acquire(request).await.map_err(|e| e.to_string());
                         outcome.latencies.push(nanos(t0.elapsed()));
@@ -203,14 +250,17 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn summary(o: &mut Outcome) -> String {
     o.latencies.sort_unstable();
+    o.stamp_delays.sort_unstable();
     let rate = o.decisions as f64 / o.elapsed.as_secs_f64();
     format!(
-        "{:>12.0} | {:>9.1} | {:>9.1} | {:>9.1} | {:>9.1} | {:>10} | {:>8.1}% | {:>6}{}",
+        "{:>12.0} | {:>9.1} | {:>9.1} | {:>9.1} | {:>9.1} | {:>7.0}/{:<8.0} | {:>10} | {:>8.1}% | {:>6}{}",
         rate,
         percentile(&o.latencies, 0.5),
         percentile(&o.latencies, 0.99),
         percentile(&o.latencies, 0.999),
         percentile(&o.latencies, 1.0),
+        percentile(&o.stamp_delays, 0.99) / 1000.0,
+        percentile(&o.stamp_delays, 1.0) / 1000.0,
         o.decisions,
         100.0 * o.admitted as f64 / o.decisions.max(1) as f64,
         o.errors,
@@ -289,22 +339,24 @@ async fn drive_rate(
                 priority,
                 limits.clone(),
                 adaptive.clone(),
-                SystemClock.now(),
-            );
+                SystemClock,
+            )
+            .with_clock(clock());
             let store = store.clone();
             handles.push(tokio::spawn(async move {
                 let t0 = Instant::now();
                 let answer = store.acquire(request).await.map_err(|e| e.to_string());
                 let done = Instant::now();
-                (nanos(done - t0), nanos(done - scheduled), answer)
+                let delay = stamp_delay(&answer);
+                (nanos(done - t0), nanos(done - scheduled), answer, delay)
             }));
         }
     }
     let mut outcome = Outcome::new(handles.len());
     let mut from_schedule = Vec::with_capacity(handles.len());
     for h in handles {
-        let (latency, late, answer) = h.await.unwrap();
-        outcome.count(answer);
+        let (latency, late, answer, delay) = h.await.unwrap();
+        outcome.count_answered(answer, delay);
         outcome.latencies.push(latency);
         from_schedule.push(late);
     }
@@ -456,13 +508,14 @@ fn main() {
         println!("load average at start: {}", load.trim());
     }
     println!(
-        "{:<34} | {:>12} | {:>9} | {:>9} | {:>9} | {:>9} | {:>10} | {:>9} | {:>6}",
+        "{:<34} | {:>12} | {:>9} | {:>9} | {:>9} | {:>9} | {:>16} | {:>10} | {:>9} | {:>6}",
         "case",
         "decisions/s",
         "p50 µs",
         "p99 µs",
         "p99.9 µs",
         "max µs",
+        "stamp ms p99/max",
         "decisions",
         "admitted",
         "errors"
@@ -505,6 +558,9 @@ fn main() {
     #[cfg(feature = "redis")]
     if wanted("redis") {
         redis_cases::run(&rt, duration);
+    }
+    if std::env::var("RL_BENCH_ONLY").is_ok_and(|only| only.split(',').any(|g| g == "accounting")) {
+        accounting_cases(&rt, dir.path(), bench);
     }
     #[cfg(not(feature = "redis"))]
     println!("redis: SKIPPED: build with --features redis");
@@ -601,4 +657,174 @@ fn two_children(env: &[(&str, String)]) -> Vec<(String, Vec<String>)> {
 /// The decisions per second of a `RESULT` line (its first column).
 fn rate_of(line: &str) -> f64 {
     line.split('|').next().unwrap().trim().parse().unwrap()
+}
+
+/// An upstream that logs when each request arrives and answers after `latency`.
+fn fake_upstream(
+    log: Arc<std::sync::Mutex<Vec<Instant>>>,
+    latency: Duration,
+) -> impl tower::Service<
+    http::Request<String>,
+    Response = http::Response<String>,
+    Error = courteous::BoxError,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_req: http::Request<String>| {
+        log.lock().unwrap().push(Instant::now());
+        async move {
+            tokio::time::sleep(latency).await;
+            Ok::<_, courteous::BoxError>(http::Response::new(String::new()))
+        }
+    })
+}
+
+/// One accounting case: the layer over `store`, enough callers in a closed loop, a fake
+/// upstream answering after `latency`, for one window plus `measured`. Returns the upstream's
+/// arrivals per second in the steady state, and the most arrivals in any window of its log.
+async fn accounting_case(
+    store: Arc<dyn RateLimitStore>,
+    accounting: Accounting,
+    limit: Limit,
+    latency: Duration,
+    measured: Duration,
+) -> (f64, usize) {
+    use tower::{ServiceBuilder, ServiceExt};
+    let layer = RateLimitLayer::new(store, Limits::new().default_limit(limit))
+        .unwrap()
+        .accounting(accounting)
+        .max_wait(Duration::from_secs(3600));
+    let arrivals: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(fake_upstream(arrivals.clone(), latency));
+    // Enough callers that one always waits for the next free slot.
+    let tasks = (limit.max() as usize * 3 / 2).max(8);
+    let started = Instant::now();
+    let end = started + limit.window() + measured;
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    let request = http::Request::get("http://upstream.test/api/items/")
+                        .body(String::new())
+                        .unwrap();
+                    let _ = service.clone().oneshot(request).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep_until((end + latency).into()).await;
+    for handle in &handles {
+        handle.abort();
+    }
+    for handle in handles {
+        let _ = handle.await;
+    }
+    let mut seen = arrivals.lock().unwrap().clone();
+    seen.sort();
+    // The steady rate: `max` over the mean time a slot takes to come round (from an arrival to
+    // the one `max` later), after the first cycle: exactly `max / period` for batches every
+    // period, and unbiased by the phase of the run's end or a first burst spread out.
+    let max = limit.max() as usize;
+    let rate = if seen.len() > 2 * max {
+        let cycles: f64 = (2 * max..seen.len())
+            .map(|k| seen[k].duration_since(seen[k - max]).as_secs_f64())
+            .sum();
+        max as f64 / (cycles / (seen.len() - 2 * max) as f64)
+    } else {
+        0.0
+    };
+    let busiest = (0..seen.len())
+        .map(|i| {
+            seen[i..]
+                .iter()
+                .take_while(|t| **t < seen[i] + limit.window())
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    (rate, busiest)
+}
+
+/// Admitted per second by accounting mode (see the module docs).
+fn accounting_cases(rt: &tokio::runtime::Runtime, dir: &std::path::Path, bench: bool) {
+    let samples: usize = std::env::var("RL_BENCH_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench { 3 } else { 1 });
+    let n = |n| NonZeroU32::new(n).unwrap();
+    let limits = [
+        (Limit::new(n(20), Duration::from_secs(2)), "20 per 2 s"),
+        (Limit::new(n(1000), Duration::from_secs(1)), "1000 per 1 s"),
+    ];
+    println!();
+    println!(
+        "{:<8} | {:<12} | {:>7} | {:<7} | {:>10} | {:>10} | {:>7} | samples",
+        "store", "limit", "latency", "mode", "admitted/s", "ideal", "busiest"
+    );
+    let mut case = 0;
+    for store_kind in ["memory", "sqlite"] {
+        for (limit, label) in limits {
+            for latency in [Duration::from_millis(10), Duration::from_millis(200)] {
+                for accounting in [Accounting::Exact, Accounting::OnSend] {
+                    let measured = if bench {
+                        limit.window() * 6
+                    } else {
+                        Duration::from_millis(200)
+                    };
+                    let mut rates = Vec::new();
+                    let mut busiest = 0;
+                    for _ in 0..samples {
+                        case += 1;
+                        let (rate, most) = rt.block_on(async {
+                            let (store, sqlite): (Arc<dyn RateLimitStore>, _) = match store_kind {
+                                "memory" => (Arc::new(MemoryRateLimitStore::new()), None),
+                                _ => {
+                                    let sqlite =
+                                        SqliteStore::open(dir.join(format!("acct-{case}.db")))
+                                            .await
+                                            .expect("open");
+                                    (Arc::new(sqlite.rate_limits()), Some(sqlite))
+                                }
+                            };
+                            let out =
+                                accounting_case(store, accounting, limit, latency, measured).await;
+                            if let Some(sqlite) = sqlite {
+                                sqlite.close().await.expect("close");
+                            }
+                            out
+                        });
+                        rates.push(rate);
+                        busiest = busiest.max(most);
+                    }
+                    let mut sorted = rates.clone();
+                    sorted.sort_by(f64::total_cmp);
+                    let median = sorted[sorted.len() / 2];
+                    let window = limit.window().as_secs_f64();
+                    let ideal = match accounting {
+                        Accounting::OnSend => limit.max() as f64 / window,
+                        _ => limit.max() as f64 / (window + latency.as_secs_f64()),
+                    };
+                    println!(
+                        "{:<8} | {:<12} | {:>4} ms | {:<7} | {:>10.2} | {:>10.2} | {:>7} | {}",
+                        store_kind,
+                        label,
+                        latency.as_millis(),
+                        format!("{accounting:?}"),
+                        median,
+                        ideal,
+                        busiest,
+                        rates
+                            .iter()
+                            .map(|r| format!("{r:.2}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    );
+                }
+            }
+        }
+    }
 }

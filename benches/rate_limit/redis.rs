@@ -1,15 +1,20 @@
 //! The Redis store's cases of the rate-limit bench (feature `redis`): one process with 1, 16 and
-//! 64 tasks, and two processes. Skipped with a message when Redis (`COURTEOUS_REDIS_URL`,
-//! default `redis://127.0.0.1:6379/`) does not answer. Keys live under a prefix of the run's own,
-//! deleted at the end.
+//! 64 tasks, and two processes; then upstream-exact accounting in one process (each admission
+//! asked in flight and settled at once, as the layer does by default when a response head
+//! arrives: the second script per request is what that mode costs on Redis). Skipped with a
+//! message when Redis (`COURTEOUS_REDIS_URL`, default `redis://127.0.0.1:6379/`) does not
+//! answer. Keys live under a prefix of the run's own, deleted at the end.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use courteous::rate_limit::RateLimitStore;
-use courteous::store::redis::RedisStore;
+use std::time::Instant;
 
-use crate::{Outcome, drive, rate_of, summary, two_children};
+use courteous::rate_limit::{AdmissionRequest, Clock, Decision, RateLimitStore, SystemClock};
+use courteous::store::redis::RedisStore;
+use courteous::{Priority, Resource};
+
+use crate::{Outcome, drive, nanos, rate_of, setup, summary, two_children};
 
 const CHILD_ENV: &str = "RL_BENCH_REDIS_CHILD";
 
@@ -24,6 +29,76 @@ async fn redis_run(prefix: &str, tasks: usize, duration: Duration) -> Outcome {
         .expect("redis url");
     let store: Arc<dyn RateLimitStore> = Arc::new(redis.rate_limits());
     drive(store, tasks, duration).await
+}
+
+/// `tasks` concurrent loops, each admission asked in flight (bound 60 s) and settled the moment
+/// it is admitted; latency is the whole of it (acquire, and settle when admitted).
+async fn redis_exact_run(prefix: &str, tasks: usize, duration: Duration) -> Outcome {
+    let store = RedisStore::builder(url())
+        .prefix(prefix)
+        .connect()
+        .expect("redis url")
+        .rate_limits();
+    let (resources, limits, adaptive) = setup();
+    let resources: Arc<[Resource]> = resources.into();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (store, resources, limits, adaptive) = (
+                store.clone(),
+                resources.clone(),
+                limits.clone(),
+                adaptive.clone(),
+            );
+            tokio::spawn(async move {
+                let mut outcome = Outcome::new(1 << 16);
+                let mut i = t * 7919;
+                while started.elapsed() < duration {
+                    i = i.wrapping_add(1);
+                    let priority = if i % 2 == 0 {
+                        Priority::User
+                    } else {
+                        Priority::Background
+                    };
+                    let request = AdmissionRequest::new(
+                        resources[i % resources.len()].clone(),
+                        priority,
+                        limits.clone(),
+                        adaptive.clone(),
+                        SystemClock,
+                    )
+                    .in_flight(Some(Duration::from_secs(60)));
+                    let t0 = Instant::now();
+                    let answer = store.acquire(request).await.map_err(|e| e.to_string());
+                    let answer = match answer {
+                        Ok(Decision::Admitted {
+                            in_flight: Some(in_flight),
+                            remaining,
+                            at,
+                        }) => store
+                            .settle(&in_flight, SystemClock.now())
+                            .await
+                            .map(|()| Decision::Admitted {
+                                remaining,
+                                at,
+                                in_flight: None,
+                            })
+                            .map_err(|e| e.to_string()),
+                        other => other,
+                    };
+                    outcome.latencies.push(nanos(t0.elapsed()));
+                    outcome.count(answer);
+                }
+                outcome
+            })
+        })
+        .collect();
+    let mut outcome = Outcome::new(0);
+    for h in handles {
+        outcome.merge(h.await.unwrap());
+    }
+    outcome.elapsed = started.elapsed();
+    outcome
 }
 
 /// In a child process started by [`run`]: runs its share and prints the result. Returns whether
@@ -121,6 +196,18 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, duration: Duration) {
             "{:<34} | {:>12.0}",
             format!("redis, 2 processes: total ({tasks})"),
             total
+        );
+    }
+    for tasks in [1, 16, 64] {
+        let mut o = rt.block_on(redis_exact_run(
+            &format!("{prefix}:exact-{tasks}"),
+            tasks,
+            duration,
+        ));
+        println!(
+            "{:<34} | {}",
+            format!("redis, exact, 1 process, {tasks} tasks"),
+            summary(&mut o)
         );
     }
     rt.block_on(clean(&prefix));

@@ -93,6 +93,20 @@ pub trait Clock: fmt::Debug + Send + Sync + 'static {
     fn now(&self) -> Timestamp;
 }
 
+/// A timestamp is a clock that stands still at it: for tests, and for callers that decide the
+/// time themselves.
+///
+/// ```
+/// use courteous::rate_limit::{Clock, Timestamp};
+///
+/// assert_eq!(Timestamp::from_millis(7).now(), Timestamp::from_millis(7));
+/// ```
+impl Clock for Timestamp {
+    fn now(&self) -> Timestamp {
+        *self
+    }
+}
+
 /// The wall clock.
 ///
 /// # Example

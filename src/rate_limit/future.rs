@@ -12,7 +12,9 @@ type Inner<ResB> = Pin<Box<dyn Future<Output = Result<http::Response<ResB>, BoxE
 /// Waits for an admission, then for the inner service's response.
 ///
 /// Dropping it while it waits records nothing: the admission is taken in one atomic step just
-/// before the request goes out.
+/// before the request goes out. Dropping it while the request is in flight settles the admission
+/// at that moment (in the background, on the current tokio runtime), as if the response had
+/// arrived.
 pub struct ResponseFuture<ResB> {
     inner: Inner<ResB>,
 }

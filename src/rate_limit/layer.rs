@@ -14,6 +14,7 @@ use super::feedback;
 use super::limit::{Limit, Limits, ResolvedLimits};
 use super::pacing::{Pacer, Pacing};
 use super::service::RateLimit;
+use super::store::InFlight;
 use super::store::{
     AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore, ServerFeedback,
 };
@@ -67,12 +68,49 @@ pub struct RateLimitReport {
     pub unchecked: bool,
 }
 
+/// When an admission is stamped: the layer's accounting mode.
+///
+/// # Example
+///
+/// ```
+/// use courteous::rate_limit::{Accounting, Limits, MemoryRateLimitStore, RateLimitLayer};
+/// use std::time::Duration;
+///
+/// // Throughput first: stamp at the hand-off, and absorb the send jitter with a margin.
+/// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), Limits::new())
+///     .unwrap()
+///     .accounting(Accounting::OnSend)
+///     .safety_margin(Duration::from_millis(100));
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Accounting {
+    /// Exact as the upstream counts (the default): an admission occupies its slot from its
+    /// decision until the response head arrives (or the failure is known), and is then
+    /// re-stamped at that moment (see [`InFlight`](super::InFlight)). The upstream received
+    /// the request in between, so no window of the upstream's own clock holds more than the
+    /// limit, whatever the network, the scheduler or a slow request does, with no margin. Each
+    /// admission costs one more store write (the re-stamp, batched where the store can), and
+    /// each slot stays taken for one window plus the request's latency.
+    #[default]
+    Exact,
+    /// Stamped once, at the decision, immediately before the request is handed to the
+    /// transport: cheaper (no re-stamp) and a slot frees one window after the hand-off, but a
+    /// request that reaches the upstream later than its stamp (send jitter, a slow connection)
+    /// can land in the next upstream window: set a [`safety_margin`](RateLimitLayer::safety_margin)
+    /// as long as that delay can be.
+    OnSend,
+}
+
 /// An admission, as the layer got it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Admission {
     pub(crate) waited: Duration,
     pub(crate) remaining: u32,
     pub(crate) unchecked: bool,
+    /// To settle when the response head arrives.
+    pub(crate) in_flight: Option<InFlight>,
 }
 
 #[derive(Clone)]
@@ -86,7 +124,12 @@ pub(crate) struct Config {
     pub(crate) pacing: Option<Arc<Pacer>>,
     pub(crate) on_store_error: OnStoreError,
     pub(crate) max_server_block: Duration,
+    pub(crate) accounting: Accounting,
+    pub(crate) in_flight_timeout: Duration,
 }
+
+/// The default [`RateLimitLayer::in_flight_timeout`].
+const DEFAULT_IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One FIFO line of waiters (tokio's mutex is fair).
 type Queue = Arc<tokio::sync::Mutex<()>>;
@@ -115,6 +158,8 @@ impl fmt::Debug for RateLimitLayer {
             .field("max_wait", &self.config.max_wait)
             .field("adaptive", &self.config.adaptive)
             .field("clock", &self.config.clock)
+            .field("accounting", &self.config.accounting)
+            .field("in_flight_timeout", &self.config.in_flight_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +182,8 @@ impl RateLimitLayer {
                 pacing: None,
                 on_store_error: OnStoreError::FailClosed,
                 max_server_block: feedback::DEFAULT_MAX_SERVER_BLOCK,
+                accounting: Accounting::Exact,
+                in_flight_timeout: DEFAULT_IN_FLIGHT_TIMEOUT,
             }),
             shared: Arc::new(Shared {
                 store: Arc::new(store),
@@ -169,9 +216,11 @@ impl RateLimitLayer {
 
     /// Counts every window this much longer (default zero).
     ///
-    /// Admission is recorded just before a request goes out; the server sees it a little later,
-    /// and not always by the same delay. A margin of a few tens of milliseconds keeps the
-    /// server's own count within the limit despite that jitter.
+    /// With [`Accounting::Exact`] (the default) no margin is needed: the admission holds its
+    /// slot until the response head arrives. With [`Accounting::OnSend`], the admission is
+    /// stamped just before the request goes out; the server sees it a little later, and not
+    /// always by the same delay. A margin of a few tens of milliseconds keeps the server's own
+    /// count within the limit despite that jitter.
     #[must_use]
     pub fn safety_margin(mut self, margin: Duration) -> Self {
         Arc::make_mut(&mut self.config).margin = margin;
@@ -186,6 +235,43 @@ impl RateLimitLayer {
     #[must_use]
     pub fn retry_once(mut self, retry: bool) -> Self {
         Arc::make_mut(&mut self.config).retry_once = retry;
+        self
+    }
+
+    /// When admissions are stamped (default [`Accounting::Exact`]; see [`Accounting`] for what
+    /// each mode costs).
+    #[must_use]
+    pub fn accounting(mut self, accounting: Accounting) -> Self {
+        Arc::make_mut(&mut self.config).accounting = accounting;
+        self
+    }
+
+    /// With [`Accounting::Exact`], how long an admission whose request is in flight holds its
+    /// slot at most if it is never settled (default 60 s): its process died, or its response
+    /// future was dropped where no async runtime could write the settlement. After that it
+    /// counts as if its request had reached the upstream at that moment, the latest the bound
+    /// allows (the safe reading). A request still running past the bound is re-stamped when
+    /// it ends, later.
+    ///
+    /// Set it to your request timeout (reqwest's `timeout`) plus a little: a request cannot
+    /// reach the upstream after it timed out, so the expiry is then never early. The default,
+    /// one minute, is longer than most clients' timeouts and bounds what a crash costs: the
+    /// crashed process's in-flight slots for at most a minute (plus the window).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::rate_limit::{Limits, MemoryRateLimitStore, RateLimitLayer};
+    /// use std::time::Duration;
+    ///
+    /// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), Limits::new())
+    ///     .unwrap()
+    ///     .in_flight_timeout(Duration::from_secs(35)); // requests time out after 30 s
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn in_flight_timeout(mut self, bound: Duration) -> Self {
+        Arc::make_mut(&mut self.config).in_flight_timeout = bound;
         self
     }
 
@@ -353,37 +439,48 @@ impl RateLimitLayer {
                 }
             }
         };
+        let in_flight = match config.accounting {
+            Accounting::Exact => Some(config.in_flight_timeout),
+            Accounting::OnSend => None,
+        };
         loop {
             if let Some(pacer) = &config.pacing {
                 pacer.wait(resource, host, deadline).await.map_err(|wait| {
                     Box::new(RateLimited::new(resource.clone(), wait)) as BoxError
                 })?;
             }
-            let now = config.clock.now();
-            let request = AdmissionRequest::new(
-                resource.clone(),
+            // The store reads the clock when it decides, not now: the request may wait for
+            // the store (its queue, another process's turn) before that.
+            let request = AdmissionRequest {
+                resource: resource.clone(),
                 priority,
-                limits.clone(),
-                config.adaptive.clone(),
-                now,
-            );
+                limits: limits.clone(),
+                adaptive: config.adaptive.clone(),
+                clock: config.clock.clone(),
+                in_flight,
+            };
             let decision = match self.shared.store.acquire(request).await {
                 Ok(decision) => decision,
                 Err(error) => return self.store_failed(resource, started, error),
             };
             match decision {
-                Decision::Admitted { remaining } => {
+                Decision::Admitted {
+                    remaining,
+                    in_flight,
+                    ..
+                } => {
                     return Ok(Admission {
                         waited: started.elapsed(),
                         remaining,
                         unchecked: false,
+                        in_flight,
                     });
                 }
                 Decision::Refused { retry_at, reason } => {
                     // A refusal always waits: a store answering a `retry_at` that is not in
                     // the future (a clock stepping back, a bad value) must not make this loop
                     // ask it again and again without pause until the deadline.
-                    let wait = match retry_at.saturating_since(now) {
+                    let wait = match retry_at.saturating_since(config.clock.now()) {
                         Duration::ZERO => STALE_REFUSAL_WAIT,
                         wait => wait,
                     };
@@ -396,6 +493,21 @@ impl RateLimitLayer {
                     tokio::time::sleep_until(wake).await;
                 }
             }
+        }
+    }
+
+    /// The time to re-stamp an admission settled now with: the clock's time rounded up to the
+    /// next millisecond (timestamps are whole milliseconds, read rounded down), so that the
+    /// stamp is never before the moment the response head arrived.
+    fn settle_time(&self) -> Timestamp {
+        self.config.clock.now() + Duration::from_millis(1)
+    }
+
+    /// Re-stamps an in-flight admission at `at`; a failure is logged (the admission then holds
+    /// its slot until its expiry).
+    async fn settle_at(shared: &Shared, admission: &InFlight, at: Timestamp) {
+        if let Err(error) = shared.store.settle(admission, at).await {
+            tracing::warn!(resource = %admission.resource, %error, "could not settle an in-flight admission; it holds its slot until its expiry");
         }
     }
 
@@ -426,6 +538,7 @@ impl RateLimitLayer {
                 waited: started.elapsed(),
                 remaining: 0,
                 unchecked: true,
+                in_flight: None,
             })
         } else {
             crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "rate-limit store failed; the request is not sent (fail closed)");
@@ -467,6 +580,52 @@ impl RateLimitLayer {
             }
         }
         blocked
+    }
+}
+
+/// Settles an in-flight admission: when the response head arrived or the request failed
+/// ([`finish`](Self::finish)), or when the response future is dropped mid-flight (in the
+/// background, so that the slot does not stay taken until the in-flight bound).
+pub(crate) struct SettleOnDrop {
+    layer: RateLimitLayer,
+    admission: Option<InFlight>,
+}
+
+impl SettleOnDrop {
+    pub(crate) fn new(layer: &RateLimitLayer, admission: Option<InFlight>) -> Self {
+        SettleOnDrop {
+            layer: layer.clone(),
+            admission,
+        }
+    }
+
+    /// Re-stamps the admission now and waits until the store recorded it (one store call,
+    /// bounded by the store's own timeout), so that the feedback read from the response, and
+    /// whoever reads the store next, see it settled.
+    pub(crate) async fn finish(mut self) {
+        if let Some(admission) = self.admission.take() {
+            let at = self.layer.settle_time();
+            RateLimitLayer::settle_at(&self.layer.shared, &admission, at).await;
+        }
+    }
+}
+
+impl Drop for SettleOnDrop {
+    fn drop(&mut self) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        let at = self.layer.settle_time();
+        let shared = self.layer.shared.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn(async move {
+                RateLimitLayer::settle_at(&shared, &admission, at).await;
+            })),
+            Err(_) => tracing::debug!(
+                resource = %admission.resource,
+                "no async runtime to settle a dropped in-flight admission on; it holds its slot until its expiry"
+            ),
+        }
     }
 }
 

@@ -9,6 +9,14 @@
 //!
 //! * **Exact sliding windows**: never more than `max` admissions in any interval of length
 //!   `window`, counted across processes. A resource may have several limits at once.
+//! * **Exact as the upstream counts** ([`Accounting::Exact`], the default): an admission is
+//!   stamped when the store decides it and holds its slot, counted in every window, until the
+//!   response head arrives (or the request fails, or its response future is dropped); then it is
+//!   re-stamped at that moment, for every process. The upstream received the request in between,
+//!   so no window of the upstream's own clock holds more than `max`, with no margin. A slot thus
+//!   stays taken for one window plus the request's latency. An admission whose process died
+//!   stops holding its slot after [`in_flight_timeout`](RateLimitLayer::in_flight_timeout).
+//!   [`Accounting::OnSend`] stamps once, at the hand-off, for throughput (with a margin).
 //! * **Failures count**: the admission is recorded before the request goes out, so an upstream
 //!   error or a 500 spent the API's budget like any other call.
 //! * **Waiting** (per layer with [`max_wait`](RateLimitLayer::max_wait), per request with the
@@ -67,7 +75,9 @@
 //! # Note on clocks
 //!
 //! Admissions are stamped with the wall clock ([`SystemClock`]), which all processes on one
-//! machine share. Tests can use [`TokioClock`] with `tokio::time::pause()`. The Redis store
+//! machine share, read by the store at the moment it decides (a request that waited for the store
+//! is stamped when it is decided, not when it asked). Tests can use [`TokioClock`] with
+//! `tokio::time::pause()`. The Redis store
 //! (feature `redis`) stamps them with the Redis server's clock instead, so machines whose clocks
 //! disagree still share one window.
 
@@ -85,7 +95,7 @@ pub mod store;
 pub use adaptive::{Activity, AdaptiveConfig, Split, Trend, allocate};
 pub use clock::{Clock, SystemClock, Timestamp, TokioClock};
 pub use error::{OnStoreError, RateLimitConfigError, RateLimitStoreFailed, RateLimited};
-pub use layer::{MaxWait, RateLimitLayer, RateLimitReport};
+pub use layer::{Accounting, MaxWait, RateLimitLayer, RateLimitReport};
 pub use limit::{Limit, Limits};
 pub use pacing::{Pacing, PacingKey};
 pub use service::RateLimit;
@@ -95,6 +105,6 @@ pub use store::redis::{RedisClock, RedisRateLimitStore};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteRateLimitStore;
 pub use store::{
-    AdmissionRequest, Decision, LimitStatus, RateLimitStats, RateLimitStatus, RateLimitStore,
-    Refusal, ResourceStats, ServerFeedback,
+    AdmissionRequest, Decision, InFlight, LimitStatus, RateLimitStats, RateLimitStatus,
+    RateLimitStore, Refusal, ResourceStats, ServerFeedback,
 };

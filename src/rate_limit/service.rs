@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use tower::{Service, ServiceExt};
 
 use super::future::ResponseFuture;
-use super::layer::{MaxWait, RateLimitLayer, RateLimitReport};
+use super::layer::{MaxWait, RateLimitLayer, RateLimitReport, SettleOnDrop};
 use crate::body::ReplayableBody;
 use crate::context::{Report, RequestContext};
 use crate::error::BoxError;
@@ -80,13 +80,18 @@ where
             let deadline = tokio::time::Instant::now() + max_wait;
             let resource = context.resource();
             let priority = context.priority();
-            let admission = layer
+            let mut admission = layer
                 .admit(resource, priority, host.as_deref(), max_wait)
                 .await?;
             let mut waited = admission.waited;
             // Admitted and recorded: from here on the call counts, whatever the upstream does.
             let second = again.as_ref().map(|_| inner.clone());
-            let mut response = inner.oneshot(request).await.map_err(Into::into)?;
+            // In flight until the response head arrives or the request fails (or this future
+            // is dropped): then re-stamped.
+            let settle = SettleOnDrop::new(&layer, admission.in_flight.take());
+            let sent = inner.oneshot(request).await.map_err(Into::into);
+            settle.finish().await;
+            let mut response = sent?;
             let mut blocked_until = layer
                 .observe(
                     resource,
@@ -110,8 +115,12 @@ where
                     let second_admission = layer
                         .admit(resource, priority, host.as_deref(), left)
                         .await?;
+                    let mut second_admission = second_admission;
                     waited += second_admission.waited;
-                    response = inner.oneshot(again).await.map_err(Into::into)?;
+                    let settle = SettleOnDrop::new(&layer, second_admission.in_flight.take());
+                    let sent = inner.oneshot(again).await.map_err(Into::into);
+                    settle.finish().await;
+                    response = sent?;
                     blocked_until = layer
                         .observe(
                             resource,

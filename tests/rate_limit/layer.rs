@@ -441,11 +441,18 @@ impl RateLimitStore for Faulty {
         }
         if self.stale_refusals && calls < 10_000 {
             return Ok(Decision::Refused {
-                retry_at: request.now,
+                retry_at: request.clock.now(),
                 reason: courteous::rate_limit::Refusal::Limit,
             });
         }
         self.inner.acquire(request).await
+    }
+    async fn settle(
+        &self,
+        admission: &courteous::rate_limit::InFlight,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.inner.settle(admission, at).await
     }
     async fn feedback(
         &self,

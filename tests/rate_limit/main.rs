@@ -8,6 +8,7 @@ mod allocation;
 mod backend;
 #[cfg(feature = "middleware")]
 mod feedback;
+mod in_flight;
 mod layer;
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 mod processes;

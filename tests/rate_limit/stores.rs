@@ -54,7 +54,19 @@ fn request(
 }
 
 fn admitted(remaining: u32) -> Decision {
-    Decision::Admitted { remaining }
+    Decision::Admitted {
+        remaining,
+        at: Timestamp::default(),
+        in_flight: None,
+    }
+}
+
+/// A decision without the time it was made (what the steps below compare).
+fn plain(decision: Decision) -> Decision {
+    match decision {
+        Decision::Admitted { remaining, .. } => admitted(remaining),
+        other => other,
+    }
 }
 
 fn refused(retry_at: Timestamp, reason: Refusal) -> Decision {
@@ -77,7 +89,12 @@ async fn concurrent_acquires_from_two_handles_never_exceed_the_limit(backend: Ba
             two.store.clone()
         };
         let request = request(&resource, Priority::User, &limits, SystemClock.now());
-        tokio::spawn(async move { (request.now, store.acquire(request).await.unwrap()) })
+        tokio::spawn(async move {
+            (
+                request.clock.now(),
+                plain(store.acquire(request).await.unwrap()),
+            )
+        })
     });
     let decisions: Vec<_> = join_all(attempts)
         .await
@@ -140,7 +157,7 @@ async fn refusals_and_retry_at_follow_every_window(backend: Backend) {
     for (i, (ms, expected)) in steps.into_iter().enumerate() {
         // Alternate handles: the other "process" sees every admission.
         let store = if i % 2 == 0 { &one.store } else { &two.store };
-        let decision = store.acquire(user(ms)).await.unwrap();
+        let decision = plain(store.acquire(user(ms)).await.unwrap());
         assert_eq!(decision, expected, "at +{ms} ms");
     }
     one.close().await;
@@ -155,24 +172,30 @@ async fn background_is_held_to_its_share_and_users_are_not(backend: Backend) {
     let limits: Arc<[Limit]> = vec![Limit::new(n(10), Duration::from_secs(10))].into();
     // No user has been seen: users keep the minimum reserve (5 of 10).
     for i in 0..5 {
-        let decision = handle
-            .store
-            .acquire(request(&r, Priority::Background, &limits, at(i)))
-            .await
-            .unwrap();
+        let decision = plain(
+            handle
+                .store
+                .acquire(request(&r, Priority::Background, &limits, at(i)))
+                .await
+                .unwrap(),
+        );
         assert_eq!(decision, admitted(9 - i as u32), "background #{i}");
     }
-    let decision = handle
-        .store
-        .acquire(request(&r, Priority::Background, &limits, at(5)))
-        .await
-        .unwrap();
+    let decision = plain(
+        handle
+            .store
+            .acquire(request(&r, Priority::Background, &limits, at(5)))
+            .await
+            .unwrap(),
+    );
     assert_eq!(decision, refused(at(10_001), Refusal::BackgroundShare));
-    let decision = handle
-        .store
-        .acquire(request(&r, Priority::User, &limits, at(6)))
-        .await
-        .unwrap();
+    let decision = plain(
+        handle
+            .store
+            .acquire(request(&r, Priority::User, &limits, at(6)))
+            .await
+            .unwrap(),
+    );
     assert_eq!(decision, admitted(4));
     let stats = handle.store.stats().resources["share"];
     assert_eq!(
@@ -206,11 +229,13 @@ async fn status_reports_usage_reset_and_split(backend: Backend) {
         (100, Priority::Background),
         (200, Priority::User),
     ] {
-        let decision = handle
-            .store
-            .acquire(request(&r, priority, &limits, at(ms)))
-            .await
-            .unwrap();
+        let decision = plain(
+            handle
+                .store
+                .acquire(request(&r, priority, &limits, at(ms)))
+                .await
+                .unwrap(),
+        );
         assert!(
             matches!(decision, Decision::Admitted { .. }),
             "{decision:?}"
@@ -263,7 +288,7 @@ async fn server_feedback_blocks_and_caps_every_handle(backend: Backend) {
         .unwrap();
     let user = |ms| request(&r, Priority::User, &limits, at(ms));
     assert_eq!(
-        two.store.acquire(user(10)).await.unwrap(),
+        plain(two.store.acquire(user(10)).await.unwrap()),
         refused(at(5000), Refusal::ServerBlocked)
     );
     let status = two
@@ -278,7 +303,10 @@ async fn server_feedback_blocks_and_caps_every_handle(backend: Backend) {
         "{}",
         status.reason
     );
-    assert_eq!(two.store.acquire(user(5000)).await.unwrap(), admitted(99));
+    assert_eq!(
+        plain(two.store.acquire(user(5000)).await.unwrap()),
+        admitted(99)
+    );
 
     // Two more until the server's reset at +8 s.
     one.store
@@ -292,10 +320,16 @@ async fn server_feedback_blocks_and_caps_every_handle(backend: Backend) {
         )
         .await
         .unwrap();
-    assert_eq!(two.store.acquire(user(5001)).await.unwrap(), admitted(1));
-    assert_eq!(one.store.acquire(user(5002)).await.unwrap(), admitted(0));
     assert_eq!(
-        two.store.acquire(user(5003)).await.unwrap(),
+        plain(two.store.acquire(user(5001)).await.unwrap()),
+        admitted(1)
+    );
+    assert_eq!(
+        plain(one.store.acquire(user(5002)).await.unwrap()),
+        admitted(0)
+    );
+    assert_eq!(
+        plain(two.store.acquire(user(5003)).await.unwrap()),
         refused(at(8000), Refusal::ServerBudget)
     );
     let status = one
@@ -306,7 +340,10 @@ async fn server_feedback_blocks_and_caps_every_handle(backend: Backend) {
     assert_eq!(status.server_remaining, Some(0));
     assert_eq!(status.remaining, 0);
     // After the reset the limit alone applies: 3 admitted in the minute before this one.
-    assert_eq!(two.store.acquire(user(8000)).await.unwrap(), admitted(96));
+    assert_eq!(
+        plain(two.store.acquire(user(8000)).await.unwrap()),
+        admitted(96)
+    );
     let blocks: u64 = [&one, &two]
         .iter()
         .filter_map(|h| {
@@ -344,14 +381,14 @@ async fn a_server_budget_counts_admissions_older_than_the_longest_window(backend
         .unwrap();
     for (ms, left) in [(1, 2), (2, 1), (3, 0)] {
         assert_eq!(
-            handle.store.acquire(user(ms)).await.unwrap(),
+            plain(handle.store.acquire(user(ms)).await.unwrap()),
             admitted(left)
         );
     }
     // Long after the 1 s window, the budget is still spent.
     for ms in [6000, 6100, 30_000] {
         assert_eq!(
-            handle.store.acquire(user(ms)).await.unwrap(),
+            plain(handle.store.acquire(user(ms)).await.unwrap()),
             refused(at(60_000), Refusal::ServerBudget),
             "at +{ms} ms"
         );
@@ -359,7 +396,7 @@ async fn a_server_budget_counts_admissions_older_than_the_longest_window(backend
         handle.flush().await;
     }
     assert_eq!(
-        handle.store.acquire(user(60_000)).await.unwrap(),
+        plain(handle.store.acquire(user(60_000)).await.unwrap()),
         admitted(9)
     );
     handle.close().await;
@@ -406,10 +443,12 @@ async fn extreme_feedback_and_durations_are_neither_errors_nor_due_at_once(backe
         .await
         .unwrap();
     refused_later(
-        store
-            .acquire(ask(&blocked, Priority::User, 1))
-            .await
-            .unwrap(),
+        plain(
+            store
+                .acquire(ask(&blocked, Priority::User, 1))
+                .await
+                .unwrap(),
+        ),
         1,
         Refusal::ServerBlocked,
     );
@@ -426,23 +465,29 @@ async fn extreme_feedback_and_durations_are_neither_errors_nor_due_at_once(backe
         )
         .await
         .unwrap();
-    let first = store
-        .acquire(ask(&budget, Priority::User, 1))
-        .await
-        .unwrap();
-    assert!(matches!(first, Decision::Admitted { .. }), "{first:?}");
-    refused_later(
+    let first = plain(
         store
-            .acquire(ask(&budget, Priority::User, 2))
+            .acquire(ask(&budget, Priority::User, 1))
             .await
             .unwrap(),
+    );
+    assert!(matches!(first, Decision::Admitted { .. }), "{first:?}");
+    refused_later(
+        plain(
+            store
+                .acquire(ask(&budget, Priority::User, 2))
+                .await
+                .unwrap(),
+        ),
         2,
         Refusal::Limit,
     );
-    let background = store
-        .acquire(ask(&budget, Priority::Background, 3))
-        .await
-        .unwrap();
+    let background = plain(
+        store
+            .acquire(ask(&budget, Priority::Background, 3))
+            .await
+            .unwrap(),
+    );
     assert!(matches!(background, Decision::Refused { retry_at, .. } if retry_at > at(3)));
     let status = store
         .status(&budget, &limits, &adaptive, at(4))

@@ -2,13 +2,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use super::{
-    AdmissionLog, AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore,
-    ResourceStats, ServerFeedback, ServerState, decide, retention, status_of,
+    AdmissionLog, AdmissionRequest, Decision, InFlight, RateLimitStats, RateLimitStatus,
+    RateLimitStore, ResourceStats, ServerFeedback, ServerState, decide, retention, status_of,
 };
 use crate::context::Priority;
 use crate::rate_limit::adaptive::{Activity, ActivityLog, AdaptiveConfig, WindowUsage};
@@ -20,9 +21,10 @@ use crate::store::StoreError;
 /// Admissions counted in this process, behind one lock.
 ///
 /// Shared by every clone of the layers built over it (clone the store, or wrap it in an `Arc`).
-/// Each resource keeps the admissions of its longest window (at most that limit's `max`; while a
-/// server's `RateLimit-Remaining` budget applies, those since it was observed) and per-second user
-/// counts over the monitoring window: memory stays bounded per resource.
+/// Each resource keeps the admissions of its longest window (at most that limit's `max`, plus
+/// those in flight; while a server's `RateLimit-Remaining` budget applies, those since it was
+/// observed) and per-second user counts over the monitoring window: memory stays bounded per
+/// resource. The time of a decision is read under the lock.
 ///
 /// # Example
 ///
@@ -38,14 +40,19 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, Default)]
 pub struct MemoryRateLimitStore {
     resources: Arc<Mutex<HashMap<Resource, State>>>,
+    /// Identities of in-flight admissions.
+    next_id: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// (admitted at, background admissions pushed up to and including this one, background), in
-    /// order.
-    log: VecDeque<(u64, u64, bool)>,
-    background_pushed: u64,
+    /// The stamps of the admissions, oldest first (in-flight ones at their expiry, see
+    /// [`InFlight`]).
+    all: VecDeque<u64>,
+    /// The stamps of the background ones, oldest first.
+    background: VecDeque<u64>,
+    /// In-flight admissions not yet settled: id -> expiry.
+    in_flight: HashMap<u64, u64>,
     activity: ActivityLog,
     cached: Option<(u64, Activity)>,
     server: ServerState,
@@ -79,37 +86,66 @@ impl State {
         {
             cutoff = cutoff.min(observed);
         }
-        while self.log.front().is_some_and(|(at, _, _)| *at <= cutoff) {
-            self.log.pop_front();
+        for times in [&mut self.all, &mut self.background] {
+            while times.front().is_some_and(|at| *at <= cutoff) {
+                times.pop_front();
+            }
+        }
+        // In-flight admissions whose stamps were pruned (never settled) are forgotten; each
+        // one still held has its stamp in `all`, so only stale ones can make the map larger.
+        if self.in_flight.len() > self.all.len() {
+            self.in_flight.retain(|_, expiry| *expiry > cutoff);
+        }
+    }
+
+    fn record(&mut self, at: u64, background: bool) {
+        insert_sorted(&mut self.all, at);
+        if background {
+            insert_sorted(&mut self.background, at);
+        }
+    }
+
+    fn remove(&mut self, at: u64, background: bool) {
+        for (times, remove) in [(&mut self.all, true), (&mut self.background, background)] {
+            if remove {
+                let i = times.partition_point(|t| *t < at);
+                if times.get(i) == Some(&at) {
+                    times.remove(i);
+                }
+            }
         }
     }
 }
 
-struct Log<'a>(&'a VecDeque<(u64, u64, bool)>, u64);
+fn insert_sorted(times: &mut VecDeque<u64>, at: u64) {
+    // Usually the newest, or among the in-flight ones at the end.
+    let i = times.partition_point(|t| *t <= at);
+    times.insert(i, at);
+}
+
+struct Log<'a>(&'a State);
 
 impl AdmissionLog for Log<'_> {
     type Error = Infallible;
 
     fn usage(&mut self, since: u64) -> Result<WindowUsage, Infallible> {
-        let start = self.0.partition_point(|(at, _, _)| *at <= since);
-        let total = self.0.len() - start;
-        // Background admissions pushed before the window starts.
-        let before = self
-            .0
-            .get(start)
-            .map_or(self.1, |(_, cum, bg)| cum - u64::from(*bg));
+        let count = |times: &VecDeque<u64>| {
+            let n = times.len() - times.partition_point(|at| *at <= since);
+            u32::try_from(n).unwrap_or(u32::MAX)
+        };
         Ok(WindowUsage {
-            total: u32::try_from(total).unwrap_or(u32::MAX),
-            background: u32::try_from(self.1 - before).unwrap_or(u32::MAX),
+            total: count(&self.0.all),
+            background: count(&self.0.background),
         })
     }
 
     fn kth_oldest(&mut self, since: u64, k: u32) -> Result<Option<u64>, Infallible> {
-        let start = self.0.partition_point(|(at, _, _)| *at <= since);
+        let start = self.0.all.partition_point(|at| *at <= since);
         Ok(self
             .0
+            .all
             .get(start + k.saturating_sub(1) as usize)
-            .map(|(at, _, _)| *at))
+            .copied())
     }
 }
 
@@ -127,22 +163,31 @@ impl MemoryRateLimitStore {
         f(map.entry(resource.clone()).or_default())
     }
 
-    /// Decides synchronously (the whole decision is one critical section).
+    /// Decides synchronously (the whole decision is one critical section, and its time is read
+    /// inside it).
     pub(crate) fn acquire_now(&self, request: &AdmissionRequest) -> Decision {
-        let now = request.now.as_millis();
         let bg = request.priority == Priority::Background;
         self.with_state(&request.resource, |state| {
+            let at = request.clock.now();
+            let now = at.as_millis();
             state.prune(&request.limits, now);
             let activity = state.activity(&request.adaptive, now);
-            let mut log = Log(&state.log, state.background_pushed);
-            let Ok(decision) = decide(&mut log, request, &activity, &state.server);
-            match decision {
-                Decision::Admitted { .. } => {
-                    // Out-of-order clocks: record no earlier than the newest entry, which only
-                    // keeps the admission counted longer.
-                    let at = state.log.back().map_or(now, |(last, _, _)| now.max(*last));
-                    state.background_pushed += u64::from(bg);
-                    state.log.push_back((at, state.background_pushed, bg));
+            let Ok(mut decision) = decide(&mut Log(state), request, at, &activity, &state.server);
+            match &mut decision {
+                Decision::Admitted { in_flight, .. } => {
+                    let stamp = request.stamp(at);
+                    state.record(stamp.as_millis(), bg);
+                    if request.in_flight.is_some() {
+                        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                        state.in_flight.insert(id, stamp.as_millis());
+                        *in_flight = Some(InFlight::new(
+                            request.resource.clone(),
+                            request.priority,
+                            id,
+                            at,
+                            stamp,
+                        ));
+                    }
                     state.activity.record(!bg, now);
                     if bg {
                         state.stats.admitted_background += 1;
@@ -155,12 +200,29 @@ impl MemoryRateLimitStore {
             decision
         })
     }
+
+    /// Re-stamps an in-flight admission (see [`RateLimitStore::settle`]).
+    pub(crate) fn settle_now(&self, admission: &InFlight, at: Timestamp) {
+        let bg = admission.priority == Priority::Background;
+        self.with_state(&admission.resource, |state| {
+            let Some(expiry) = state.in_flight.remove(&admission.id) else {
+                return;
+            };
+            state.remove(expiry, bg);
+            state.record(admission.settled_stamp(at).as_millis(), bg);
+        });
+    }
 }
 
 #[async_trait]
 impl RateLimitStore for MemoryRateLimitStore {
     async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
         Ok(self.acquire_now(&request))
+    }
+
+    async fn settle(&self, admission: &InFlight, at: Timestamp) -> Result<(), StoreError> {
+        self.settle_now(admission, at);
+        Ok(())
     }
 
     async fn feedback(
@@ -189,9 +251,8 @@ impl RateLimitStore for MemoryRateLimitStore {
         Ok(self.with_state(resource, |state| {
             state.prune(limits, now_ms);
             let activity = state.activity.activity(adaptive, now_ms);
-            let mut log = Log(&state.log, state.background_pushed);
             let Ok(status) = status_of(
-                &mut log,
+                &mut Log(state),
                 resource,
                 limits,
                 adaptive,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::adaptive::{self, Activity, AdaptiveConfig, Check, Split, WindowUsage};
-use super::clock::Timestamp;
+use super::clock::{Clock, Timestamp};
 use super::limit::Limit;
 use crate::context::Priority;
 use crate::resource::Resource;
@@ -26,6 +26,10 @@ pub mod redis;
 pub mod sqlite;
 
 /// One request asking to go out now.
+///
+/// It carries the layer's [`Clock`] rather than a time: a store reads the time at the moment it
+/// decides (under its lock, inside its transaction, or in its script), however long the request
+/// waited for the store before, and stamps the admission with that time.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AdmissionRequest {
@@ -37,26 +41,164 @@ pub struct AdmissionRequest {
     pub limits: Arc<[Limit]>,
     /// The adaptive split's configuration.
     pub adaptive: Arc<AdaptiveConfig>,
-    /// The time of the request.
-    pub now: Timestamp,
+    /// Where the store reads the time of its decision (a [`Timestamp`] is a clock that stands
+    /// still, for tests).
+    pub clock: Arc<dyn Clock>,
+    /// `Some(bound)`: record the admission *in flight* (see [`InFlight`]): it counts in every
+    /// window until it is [settled](RateLimitStore::settle), and an admission never settled
+    /// (its process died) counts as if stamped at its decision plus `bound`. `None`: stamp it
+    /// at the decision, final ([`Accounting::OnSend`](crate::rate_limit::Accounting::OnSend)).
+    pub in_flight: Option<Duration>,
 }
 
 impl AdmissionRequest {
-    /// A request for `resource` at `now`.
+    /// A request for `resource`, decided at the time `clock` tells when the store decides it,
+    /// and stamped final at that time (set [`in_flight`](Self::in_flight) for an admission to
+    /// settle later).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::rate_limit::{AdaptiveConfig, AdmissionRequest, Limit, SystemClock, Timestamp};
+    /// use courteous::{Priority, Resource};
+    /// use std::num::NonZeroU32;
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let limits: Arc<[Limit]> = vec![Limit::per_second(NonZeroU32::new(5).unwrap())].into();
+    /// let resource = Resource::new("items").unwrap();
+    /// // Read the wall clock when the store decides; in flight for at most 60 s.
+    /// let live = AdmissionRequest::new(resource.clone(), Priority::User, limits.clone(),
+    ///     Arc::new(AdaptiveConfig::default()), SystemClock)
+    ///     .in_flight(Some(Duration::from_secs(60)));
+    /// // A clock that stands still at a given time (tests).
+    /// let fixed = AdmissionRequest::new(resource, Priority::User, limits,
+    ///     Arc::new(AdaptiveConfig::default()), Timestamp::from_millis(1_000));
+    /// # let _ = (live, fixed);
+    /// ```
     pub fn new(
         resource: Resource,
         priority: Priority,
         limits: Arc<[Limit]>,
         adaptive: Arc<AdaptiveConfig>,
-        now: Timestamp,
+        clock: impl Clock,
     ) -> Self {
         AdmissionRequest {
             resource,
             priority,
             limits,
             adaptive,
-            now,
+            clock: Arc::new(clock),
+            in_flight: None,
         }
+    }
+
+    /// The same request with its clock shared from an `Arc`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Records the admission in flight for at most `bound` (`None`: stamped final at the
+    /// decision). See [`AdmissionRequest::in_flight`](Self#structfield.in_flight).
+    #[must_use]
+    pub fn in_flight(mut self, bound: Option<Duration>) -> Self {
+        self.in_flight = bound;
+        self
+    }
+
+    /// The time to stamp an in-flight admission decided at `now` with: its expiry, `now +
+    /// bound` (see [`InFlight`]); `now` itself for an admission stamped final.
+    pub fn stamp(&self, now: Timestamp) -> Timestamp {
+        match self.in_flight {
+            Some(bound) => now + bound.max(Duration::from_millis(1)),
+            None => now,
+        }
+    }
+}
+
+/// An admission whose request is in flight: admitted, not yet answered.
+///
+/// Its request reaches the upstream at some moment between its decision and the arrival of
+/// the response head (or the failure), which nobody can see. So a store records it *in flight*
+/// and counts it in every window, whatever the window's end, until the layer
+/// [settles](RateLimitStore::settle) it at the moment the response head arrived: then it is
+/// re-stamped with that moment. No window of the upstream's own clock can then hold more than
+/// the limit, with no safety margin.
+///
+/// Every store represents it the same way: stamped with its *expiry*, `admitted_at + bound`
+/// (a time in the future; windows are counted from `now - window` with no upper bound, so it
+/// counts in every window until then). An admission never settled (its process died, or its
+/// future was dropped where no runtime could write the settlement) thus stops holding its slot
+/// at its expiry and counts from then on as if stamped at its expiry, the latest its request
+/// could have reached the upstream under the bound: the safe reading.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use courteous::rate_limit::{AdaptiveConfig, AdmissionRequest, Decision, Limit,
+///     MemoryRateLimitStore, RateLimitStore, Timestamp};
+/// use courteous::{Priority, Resource};
+/// use std::num::NonZeroU32;
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// let store = MemoryRateLimitStore::new();
+/// let request = AdmissionRequest::new(
+///     Resource::new("items").unwrap(),
+///     Priority::User,
+///     vec![Limit::per_second(NonZeroU32::new(1).unwrap())].into(),
+///     Arc::new(AdaptiveConfig::default()),
+///     Timestamp::from_millis(1_000),
+/// )
+/// .in_flight(Some(Duration::from_secs(60)));
+/// let Decision::Admitted { in_flight: Some(in_flight), .. } = store.acquire(request).await.unwrap()
+/// else { panic!() };
+/// assert_eq!(in_flight.expires_at, Timestamp::from_millis(61_000));
+/// // The response head arrived 200 ms later: the admission now counts from then.
+/// store.settle(&in_flight, Timestamp::from_millis(1_200)).await.unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct InFlight {
+    /// The admission's resource.
+    pub resource: Resource,
+    /// Its priority.
+    pub priority: Priority,
+    /// Its identity in the store, unique among the store's admissions of the resource (across
+    /// processes).
+    pub id: u64,
+    /// When it was decided.
+    pub admitted_at: Timestamp,
+    /// When it stops holding its slot if never settled; also the stamp it carries until then.
+    pub expires_at: Timestamp,
+}
+
+impl InFlight {
+    /// An in-flight admission (for stores).
+    pub fn new(
+        resource: Resource,
+        priority: Priority,
+        id: u64,
+        admitted_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Self {
+        InFlight {
+            resource,
+            priority,
+            id,
+            admitted_at,
+            expires_at,
+        }
+    }
+
+    /// The stamp a settlement at `at` gives: `at`, but never before the decision.
+    pub fn settled_stamp(&self, at: Timestamp) -> Timestamp {
+        at.max(self.admitted_at)
     }
 }
 
@@ -68,6 +210,12 @@ pub enum Decision {
     Admitted {
         /// Admissions left in the tightest limit after this one (and within the server's budget).
         remaining: u32,
+        /// The time the store decided (read from the request's clock, or the store's own, at
+        /// the decision).
+        at: Timestamp,
+        /// `Some` when the admission was recorded in flight and must be
+        /// [settled](RateLimitStore::settle) once its response head arrived.
+        in_flight: Option<InFlight>,
     },
     /// Not admitted; nothing was recorded.
     Refused {
@@ -92,6 +240,11 @@ pub enum Refusal {
     ServerBlocked,
     /// The server said no requests remain until its reset.
     ServerBudget,
+    /// A limit is used up, and admissions whose requests are still in flight hold the slot
+    /// that would free next: it frees one window after they settle, which is not known yet.
+    /// They settle no earlier than now, so `retry_at` is one window from now, the earliest it
+    /// can free; asked again then, the store knows the exact time.
+    InFlight,
 }
 
 /// What a server said about its limits.
@@ -164,6 +317,9 @@ pub struct RateLimitStatus {
     pub server_remaining: Option<u32>,
     /// Whether background requests are paused.
     pub background_paused: bool,
+    /// Admissions whose requests are in flight (admitted, not yet answered), which count in
+    /// every window until they settle.
+    pub in_flight: u32,
     /// Why the resource is in this state, in words.
     pub reason: String,
 }
@@ -201,13 +357,27 @@ pub struct RateLimitStats {
 ///
 /// Implementations must make [`acquire`](Self::acquire) atomic: the check against every limit
 /// and the record of the admission happen in one step that no other caller (in any process
-/// sharing the store) can interleave with. A future dropped before it completes must record
-/// nothing, as far as the backend allows (see each backend's notes).
+/// sharing the store) can interleave with, and the time of the decision is read in that step
+/// (from [`AdmissionRequest::clock`], or the store's own clock), never before. A future dropped
+/// before it completes must record nothing, as far as the backend allows (see each backend's
+/// notes).
+///
+/// An admission asked for [in flight](AdmissionRequest::in_flight) is stamped with its expiry
+/// (see [`InFlight`]) and returned in [`Decision::Admitted::in_flight`]; [`settle`](Self::settle)
+/// re-stamps it, visibly to every process sharing the store.
 #[async_trait]
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Checks a request against its limits, the adaptive split and server feedback, and records
     /// it if admitted.
     async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError>;
+
+    /// Re-stamps an in-flight admission at `at` (the moment its response head arrived, or its
+    /// failure was known; never before its decision: [`InFlight::settled_stamp`]), for every
+    /// process. A store may write it behind (batched): until then every process counts the
+    /// admission as in flight, the safe side. Settling an admission that is not in flight any
+    /// more (settled before, or pruned) does nothing. A store may stamp a later time than `at`
+    /// (its own clock when it writes), never an earlier one.
+    async fn settle(&self, admission: &InFlight, at: Timestamp) -> Result<(), StoreError>;
 
     /// Records what the server said about a resource's limits, for every process.
     async fn feedback(
@@ -239,6 +409,9 @@ pub trait RateLimitStore: Send + Sync + 'static {
 impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
     async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
         (**self).acquire(request).await
+    }
+    async fn settle(&self, admission: &InFlight, at: Timestamp) -> Result<(), StoreError> {
+        (**self).settle(admission, at).await
     }
     async fn feedback(
         &self,
@@ -298,15 +471,23 @@ impl ServerState {
 
 const PAUSED_RETRY_MS: u64 = 1000;
 
-/// The decision every backend makes, over its own log. Records nothing: the caller records the
-/// admission in the same atomic step when this returns `Admitted`.
+/// How far ahead of the clock a settled admission may be stamped: the layer rounds the time of
+/// a settlement up to the next millisecond. A stamp further ahead is an in-flight admission's
+/// expiry.
+pub(crate) const SETTLE_ROUNDING_MS: u64 = 1;
+
+/// The decision every backend makes at `now`, over its own log. Records nothing: the caller
+/// records the admission in the same atomic step when this returns `Admitted` (whose `at` is
+/// `now` and `in_flight` is `None`; the caller fills it in).
 pub(crate) fn decide<L: AdmissionLog>(
     log: &mut L,
     request: &AdmissionRequest,
+    now: Timestamp,
     activity: &Activity,
     server: &ServerState,
 ) -> Result<Decision, L::Error> {
-    let now = request.now.as_millis();
+    let stamp = now;
+    let now = now.as_millis();
     if server.blocked_until > now {
         return Ok(Decision::Refused {
             retry_at: Timestamp::from_millis(server.blocked_until),
@@ -340,8 +521,15 @@ pub(crate) fn decide<L: AdmissionLog>(
                 continue;
             }
             Check::Full(k) => {
-                let oldest = log.kth_oldest(since, k)?.unwrap_or(now);
-                let reason = if user || usage.total >= limit.max() {
+                let mut oldest = log.kth_oldest(since, k)?.unwrap_or(now);
+                let reason = if oldest > now.saturating_add(SETTLE_ROUNDING_MS) {
+                    // Stamped with its expiry: in flight (see `InFlight`). It will be
+                    // re-stamped no earlier than now, so its slot frees one window from now at
+                    // the earliest: the earliest time worth asking again (by then it has
+                    // most likely settled, and the answer is exact).
+                    oldest = now;
+                    Refusal::InFlight
+                } else if user || usage.total >= limit.max() {
                     Refusal::Limit
                 } else {
                     Refusal::BackgroundShare
@@ -364,7 +552,11 @@ pub(crate) fn decide<L: AdmissionLog>(
         }
     }
     Ok(match refused {
-        None => Decision::Admitted { remaining },
+        None => Decision::Admitted {
+            remaining,
+            at: stamp,
+            in_flight: None,
+        },
         Some((at, reason)) => Decision::Refused {
             retry_at: Timestamp::from_millis(at),
             reason,
@@ -440,6 +632,11 @@ pub(crate) fn status_of<L: AdmissionLog>(
     if limits.is_empty() {
         reasons.push("no limits configured".to_owned());
     }
+    // Stamped after now (and a settlement's rounding): in flight (see `InFlight`).
+    let in_flight = log.usage(now_ms.saturating_add(SETTLE_ROUNDING_MS))?.total;
+    if in_flight > 0 {
+        reasons.push(format!("{in_flight} in flight"));
+    }
     Ok(RateLimitStatus {
         resource: resource.clone(),
         limits: out,
@@ -451,6 +648,7 @@ pub(crate) fn status_of<L: AdmissionLog>(
         blocked_until,
         server_remaining,
         background_paused: paused,
+        in_flight,
         reason: reasons.join("; "),
     })
 }

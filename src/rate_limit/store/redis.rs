@@ -16,9 +16,9 @@
 //!
 //! | key | holds | lives |
 //! |---|---|---|
-//! | `p:rl:{r}:all` | sorted set of every admission (member unique per admission, score its time in ms) | the longest window after the last admission |
+//! | `p:rl:{r}:all` | sorted set of every admission (member `s<id>` stamped, `i<id>` in flight; score its stamp in ms) | the longest window after the last admission, and after the expiry of the last one in flight |
 //! | `p:rl:{r}:bg` | the same for background admissions only | the same |
-//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset`, `keep` and `keep_until` (the retention high-water mark) | 7 days (or twice the sustained inactivity, if longer) after the last admission, and at least until the server's block or reset |
+//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset`, `keep` and `keep_until` (the retention high-water mark), `seq` (the last admission's id) | 7 days (or twice the sustained inactivity, if longer) after the last admission, at least as long as the sets, and at least until the server's block or reset |
 //! | `p:rl:{r}:act` | hash: user admissions per second (`second -> count`) | the monitoring window after the last user admission |
 //! | `p:rl:{r}:actidx` | sorted set of the seconds in `act`, to trim it | the same |
 //!
@@ -37,15 +37,51 @@
 //! `Retry-After` of centuries, a [`Duration::MAX`] window), and the scripts check their
 //! arguments before they write anything (Redis does not roll back a script that fails half-way).
 //!
+//! # In flight
+//!
+//! An admission asked for [in flight](AdmissionRequest::in_flight) (the layer's default,
+//! upstream-exact accounting) is recorded as every store records it (see [`InFlight`]): with its
+//! expiry (decision + bound) as its score, as member `i<id>`. Every window is counted from
+//! `now − window` with no upper bound, so every process counts it in every window while it is in
+//! flight; a refusal whose freeing slot is held by one says [`Refusal::InFlight`] and asks again
+//! one window from now, the earliest that slot can free. [`settle`](RateLimitStore::settle) is
+//! one script that re-stamps it atomically: `i<id>` becomes `s<id>` with the settlement's time as
+//! its score, in `all` and (for background work) `bg`, visible to every process at once; a
+//! second settlement (a retried write) finds no `i<id>` and does nothing. An admission whose
+//! process died is never settled: it counts as if sent at its expiry until that leaves the
+//! windows, and is trimmed like any other, so a crash holds a slot for its bound and one
+//! window, not forever. The sets are kept (`PEXPIRE`, only ever extended) until the latest
+//! expiry has left the longest window. The id comes from `HINCRBY` on the state hash, which
+//! outlives the sets; an id found taken (the hash evicted under memory pressure) is skipped.
+//!
+//! Settlements are written one script each, not batched: the store's connection pipelines
+//! concurrent commands, so a burst of settlements costs one round trip each in parallel, and a
+//! settlement is visible as soon as it is written. What upstream-exact accounting costs on
+//! Redis is that second script per request.
+//!
 //! # Clocks
 //!
-//! Admissions are stamped with the Redis server's clock (`TIME`, read inside the script), so
-//! machines whose clocks disagree still count on one time line. The `retry_at` of a refusal is
-//! mapped back to the caller's clock (`request.now + (retry_at − server now)`), so the layer
-//! waits the right time whatever its own clock says; feedback (`Retry-After`, a budget's reset)
-//! is mapped the other way, as a delay from the caller's `now`. [`RedisClock::Caller`] stamps
-//! with the caller's clock instead (for tests with injected or paused time). Scripts that read
-//! `TIME` and then write need Redis 5 or later (effects replication).
+//! Admissions are stamped with the Redis server's clock (`TIME`, read inside the script, at the
+//! moment Redis decides: however long the request waited before, in the layer, in the
+//! connection's queue, or for a stalled server), so machines whose clocks disagree still count on
+//! one time line.
+//!
+//! The times of a decision are mapped back to the caller's clock, the caller's now read as the
+//! reply arrives standing for Redis's time of the decision: a decision's
+//! [`at`](Decision::Admitted::at) is that now, its [`InFlight`] expiry as far after it as on
+//! Redis, and the `retry_at` of a refusal `caller now + (retry_at − server now)`, so the layer
+//! waits the right time whatever its own clock says. Settlements are stamped with `TIME` as they
+//! are written, never before the decision (the script finds the decision's time on Redis's clock
+//! as the admission's expiry less its bound, the same on either time line). Feedback
+//! (`Retry-After`, a budget's reset) is mapped the other way, as a delay from the caller's
+//! `now`.
+//!
+//! [`RedisClock::Caller`] stamps with the caller's clock instead ([`AdmissionRequest::clock`],
+//! read after the activity read, right before the script is sent; a settlement's own time): for
+//! tests with injected or paused time. It cannot see the time a command then waits in the
+//! connection or in a stalled server, which `TIME` does; that is why the server's clock is the
+//! default. Scripts that read `TIME` and then write need Redis 5 or later (effects
+//! replication).
 //!
 //! # User activity
 //!
@@ -70,6 +106,8 @@
 //! A request dropped before its script reaches Redis records nothing. One dropped while the
 //! script runs (or whose connection broke after Redis ran it, and was retried) may be recorded
 //! without being sent: it over-counts by one, which never lets the API see more than the limit.
+//! Recorded in flight, such an admission is never settled and holds its slot until its expiry
+//! (and counts one window after it), like the admission of a process that died.
 //!
 //! # Example
 //!
@@ -91,8 +129,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -100,8 +137,8 @@ use async_trait::async_trait;
 use redis::{ErrorKind, Script, Value};
 
 use super::{
-    AdmissionLog, AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore,
-    Refusal, ResourceStats, ServerFeedback, ServerState, retention, status_of,
+    AdmissionLog, AdmissionRequest, Decision, InFlight, RateLimitStats, RateLimitStatus,
+    RateLimitStore, Refusal, ResourceStats, ServerFeedback, ServerState, retention, status_of,
 };
 use crate::context::Priority;
 use crate::rate_limit::adaptive::{
@@ -137,6 +174,9 @@ macro_rules! prelude {
     () => {
         r#"
 local MAX_MS = 315360000000
+-- A settled admission may be stamped this far ahead of the clock (a settlement's time is rounded
+-- up to the next millisecond); a stamp further ahead is an in-flight admission's expiry.
+local SETTLE_ROUNDING_MS = 1
 -- ARGV[i] as a number in [low, high]; else the script fails before it writes anything (Redis
 -- does not roll a script back).
 local function num(i, low, high)
@@ -160,16 +200,21 @@ end
 /// The decision of `decide()` (src/rate_limit/store/mod.rs), with the record of an admission.
 ///
 /// KEYS: all, bg, state, act, actidx.
-/// ARGV: now, member, 'u' or 'b', longest window ms, state ttl ms, monitoring ms, key ttl slack
-/// ms, paused retry ms, number of limits, then per limit: window ms, max, user reserved,
-/// background max, paused (1 or 0).
-/// Returns {'admitted', now, remaining (-1: unlimited)} or {'refused', now, retry_at, reason}.
+/// ARGV: now, in-flight bound ms ('' for an admission stamped final), 'u' or 'b', longest window
+/// ms, state ttl ms, monitoring ms, key ttl slack ms, paused retry ms, number of limits, then per
+/// limit: window ms, max, user reserved, background max, paused (1 or 0).
+/// Returns {'admitted', now, remaining (-1: unlimited), id, stamp} or {'refused', now, retry_at,
+/// reason}.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
         r#"
 local now = now_ms()
 -- Every argument is checked before the first write.
+local bound = -1
+if ARGV[2] ~= '' then
+  bound = math.max(num(2, 0, MAX_MS), 1)
+end
 local own_keep = num(4, 0, MAX_MS)
 local state_ttl = num(5, 0, MAX_MS)
 local monitoring = num(6, 0, MAX_MS)
@@ -248,12 +293,17 @@ for i = 0, count - 1 do
     else
       local kth = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. since, '+inf', 'WITHSCORES',
         'LIMIT', k - 1, 1)
-      at = cap(math.max((tonumber(kth[2]) or now) + window + 1, now + 1))
-      if user or total >= max then
+      local oldest = tonumber(kth[2]) or now
+      if oldest > now + SETTLE_ROUNDING_MS then
+        -- Stamped with its expiry: in flight. It settles no earlier than now, so its slot
+        -- frees one window from now at the earliest.
+        oldest, why = now, 'in_flight'
+      elseif user or total >= max then
         why = 'limit'
       else
         why = 'background_share'
       end
+      at = cap(math.max(oldest + window + 1, now + 1))
     end
     if not refused_at or at > refused_at then
       refused_at, reason = at, why
@@ -263,14 +313,34 @@ end
 if refused_at then
   return {'refused', now, refused_at, reason}
 end
+-- The admission's identity: unique among the resource's admissions, whatever process made
+-- them ('i' in flight, 's' stamped). The state hash that counts them outlives the sets that hold
+-- them (below); should it have been lost all the same (evicted), a taken identity is skipped.
+local id, member
+repeat
+  id = string.format('%d', redis.call('HINCRBY', KEYS[3], 'seq', 1))
+until not redis.call('ZSCORE', KEYS[1], 'i' .. id) and not redis.call('ZSCORE', KEYS[1], 's' .. id)
+local stamp = now
+member = 's' .. id
+if bound >= 0 then
+  -- In flight: stamped with its expiry, so that it counts in every window until it settles
+  -- (or, never settled, from then on as if sent then), and kept until that stamp leaves the
+  -- longest window.
+  stamp, member = now + bound, 'i' .. id
+  ttl = math.min(math.max(ttl, bound + keep), MAX_MS)
+end
 ttl = ttl + slack
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
-redis.call('PEXPIRE', KEYS[1], ttl)
+local function record(key)
+  redis.call('ZADD', key, stamp, member)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - keep)
+  -- Only ever extended: an in-flight admission may need the set longer than this one does.
+  if redis.call('PTTL', key) < ttl then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+record(KEYS[1])
 if not user then
-  redis.call('ZADD', KEYS[2], now, ARGV[2])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - keep)
-  redis.call('PEXPIRE', KEYS[2], ttl)
+  record(KEYS[2])
 end
 redis.call('HSETNX', KEYS[3], 'first_at', now)
 if user then
@@ -291,10 +361,11 @@ if user then
   redis.call('PEXPIRE', KEYS[4], monitoring + 1000 + slack)
   redis.call('PEXPIRE', KEYS[5], monitoring + 1000 + slack)
 end
+state_ttl = math.max(state_ttl, ttl)
 if redis.call('PTTL', KEYS[3]) < state_ttl then
   redis.call('PEXPIRE', KEYS[3], state_ttl)
 end
-return {'admitted', now, remaining}
+return {'admitted', now, remaining, tonumber(id), stamp}
 "#
     ))
 });
@@ -323,8 +394,9 @@ return out
 });
 
 /// KEYS: all, bg, state. ARGV: now, number of windows, window ms...
-/// Returns {{now, blocked_until, budget remaining, budget observed, budget reset, budget used},
-/// {total, background, oldest} per window}, -1 for what is missing.
+/// Returns {{now, blocked_until, budget remaining, budget observed, budget reset, budget used,
+/// in flight, of which background}, {total, background, oldest} per window}, -1 for what is
+/// missing.
 static STATUS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         prelude!(),
@@ -347,8 +419,11 @@ local used = -1
 if state[3] then
   used = redis.call('ZCOUNT', KEYS[1], '(' .. state[3], '+inf')
 end
+-- In flight: stamped after now and a settlement's rounding (with their expiry).
+local live = '(' .. (now + SETTLE_ROUNDING_MS)
 local out = {{now, tonumber(state[1]) or 0, tonumber(state[2]) or -1, tonumber(state[3]) or -1,
-  tonumber(state[4]) or -1, used}}
+  tonumber(state[4]) or -1, used, redis.call('ZCOUNT', KEYS[1], live, '+inf'),
+  redis.call('ZCOUNT', KEYS[2], live, '+inf')}}
 for i = 1, windows do
   local since = math.max(now - tonumber(ARGV[2 + i]), 0)
   local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. since, '+inf', 'WITHSCORES',
@@ -391,6 +466,52 @@ return now
     ))
 });
 
+/// Re-stamps an in-flight admission (see [`RateLimitStore::settle`]).
+///
+/// KEYS: all, bg, state. ARGV: now, id, in-flight bound ms (expiry − decision), 'u' or 'b', key
+/// ttl slack ms. Returns 1 if it was in flight, else 0 (settled before, or trimmed).
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        prelude!(),
+        r#"
+local now = now_ms()
+-- Checked before the first write.
+if not string.match(ARGV[2], '^%d+$') then
+  return error('courteous rate-limit script: argument 2 out of range: ' .. tostring(ARGV[2]))
+end
+local bound = num(3, 0, MAX_MS)
+local slack = num(5, 0, MAX_MS)
+local live = 'i' .. ARGV[2]
+local expiry = tonumber(redis.call('ZSCORE', KEYS[1], live))
+if not expiry then
+  return 0
+end
+if ARGV[1] == '' then
+  -- `TIME` rounded up to the next millisecond, as the layer rounds its clock: never before the
+  -- response head arrived.
+  now = now + SETTLE_ROUNDING_MS
+end
+-- Never before the decision (a clock that stepped back), which is its expiry less its bound.
+local stamp = math.max(now, expiry - bound)
+local settled = 's' .. ARGV[2]
+local keep = math.min(tonumber(redis.call('HGET', KEYS[3], 'keep')) or 0, MAX_MS)
+local ttl = math.min(stamp - now + keep, MAX_MS) + slack
+local function restamp(key)
+  redis.call('ZREM', key, live)
+  redis.call('ZADD', key, stamp, settled)
+  if redis.call('PTTL', key) < ttl then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+restamp(KEYS[1])
+if ARGV[4] == 'b' then
+  restamp(KEYS[2])
+end
+return 1
+"#
+    ))
+});
+
 /// Whose clock stamps the admissions of a [`RedisRateLimitStore`].
 ///
 /// # Example
@@ -411,14 +532,16 @@ return now
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RedisClock {
-    /// The Redis server's clock (`TIME`), which every machine shares, whatever its own clock
-    /// says (default).
+    /// The Redis server's clock (`TIME`, read when Redis runs the script), which every machine
+    /// shares, whatever its own clock says (default).
     #[default]
     Server,
-    /// The time the caller passes ([`AdmissionRequest::now`], the layer's
-    /// [`Clock`](crate::rate_limit::Clock)): for tests with injected or paused time, or machines
-    /// whose clocks are synchronised. Machines whose clocks disagree miscount, and keys live an
-    /// hour longer than their windows need (Redis expires them by its own clock).
+    /// The caller's clock ([`AdmissionRequest::clock`], the layer's
+    /// [`Clock`](crate::rate_limit::Clock), read right before the script is sent; the time a
+    /// settlement is given): for tests with injected or paused time, or machines whose clocks
+    /// are synchronised. Machines whose clocks disagree miscount, a command's wait in the
+    /// connection or a stalled server is not seen, and keys live an hour longer than their
+    /// windows need (Redis expires them by its own clock).
     Caller,
 }
 
@@ -450,9 +573,6 @@ impl RedisStore {
                 offset: AtomicI64::new(UNKNOWN),
                 activity: Mutex::default(),
                 stats: Mutex::default(),
-                instance: std::collections::hash_map::RandomState::new()
-                    .hash_one((std::process::id(), std::time::SystemTime::now())),
-                next: AtomicU64::new(0),
             }),
         }
     }
@@ -484,7 +604,7 @@ const UNKNOWN: i64 = i64::MIN;
 ///     Arc::new(AdaptiveConfig::default()),
 ///     Timestamp::from_system_time(std::time::SystemTime::now()),
 /// );
-/// assert!(matches!(store.acquire(request.clone()).await?, Decision::Admitted { remaining: 0 }));
+/// assert!(matches!(store.acquire(request.clone()).await?, Decision::Admitted { remaining: 0, .. }));
 /// assert!(matches!(store.acquire(request).await?, Decision::Refused { .. }));
 /// # Ok(())
 /// # }
@@ -503,9 +623,6 @@ struct Inner {
     /// recalculation interval.
     activity: Mutex<HashMap<Resource, (u64, Activity)>>,
     stats: Mutex<HashMap<Resource, ResourceStats>>,
-    /// Makes admission members unique across processes.
-    instance: u64,
-    next: AtomicU64,
 }
 
 impl fmt::Debug for RedisRateLimitStore {
@@ -581,7 +698,7 @@ fn to_caller(t: u64, offset: i64) -> u64 {
 /// What the admission script answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
-    Admitted { remaining: u32 },
+    Admitted { remaining: u32, id: u64, stamp: u64 },
     Refused { retry_at: u64, reason: Refusal },
 }
 
@@ -594,6 +711,8 @@ fn decode_acquire(reply: &[Value]) -> Result<(u64, Answer), RedisError> {
     let answer = match tag {
         "admitted" => Answer::Admitted {
             remaining: u32::try_from(num(2)?).unwrap_or(u32::MAX),
+            id: time(num(3)?),
+            stamp: time(num(4)?),
         },
         "refused" => Answer::Refused {
             retry_at: time(num(2)?),
@@ -603,6 +722,7 @@ fn decode_acquire(reply: &[Value]) -> Result<(u64, Answer), RedisError> {
                 Some("limit") => Refusal::Limit,
                 Some("background_share") => Refusal::BackgroundShare,
                 Some("background_paused") => Refusal::BackgroundPaused,
+                Some("in_flight") => Refusal::InFlight,
                 _ => return Err(bad("no reason")),
             },
         },
@@ -742,27 +862,38 @@ impl RedisRateLimitStore {
     async fn decide(&self, request: &AdmissionRequest) -> Result<Decision, RedisError> {
         let keys = self.keys(&request.resource);
         let user = request.priority == Priority::User;
+        let config = &request.adaptive;
+        let activity = if user {
+            None
+        } else {
+            Some(
+                self.activity(&request.resource, &keys, config, request.clock.now())
+                    .await?,
+            )
+        };
+        // With `RedisClock::Caller`, the time of the decision: read after every other wait, right
+        // before the script is sent (with `RedisClock::Server` the script reads `TIME` instead,
+        // when Redis runs it).
+        let sent_at = request.clock.now();
+        let state_ttl = STATE_TTL_MS
+            .max(ms(config.sustained_inactivity).saturating_mul(2))
+            .max(config.monitoring_ms())
+            .saturating_add(self.slack())
+            .min(MAX_MS);
         let mut invocation = ACQUIRE.prepare_invoke();
         invocation
             .key(&keys.all)
             .key(&keys.bg)
             .key(&keys.state)
             .key(&keys.act)
-            .key(&keys.actidx);
-        let member = format!(
-            "{:x}-{:x}",
-            self.inner.instance,
-            self.inner.next.fetch_add(1, Ordering::Relaxed)
-        );
-        let config = &request.adaptive;
-        let state_ttl = STATE_TTL_MS
-            .max(ms(config.sustained_inactivity).saturating_mul(2))
-            .max(config.monitoring_ms())
-            .saturating_add(self.slack())
-            .min(MAX_MS);
-        invocation
-            .arg(self.now_arg(request.now))
-            .arg(member)
+            .key(&keys.actidx)
+            .arg(self.now_arg(sent_at))
+            .arg(
+                request
+                    .in_flight
+                    .map(|bound| ms(bound).to_string())
+                    .unwrap_or_default(),
+            )
             .arg(if user { "u" } else { "b" })
             .arg(ms(retention(&request.limits)))
             .arg(state_ttl)
@@ -770,14 +901,6 @@ impl RedisRateLimitStore {
             .arg(self.slack())
             .arg(super::PAUSED_RETRY_MS)
             .arg(request.limits.len());
-        let activity = if user {
-            None
-        } else {
-            Some(
-                self.activity(&request.resource, &keys, config, request.now)
-                    .await?,
-            )
-        };
         for limit in request.limits.iter() {
             invocation.arg(capped(limit.window_ms())).arg(limit.max());
             match &activity {
@@ -793,12 +916,37 @@ impl RedisRateLimitStore {
         }
         let reply: Vec<Value> = self.redis.script("rate-limit acquire", invocation).await?;
         let (now, answer) = decode_acquire(&reply)?;
-        self.observe_offset(now, request.now);
+        // The caller's time that goes with the store's `now`: read as the reply arrives, so that
+        // a refusal's delay counts from the moment the layer gets it.
+        let caller_now = match self.clock {
+            RedisClock::Server => request.clock.now(),
+            RedisClock::Caller => sent_at,
+        };
+        self.observe_offset(now, caller_now);
         Ok(match answer {
-            Answer::Admitted { remaining } => Decision::Admitted { remaining },
+            // On the caller's time line: the decision was at `now` on Redis's, which is the
+            // caller's `caller_now` (as far as one reply tells); the expiry is as far after it
+            // on either.
+            Answer::Admitted {
+                remaining,
+                id,
+                stamp,
+            } => Decision::Admitted {
+                remaining,
+                at: caller_now,
+                in_flight: request.in_flight.map(|_| {
+                    InFlight::new(
+                        request.resource.clone(),
+                        request.priority,
+                        id,
+                        caller_now,
+                        caller_now + Duration::from_millis(stamp.saturating_sub(now)),
+                    )
+                }),
+            },
             Answer::Refused { retry_at, reason } => Decision::Refused {
                 // The same delay from the caller's now.
-                retry_at: request.now + Duration::from_millis(retry_at.saturating_sub(now)),
+                retry_at: caller_now + Duration::from_millis(retry_at.saturating_sub(now)),
                 reason,
             },
         })
@@ -824,6 +972,32 @@ impl RateLimitStore for RedisRateLimitStore {
             }
         });
         Ok(decision)
+    }
+
+    async fn settle(&self, admission: &InFlight, at: Timestamp) -> Result<(), StoreError> {
+        let keys = self.keys(&admission.resource);
+        let mut invocation = SETTLE.prepare_invoke();
+        invocation
+            .key(&keys.all)
+            .key(&keys.bg)
+            .key(&keys.state)
+            .arg(self.now_arg(at))
+            .arg(admission.id)
+            // The same in every frame: the decision's time on Redis's clock is its expiry there
+            // less this.
+            .arg(capped(
+                admission
+                    .expires_at
+                    .as_millis()
+                    .saturating_sub(admission.admitted_at.as_millis()),
+            ))
+            .arg(match admission.priority {
+                Priority::User => "u",
+                Priority::Background => "b",
+            })
+            .arg(self.slack());
+        let _settled: i64 = self.redis.script("rate-limit settle", invocation).await?;
+        Ok(())
     }
 
     async fn feedback(
@@ -879,7 +1053,18 @@ impl RateLimitStore for RedisRateLimitStore {
         }
         let reply: Vec<Vec<i64>> = self.redis.script(OP, invocation).await?;
         let bad = || unexpected(OP, format!("{reply:?}"));
-        let Some([store_now, blocked, left, observed, reset, used]) = reply.first().map(|h| &h[..])
+        let Some(
+            [
+                store_now,
+                blocked,
+                left,
+                observed,
+                reset,
+                used,
+                live,
+                live_bg,
+            ],
+        ) = reply.first().map(|h| &h[..])
         else {
             return Err(bad().into());
         };
@@ -916,6 +1101,16 @@ impl RateLimitStore for RedisRateLimitStore {
                 })
                 .collect(),
         };
+        // Stamped after now and a settlement's rounding: in flight (what `status_of` reports as
+        // such).
+        log.windows.push((
+            now_ms.saturating_add(super::SETTLE_ROUNDING_MS),
+            WindowUsage {
+                total: u32::try_from((*live).max(0)).unwrap_or(u32::MAX),
+                background: u32::try_from((*live_bg).max(0)).unwrap_or(u32::MAX),
+            },
+            None,
+        ));
         if let Some((_, observed, _)) = server.budget {
             log.windows.push((
                 observed,
@@ -987,14 +1182,41 @@ mod tests {
     fn replies_decode_or_fail_with_a_typed_error() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         assert_eq!(
-            decode_acquire(&[bulk("admitted"), Value::Int(1000), Value::Int(-1)]).unwrap(),
+            decode_acquire(&[
+                bulk("admitted"),
+                Value::Int(1000),
+                Value::Int(-1),
+                Value::Int(7),
+                Value::Int(61_000)
+            ])
+            .unwrap(),
             (
                 1000,
                 Answer::Admitted {
-                    remaining: u32::MAX
+                    remaining: u32::MAX,
+                    id: 7,
+                    stamp: 61_000
                 }
             )
         );
+        assert_eq!(
+            decode_acquire(&[
+                bulk("refused"),
+                Value::Int(1000),
+                Value::Int(2001),
+                bulk("in_flight")
+            ])
+            .unwrap(),
+            (
+                1000,
+                Answer::Refused {
+                    retry_at: 2001,
+                    reason: Refusal::InFlight
+                }
+            )
+        );
+        // A reply of an older script (no id): a typed error, not a panic.
+        assert!(decode_acquire(&[bulk("admitted"), Value::Int(1000), Value::Int(-1)]).is_err());
         assert_eq!(
             decode_acquire(&[
                 bulk("refused"),
@@ -1020,6 +1242,11 @@ mod tests {
     #[test]
     fn the_scripts_clamp_to_the_same_maximum_as_rust() {
         let lua = format!("local MAX_MS = {MAX_MS}\n");
+        assert!(prelude!().contains(&lua));
+        let lua = format!(
+            "local SETTLE_ROUNDING_MS = {}\n",
+            super::super::SETTLE_ROUNDING_MS
+        );
         assert!(prelude!().contains(&lua));
         assert_eq!(ms(Duration::MAX), MAX_MS);
         assert_eq!(capped(u64::MAX), MAX_MS);

@@ -38,6 +38,16 @@
 //! stamped a few microseconds later still counts: the window invariant holds across processes
 //! whatever order their transactions commit in.
 //!
+//! # Time and in-flight admissions
+//!
+//! Each decision reads the request's clock inside the transaction, just before it is made: a
+//! request that waited in the queue or for another process's turn is stamped when it is decided,
+//! not when it asked. An admission asked *in flight* (see [`InFlight`]) is inserted with its
+//! expiry as its stamp, and [`settle`](RateLimitStore::settle) re-stamps it (an `UPDATE` of
+//! `at`, found by its primary key): settlements are queued like decisions and written in the
+//! same transactions, before the decisions of that transaction, so that many share one commit.
+//! Until one is committed, every process counts the admission in flight, the safe side.
+//!
 //! # User activity
 //!
 //! User admissions are counted per resource and second and written behind (through
@@ -66,12 +76,14 @@
 //!
 //! Each process keeps, per resource, the times of the admissions in its windows (and one second
 //! before them). Schema `rate_limit` v3 adds to `rate_limit_state` a `generation` and a log of
-//! the last 16 admissions (`recent`), which a trigger updates with every insert into
-//! `rate_limit_admissions`, whatever process or version of this crate makes it. A copy at the
-//! generation in the row is exact. One that is behind by `d` catches up from the log (`d` ≤ 16:
-//! no other page read, which matters since SQLite drops a connection's page cache whenever
-//! another process wrote), else from the newest rows when exactly `d` new ones are there, else
-//! by reading the window again. A transaction that fails or panics drops every copy. Deleting
+//! the last admissions (`recent`), which a trigger updates with every insert into
+//! `rate_limit_admissions`, whatever process or version of this crate makes it; v4 keeps 64
+//! entries and adds a trigger for re-stamps, which raises the generation by two and logs the
+//! removal of the old stamp and the new one. A copy at the generation in the row is exact. One
+//! that is behind by `d` catches up from the log (`d` ≤ 64: no other page read, which matters
+//! since SQLite drops a connection's page cache whenever another process wrote), else from the
+//! newest rows when exactly `d` new ones are there and nothing was re-stamped, else by reading
+//! the window again. A transaction that fails or panics drops every copy. Deleting
 //! admissions or state rows by hand, or putting back an older copy of the file, while processes
 //! have it open, can leave their copies wrong: restart them afterwards.
 //!
@@ -79,7 +91,9 @@
 //!
 //! A request dropped before its batch is taken is skipped and records nothing. One dropped while
 //! its batch is being decided may be recorded without being sent: it over-counts by one, which
-//! never lets the API see more than the limit.
+//! never lets the API see more than the limit. If it was asked in flight, it is settled at its
+//! decision (by the runner, or by the dropped caller when the answer had already arrived), so it
+//! counts for one window, not until its in-flight bound.
 //!
 //! # Example
 //!
@@ -111,8 +125,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::{
-    AdmissionLog, AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore,
-    ResourceStats, ServerFeedback, ServerState, decide, retention, status_of,
+    AdmissionLog, AdmissionRequest, Decision, InFlight, RateLimitStats, RateLimitStatus,
+    RateLimitStore, ResourceStats, ServerFeedback, ServerState, decide, retention, status_of,
 };
 use crate::context::Priority;
 use crate::rate_limit::adaptive::{Activity, AdaptiveConfig, WindowUsage, activity_from_buckets};
@@ -178,6 +192,29 @@ pub(crate) const RATE_LIMIT: Component = Component {
              ON CONFLICT (resource) DO UPDATE SET
                  generation = generation + 1,
                  recent = substr(recent || excluded.recent, -256);
+         END;",
+        // 4: in-flight admissions are re-stamped (an UPDATE of `at`) when their response
+        // arrives: the generation rises by two and the log gets two entries, the removal of the
+        // old stamp (the top bit set) and the new one, so that copies stay exact (see
+        // `window`). The log keeps the last 64 entries.
+        "DROP TRIGGER rate_limit_admission_generation;
+         CREATE TRIGGER rate_limit_admission_generation AFTER INSERT ON rate_limit_admissions
+         BEGIN
+             INSERT INTO rate_limit_state (resource, first_at, generation, recent)
+                 VALUES (NEW.resource, NEW.at, 1,
+                         printf('%016x', NEW.at * 2 + (NEW.background != 0)))
+             ON CONFLICT (resource) DO UPDATE SET
+                 generation = generation + 1,
+                 recent = substr(recent || excluded.recent, -1024);
+         END;
+         CREATE TRIGGER rate_limit_admission_restamp AFTER UPDATE OF at ON rate_limit_admissions
+         BEGIN
+             UPDATE rate_limit_state SET
+                 generation = generation + 2,
+                 recent = substr(recent
+                     || printf('%016x', (OLD.at * 2 + (OLD.background != 0)) | (1 << 63))
+                     || printf('%016x', NEW.at * 2 + (NEW.background != 0)), -1024)
+             WHERE resource = NEW.resource;
          END;",
     ],
 };
@@ -262,6 +299,26 @@ struct Waiting {
     requeued: bool,
 }
 
+/// An in-flight admission of this process waiting to be re-stamped.
+struct Settling {
+    admission: InFlight,
+    at: Timestamp,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// What one transaction does: re-stamps first (they can only free slots), then decisions.
+#[derive(Default)]
+struct Batch {
+    decisions: Vec<Waiting>,
+    settles: Vec<Settling>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.decisions.is_empty() && self.settles.is_empty()
+    }
+}
+
 /// Requests waiting for a decision, and who is deciding them.
 ///
 /// All three fields change under one lock, which makes the hand-off race-free: a runner stops
@@ -270,6 +327,8 @@ struct Waiting {
 #[derive(Default)]
 struct Queue {
     items: Vec<Waiting>,
+    /// Re-stamps waiting to be written (they share the decisions' transactions).
+    settles: Vec<Settling>,
     /// A runner is deciding batches (one per process at a time).
     active: bool,
     /// A job is queued that will become the runner.
@@ -279,13 +338,17 @@ struct Queue {
 impl Queue {
     /// Answers every queued request with an error (nobody will decide them).
     fn fail_all(&mut self, message: &'static str) {
+        let error = || StoreError::new("sqlite", StoreErrorKind::Other, message);
         for waiting in self.items.drain(..) {
-            let _ = waiting.reply.send(Err(StoreError::new(
-                "sqlite",
-                StoreErrorKind::Other,
-                message,
-            )));
+            let _ = waiting.reply.send(Err(error()));
         }
+        for settling in self.settles.drain(..) {
+            let _ = settling.reply.send(Err(error()));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.settles.is_empty()
     }
 }
 
@@ -528,9 +591,11 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
     }
 }
 
-fn take_batch(queue: &mut Queue, phases: Option<&Phases>) -> Vec<Waiting> {
+fn take_batch(queue: &mut Queue, phases: Option<&Phases>) -> Batch {
     let n = queue.items.len().min(MAX_BATCH);
     let batch: Vec<Waiting> = queue.items.drain(..n).collect();
+    let n = queue.settles.len().min(MAX_BATCH);
+    let settles: Vec<Settling> = queue.settles.drain(..n).collect();
     if let Some(phases) = phases {
         let now = Instant::now();
         for w in batch.iter().filter(|w| !w.requeued) {
@@ -539,7 +604,10 @@ fn take_batch(queue: &mut Queue, phases: Option<&Phases>) -> Vec<Waiting> {
             }
         }
     }
-    batch
+    Batch {
+        decisions: batch,
+        settles,
+    }
 }
 
 /// Clears the runner flag when a runner stops for any reason other than an empty queue (a
@@ -566,9 +634,9 @@ impl<'a> RunnerGuard<'a> {
     /// Stops the runner if nothing is queued (under the lock the requests are queued with, so
     /// that a request queued afterwards sees no runner and schedules one); otherwise takes the
     /// next batch.
-    fn stop_if_idle(&mut self) -> Option<Vec<Waiting>> {
+    fn stop_if_idle(&mut self) -> Option<Batch> {
         let mut queue = lock(&self.inner.queue);
-        if queue.items.is_empty() {
+        if queue.is_empty() {
             queue.active = false;
             self.stopped = true;
             return None;
@@ -714,18 +782,26 @@ impl Inner {
         &self,
         sqlite: &SqliteStore,
         conn: &mut Connection,
-        batch: Vec<Waiting>,
+        batch: Batch,
         release: OnDrop<impl FnOnce()>,
     ) -> Result<(), SqliteError> {
-        // A caller that gave up before its turn records nothing.
-        let mut batch: Vec<_> = batch.into_iter().filter(|w| !w.reply.is_closed()).collect();
-        if batch.is_empty() {
+        // A caller that gave up before its turn records nothing. (A re-stamp is written even
+        // when its caller is gone: a response future dropped mid-flight settles that way.)
+        let Batch { decisions, settles } = batch;
+        let mut batch: Vec<_> = decisions
+            .into_iter()
+            .filter(|w| !w.reply.is_closed())
+            .collect();
+        if batch.is_empty() && settles.is_empty() {
             return Ok(());
         }
-        let decided = self.decide_all(conn, &batch);
+        let decided = self.decide_all(conn, &settles, &batch);
         drop(release);
         match decided {
             Ok(decisions) => {
+                for settling in settles {
+                    let _ = settling.reply.send(Ok(()));
+                }
                 if decisions.len() < batch.len() {
                     // Out of time: the rest go first in the next transaction.
                     let mut rest = batch.split_off(decisions.len());
@@ -741,9 +817,9 @@ impl Inner {
                         let entry = stats.entry(request.resource.clone()).or_default();
                         match (decision, request.priority) {
                             (Decision::Refused { .. }, _) => entry.refused += 1,
-                            (_, Priority::User) => {
+                            (Decision::Admitted { at, .. }, Priority::User) => {
                                 entry.admitted_user += 1;
-                                let now = request.now.as_millis();
+                                let now = at.as_millis();
                                 *pending
                                     .users
                                     .entry((request.resource.clone(), now / 1000))
@@ -760,8 +836,9 @@ impl Inner {
                 }
                 let phases = self.phases.as_deref();
                 for (waiting, decision) in batch.into_iter().zip(decisions) {
-                    let _ = waiting.reply.send(Ok(decision));
-                    if let (Some(phases), Some(at)) = (phases, waiting.queued_at) {
+                    let queued_at = waiting.queued_at;
+                    self.answer(waiting, decision);
+                    if let (Some(phases), Some(at)) = (phases, queued_at) {
                         phases.in_store.record(at.elapsed());
                     }
                 }
@@ -782,8 +859,32 @@ impl Inner {
                             .reply
                             .send(Err(StoreError::new("sqlite", kind, message.clone())));
                 }
+                for settling in settles {
+                    let _ =
+                        settling
+                            .reply
+                            .send(Err(StoreError::new("sqlite", kind, message.clone())));
+                }
                 Err(error)
             }
+        }
+    }
+
+    /// Sends a decision to its caller. An in-flight admission whose caller gave up while it was
+    /// decided was never sent: its re-stamp at its decision is queued for the runner (which is
+    /// active, and takes it before it stops), so that it does not hold its slot to its bound.
+    fn answer(&self, waiting: Waiting, decision: Decision) {
+        if let Err(Ok(Decision::Admitted {
+            in_flight: Some(in_flight),
+            ..
+        })) = waiting.reply.send(Ok(decision))
+        {
+            let at = in_flight.admitted_at;
+            lock(&self.queue).settles.push(Settling {
+                admission: in_flight,
+                at,
+                reply: oneshot::channel().0,
+            });
         }
     }
 
@@ -825,6 +926,7 @@ impl Inner {
     fn decide_all(
         &self,
         conn: &mut Connection,
+        settles: &[Settling],
         batch: &[Waiting],
     ) -> rusqlite::Result<Vec<Decision>> {
         let phases = self.phases.as_deref();
@@ -843,7 +945,7 @@ impl Inner {
         // A panic rolls the transaction back too (the transaction's guard, and `call`): what it
         // added to the copies must go with it.
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.decide_in(&tx, &mut windows, batch, begun)
+            self.decide_in(&tx, &mut windows, settles, batch, begun)
         }))
         .unwrap_or_else(|panic| {
             windows.clear();
@@ -881,22 +983,51 @@ impl Inner {
         }
     }
 
-    /// Decides `batch` in order in the open transaction `tx`, until the budget has passed since
-    /// `begun` (always at least one), recording each admission in the table and in the copies.
+    /// Re-stamps `settles` and decides `batch` in order in the open transaction `tx`, until the
+    /// budget has passed since `begun` (always at least one decision), recording each admission
+    /// in the table and in the copies.
     fn decide_in(
         &self,
         tx: &Connection,
         windows: &mut Windows,
+        settles: &[Settling],
         batch: &[Waiting],
         begun: Instant,
     ) -> rusqlite::Result<Vec<Decision>> {
         let mut rows: HashMap<&Resource, Row> = HashMap::new();
+        for Settling { admission, at, .. } in settles {
+            let resource = &admission.resource;
+            let row = match rows.entry(resource) {
+                std::collections::hash_map::Entry::Occupied(row) => row.into_mut(),
+                std::collections::hash_map::Entry::Vacant(row) => {
+                    row.insert(read_row(tx, resource.as_str())?)
+                }
+            };
+            let old = sql_time(admission.expires_at);
+            let new = sql_time(admission.settled_stamp(*at));
+            // Only while it is still there with its expiry as its stamp: settled once, or
+            // pruned, it is left alone. The trigger raises the generation by two and logs the
+            // move.
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE rate_limit_admissions SET at = ?4
+                     WHERE resource = ?1 AND at = ?2 AND id = ?3",
+                )?
+                .execute(params![resource.as_str(), old, admission.id as i64, new])?;
+            if changed == 1 && row.exists {
+                let background = admission.priority == Priority::Background;
+                windows.restamp(resource, row.generation, old as u64, new as u64, background);
+                row.generation += 2;
+            }
+        }
         let mut decisions = Vec::with_capacity(batch.len());
         for Waiting { request, .. } in batch {
             if !decisions.is_empty() && begun.elapsed() >= self.budget {
                 break;
             }
-            let now = request.now.as_millis();
+            // The time of the decision, read inside the transaction.
+            let stamp = request.clock.now();
+            let now = stamp.as_millis();
             let resource = request.resource.as_str();
             #[cfg(test)]
             if resource == copy_tests::PANIC {
@@ -922,11 +1053,14 @@ impl Inner {
                 window,
                 table: SqlLog { conn: tx, resource },
             };
-            let decision = decide(&mut log, request, &activity, &row.server)?;
-            if let Decision::Admitted { .. } = decision {
+            let mut decision = decide(&mut log, request, stamp, &activity, &row.server)?;
+            if let Decision::Admitted { in_flight, .. } = &mut decision {
                 let background = request.priority == Priority::Background;
-                // Stamps past SQLite's integers (absurd clocks) are stored as its largest.
-                let at = i64::try_from(now).unwrap_or(i64::MAX);
+                // In flight: stamped with its expiry (see `InFlight`). Stamps past SQLite's
+                // integers (absurd clocks) are stored as its largest.
+                let expiry = request.stamp(stamp);
+                let at = sql_time(expiry);
+                let id = next_id();
                 // The trigger raises the resource's generation (and creates its state row on
                 // its first admission, which leaves the adaptive split's initial state); the
                 // copy and the row follow.
@@ -934,15 +1068,19 @@ impl Inner {
                     "INSERT INTO rate_limit_admissions (resource, at, id, background)
                      VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![
-                    resource,
-                    at,
-                    next_id(),
-                    i64::from(background)
-                ])?;
+                .execute(params![resource, at, id, i64::from(background)])?;
                 window.record(at as u64, background);
                 row.generation = window.generation();
                 row.exists = true;
+                if request.in_flight.is_some() {
+                    *in_flight = Some(InFlight::new(
+                        request.resource.clone(),
+                        request.priority,
+                        id as u64,
+                        stamp,
+                        Timestamp::from_millis(at as u64),
+                    ));
+                }
             }
             decisions.push(decision);
         }
@@ -952,7 +1090,7 @@ impl Inner {
     /// Queues pruning of the rows that no window in use (in any process) needs any more, at
     /// most once every `PRUNE_EVERY_MS` per resource (coalesced in the write-behind queue).
     fn schedule_pruning(&self, sqlite: &SqliteStore, request: &AdmissionRequest) {
-        let now = request.now.as_millis();
+        let now = request.clock.now().as_millis();
         let window = u64::try_from(retention(&request.limits).as_millis()).unwrap_or(u64::MAX);
         let keep = {
             let mut pruning = lock(&self.pruning);
@@ -1016,19 +1154,42 @@ fn store_error(error: SqliteError) -> StoreError {
     StoreError::from(error)
 }
 
-#[async_trait]
-impl RateLimitStore for SqliteRateLimitStore {
-    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner.schedule_pruning(&self.sqlite, &request);
+/// The caller's end of a decision; see [`SqliteRateLimitStore::acquire`].
+struct Answer<'a> {
+    store: &'a SqliteRateLimitStore,
+    answer: Option<oneshot::Receiver<Result<Decision, StoreError>>>,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        let Some(mut answer) = self.answer.take() else {
+            return;
+        };
+        // No answer can arrive after this: the runner then finds the channel closed and settles
+        // an in-flight admission itself; one that arrived before is settled here.
+        answer.close();
+        if let Ok(Ok(Decision::Admitted {
+            in_flight: Some(in_flight),
+            ..
+        })) = answer.try_recv()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.store.clone();
+            drop(handle.spawn(async move {
+                let at = in_flight.admitted_at;
+                let _ = store.settle(&in_flight, at).await;
+            }));
+        }
+    }
+}
+
+impl SqliteRateLimitStore {
+    /// Queues work for the runner (under the queue's lock), and schedules a runner job unless
+    /// one is active or scheduled.
+    async fn enqueue(&self, push: impl FnOnce(&mut Queue)) {
         let schedule = {
             let mut queue = lock(&self.inner.queue);
-            queue.items.push(Waiting {
-                request,
-                reply,
-                queued_at: self.inner.phases.as_ref().map(|_| Instant::now()),
-                requeued: false,
-            });
+            push(&mut queue);
             let schedule = !queue.active && !queue.scheduled;
             queue.scheduled |= schedule;
             schedule
@@ -1063,6 +1224,31 @@ impl RateLimitStore for SqliteRateLimitStore {
                 Err(_) => job.await,
             }
         }
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for SqliteRateLimitStore {
+    async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.schedule_pruning(&self.sqlite, &request);
+        let queued_at = self.inner.phases.as_ref().map(|_| Instant::now());
+        self.enqueue(|queue| {
+            queue.items.push(Waiting {
+                request,
+                reply,
+                queued_at,
+                requeued: false,
+            });
+        })
+        .await;
+        // Dropped after its admission was decided but before it was read, the admission is
+        // settled at its decision, not held in flight to its bound (it was never sent).
+        let mut answer = Answer {
+            store: self,
+            answer: Some(answer),
+        };
+        let answer = answer.answer.as_mut().expect("taken only on drop");
         match answer.await {
             Ok(result) => result,
             Err(_) => Err(StoreError::new(
@@ -1071,6 +1257,26 @@ impl RateLimitStore for SqliteRateLimitStore {
                 "the rate-limit decision was lost (the store closed or failed); retry the request",
             )),
         }
+    }
+
+    async fn settle(&self, admission: &InFlight, at: Timestamp) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let admission = admission.clone();
+        self.enqueue(|queue| {
+            queue.settles.push(Settling {
+                admission,
+                at,
+                reply,
+            });
+        })
+        .await;
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::new(
+                "sqlite",
+                StoreErrorKind::Other,
+                "the re-stamp of an in-flight admission was lost (the store closed or failed)",
+            ))
+        })
     }
 
     async fn feedback(
@@ -1309,7 +1515,7 @@ mod tests {
         let remaining: Vec<u32> = decisions
             .into_iter()
             .map(|d| match d.unwrap() {
-                Decision::Admitted { remaining } => remaining,
+                Decision::Admitted { remaining, .. } => remaining,
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -1369,9 +1575,34 @@ mod copy_tests {
                 .await
         }
 
+        /// Admits a request in flight (bound 60 s) at `now`.
+        async fn admit_in_flight(&self, resource: &str, max: u32, now: u64) -> InFlight {
+            let decision = self
+                .store
+                .acquire(
+                    AdmissionRequest::new(
+                        Resource::new(resource).unwrap(),
+                        Priority::User,
+                        vec![Limit::per_minute(NonZeroU32::new(max).unwrap())].into(),
+                        Arc::new(AdaptiveConfig::default()),
+                        Timestamp::from_millis(now),
+                    )
+                    .in_flight(Some(Duration::from_secs(60))),
+                )
+                .await
+                .unwrap();
+            match decision {
+                Decision::Admitted {
+                    in_flight: Some(in_flight),
+                    ..
+                } => in_flight,
+                other => panic!("refused at {now}: {other:?}"),
+            }
+        }
+
         async fn admit(&self, resource: &str, max: u32, now: u64) -> u32 {
             match self.ask(resource, max, now).await.unwrap() {
-                Decision::Admitted { remaining } => remaining,
+                Decision::Admitted { remaining, .. } => remaining,
                 other => panic!("refused at {now}: {other:?}"),
             }
         }
@@ -1492,19 +1723,192 @@ mod copy_tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_copy_behind_by_many_catches_up_from_the_newest_rows() {
-        let stamps: Vec<u64> = (1..=20).map(|i| T0 + i).collect();
+        // More than the state row logs.
+        let stamps: Vec<u64> = (1..=80).map(|i| T0 + i).collect();
         assert_eq!(
-            catch_up(100, &stamps, false, T0 + 30).await,
-            (78, Way::Tail)
+            catch_up(200, &stamps, false, T0 + 90).await,
+            (118, Way::Tail)
         );
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_copy_that_misses_older_stamped_rows_is_read_again() {
-        // Twenty admissions stamped 10 s earlier (a process whose requests waited), still in
-        // the minute.
-        let stamps: Vec<u64> = (1..=20).map(|i| T0 - 10_000 + i).collect();
-        assert_eq!(catch_up(100, &stamps, false, T0 + 1).await, (78, Way::Read));
+        // Eighty admissions (more than the state row logs) stamped 10 s earlier, still in the
+        // minute.
+        let stamps: Vec<u64> = (1..=80).map(|i| T0 - 10_000 + i).collect();
+        assert_eq!(
+            catch_up(200, &stamps, false, T0 + 1).await,
+            (118, Way::Read)
+        );
+    }
+
+    /// An in-flight admission is stamped with its expiry and counts in every window; its
+    /// re-stamp by its own process keeps that process's copy exact without reading it again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_restamp_keeps_the_own_copy_exact() {
+        let (_dir, a, b) = two().await;
+        let in_flight = a.admit_in_flight("x", 10, T0).await;
+        assert_eq!(in_flight.expires_at, Timestamp::from_millis(T0 + 60_000));
+        // 59 s later it still counts: in flight.
+        assert_eq!(a.admit("x", 10, T0 + 59_000).await, 8);
+        let before = a.counts();
+        a.store
+            .settle(&in_flight, Timestamp::from_millis(T0 + 200))
+            .await
+            .unwrap();
+        a.assert_copy_is_exact("x").await;
+        // Settled at T0 + 200: it leaves the minute at T0 + 60_200.
+        assert_eq!(a.admit("x", 10, T0 + 60_201).await, 8);
+        a.assert_copy_is_exact("x").await;
+        assert_eq!(a.counts().reads, before.reads, "read the window again");
+        // Settling again does nothing.
+        a.store
+            .settle(&in_flight, Timestamp::from_millis(T0 + 60_300))
+            .await
+            .unwrap();
+        a.assert_copy_is_exact("x").await;
+        assert_eq!(a.admit("x", 10, T0 + 60_301).await, 7);
+        a.close().await;
+        b.close().await;
+    }
+
+    /// Another process's re-stamp (two log entries) is caught up from the state row: the copy
+    /// drops the old stamp and takes the new one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_restamp_by_another_process_is_caught_up_from_the_log() {
+        let (_dir, a, b) = two().await;
+        let in_flight = b.admit_in_flight("x", 10, T0).await;
+        assert_eq!(a.admit("x", 10, T0 + 1).await, 8);
+        b.store
+            .settle(&in_flight, Timestamp::from_millis(T0 + 100))
+            .await
+            .unwrap();
+        let before = a.counts();
+        // b's admission left the minute at T0 + 60_100; a's at T0 + 60_001.
+        assert_eq!(a.admit("x", 10, T0 + 60_101).await, 9);
+        a.assert_copy_is_exact("x").await;
+        let after = a.counts();
+        assert_eq!(
+            (after.from_log - before.from_log, after.reads - before.reads),
+            (1, 0)
+        );
+        a.close().await;
+        b.close().await;
+    }
+
+    /// Many re-stamps by another process (more than the log holds) make the copy read again,
+    /// never take the tail for exact (a re-stamp moves a row without adding one).
+    #[tokio::test(flavor = "current_thread")]
+    async fn many_restamps_by_another_process_read_the_copy_again() {
+        let (_dir, a, b) = two().await;
+        let mut admitted = Vec::new();
+        for i in 0..40 {
+            admitted.push(b.admit_in_flight("x", 100, T0 + i).await);
+        }
+        assert_eq!(a.admit("x", 100, T0 + 50).await, 59);
+        for (i, in_flight) in admitted.iter().enumerate() {
+            b.store
+                .settle(in_flight, Timestamp::from_millis(T0 + 100 + i as u64))
+                .await
+                .unwrap();
+        }
+        let before = a.counts();
+        assert_eq!(a.admit("x", 100, T0 + 200).await, 58);
+        a.assert_copy_is_exact("x").await;
+        assert_eq!(a.counts().reads - before.reads, 1);
+        a.close().await;
+        b.close().await;
+    }
+
+    /// An in-flight admission whose caller gave up while it was being decided (its answer cannot
+    /// be sent) is settled at its decision by the runner, not held to its bound.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_admission_whose_caller_left_is_settled_at_its_decision() {
+        let (_dir, a, b) = two().await;
+        let in_flight = a.admit_in_flight("x", 10, T0).await;
+        // Its answer goes to a caller that is gone.
+        let (reply, gone) = oneshot::channel();
+        drop(gone);
+        let asked = AdmissionRequest::new(
+            Resource::new("x").unwrap(),
+            Priority::User,
+            vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+            Arc::new(AdaptiveConfig::default()),
+            Timestamp::from_millis(T0),
+        )
+        .in_flight(Some(Duration::from_secs(60)));
+        a.store.inner.answer(
+            Waiting {
+                request: asked,
+                reply,
+                queued_at: None,
+                requeued: false,
+            },
+            Decision::Admitted {
+                remaining: 9,
+                at: in_flight.admitted_at,
+                in_flight: Some(in_flight),
+            },
+        );
+        // The next run of the runner writes it: x is stamped at T0, and left the minute by
+        // T0 + 60_001 (in flight, it would count until T0 + 60_000 and then a minute more).
+        assert_eq!(a.admit("y", 10, T0 + 1).await, 9);
+        assert_eq!(b.admit("x", 10, T0 + 60_001).await, 9);
+        b.assert_copy_is_exact("x").await;
+        a.close().await;
+        b.close().await;
+    }
+
+    /// A file made by schema `rate_limit` v3 (before in-flight admissions) upgrades in place:
+    /// its admissions still count, and re-stamps are logged so that every copy stays exact.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_file_of_schema_v3_upgrades_and_logs_restamps() {
+        use crate::store::sqlite::schema::{CORE, migrate};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let v3 = Component {
+                name: "rate_limit",
+                migrations: &RATE_LIMIT.migrations[..3],
+            };
+            let mut conn = Connection::open(&path).unwrap();
+            migrate(&mut conn, &path, &[CORE, v3]).unwrap();
+            // What the v3 code inserted.
+            for (i, background) in [(0i64, 0i64), (1, 1)] {
+                conn.execute(
+                    "INSERT INTO rate_limit_admissions (resource, at, id, background)
+                     VALUES ('x', ?1, ?2, ?3)",
+                    params![T0 as i64 + i, i, background],
+                )
+                .unwrap();
+            }
+        }
+        let (a, b) = (Process::open(&path).await, Process::open(&path).await);
+        let version: i64 = a
+            .sqlite
+            .call(|conn| {
+                Ok(conn.query_row(
+                    "SELECT version FROM courteous_schema WHERE component = 'rate_limit'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(version, RATE_LIMIT.migrations.len() as i64);
+        // The two old admissions count.
+        assert_eq!(b.admit("x", 10, T0 + 5).await, 7);
+        let in_flight = a.admit_in_flight("x", 10, T0 + 10).await;
+        a.store
+            .settle(&in_flight, Timestamp::from_millis(T0 + 20))
+            .await
+            .unwrap();
+        let before = b.counts();
+        assert_eq!(b.admit("x", 10, T0 + 30).await, 5);
+        b.assert_copy_is_exact("x").await;
+        assert_eq!(b.counts().from_log - before.from_log, 1);
+        a.close().await;
+        b.close().await;
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -1621,6 +2025,9 @@ mod copy_tests {
         a.idle().await;
         let (x, panicked) = tokio::join!(a.ask("x", 2, T0 - 59_000), a.ask(PANIC, 1, T0));
         assert!(x.is_err() && panicked.is_err(), "{x:?} {panicked:?}");
+        // The callers hear of the panic as their replies are dropped, before the runner's
+        // guard fails what is queued: a request queued in between would fail too.
+        a.idle().await;
         // Another process admits x once (the file: T0, T0 + 5, generation 2).
         assert_eq!(b.admit("x", 2, T0 + 5).await, 0);
         // Two admissions in the minute before T0 + 2 s: x is full.

@@ -26,14 +26,21 @@
 //! 2. when more were missed, from the admissions after [`CATCH_UP_MS`] before the copy's newest
 //!    (a short range read at the end of the resource's rows): if there are exactly `d` more of
 //!    them than the copy holds after that point, they are the copy's own plus all `d` new ones
-//!    (rows are only added by inserts, which the generation counts, and a row deleted there would
-//!    make the count fall short);
+//!    (rows are only added by inserts, which the generation counts; a row deleted there, or a
+//!    re-stamp, would make the count fall short);
 //! 3. otherwise it is read again whole (a range scan of the window).
+//!
+//! A re-stamp (an in-flight admission settled: an `UPDATE` of its `at`, schema `rate_limit` v4)
+//! raises the generation by two, and its trigger logs two entries: the removal of the old stamp
+//! (the entry's top bit set) and the new stamp. Catching up from the log applies both; a removal
+//! of a stamp the copy does not hold means the copy is wrong, and it is read again. Catching up
+//! from the tail stays sound: a re-stamp raises the generation without adding a row, so the
+//! count of new rows falls short of `d` and the copy is read again.
 //!
 //! A transaction that fails or panics drops every copy, since what it added to them was rolled
 //! back.
 //!
-//! Only inserts raise the generation, and it must only grow: deleting admissions or state rows
+//! Only inserts and re-stamps raise the generation, and it must only grow: deleting admissions or state rows
 //! by hand (to "reset" a limit), or putting back an older copy of the file, while processes
 //! have it open, can leave their copies counting what is gone, or taken as exact when the
 //! counter climbs back to their generation. Restart the processes after doing either. (Pruning
@@ -61,9 +68,10 @@ const CATCH_UP_MS: u64 = 100;
 /// so a queue is not quite in stamp order) are decided on the copy instead of reading it again.
 const KEEP_EARLIER_MS: u64 = 1000;
 
-/// How many admissions the state row logs (`recent`, kept by the trigger of schema
-/// `rate_limit` v3), and the width of one entry: `at * 2 + background` in 16 hex digits.
-pub(super) const LOGGED: usize = 16;
+/// How many entries the state row logs (`recent`, kept by the triggers of schema `rate_limit`
+/// v4), and the width of one entry: `at * 2 + background` in 16 hex digits, with the top bit
+/// set for the removal of a re-stamped admission's old stamp.
+pub(super) const LOGGED: usize = 64;
 const ENTRY: usize = 16;
 
 /// The admissions of one resource after `from`, as of a generation.
@@ -98,48 +106,75 @@ impl Window {
         }
     }
 
+    /// Removes one admission stamped `at` (a re-stamp's old stamp); `false` when the copy
+    /// should hold it and does not (it is then inconsistent: read it again).
+    fn remove(&mut self, at: u64, background: bool) -> bool {
+        if at <= self.from {
+            return true;
+        }
+        let mut found = remove_one(&mut self.all, at);
+        if background {
+            found &= remove_one(&mut self.background, at);
+        }
+        found
+    }
+
+    /// Re-stamps this process's in-flight admission from `old` to `new`, updated in the current
+    /// transaction (where the trigger raised the generation by two); `false` when the copy did
+    /// not hold it (drop the copy).
+    pub(super) fn restamp(&mut self, old: u64, new: u64, background: bool) -> bool {
+        if !self.remove(old, background) {
+            return false;
+        }
+        self.add(new, background);
+        self.generation += 2;
+        true
+    }
+
     /// Brings the copy from its generation to `generation` from the admissions logged in the
-    /// state row (see the module docs); `false` (and the copy unchanged) when they are not all
-    /// there.
+    /// state row (see the module docs): `Some(true)` when it caught up, `Some(false)` (and the
+    /// copy unchanged) when they are not all there, `None` when the log contradicts the copy (a
+    /// re-stamp of an admission it does not hold): the copy must be read again.
     fn catch_up_from_log(
         &mut self,
         conn: &Connection,
         resource: &str,
         generation: i64,
-    ) -> rusqlite::Result<bool> {
+    ) -> rusqlite::Result<Option<bool>> {
         let missed = usize::try_from(generation - self.generation).unwrap_or(usize::MAX);
         if missed > LOGGED {
-            return Ok(false);
+            return Ok(Some(false));
         }
         let mut stmt = conn.prepare_cached(
             "SELECT generation, recent FROM rate_limit_state WHERE resource = ?1",
         )?;
         let mut rows = stmt.query([resource])?;
         let Some(row) = rows.next()? else {
-            return Ok(false);
+            return Ok(Some(false));
         };
         let (logged_at, recent): (i64, &str) = (row.get(0)?, row.get_ref(1)?.as_str()?);
         if logged_at != generation || recent.len() % ENTRY != 0 || recent.len() / ENTRY < missed {
-            return Ok(false);
+            return Ok(Some(false));
         }
         let Some(entries) = recent.as_bytes()[recent.len() - missed * ENTRY..]
             .chunks(ENTRY)
-            .map(|entry| {
-                let entry = std::str::from_utf8(entry).ok()?;
-                let value = u64::from_str_radix(entry, 16).ok()?;
-                // `at * 2` past SQLite's integers (stamps from 2^62 ms on) turns into a REAL,
-                // which printf clamps to this: the time is unknown.
-                (value < i64::MAX as u64).then_some((value >> 1, value & 1 == 1))
-            })
+            .map(|entry| parse_entry(std::str::from_utf8(entry).ok()?))
             .collect::<Option<Vec<_>>>()
         else {
-            return Ok(false);
+            return Ok(Some(false));
         };
-        for (at, background) in entries {
-            self.add(at, background);
+        for entry in entries {
+            match entry {
+                Entry::Added { at, background } => self.add(at, background),
+                Entry::Removed { at, background } => {
+                    if !self.remove(at, background) {
+                        return Ok(None);
+                    }
+                }
+            }
         }
         self.generation = generation;
-        Ok(true)
+        Ok(Some(true))
     }
 
     /// Brings the copy from its generation to `generation` from the admissions near its
@@ -208,6 +243,42 @@ impl Window {
     }
 }
 
+/// One entry of the state row's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Added { at: u64, background: bool },
+    Removed { at: u64, background: bool },
+}
+
+const REMOVED: u64 = 1 << 63;
+
+/// `at * 2 + background` in 16 hex digits, the top bit set for a removal; `None` when the time
+/// is unknown: `at * 2` past SQLite's integers (stamps from 2^62 ms on) turns into a REAL,
+/// which printf clamps to `i64::MAX`.
+fn parse_entry(entry: &str) -> Option<Entry> {
+    let value = u64::from_str_radix(entry, 16).ok()?;
+    let payload = value & !REMOVED;
+    if payload >= i64::MAX as u64 {
+        return None;
+    }
+    let (at, background) = (payload >> 1, payload & 1 == 1);
+    Some(if value & REMOVED != 0 {
+        Entry::Removed { at, background }
+    } else {
+        Entry::Added { at, background }
+    })
+}
+
+fn remove_one(times: &mut VecDeque<u64>, at: u64) -> bool {
+    let i = times.partition_point(|t| *t < at);
+    if times.get(i) == Some(&at) {
+        times.remove(i);
+        true
+    } else {
+        false
+    }
+}
+
 fn insert_sorted(times: &mut VecDeque<u64>, at: u64) {
     // Usually the newest: the search ends at the back.
     let i = times.partition_point(|t| *t <= at);
@@ -256,12 +327,19 @@ impl Windows {
             if window.generation == generation {
                 fresh = true;
             } else if window.generation < generation {
-                if window.catch_up_from_log(conn, resource.as_str(), generation)? {
-                    self.counts.from_log += 1;
-                    fresh = true;
-                } else if window.catch_up_from_tail(conn, resource.as_str(), generation)? {
-                    self.counts.from_tail += 1;
-                    fresh = true;
+                match window.catch_up_from_log(conn, resource.as_str(), generation)? {
+                    Some(true) => {
+                        self.counts.from_log += 1;
+                        fresh = true;
+                    }
+                    Some(false)
+                        if window.catch_up_from_tail(conn, resource.as_str(), generation)? =>
+                    {
+                        self.counts.from_tail += 1;
+                        fresh = true;
+                    }
+                    // Not caught up, or partly changed and inconsistent: read again below.
+                    _ => {}
                 }
             }
         }
@@ -287,6 +365,26 @@ impl Windows {
         }
         window.used = window.used.max(now);
         Ok(window)
+    }
+
+    /// Applies this process's re-stamp of an admission of `resource` from `old` to `new`, made
+    /// in the current transaction, to its copy if that copy is at `generation` (the one before
+    /// the update); a copy behind catches up from the log later, one that does not hold the
+    /// admission is dropped.
+    pub(super) fn restamp(
+        &mut self,
+        resource: &Resource,
+        generation: i64,
+        old: u64,
+        new: u64,
+        background: bool,
+    ) {
+        if let Some(window) = self.map.get_mut(resource)
+            && window.generation == generation
+            && !window.restamp(old, new, background)
+        {
+            self.map.remove(resource);
+        }
     }
 
     /// Drops every copy (after a transaction that added to them rolled back).
