@@ -494,7 +494,9 @@ impl RateLimitLayer {
     }
 
     /// Records what a response says about the server's limits, and returns until when the
-    /// server blocks (its `Retry-After`).
+    /// server blocks (its `Retry-After`). `settled` is the stamp of the response's own admission,
+    /// if it was just settled: the server's count includes that request, so its budget is taken
+    /// as observed no earlier than that stamp (which is rounded up past the clock).
     ///
     /// The items are written concurrently, so a response waits for at most one store call
     /// (each bounded by the store's own timeout); after an `unchecked` admission (the store
@@ -505,8 +507,9 @@ impl RateLimitLayer {
         status: http::StatusCode,
         headers: &http::HeaderMap,
         unchecked: bool,
+        settled: Option<Timestamp>,
     ) -> Option<Timestamp> {
-        let now = self.config.clock.now();
+        let now = self.config.clock.now().max(settled.unwrap_or_default());
         let items = feedback::parse(status, headers, now);
         let blocked = items.iter().rev().find_map(|item| match item {
             ServerFeedback::Block { until } => Some(*until),
@@ -548,12 +551,13 @@ impl SettleOnDrop {
 
     /// Re-stamps the admission now and waits until the store recorded it (one store call,
     /// bounded by the store's own timeout), so that the feedback read from the response, and
-    /// whoever reads the store next, see it settled.
-    pub(crate) async fn finish(mut self) {
-        if let Some(admission) = self.admission.take() {
-            let at = self.layer.settle_time();
-            RateLimitLayer::settle_at(&self.layer.shared, &admission, at).await;
-        }
+    /// whoever reads the store next, see it settled. Returns the stamp, if there was an
+    /// admission to settle.
+    pub(crate) async fn finish(mut self) -> Option<Timestamp> {
+        let admission = self.admission.take()?;
+        let at = self.layer.settle_time();
+        RateLimitLayer::settle_at(&self.layer.shared, &admission, at).await;
+        Some(at)
     }
 }
 
