@@ -91,15 +91,18 @@ pub enum Accounting {
     /// re-stamped at that moment (see [`InFlight`](super::InFlight)). The upstream received
     /// the request in between, so no window of the upstream's own clock holds more than the
     /// limit, whatever the network, the scheduler or a slow request does, with no margin. Each
-    /// admission costs one more store write (the re-stamp, batched where the store can), and
-    /// each slot stays taken for one window plus the request's latency.
+    /// admission costs one more store write (the re-stamp, batched where the store can; the
+    /// response waits for it), and each slot stays taken for one window plus the request's
+    /// latency: a saturated limit admits about `max / (window + latency)` per second (20 per
+    /// 2 s with 200 ms responses: about 9.1 a second instead of 10).
     #[default]
     Exact,
     /// Stamped once, at the decision, immediately before the request is handed to the
     /// transport: cheaper (no re-stamp) and a slot frees one window after the hand-off, but a
     /// request that reaches the upstream later than its stamp (send jitter, a slow connection)
     /// can land in the next upstream window: set a [`safety_margin`](RateLimitLayer::safety_margin)
-    /// as long as that delay can be.
+    /// as long as that delay can be. A saturated limit admits `max / (window + margin)` per
+    /// second, whatever the latency.
     OnSend,
 }
 
