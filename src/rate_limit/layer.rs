@@ -91,15 +91,18 @@ pub enum Accounting {
     /// re-stamped at that moment (see [`InFlight`](super::InFlight)). The upstream received
     /// the request in between, so no window of the upstream's own clock holds more than the
     /// limit, whatever the network, the scheduler or a slow request does, with no margin. Each
-    /// admission costs one more store write (the re-stamp, batched where the store can), and
-    /// each slot stays taken for one window plus the request's latency.
+    /// admission costs one more store write (the re-stamp, batched where the store can; the
+    /// response waits for it), and each slot stays taken for one window plus the request's
+    /// latency: a saturated limit admits about `max / (window + latency)` per second (20 per
+    /// 2 s with 200 ms responses: about 9.1 a second instead of 10).
     #[default]
     Exact,
     /// Stamped once, at the decision, immediately before the request is handed to the
     /// transport: cheaper (no re-stamp) and a slot frees one window after the hand-off, but a
     /// request that reaches the upstream later than its stamp (send jitter, a slow connection)
     /// can land in the next upstream window: set a [`safety_margin`](RateLimitLayer::safety_margin)
-    /// as long as that delay can be.
+    /// as long as that delay can be. A saturated limit admits `max / (window + margin)` per
+    /// second, whatever the latency.
     OnSend,
 }
 
@@ -507,7 +510,7 @@ impl RateLimitLayer {
     /// its slot until its expiry).
     async fn settle_at(shared: &Shared, admission: &InFlight, at: Timestamp) {
         if let Err(error) = shared.store.settle(admission, at).await {
-            tracing::warn!(resource = %admission.resource, %error, "could not settle an in-flight admission; it holds its slot until its expiry");
+            crate::store::warn::store_warn!(&*shared.store, resource = %admission.resource, %error, "could not settle an in-flight admission; it holds its slot until its expiry");
         }
     }
 
@@ -547,7 +550,9 @@ impl RateLimitLayer {
     }
 
     /// Records what a response says about the server's limits, and returns until when the
-    /// server blocks (its `Retry-After`).
+    /// server blocks (its `Retry-After`). `settled` is the stamp of the response's own admission,
+    /// if it was just settled: the server's count includes that request, so its budget is taken
+    /// as observed no earlier than that stamp (which is rounded up past the clock).
     ///
     /// The items are written concurrently, so a response waits for at most one store call
     /// (each bounded by the store's own timeout); after an `unchecked` admission (the store
@@ -558,8 +563,9 @@ impl RateLimitLayer {
         status: http::StatusCode,
         headers: &http::HeaderMap,
         unchecked: bool,
+        settled: Option<Timestamp>,
     ) -> Option<Timestamp> {
-        let now = self.config.clock.now();
+        let now = self.config.clock.now().max(settled.unwrap_or_default());
         let items = feedback::parse(status, headers, now, self.config.max_server_block);
         let blocked = items.iter().rev().find_map(|item| match item {
             ServerFeedback::Block { until } => Some(*until),
@@ -601,12 +607,13 @@ impl SettleOnDrop {
 
     /// Re-stamps the admission now and waits until the store recorded it (one store call,
     /// bounded by the store's own timeout), so that the feedback read from the response, and
-    /// whoever reads the store next, see it settled.
-    pub(crate) async fn finish(mut self) {
-        if let Some(admission) = self.admission.take() {
-            let at = self.layer.settle_time();
-            RateLimitLayer::settle_at(&self.layer.shared, &admission, at).await;
-        }
+    /// whoever reads the store next, see it settled. Returns the stamp, if there was an
+    /// admission to settle.
+    pub(crate) async fn finish(mut self) -> Option<Timestamp> {
+        let admission = self.admission.take()?;
+        let at = self.layer.settle_time();
+        RateLimitLayer::settle_at(&self.layer.shared, &admission, at).await;
+        Some(at)
     }
 }
 

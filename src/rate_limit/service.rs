@@ -90,7 +90,7 @@ where
             // is dropped): then re-stamped.
             let settle = SettleOnDrop::new(&layer, admission.in_flight.take());
             let sent = inner.oneshot(request).await.map_err(Into::into);
-            settle.finish().await;
+            let settled = settle.finish().await;
             let mut response = sent?;
             let mut blocked_until = layer
                 .observe(
@@ -98,6 +98,7 @@ where
                     response.status(),
                     response.headers(),
                     admission.unchecked,
+                    settled,
                 )
                 .await;
             let mut report = RateLimitReport {
@@ -119,7 +120,7 @@ where
                     waited += second_admission.waited;
                     let settle = SettleOnDrop::new(&layer, second_admission.in_flight.take());
                     let sent = inner.oneshot(again).await.map_err(Into::into);
-                    settle.finish().await;
+                    let settled = settle.finish().await;
                     response = sent?;
                     blocked_until = layer
                         .observe(
@@ -127,6 +128,7 @@ where
                             response.status(),
                             response.headers(),
                             second_admission.unchecked,
+                            settled,
                         )
                         .await;
                     report = RateLimitReport {

@@ -205,9 +205,13 @@ impl MemoryRateLimitStore {
     pub(crate) fn settle_now(&self, admission: &InFlight, at: Timestamp) {
         let bg = admission.priority == Priority::Background;
         self.with_state(&admission.resource, |state| {
-            let Some(expiry) = state.in_flight.remove(&admission.id) else {
+            // Only the admission this store gave out: same id and expiry (an `InFlight` of
+            // another store, or forged, settles nothing).
+            let expiry = admission.expires_at.as_millis();
+            if state.in_flight.get(&admission.id) != Some(&expiry) {
                 return;
-            };
+            }
+            state.in_flight.remove(&admission.id);
             state.remove(expiry, bg);
             state.record(admission.settled_stamp(at).as_millis(), bg);
         });
@@ -277,5 +281,58 @@ impl RateLimitStore for MemoryRateLimitStore {
     async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
         self.with_state(resource, |state| state.server = ServerState::default());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    fn admit(store: &MemoryRateLimitStore, now: u64, bound_s: u64) -> InFlight {
+        let request = AdmissionRequest::new(
+            Resource::new("x").unwrap(),
+            Priority::User,
+            vec![Limit::per_second(NonZeroU32::new(10).unwrap())].into(),
+            Arc::new(AdaptiveConfig::default()),
+            Timestamp::from_millis(now),
+        )
+        .in_flight(Some(Duration::from_secs(bound_s)));
+        match store.acquire_now(&request) {
+            Decision::Admitted {
+                in_flight: Some(in_flight),
+                ..
+            } => in_flight,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn in_flight(store: &MemoryRateLimitStore, now: u64) -> u32 {
+        store.with_state(&Resource::new("x").unwrap(), |state| {
+            Log(state).usage(now + 1).unwrap().total
+        })
+    }
+
+    /// Only the store's own admission, by id and expiry, is settled: an `InFlight` of another
+    /// store (same id, another expiry), or one settled before, changes nothing.
+    #[test]
+    fn only_its_own_in_flight_admission_is_settled() {
+        let (a, b) = (MemoryRateLimitStore::new(), MemoryRateLimitStore::new());
+        let of_a = admit(&a, 1_000, 60);
+        let of_b = admit(&b, 1_000, 30);
+        assert_eq!(of_a.id, of_b.id);
+        b.settle_now(&of_a, Timestamp::from_millis(1_100));
+        assert_eq!(in_flight(&b, 1_100), 1);
+        b.settle_now(&of_b, Timestamp::from_millis(1_100));
+        assert_eq!(in_flight(&b, 1_100), 0);
+        // Settled twice: the second is nothing (not another admission's removal).
+        let again = admit(&b, 1_200, 30);
+        assert_eq!(
+            again.expires_at,
+            of_b.expires_at + Duration::from_millis(200)
+        );
+        b.settle_now(&of_b, Timestamp::from_millis(1_300));
+        assert_eq!(in_flight(&b, 1_300), 1);
     }
 }

@@ -2017,13 +2017,24 @@ mod copy_tests {
     /// file's generation level with the copy's, and the copy would be taken as exact).
     #[tokio::test(flavor = "current_thread")]
     async fn a_panicking_transaction_leaves_no_copy_behind() {
-        let (_dir, a, b) = two().await;
+        let (dir, a, b) = two().await;
         // a's copy of x: T0, generation 1.
         assert_eq!(a.admit("x", 2, T0).await, 1);
         // One batch: x at T0 - 59 s (a request that waited) is admitted and added to the copy;
-        // then the transaction panics.
+        // then the transaction panics. Both must be queued before the runner takes a batch (a
+        // runner started by the first could take it alone, and admit it): hold the turn, as
+        // another process would, while the runner waits with a first batch of its own.
         a.idle().await;
-        let (x, panicked) = tokio::join!(a.ask("x", 2, T0 - 59_000), a.ask(PANIC, 1, T0));
+        let turn = TurnLock::open(&dir.path().join("copies.db")).unwrap();
+        assert!(turn.take());
+        let (first, (x, panicked, ())) = tokio::join!(a.ask("y", 2, T0), async {
+            until_queue(&a, |q| q.active && q.items.is_empty()).await;
+            tokio::join!(a.ask("x", 2, T0 - 59_000), a.ask(PANIC, 1, T0), async {
+                until_queue(&a, |q| q.items.len() == 2).await;
+                turn.give();
+            })
+        });
+        assert!(matches!(first, Ok(Decision::Admitted { .. })), "{first:?}");
         assert!(x.is_err() && panicked.is_err(), "{x:?} {panicked:?}");
         // The callers hear of the panic as their replies are dropped, before the runner's
         // guard fails what is queued: a request queued in between would fail too.
