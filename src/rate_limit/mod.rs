@@ -30,7 +30,11 @@
 //!   back another's background jobs.
 //! * **Server feedback**: a 429 or 503 with `Retry-After` blocks the resource in every process
 //!   until then; `RateLimit-Remaining`/`-Reset` (and the `X-` forms) cap what is sent until the
-//!   server's reset.
+//!   server's reset. No block or budget lasts longer than
+//!   [`max_server_block`](RateLimitLayer::max_server_block) (one hour by default); values that
+//!   are not finite, negative or unparsable are ignored with a warning, and `*-Reset` is read
+//!   as epoch milliseconds, epoch seconds or delta seconds by its magnitude.
+//!   [`unblock`](RateLimitLayer::unblock) lifts a server's block for every process.
 //! * **Pacing** (optional, in process): a minimum spacing per host or resource, see [`Pacing`].
 //!
 //! The layer's error type is [`BoxError`](crate::BoxError); a refusal is a [`RateLimited`]
