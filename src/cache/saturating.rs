@@ -43,6 +43,7 @@ pub(crate) fn add(t: SystemTime, d: Duration) -> SystemTime {
 
 /// The time `ms` milliseconds after the Unix epoch (before it when negative), as a store
 /// codec wrote it; saturates at [`end_of_time`] and at the earliest time the platform holds.
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
 pub(crate) fn from_millis(ms: i64) -> SystemTime {
     if ms >= 0 {
         add(UNIX_EPOCH, Duration::from_millis(ms.unsigned_abs()))

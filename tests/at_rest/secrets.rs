@@ -1,6 +1,7 @@
 //! Issue 12 item 7: no secret query parameter or URL userinfo in errors returned to callers, in
 //! what the dedupe stores publish to other processes, or anywhere in the SQLite files.
 
+#[cfg(feature = "redis")]
 use std::time::Duration;
 
 use courteous::dedupe::{DedupeLayer, DedupeStore};
