@@ -454,7 +454,14 @@ if ARGV[2] == 'block' then
     redis.call('HSET', KEYS[1], 'blocked_until', now + delay)
   end
 else
-  redis.call('HSET', KEYS[1], 'budget_remaining', ARGV[4], 'budget_observed', now,
+  -- The server's count includes the response's own request, whose settlement (just before,
+  -- on `TIME` too) is stamped `TIME` rounded up: with `TIME`, the budget is observed no earlier
+  -- than that (with the caller's clock, the layer's `now` already is).
+  local observed = now
+  if ARGV[1] == '' then
+    observed = now + SETTLE_ROUNDING_MS
+  end
+  redis.call('HSET', KEYS[1], 'budget_remaining', ARGV[4], 'budget_observed', observed,
     'budget_reset', now + delay)
 end
 local ttl = math.max(delay, 0) + state_ttl
