@@ -129,7 +129,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -202,7 +203,8 @@ end
 /// KEYS: all, bg, state, act, actidx.
 /// ARGV: now, in-flight bound ms ('' for an admission stamped final), 'u' or 'b', longest window
 /// ms, state ttl ms, monitoring ms, key ttl slack ms, paused retry ms, number of limits, then per
-/// limit: window ms, max, user reserved, background max, paused (1 or 0).
+/// limit: window ms, max, user reserved, background max, paused (1 or 0); then the identity the
+/// caller proposes for the admission (decimal digits; another is taken when it is in use).
 /// Returns {'admitted', now, remaining (-1: unlimited), id, stamp} or {'refused', now, retry_at,
 /// reason}.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -227,6 +229,10 @@ for i = 0, count - 1 do
   num(a + 1, 0, 4294967295)
   num(a + 2, 0, 4294967295)
   num(a + 3, 0, 4294967295)
+end
+local proposed = ARGV[10 + count * 5]
+if proposed and not string.match(proposed, '^%d+$') then
+  return error('courteous rate-limit script: argument ' .. (10 + count * 5) .. ' out of range: ' .. proposed)
 end
 -- Stored times are clamped too (a hash written by an older version may hold anything).
 local function cap(t)
@@ -314,12 +320,19 @@ if refused_at then
   return {'refused', now, refused_at, reason}
 end
 -- The admission's identity: unique among the resource's admissions, whatever process made
--- them ('i' in flight, 's' stamped). The state hash that counts them outlives the sets that hold
--- them (below); should it have been lost all the same (evicted), a taken identity is skipped.
-local id, member
-repeat
-  id = string.format('%d', redis.call('HINCRBY', KEYS[3], 'seq', 1))
-until not redis.call('ZSCORE', KEYS[1], 'i' .. id) and not redis.call('ZSCORE', KEYS[1], 's' .. id)
+-- them ('i' in flight, 's' stamped). The caller's proposal (random, so that it can settle the
+-- admission should the reply be lost) unless it is taken; else a counter. The state hash that
+-- counts them outlives the sets that hold them (below); should it have been lost all the same
+-- (evicted), a taken identity is skipped.
+local function free(id)
+  return not redis.call('ZSCORE', KEYS[1], 'i' .. id) and not redis.call('ZSCORE', KEYS[1], 's' .. id)
+end
+local id, member = proposed, nil
+if not id or not free(id) then
+  repeat
+    id = string.format('%d', redis.call('HINCRBY', KEYS[3], 'seq', 1))
+  until free(id)
+end
 local stamp = now
 member = 's' .. id
 if bound >= 0 then
@@ -921,8 +934,27 @@ impl RedisRateLimitStore {
                 }
             };
         }
+        // Should the reply be lost (a timeout, or this future dropped) after Redis ran the
+        // script, the admission it may have recorded in flight is settled at the decision
+        // rather than holding its slot until its bound: the guard knows its identity.
+        let proposed = proposed_id();
+        invocation.arg(proposed);
+        let mut lost = LostReply {
+            store: self.clone(),
+            admission: request.in_flight.map(|bound| {
+                InFlight::new(
+                    request.resource.clone(),
+                    request.priority,
+                    proposed,
+                    sent_at,
+                    sent_at + bound.max(Duration::from_millis(1)),
+                )
+            }),
+            at: sent_at,
+        };
         let reply: Vec<Value> = self.redis.script("rate-limit acquire", invocation).await?;
         let (now, answer) = decode_acquire(&reply)?;
+        lost.admission = None;
         // The caller's time that goes with the store's `now`: read as the reply arrives, so that
         // a refusal's delay counts from the moment the layer gets it.
         let caller_now = match self.clock {
@@ -957,6 +989,49 @@ impl RedisRateLimitStore {
                 reason,
             },
         })
+    }
+}
+
+/// A random admission identity below 2^53 (exact as a Lua number), far above the counter's.
+fn proposed_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let random =
+        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos, n));
+    (1 << 52) | (random & ((1 << 52) - 1))
+}
+
+/// Settles, in the background, an admission whose acquire reply never arrived (see
+/// [`RedisRateLimitStore::decide`]); disarmed by taking `admission`.
+struct LostReply {
+    store: RedisRateLimitStore,
+    admission: Option<InFlight>,
+    at: Timestamp,
+}
+
+impl Drop for LostReply {
+    fn drop(&mut self) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        let (store, at) = (self.store.clone(), self.at);
+        match tokio::runtime::Handle::try_current() {
+            // Sent after the acquire on the same connection, so Redis runs it after the
+            // acquire, once it answers again; if the acquire recorded nothing, it finds
+            // nothing to settle.
+            Ok(handle) => drop(handle.spawn(async move {
+                if let Err(error) = store.settle(&admission, at).await {
+                    tracing::debug!(resource = %admission.resource, %error, "could not settle an admission whose reply was lost; it holds its slot until its expiry");
+                }
+            })),
+            Err(_) => tracing::debug!(
+                resource = %admission.resource,
+                "no async runtime to settle an admission whose reply was lost on"
+            ),
+        }
     }
 }
 
