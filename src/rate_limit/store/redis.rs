@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `p:rl:{r}:all` | sorted set of every admission (member `s<id>` stamped, `i<id>` in flight; score its stamp in ms) | the longest window after the last admission, and after the expiry of the last one in flight |
 //! | `p:rl:{r}:bg` | the same for background admissions only | the same |
-//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset`, `keep` and `keep_until` (the retention high-water mark), `seq` (the last admission's id) | 7 days (or twice the sustained inactivity, if longer) after the last admission, at least as long as the sets, and at least until the server's block or reset |
+//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset`, `keep` and `keep_until` (the retention high-water mark), `seq` (the last counter id, used when a proposed id is taken) | 7 days (or twice the sustained inactivity, if longer) after the last admission, at least as long as the sets, and at least until the server's block or reset |
 //! | `p:rl:{r}:act` | hash: user admissions per second (`second -> count`) | the monitoring window after the last user admission |
 //! | `p:rl:{r}:actidx` | sorted set of the seconds in `act`, to trim it | the same |
 //!
@@ -51,8 +51,11 @@
 //! process died is never settled: it counts as if sent at its expiry until that leaves the
 //! windows, and is trimmed like any other, so a crash holds a slot for its bound and one
 //! window, not forever. The sets are kept (`PEXPIRE`, only ever extended) until the latest
-//! expiry has left the longest window. The id comes from `HINCRBY` on the state hash, which
-//! outlives the sets; an id found taken (the hash evicted under memory pressure) is skipped.
+//! expiry has left the longest window. The id is proposed by the caller (random, below 2^53),
+//! so that an admission whose reply was lost (a timeout, a dropped future) is settled at its
+//! decision in the background rather than holding its slot for its bound; should it be taken,
+//! the id comes from `HINCRBY` on the state hash, which outlives the sets, and an id found taken
+//! there too (the hash evicted under memory pressure) is skipped.
 //!
 //! Settlements are written one script each, not batched: the store's connection pipelines
 //! concurrent commands, so a burst of settlements costs one round trip each in parallel, and a
