@@ -101,7 +101,8 @@ impl Pacer {
             return Ok(());
         };
         let key = match self.key {
-            PacingKey::Host => host.unwrap_or("").to_owned(),
+            // Host names are case-insensitive: one host in any case is one key.
+            PacingKey::Host => host.unwrap_or("").to_ascii_lowercase(),
             PacingKey::Resource => resource.as_str().to_owned(),
         };
         if limiter.len() > 4096 {
@@ -120,5 +121,34 @@ impl Pacer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Host names are case-insensitive (RFC 3986 section 3.2.2): `API.example.com` is the host
+    /// `api.example.com`, and waits its turn.
+    #[tokio::test]
+    async fn one_host_in_any_case_is_one_turn() {
+        let pacer = Pacer::new(Pacing::per_host(Duration::from_secs(3600)));
+        let resource = Resource::new("items").unwrap();
+        let now = tokio::time::Instant::now();
+        assert_eq!(
+            pacer.wait(&resource, Some("api.example.com"), now).await,
+            Ok(())
+        );
+        for host in ["API.example.com", "Api.Example.COM"] {
+            assert!(
+                pacer.wait(&resource, Some(host), now).await.is_err(),
+                "{host}"
+            );
+        }
+        // Another host has its own turn.
+        assert_eq!(
+            pacer.wait(&resource, Some("example.org"), now).await,
+            Ok(())
+        );
     }
 }

@@ -537,3 +537,73 @@ async fn unblock_lifts_a_block_for_another_store_on_the_same_redis() {
     };
     unblock_is_seen_by(layer(), layer()).await;
 }
+
+/// The server's `RateLimit-Remaining` already counts the response's own request: after a
+/// response saying 1 remains, the store allows exactly one more, whatever clock stamps the
+/// admission's settlement (Redis's own `TIME` by default, rounded up to the next millisecond).
+async fn the_response_counts_once_against_the_server_budget(layer: RateLimitLayer) {
+    let server = echo_server().await;
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(HttpClient::new(reqwest::Client::new()));
+    let url = server.url("/api/budget/");
+    let says_one_left = [("ratelimit-remaining", "1"), ("ratelimit-reset", "60")];
+    service
+        .clone()
+        .oneshot(asking(url.clone(), 200, &says_one_left))
+        .await
+        .unwrap();
+    let status = layer
+        .status(&Resource::new("budget").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.server_remaining, Some(1), "{status:?}");
+    assert_eq!(status.remaining, 1, "{status:?}");
+    service
+        .clone()
+        .oneshot(asking(url.clone(), 200, &[]))
+        .await
+        .expect("the one request the server still allows");
+    let err = service
+        .clone()
+        .oneshot(asking(url, 200, &[]))
+        .await
+        .unwrap_err();
+    assert!(err.is::<RateLimited>(), "{err}");
+    assert_eq!(server.hits(), 2);
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_counts_once_against_the_server_budget_on_sqlite() {
+    use courteous::store::sqlite::SqliteStore;
+    let (_dir, path) = crate::support::temp_db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let layer = RateLimitLayer::new(store.rate_limits(), limits())
+        .unwrap()
+        .fail_fast();
+    the_response_counts_once_against_the_server_budget(layer).await;
+    store.close().await.unwrap();
+}
+
+/// On Redis with its own clock (the default), the settlement and the feedback both read `TIME`.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_counts_once_against_the_server_budget_on_redis() {
+    use courteous::store::redis::RedisStore;
+    let Some(url) = crate::support::redis::shared_url().await else {
+        return;
+    };
+    for round in 0..5 {
+        let prefix = crate::support::redis::unique_prefix(&format!("budget-once-{round}"));
+        let store = RedisStore::builder(&url)
+            .prefix(&prefix)
+            .operation_timeout(Duration::from_secs(2))
+            .connect()
+            .unwrap();
+        let layer = RateLimitLayer::new(store.rate_limits(), limits())
+            .unwrap()
+            .fail_fast();
+        the_response_counts_once_against_the_server_budget(layer).await;
+    }
+}

@@ -1407,3 +1407,52 @@ async fn a_settlement_rounded_up_is_not_in_flight() {
     }
     forget(&url, &prefix).await;
 }
+
+/// A decision whose reply was lost (Redis stalled past the operation timeout, the layer failed
+/// closed and sent nothing) but that Redis ran once it resumed holds no in-flight slot until
+/// the in-flight bound (a minute by default): it is settled at its decision, so the limit (one
+/// a second here) frees one window later.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_whose_reply_was_lost_does_not_hold_its_slot() {
+    let Some(redis) = OwnRedis::start() else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let timeout = Duration::from_millis(300);
+    let layer = RateLimitLayer::new(
+        store(&redis.url(), "lost", timeout).rate_limits(),
+        Limits::new().default_limit(Limit::per_second(n(1))),
+    )
+    .unwrap()
+    .fail_fast();
+    let items = server.url("/api/items/");
+    // Once, so that Redis knows the script (a lost `EVALSHA` of an unknown script runs nothing).
+    client(layer.clone()).oneshot(get(&items)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    redis.pause();
+    let err = client(layer.clone())
+        .oneshot(get(&items))
+        .await
+        .unwrap_err();
+    assert!(err.is::<RateLimitStoreFailed>(), "{err}");
+    redis.resume();
+    assert_eq!(server.hits(), 1);
+    // Well under the minute the lost admission would hold, well over its one-second window.
+    let started = Instant::now();
+    loop {
+        match client(layer.clone()).oneshot(get(&items)).await {
+            Ok(_) => break,
+            Err(err) if started.elapsed() < Duration::from_secs(15) => {
+                assert!(
+                    err.is::<courteous::rate_limit::RateLimited>()
+                        || err.is::<RateLimitStoreFailed>(),
+                    "{err}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("still refused after {:?}: {err}", started.elapsed()),
+        }
+    }
+    assert_eq!(server.hits(), 2);
+}

@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `p:rl:{r}:all` | sorted set of every admission (member `s<id>` stamped, `i<id>` in flight; score its stamp in ms) | the longest window after the last admission, and after the expiry of the last one in flight |
 //! | `p:rl:{r}:bg` | the same for background admissions only | the same |
-//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset`, `keep` and `keep_until` (the retention high-water mark), `seq` (the last admission's id) | 7 days (or twice the sustained inactivity, if longer) after the last admission, at least as long as the sets, and at least until the server's block or reset |
+//! | `p:rl:{r}:state` | hash: `first_at`, `last_user_at`, `blocked_until`, `budget_remaining`, `budget_observed`, `budget_reset`, `keep` and `keep_until` (the retention high-water mark), `seq` (the last counter id, used when a proposed id is taken) | 7 days (or twice the sustained inactivity, if longer) after the last admission, at least as long as the sets, and at least until the server's block or reset |
 //! | `p:rl:{r}:act` | hash: user admissions per second (`second -> count`) | the monitoring window after the last user admission |
 //! | `p:rl:{r}:actidx` | sorted set of the seconds in `act`, to trim it | the same |
 //!
@@ -51,8 +51,11 @@
 //! process died is never settled: it counts as if sent at its expiry until that leaves the
 //! windows, and is trimmed like any other, so a crash holds a slot for its bound and one
 //! window, not forever. The sets are kept (`PEXPIRE`, only ever extended) until the latest
-//! expiry has left the longest window. The id comes from `HINCRBY` on the state hash, which
-//! outlives the sets; an id found taken (the hash evicted under memory pressure) is skipped.
+//! expiry has left the longest window. The id is proposed by the caller (random, below 2^53),
+//! so that an admission whose reply was lost (a timeout, a dropped future) is settled at its
+//! decision in the background rather than holding its slot for its bound; should it be taken,
+//! the id comes from `HINCRBY` on the state hash, which outlives the sets, and an id found taken
+//! there too (the hash evicted under memory pressure) is skipped.
 //!
 //! Settlements are written one script each, not batched: the store's connection pipelines
 //! concurrent commands, so a burst of settlements costs one round trip each in parallel, and a
@@ -129,7 +132,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -202,7 +206,8 @@ end
 /// KEYS: all, bg, state, act, actidx.
 /// ARGV: now, in-flight bound ms ('' for an admission stamped final), 'u' or 'b', longest window
 /// ms, state ttl ms, monitoring ms, key ttl slack ms, paused retry ms, number of limits, then per
-/// limit: window ms, max, user reserved, background max, paused (1 or 0).
+/// limit: window ms, max, user reserved, background max, paused (1 or 0); then the identity the
+/// caller proposes for the admission (decimal digits; another is taken when it is in use).
 /// Returns {'admitted', now, remaining (-1: unlimited), id, stamp} or {'refused', now, retry_at,
 /// reason}.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -227,6 +232,10 @@ for i = 0, count - 1 do
   num(a + 1, 0, 4294967295)
   num(a + 2, 0, 4294967295)
   num(a + 3, 0, 4294967295)
+end
+local proposed = ARGV[10 + count * 5]
+if proposed and not string.match(proposed, '^%d+$') then
+  return error('courteous rate-limit script: argument ' .. (10 + count * 5) .. ' out of range: ' .. proposed)
 end
 -- Stored times are clamped too (a hash written by an older version may hold anything).
 local function cap(t)
@@ -314,12 +323,19 @@ if refused_at then
   return {'refused', now, refused_at, reason}
 end
 -- The admission's identity: unique among the resource's admissions, whatever process made
--- them ('i' in flight, 's' stamped). The state hash that counts them outlives the sets that hold
--- them (below); should it have been lost all the same (evicted), a taken identity is skipped.
-local id, member
-repeat
-  id = string.format('%d', redis.call('HINCRBY', KEYS[3], 'seq', 1))
-until not redis.call('ZSCORE', KEYS[1], 'i' .. id) and not redis.call('ZSCORE', KEYS[1], 's' .. id)
+-- them ('i' in flight, 's' stamped). The caller's proposal (random, so that it can settle the
+-- admission should the reply be lost) unless it is taken; else a counter. The state hash that
+-- counts them outlives the sets that hold them (below); should it have been lost all the same
+-- (evicted), a taken identity is skipped.
+local function free(id)
+  return not redis.call('ZSCORE', KEYS[1], 'i' .. id) and not redis.call('ZSCORE', KEYS[1], 's' .. id)
+end
+local id, member = proposed, nil
+if not id or not free(id) then
+  repeat
+    id = string.format('%d', redis.call('HINCRBY', KEYS[3], 'seq', 1))
+  until free(id)
+end
 local stamp = now
 member = 's' .. id
 if bound >= 0 then
@@ -454,7 +470,14 @@ if ARGV[2] == 'block' then
     redis.call('HSET', KEYS[1], 'blocked_until', now + delay)
   end
 else
-  redis.call('HSET', KEYS[1], 'budget_remaining', ARGV[4], 'budget_observed', now,
+  -- The server's count includes the response's own request, whose settlement (just before,
+  -- on `TIME` too) is stamped `TIME` rounded up: with `TIME`, the budget is observed no earlier
+  -- than that (with the caller's clock, the layer's `now` already is).
+  local observed = now
+  if ARGV[1] == '' then
+    observed = now + SETTLE_ROUNDING_MS
+  end
+  redis.call('HSET', KEYS[1], 'budget_remaining', ARGV[4], 'budget_observed', observed,
     'budget_reset', now + delay)
 end
 local ttl = math.max(delay, 0) + state_ttl
@@ -914,8 +937,27 @@ impl RedisRateLimitStore {
                 }
             };
         }
+        // Should the reply be lost (a timeout, or this future dropped) after Redis ran the
+        // script, the admission it may have recorded in flight is settled at the decision
+        // rather than holding its slot until its bound: the guard knows its identity.
+        let proposed = proposed_id();
+        invocation.arg(proposed);
+        let mut lost = LostReply {
+            store: self.clone(),
+            admission: request.in_flight.map(|bound| {
+                InFlight::new(
+                    request.resource.clone(),
+                    request.priority,
+                    proposed,
+                    sent_at,
+                    sent_at + bound.max(Duration::from_millis(1)),
+                )
+            }),
+            at: sent_at,
+        };
         let reply: Vec<Value> = self.redis.script("rate-limit acquire", invocation).await?;
         let (now, answer) = decode_acquire(&reply)?;
+        lost.admission = None;
         // The caller's time that goes with the store's `now`: read as the reply arrives, so that
         // a refusal's delay counts from the moment the layer gets it.
         let caller_now = match self.clock {
@@ -950,6 +992,49 @@ impl RedisRateLimitStore {
                 reason,
             },
         })
+    }
+}
+
+/// A random admission identity below 2^53 (exact as a Lua number), far above the counter's.
+fn proposed_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let random =
+        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos, n));
+    (1 << 52) | (random & ((1 << 52) - 1))
+}
+
+/// Settles, in the background, an admission whose acquire reply never arrived (see
+/// [`RedisRateLimitStore::decide`]); disarmed by taking `admission`.
+struct LostReply {
+    store: RedisRateLimitStore,
+    admission: Option<InFlight>,
+    at: Timestamp,
+}
+
+impl Drop for LostReply {
+    fn drop(&mut self) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        let (store, at) = (self.store.clone(), self.at);
+        match tokio::runtime::Handle::try_current() {
+            // Sent after the acquire on the same connection, so Redis runs it after the
+            // acquire, once it answers again; if the acquire recorded nothing, it finds
+            // nothing to settle.
+            Ok(handle) => drop(handle.spawn(async move {
+                if let Err(error) = store.settle(&admission, at).await {
+                    tracing::debug!(resource = %admission.resource, %error, "could not settle an admission whose reply was lost; it holds its slot until its expiry");
+                }
+            })),
+            Err(_) => tracing::debug!(
+                resource = %admission.resource,
+                "no async runtime to settle an admission whose reply was lost on"
+            ),
+        }
     }
 }
 
