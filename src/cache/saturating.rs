@@ -201,7 +201,8 @@ fn before_1970(text: &str) -> Option<String> {
     Some(format!("{}{digits}{}", &imf[..12], &imf[16..]))
 }
 
-/// One `Cache-Control` value with lower-case directive names and clamped delta-seconds, or
+/// One `Cache-Control` value with lower-case directive names, clamped delta-seconds and a
+/// value-less `max-age` / `s-maxage` read as `0`, or
 /// `None` when it needs no change (or is not text, which `http-cache-semantics` ignores).
 fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
     let text = value.to_str().ok()?;
@@ -212,7 +213,12 @@ fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
         }
         let mut kv = part.splitn(2, '=');
         let name = kv.next().unwrap_or_default();
-        out.push_str(&name.to_ascii_lowercase());
+        let name = name.to_ascii_lowercase();
+        out.push_str(&name);
+        // A `max-age` or `s-maxage` without a value: the crate skips it and infers a
+        // heuristic lifetime, while the cache counts it as explicit freshness (so uncapped).
+        // It is invalid freshness information, read as stale (RFC 9111 section 4.2.1).
+        let bare = matches!(name.trim(), "max-age" | "s-maxage");
         if let Some(v) = kv.next() {
             out.push('=');
             match delta_seconds(v) {
@@ -221,6 +227,8 @@ fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
                 }
                 _ => out.push_str(v),
             }
+        } else if bare {
+            out.push_str("=0");
         }
     }
     if out == text {
