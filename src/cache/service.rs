@@ -1017,10 +1017,15 @@ impl Job {
                 // response's is not applied to the old variant. The server validated the body
                 // for *this* request, so it is served and stored again under the new `Vary`
                 // (keyed by this request's headers); the old variant is dropped. With
-                // `Vary: *` nothing is stored.
-                if vary.as_ref() != Some(&entry.vary) {
+                // `Vary: *` nothing is stored. Nor when the merged headers forbid storing
+                // (section 3: a `304` that says `no-store`, or `private` in a shared cache):
+                // then the old entry goes too, whatever TTL is forced.
+                let keep = vary.is_some()
+                    && !no_store(refreshed.status, &refreshed.headers)
+                    && self.shareable(&refreshed.headers);
+                if !keep || vary.as_ref() != Some(&entry.vary) {
                     let mut stale_keys = vec![&upstream.key];
-                    if vary.is_none() {
+                    if !keep {
                         stale_keys.push(&upstream.base);
                     }
                     stale_keys.dedup();
@@ -1030,7 +1035,7 @@ impl Job {
                         }
                     }
                 }
-                if vary.is_some() && upstream.store_ok && self.shareable(&refreshed.headers) {
+                if keep && upstream.store_ok {
                     self.put(&upstream, Arc::new(refreshed)).await;
                 }
                 return Ok(served);
