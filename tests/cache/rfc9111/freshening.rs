@@ -285,3 +285,47 @@ async fn s4_3_4_304_with_no_store_leaves_nothing_stored(case: Case) {
     }
 }
 rfc9111!(s4_3_4_304_with_no_store_leaves_nothing_stored);
+
+/// In a shared cache, a `304` that marks the response `private` (or sets a cookie) leaves
+/// nothing stored either, forced TTL or not (RFC 9111 section 3, issue #12 item 3): the
+/// revalidating caller gets the body once, the next request goes upstream unconditionally.
+async fn s4_3_4_304_that_turns_private_leaves_nothing_in_a_shared_cache(case: Case) {
+    let label = case.label();
+    for (path, header) in [
+        ("/p", ("cache-control", "private, max-age=600")),
+        ("/api/things/1", ("set-cookie", "session=secret")),
+    ] {
+        case.origin.script(path, move |asked| {
+            if asked.headers.contains_key("if-none-match") {
+                Reply::status(304)
+                    .body("")
+                    .header(header.0, header.1)
+                    .header("etag", "\"a\"")
+            } else {
+                Reply::ok()
+                    .header("cache-control", "max-age=10")
+                    .header("etag", "\"a\"")
+            }
+        });
+    }
+    let client = case.client_with(|l| {
+        l.resource_ttl(
+            "things",
+            courteous::cache::CacheTtl::absolute(Duration::from_secs(10)),
+        )
+    });
+    for path in ["/p", "/api/things/1"] {
+        case.get(&client, path).await;
+        case.advance(SECS(20));
+        case.get(&client, path).await;
+        case.flush().await;
+        let next = case.get(&client, path).await;
+        assert_ne!(next.cache, Some(CacheStatus::Hit), "{label} {path}");
+        let seen = case.origin.seen();
+        assert!(
+            seen.last().unwrap().headers.get("if-none-match").is_none(),
+            "{label} {path}: nothing was stored to revalidate"
+        );
+    }
+}
+rfc9111_mode!(shared: s4_3_4_304_that_turns_private_leaves_nothing_in_a_shared_cache);
