@@ -399,6 +399,19 @@ fn no_store(status: StatusCode, headers: &HeaderMap) -> bool {
             && UNDERSTOOD_STATUSES.contains(&status.as_u16()))
 }
 
+/// Whether RFC 9111 forbids storing a response of `status` whatever its freshness, a forced
+/// TTL included: only final statuses, and 206 and 304 only when the cache understands them,
+/// which it does not (range requests pass through, partial responses are never stored or
+/// combined); nor a status `must-understand` names that the cache does not understand
+/// (section 5.2.2.3).
+fn never_stored(status: StatusCode, headers: &HeaderMap) -> bool {
+    let code = status.as_u16();
+    status.is_informational()
+        || code == 206
+        || code == 304
+        || (has_directive(headers, "must-understand") && !UNDERSTOOD_STATUSES.contains(&code))
+}
+
 /// One `Cache-Control` value without directive `name` (compared case-insensitively); `None`
 /// when nothing is left.
 fn without_directive(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
@@ -1131,7 +1144,7 @@ impl Job {
         let status = response.status();
         let headers = response.headers();
         let vary = vary_names(headers)?;
-        if !self.shareable(headers) || no_store(status, headers) {
+        if !self.shareable(headers) || no_store(status, headers) || never_stored(status, headers) {
             return None;
         }
         if let Some(ttl) = upstream.ttl {
@@ -1173,12 +1186,7 @@ impl Job {
         heuristic: bool,
     ) -> Option<(Duration, Duration)> {
         let code = status.as_u16();
-        // A final status; 206 and 304 only when the cache understands them, and it does not:
-        // range requests pass through, partial responses are never stored or combined.
-        if status.is_informational() || code == 206 || code == 304 {
-            return None;
-        }
-        if has_directive(headers, "must-understand") && !UNDERSTOOD_STATUSES.contains(&code) {
+        if never_stored(status, headers) {
             return None;
         }
         let explicit = has_directive(headers, "max-age")
