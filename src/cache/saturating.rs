@@ -203,9 +203,25 @@ fn before_1970(text: &str) -> Option<String> {
 
 /// One `Cache-Control` value with lower-case directive names, clamped delta-seconds and a
 /// value-less `max-age` / `s-maxage` read as `0`, or
-/// `None` when it needs no change (or is not text, which `http-cache-semantics` ignores).
+/// `None` when it needs no change.
 fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
-    let text = value.to_str().ok()?;
+    // The crate skips a line that is not visible ASCII, and with it any `no-store` or
+    // `private` it holds: such bytes (obs-text) become `?`, the directives stay.
+    let ascii: String;
+    let text = match value.to_str() {
+        Ok(text) => text,
+        Err(_) => {
+            ascii = value
+                .as_bytes()
+                .iter()
+                .map(|&b| match b {
+                    b'\t' | 0x20..=0x7e => char::from(b),
+                    _ => '?',
+                })
+                .collect();
+            &ascii
+        }
+    };
     let mut out = String::with_capacity(text.len());
     for part in text.split(',') {
         if !out.is_empty() {
@@ -231,7 +247,7 @@ fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
             out.push_str("=0");
         }
     }
-    if out == text {
+    if out.as_bytes() == value.as_bytes() {
         return None;
     }
     HeaderValue::from_str(&out).ok()

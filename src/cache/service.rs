@@ -131,21 +131,23 @@ struct RequestDirectives {
     stale_if_error: Option<u64>,
 }
 
+/// The `Cache-Control` directives of `headers`, names in lower case. A field line with
+/// non-ASCII bytes (obs-text) is read too, lossily: its `no-store` or `private` still counts.
 fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<String>)> + '_ {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|part| {
-            let mut kv = part.splitn(2, '=');
-            let name = kv.next()?.trim().to_ascii_lowercase();
-            if name.is_empty() {
-                return None;
-            }
-            let value = kv.next().map(|v| v.trim().trim_matches('"').to_owned());
-            Some((name, value))
-        })
+    headers.get_all(header::CACHE_CONTROL).iter().flat_map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .filter_map(|part| {
+                let mut kv = part.splitn(2, '=');
+                let name = kv.next()?.trim().to_ascii_lowercase();
+                if name.is_empty() {
+                    return None;
+                }
+                let value = kv.next().map(|v| v.trim().trim_matches('"').to_owned());
+                Some((name, value))
+            })
+            .collect::<Vec<_>>()
+    })
 }
 
 /// The delta-seconds value of directive `name`, clamped to 2^31 s (RFC 9111 section 1.2.2).
