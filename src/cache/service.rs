@@ -123,6 +123,9 @@ struct RequestDirectives {
     /// RFC 9111 section 5.2.1.4 (and Pragma, section 5.4): kept to refuse a
     /// stale-while-revalidate answer, which `before_request`'s "stale" does not tell apart.
     no_cache: bool,
+    /// Sections 5.2.1.1 and 5.2.1.3: `max-age` or `min-fresh`, whose client "does not wish to
+    /// receive a stale response"; kept for the same reason as `no_cache`.
+    wants_fresh: bool,
     /// Section 5.2.1.5: the cache neither reads nor writes (the crate only refuses to store).
     no_store: bool,
     /// Section 5.2.1.7: the crate leaves the `504` to the cache.
@@ -177,6 +180,7 @@ impl RequestDirectives {
         for (name, value) in directives(headers) {
             match name.as_str() {
                 "no-cache" => d.no_cache = true,
+                "max-age" | "min-fresh" => d.wants_fresh = true,
                 "no-store" => d.no_store = true,
                 "only-if-cached" => d.only_if_cached = true,
                 "stale-if-error" => {
@@ -731,12 +735,15 @@ impl Job {
                 }
                 return Ok(self.serve(entry, now, CacheStatus::Stale));
             }
-            // RFC 5861 section 3, limited by RFC 9111 section 5.2.1.4: a request that says
-            // `no-cache` wants a validated response, which a stale-while-revalidate answer is not.
+            // RFC 5861 section 3, limited by RFC 9111 sections 5.2.1.4, 5.2.1.1 and 5.2.1.3:
+            // a request that says `no-cache` wants a validated response, one with `max-age` or
+            // `min-fresh` (already refused above) a fresh one; a stale-while-revalidate answer
+            // is neither.
             if !fresh
                 && stale_ok
                 && mode != CacheMode::NoCache
                 && !directives.no_cache
+                && !directives.wants_fresh
                 && directive_secs(&entry.headers, "stale-while-revalidate")
                     .is_some_and(|swr| entry.staleness(now).as_secs() <= swr)
                 && !self.refresh_failed(&found.key)
