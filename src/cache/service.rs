@@ -780,16 +780,35 @@ impl Job {
         let response = inner.oneshot(request).await.map_err(Into::into)?;
         let status = response.status();
         if status.is_success() || status.is_redirection() {
-            for url in invalidated_urls(&target, response.headers()) {
-                let target = Invalidation::Path(url);
-                match self.state.store.invalidate(&target).await {
-                    Ok(n) => tracing::debug!(
-                        ?target,
-                        invalidated = n,
-                        "unsafe request invalidated cache entries"
-                    ),
-                    Err(error) => self.store_failed("invalidation", &error),
+            let urls = invalidated_urls(&target, response.headers());
+            let job = Job {
+                config: self.config.clone(),
+                state: self.state.clone(),
+            };
+            let invalidate = async move {
+                for url in urls {
+                    let target = Invalidation::Path(url);
+                    match job.state.store.invalidate(&target).await {
+                        Ok(n) => tracing::debug!(
+                            ?target,
+                            invalidated = n,
+                            "unsafe request invalidated cache entries"
+                        ),
+                        Err(error) => job.store_failed("invalidation", &error),
+                    }
                 }
+            };
+            // The origin has applied the change: the invalidation runs to its end even when
+            // the caller gives up (drops this future) meanwhile, within the request's budget.
+            let invalidate = match crate::store::budget::StoreBudget::current() {
+                Some(budget) => futures_util::future::Either::Left(budget.scope(invalidate)),
+                None => futures_util::future::Either::Right(invalidate),
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let _ = runtime.spawn(invalidate).await;
+                }
+                Err(_) => invalidate.await,
             }
         }
         Ok(self.finish(response, CacheStatus::Bypass))
