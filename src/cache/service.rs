@@ -171,7 +171,7 @@ impl RequestDirectives {
             if headers
                 .get(header::PRAGMA)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("no-cache"))
+                .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"))
             {
                 d.no_cache = true;
             }
@@ -270,7 +270,7 @@ fn drop_invalid_max_stale(headers: &mut HeaderMap) {
 /// * directive names in lower case and delta-seconds clamped to 2^31 (RFC 9111 sections 5.2
 ///   and 1.2.2; the crate is case-sensitive and reads a too-large `min-fresh` as absent);
 /// * `Pragma` dropped when `Cache-Control` is present (section 5.4; the crate honours
-///   `Pragma: no-cache` always);
+///   `Pragma: no-cache` always), and in lower case otherwise (the crate is case-sensitive);
 /// * a `max-stale` with an invalid value dropped ([`drop_invalid_max_stale`]);
 /// * `Authorization` dropped (the crate would call the policy unstorable, so stale, in a
 ///   shared cache; the key already holds the credentials, and storing was decided when the
@@ -321,6 +321,15 @@ fn request_accepts<B>(
     if presented.headers.contains_key(header::CACHE_CONTROL) {
         presented.headers.remove(header::PRAGMA);
         drop_invalid_max_stale(&mut presented.headers);
+    } else if let Some(lower) = presented
+        .headers
+        .get(header::PRAGMA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        // Section 5.4: `No-Cache` is `no-cache` (the crate looks for the lower-case spelling).
+        presented.headers.insert(header::PRAGMA, lower);
     }
     let options = CacheOptions {
         shared,
