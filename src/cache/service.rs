@@ -1067,12 +1067,11 @@ impl Job {
                 // response's is not applied to the old variant. The server validated the body
                 // for *this* request, so it is served and stored again under the new `Vary`
                 // (keyed by this request's headers); the old variant is dropped. With
-                // `Vary: *` nothing is stored. Nor when the merged headers forbid storing
-                // (section 3: a `304` that says `no-store`, or `private` in a shared cache):
-                // then the old entry goes too, whatever TTL is forced.
-                let keep = vary.is_some()
-                    && !no_store(refreshed.status, &refreshed.headers)
-                    && self.shareable(&refreshed.headers);
+                // `Vary: *` nothing is stored. Nor when the `304` says `no-store` (section 3):
+                // then the old entry goes too, whatever TTL is forced. (One a shared cache may
+                // not share, `private` or `Set-Cookie`, is served but not stored: the old entry
+                // stays, to be revalidated.)
+                let keep = vary.is_some() && !no_store(refreshed.status, &refreshed.headers);
                 if !keep || vary.as_ref() != Some(&entry.vary) {
                     let mut stale_keys = vec![&upstream.key];
                     if !keep {
@@ -1085,7 +1084,7 @@ impl Job {
                         }
                     }
                 }
-                if keep && upstream.store_ok {
+                if keep && upstream.store_ok && self.shareable(&refreshed.headers) {
                     self.put(&upstream, Arc::new(refreshed)).await;
                 }
                 return Ok(served);
