@@ -202,10 +202,27 @@ fn before_1970(text: &str) -> Option<String> {
     Some(format!("{}{digits}{}", &imf[..12], &imf[16..]))
 }
 
-/// One `Cache-Control` value with lower-case directive names and clamped delta-seconds, or
-/// `None` when it needs no change (or is not text, which `http-cache-semantics` ignores).
+/// One `Cache-Control` value with lower-case directive names, clamped delta-seconds and a
+/// value-less `max-age` / `s-maxage` read as `0`, or
+/// `None` when it needs no change.
 fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
-    let text = value.to_str().ok()?;
+    // The crate skips a line that is not visible ASCII, and with it any `no-store` or
+    // `private` it holds: such bytes (obs-text) become `?`, the directives stay.
+    let ascii: String;
+    let text = match value.to_str() {
+        Ok(text) => text,
+        Err(_) => {
+            ascii = value
+                .as_bytes()
+                .iter()
+                .map(|&b| match b {
+                    b'\t' | 0x20..=0x7e => char::from(b),
+                    _ => '?',
+                })
+                .collect();
+            &ascii
+        }
+    };
     let mut out = String::with_capacity(text.len());
     for part in text.split(',') {
         if !out.is_empty() {
@@ -213,7 +230,12 @@ fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
         }
         let mut kv = part.splitn(2, '=');
         let name = kv.next().unwrap_or_default();
-        out.push_str(&name.to_ascii_lowercase());
+        let name = name.to_ascii_lowercase();
+        out.push_str(&name);
+        // A `max-age` or `s-maxage` without a value: the crate skips it and infers a
+        // heuristic lifetime, while the cache counts it as explicit freshness (so uncapped).
+        // It is invalid freshness information, read as stale (RFC 9111 section 4.2.1).
+        let bare = matches!(name.trim(), "max-age" | "s-maxage");
         if let Some(v) = kv.next() {
             out.push('=');
             match delta_seconds(v) {
@@ -222,9 +244,11 @@ fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
                 }
                 _ => out.push_str(v),
             }
+        } else if bare {
+            out.push_str("=0");
         }
     }
-    if out == text {
+    if out.as_bytes() == value.as_bytes() {
         return None;
     }
     HeaderValue::from_str(&out).ok()
@@ -373,12 +397,16 @@ mod tests {
         );
         plain.insert(header::AGE, HeaderValue::from_static("3"));
         assert!(matches!(for_policy(&plain), Cow::Borrowed(_)));
-        // Not text: left as it is (the policy ignores it).
+        // Not text: its obs-text bytes become `?`, so the policy still reads the directives
+        // (it would skip the whole line), and `max-age=?` is no valid delta-seconds.
         let mut bytes = HeaderMap::new();
         bytes.insert(
             header::CACHE_CONTROL,
-            HeaderValue::from_bytes(b"max-age=\xff").unwrap(),
+            HeaderValue::from_bytes(b"No-Store, max-age=\xff").unwrap(),
         );
-        assert!(matches!(for_policy(&bytes), Cow::Borrowed(_)));
+        assert_eq!(
+            for_policy(&bytes).get(header::CACHE_CONTROL).unwrap(),
+            "no-store, max-age=?"
+        );
     }
 }

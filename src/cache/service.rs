@@ -123,6 +123,9 @@ struct RequestDirectives {
     /// RFC 9111 section 5.2.1.4 (and Pragma, section 5.4): kept to refuse a
     /// stale-while-revalidate answer, which `before_request`'s "stale" does not tell apart.
     no_cache: bool,
+    /// Sections 5.2.1.1 and 5.2.1.3: `max-age` or `min-fresh`, whose client "does not wish to
+    /// receive a stale response"; kept for the same reason as `no_cache`.
+    wants_fresh: bool,
     /// Section 5.2.1.5: the cache neither reads nor writes (the crate only refuses to store).
     no_store: bool,
     /// Section 5.2.1.7: the crate leaves the `504` to the cache.
@@ -131,21 +134,23 @@ struct RequestDirectives {
     stale_if_error: Option<u64>,
 }
 
+/// The `Cache-Control` directives of `headers`, names in lower case. A field line with
+/// non-ASCII bytes (obs-text) is read too, lossily: its `no-store` or `private` still counts.
 fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<String>)> + '_ {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|part| {
-            let mut kv = part.splitn(2, '=');
-            let name = kv.next()?.trim().to_ascii_lowercase();
-            if name.is_empty() {
-                return None;
-            }
-            let value = kv.next().map(|v| v.trim().trim_matches('"').to_owned());
-            Some((name, value))
-        })
+    headers.get_all(header::CACHE_CONTROL).iter().flat_map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .filter_map(|part| {
+                let mut kv = part.splitn(2, '=');
+                let name = kv.next()?.trim().to_ascii_lowercase();
+                if name.is_empty() {
+                    return None;
+                }
+                let value = kv.next().map(|v| v.trim().trim_matches('"').to_owned());
+                Some((name, value))
+            })
+            .collect::<Vec<_>>()
+    })
 }
 
 /// The delta-seconds value of directive `name`, clamped to 2^31 s (RFC 9111 section 1.2.2).
@@ -166,7 +171,7 @@ impl RequestDirectives {
             if headers
                 .get(header::PRAGMA)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("no-cache"))
+                .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"))
             {
                 d.no_cache = true;
             }
@@ -175,6 +180,7 @@ impl RequestDirectives {
         for (name, value) in directives(headers) {
             match name.as_str() {
                 "no-cache" => d.no_cache = true,
+                "max-age" | "min-fresh" => d.wants_fresh = true,
                 "no-store" => d.no_store = true,
                 "only-if-cached" => d.only_if_cached = true,
                 "stale-if-error" => {
@@ -264,7 +270,7 @@ fn drop_invalid_max_stale(headers: &mut HeaderMap) {
 /// * directive names in lower case and delta-seconds clamped to 2^31 (RFC 9111 sections 5.2
 ///   and 1.2.2; the crate is case-sensitive and reads a too-large `min-fresh` as absent);
 /// * `Pragma` dropped when `Cache-Control` is present (section 5.4; the crate honours
-///   `Pragma: no-cache` always);
+///   `Pragma: no-cache` always), and in lower case otherwise (the crate is case-sensitive);
 /// * a `max-stale` with an invalid value dropped ([`drop_invalid_max_stale`]);
 /// * `Authorization` dropped (the crate would call the policy unstorable, so stale, in a
 ///   shared cache; the key already holds the credentials, and storing was decided when the
@@ -315,6 +321,15 @@ fn request_accepts<B>(
     if presented.headers.contains_key(header::CACHE_CONTROL) {
         presented.headers.remove(header::PRAGMA);
         drop_invalid_max_stale(&mut presented.headers);
+    } else if let Some(lower) = presented
+        .headers
+        .get(header::PRAGMA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        // Section 5.4: `No-Cache` is `no-cache` (the crate looks for the lower-case spelling).
+        presented.headers.insert(header::PRAGMA, lower);
     }
     let options = CacheOptions {
         shared,
@@ -397,6 +412,19 @@ fn no_store(status: StatusCode, headers: &HeaderMap) -> bool {
     has_directive(headers, "no-store")
         && !(has_directive(headers, "must-understand")
             && UNDERSTOOD_STATUSES.contains(&status.as_u16()))
+}
+
+/// Whether RFC 9111 forbids storing a response of `status` whatever its freshness, a forced
+/// TTL included: only final statuses, and 206 and 304 only when the cache understands them,
+/// which it does not (range requests pass through, partial responses are never stored or
+/// combined); nor a status `must-understand` names that the cache does not understand
+/// (section 5.2.2.3).
+fn never_stored(status: StatusCode, headers: &HeaderMap) -> bool {
+    let code = status.as_u16();
+    status.is_informational()
+        || code == 206
+        || code == 304
+        || (has_directive(headers, "must-understand") && !UNDERSTOOD_STATUSES.contains(&code))
 }
 
 /// One `Cache-Control` value without directive `name` (compared case-insensitively); `None`
@@ -716,12 +744,15 @@ impl Job {
                 }
                 return Ok(self.serve(entry, now, CacheStatus::Stale));
             }
-            // RFC 5861 section 3, limited by RFC 9111 section 5.2.1.4: a request that says
-            // `no-cache` wants a validated response, which a stale-while-revalidate answer is not.
+            // RFC 5861 section 3, limited by RFC 9111 sections 5.2.1.4, 5.2.1.1 and 5.2.1.3:
+            // a request that says `no-cache` wants a validated response, one with `max-age` or
+            // `min-fresh` (already refused above) a fresh one; a stale-while-revalidate answer
+            // is neither.
             if !fresh
                 && stale_ok
                 && mode != CacheMode::NoCache
                 && !directives.no_cache
+                && !directives.wants_fresh
                 && directive_secs(&entry.headers, "stale-while-revalidate")
                     .is_some_and(|swr| entry.staleness(now).as_secs() <= swr)
                 && !self.refresh_failed(&found.key)
@@ -758,16 +789,35 @@ impl Job {
         let response = inner.oneshot(request).await.map_err(Into::into)?;
         let status = response.status();
         if status.is_success() || status.is_redirection() {
-            for url in invalidated_urls(&target, response.headers()) {
-                let target = Invalidation::Path(url);
-                match self.state.store.invalidate(&target).await {
-                    Ok(n) => tracing::debug!(
-                        ?target,
-                        invalidated = n,
-                        "unsafe request invalidated cache entries"
-                    ),
-                    Err(error) => self.store_failed("invalidation", &error),
+            let urls = invalidated_urls(&target, response.headers());
+            let job = Job {
+                config: self.config.clone(),
+                state: self.state.clone(),
+            };
+            let invalidate = async move {
+                for url in urls {
+                    let target = Invalidation::Path(url);
+                    match job.state.store.invalidate(&target).await {
+                        Ok(n) => tracing::debug!(
+                            ?target,
+                            invalidated = n,
+                            "unsafe request invalidated cache entries"
+                        ),
+                        Err(error) => job.store_failed("invalidation", &error),
+                    }
                 }
+            };
+            // The origin has applied the change: the invalidation runs to its end even when
+            // the caller gives up (drops this future) meanwhile, within the request's budget.
+            let invalidate = match crate::store::budget::StoreBudget::current() {
+                Some(budget) => futures_util::future::Either::Left(budget.scope(invalidate)),
+                None => futures_util::future::Either::Right(invalidate),
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let _ = runtime.spawn(invalidate).await;
+                }
+                Err(_) => invalidate.await,
             }
         }
         Ok(self.finish(response, CacheStatus::Bypass))
@@ -1017,10 +1067,14 @@ impl Job {
                 // response's is not applied to the old variant. The server validated the body
                 // for *this* request, so it is served and stored again under the new `Vary`
                 // (keyed by this request's headers); the old variant is dropped. With
-                // `Vary: *` nothing is stored.
-                if vary.as_ref() != Some(&entry.vary) {
+                // `Vary: *` nothing is stored. Nor when the `304` says `no-store` (section 3):
+                // then the old entry goes too, whatever TTL is forced. (One a shared cache may
+                // not share, `private` or `Set-Cookie`, is served but not stored: the old entry
+                // stays, to be revalidated.)
+                let keep = vary.is_some() && !no_store(refreshed.status, &refreshed.headers);
+                if !keep || vary.as_ref() != Some(&entry.vary) {
                     let mut stale_keys = vec![&upstream.key];
-                    if vary.is_none() {
+                    if !keep {
                         stale_keys.push(&upstream.base);
                     }
                     stale_keys.dedup();
@@ -1030,7 +1084,7 @@ impl Job {
                         }
                     }
                 }
-                if vary.is_some() && upstream.store_ok && self.shareable(&refreshed.headers) {
+                if keep && upstream.store_ok && self.shareable(&refreshed.headers) {
                     self.put(&upstream, Arc::new(refreshed)).await;
                 }
                 return Ok(served);
@@ -1126,7 +1180,7 @@ impl Job {
         let status = response.status();
         let headers = response.headers();
         let vary = vary_names(headers)?;
-        if !self.shareable(headers) || no_store(status, headers) {
+        if !self.shareable(headers) || no_store(status, headers) || never_stored(status, headers) {
             return None;
         }
         if let Some(ttl) = upstream.ttl {
@@ -1168,12 +1222,7 @@ impl Job {
         heuristic: bool,
     ) -> Option<(Duration, Duration)> {
         let code = status.as_u16();
-        // A final status; 206 and 304 only when the cache understands them, and it does not:
-        // range requests pass through, partial responses are never stored or combined.
-        if status.is_informational() || code == 206 || code == 304 {
-            return None;
-        }
-        if has_directive(headers, "must-understand") && !UNDERSTOOD_STATUSES.contains(&code) {
+        if never_stored(status, headers) {
             return None;
         }
         let explicit = has_directive(headers, "max-age")

@@ -763,3 +763,38 @@ async fn a_read_during_a_write_in_flight_does_not_keep_the_old_entry_in_memory()
         );
     }
 }
+
+/// RFC 9111 section 4.4: an unsafe request whose caller gives up (drops the response future)
+/// while the invalidation is on its way to the store still invalidates: the origin has
+/// applied the change, so the old entry must go. Found in review: the invalidation was an
+/// await in the caller's future, cancelled with it, and the pre-POST body stayed a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_completes_when_its_caller_gives_up() {
+    let server = TestServer::start().await;
+    let back = SlowWrites::new();
+    let layer = CacheLayer::new(back.clone()).default_ttl(CacheTtl::absolute(HOUR));
+    let client = client(layer.clone());
+    let url = server.url("/api/issues/1");
+    back.gate.add_permits(1);
+    send(&client, get(&url)).await;
+    back.arrived.acquire().await.unwrap().forget();
+    assert_eq!(send(&client, get(&url)).await.cache, Some(CacheStatus::Hit));
+
+    // The POST reaches the origin and its invalidation the store: the caller gives up (the
+    // response future is dropped there).
+    tokio::select! {
+        _ = send(&client, http::Request::post(&url)) => {
+            panic!("the POST finished while its invalidation waited at the gate")
+        }
+        permit = back.arrived.acquire() => permit.unwrap().forget(),
+    }
+    assert_eq!(server.hits_on("/api/issues/1"), 2);
+    back.gate.add_permits(100);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while back.inner.stats().await.unwrap().entries > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(send(&client, get(&url)).await.cache, Some(CacheStatus::Hit));
+    assert_eq!(server.hits_on("/api/issues/1"), 3);
+}

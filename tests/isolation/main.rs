@@ -99,7 +99,10 @@ pub async fn server() -> TestServer {
 
 async fn answer(State(log): State<Arc<Log>>, request: Request) -> Response {
     log.record(&request);
-    let n = log.total.load(Ordering::SeqCst);
+    // A number of its own for each call: two concurrent calls that read `log.total` after both
+    // recorded would answer the same body (and look merged).
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
     let query = query_map(&request);
     if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;

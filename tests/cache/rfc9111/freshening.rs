@@ -237,3 +237,51 @@ async fn s4_3_4_background_304_with_another_etag_drops_the_entry(case: Case) {
     assert_eq!(case.origin.hits("/swr"), 2, "{label}");
 }
 rfc9111!(s4_3_4_background_304_with_another_etag_drops_the_entry);
+
+/// A `304` that says `no-store` leaves nothing stored (RFC 9111 section 3: the updated
+/// response may not be stored), with or without a forced TTL: the next request goes upstream
+/// unconditionally, and a forced TTL does not turn the `304`'s refusal into a hit. Found in
+/// review: the merged entry was stored again (and, under a forced TTL, served as fresh).
+async fn s4_3_4_304_with_no_store_leaves_nothing_stored(case: Case) {
+    let label = case.label();
+    for path in ["/n", "/api/things/1"] {
+        case.origin.script(path, |asked| {
+            if asked.headers.contains_key("if-none-match") {
+                Reply::status(304)
+                    .body("")
+                    .header("cache-control", "no-store")
+                    .header("etag", "\"a\"")
+            } else {
+                Reply::ok()
+                    .header("cache-control", "max-age=10")
+                    .header("etag", "\"a\"")
+            }
+        });
+    }
+    let client = case.client_with(|l| {
+        l.resource_ttl(
+            "things",
+            courteous::cache::CacheTtl::absolute(Duration::from_secs(10)),
+        )
+    });
+    for path in ["/n", "/api/things/1"] {
+        case.get(&client, path).await;
+        case.advance(SECS(20));
+        let revalidated = case.get(&client, path).await;
+        assert_eq!(
+            revalidated.cache,
+            Some(CacheStatus::Revalidated),
+            "{label} {path}"
+        );
+        case.flush().await;
+        let next = case.get(&client, path).await;
+        assert_ne!(next.cache, Some(CacheStatus::Hit), "{label} {path}");
+        let seen = case.origin.seen();
+        assert!(
+            seen.last().unwrap().headers.get("if-none-match").is_none(),
+            "{label} {path}: nothing was stored to revalidate"
+        );
+        assert_eq!(case.origin.hits(path), 3, "{label} {path}");
+    }
+}
+rfc9111!(s4_3_4_304_with_no_store_leaves_nothing_stored);

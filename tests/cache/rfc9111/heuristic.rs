@@ -215,6 +215,34 @@ async fn s4_2_2_no_heuristic_after_a_304_under_a_forced_ttl(case: Case) {
     assert_eq!(case.origin.hits("/api/things/1"), 3);
 }
 
+/// A `max-age` (or, in a shared cache, `s-maxage`) without a value is no explicit freshness
+/// that the cap could skip: it must not leave the crate to infer an uncapped heuristic
+/// lifetime (ten days for a response unchanged for a hundred). Found in review: the cache
+/// counted the bare directive as explicit (so no cap) while `http-cache-semantics` ignored it
+/// and applied the heuristic.
+async fn s4_2_2_a_bare_max_age_gets_no_uncapped_heuristic(case: Case) {
+    let old = 100 * 24 * HOUR;
+    case.origin.reply(
+        "/a",
+        modified(&case, 200, old).header("cache-control", "max-age"),
+    );
+    case.origin.reply(
+        "/s",
+        modified(&case, 200, old).header("cache-control", "public, S-MAXAGE"),
+    );
+    let client = case.client();
+    assert!(
+        !hit_after(&case, &client, "/a", 25 * HOUR).await,
+        "{}: /a",
+        case.label()
+    );
+    assert!(
+        !hit_after(&case, &client, "/s", 25 * HOUR).await,
+        "{}: /s",
+        case.label()
+    );
+}
+
 rfc9111!(
     s4_2_2_default_is_ten_percent_of_the_time_since_last_modified,
     s4_2_2_the_fraction_is_configurable,
@@ -223,4 +251,5 @@ rfc9111!(
     s4_2_2_only_heuristically_cacheable_statuses,
     s4_2_2_explicit_freshness_and_forced_ttls_win,
     s4_2_2_no_heuristic_after_a_304_under_a_forced_ttl,
+    s4_2_2_a_bare_max_age_gets_no_uncapped_heuristic,
 );

@@ -206,9 +206,84 @@ async fn rfc9110_5_6_7_every_http_date_format_is_read(case: Case) {
     );
 }
 
+/// A `Cache-Control` field line that carries a non-ASCII byte (obs-text, RFC 9110 section
+/// 5.5, here in a quoted extension value) still says `no-store` and, to a shared cache,
+/// `private`: neither is lost because the line is not UTF-8, forced TTL or heuristic
+/// freshness notwithstanding, and its `max-age` is the freshness. Found in review: the whole
+/// line was skipped, so a response marked `no-store` was stored (and `private` shared).
+async fn s5_2_a_non_ascii_cache_control_line_still_forbids_storing(case: Case) {
+    let modified = httpdate::fmt_http_date(case.clock.now() - Duration::from_secs(36_000));
+    let line = |directive: &str| {
+        let mut bytes = format!("{directive}, ext=\"").into_bytes();
+        bytes.extend_from_slice(&[0xe9, b'"']);
+        bytes
+    };
+    case.origin.reply(
+        "/api/things/1",
+        Reply::ok().header("cache-control", line("no-store")),
+    );
+    case.origin.reply(
+        "/heuristic",
+        Reply::ok()
+            .header("cache-control", line("No-Store"))
+            .header("last-modified", &modified),
+    );
+    case.origin.reply(
+        "/private",
+        Reply::ok()
+            .header("cache-control", line("private"))
+            .header("last-modified", &modified),
+    );
+    let client = case.client_with(|l| {
+        l.resource_ttl(
+            "things",
+            courteous::cache::CacheTtl::absolute(Duration::from_secs(60)),
+        )
+    });
+    // And its `max-age` is the freshness, not a heuristic from `Last-Modified`.
+    case.origin.reply(
+        "/max-age",
+        Reply::ok()
+            .header("cache-control", line("max-age=60"))
+            .header("last-modified", &modified),
+    );
+    case.get(&client, "/max-age").await;
+    case.advance(Duration::from_secs(30));
+    let fresh = case.get(&client, "/max-age").await;
+    assert_eq!(
+        fresh.cache,
+        Some(CacheStatus::Hit),
+        "{} max-age",
+        case.label()
+    );
+    case.advance(Duration::from_secs(40));
+    let stale = case.get(&client, "/max-age").await;
+    assert_ne!(
+        stale.cache,
+        Some(CacheStatus::Hit),
+        "{} max-age",
+        case.label()
+    );
+    for path in ["/api/things/1", "/heuristic", "/private"] {
+        if path == "/private" && !case.shared {
+            continue; // a private cache may store it
+        }
+        case.get(&client, path).await;
+        let second = case.get(&client, path).await;
+        assert_ne!(
+            second.cache,
+            Some(CacheStatus::Hit),
+            "{} {path}",
+            case.label()
+        );
+        assert_eq!(case.origin.hits(path), 2, "{} {path}", case.label());
+    }
+}
+
 rfc9111!(
     s5_2_directive_names_are_case_insensitive,
     s5_1_age_list_or_repeated_uses_the_first_value,
     s5_3_an_invalid_expires_is_already_expired,
     rfc9110_5_6_7_every_http_date_format_is_read,
+    s5_2_a_non_ascii_cache_control_line_still_forbids_storing,
 );

@@ -83,6 +83,38 @@ async fn s5_4_pragma_is_ignored_beside_cache_control(case: Case) {
 }
 rfc9111!(s5_4_pragma_is_ignored_beside_cache_control);
 
+/// Section 5.4: the `no-cache` pragma is case-insensitive (an ABNF string literal, RFC 5234
+/// section 2.3): `Pragma: No-Cache` without `Cache-Control` is a `no-cache` request, which no
+/// stored response answers unvalidated, not even a stale-while-revalidate one. Found in
+/// review: only the lower-case spelling counted, so the request was a hit.
+async fn s5_4_the_no_cache_pragma_in_any_case(case: Case) {
+    let label = case.label();
+    case.origin.reply(
+        "/r",
+        Reply::ok().header("cache-control", "max-age=100, stale-while-revalidate=600"),
+    );
+    let client = case.client();
+    case.get(&client, "/r").await;
+    for pragma in ["No-Cache", "NO-CACHE"] {
+        let request = http::Request::get(case.url("/r")).header("pragma", pragma);
+        assert_eq!(
+            case.send(&client, request).await.cache,
+            Some(CacheStatus::Miss),
+            "{label} fresh {pragma}"
+        );
+        case.flush().await;
+    }
+    case.advance(std::time::Duration::from_secs(200));
+    let request = http::Request::get(case.url("/r")).header("pragma", "No-Cache");
+    assert_ne!(
+        case.send(&client, request).await.cache,
+        Some(CacheStatus::Stale),
+        "{label} stale"
+    );
+    assert_eq!(case.origin.hits("/r"), 4, "{label}");
+}
+rfc9111!(s5_4_the_no_cache_pragma_in_any_case);
+
 /// Sections 5.2.1.1-5.2.1.3 apply to the cache's freshness, also when a forced TTL made it:
 /// `max-age`, `min-fresh` and `max-stale` against a 60 s TTL on a response without cache
 /// headers.

@@ -286,3 +286,39 @@ async fn rfc5861_stale_while_revalidate_respects_what_forbids_stale(case: Case) 
     assert_eq!(plain.cache, Some(CacheStatus::Stale), "{label}");
 }
 rfc9111!(rfc5861_stale_while_revalidate_respects_what_forbids_stale);
+
+/// A request that asks for a response no older than N seconds (`max-age=N`) or fresh for N
+/// more (`min-fresh=N`) does not want a stale one (RFC 9111 sections 5.2.1.1 and 5.2.1.3,
+/// absent `max-stale`): like `no-cache`, it is not answered stale under
+/// `stale-while-revalidate`, but revalidated. Found in review: only `no-cache` was refused.
+async fn rfc5861_stale_while_revalidate_is_no_answer_to_max_age_or_min_fresh(case: Case) {
+    let label = case.label();
+    case.origin.script("/swr", |asked| {
+        let reply = if asked.headers.contains_key("if-none-match") {
+            Reply::status(304).body("")
+        } else {
+            Reply::ok()
+        };
+        reply
+            .header("cache-control", "max-age=10, stale-while-revalidate=600")
+            .header("etag", "\"a\"")
+    });
+    let client = case.client();
+    for directive in ["max-age=5", "MIN-FRESH=1"] {
+        case.get(&client, "/swr").await;
+        case.advance(SECS(20));
+        let got = case
+            .send(
+                &client,
+                http::Request::get(case.url("/swr")).header("cache-control", directive),
+            )
+            .await;
+        assert_eq!(
+            got.cache,
+            Some(CacheStatus::Revalidated),
+            "{label} {directive}"
+        );
+        case.flush().await;
+    }
+}
+rfc9111!(rfc5861_stale_while_revalidate_is_no_answer_to_max_age_or_min_fresh);

@@ -200,6 +200,42 @@ async fn s3_forced_ttl_statuses_are_configurable(case: Case) {
     );
 }
 
+/// A forced TTL does not widen what RFC 9111 never stores, even when its statuses list them:
+/// a `206` (range requests pass through, partial responses are never combined) and a status
+/// `must-understand` names that the cache does not understand. Found in review: the forced-TTL
+/// path stored both, so a server answering a plain GET with `206` had its fragment served as
+/// the whole resource for the TTL.
+async fn s3_forced_ttl_never_stores_206_or_a_status_not_understood(case: Case) {
+    case.origin.reply(
+        "/part",
+        Reply::status(206)
+            .header("content-range", "bytes 0-3/10")
+            .body("abcd"),
+    );
+    case.origin.reply(
+        "/mu",
+        Reply::status(299).header("cache-control", "must-understand"),
+    );
+    let client = case.client_with(|l| {
+        l.default_ttl(CacheTtl::absolute(Duration::from_secs(60)))
+            .statuses([
+                StatusCode::OK,
+                StatusCode::PARTIAL_CONTENT,
+                StatusCode::from_u16(299).unwrap(),
+            ])
+    });
+    assert!(
+        !second_is_hit(&case, &client, "/part").await,
+        "{}: 206",
+        case.label()
+    );
+    assert!(
+        !second_is_hit(&case, &client, "/mu").await,
+        "{}: must-understand",
+        case.label()
+    );
+}
+
 rfc9111!(
     s3_any_final_status_with_explicit_freshness_is_stored,
     s3_s_maxage_stores_only_in_a_shared_cache,
@@ -207,4 +243,5 @@ rfc9111!(
     s5_2_2_3_must_understand,
     s3_1_partial_content_passes_through,
     s3_forced_ttl_statuses_are_configurable,
+    s3_forced_ttl_never_stores_206_or_a_status_not_understood,
 );
