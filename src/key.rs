@@ -205,7 +205,8 @@ pub trait KeyExtractor: Send + Sync + 'static {
 
     /// Whether the query parameter `name` (percent-decoded) holds a secret: its value is masked
     /// in error messages, in what the dedupe stores publish to other processes, and in logs.
-    /// The default masks [`DEFAULT_SECRET_PARAMS`] (compared case-insensitively).
+    /// The default masks [`DEFAULT_SECRET_PARAMS`] (compared case-insensitively) and every name
+    /// that matches [`SECRET_PARAM_PATTERNS`].
     ///
     /// ```
     /// use courteous::{DefaultKeyExtractor, KeyExtractor};
@@ -229,18 +230,52 @@ impl<K: KeyExtractor + ?Sized> KeyExtractor for Arc<K> {
     }
 }
 
-/// Whether `name` is one of [`DEFAULT_SECRET_PARAMS`], in any case.
+/// Whether `name` is one of [`DEFAULT_SECRET_PARAMS`], in any case, or matches
+/// [`SECRET_PARAM_PATTERNS`].
 ///
 /// ```
 /// use courteous::key::is_default_secret_param;
 ///
 /// assert!(is_default_secret_param("API_KEY"));
+/// assert!(is_default_secret_param("X-Amz-Signature") && is_default_secret_param("refresh_token"));
 /// assert!(!is_default_secret_param("page"));
 /// ```
 pub fn is_default_secret_param(name: &str) -> bool {
     DEFAULT_SECRET_PARAMS
         .iter()
         .any(|s| s.eq_ignore_ascii_case(name))
+        || looks_like_secret_param(name.as_bytes())
+}
+
+/// A query parameter whose name, in lower case and without `-`, `_` and `.`, contains one of
+/// these is secret too, whatever list it is compared with: `refresh_token`, `X-Amz-Signature`,
+/// `X-Amz-Credential`, `clientSecret`, `private-token` are masked by default.
+pub const SECRET_PARAM_PATTERNS: &[&str] = &[
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "signature",
+    "credential",
+    "apikey",
+    "accesskey",
+    "sessionid",
+];
+
+/// Whether a (decoded) query parameter name contains one of [`SECRET_PARAM_PATTERNS`], or is
+/// `sig` or `auth` (Azure SAS signatures, Firebase tokens).
+fn looks_like_secret_param(name: &[u8]) -> bool {
+    let folded: Vec<u8> = name
+        .iter()
+        .filter(|b| !matches!(b, b'-' | b'_' | b'.'))
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    matches!(&*folded, b"sig" | b"auth")
+        || SECRET_PARAM_PATTERNS.iter().any(|pattern| {
+            folded
+                .windows(pattern.len())
+                .any(|window| window == pattern.as_bytes())
+        })
 }
 
 /// What replaces a secret.
@@ -402,7 +437,8 @@ pub struct DefaultKeyExtractor {
     secret_params: Vec<String>,
 }
 
-/// Query parameters masked in [`RequestKey::display`] by default.
+/// Query parameters masked in [`RequestKey::display`] by default, besides every name that
+/// matches [`SECRET_PARAM_PATTERNS`].
 pub const DEFAULT_SECRET_PARAMS: &[&str] = &[
     "api_key",
     "apikey",
@@ -547,6 +583,7 @@ impl DefaultKeyExtractor {
         self.secret_params
             .iter()
             .any(|s| s.as_bytes().eq_ignore_ascii_case(name))
+            || looks_like_secret_param(name)
     }
 
     /// The first header of `headers` that looks like a credential the key does not cover.
@@ -923,6 +960,40 @@ mod tests {
             let (a, b) = (with("user-a"), with("user-b"));
             assert_ne!(a, b, "{name}");
             assert_eq!(a.display(), "GET http://h/x", "{name}");
+        }
+    }
+
+    #[test]
+    fn secret_looking_query_parameters_are_masked_by_default() {
+        // Common secret parameters outside the exact list: OAuth refresh and id tokens, S3
+        // pre-signed URLs, Azure SAS signatures, GitLab tokens, Firebase `auth`.
+        let secret = "http://h/x?refresh_token=S1&X-Amz-Signature=S2&X-Amz-Credential=S3\
+                      &X-Amz-Security-Token=S4&sig=S5&private-token=S6&auth=S7&clientSecret=S8\
+                      &page=2";
+        let k = key(http::Request::get(secret).body(()).unwrap());
+        for n in 1..=8 {
+            assert!(
+                !k.display().contains(&format!("S{n}")),
+                "S{n}: {}",
+                k.display()
+            );
+        }
+        assert!(k.display().contains("&page=2&"), "{}", k.display());
+        let mut url = reqwest::Url::parse(secret).unwrap();
+        redact_url(&mut url, is_default_secret_param);
+        let text = redact_secrets(
+            &format!("error for url ({secret})"),
+            is_default_secret_param,
+        );
+        for shown in [url.as_str(), &*text] {
+            for n in 1..=8 {
+                assert!(!shown.contains(&format!("S{n}")), "S{n}: {shown}");
+            }
+            assert!(shown.contains("page=2"), "{shown}");
+        }
+        // Ordinary names stay readable.
+        for name in ["page", "limit", "q", "keyword", "author", "monkey"] {
+            assert!(!is_default_secret_param(name), "{name}");
         }
     }
 
