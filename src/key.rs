@@ -4,7 +4,8 @@
 //! userinfo (`user:password@`), host, port (default ports dropped), path, query parameters in a
 //! canonical order, the configured request headers (`Accept` and every credential header:
 //! `Authorization`, `Proxy-Authorization`, `Cookie` by default, plus any
-//! [`DefaultKeyExtractor::key_headers`]) and the body, when there is one. Because it is a hash,
+//! [`DefaultKeyExtractor::key_headers`]), the body, when there is one, and a `Host` header,
+//! when the request sets one (it names the virtual host the request reaches). Because it is a hash,
 //! secrets in URLs (`api_key=...`), userinfo or headers are never stored in clear;
 //! [`RequestKey::display`] is a readable form without userinfo and headers and with secret query
 //! parameters masked, for logs and status pages.
@@ -764,6 +765,16 @@ impl KeyExtractor for DefaultKeyExtractor {
         } else {
             h.field(&Sha256::digest(body));
         }
+        // A `Host` header names the virtual host the request reaches: the client sends it
+        // instead of the URL's authority, so two of them are two resources. Hashed (in lower
+        // case) only when present, so keys of requests without one are unchanged.
+        let hosts = parts.headers.get_all(http::header::HOST);
+        if hosts.iter().next().is_some() {
+            h.field(b"host");
+            for value in hosts {
+                h.field(&value.as_bytes().to_ascii_lowercase());
+            }
+        }
 
         let method = parts.method.as_str();
         let mut display =
@@ -995,6 +1006,21 @@ mod tests {
         for name in ["page", "limit", "q", "keyword", "author", "monkey"] {
             assert!(!is_default_secret_param(name), "{name}");
         }
+    }
+
+    #[test]
+    fn a_host_header_is_keyed_in_any_case() {
+        let on = |host: &str| {
+            key(http::Request::get("http://10.0.0.1/x")
+                .header("host", host)
+                .body(())
+                .unwrap())
+        };
+        let none = key(http::Request::get("http://10.0.0.1/x").body(()).unwrap());
+        assert_ne!(on("a.example"), on("b.example"));
+        assert_ne!(on("a.example"), none);
+        assert_eq!(on("a.example"), on("A.Example"));
+        assert_eq!(on("a.example").display(), none.display());
     }
 
     #[test]

@@ -65,6 +65,7 @@ on_memory_and_sqlite!(
     shared_cache_never_stores_private_or_set_cookie_responses,
     shared_cache_never_stores_a_revalidation_that_sets_a_cookie,
     default_headers_of_the_client_are_keyed,
+    host_header_is_keyed,
 );
 
 /// Regression: a request with another `Cookie` (and no `Authorization`) got the first user's
@@ -335,4 +336,50 @@ async fn default_headers_of_the_client_are_keyed(stores: Stores) {
         .map(|s| s.headers["authorization"].to_str().unwrap().to_owned())
         .collect();
     assert_eq!(seen, ["Bearer alice", "Bearer bob"]);
+}
+
+/// A `Host` header names the virtual host the request reaches (reqwest sends it instead of the
+/// URL's authority): two tenants behind one address, asked for the same URL with different
+/// `Host` headers, never share a cache entry or a dedupe result.
+async fn host_header_is_keyed(stores: Stores) {
+    let server = server().await;
+    let client = client(&stores, ContextLayer::new(), forced(&stores));
+    let url = server.url("/api/tenant/home");
+    let on = |host: &str| http::Request::get(&url).header("host", host);
+    let a = send(&client, on("tenant-a.example")).await;
+    let b = send(&client, on("tenant-b.example")).await;
+    assert_eq!(
+        b.cache,
+        Some(CacheStatus::Miss),
+        "tenant b got tenant a's entry"
+    );
+    assert_ne!(a.body, b.body);
+    let seen: Vec<_> = server
+        .seen()
+        .iter()
+        .map(|s| s.headers["host"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, ["tenant-a.example", "tenant-b.example"]);
+    // Each tenant's entry serves that tenant (the name in any case).
+    let again = send(&client, on("TENANT-A.example")).await;
+    assert_eq!(
+        (again.cache, &again.body),
+        (Some(CacheStatus::Hit), &a.body)
+    );
+    assert_eq!(send(&client, on("tenant-b.example")).await.body, b.body);
+    // Concurrent requests of two tenants are two upstream calls.
+    let slow = server.url("/api/tenant/slow?delay_ms=300");
+    let before = server.hits();
+    let (c, d) = tokio::join!(
+        send(
+            &client,
+            http::Request::get(&slow).header("host", "tenant-c.example")
+        ),
+        send(
+            &client,
+            http::Request::get(&slow).header("host", "tenant-d.example")
+        )
+    );
+    assert_ne!(c.body, d.body);
+    assert_eq!(server.hits() - before, 2);
 }
