@@ -66,6 +66,7 @@ on_memory_and_sqlite!(
     shared_cache_never_stores_a_revalidation_that_sets_a_cookie,
     default_headers_of_the_client_are_keyed,
     host_header_is_keyed,
+    dedupe_honours_vary,
 );
 
 /// Regression: a request with another `Cookie` (and no `Authorization`) got the first user's
@@ -382,4 +383,70 @@ async fn host_header_is_keyed(stores: Stores) {
     );
     assert_ne!(c.body, d.body);
     assert_eq!(server.hits() - before, 2);
+}
+
+/// A server that answers per user (`X-User-Id`, a header no key covers) after 300 ms, and says
+/// so with `Vary: X-User-Id`.
+async fn per_user_server() -> TestServer {
+    use axum::extract::{Request, State};
+    use std::sync::Arc;
+    async fn per_user(State(log): State<Arc<Log>>, request: Request) -> Response {
+        log.record(&request);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let user = request
+            .headers()
+            .get("x-user-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("nobody")
+            .to_owned();
+        Response::builder()
+            .header("vary", "Accept-Encoding, X-User-Id")
+            .body(Body::from(format!("data of {user}")))
+            .unwrap()
+    }
+    TestServer::with_router(|log| axum::Router::new().fallback(per_user).with_state(log)).await
+}
+
+/// A response that says it varies on a request header the key does not cover is shared only
+/// with requests that sent the leader's values: concurrent requests of two users (`X-User-Id`)
+/// never get each other's data, in one layer or across two over one store.
+async fn dedupe_honours_vary(stores: Stores) {
+    let server = per_user_server().await;
+    let dedupe_only = || -> Client {
+        ServiceBuilder::new()
+            .layer(ContextLayer::new())
+            .layer(DedupeLayer::new(stores.dedupe.clone()))
+            .service(HttpClient::new(reqwest::Client::new()))
+            .boxed_clone()
+    };
+    let (one, two) = (dedupe_only(), dedupe_only());
+    let url = server.url("/api/me");
+    let as_user = |who: &str| http::Request::get(&url).header("x-user-id", who);
+    // One layer.
+    let (alice, bob) = tokio::join!(send(&one, as_user("alice")), send(&one, as_user("bob")));
+    assert_eq!(alice.body, "data of alice");
+    assert_eq!(bob.body, "data of bob", "bob got alice's data");
+    // Two layers over one store (as two processes).
+    let (carol, dave) = tokio::join!(send(&one, as_user("carol")), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send(&two, as_user("dave")).await
+    });
+    assert_eq!(carol.body, "data of carol");
+    assert_eq!(dave.body, "data of dave", "dave got carol's data");
+    assert_eq!(server.hits(), 4);
+    // The same user's requests are still merged, in one layer and across two (on a URL no
+    // other user's result is kept for).
+    let url = server.url("/api/me/again");
+    let as_erin = || http::Request::get(&url).header("x-user-id", "erin");
+    let (a, b, c) = tokio::join!(send(&one, as_erin()), send(&one, as_erin()), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send(&two, as_erin()).await
+    });
+    assert_eq!((&a.body, &b.body, &c.body), (&a.body, &a.body, &a.body));
+    assert_eq!(a.body, "data of erin");
+    assert_eq!(
+        server.hits(),
+        5,
+        "one user's requests were not merged: {a:?} {b:?} {c:?}"
+    );
 }
