@@ -251,6 +251,17 @@ pub fn is_default_secret_param(name: &str) -> bool {
 /// A query parameter whose name, in lower case and without `-`, `_` and `.`, contains one of
 /// these is secret too, whatever list it is compared with: `refresh_token`, `X-Amz-Signature`,
 /// `X-Amz-Credential`, `clientSecret`, `private-token` are masked by default.
+///
+/// ```
+/// use courteous::{DefaultKeyExtractor, KeyExtractor};
+///
+/// let (parts, _) = http::Request::get("https://b.s3.example/o?X-Amz-Signature=abc&page=2")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// let key = DefaultKeyExtractor::new().key(&parts, Some(b"")).unwrap();
+/// assert_eq!(key.display(), "GET https://b.s3.example/o?X-Amz-Signature=REDACTED&page=2");
+/// ```
 pub const SECRET_PARAM_PATTERNS: &[&str] = &[
     "token",
     "secret",
