@@ -4,7 +4,8 @@
 //! userinfo (`user:password@`), host, port (default ports dropped), path, query parameters in a
 //! canonical order, the configured request headers (`Accept` and every credential header:
 //! `Authorization`, `Proxy-Authorization`, `Cookie` by default, plus any
-//! [`DefaultKeyExtractor::key_headers`]) and the body, when there is one. Because it is a hash,
+//! [`DefaultKeyExtractor::key_headers`]), the body, when there is one, and a `Host` header,
+//! when the request sets one (it names the virtual host the request reaches). Because it is a hash,
 //! secrets in URLs (`api_key=...`), userinfo or headers are never stored in clear;
 //! [`RequestKey::display`] is a readable form without userinfo and headers and with secret query
 //! parameters masked, for logs and status pages.
@@ -205,7 +206,8 @@ pub trait KeyExtractor: Send + Sync + 'static {
 
     /// Whether the query parameter `name` (percent-decoded) holds a secret: its value is masked
     /// in error messages, in what the dedupe stores publish to other processes, and in logs.
-    /// The default masks [`DEFAULT_SECRET_PARAMS`] (compared case-insensitively).
+    /// The default masks [`DEFAULT_SECRET_PARAMS`] (compared case-insensitively) and every name
+    /// that matches [`SECRET_PARAM_PATTERNS`].
     ///
     /// ```
     /// use courteous::{DefaultKeyExtractor, KeyExtractor};
@@ -229,18 +231,63 @@ impl<K: KeyExtractor + ?Sized> KeyExtractor for Arc<K> {
     }
 }
 
-/// Whether `name` is one of [`DEFAULT_SECRET_PARAMS`], in any case.
+/// Whether `name` is one of [`DEFAULT_SECRET_PARAMS`], in any case, or matches
+/// [`SECRET_PARAM_PATTERNS`].
 ///
 /// ```
 /// use courteous::key::is_default_secret_param;
 ///
 /// assert!(is_default_secret_param("API_KEY"));
+/// assert!(is_default_secret_param("X-Amz-Signature") && is_default_secret_param("refresh_token"));
 /// assert!(!is_default_secret_param("page"));
 /// ```
 pub fn is_default_secret_param(name: &str) -> bool {
     DEFAULT_SECRET_PARAMS
         .iter()
         .any(|s| s.eq_ignore_ascii_case(name))
+        || looks_like_secret_param(name.as_bytes())
+}
+
+/// A query parameter whose name, in lower case and without `-`, `_` and `.`, contains one of
+/// these is secret too, whatever list it is compared with: `refresh_token`, `X-Amz-Signature`,
+/// `X-Amz-Credential`, `clientSecret`, `private-token` are masked by default.
+///
+/// ```
+/// use courteous::{DefaultKeyExtractor, KeyExtractor};
+///
+/// let (parts, _) = http::Request::get("https://b.s3.example/o?X-Amz-Signature=abc&page=2")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// let key = DefaultKeyExtractor::new().key(&parts, Some(b"")).unwrap();
+/// assert_eq!(key.display(), "GET https://b.s3.example/o?X-Amz-Signature=REDACTED&page=2");
+/// ```
+pub const SECRET_PARAM_PATTERNS: &[&str] = &[
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "signature",
+    "credential",
+    "apikey",
+    "accesskey",
+    "sessionid",
+];
+
+/// Whether a (decoded) query parameter name contains one of [`SECRET_PARAM_PATTERNS`], or is
+/// `sig` or `auth` (Azure SAS signatures, Firebase tokens).
+fn looks_like_secret_param(name: &[u8]) -> bool {
+    let folded: Vec<u8> = name
+        .iter()
+        .filter(|b| !matches!(b, b'-' | b'_' | b'.'))
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    matches!(&*folded, b"sig" | b"auth")
+        || SECRET_PARAM_PATTERNS.iter().any(|pattern| {
+            folded
+                .windows(pattern.len())
+                .any(|window| window == pattern.as_bytes())
+        })
 }
 
 /// What replaces a secret.
@@ -402,7 +449,8 @@ pub struct DefaultKeyExtractor {
     secret_params: Vec<String>,
 }
 
-/// Query parameters masked in [`RequestKey::display`] by default.
+/// Query parameters masked in [`RequestKey::display`] by default, besides every name that
+/// matches [`SECRET_PARAM_PATTERNS`].
 pub const DEFAULT_SECRET_PARAMS: &[&str] = &[
     "api_key",
     "apikey",
@@ -547,6 +595,7 @@ impl DefaultKeyExtractor {
         self.secret_params
             .iter()
             .any(|s| s.as_bytes().eq_ignore_ascii_case(name))
+            || looks_like_secret_param(name)
     }
 
     /// The first header of `headers` that looks like a credential the key does not cover.
@@ -726,6 +775,16 @@ impl KeyExtractor for DefaultKeyExtractor {
             h.field(&*EMPTY);
         } else {
             h.field(&Sha256::digest(body));
+        }
+        // A `Host` header names the virtual host the request reaches: the client sends it
+        // instead of the URL's authority, so two of them are two resources. Hashed (in lower
+        // case) only when present, so keys of requests without one are unchanged.
+        let hosts = parts.headers.get_all(http::header::HOST);
+        if hosts.iter().next().is_some() {
+            h.field(b"host");
+            for value in hosts {
+                h.field(&value.as_bytes().to_ascii_lowercase());
+            }
         }
 
         let method = parts.method.as_str();
@@ -924,6 +983,55 @@ mod tests {
             assert_ne!(a, b, "{name}");
             assert_eq!(a.display(), "GET http://h/x", "{name}");
         }
+    }
+
+    #[test]
+    fn secret_looking_query_parameters_are_masked_by_default() {
+        // Common secret parameters outside the exact list: OAuth refresh and id tokens, S3
+        // pre-signed URLs, Azure SAS signatures, GitLab tokens, Firebase `auth`.
+        let secret = "http://h/x?refresh_token=S1&X-Amz-Signature=S2&X-Amz-Credential=S3\
+                      &X-Amz-Security-Token=S4&sig=S5&private-token=S6&auth=S7&clientSecret=S8\
+                      &page=2";
+        let k = key(http::Request::get(secret).body(()).unwrap());
+        for n in 1..=8 {
+            assert!(
+                !k.display().contains(&format!("S{n}")),
+                "S{n}: {}",
+                k.display()
+            );
+        }
+        assert!(k.display().contains("&page=2&"), "{}", k.display());
+        let mut url = reqwest::Url::parse(secret).unwrap();
+        redact_url(&mut url, is_default_secret_param);
+        let text = redact_secrets(
+            &format!("error for url ({secret})"),
+            is_default_secret_param,
+        );
+        for shown in [url.as_str(), &*text] {
+            for n in 1..=8 {
+                assert!(!shown.contains(&format!("S{n}")), "S{n}: {shown}");
+            }
+            assert!(shown.contains("page=2"), "{shown}");
+        }
+        // Ordinary names stay readable.
+        for name in ["page", "limit", "q", "keyword", "author", "monkey"] {
+            assert!(!is_default_secret_param(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_host_header_is_keyed_in_any_case() {
+        let on = |host: &str| {
+            key(http::Request::get("http://10.0.0.1/x")
+                .header("host", host)
+                .body(())
+                .unwrap())
+        };
+        let none = key(http::Request::get("http://10.0.0.1/x").body(()).unwrap());
+        assert_ne!(on("a.example"), on("b.example"));
+        assert_ne!(on("a.example"), none);
+        assert_eq!(on("a.example"), on("A.Example"));
+        assert_eq!(on("a.example").display(), none.display());
     }
 
     #[test]

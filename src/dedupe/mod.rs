@@ -223,6 +223,9 @@ pub enum BypassReason {
     TimedOut,
     /// The store failed; the request went on without it.
     StoreFailed,
+    /// The leader's response varies (`Vary`) on request headers whose values differ in this
+    /// request (or on `*`): it belongs to the leader's request only.
+    Varies,
 }
 
 /// A leader's response as its followers receive it: status, headers and body, buffered once.
@@ -260,6 +263,7 @@ impl SharedResponse {
         *response.status_mut() = self.status;
         *response.version_mut() = self.version;
         *response.headers_mut() = self.headers.clone();
+        response.headers_mut().remove(service::VARY_DIGEST);
         *response.extensions_mut() = self.extensions.clone();
         Report::record(response.extensions_mut()).dedupe = Some(role);
         response

@@ -438,6 +438,55 @@ fn invalidated_path<B: ReplayableBody>(request: &mut http::Request<B>) -> Option
     Some(url.split_once('?').map_or(url, |(path, _)| path).to_owned())
 }
 
+/// The header a shared response carries (in every store, never to callers: see
+/// [`SharedResponse::to_response`]) when it has a `Vary`: the digest of the leader's values of
+/// the request headers it names, or `*` when it may be shared with nobody.
+pub(crate) const VARY_DIGEST: http::HeaderName =
+    http::HeaderName::from_static("courteous-dedupe-vary");
+
+/// The digest of `asked`'s values of the request headers `response`'s `Vary` names (a
+/// [`RequestKey::variant`] of `key`, so a hash, never the values), `*` for `Vary: *` or one that
+/// cannot be read; `None` without `Vary`.
+fn vary_digest(
+    key: &RequestKey,
+    response: &http::HeaderMap,
+    asked: &http::HeaderMap,
+) -> Option<http::HeaderValue> {
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    for value in response.get_all(http::header::VARY) {
+        let Ok(value) = value.to_str() else {
+            return Some(http::HeaderValue::from_static("*"));
+        };
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return Some(http::HeaderValue::from_static("*"));
+            }
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) if !names.contains(&name) => names.push(name),
+                Ok(_) => {}
+                Err(_) => return Some(http::HeaderValue::from_static("*")),
+            }
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let digest = key.variant(&names, asked).to_hex();
+    Some(http::HeaderValue::from_str(&digest).unwrap_or(http::HeaderValue::from_static("*")))
+}
+
+/// Whether a request whose headers are `asked` may receive a response shared under `key`: yes
+/// unless the response varies on request headers whose values differ from its leader's.
+fn may_follow(key: &RequestKey, response: &http::HeaderMap, asked: &http::HeaderMap) -> bool {
+    match response.get(VARY_DIGEST) {
+        None => true,
+        Some(leader) => {
+            leader != "*" && vary_digest(key, response, asked).is_some_and(|own| own == leader)
+        }
+    }
+}
+
 /// The key a request coalesces under: its request key and its priority class.
 ///
 /// `User` and `Background` requests never share a flight. A `User` request that followed a
@@ -490,6 +539,10 @@ where
         let counters = state.counters();
         match waited {
             Ok(Ok(Slot::Done(Outcome::Response(response)))) => {
+                if !may_follow(&key, &response.headers, request.headers()) {
+                    DedupeCounters::add(&counters.bypassed, 1);
+                    return own_request(inner, request, BypassReason::Varies).await;
+                }
                 DedupeCounters::add(&counters.followers, 1);
                 return Ok(response.to_response(DedupeRole::Follower));
             }
@@ -664,8 +717,14 @@ where
     let counters = state.counters();
     match completion {
         Completion::Response(response) => {
-            DedupeCounters::add(&counters.cross_process_joins, 1);
+            // Local followers check the response's `Vary` each for themselves.
+            let key = lead.key.clone();
             lead.finish(Outcome::Response(response.clone()));
+            if !may_follow(&key, &response.headers, request.headers()) {
+                DedupeCounters::add(&counters.bypassed, 1);
+                return own_request(inner, request, BypassReason::Varies).await;
+            }
+            DedupeCounters::add(&counters.cross_process_joins, 1);
             Ok(response.to_response(DedupeRole::CrossProcessFollower))
         }
         Completion::Failed(message) => {
@@ -697,6 +756,8 @@ where
 {
     // Masks what other processes receive of an error (issue 12 item 7).
     let context = crate::RequestContext::of(&request).cloned();
+    // What a `Vary` of the response is checked against by followers.
+    let asked = request.headers().clone();
     let call = async {
         let response = inner.oneshot(request).await.map_err(Into::into)?;
         let (parts, body) = response.into_parts();
@@ -752,7 +813,11 @@ where
             Report::record(response.extensions_mut()).dedupe = Some(role);
             Ok(response)
         }
-        Ok((parts, Buffered::Whole(body))) => {
+        Ok((mut parts, Buffered::Whole(body))) => {
+            parts.headers.remove(VARY_DIGEST);
+            if let Some(digest) = vary_digest(&lead.key, &parts.headers, &asked) {
+                parts.headers.insert(VARY_DIGEST, digest);
+            }
             let shared = Arc::new(SharedResponse {
                 status: parts.status,
                 version: parts.version,
@@ -902,5 +967,69 @@ impl http_body::Body for Prefixed {
 
     fn is_end_stream(&self) -> bool {
         self.chunks.is_empty() && self.rest.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_varying_response_is_shared_only_with_the_leaders_values() {
+        let (parts, ()) = http::Request::get("http://h/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let key = crate::DefaultKeyExtractor::new()
+            .key(&parts, Some(b""))
+            .unwrap();
+        use crate::KeyExtractor as _;
+        let alice = headers(&[("x-user", "alice"), ("accept-language", "fr")]);
+        let bob = headers(&[("x-user", "bob"), ("accept-language", "fr")]);
+        let stamped = |vary: &str, asked: &http::HeaderMap| {
+            let mut response = headers(&[("vary", vary)]);
+            if let Some(digest) = vary_digest(&key, &response, asked) {
+                response.insert(VARY_DIGEST, digest);
+            }
+            response
+        };
+        // Names in any case and order, repeated: one set.
+        let response = stamped("X-User, accept-language, x-user", &alice);
+        assert!(may_follow(&key, &response, &alice));
+        assert!(!may_follow(&key, &response, &bob));
+        assert!(!may_follow(&key, &response, &http::HeaderMap::new()));
+        // On a header both lack or share: shared.
+        let response = stamped("accept-language, x-other", &alice);
+        assert!(may_follow(&key, &response, &bob));
+        // `*` and unreadable names: nobody else.
+        for vary in ["*", "x-user, *", "bad name"] {
+            let response = stamped(vary, &alice);
+            assert!(!may_follow(&key, &response, &alice), "{vary}");
+        }
+        // No Vary: no digest, shared.
+        let response = stamped("", &alice);
+        assert!(!response.contains_key(VARY_DIGEST));
+        assert!(may_follow(&key, &response, &bob));
+        // Never shown to callers.
+        let shared = SharedResponse::new(
+            http::StatusCode::OK,
+            stamped("x-user", &alice),
+            bytes::Bytes::new(),
+        );
+        let response = shared.to_response(DedupeRole::Follower);
+        assert!(!response.headers().contains_key(VARY_DIGEST));
+        assert!(response.headers().contains_key(http::header::VARY));
     }
 }

@@ -375,3 +375,57 @@ async fn a_cached_response_leaves_no_secret_in_the_sqlite_file() {
         }
     }
 }
+
+/// Secret parameters outside the exact default list (an S3 pre-signed URL, an OAuth refresh
+/// token, an Azure SAS signature) with the stock key extractor: masked in the SQLite file too.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_url_parameters_leave_no_secret_in_the_sqlite_file() {
+    use courteous::cache::CacheLayer;
+    use courteous::store::sqlite::SqliteStore;
+
+    const PRESIGNED: &[&str] = &[
+        "SEKRET-SIG",
+        "SEKRET-CRED",
+        "SEKRET-STS",
+        "SEKRET-RT",
+        "SEKRET-AZ",
+    ];
+    let server = crate::support::TestServer::start().await;
+    let (dir, path) = crate::support::temp_db();
+    let sqlite = SqliteStore::open(&path).await.unwrap();
+    let client: Client = ServiceBuilder::new()
+        .layer(ContextLayer::new())
+        .layer(CacheLayer::new(sqlite.cache()))
+        .layer(DedupeLayer::new(sqlite.dedupe()))
+        .service(HttpClient::new(reqwest::Client::new()))
+        .boxed_clone();
+    let url = server.url(
+        "/api/items/?X-Amz-Signature=SEKRET-SIG&X-Amz-Credential=SEKRET-CRED\
+         &X-Amz-Security-Token=SEKRET-STS&refresh_token=SEKRET-RT&sig=SEKRET-AZ\
+         &cache_control=max-age%3D60",
+    );
+    for _ in 0..2 {
+        let response = send(&client, &url).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+    }
+    assert_eq!(server.hits(), 1, "the second came from the cache");
+    sqlite.flush().await.unwrap();
+    let cached: String = sqlite
+        .call(|conn| Ok(conn.query_row("SELECT url FROM cache_entries", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert!(cached.contains("X-Amz-Signature=REDACTED"), "{cached}");
+    sqlite.close().await.unwrap();
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        let file = file.unwrap().path();
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in PRESIGNED {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds {secret}",
+                file.display()
+            );
+        }
+    }
+}

@@ -12,7 +12,7 @@ mod tower_path;
 mod middleware_path;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -91,7 +91,7 @@ macro_rules! on_memory_and_sqlite {
 }
 pub(crate) use on_memory_and_sqlite;
 
-/// A server whose every answer is different (`call <n>`, n counting all requests), with
+/// A server whose every answer is different (`call <n>`, n unique in this test binary), with
 /// `cache_control`, `set_cookie` and `delay_ms` query parameters.
 pub async fn server() -> TestServer {
     TestServer::with_router(|log| Router::new().fallback(answer).with_state(log)).await
@@ -99,9 +99,10 @@ pub async fn server() -> TestServer {
 
 async fn answer(State(log): State<Arc<Log>>, request: Request) -> Response {
     log.record(&request);
-    // A number of its own for each call: two concurrent calls that read `log.total` after both
-    // recorded would answer the same body (and look merged).
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Taken atomically: reading `log.total` after recording gave two concurrent requests the
+    // same number (both read the count after both had recorded), so "different users got
+    // different answers" failed under load although both went upstream.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
     let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
     let query = query_map(&request);
     if let Some(ms) = query.get("delay_ms").and_then(|v| v.parse().ok()) {
