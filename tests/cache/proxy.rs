@@ -1,40 +1,44 @@
-//! `examples/caching_proxy.rs`, run as a real process against a local upstream.
+//! `examples/caching_proxy`, run as a real process against a local upstream.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use axum::Router;
 use axum::body::Body;
 use axum::response::Response;
 
-use crate::support::TestServer;
+use crate::support::{TestServer, child};
 
 const GZIP_BYTES: &[u8] = &[0x1f, 0x8b, 0x08, 0x00, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01];
 
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let binary = profile_dir.join("examples").join("caching_proxy");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "caching_proxy",
-            "--features",
-            "sqlite",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
+/// The example's proxy, compiled into this test binary: the tests run it in a child process of
+/// this binary (see [`child_proxy`]), so no nested `cargo build` recompiles the crate mid-test.
+#[path = "../../examples/caching_proxy/proxy.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod example;
+
+/// The proxy's command-line arguments, passed to the child in one variable.
+const ARGS_ENV: &str = "COURTEOUS_PROXY_ARGS";
+/// Separates the arguments in [`ARGS_ENV`].
+const ARGS_SEPARATOR: char = '\u{1f}';
+const CHILD_ENTRY: &str = "proxy::child_proxy";
+
+/// In a child process: `caching_proxy` with the arguments in [`ARGS_ENV`], exactly as
+/// `cargo run --example caching_proxy -- ARGS` runs it.
+#[test]
+#[ignore = "a child process of the proxy tests"]
+fn child_proxy() {
+    if !child::is_child(CHILD_ENTRY) {
+        return;
     }
-    let status = build
-        .status()
-        .expect("run cargo build --example caching_proxy");
-    assert!(status.success(), "building the example failed");
-    binary
+    let args: String = child::param(ARGS_ENV);
+    let args: Vec<String> = args.split(ARGS_SEPARATOR).map(str::to_owned).collect();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(example::run(args))
+        .expect("the proxy failed");
 }
 
 /// The proxy process; killed when dropped.
@@ -55,22 +59,43 @@ fn start_proxy(upstream: &str) -> ProxyProcess {
 }
 
 fn start_proxy_with(upstream: &str, extra: &[&str]) -> ProxyProcess {
-    let mut child = Command::new(example_binary())
-        .args(["127.0.0.1:0", upstream])
-        .args(extra)
+    let args: Vec<&str> = ["127.0.0.1:0", upstream]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let mut child = Command::new(std::env::current_exe().expect("current exe"))
+        .args([
+            "--exact",
+            CHILD_ENTRY,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(child::CHILD_ENV, CHILD_ENTRY)
+        .env(ARGS_ENV, args.join(&ARGS_SEPARATOR.to_string()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the proxy");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .strip_prefix("listening on http://")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
+    // The test harness prints its own lines first; the proxy's first line gives its address.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("the proxy exited before it listened; its output: {seen:?}");
+        };
+        // The harness's "test proxy::child_proxy ... " has no line end: look inside the line.
+        if let Some((_, rest)) = line.split_once("listening on http://") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        seen.push(line);
+    };
+    // Keep draining stdout so that the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     ProxyProcess { child, addr }
 }
 

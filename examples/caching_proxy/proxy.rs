@@ -197,6 +197,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     }
 }
 
+/// What the command line asks for.
 struct Args {
     listen: SocketAddr,
     upstream: String,
@@ -217,11 +218,11 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-fn parse_args() -> Args {
+fn parse_args(args: impl IntoIterator<Item = String>) -> Args {
     let mut positional = Vec::new();
     let (mut sqlite, mut ttl, mut max_entry_size) = (None, None, None);
     let (mut shared, mut stale_if_error, mut heuristic) = (false, None, None);
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage());
         match arg.as_str() {
@@ -267,9 +268,10 @@ fn parse_args() -> Args {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    let args = parse_args();
+/// Runs the proxy with the command-line arguments `args` (without the program name) until
+/// Ctrl-C. Exits the process with status 2 on a malformed command line.
+pub async fn run(args: impl IntoIterator<Item = String>) -> Result<(), BoxError> {
+    let args = parse_args(args);
     let (store, sqlite): (Box<dyn FnOnce() -> CacheLayer>, _) = match &args.sqlite {
         Some(path) => {
             let sqlite = courteous::store::sqlite::SqliteStore::open(path).await?;
