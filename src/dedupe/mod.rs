@@ -226,6 +226,9 @@ pub enum BypassReason {
     /// The leader's response varies (`Vary`) on request headers whose values differ in this
     /// request (or on `*`): it belongs to the leader's request only.
     Varies,
+    /// The leader's response says `Cache-Control: no-store`: it is handed to nobody else and
+    /// never written to the store (RFC 9111 §5.2.2.5).
+    NoStore,
 }
 
 /// A leader's response as its followers receive it: status, headers and body, buffered once.

@@ -813,6 +813,19 @@ where
             Report::record(response.extensions_mut()).dedupe = Some(role);
             Ok(response)
         }
+        // `no-store` (RFC 9111 §5.2.2.5): no part of the response may be kept, so it is not
+        // published to the store (a file or Redis) for other processes, nor handed to local
+        // followers: each of those sends its own request. Followers elsewhere find the lease
+        // released and lead or follow again.
+        Ok((parts, Buffered::Whole(body))) if no_store(&parts.headers) => {
+            lead.finish(Outcome::OwnRequest(BypassReason::NoStore));
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
+            let mut response = http::Response::from_parts(parts, reqwest::Body::from(body));
+            Report::record(response.extensions_mut()).dedupe = Some(role);
+            Ok(response)
+        }
         Ok((mut parts, Buffered::Whole(body))) => {
             parts.headers.remove(VARY_DIGEST);
             if let Some(digest) = vary_digest(&lead.key, &parts.headers, &asked) {
@@ -851,6 +864,19 @@ where
             Ok(shared.to_response(role))
         }
     }
+}
+
+/// Whether a response's `Cache-Control` says `no-store` (directive names in any case, in any of
+/// its header lines).
+fn no_store(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .any(|directive| {
+            let name = directive.split(|&b| b == b'=').next().unwrap_or_default();
+            name.trim_ascii().eq_ignore_ascii_case(b"no-store")
+        })
 }
 
 /// `error: its source: its source's source`, for followers in other processes.

@@ -756,3 +756,48 @@ async fn a_lease_under_the_callers_own_id_is_its_own() {
     assert_eq!(body_of(response).await, "answer 1");
     assert_eq!(layer.stats().timeouts, 0);
 }
+
+/// A `no-store` response (the directive in any case) is handed to nobody else (RFC 9111
+/// §5.2.2.5): the followers already waiting send their own requests, and nothing of it reaches
+/// the store, where other processes would read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_store_response_is_neither_shared_nor_stored() {
+    let server = TestServer::start().await;
+    let (_dir, path) = crate::support::temp_db();
+    let sqlite = courteous::store::sqlite::SqliteStore::open(&path)
+        .await
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(sqlite.dedupe()))
+        .service(HttpClient::new(reqwest::Client::new()));
+    let url = server.url("/secret?delay_ms=300&cache_control=private,%20No-Store");
+    let responses = join_all((0..4).map(|_| client.clone().oneshot(get(&url)))).await;
+    assert_eq!(server.hits_on("/secret"), 4, "every request went upstream");
+    for response in responses {
+        let response = response.unwrap();
+        assert!(
+            matches!(
+                role(&response),
+                DedupeRole::Leader | DedupeRole::Bypassed(BypassReason::NoStore)
+            ),
+            "{:?}",
+            role(&response)
+        );
+    }
+    let stored: i64 = sqlite
+        .call(|conn| {
+            Ok(conn.query_row(
+                "SELECT count(*) FROM courteous_dedupe WHERE body IS NOT NULL",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "a no-store response was written to the store");
+    // A response without it is still shared.
+    let shared = server.url("/shared?delay_ms=300");
+    join_all((0..4).map(|_| client.clone().oneshot(get(&shared)))).await;
+    assert_eq!(server.hits_on("/shared"), 1);
+    sqlite.close().await.unwrap();
+}
