@@ -446,6 +446,20 @@ fn without_directive(value: &HeaderValue, name: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&kept.join(",")).ok()
 }
 
+/// Removes the fields specific to the proxy the request went through, which RFC 9111 §3.1
+/// forbids storing unless the proxy is part of the key (it is not: clients with different
+/// proxies may share a store).
+fn strip_proxy_fields(headers: &mut HeaderMap) {
+    for name in [
+        "proxy-authenticate",
+        "proxy-authentication-info",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// Whether `method` is known to be safe (RFC 9110 section 9.2.1). Every other method, those
 /// the cache has never heard of included, is unsafe and invalidates (RFC 9111 section 4.4).
 fn is_safe(method: &Method) -> bool {
@@ -1127,6 +1141,7 @@ impl Job {
                         CacheEntry::new(url_of(&upstream.key), parts.status, bytes.clone(), now);
                     entry.version = parts.version;
                     entry.headers = parts.headers.clone();
+                    strip_proxy_fields(&mut entry.headers);
                     // An `Age` slot, overwritten on every serve, so that serving a hit replaces
                     // a value instead of growing the cloned header map.
                     if !entry.headers.contains_key(header::AGE) {
@@ -1335,6 +1350,7 @@ impl Job {
                 headers.append(name.clone(), value.clone());
             }
         }
+        strip_proxy_fields(&mut headers);
         let mut refreshed =
             CacheEntry::new(entry.url.clone(), entry.status, entry.body.clone(), now);
         refreshed.version = entry.version;

@@ -236,6 +236,38 @@ async fn s3_forced_ttl_never_stores_206_or_a_status_not_understood(case: Case) {
     );
 }
 
+/// The fields specific to the proxy a request went through (`Proxy-Authenticate`,
+/// `Proxy-Authentication-Info`) are not stored (RFC 9111 §3.1): the proxy is not part of the
+/// key, so a client behind another proxy could be served them. Every other field is.
+async fn s3_1_proxy_fields_are_not_stored(case: Case) {
+    case.origin.reply(
+        "/p",
+        Reply::ok()
+            .header("cache-control", "max-age=600")
+            .header("proxy-authenticate", "Basic realm=\"corp\"")
+            .header("proxy-authentication-info", "nextnonce=\"abc\"")
+            .header("x-kept", "yes"),
+    );
+    let client = case.client();
+    let first = case.get(&client, "/p").await;
+    assert!(
+        first.header("proxy-authenticate").is_some(),
+        "{}",
+        case.label()
+    );
+    case.flush().await;
+    let hit = case.get(&client, "/p").await;
+    assert_eq!(hit.cache, Some(CacheStatus::Hit), "{}", case.label());
+    assert_eq!(hit.header("x-kept"), Some("yes"), "{}", case.label());
+    assert_eq!(hit.header("proxy-authenticate"), None, "{}", case.label());
+    assert_eq!(
+        hit.header("proxy-authentication-info"),
+        None,
+        "{}",
+        case.label()
+    );
+}
+
 rfc9111!(
     s3_any_final_status_with_explicit_freshness_is_stored,
     s3_s_maxage_stores_only_in_a_shared_cache,
@@ -244,4 +276,5 @@ rfc9111!(
     s3_1_partial_content_passes_through,
     s3_forced_ttl_statuses_are_configurable,
     s3_forced_ttl_never_stores_206_or_a_status_not_understood,
+    s3_1_proxy_fields_are_not_stored,
 );
