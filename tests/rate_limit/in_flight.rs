@@ -1,6 +1,6 @@
 //! Issue 11: admissions stamped when the store decides, held in flight until the response head
 //! arrives, settled when the response future is dropped, and let go at their bound when their
-//! process died. Memory, SQLite and Redis here (the suite's `in_flight_backends!`); Redis has
+//! process died. Memory, SQLite and Redis here (`every_backend!`); Redis has
 //! more of its own in `redis.rs`.
 
 use std::num::NonZeroU32;
@@ -15,37 +15,10 @@ use courteous::rate_limit::{
 use courteous::{BoxError, HttpClient, Resource};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
-use crate::backend::{Backend, Time};
+use crate::backend::{Backend, Time, every_backend};
 use crate::support::{TestServer, child};
 
-/// Like `every_backend!`, for the stores whose in-flight accounting lives in this crate's
-/// branch of the change: memory and SQLite.
-macro_rules! in_flight_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use crate::backend::{Kind, run};
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                run(Kind::Memory, stringify!($name), super::$name).await;
-            }
-
-            #[cfg(feature = "sqlite")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                run(Kind::Sqlite, stringify!($name), super::$name).await;
-            }
-
-            #[cfg(feature = "redis")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                run(Kind::Redis, stringify!($name), super::$name).await;
-            }
-        }
-    )*};
-}
-
-in_flight_backends!(
+every_backend!(
     a_decision_is_stamped_when_the_store_decides,
     a_response_future_dropped_mid_flight_settles,
     an_in_flight_admission_counts_until_its_response_arrives,
