@@ -148,8 +148,9 @@ pub use store::{
 };
 
 /// The key under which a [`DedupeLayer`] coalesces `request` and registers it in its
-/// [`DedupeStore`]: the request's [`RequestKey`](crate::RequestKey) together with its
-/// [`Priority`](crate::Priority) class (see "Note on priority" in the [module docs](self)).
+/// [`DedupeStore`]: the request's [`RequestKey`](crate::RequestKey) for `User` requests, a key
+/// derived from it for `Background` ones, so that the two [`Priority`](crate::Priority) classes
+/// never share (see "Note on priority" in the [module docs](self)).
 /// `None` for a request without a key (a streaming body). For [`DedupeStore::status`].
 ///
 /// # Example
@@ -167,8 +168,9 @@ pub use store::{
 /// let background = store_key(&mut request(Priority::Background)).unwrap();
 /// assert_ne!(user, background);
 /// assert_eq!(user.display(), "GET http://h/x");
+/// // A user request is registered under its request key itself.
 /// let mut plain = request(Priority::User);
-/// assert_ne!(&user, RequestContext::resolve(&mut plain).key().unwrap());
+/// assert_eq!(&user, RequestContext::resolve(&mut plain).key().unwrap());
 /// ```
 pub fn store_key<B: crate::ReplayableBody>(
     request: &mut http::Request<B>,

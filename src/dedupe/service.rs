@@ -495,8 +495,14 @@ fn may_follow(key: &RequestKey, response: &http::HeaderMap, asked: &http::Header
 /// refused, while the user reserve is free. Keying by class holds in every process without any
 /// store knowing about priorities; it costs at most one more upstream call per key when both
 /// classes ask for it at the same moment.
+///
+/// `User` requests keep the request key itself (no second hash on their path); `Background`
+/// ones get a key derived from it, which no request key can equal short of a SHA-256 collision.
 pub(super) fn class_key(key: &RequestKey, priority: Priority) -> RequestKey {
     use sha2::{Digest, Sha256};
+    if priority == Priority::User {
+        return key.clone();
+    }
     let mut hash = Sha256::new();
     hash.update(b"courteous-dedupe-class-v1\0");
     hash.update(key.as_bytes());
