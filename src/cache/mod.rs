@@ -98,7 +98,7 @@ mod entry;
 pub mod future;
 mod layer;
 mod saturating;
-mod service;
+pub(crate) mod service;
 pub mod store;
 
 pub use entry::CacheEntry;

@@ -136,7 +136,9 @@ struct RequestDirectives {
 
 /// The `Cache-Control` directives of `headers`, names in lower case. A field line with
 /// non-ASCII bytes (obs-text) is read too, lossily: its `no-store` or `private` still counts.
-fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+pub(crate) fn directives(
+    headers: &HeaderMap,
+) -> impl Iterator<Item = (String, Option<String>)> + '_ {
     headers.get_all(header::CACHE_CONTROL).iter().flat_map(|v| {
         String::from_utf8_lossy(v.as_bytes())
             .split(',')

@@ -872,17 +872,9 @@ where
     }
 }
 
-/// Whether a response's `Cache-Control` says `no-store` (directive names in any case, in any of
-/// its header lines).
+/// Whether a response's `Cache-Control` says `no-store` (read as the cache layer reads it).
 fn no_store(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CACHE_CONTROL)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .any(|directive| {
-            let name = directive.split(|&b| b == b'=').next().unwrap_or_default();
-            name.trim_ascii().eq_ignore_ascii_case(b"no-store")
-        })
+    crate::cache::service::directives(headers).any(|(name, _)| name == "no-store")
 }
 
 /// `error: its source: its source's source`, for followers in other processes.
