@@ -191,8 +191,7 @@ async fn stale_if_error_serves_the_stale_entry_when_the_connection_is_refused() 
     let client = client(layer);
     let url = server.url("/api/issues/1");
     let stored = send(&client, get(&url)).await;
-    drop(server);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.stop().await;
     clock.advance(Duration::from_secs(120));
     let stale = send(&client, get(&url)).await;
     assert_eq!(stale.cache, Some(CacheStatus::Stale));

@@ -38,6 +38,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub log: Arc<Log>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -53,7 +54,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
@@ -65,6 +66,19 @@ impl TestServer {
             addr,
             log,
             shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and returns once it is gone: its listener closed and every connection
+    /// (pooled keep-alive ones included) ended, so that the next request to it fails. Dropping
+    /// it only asks it to stop, which takes effect a moment later.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
         }
     }
 

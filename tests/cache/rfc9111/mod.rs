@@ -146,6 +146,11 @@ async fn scripted(State(scripts): State<Scripts>, request: Request) -> Response 
 }
 
 impl Origin {
+    /// Stops the origin; returns once it is gone (see [`TestServer::stop`]).
+    pub async fn stop(self) {
+        self.server.stop().await;
+    }
+
     /// A running origin whose `Date` headers read `clock`.
     pub async fn start(clock: TestClock) -> Origin {
         let scripts = Scripts {

@@ -149,7 +149,7 @@ async fn s4_2_4_must_revalidate_forbids_stale_on_a_transport_error(case: Case) {
     case.get(&client, "/may").await;
     let (must, may) = (case.url("/must"), case.url("/may"));
     case.advance(SECS(20));
-    drop(case.origin);
+    case.origin.stop().await;
 
     let error = crate::try_send(&client, http::Request::get(must)).await;
     assert!(error.is_err(), "{label}: {error:?}");
