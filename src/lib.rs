@@ -75,6 +75,7 @@ mod middleware;
 pub mod rate_limit;
 pub mod resource;
 pub mod store;
+pub mod time;
 pub mod transport;
 
 pub use body::ReplayableBody;

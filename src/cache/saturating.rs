@@ -19,7 +19,6 @@
 //!   list (`7200, 0`) as no age at all, and dates as RFC 2822 (see [`for_policy`]).
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
@@ -27,42 +26,7 @@ use http::header::{self, HeaderValue};
 /// The largest delta-seconds value the cache computes with: 2^31 s, about 68 years.
 pub(crate) const DELTA_SECONDS_MAX: u64 = 1 << 31;
 
-/// 9999-12-31T23:59:59Z in seconds since the Unix epoch.
-const END_OF_TIME_SECS: u64 = 253_402_300_799;
-
-/// The latest time the cache computes with: the end of the year 9999.
-pub(crate) fn end_of_time() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(END_OF_TIME_SECS)
-}
-
-/// `t + d`, or [`end_of_time`] when that is later or does not exist (never earlier than `t`).
-pub(crate) fn add(t: SystemTime, d: Duration) -> SystemTime {
-    let cap = end_of_time().max(t);
-    t.checked_add(d).map_or(cap, |sum| sum.min(cap))
-}
-
-/// The time `ms` milliseconds after the Unix epoch (before it when negative), as a store
-/// codec wrote it; saturates at [`end_of_time`] and at the earliest time the platform holds.
-#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
-pub(crate) fn from_millis(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        add(UNIX_EPOCH, Duration::from_millis(ms.unsigned_abs()))
-    } else {
-        let back = Duration::from_millis(ms.unsigned_abs());
-        UNIX_EPOCH.checked_sub(back).unwrap_or_else(|| {
-            // The earliest time this platform can represent, found by halving the step.
-            let mut t = UNIX_EPOCH;
-            let mut step = back;
-            while !step.is_zero() {
-                match t.checked_sub(step) {
-                    Some(earlier) => t = earlier,
-                    None => step /= 2,
-                }
-            }
-            t
-        })
-    }
-}
+pub(crate) use crate::time::add;
 
 /// A delta-seconds value (`1*DIGIT`, optionally quoted), clamped to [`DELTA_SECONDS_MAX`];
 /// `None` when it is not one (signs, spaces inside, fractions, garbage).
@@ -257,6 +221,8 @@ fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::{end_of_time, from_epoch_ms as from_millis};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     #[test]
     fn delta_seconds_clamp_and_refuse_garbage() {

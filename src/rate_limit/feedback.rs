@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::clock::Timestamp;
 use super::store::ServerFeedback;
+use crate::time::Timestamp;
 
 /// The default [`max_server_block`](super::RateLimitLayer::max_server_block): one hour.
 pub(crate) const DEFAULT_MAX_SERVER_BLOCK: Duration = Duration::from_secs(3600);

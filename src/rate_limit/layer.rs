@@ -8,7 +8,6 @@ use std::time::Duration;
 use tower::Layer;
 
 use super::adaptive::AdaptiveConfig;
-use super::clock::{Clock, SystemClock, Timestamp};
 use super::error::{OnStoreError, RateLimitConfigError, RateLimitStoreFailed, RateLimited};
 use super::feedback;
 use super::limit::{Limit, Limits, ResolvedLimits};
@@ -22,6 +21,7 @@ use crate::context::Priority;
 use crate::error::BoxError;
 use crate::resource::Resource;
 use crate::store::StoreError;
+use crate::time::{Clock, SystemClock, Timestamp};
 
 /// How long a refusal whose `retry_at` is not in the future waits before asking again (the
 /// stores answer a `retry_at` at least 1 ms ahead; this bounds a misbehaving one to 100 calls

@@ -86,7 +86,6 @@
 //! disagree still share one window.
 
 pub mod adaptive;
-mod clock;
 mod error;
 mod feedback;
 pub mod future;
@@ -96,8 +95,8 @@ mod pacing;
 mod service;
 pub mod store;
 
+pub use crate::time::{Clock, SystemClock, Timestamp, TokioClock};
 pub use adaptive::{Activity, AdaptiveConfig, Split, Trend, allocate};
-pub use clock::{Clock, SystemClock, Timestamp, TokioClock};
 pub use error::{OnStoreError, RateLimitConfigError, RateLimitStoreFailed, RateLimited};
 pub use layer::{Accounting, MaxWait, RateLimitLayer, RateLimitReport};
 pub use limit::{Limit, Limits};

@@ -9,7 +9,7 @@
 //! `sliding i64 ms (-1: none)`, then `url`, `vary` (comma-joined) and `headers`, each as
 //! `len u32` + bytes, then the body.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, StatusCode, Version};
@@ -19,23 +19,7 @@ use crate::dedupe::store::{decode_headers, encode_headers};
 
 const FORMAT: u8 = 1;
 
-/// Milliseconds since the Unix epoch (negative before it).
-pub(crate) fn millis(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
-    }
-}
-
-/// The inverse of [`millis`]; saturates instead of panicking on a value no platform time holds
-/// (the bytes come from a store other processes write).
-pub(crate) fn time(ms: i64) -> SystemTime {
-    crate::cache::saturating::from_millis(ms)
-}
-
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+use crate::time::{duration_ms_i64 as duration_ms, epoch_ms as millis, from_epoch_ms as time};
 
 fn version_code(v: Version) -> u8 {
     match v {
@@ -132,6 +116,7 @@ pub(crate) fn decode(bytes: Bytes) -> Option<CacheEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn sample() -> CacheEntry {
         let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
@@ -192,7 +177,7 @@ mod tests {
             bytes[at..at + 8].copy_from_slice(&value.to_be_bytes());
         }
         let back = decode(Bytes::from(bytes)).unwrap();
-        let end = crate::cache::saturating::end_of_time();
+        let end = crate::time::end_of_time();
         assert_eq!((back.fresh_until, back.expires_at), (end, end));
         assert!(back.stored_at < UNIX_EPOCH);
         assert_eq!(back.age_at_store, Duration::from_millis(i64::MAX as u64));

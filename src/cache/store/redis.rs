@@ -14,8 +14,9 @@ use crate::key::RequestKey;
 use crate::store::StoreError;
 use crate::store::redis::{RedisError, RedisStore, Subscription};
 
-use super::codec::{self, millis};
+use super::codec;
 use super::{CacheChange, CacheStore, CacheStoreStats, ChangeFeed, Invalidation};
+use crate::time::epoch_ms as millis;
 
 /// Members of the index sorted sets end in `\0` and the 64 hex digits of the key.
 const HEX: usize = 64;
@@ -667,8 +668,8 @@ impl CacheStore for RedisCacheStore {
             (Some(value), Some(fresh_until), Some(expires_at)) => {
                 match codec::decode(Bytes::from(value)) {
                     Some(mut entry) => {
-                        entry.fresh_until = codec::time(fresh_until);
-                        entry.expires_at = codec::time(expires_at);
+                        entry.fresh_until = crate::time::from_epoch_ms(fresh_until);
+                        entry.expires_at = crate::time::from_epoch_ms(expires_at);
                         Some(entry).filter(|e| !e.is_expired(self.now()))
                     }
                     None => {

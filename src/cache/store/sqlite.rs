@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
@@ -145,18 +145,7 @@ impl SqliteStore {
     }
 }
 
-fn millis(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
-    }
-}
-
-/// The inverse of [`millis`]; saturates instead of panicking on a value no platform time holds
-/// (the file is shared with other processes).
-fn time(ms: i64) -> SystemTime {
-    crate::cache::saturating::from_millis(ms)
-}
+use crate::time::{epoch_ms as millis, from_epoch_ms as time};
 
 fn version_code(v: Version) -> i64 {
     match v {

@@ -13,10 +13,10 @@ use super::{
 };
 use crate::context::Priority;
 use crate::rate_limit::adaptive::{Activity, ActivityLog, AdaptiveConfig, WindowUsage};
-use crate::rate_limit::clock::Timestamp;
 use crate::rate_limit::limit::Limit;
 use crate::resource::Resource;
 use crate::store::StoreError;
+use crate::time::Timestamp;
 
 /// Admissions counted in this process, behind one lock.
 ///

@@ -13,11 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::adaptive::{self, Activity, AdaptiveConfig, Check, Split, WindowUsage};
-use super::clock::{Clock, Timestamp};
 use super::limit::Limit;
 use crate::context::Priority;
 use crate::resource::Resource;
 use crate::store::StoreError;
+use crate::time::{Clock, Timestamp};
 
 pub mod memory;
 #[cfg(feature = "redis")]

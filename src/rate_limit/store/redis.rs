@@ -148,11 +148,11 @@ use crate::context::Priority;
 use crate::rate_limit::adaptive::{
     Activity, AdaptiveConfig, WindowUsage, activity_from_buckets, allocate,
 };
-use crate::rate_limit::clock::Timestamp;
 use crate::rate_limit::limit::Limit;
 use crate::resource::Resource;
 use crate::store::StoreError;
 use crate::store::redis::{RedisError, RedisStore};
+use crate::time::Timestamp;
 
 /// The shortest life of a resource's state hash after its last admission.
 const STATE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -663,7 +663,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A duration in ms as the scripts take it (at most [`MAX_MS`]).
 fn ms(d: Duration) -> u64 {
-    capped(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    capped(crate::time::duration_ms(d))
 }
 
 /// `ms` clamped to [`MAX_MS`].

@@ -130,12 +130,12 @@ use super::{
 };
 use crate::context::Priority;
 use crate::rate_limit::adaptive::{Activity, AdaptiveConfig, WindowUsage, activity_from_buckets};
-use crate::rate_limit::clock::Timestamp;
 use crate::rate_limit::limit::Limit;
 use crate::resource::Resource;
 use crate::store::sqlite::schema::Component;
 use crate::store::sqlite::{SqliteError, SqliteStore};
 use crate::store::{StoreError, StoreErrorKind};
+use crate::time::Timestamp;
 
 mod phases;
 mod window;
@@ -1433,7 +1433,7 @@ mod tests {
             Priority::User,
             vec![Limit::per_second(NonZeroU32::new(100).unwrap())].into(),
             Arc::new(AdaptiveConfig::default()),
-            crate::rate_limit::clock::Timestamp::from_millis(now),
+            crate::time::Timestamp::from_millis(now),
         )
     }
 
@@ -1500,7 +1500,7 @@ mod tests {
         };
         let limits: Arc<[Limit]> = vec![Limit::per_second(NonZeroU32::new(100).unwrap())].into();
         let resource = Resource::new("items").unwrap();
-        let now = crate::rate_limit::clock::Timestamp::from_millis(1_000_000);
+        let now = crate::time::Timestamp::from_millis(1_000_000);
         // All queued before the runner starts (it is spawned on this thread).
         let decisions = futures_util::future::join_all((0..20).map(|_| {
             store.acquire(AdmissionRequest::new(

@@ -1,4 +1,12 @@
-//! Time, injectable for tests.
+//! Time, in one place: the injectable [`Clock`] every layer and store reads, the [`Timestamp`]
+//! they store, and the conversions between them and [`SystemTime`] / [`Duration`].
+//!
+//! * [`Clock`] is what the rate limiter, the cache and the dedupe stores read "now" from;
+//!   [`SystemClock`] (the wall clock, shared by every process on a machine) is the default and
+//!   [`TokioClock`] follows `tokio::time::pause()` for tests.
+//! * [`Timestamp`] is milliseconds since the Unix epoch, the unit every store keeps.
+//! * The crate-private helpers below convert with saturation, never a panic: the numbers can come
+//!   from a store other processes write, or from a server.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// # Example
 ///
 /// ```
-/// use courteous::rate_limit::Timestamp;
+/// use courteous::time::Timestamp;
 /// use std::time::Duration;
 ///
 /// let t = Timestamp::from_millis(1_000);
@@ -97,7 +105,7 @@ pub trait Clock: fmt::Debug + Send + Sync + 'static {
 /// time themselves.
 ///
 /// ```
-/// use courteous::rate_limit::{Clock, Timestamp};
+/// use courteous::time::{Clock, Timestamp};
 ///
 /// assert_eq!(Timestamp::from_millis(7).now(), Timestamp::from_millis(7));
 /// ```
@@ -112,7 +120,7 @@ impl Clock for Timestamp {
 /// # Example
 ///
 /// ```
-/// use courteous::rate_limit::{Clock, SystemClock};
+/// use courteous::time::{Clock, SystemClock};
 ///
 /// assert!(SystemClock.now().as_millis() > 1_600_000_000_000);
 /// ```
@@ -133,7 +141,7 @@ impl Clock for SystemClock {
 /// # Example
 ///
 /// ```
-/// use courteous::rate_limit::{Clock, TokioClock};
+/// use courteous::time::{Clock, TokioClock};
 /// use std::time::Duration;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -170,5 +178,80 @@ impl Default for TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> Timestamp {
         self.wall + self.start.elapsed()
+    }
+}
+
+/// Milliseconds since the Unix epoch, negative before it; saturates at `i64::MIN`/`i64::MAX`.
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
+pub(crate) fn epoch_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A duration in whole milliseconds, saturating at `i64::MAX` (for stores that keep `i64`).
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
+pub(crate) fn duration_ms_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// 9999-12-31T23:59:59Z in seconds since the Unix epoch.
+const END_OF_TIME_SECS: u64 = 253_402_300_799;
+
+/// The latest time the crate computes with: the end of the year 9999.
+pub(crate) fn end_of_time() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(END_OF_TIME_SECS)
+}
+
+/// `t + d`, or [`end_of_time`] when that is later or does not exist (never earlier than `t`).
+pub(crate) fn add(t: SystemTime, d: Duration) -> SystemTime {
+    let cap = end_of_time().max(t);
+    t.checked_add(d).map_or(cap, |sum| sum.min(cap))
+}
+
+/// The time `ms` milliseconds after the Unix epoch (before it when negative), as a store
+/// codec wrote it; saturates at [`end_of_time`] and at the earliest time the platform holds.
+#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
+pub(crate) fn from_epoch_ms(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        add(UNIX_EPOCH, Duration::from_millis(ms.unsigned_abs()))
+    } else {
+        let back = Duration::from_millis(ms.unsigned_abs());
+        UNIX_EPOCH.checked_sub(back).unwrap_or_else(|| {
+            // The earliest time this platform can represent, found by halving the step.
+            let mut t = UNIX_EPOCH;
+            let mut step = back;
+            while !step.is_zero() {
+                match t.checked_sub(step) {
+                    Some(earlier) => t = earlier,
+                    None => step /= 2,
+                }
+            }
+            t
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_saturate() {
+        assert_eq!(epoch_ms(UNIX_EPOCH + Duration::from_millis(1500)), 1500);
+        assert_eq!(epoch_ms(UNIX_EPOCH - Duration::from_millis(1500)), -1500);
+        assert_eq!(duration_ms(Duration::MAX), u64::MAX);
+        assert_eq!(duration_ms_i64(Duration::MAX), i64::MAX);
+        assert_eq!(duration_ms_i64(Duration::from_millis(7)), 7);
+        assert_eq!(
+            Timestamp::from_millis(u64::MAX) + Duration::MAX,
+            Timestamp::from_millis(u64::MAX)
+        );
     }
 }
