@@ -91,7 +91,7 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// Where the rate limiter reads the time.
+/// Where the layers and stores read the time.
 ///
 /// [`SystemClock`] (the default) reads the wall clock, which every process on a machine shares.
 /// [`TokioClock`] follows tokio's clock, so tests with `tokio::time::pause()` move it without
@@ -99,6 +99,11 @@ impl fmt::Display for Timestamp {
 pub trait Clock: fmt::Debug + Send + Sync + 'static {
     /// Now.
     fn now(&self) -> Timestamp;
+
+    /// Now as a [`SystemTime`] (millisecond precision), for code that computes with those.
+    fn system_time(&self) -> SystemTime {
+        self.now().to_system_time()
+    }
 }
 
 /// A timestamp is a clock that stands still at it: for tests, and for callers that decide the
