@@ -210,6 +210,37 @@ pub struct Report {
     pub dedupe: Option<crate::dedupe::DedupeRole>,
     /// What the rate limiter did: time waited, capacity left, server feedback.
     pub rate_limit: Option<crate::rate_limit::RateLimitReport>,
+    /// The upstream's answer, when this request's own call reached it (not for cache hits or
+    /// dedupe followers).
+    pub upstream: Option<UpstreamReport>,
+}
+
+/// What the upstream answered to a request's own call: part of its [`Report`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::{Report, UpstreamReport};
+/// # fn show(response: &http::Response<()>) {
+/// if let Some(UpstreamReport { status, latency, .. }) = Report::of(response).and_then(|r| r.upstream.as_ref()) {
+///     println!("the API answered {status} in {latency:?}");
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamReport {
+    /// The status of the upstream's response.
+    pub status: http::StatusCode,
+    /// From sending the request to the response head.
+    pub latency: std::time::Duration,
+}
+
+impl UpstreamReport {
+    /// A report of an answer with `status` after `latency`.
+    pub fn new(status: http::StatusCode, latency: std::time::Duration) -> Self {
+        UpstreamReport { status, latency }
+    }
 }
 
 impl Report {
@@ -446,11 +477,14 @@ where
         }
         let context = self.config.resolve_mut(&mut request);
         let (priority, resource) = (context.priority, context.resource.clone());
+        let span = crate::observe::request_span(request.method(), priority, &resource);
         request.extensions_mut().insert(context.priority);
         request.extensions_mut().insert(context);
+        let inner = span.in_scope(|| self.inner.call(request));
         ResponseFuture {
-            inner: self.inner.call(request),
+            inner,
             report: Some((priority, resource)),
+            span,
         }
     }
 }
@@ -461,6 +495,7 @@ pin_project! {
         #[pin]
         inner: F,
         report: Option<(Priority, Resource)>,
+        span: tracing::Span,
     }
 }
 
@@ -478,12 +513,25 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = ready!(this.inner.poll(cx))?;
-        if let Some((priority, resource)) = this.report.take() {
-            let report = Report::record(response.extensions_mut());
-            report.priority = Some(priority);
-            report.resource = Some(resource);
+        let result = {
+            let _entered = this.span.enter();
+            ready!(this.inner.poll(cx))
+        };
+        let Some((priority, resource)) = this.report.take() else {
+            return Poll::Ready(result);
+        };
+        match result {
+            Ok(mut response) => {
+                let report = Report::record(response.extensions_mut());
+                report.priority = Some(priority);
+                report.resource = Some(resource);
+                crate::observe::finish(this.span, report);
+                Poll::Ready(Ok(response))
+            }
+            Err(error) => {
+                crate::observe::failed((priority, &resource));
+                Poll::Ready(Err(error))
+            }
         }
-        Poll::Ready(Ok(response))
     }
 }

@@ -72,6 +72,7 @@ pub mod error;
 pub mod key;
 #[cfg(feature = "middleware")]
 mod middleware;
+mod observe;
 pub mod rate_limit;
 pub mod resource;
 pub mod store;
@@ -84,7 +85,7 @@ pub use cache::SqliteCacheStore;
 pub use cache::{
     CacheLayer, CacheMode, CacheStatus, CacheStore, CacheTtl, MemoryCacheStore, TieredCacheStore,
 };
-pub use context::{ContextLayer, Priority, Report, RequestContext};
+pub use context::{ContextLayer, Priority, Report, RequestContext, UpstreamReport};
 #[cfg(feature = "redis")]
 pub use dedupe::RedisDedupeStore;
 #[cfg(feature = "sqlite")]

@@ -230,16 +230,19 @@ async fn serve(call: Call, next: Next<'_>) {
     let (mut parts, body) = request.into_parts();
     let mut extensions = std::mem::take(&mut parts.extensions);
     let context = extensions.get::<crate::RequestContext>().cloned();
+    let started = std::time::Instant::now();
     let result = match reqwest::Request::try_from(http::Request::from_parts(parts, body)) {
         Ok(request) => match next.run(request, &mut extensions).await {
             Ok(response) => {
                 let url = FinalUrl(response.url().clone());
                 let mut response = http::Response::from(response);
                 response.extensions_mut().insert(url);
+                crate::observe::upstream_answered(&mut response, context.as_ref(), started);
                 Ok(response)
             }
             // Its URL masked (issue 12 item 7).
             Err(reqwest_middleware::Error::Reqwest(error)) => {
+                crate::observe::upstream_failed(context.as_ref(), started);
                 Err(crate::transport::redact(error, context.as_ref()).into())
             }
             Err(reqwest_middleware::Error::Middleware(error)) => Err(error.into()),

@@ -83,13 +83,16 @@ where
         let request = reqwest::Request::try_from(request);
         ResponseFuture {
             inner: Box::pin(async move {
-                let response = client
-                    .execute(request.map_err(|e| redact(e, context.as_ref()))?)
-                    .await
-                    .map_err(|e| redact(e, context.as_ref()))?;
+                let request = request.map_err(|e| redact(e, context.as_ref()))?;
+                let started = std::time::Instant::now();
+                let response = client.execute(request).await.map_err(|e| {
+                    crate::observe::upstream_failed(context.as_ref(), started);
+                    redact(e, context.as_ref())
+                })?;
                 let url = FinalUrl(response.url().clone());
                 let mut response = http::Response::from(response);
                 response.extensions_mut().insert(url);
+                crate::observe::upstream_answered(&mut response, context.as_ref(), started);
                 Ok(response)
             }),
         }

@@ -409,8 +409,24 @@ impl RateLimitLayer {
         stats
     }
 
-    /// Waits for an admission (or fails).
+    /// Waits for an admission (or fails); a refusal is logged and counted.
     pub(crate) async fn admit(
+        &self,
+        resource: &Resource,
+        priority: Priority,
+        host: Option<&str>,
+        max_wait: Duration,
+    ) -> Result<Admission, BoxError> {
+        let result = self.decide(resource, priority, host, max_wait).await;
+        if let Err(error) = &result
+            && error.is::<RateLimited>()
+        {
+            crate::observe::refusal(resource, priority);
+        }
+        result
+    }
+
+    async fn decide(
         &self,
         resource: &Resource,
         priority: Priority,
@@ -489,7 +505,7 @@ impl RateLimitLayer {
                     };
                     let wake = tokio::time::Instant::now() + wait;
                     if wake > deadline {
-                        tracing::debug!(resource = %resource, ?reason, ?wait, "rate limited");
+                        tracing::debug!(resource = %resource, ?reason, ?wait, "no slot before the deadline");
                         return Err(Box::new(RateLimited::new(resource.clone(), wait)));
                     }
                     tracing::trace!(resource = %resource, ?reason, ?wait, "waiting for the limiter");

@@ -1,0 +1,51 @@
+//! The `courteous.request` span, its events and (with the `metrics` feature) the metrics, seen by
+//! a real subscriber and a real recorder while a full stack talks to a local server.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+#[cfg(feature = "metrics")]
+mod metrics;
+mod span;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use courteous::cache::MemoryCacheStore;
+use courteous::rate_limit::MemoryRateLimitStore;
+use courteous::{
+    BoxError, CacheLayer, CacheTtl, ContextLayer, DedupeLayer, HttpClient, Limit, Limits,
+    MemoryDedupeStore, PathSegment, RateLimitLayer,
+};
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+
+pub type Client =
+    BoxCloneService<http::Request<reqwest::Body>, http::Response<reqwest::Body>, BoxError>;
+
+/// Context (resources after `/api/`) -> cache (5 min) -> dedupe -> rate limit (1 per minute,
+/// no waiting) -> reqwest, all on memory stores.
+pub fn full_stack() -> Client {
+    let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::MIN));
+    ServiceBuilder::new()
+        .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
+        .layer(
+            CacheLayer::new(MemoryCacheStore::new())
+                .default_ttl(CacheTtl::absolute(Duration::from_secs(300))),
+        )
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()))
+        .layer(
+            RateLimitLayer::new(MemoryRateLimitStore::new(), limits)
+                .expect("valid limits")
+                .max_wait(Duration::ZERO),
+        )
+        .service(HttpClient::new(reqwest::Client::new()))
+        .boxed_clone()
+}
+
+pub async fn get(client: &Client, url: &str) -> Result<http::Response<reqwest::Body>, BoxError> {
+    let request = http::Request::get(url)
+        .body(reqwest::Body::from(""))
+        .expect("a valid request");
+    client.clone().oneshot(request).await
+}
