@@ -49,3 +49,31 @@ pub async fn get(client: &Client, url: &str) -> Result<http::Response<reqwest::B
         .expect("a valid request");
     client.clone().oneshot(request).await
 }
+
+/// Through reqwest-middleware, the upstream call is timed in the handoff: the response's report
+/// says what the upstream answered, and a hit says nothing.
+#[tokio::test]
+async fn the_report_carries_the_upstream_answer_on_the_middleware_path() {
+    use courteous::{Middleware, Report};
+    let server = support::server::TestServer::start().await;
+    let stack = ServiceBuilder::new()
+        .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
+        .layer(
+            CacheLayer::new(MemoryCacheStore::new())
+                .default_ttl(CacheTtl::absolute(Duration::from_secs(300))),
+        );
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(Middleware::new(stack))
+        .build();
+    let url = server.url("/api/things/1");
+    let first = client.get(&url).send().await.unwrap();
+    let upstream = Report::of(&http::Response::from(first))
+        .and_then(|r| r.upstream)
+        .expect("the miss reached the upstream");
+    assert_eq!(upstream.status, http::StatusCode::OK);
+    let second = http::Response::from(client.get(&url).send().await.unwrap());
+    let report = Report::of(&second).expect("a report");
+    assert_eq!(report.cache, Some(courteous::CacheStatus::Hit));
+    assert_eq!(report.upstream, None);
+    server.stop().await;
+}
