@@ -4,11 +4,11 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response};
 use tower::{Service, ServiceExt};
 
+use crate::cache::CacheStatus;
+use crate::cache::store::Invalidation;
 use crate::error::BoxError;
 
 use super::job::Job;
-use crate::cache::CacheStatus;
-use crate::cache::store::Invalidation;
 
 /// Whether `method` is known to be safe (RFC 9110 section 9.2.1). Every other method, those
 /// the cache has never heard of included, is unsafe and invalidates (RFC 9111 section 4.4).

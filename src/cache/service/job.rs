@@ -10,6 +10,9 @@ use http::{Method, Request, Response, StatusCode};
 use tower::{Service, ServiceExt};
 
 use crate::body::ReplayableBody;
+use crate::cache::body::{Buffered, buffer};
+use crate::cache::layer::{Config, State};
+use crate::cache::{CacheEntry, CacheMode, CacheStatus, CacheTtl};
 use crate::context::{Report, RequestContext};
 use crate::error::BoxError;
 use crate::key::RequestKey;
@@ -22,9 +25,6 @@ use super::policy::{
 };
 use super::revalidate::selects;
 use super::ttl::mode_of;
-use crate::cache::body::{Buffered, buffer};
-use crate::cache::layer::{Config, State};
-use crate::cache::{CacheEntry, CacheMode, CacheStatus, CacheTtl};
 
 /// The request head, kept for storing, revalidating and refreshing after the request moved.
 #[derive(Clone)]

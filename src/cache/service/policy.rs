@@ -3,14 +3,14 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::cache::CacheEntry;
+use crate::cache::saturating;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
 
 use super::job::{Head, Job, Upstream};
 use super::ttl::Lifetime;
-use crate::cache::CacheEntry;
-use crate::cache::saturating;
 
 /// The request directives `http-cache-semantics` does not evaluate for us: its
 /// [`CachePolicy::before_request`] decides whether a stored response satisfies `no-cache`,

@@ -6,13 +6,13 @@ use http::{Request, Response};
 use tower::{Service, ServiceExt};
 
 use crate::body::ReplayableBody;
+use crate::cache::CacheTtl;
 use crate::error::BoxError;
 use crate::key::RequestKey;
 
 use super::job::{Found, Head, Job, Upstream, replay, url_of};
 use super::policy::RequestDirectives;
 use super::revalidate::add_validators;
-use crate::cache::CacheTtl;
 
 impl Job {
     /// Whether the last background refresh of `key` failed (and forgets it): then this request
@@ -21,11 +21,7 @@ impl Job {
     /// middleware chain has finished), so there stale-while-revalidate serves one stale response
     /// and the next request revalidates.
     pub(super) fn refresh_failed(&self, key: &RequestKey) -> bool {
-        self.state
-            .foreground
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key)
+        self.state.foreground.lock().remove(key)
     }
 
     pub(super) fn refresh_in_background<S, B>(
@@ -44,11 +40,7 @@ impl Job {
             return;
         };
         {
-            let mut refreshing = self
-                .state
-                .refreshing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut refreshing = self.state.refreshing.lock();
             if !refreshing.insert(found.key.clone()) {
                 return;
             }
@@ -91,7 +83,6 @@ impl Job {
                     job.state
                         .foreground
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
                         .insert(key.clone());
                 }
                 // The response is dropped; only the store matters here.
@@ -99,7 +90,6 @@ impl Job {
                 job.state
                     .refreshing
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
                     .remove(&key);
             },
             span,

@@ -8,12 +8,12 @@ use http::{Request, Response, StatusCode};
 use tower::{Service, ServiceExt};
 
 use crate::body::ReplayableBody;
+use crate::cache::{CacheEntry, CacheTtl};
 use crate::error::BoxError;
 
 use super::job::{Found, Head, Job, Upstream, replay, url_of};
 use super::policy::{RequestDirectives, has_validator, strip_proxy_fields, vary_names};
 use super::ttl::Lifetime;
-use crate::cache::{CacheEntry, CacheTtl};
 
 /// Response headers a `304` does not replace in the stored entry.
 pub(super) const NOT_UPDATED_BY_304: &[HeaderName] = &[

@@ -4,14 +4,14 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, Request};
 
+use crate::cache::layer::Config;
+use crate::cache::{CacheEntry, CacheMode, CacheTtl};
 use crate::key::RequestKey;
 use crate::resource::Resource;
+use crate::time;
 
 use super::job::Job;
 use super::policy::{directive_secs, has_validator, may_serve_stale};
-use crate::cache::layer::Config;
-use crate::cache::saturating;
-use crate::cache::{CacheEntry, CacheMode, CacheTtl};
 
 /// The request's [`CacheMode`] extension ([`CacheMode::Default`] without one).
 pub(super) fn mode_of<B>(request: &Request<B>) -> CacheMode {
@@ -51,13 +51,13 @@ impl Job {
         now: SystemTime,
         window: Duration,
     ) {
-        let fresh_until = saturating::add(now, window);
+        let fresh_until = time::add(now, window);
         // Touch at most once a second of movement, so that hot entries do not write per hit.
         if fresh_until
             .duration_since(entry.fresh_until)
             .is_ok_and(|moved| moved >= Duration::from_secs(1))
         {
-            let expires_at = saturating::add(
+            let expires_at = time::add(
                 entry.expires_at,
                 fresh_until
                     .duration_since(entry.fresh_until)
@@ -80,7 +80,7 @@ pub(super) struct Lifetime {
 impl Lifetime {
     pub(super) fn apply(self, entry: &mut CacheEntry, config: &Config) {
         entry.age_at_store = self.age;
-        entry.fresh_until = saturating::add(entry.stored_at, self.fresh);
+        entry.fresh_until = time::add(entry.stored_at, self.fresh);
         entry.sliding = self.sliding;
         entry.vary = self.vary;
         let h = &entry.headers;
@@ -99,6 +99,6 @@ impl Lifetime {
         if has_validator(h) {
             keep = keep.max(config.keep_stale);
         }
-        entry.expires_at = saturating::add(entry.fresh_until, keep);
+        entry.expires_at = time::add(entry.fresh_until, keep);
     }
 }
