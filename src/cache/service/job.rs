@@ -51,6 +51,7 @@ pub(super) fn url_of(key: &RequestKey) -> &str {
     display.split_once(' ').map_or(display, |(_, url)| url)
 }
 
+/// One request's work: the layer's configuration and shared state.
 pub(super) struct Job {
     pub(super) config: Arc<Config>,
     pub(super) state: Arc<State>,

@@ -8,9 +8,8 @@
 //!   answer (stale-if-error, storing) and the store writes.
 //! * `policy.rs`: RFC 9111 decisions: request and response directives, whether a stored response
 //!   answers a request, whether and how long a response is stored (`http-cache-semantics`).
-//! * `ttl.rs`: forced TTLs ([`CacheTtl`](super::CacheTtl)), sliding windows and the
-//!   [`CacheMode`](super::CacheMode) of a request;
-//!   an entry's lifetime.
+//! * `ttl.rs`: a request's [`CacheMode`](super::CacheMode) and forced TTL
+//!   ([`CacheTtl`](super::CacheTtl)), sliding windows, and an entry's lifetime.
 //! * `revalidate.rs`: conditional requests and the merge of a `304` into the stored entry.
 //! * `refresh.rs`: background refreshes (`stale-while-revalidate`).
 //! * `invalidate.rs`: unsafe methods and the entries they invalidate (RFC 9111 section 4.4).

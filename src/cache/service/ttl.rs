@@ -1,4 +1,4 @@
-//! Forced TTLs and sliding windows: an entry's lifetime, whatever decided it.
+//! Cache modes, forced TTLs and sliding windows, and an entry's lifetime, whatever decided it.
 
 use std::time::{Duration, SystemTime};
 
