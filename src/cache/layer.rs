@@ -231,7 +231,7 @@ impl CacheLayer {
     /// Apply shared-cache rules (`s-maxage` counts; without a forced TTL, responses to requests
     /// with `Authorization` are stored only when the response allows it). Default: private.
     /// Either way every credential a request carries is part of its key (see
-    /// [`RequestKey`](crate::RequestKey)), so one user's entry is never another's.
+    /// [`RequestKey`]), so one user's entry is never another's.
     ///
     /// A shared cache never stores a response marked `Cache-Control: private`, nor one that sets
     /// a cookie (`Set-Cookie`) unless [`share_set_cookie`](Self::share_set_cookie) allows it, even

@@ -2,7 +2,7 @@
 //!
 //! Every number a response carries (`max-age`, `s-maxage`, `stale-if-error`,
 //! `stale-while-revalidate`, `Age`, the dates) and every configured duration ends up added to a
-//! [`SystemTime`]; `SystemTime + Duration` panics on overflow ("overflow when adding duration to
+//! [`SystemTime`](std::time::SystemTime); `SystemTime + Duration` panics on overflow ("overflow when adding duration to
 //! instant"), and `Duration + Duration` does too. So:
 //!
 //! * a delta-seconds value too large to represent counts as 2^31 seconds, as RFC 9111 section

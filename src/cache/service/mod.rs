@@ -1,6 +1,6 @@
 //! [`Cache`]: the service made by [`CacheLayer`], and the per-request work behind it.
 //!
-//! The service itself is short: each call hands a [`Job`](job::Job) (the layer's configuration
+//! The service itself is short: each call hands a [`Job`] (the layer's configuration
 //! and shared state) the request, and returns its boxed future. The job's work is split by
 //! concern:
 //!
