@@ -407,7 +407,8 @@ impl CacheLayer {
     /// [`TokioClock`](crate::time::TokioClock).
     ///
     /// The clock decides what the layer stores and serves; a store decides on its own clock
-    /// when it may drop an entry (see [`MemoryCacheStoreBuilder::clock`](super::MemoryCacheStoreBuilder::clock)).
+    /// when it may drop an entry (see
+    /// [`MemoryCacheStoreBuilder::clock`](super::MemoryCacheStoreBuilder::clock)).
     ///
     /// # Example
     ///

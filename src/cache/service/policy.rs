@@ -97,8 +97,12 @@ impl RequestDirectives {
 /// 4.2.4): not when it says `must-revalidate` (section 5.2.2.2) or `no-cache` (section 5.2.2.4:
 /// only after a successful revalidation), nor, in a shared cache, `proxy-revalidate` (section
 /// 5.2.2.8) or `s-maxage` (section 5.2.2.10, which implies it). This holds for every stale path:
-/// `max-stale`, stale-if-error, stale-while-revalidate, [`CacheMode::ForceCache`](crate::cache::CacheMode::ForceCache) and
-/// [`CacheMode::OnlyIfCached`](crate::cache::CacheMode::OnlyIfCached), forced TTLs and [`CacheLayer::stale_if_error`](crate::cache::CacheLayer::stale_if_error).
+/// `max-stale`, stale-if-error, stale-while-revalidate, [`CacheMode::ForceCache`] and
+/// [`CacheMode::OnlyIfCached`], forced TTLs and [`CacheLayer::stale_if_error`].
+///
+/// [`CacheMode::ForceCache`]: crate::cache::CacheMode::ForceCache
+/// [`CacheMode::OnlyIfCached`]: crate::cache::CacheMode::OnlyIfCached
+/// [`CacheLayer::stale_if_error`]: crate::cache::CacheLayer::stale_if_error
 pub(super) fn may_serve_stale(headers: &HeaderMap, shared: bool) -> bool {
     let mut ok = true;
     for (name, _) in directives(headers) {
