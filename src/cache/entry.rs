@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode, Version};
 
-use super::saturating;
+use crate::time;
 
 /// A stored response (or, when [`vary`](Self::vary) is set on the entry under a request's own
 /// key, the index that says which request headers select the variant).
@@ -75,8 +75,8 @@ impl CacheEntry {
     /// end of the year 9999 (so `Duration::MAX` means "as long as can be stored").
     #[must_use]
     pub fn fresh_for(mut self, fresh: Duration, keep_stale: Duration) -> Self {
-        self.fresh_until = saturating::add(self.stored_at, fresh);
-        self.expires_at = saturating::add(self.fresh_until, keep_stale);
+        self.fresh_until = time::add(self.stored_at, fresh);
+        self.expires_at = time::add(self.fresh_until, keep_stale);
         self
     }
 

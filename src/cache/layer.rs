@@ -2,21 +2,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, StatusCode};
+use parking_lot::Mutex;
 use tower::Layer;
 
 use crate::key::RequestKey;
 use crate::resource::Resource;
+use crate::time::{Clock, SystemClock};
 
 use super::service::Cache;
 use super::store::{CacheStore, CacheStoreStats};
 use super::{CacheStatus, CacheTtl};
-
-type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -35,12 +35,13 @@ pub(crate) struct Config {
     pub(crate) keep_stale: Duration,
     pub(crate) stale_if_error: Option<Duration>,
     pub(crate) cleanup_interval: Option<Duration>,
-    pub(crate) clock: Clock,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Config {
+    /// Now, from the layer's clock (millisecond precision).
     pub(crate) fn now(&self) -> SystemTime {
-        (self.clock)()
+        self.clock.system_time()
     }
 }
 
@@ -211,7 +212,7 @@ impl CacheLayer {
                 keep_stale: Duration::from_secs(24 * 3600),
                 stale_if_error: None,
                 cleanup_interval: Some(Duration::from_secs(60)),
-                clock: Arc::new(SystemTime::now),
+                clock: Arc::new(SystemClock),
             }),
             state: Arc::new(State {
                 store: Arc::new(store),
@@ -230,7 +231,7 @@ impl CacheLayer {
     /// Apply shared-cache rules (`s-maxage` counts; without a forced TTL, responses to requests
     /// with `Authorization` are stored only when the response allows it). Default: private.
     /// Either way every credential a request carries is part of its key (see
-    /// [`RequestKey`](crate::RequestKey)), so one user's entry is never another's.
+    /// [`RequestKey`]), so one user's entry is never another's.
     ///
     /// A shared cache never stores a response marked `Cache-Control: private`, nor one that sets
     /// a cookie (`Set-Cookie`) unless [`share_set_cookie`](Self::share_set_cookie) allows it, even
@@ -400,9 +401,28 @@ impl CacheLayer {
         self
     }
 
-    /// The clock freshness is computed with (default `SystemTime::now`), for tests.
+    /// Where the layer reads the time that freshness, ages and lifetimes are computed with
+    /// (default [`SystemClock`]), at millisecond precision. Tests pass a clock they move by hand
+    /// (a [`Timestamp`](crate::time::Timestamp) is a clock standing still) or a
+    /// [`TokioClock`](crate::time::TokioClock).
+    ///
+    /// The clock decides what the layer stores and serves; a store decides on its own clock
+    /// when it may drop an entry (see
+    /// [`MemoryCacheStoreBuilder::clock`](super::MemoryCacheStoreBuilder::clock)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::cache::{CacheLayer, MemoryCacheStore};
+    /// use courteous::time::Timestamp;
+    ///
+    /// // Always 2001-09-09T01:46:40Z.
+    /// let layer = CacheLayer::new(MemoryCacheStore::new())
+    ///     .clock(Timestamp::from_millis(1_000_000_000_000));
+    /// # let _ = layer;
+    /// ```
     #[must_use]
-    pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+    pub fn clock(mut self, clock: impl Clock) -> Self {
         self.config().clock = Arc::new(clock);
         self
     }

@@ -86,6 +86,19 @@
 //! # }
 //! ```
 //!
+//! # Layout
+//!
+//! * `mod.rs`: these docs and the per-request values ([`CacheMode`], [`CacheTtl`],
+//!   [`CacheStatus`]).
+//! * `layer.rs`: [`CacheLayer`] (configuration, clock, shared state) and [`CacheStats`].
+//! * `service/`: [`Cache`], the service, and the per-request work behind it, one concern a
+//!   file: the request flow, RFC 9111 policy, forced TTLs, revalidation, background refresh and
+//!   invalidation (see its module docs).
+//! * [`future`]: the response future. `entry.rs`: [`CacheEntry`], what stores hold.
+//!   `body.rs`: buffering response bodies. `saturating.rs`: arithmetic on server-supplied
+//!   numbers that cannot overflow, and the headers `http-cache-semantics` is shown.
+//! * [`store`]: the [`CacheStore`] trait and its backends (memory, SQLite, Redis, tiered).
+//!
 //! # Note on bodies
 //!
 //! The layer buffers a storable response's body (up to `max_entry_size`) before it returns the

@@ -2,15 +2,16 @@
 //!
 //! Every number a response carries (`max-age`, `s-maxage`, `stale-if-error`,
 //! `stale-while-revalidate`, `Age`, the dates) and every configured duration ends up added to a
-//! [`SystemTime`]; `SystemTime + Duration` panics on overflow ("overflow when adding duration to
-//! instant"), and `Duration + Duration` does too. So:
+//! [`SystemTime`](std::time::SystemTime); `SystemTime + Duration` panics on overflow ("overflow
+//! when adding duration to instant"), and `Duration + Duration` does too. So:
 //!
 //! * a delta-seconds value too large to represent counts as 2^31 seconds, as RFC 9111 section
 //!   1.2.2 says ([`delta_seconds`]); larger values are clamped to it as well, which bounds
 //!   everything computed from them;
-//! * times are added with [`add`], which stops at [`end_of_time`] (the end of the year 9999, the
-//!   last instant an HTTP date can name) instead of panicking, so that a stored time also stays
-//!   within what every store can hold (SQLite and codec milliseconds, Redis `PX`);
+//! * times are added with [`add`](crate::time::add), which stops at
+//!   [`end_of_time`](crate::time::end_of_time) (the end of the year 9999, the last instant an
+//!   HTTP date can name) instead of panicking, so that a stored time also stays within what
+//!   every store can hold (SQLite and codec milliseconds, Redis `PX`);
 //! * the headers `http-cache-semantics` computes freshness from are first normalised by
 //!   [`for_policy`]: that crate parses `max-age`, `s-maxage` and `Age` as `u64` (so a value
 //!   above `u64::MAX` means 0, "stale at once", and `Age: 18446744073709551615` comes back as an
@@ -25,8 +26,6 @@ use http::header::{self, HeaderValue};
 
 /// The largest delta-seconds value the cache computes with: 2^31 s, about 68 years.
 pub(crate) const DELTA_SECONDS_MAX: u64 = 1 << 31;
-
-pub(crate) use crate::time::add;
 
 /// A delta-seconds value (`1*DIGIT`, optionally quoted), clamped to [`DELTA_SECONDS_MAX`];
 /// `None` when it is not one (signs, spaces inside, fractions, garbage).
@@ -221,7 +220,7 @@ fn normalise_cache_control(value: &HeaderValue) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::{end_of_time, from_epoch_ms as from_millis};
+    use crate::time::{add, end_of_time, from_epoch_ms as from_millis};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     #[test]

@@ -15,21 +15,25 @@ mod rfc9111;
 mod sqlite;
 mod stores;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use courteous::cache::{CacheLayer, CacheStatus};
+use courteous::time::{Clock, SystemClock, Timestamp};
 use courteous::{BoxError, ContextLayer, HttpClient, PathSegment, Report};
 use http_body_util::BodyExt;
+use parking_lot::Mutex;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
 pub type Client =
     BoxCloneService<http::Request<reqwest::Body>, http::Response<reqwest::Body>, BoxError>;
 
-/// A clock the test moves by hand.
-#[derive(Clone)]
+/// A clock the test moves by hand; the cache layer reads it as a [`Clock`] (milliseconds), the
+/// origin and the tests as a [`SystemTime`]. It starts at a whole millisecond, so that both see
+/// the same time.
+#[derive(Debug, Clone)]
 pub struct TestClock(Arc<Mutex<SystemTime>>);
 
 impl Default for TestClock {
@@ -40,18 +44,23 @@ impl Default for TestClock {
 
 impl TestClock {
     pub fn new() -> Self {
-        TestClock(Arc::new(Mutex::new(SystemTime::now())))
+        TestClock(Arc::new(Mutex::new(SystemClock.now().to_system_time())))
     }
     pub fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap() += by;
+        *self.0.lock() += by;
     }
     pub fn now(&self) -> SystemTime {
-        *self.0.lock().unwrap()
+        *self.0.lock()
     }
     /// `layer` reading this clock.
     pub fn on(&self, layer: CacheLayer) -> CacheLayer {
-        let clock = self.clone();
-        layer.clock(move || clock.now())
+        layer.clock(self.clone())
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_system_time(TestClock::now(self))
     }
 }
 

@@ -20,7 +20,7 @@ use courteous::store::StoreError;
 use crate::backend::{Backend, every_backend};
 use crate::support::TestServer;
 use crate::support::server::Log;
-use crate::{client, get, send};
+use crate::{TestClock, client, get, send};
 
 every_backend!(
     a_store_reads_its_writes_and_replaces_and_deletes_them,
@@ -92,6 +92,62 @@ async fn a_memory_hit_shares_the_stored_body() {
     let got = store.get(&key(1)).await.unwrap().unwrap();
     assert!(Arc::ptr_eq(&got, &stored));
     assert_eq!(got.body.as_ptr(), stored.body.as_ptr());
+}
+
+/// The memory store decides expiry on its own clock, so a test that moves the cache layer's
+/// clock can move the store's with it (and through it a tiered store's memory tier).
+#[tokio::test]
+async fn the_memory_store_reads_expiry_from_its_clock() {
+    let clock = TestClock::new();
+    let store = MemoryCacheStore::builder().clock(clock.clone()).build();
+    let stored = Arc::new(
+        CacheEntry::new(
+            "http://h/1",
+            http::StatusCode::OK,
+            Bytes::new(),
+            clock.now(),
+        )
+        .fresh_for(Duration::from_secs(60), Duration::from_secs(60)),
+    );
+    store.put(&key(1), stored.clone()).await.unwrap();
+    store.put(&key(2), stored).await.unwrap();
+    clock.advance(Duration::from_secs(119));
+    assert!(store.get(&key(1)).await.unwrap().is_some());
+    clock.advance(Duration::from_secs(1));
+    assert!(
+        store.get(&key(1)).await.unwrap().is_none(),
+        "expired on the clock"
+    );
+    assert_eq!(store.stats().await.unwrap().expired, 1);
+    assert_eq!(store.purge_expired().await.unwrap(), 1);
+    // Written already expired on the clock: not stored.
+    let late = CacheEntry::new(
+        "http://h/3",
+        http::StatusCode::OK,
+        Bytes::new(),
+        SystemTime::now(),
+    );
+    store.put(&key(3), Arc::new(late)).await.unwrap();
+    assert!(store.get(&key(3)).await.unwrap().is_none());
+
+    let tiered = TieredCacheStore::new(
+        MemoryCacheStore::builder().clock(clock.clone()).build(),
+        MemoryCacheStore::new(),
+    );
+    let fresh = CacheEntry::new(
+        "http://h/4",
+        http::StatusCode::OK,
+        Bytes::new(),
+        clock.now(),
+    )
+    .fresh_for(Duration::from_secs(60), Duration::ZERO);
+    tiered.memory().put(&key(4), Arc::new(fresh)).await.unwrap();
+    assert!(tiered.get_now(&key(4)).is_some());
+    clock.advance(Duration::from_secs(60));
+    assert!(
+        tiered.get_now(&key(4)).is_none(),
+        "the memory tier follows the clock"
+    );
 }
 
 /// Memory has no other processes: for it, "another handle" is a clone.

@@ -13,13 +13,15 @@ mod server;
 
 use std::cell::Cell;
 use std::num::NonZeroU32;
-use std::sync::Once;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
 
 use bytes::Bytes;
 use courteous::cache::{CacheLayer, CacheStatus, MemoryCacheStore};
 use courteous::dedupe::{DedupeLayer, MemoryDedupeStore};
 use courteous::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer};
+use courteous::time::{Clock, SystemClock, Timestamp};
 use courteous::{BoxError, ContextLayer, HttpClient, PathSegment, Report};
 use http_body_util::BodyExt;
 use tower::util::BoxCloneService;
@@ -127,6 +129,24 @@ static HOOK: Once = Once::new();
 thread_local! {
     /// Panics on this thread, and whether it is a test thread (one that called [`panics`]).
     static HERE: Cell<(usize, bool)> = const { Cell::new((0, false)) };
+}
+
+/// The cache layer's clock in these tests: the wall clock, moved forward by as many seconds as
+/// the test sets.
+#[derive(Debug, Clone, Default)]
+pub struct AheadClock(Arc<AtomicU64>);
+
+impl AheadClock {
+    /// From now on, `secs` seconds ahead of the wall clock.
+    pub fn set_ahead(&self, secs: u64) {
+        self.0.store(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for AheadClock {
+    fn now(&self) -> Timestamp {
+        SystemClock.now() + Duration::from_secs(self.0.load(Ordering::SeqCst))
+    }
 }
 
 /// Panics so far on this test's thread (where a `#[tokio::test]` runs its spawned tasks too) and

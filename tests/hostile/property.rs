@@ -12,9 +12,6 @@
 //! The seed is fixed so CI runs the same cases every time; `PROPTEST_CASES` runs more batches,
 //! and `COURTEOUS_HOSTILE_SEED=random` draws new ones.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use courteous::CacheLayer;
@@ -23,7 +20,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRng, TestRunner};
 
 use crate::server::{Length, Reply, ScriptedServer};
-use crate::{BACKENDS, Backend, Client, Got, panics, stack_with};
+use crate::{AheadClock, BACKENDS, Backend, Client, Got, panics, stack_with};
 
 /// Batches run by default; each is `SCRIPTS` scripts on both backends.
 const BATCHES: u32 = 10;
@@ -455,19 +452,14 @@ async fn run_batch(
     shared: bool,
     tally: &mut Tally,
 ) -> Result<(), String> {
-    let offset = Arc::new(AtomicU64::new(0));
+    let offset = AheadClock::default();
     let clock = offset.clone();
     let stack = stack_with(
         backend,
         move |c: CacheLayer| {
             let stored =
                 [200, 203, 204, 301, 404, 410].map(|s| http::StatusCode::from_u16(s).unwrap());
-            c.shared(shared).statuses(stored).clock(move || {
-                let offset = Duration::from_secs(clock.load(SeqCst));
-                SystemTime::now()
-                    .checked_add(offset)
-                    .unwrap_or_else(SystemTime::now)
-            })
+            c.shared(shared).statuses(stored).clock(clock)
         },
         |d| d.result_ttl(Duration::ZERO),
     )
@@ -489,7 +481,7 @@ async fn run_batch(
     // Longer than dedupe keeps a completed result, so that round two reaches the cache's
     // stored-entry paths and the server again.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    offset.store(jump, SeqCst);
+    offset.set_ahead(jump);
     let round = paths.iter().zip(scripts).map(|(path, script)| {
         request(
             &stack.client,

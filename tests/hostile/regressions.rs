@@ -2,10 +2,7 @@
 //! SQLite stores. Before the fix each of them panicked with "overflow when adding duration to
 //! instant" (or "overflow when adding durations").
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::SeqCst;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use courteous::CacheLayer;
 
@@ -14,7 +11,7 @@ use courteous::cache::{CacheStatus, CacheTtl};
 use crate::server::{Reply, ScriptedServer};
 use courteous::dedupe::OnTimeout;
 
-use crate::{BACKENDS, Backend, Got, panics, stack_with};
+use crate::{AheadClock, BACKENDS, Backend, Got, panics, stack_with};
 
 /// How much later (by the cache layer's clock) the second request comes.
 const GAP: Duration = Duration::from_secs(5);
@@ -43,16 +40,14 @@ async fn twice_with(
     let server = ScriptedServer::start().await;
     // The cache layer's clock, moved forward between the two requests: an age overflow needs a
     // whole second to carry.
-    let offset = Arc::new(AtomicU64::new(0));
+    let offset = AheadClock::default();
     let clock = offset.clone();
-    let configure = move |c: CacheLayer| {
-        configure(c).clock(move || SystemTime::now() + Duration::from_secs(clock.load(SeqCst)))
-    };
+    let configure = move |c: CacheLayer| configure(c).clock(clock);
     let stack = stack_with(backend, configure, configure_dedupe).await;
     server.script("/api/item/1", replies);
     let url = server.url("/api/item/1");
     let first = crate::send(&stack.client, &url, &[]).await.unwrap();
-    offset.store(GAP.as_secs(), SeqCst);
+    offset.set_ahead(GAP.as_secs());
     let second = crate::send(&stack.client, &url, &[]).await.unwrap();
     // Give a background refresh (stale-while-revalidate) the time to run and, before the fix,
     // to panic.

@@ -9,6 +9,7 @@ use moka::sync::Cache as Moka;
 use crate::cache::CacheEntry;
 use crate::key::RequestKey;
 use crate::store::StoreError;
+use crate::time::{Clock, SystemClock};
 
 use super::{CacheStore, CacheStoreStats, Invalidation};
 
@@ -23,7 +24,8 @@ struct Counters {
 /// LRU-like eviction ([`moka`]'s TinyLFU). Clones share the entries.
 ///
 /// A hit hands back the stored `Arc<CacheEntry>`: the body is never copied. Expired entries are
-/// never returned and are removed by moka's housekeeping.
+/// never returned and are removed by moka's housekeeping. Whether an entry has expired is read
+/// from the store's clock ([`MemoryCacheStoreBuilder::clock`], default [`SystemClock`]).
 ///
 /// # Note on the two bounds
 ///
@@ -46,6 +48,7 @@ struct Counters {
 pub struct MemoryCacheStore {
     cache: Moka<RequestKey, Arc<CacheEntry>>,
     counters: Arc<Counters>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for MemoryCacheStore {
@@ -57,12 +60,13 @@ impl std::fmt::Debug for MemoryCacheStore {
     }
 }
 
-/// Bounds of a [`MemoryCacheStore`].
+/// Bounds and clock of a [`MemoryCacheStore`].
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct MemoryCacheStoreBuilder {
     max_entries: u64,
     max_bytes: u64,
+    clock: Arc<dyn Clock>,
 }
 
 impl MemoryCacheStoreBuilder {
@@ -78,6 +82,32 @@ impl MemoryCacheStoreBuilder {
         self
     }
 
+    /// Where the store reads the time it compares entries' `expires_at` with (default
+    /// [`SystemClock`]), for tests that move time by hand. The cache layer decides freshness on
+    /// its own clock ([`CacheLayer::clock`](crate::cache::CacheLayer::clock)); give both the same
+    /// one.
+    ///
+    /// moka's housekeeping removes an entry once the time it had left when it was written has
+    /// passed on moka's own clock; an entry the store's clock calls expired is never returned
+    /// before that.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::cache::MemoryCacheStore;
+    /// use courteous::time::TokioClock;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryCacheStore::builder().clock(TokioClock::new()).build();
+    /// # let _ = store;
+    /// # }
+    /// ```
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
     /// The store.
     pub fn build(self) -> MemoryCacheStore {
         let floor = self.max_bytes.div_ceil(self.max_entries).max(1);
@@ -87,23 +117,29 @@ impl MemoryCacheStoreBuilder {
             .weigher(move |_key: &RequestKey, entry: &Arc<CacheEntry>| {
                 u32::try_from(entry.size()).unwrap_or(u32::MAX).max(floor)
             })
-            .expire_after(ExpireAt)
+            .expire_after(ExpireAt {
+                clock: self.clock.clone(),
+            })
             .build();
         MemoryCacheStore {
             cache,
             counters: Arc::default(),
+            clock: self.clock,
         }
     }
 }
 
-struct ExpireAt;
+/// moka's expiry: the time an entry has left until its `expires_at`, on the store's clock.
+struct ExpireAt {
+    clock: Arc<dyn Clock>,
+}
 
 impl ExpireAt {
-    fn left(entry: &CacheEntry) -> Option<Duration> {
+    fn left(&self, entry: &CacheEntry) -> Option<Duration> {
         Some(
             entry
                 .expires_at
-                .duration_since(SystemTime::now())
+                .duration_since(self.clock.system_time())
                 .unwrap_or_default(),
         )
     }
@@ -116,7 +152,7 @@ impl moka::Expiry<RequestKey, Arc<CacheEntry>> for ExpireAt {
         entry: &Arc<CacheEntry>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Self::left(entry)
+        self.left(entry)
     }
 
     fn expire_after_update(
@@ -126,7 +162,7 @@ impl moka::Expiry<RequestKey, Arc<CacheEntry>> for ExpireAt {
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Self::left(entry)
+        self.left(entry)
     }
 }
 
@@ -141,6 +177,7 @@ impl MemoryCacheStore {
         MemoryCacheStoreBuilder {
             max_entries: 10_000,
             max_bytes: 256 * 1024 * 1024,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -148,7 +185,7 @@ impl MemoryCacheStore {
     /// uses it).
     pub(crate) fn peek(&self, key: &RequestKey) -> Option<Arc<CacheEntry>> {
         let entry = self.cache.get(key)?;
-        if entry.is_expired(SystemTime::now()) {
+        if entry.is_expired(self.clock.system_time()) {
             self.cache.invalidate(key);
             return None;
         }
@@ -167,7 +204,7 @@ impl MemoryCacheStore {
     }
 
     pub(crate) fn insert(&self, key: &RequestKey, entry: Arc<CacheEntry>) {
-        if entry.is_expired(SystemTime::now()) {
+        if entry.is_expired(self.clock.system_time()) {
             self.cache.invalidate(key);
         } else {
             self.cache.insert(key.clone(), entry);
@@ -255,7 +292,7 @@ impl CacheStore for MemoryCacheStore {
     }
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
-        let now = SystemTime::now();
+        let now = self.clock.system_time();
         let mut n = 0;
         for (key, entry) in self.cache.iter() {
             if entry.is_expired(now) {
@@ -270,7 +307,7 @@ impl CacheStore for MemoryCacheStore {
 
     async fn stats(&self) -> Result<CacheStoreStats, StoreError> {
         self.cache.run_pending_tasks();
-        let now = SystemTime::now();
+        let now = self.clock.system_time();
         let mut stats = CacheStoreStats {
             hits: self.counters.hits.load(Ordering::Relaxed),
             misses: self.counters.misses.load(Ordering::Relaxed),

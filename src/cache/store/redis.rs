@@ -514,14 +514,14 @@ impl RedisCacheStore {
     /// # Example
     ///
     /// ```no_run
-    /// use std::time::SystemTime;
     /// use courteous::cache::CacheLayer;
     /// use courteous::store::redis::RedisStore;
+    /// use courteous::time::{Clock, SystemClock};
     ///
     /// # fn main() -> Result<(), courteous::store::redis::RedisError> {
-    /// let now = || SystemTime::now();
     /// let redis = RedisStore::connect("redis://127.0.0.1:6379/")?;
-    /// let layer = CacheLayer::new(redis.cache().clock(now)).clock(now);
+    /// let store = redis.cache().clock(|| SystemClock.system_time());
+    /// let layer = CacheLayer::new(store).clock(SystemClock);
     /// # let _ = layer;
     /// # Ok(())
     /// # }

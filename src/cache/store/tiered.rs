@@ -23,7 +23,8 @@ const STRIPES: usize = 64;
 /// serves an entry it replaced, deleted or invalidated: while such a write is on its way to the
 /// back store, reads of the keys it changes do not fill memory (they may have read the back
 /// store before the write reached it). Entries expire in both tiers at their own
-/// `expires_at`.
+/// `expires_at`, the memory tier reading its own clock
+/// ([`MemoryCacheStoreBuilder::clock`](super::memory::MemoryCacheStoreBuilder::clock)).
 ///
 /// # Note on other processes
 ///
