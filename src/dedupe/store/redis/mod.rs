@@ -1,188 +1,33 @@
 //! The Redis backend: every process on every machine that uses the server (and prefix) coalesces.
+//!
+//! `mod.rs` holds the store and its [`DedupeStore`] implementation, `scripts.rs` loads the Lua
+//! scripts (one `.lua` file each, sharing `prelude.lua`), `reply.rs` decodes what they return.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::StatusCode;
-use redis::{ErrorKind, Script, Value};
+use redis::{Script, Value};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::dedupe::SharedResponse;
 use crate::key::RequestKey;
 use crate::store::StoreError;
 use crate::store::redis::{RedisError, RedisStore, Subscription};
 
 use super::{
     Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture,
-    decode_headers, encode_headers, ms, url_of,
+    encode_headers, ms, url_of,
 };
+
+mod reply;
+mod scripts;
+
+use reply::{FAILED, Found, RESPONSE, TOO_LARGE, decode, unexpected};
+use scripts::{CLEAN, INVALIDATE, POLL, PUBLISH, RELEASE, RENEW, TRY_LEAD};
 
 /// How long a leader's `meta` hash outlives its lease, so that the next leader knows it took over.
 const META_GRACE_MS: i64 = 30_000;
-
-/// Shared by every script: `KEYS` are lease, meta, result, and the URL's index.
-macro_rules! prelude {
-    () => {
-        r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function read(now)
-  local r = redis.call('HMGET', KEYS[3], 'kind', 'at', 'status', 'headers', 'body', 'error')
-  if r[1] then
-    return {'done', now, r[1], r[2], redis.call('PTTL', KEYS[3]), r[3], r[4], r[5], r[6]}
-  end
-  local owner = redis.call('GET', KEYS[1])
-  local started = redis.call('HGET', KEYS[2], 'started')
-  if owner then
-    return {'pending', now, owner, started or now, redis.call('PTTL', KEYS[1])}
-  end
-  local was = redis.call('HGET', KEYS[2], 'owner')
-  if was then
-    return {'expired', now, was, started or now}
-  end
-  return {'vacant', now}
-end
-local function index(hex, ms)
-  redis.call('SADD', KEYS[4], hex)
-  if redis.call('PTTL', KEYS[4]) < ms then
-    redis.call('PEXPIRE', KEYS[4], ms)
-  end
-end
-local function owned(owner)
-  local current = redis.call('GET', KEYS[1])
-  if current then
-    return current == owner
-  end
-  return redis.call('HGET', KEYS[2], 'owner') == owner
-end
-"#
-    };
-}
-
-/// ARGV: owner, lease ms, meta grace ms, key hex.
-static TRY_LEAD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-local now = now_ms()
-local state = read(now)
-if state[1] ~= 'vacant' and state[1] ~= 'expired' then
-  return state
-end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return read(now)
-end
-redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'started', now)
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-index(ARGV[4], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-if state[1] == 'expired' then
-  return {'acquired', now, 1}
-end
-return {'acquired', now, 0}
-"#
-    ))
-});
-
-/// ARGV: owner, lease ms, meta grace ms, key hex.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-if not owned(ARGV[1]) then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-index(ARGV[4], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-return 1
-"#
-    ))
-});
-
-/// ARGV: owner, ttl ms, kind, status, headers, body, error, channel, key hex.
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-if not owned(ARGV[1]) then
-  return 0
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[3], 'kind', ARGV[3], 'at', now_ms(), 'status', ARGV[4],
-    'headers', ARGV[5], 'body', ARGV[6], 'error', ARGV[7])
-  redis.call('PEXPIRE', KEYS[3], ttl)
-  index(ARGV[9], ttl)
-end
-redis.call('PUBLISH', ARGV[8], ARGV[9])
-return 1
-"#
-    ))
-});
-
-/// ARGV: owner, channel, key hex.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-if not owned(ARGV[1]) then
-  return 0
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"#
-    ))
-});
-
-static POLL: LazyLock<Script> =
-    LazyLock::new(|| Script::new(concat!(prelude!(), "return read(now_ms())\n")));
-
-/// KEYS: a URL's index. ARGV: the dedupe key prefix (`p:dedupe:`), channel. Deletes the lease,
-/// meta and result of every key in the index, announces each (its waiters re-read it and find
-/// it vacant), and deletes the index.
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local n = 0
-for _, hex in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local base = ARGV[1] .. '{' .. hex .. '}:'
-  if redis.call('DEL', base .. 'lease', base .. 'meta', base .. 'result') > 0 then
-    n = n + 1
-  end
-  redis.call('PUBLISH', ARGV[2], hex)
-end
-redis.call('DEL', KEYS[1])
-return n
-"#,
-    )
-});
-
-/// KEYS: meta, lease, meta, lease, ...: deletes each meta hash whose lease is gone.
-static CLEAN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local n = 0
-for i = 1, #KEYS, 2 do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('DEL', KEYS[i]) == 1 then
-    n = n + 1
-  end
-end
-return n
-"#,
-    )
-});
-
-const RESPONSE: &str = "r";
-const FAILED: &str = "f";
-const TOO_LARGE: &str = "t";
 
 impl RedisStore {
     /// A [`DedupeStore`] on this Redis server, shared with every process (on any machine) that
@@ -331,21 +176,6 @@ struct Keys {
     hex: String,
 }
 
-/// What the read part of a script found.
-enum Found {
-    Done(Completion),
-    Pending {
-        now: i64,
-        owner: String,
-        started: i64,
-    },
-    Expired,
-    Vacant,
-    Acquired {
-        takeover: bool,
-    },
-}
-
 impl RedisDedupeStore {
     /// The longest pause between two polls of a waiting follower while the pub/sub subscription
     /// is up (default 50 ms): the latency a missed wake-up message costs at most.
@@ -447,88 +277,6 @@ impl RedisDedupeStore {
         }
         receiver
     }
-}
-
-fn unexpected(operation: &'static str, what: String) -> RedisError {
-    RedisError::Command {
-        operation,
-        source: redis::RedisError::from((
-            ErrorKind::UnexpectedReturnType,
-            "unexpected reply from a dedupe script",
-            what,
-        )),
-    }
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn int(value: &Value) -> Option<i64> {
-    match value {
-        Value::Int(n) => Some(*n),
-        other => text(other)?.parse().ok(),
-    }
-}
-
-fn bytes(value: Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::Nil => Some(Vec::new()),
-        _ => None,
-    }
-}
-
-/// Decodes the reply of `read()` or of the lead step.
-fn decode(operation: &'static str, reply: Vec<Value>) -> Result<Found, RedisError> {
-    let bad = |what: &str| unexpected(operation, format!("{what} in {reply:?}"));
-    let tag = reply.first().and_then(text).ok_or_else(|| bad("no tag"))?;
-    let num = |i: usize| reply.get(i).and_then(int).ok_or_else(|| bad("no number"));
-    Ok(match tag.as_str() {
-        "vacant" => Found::Vacant,
-        "acquired" => Found::Acquired {
-            takeover: num(2)? == 1,
-        },
-        "pending" => Found::Pending {
-            now: num(1)?,
-            owner: reply.get(2).and_then(text).ok_or_else(|| bad("no owner"))?,
-            started: num(3)?,
-        },
-        "expired" => Found::Expired,
-        "done" => {
-            let kind = reply.get(2).and_then(text).ok_or_else(|| bad("no kind"))?;
-            let status = reply
-                .get(5)
-                .and_then(text)
-                .and_then(|s| s.parse::<u16>().ok());
-            let mut rest = reply.clone().into_iter().skip(6);
-            let mut next = || rest.next().and_then(bytes).ok_or_else(|| bad("no field"));
-            let (headers, body, error) = (next()?, next()?, next()?);
-            let completion = match kind.as_str() {
-                RESPONSE => {
-                    let code = status
-                        .and_then(|s| StatusCode::from_u16(s).ok())
-                        .ok_or_else(|| bad("bad status"))?;
-                    let headers = decode_headers(&headers).ok_or_else(|| bad("bad headers"))?;
-                    Completion::Response(Arc::new(SharedResponse::new(
-                        code,
-                        headers,
-                        Bytes::from(body),
-                    )))
-                }
-                FAILED => Completion::Failed(String::from_utf8_lossy(&error).into()),
-                TOO_LARGE => Completion::TooLarge,
-                _ => return Err(bad("unknown kind")),
-            };
-            Found::Done(completion)
-        }
-        _ => return Err(bad("unknown tag")),
-    })
 }
 
 fn millis(n: i64) -> Duration {
@@ -830,28 +578,5 @@ mod tests {
     fn glob_characters_are_escaped() {
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
         assert_eq!(glob_escape("courteous:dedupe"), "courteous:dedupe");
-    }
-
-    #[test]
-    fn a_malformed_reply_is_a_typed_error() {
-        let err = decode("dedupe poll", vec![Value::Int(3)]).err().unwrap();
-        assert_eq!(err.code(), "redis_command");
-        let done = decode(
-            "dedupe poll",
-            vec![
-                Value::BulkString(b"done".to_vec()),
-                Value::Int(10),
-                Value::BulkString(b"f".to_vec()),
-                Value::BulkString(b"4".to_vec()),
-                Value::Int(900),
-                Value::BulkString(Vec::new()),
-                Value::BulkString(Vec::new()),
-                Value::BulkString(Vec::new()),
-                Value::BulkString(b"boom".to_vec()),
-            ],
-        )
-        .ok()
-        .unwrap();
-        assert!(matches!(done, Found::Done(Completion::Failed(m)) if &*m == "boom"));
     }
 }

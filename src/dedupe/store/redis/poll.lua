@@ -1,0 +1,2 @@
+-- No ARGV: what the key holds now.
+return read(now_ms())
