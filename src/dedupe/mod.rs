@@ -143,8 +143,8 @@ pub use store::RedisDedupeStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteDedupeStore;
 pub use store::{
-    Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, KeyStatus, Lead,
-    MemoryDedupeStore, StoreFuture,
+    Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, Lead, MemoryDedupeStore,
+    StoreFuture,
 };
 
 /// The key under which a [`DedupeLayer`] coalesces `request` and registers it in its

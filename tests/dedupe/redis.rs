@@ -75,7 +75,10 @@ async fn followers_are_woken_through_pub_sub() {
     let (state, woke) = waiter.await.unwrap();
     assert!(matches!(
         state.unwrap(),
-        KeyState::Completed(Completion::TooLarge)
+        KeyState::Completed {
+            completion: Completion::TooLarge,
+            ..
+        }
     ));
     let latency = woke.duration_since(published);
     println!("woken {latency:?} after the publish");
@@ -139,7 +142,7 @@ async fn a_missed_announcement_is_caught_by_polling() {
         .unwrap()
         .unwrap();
     assert!(
-        matches!(&state, KeyState::Completed(Completion::Failed(m)) if &**m == "written quietly"),
+        matches!(&state, KeyState::Completed { completion: Completion::Failed(m), .. } if &**m == "written quietly"),
         "{state:?}"
     );
     assert!(written.elapsed() < Duration::from_millis(500));
@@ -351,4 +354,23 @@ async fn until(what: &str, done: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Given a clock, the Redis store's leases and results end by it (set by hand here), before
+/// Redis's own expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_expires_by_the_clock_it_is_given() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let clock = crate::backend::HandClock::at(1_700_000_000_000);
+    let dedupe = store(&url, &unique_prefix("clock"), Duration::from_secs(2))
+        .dedupe()
+        .clock(clock.clone());
+    let key = RequestKey::from_parts([10; 32], "GET http://h/clock");
+    crate::stores::expires_by_its_clock(&dedupe, &key, |by| {
+        clock.advance(by);
+        std::future::ready(())
+    })
+    .await;
 }

@@ -4,20 +4,21 @@
 //! scripts (one `.lua` file each, sharing `prelude.lua`), `reply.rs` decodes what they return.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use redis::{Script, Value};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::key::RequestKey;
 use crate::store::StoreError;
 use crate::store::redis::{RedisError, RedisStore, Subscription};
+use crate::time::{Clock, duration_ms};
 
 use super::{
-    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture,
-    encode_headers, ms, url_of,
+    Completion, DedupeCounters, DedupeStore, KeyState, Lead, StoreFuture, encode_headers, url_of,
 };
 
 mod reply;
@@ -27,7 +28,11 @@ use reply::{FAILED, Found, RESPONSE, TOO_LARGE, decode, unexpected};
 use scripts::{CLEAN, INVALIDATE, POLL, PUBLISH, RELEASE, RENEW, TRY_LEAD};
 
 /// How long a leader's `meta` hash outlives its lease, so that the next leader knows it took over.
-const META_GRACE_MS: i64 = 30_000;
+const META_GRACE_MS: u64 = 30_000;
+
+/// The largest time or duration (ms) given to a script: sums of two or three stay within the
+/// 64 bits Redis and the scripts' `string.format('%d')` hold.
+const MAX_MS: u64 = i64::MAX as u64 / 4;
 
 impl RedisStore {
     /// A [`DedupeStore`] on this Redis server, shared with every process (on any machine) that
@@ -62,6 +67,7 @@ impl RedisStore {
                 _stop: stop,
             }),
             fallback_poll: Duration::from_millis(50),
+            clock: None,
         }
     }
 }
@@ -82,7 +88,7 @@ struct Shared {
 /// A [`DedupeStore`] on a Redis server: leaders and results are Redis keys that every process on
 /// every machine sharing the server and prefix sees. Made by [`RedisStore::dedupe`].
 ///
-/// Leadership is a `SET NX PX` lease, renewed while the request runs; only its owner may renew,
+/// Leadership is a `SET PX` lease, renewed while the request runs; only its owner may renew,
 /// publish or release it (Lua compare-and-set / compare-and-delete). A result is written in one
 /// atomic step and kept `result_ttl`; followers are woken through pub/sub, with polling as a
 /// fallback. When Redis is unreachable or slow every operation fails within the
@@ -98,9 +104,9 @@ struct Shared {
 ///
 /// | key | holds | lives |
 /// |---|---|---|
-/// | `p:dedupe:{h}:lease` | the leader's owner id, set with `SET NX PX lease` | the lease (renewed by the leader) |
-/// | `p:dedupe:{h}:meta` | hash `owner`, `started` of the current or last leader | lease + 30 s, so a takeover is recognised |
-/// | `p:dedupe:{h}:result` | hash `kind`, `at`, `status`, `headers`, `body`, `error` | `result_ttl` |
+/// | `p:dedupe:{h}:lease` | the leader's owner id, set with `SET PX lease` | the lease (renewed by the leader) |
+/// | `p:dedupe:{h}:meta` | hash `owner`, `started`, `until` (end of the lease) of the current or last leader | lease + 30 s, so a takeover is recognised |
+/// | `p:dedupe:{h}:result` | hash `kind`, `at`, `until`, `status`, `headers`, `body`, `error` | `result_ttl` |
 /// | `p:dedupe:url:<sha256 of the URL>` | set of the `h` led or completed for one URL (scheme, host, path) | its longest lease + 30 s or result |
 ///
 /// [`invalidate`](DedupeStore::invalidate) reads a URL's set and deletes its members' three keys
@@ -108,11 +114,12 @@ struct Shared {
 /// the keys of one URL in one slot), not a cluster spreading them.
 ///
 /// Each operation is one Lua script (atomic on the server): taking the lead reads the result and
-/// lease and sets the lease `NX` in one step; renew, publish and release check that the caller
+/// lease and sets the lease (when vacant or expired) in one step; renew, publish and release check that the caller
 /// still owns the lease (compare-and-set, compare-and-delete). Publishing deletes the lease and
 /// writes the whole result (status, headers and body, or a failure or too-large marker) in one
-/// step, then announces the key on the channel `p:dedupe:done`. Ages use the server's clock
-/// (`TIME`), so machines with skewed clocks agree.
+/// step, then announces the key on the channel `p:dedupe:done`. Times use the server's clock
+/// (`TIME`), so machines with skewed clocks agree, unless the store is given a
+/// [`clock`](RedisDedupeStore::clock).
 ///
 /// # Waking followers
 ///
@@ -124,14 +131,16 @@ struct Shared {
 ///
 /// # Expiry
 ///
-/// Everything expires by Redis TTLs: no cleanup job is needed. [`cleanup`](DedupeStore::cleanup) removes
-/// the `meta` hashes of leases that ran out (after which the next leader is not counted as a
-/// takeover), as the SQLite sweep removes expired pending rows.
+/// Everything expires by Redis TTLs: no cleanup job is needed. A lease or result also ends at
+/// its `until`, by the clock that wrote it (the server's, or the store's
+/// [`clock`](RedisDedupeStore::clock)). [`cleanup`](DedupeStore::cleanup) removes the `meta`
+/// hashes of leases Redis expired (after which the next leader is not counted as a takeover),
+/// as the SQLite sweep removes expired pending rows.
 ///
 /// # Example
 ///
 /// ```no_run
-/// use courteous::dedupe::{DedupeStore, KeyStatus};
+/// use courteous::dedupe::{DedupeStore, KeyState};
 /// use courteous::store::redis::RedisStore;
 /// use courteous::RequestKey;
 /// use std::time::Duration;
@@ -142,7 +151,7 @@ struct Shared {
 /// let dedupe = redis.dedupe().fallback_poll(Duration::from_millis(100));
 /// let key = RequestKey::from_parts([1; 32], "GET http://h/x");
 /// dedupe.try_lead(&key, "me", Duration::from_secs(30)).await?;
-/// assert!(matches!(dedupe.status(&key).await?, KeyStatus::Pending { .. }));
+/// assert!(matches!(dedupe.poll(&key).await?, KeyState::Pending { .. }));
 /// dedupe.release(&key, "me").await?;
 /// # Ok(())
 /// # }
@@ -152,6 +161,8 @@ pub struct RedisDedupeStore {
     redis: RedisStore,
     shared: Arc<Shared>,
     fallback_poll: Duration,
+    /// `None`: the server's clock.
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl fmt::Debug for RedisDedupeStore {
@@ -159,6 +170,7 @@ impl fmt::Debug for RedisDedupeStore {
         f.debug_struct("RedisDedupeStore")
             .field("redis", &self.redis)
             .field("fallback_poll", &self.fallback_poll)
+            .field("clock", &self.clock)
             .field(
                 "subscribed",
                 &self.shared.subscribed.load(Ordering::Relaxed),
@@ -190,6 +202,38 @@ impl RedisDedupeStore {
         self.shared.subscribed.load(Ordering::Relaxed)
     }
 
+    /// Stamps leases and results with `clock` instead of the Redis server's (`TIME`): for tests
+    /// with injected or paused time, or machines whose clocks are synchronised. Machines whose
+    /// clocks disagree then disagree on when a lease ran out, and Redis still expires the keys
+    /// by its own clock: a lease or result never outlives its length in the server's time.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use courteous::store::redis::RedisStore;
+    /// use courteous::time::TokioClock;
+    ///
+    /// # fn main() -> Result<(), courteous::store::redis::RedisError> {
+    /// let redis = RedisStore::connect("redis://127.0.0.1:6379/")?;
+    /// let dedupe = redis.dedupe().clock(TokioClock::new());
+    /// # let _ = dedupe;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The scripts' `ARGV[1]`: the caller's clock, or empty for the server's.
+    fn now_arg(&self) -> Vec<u8> {
+        self.clock
+            .as_ref()
+            .map(|clock| clock.now().as_millis().min(MAX_MS).to_string().into_bytes())
+            .unwrap_or_default()
+    }
+
     fn keys(&self, key: &RequestKey) -> Keys {
         let hex = key.to_hex();
         Keys {
@@ -216,7 +260,7 @@ impl RedisDedupeStore {
         self.redis.key(format_args!("dedupe:url:{hex}"))
     }
 
-    /// Runs `script` on `key`'s keys with `args`.
+    /// Runs `script` on `key`'s keys with the time ([`now_arg`](Self::now_arg)) and `args`.
     async fn run<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,
@@ -229,7 +273,8 @@ impl RedisDedupeStore {
             .key(&keys.lease)
             .key(&keys.meta)
             .key(&keys.result)
-            .key(&keys.index);
+            .key(&keys.index)
+            .arg(self.now_arg());
         for arg in args {
             invocation.arg(*arg);
         }
@@ -250,12 +295,7 @@ impl RedisDedupeStore {
     /// Starts the pub/sub listener if it is not running, and subscribes to its wake-ups.
     fn wakeups(&self) -> broadcast::Receiver<Arc<str>> {
         let receiver = self.shared.wakeups.subscribe();
-        let stopped = self
-            .shared
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let stopped = self.shared.listener.lock().take();
         if let Some(stopped) = stopped {
             let wakeups = self.shared.wakeups.clone();
             // The keys (hex) announced, for this process's waiters; no receiver is fine (nobody
@@ -279,13 +319,14 @@ impl RedisDedupeStore {
     }
 }
 
-fn millis(n: i64) -> Duration {
-    Duration::from_millis(n.max(0) as u64)
+/// Whole milliseconds for a script, at most [`MAX_MS`].
+fn capped_ms(d: Duration) -> u64 {
+    duration_ms(d).min(MAX_MS)
 }
 
 /// Milliseconds for `PX`, which refuses 0.
 fn px(d: Duration) -> Vec<u8> {
-    ms(d).max(1).to_string().into_bytes()
+    capped_ms(d).max(1).to_string().into_bytes()
 }
 
 /// Whether `received` says `hex` was announced (or that announcements were lost).
@@ -319,16 +360,11 @@ impl DedupeStore for RedisDedupeStore {
             Ok(
                 match self.read("dedupe lead", &TRY_LEAD, &keys, &args).await? {
                     Found::Acquired { takeover } => Lead::Acquired { takeover },
-                    Found::Pending {
-                        now,
-                        owner,
-                        started,
-                    } => Lead::Pending {
-                        owner,
-                        age: millis(now - started),
-                    },
-                    Found::Done(completion) => Lead::Completed(completion),
-                    Found::Vacant | Found::Expired => {
+                    Found::State(KeyState::Pending { owner, age }) => Lead::Pending { owner, age },
+                    Found::State(KeyState::Completed { completion, .. }) => {
+                        Lead::Completed(completion)
+                    }
+                    Found::State(KeyState::Vacant | KeyState::Expired { .. }) => {
                         return Err(unexpected(
                             "dedupe lead",
                             "the lead step neither led nor found a leader".to_owned(),
@@ -369,7 +405,7 @@ impl DedupeStore for RedisDedupeStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let keys = self.keys(key);
-            let ttl = ms(ttl).to_string();
+            let ttl = capped_ms(ttl).to_string();
             let (kind, status, headers, body, error) = match &completion {
                 Completion::Response(r) => (
                     RESPONSE,
@@ -432,10 +468,8 @@ impl DedupeStore for RedisDedupeStore {
         Box::pin(async move {
             let keys = self.keys(key);
             Ok(match self.read("dedupe poll", &POLL, &keys, &[]).await? {
-                Found::Vacant | Found::Acquired { .. } => KeyState::Vacant,
-                Found::Pending { .. } => KeyState::Pending,
-                Found::Expired => KeyState::Expired,
-                Found::Done(completion) => KeyState::Completed(completion),
+                Found::State(state) => state,
+                Found::Acquired { .. } => KeyState::Vacant,
             })
         })
     }
@@ -451,7 +485,7 @@ impl DedupeStore for RedisDedupeStore {
             loop {
                 let state = self.poll(key).await?;
                 let now = Instant::now();
-                if !matches!(state, KeyState::Pending) || now >= deadline {
+                if !matches!(state, KeyState::Pending { .. }) || now >= deadline {
                     return Ok(state);
                 }
                 let cap = if self.is_subscribed() {
@@ -466,55 +500,6 @@ impl DedupeStore for RedisDedupeStore {
                     () = announced(&mut wakeups, &hex) => {}
                 }
             }
-        })
-    }
-
-    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
-        Box::pin(async move {
-            let keys = self.keys(key);
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("TIME")
-                .cmd("GET")
-                .arg(&keys.lease)
-                .cmd("HMGET")
-                .arg(&keys.meta)
-                .arg("owner")
-                .arg("started")
-                .cmd("HMGET")
-                .arg(&keys.result)
-                .arg("kind")
-                .arg("at")
-                .arg("status")
-                .cmd("PTTL")
-                .arg(&keys.result);
-            type Reply = (
-                (i64, i64),
-                Option<String>,
-                (Option<String>, Option<i64>),
-                (Option<String>, Option<i64>, Option<String>),
-                i64,
-            );
-            let ((secs, micros), lease_owner, (meta_owner, started), (kind, at, status), pttl): Reply =
-                self.redis.pipe("dedupe status", &pipe).await?;
-            let now = secs * 1000 + micros / 1000;
-            Ok(if let Some(kind) = kind {
-                KeyStatus::Completed {
-                    age: millis(now - at.unwrap_or(now)),
-                    expires_in: millis(pttl),
-                    status: status
-                        .and_then(|s| s.parse().ok())
-                        .filter(|_| kind == RESPONSE),
-                }
-            } else if let Some(owner) = lease_owner.clone().or(meta_owner) {
-                KeyStatus::Pending {
-                    owner,
-                    age: millis(now - started.unwrap_or(now)),
-                    lease_expired: lease_owner.is_none(),
-                }
-            } else {
-                KeyStatus::Empty
-            })
         })
     }
 

@@ -1,2 +1,2 @@
--- No ARGV: what the key holds now.
+-- ARGV: now. What the key holds.
 return read(now_ms())

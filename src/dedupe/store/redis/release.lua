@@ -1,7 +1,8 @@
--- ARGV: owner, channel, key hex.
-if not owned(ARGV[1]) then
+-- ARGV: now (unused), owner, channel, key hex. Ends the owner's lease leaving nothing, and
+-- announces the key.
+if not owned(ARGV[2]) then
   return 0
 end
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1

@@ -1,8 +1,10 @@
--- ARGV: owner, lease ms, meta grace ms, key hex.
-if not owned(ARGV[1]) then
+-- ARGV: now, owner, lease ms, meta grace ms, key hex. Extends the owner's lease from now.
+if not owned(ARGV[2]) then
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-index(ARGV[4], tonumber(ARGV[2]) + tonumber(ARGV[3]))
+local lease, grace = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('HSET', KEYS[2], 'until', int(now_ms() + lease))
+redis.call('PEXPIRE', KEYS[2], int(lease + grace))
+index(ARGV[5], lease + grace)
 return 1

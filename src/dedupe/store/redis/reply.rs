@@ -1,6 +1,7 @@
 //! Decoding the replies of the dedupe scripts: what the read part of a script found.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -8,24 +9,21 @@ use redis::{ErrorKind, Value};
 
 use crate::dedupe::SharedResponse;
 use crate::store::redis::RedisError;
+use crate::time::Timestamp;
 
-use super::super::{Completion, decode_headers};
+use super::super::{Completion, KeyState, decode_headers};
 
 pub(super) const RESPONSE: &str = "r";
 pub(super) const FAILED: &str = "f";
 pub(super) const TOO_LARGE: &str = "t";
 
-/// What the read part of a script found.
+/// What a script found.
 pub(super) enum Found {
-    Done(Completion),
-    Pending {
-        now: i64,
-        owner: String,
-        started: i64,
-    },
-    Expired,
-    Vacant,
+    /// What `read` (in `prelude.lua`) found.
+    State(KeyState),
+    /// The lead step led the key.
     Acquired {
+        /// Whether it took over an expired lease.
         takeover: bool,
     },
 }
@@ -65,22 +63,33 @@ fn bytes(value: Value) -> Option<Vec<u8>> {
     }
 }
 
+/// A time a script read or wrote (ms since the epoch; the epoch for negative values).
+fn stamp(ms: i64) -> Timestamp {
+    Timestamp::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
 /// Decodes the reply of `read()` or of the lead step.
 pub(super) fn decode(operation: &'static str, reply: Vec<Value>) -> Result<Found, RedisError> {
     let bad = |what: &str| unexpected(operation, format!("{what} in {reply:?}"));
     let tag = reply.first().and_then(text).ok_or_else(|| bad("no tag"))?;
     let num = |i: usize| reply.get(i).and_then(int).ok_or_else(|| bad("no number"));
-    Ok(match tag.as_str() {
-        "vacant" => Found::Vacant,
-        "acquired" => Found::Acquired {
-            takeover: num(2)? == 1,
+    let age = |i: usize| Ok::<_, RedisError>(stamp(num(1)?).saturating_since(stamp(num(i)?)));
+    let owner = || reply.get(2).and_then(text).ok_or_else(|| bad("no owner"));
+    Ok(Found::State(match tag.as_str() {
+        "vacant" => KeyState::Vacant,
+        "acquired" => {
+            return Ok(Found::Acquired {
+                takeover: num(2)? == 1,
+            });
+        }
+        "pending" => KeyState::Pending {
+            owner: owner()?,
+            age: age(3)?,
         },
-        "pending" => Found::Pending {
-            now: num(1)?,
-            owner: reply.get(2).and_then(text).ok_or_else(|| bad("no owner"))?,
-            started: num(3)?,
+        "expired" => KeyState::Expired {
+            owner: owner()?,
+            age: age(3)?,
         },
-        "expired" => Found::Expired,
         "done" => {
             let kind = reply.get(2).and_then(text).ok_or_else(|| bad("no kind"))?;
             let status = reply
@@ -106,10 +115,14 @@ pub(super) fn decode(operation: &'static str, reply: Vec<Value>) -> Result<Found
                 TOO_LARGE => Completion::TooLarge,
                 _ => return Err(bad("unknown kind")),
             };
-            Found::Done(completion)
+            KeyState::Completed {
+                completion,
+                age: age(3)?,
+                expires_in: Duration::from_millis(u64::try_from(num(4)?).unwrap_or(0)),
+            }
         }
         _ => return Err(bad("unknown tag")),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -136,6 +149,13 @@ mod tests {
         )
         .ok()
         .unwrap();
-        assert!(matches!(done, Found::Done(Completion::Failed(m)) if &*m == "boom"));
+        assert!(matches!(
+            done,
+            Found::State(KeyState::Completed {
+                completion: Completion::Failed(m),
+                age,
+                expires_in,
+            }) if &*m == "boom" && age == Duration::from_millis(6) && expires_in == Duration::from_millis(900)
+        ));
     }
 }
