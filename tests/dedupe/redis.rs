@@ -374,3 +374,33 @@ async fn the_redis_store_expires_by_the_clock_it_is_given() {
     })
     .await;
 }
+
+/// Leases and result TTLs of `Duration::MAX` saturate: the scripts write the sums they compute
+/// as integers. Before, `PEXPIRE` refused the lease plus grace that Lua wrote with an exponent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_at_the_maximum_saturate() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let dedupe = store(&url, &unique_prefix("max"), Duration::from_secs(2)).dedupe();
+    let key = RequestKey::from_parts([11; 32], "GET http://h/max");
+    assert!(matches!(
+        dedupe.try_lead(&key, "me", Duration::MAX).await.unwrap(),
+        Lead::Acquired { takeover: false }
+    ));
+    assert!(dedupe.renew(&key, "me", Duration::MAX).await.unwrap());
+    assert!(matches!(
+        dedupe.poll(&key).await.unwrap(),
+        KeyState::Pending { .. }
+    ));
+    dedupe
+        .publish(&key, "me", Completion::TooLarge, Duration::MAX)
+        .await
+        .unwrap();
+    let state = dedupe.poll(&key).await.unwrap();
+    assert!(
+        matches!(&state, KeyState::Completed { expires_in, .. } if *expires_in > Duration::from_secs(1 << 40)),
+        "{state:?}"
+    );
+    assert_eq!(dedupe.invalidate("http://h/max").await.unwrap(), 1);
+}
