@@ -151,7 +151,7 @@ pub use store::{
 /// [`DedupeStore`]: the request's [`RequestKey`](crate::RequestKey) for `User` requests, a key
 /// derived from it for `Background` ones, so that the two [`Priority`](crate::Priority) classes
 /// never share (see "Note on priority" in the [module docs](self)).
-/// `None` for a request without a key (a streaming body). For [`DedupeStore::status`].
+/// `None` for a request without a key (a streaming body). For [`DedupeStore::poll`].
 ///
 /// # Example
 ///

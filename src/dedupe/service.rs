@@ -346,7 +346,7 @@ impl<S: fmt::Debug> fmt::Debug for Dedupe<S> {
 }
 
 impl<S> Dedupe<S> {
-    /// The store, for [`status`](DedupeStore::status) and [`stats`](DedupeStore::stats).
+    /// The store, for [`poll`](DedupeStore::poll) and [`stats`](DedupeStore::stats).
     pub fn store(&self) -> &Arc<dyn DedupeStore> {
         &self.state.store
     }
