@@ -153,7 +153,7 @@ impl DedupeLayer {
         self
     }
 
-    /// The store, for [`status`](DedupeStore::status) and [`cleanup`](DedupeStore::cleanup).
+    /// The store, for [`poll`](DedupeStore::poll) and [`cleanup`](DedupeStore::cleanup).
     pub fn store(&self) -> &Arc<dyn DedupeStore> {
         &self.state.store
     }

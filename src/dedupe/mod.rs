@@ -143,15 +143,15 @@ pub use store::RedisDedupeStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteDedupeStore;
 pub use store::{
-    Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, KeyStatus, Lead,
-    MemoryDedupeStore, StoreFuture,
+    Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, Lead, MemoryDedupeStore,
+    StoreFuture,
 };
 
 /// The key under which a [`DedupeLayer`] coalesces `request` and registers it in its
 /// [`DedupeStore`]: the request's [`RequestKey`](crate::RequestKey) for `User` requests, a key
 /// derived from it for `Background` ones, so that the two [`Priority`](crate::Priority) classes
 /// never share (see "Note on priority" in the [module docs](self)).
-/// `None` for a request without a key (a streaming body). For [`DedupeStore::status`].
+/// `None` for a request without a key (a streaming body). For [`DedupeStore::poll`].
 ///
 /// # Example
 ///

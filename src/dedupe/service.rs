@@ -346,7 +346,7 @@ impl<S: fmt::Debug> fmt::Debug for Dedupe<S> {
 }
 
 impl<S> Dedupe<S> {
-    /// The store, for [`status`](DedupeStore::status) and [`stats`](DedupeStore::stats).
+    /// The store, for [`poll`](DedupeStore::poll) and [`stats`](DedupeStore::stats).
     pub fn store(&self) -> &Arc<dyn DedupeStore> {
         &self.state.store
     }
@@ -657,10 +657,10 @@ where
                 return joined(state, lead, inner, request, completion).await;
             }
             Ok(Lead::Pending { .. }) => match store.wait(&key, deadline.into_std()).await {
-                Ok(KeyState::Completed(completion)) => {
+                Ok(KeyState::Completed { completion, .. }) => {
                     return joined(state, lead, inner, request, completion).await;
                 }
-                Ok(KeyState::Vacant | KeyState::Expired) => continue,
+                Ok(KeyState::Vacant | KeyState::Expired { .. }) => continue,
                 Ok(_) => {
                     // Still pending at our deadline.
                     DedupeCounters::add(&counters.timeouts, 1);

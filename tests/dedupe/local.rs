@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use courteous::dedupe::{
     BypassReason, Completion, DedupeCounters, DedupeError, DedupeLayer, DedupeRole, DedupeStore,
-    KeyState, KeyStatus, Lead, MemoryDedupeStore, OnTimeout, StoreFuture,
+    KeyState, Lead, MemoryDedupeStore, OnTimeout, StoreFuture,
 };
 use courteous::store::{StoreError, StoreErrorKind};
 use courteous::{BoxError, HttpClient, Report, RequestContext, RequestKey};
@@ -422,19 +422,16 @@ async fn a_result_is_served_to_late_followers_only_within_result_ttl() {
         let mut r = get(&url);
         courteous::dedupe::store_key(&mut r).unwrap()
     };
-    assert!(matches!(
-        layer.store().status(&key).await.unwrap(),
-        KeyStatus::Completed {
-            status: Some(200),
-            ..
-        }
-    ));
+    assert_eq!(layer.store().poll(&key).await.unwrap().status(), Some(200));
     let late = client.clone().oneshot(get(&url)).await.unwrap();
     assert_eq!(role(&late), DedupeRole::CrossProcessFollower);
     assert_eq!(server.hits(), 1);
 
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(layer.store().status(&key).await.unwrap(), KeyStatus::Empty);
+    assert!(matches!(
+        layer.store().poll(&key).await.unwrap(),
+        KeyState::Vacant
+    ));
     let after = client.clone().oneshot(get(&url)).await.unwrap();
     assert_eq!(role(&after), DedupeRole::Leader);
     assert_eq!(server.hits(), 2);
@@ -597,9 +594,6 @@ impl DedupeStore for Faulty {
     fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
         self.0.invalidate(path)
     }
-    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
-        self.0.status(key)
-    }
     fn cleanup(&self) -> StoreFuture<'_, u64> {
         self.0.cleanup()
     }
@@ -628,8 +622,8 @@ async fn a_leader_whose_publish_fails_releases_its_lease() {
     };
     let started = std::time::Instant::now();
     loop {
-        match store.status(&key).await.unwrap() {
-            KeyStatus::Empty => break,
+        match store.poll(&key).await.unwrap() {
+            KeyState::Vacant => break,
             status => assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "the key stays {status:?} after a failed publish"
@@ -675,10 +669,10 @@ async fn owner_ids_carry_a_random_part_next_to_the_pid() {
             }
             let mut r = get(url);
             let key = courteous::dedupe::store_key(&mut r).unwrap();
-            let status = store.status(&key).await.unwrap();
+            let status = store.poll(&key).await.unwrap();
             leader.abort();
             match status {
-                KeyStatus::Pending { owner, .. } => owner,
+                KeyState::Pending { owner, .. } => owner,
                 other => panic!("expected a pending leader, found {other:?}"),
             }
         }

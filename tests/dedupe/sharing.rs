@@ -567,8 +567,8 @@ async fn a_leader_refused_in_another_process_hands_over_to_this_one(backend: Bac
     let store = backend.handle().await;
     assert!(
         matches!(
-            store.status(&key).await.unwrap(),
-            courteous::dedupe::KeyStatus::Pending { .. }
+            store.poll(&key).await.unwrap(),
+            courteous::dedupe::KeyState::Pending { .. }
         ),
         "the child leads the key"
     );

@@ -508,18 +508,6 @@ impl RedisStore {
         })
     }
 
-    /// Runs a pipeline atomically (`MULTI`/`EXEC`), bounded by the operation timeout.
-    pub(crate) async fn pipe<T: FromRedisValue>(
-        &self,
-        operation: &'static str,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, RedisError> {
-        self.bounded(operation, |mut conn| async move {
-            pipe.query_async(&mut conn).await
-        })
-        .await
-    }
-
     /// Runs a Lua script (by SHA, loading it when Redis does not know it yet), bounded by the
     /// operation timeout.
     pub(crate) async fn script<T: FromRedisValue>(
