@@ -12,13 +12,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
 use tower::{Service, ServiceExt};
 
-use crate::body::ReplayableBody;
+use crate::body::{Buffered, ReplayableBody, buffer};
 use crate::context::{Report, RequestContext};
 use crate::error::BoxError;
 use crate::key::RequestKey;
 use crate::store::StoreError;
 
-use super::body::{Buffered, buffer};
 use super::future::ResponseFuture;
 use super::layer::{CacheLayer, Config, State};
 use super::saturating;
@@ -865,7 +864,7 @@ impl Job {
         let mut retry = None;
         if let Some(entry) = &entry {
             if has_validator(&entry.headers) {
-                retry = Some((inner.clone(), replay(&request)));
+                retry = crate::body::copy(&request).map(|copy| (inner.clone(), copy));
             }
             add_validators(request.headers_mut(), &entry.headers);
         }
@@ -981,6 +980,10 @@ impl Job {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // A body that cannot be sent twice is not refreshed in the background.
+        let Some(mut copy) = crate::body::copy(request) else {
+            return;
+        };
         {
             let mut refreshing = self
                 .state
@@ -991,7 +994,6 @@ impl Job {
                 return;
             }
         }
-        let mut copy = replay(request);
         let head = Head {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -1461,21 +1463,6 @@ impl Lifetime {
         }
         entry.expires_at = saturating::add(entry.fresh_until, keep);
     }
-}
-
-/// A copy of `request` to send again (its body is replayable: requests with streaming bodies
-/// have no key and never get here).
-fn replay<B: ReplayableBody + From<Bytes>>(request: &Request<B>) -> Request<B> {
-    let body = B::from(Bytes::copy_from_slice(
-        request.body().replayable_bytes().unwrap_or_default(),
-    ));
-    let mut copy = Request::new(body);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
 }
 
 /// Whether a `304` describes the stored response (RFC 9111 section 4.3.4): one that carries an
