@@ -53,7 +53,7 @@ struct Call {
 /// allocation; a tokio channel allocates a block of 32 slots up front).
 #[derive(Default)]
 struct Slot {
-    calls: std::sync::Mutex<SlotState>,
+    calls: parking_lot::Mutex<SlotState>,
     arrived: Notify,
 }
 
@@ -64,8 +64,8 @@ struct SlotState {
 }
 
 impl Slot {
-    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, SlotState> {
+        self.calls.lock()
     }
 
     /// Queues a call; `false` (and the call dropped) when the chain has finished.
@@ -209,20 +209,15 @@ fn into_reqwest_response(
         .extensions
         .remove::<FinalUrl>()
         .map_or(request_url, |FinalUrl(url)| url);
-    let mut builder = http::Response::builder()
-        .status(parts.status)
-        .version(parts.version);
-    if let Some(headers) = builder.headers_mut() {
-        *headers = parts.headers;
+    // reqwest reads the URL from an extension only its response builder can make; the
+    // response's own extensions go on top, as they did when the builder made the response.
+    let mut extensions = http::Extensions::new();
+    if let Some(with_url) = http::Response::builder().url(url).extensions_mut() {
+        extensions = std::mem::take(with_url);
     }
-    if let Some(extensions) = builder.extensions_mut() {
-        extensions.extend(parts.extensions);
-    }
-    let response = builder
-        .url(url)
-        .body(body)
-        .expect("status, version and headers come from a valid response");
-    reqwest::Response::from(response)
+    extensions.extend(std::mem::take(&mut parts.extensions));
+    parts.extensions = extensions;
+    reqwest::Response::from(http::Response::from_parts(parts, body))
 }
 
 async fn serve(call: Call, next: Next<'_>) {

@@ -5,7 +5,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use tower::Layer;
 
-use super::service::{Dedupe, State};
+use super::flight::State;
+use super::service::Dedupe;
 use super::store::{DedupeStats, DedupeStore};
 
 /// What a follower does when its wait runs out.

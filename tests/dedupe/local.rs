@@ -323,6 +323,32 @@ async fn a_leader_gets_all_of_a_streamed_body_over_the_limit() {
     assert!(body.starts_with(&"a".repeat(300)) && body.ends_with(&"j".repeat(300)));
 }
 
+/// A body that fails while the leader buffers it is an upstream failure: shared with every
+/// follower, not retried by each (the buffering of `src/body.rs` returns the error).
+#[tokio::test(start_paused = true)]
+async fn a_body_that_fails_while_buffered_reaches_every_follower_as_an_error() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(&calls, |_| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let chunks = [
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"ab"))),
+            Err(std::io::Error::other("connection reset by peer")),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+        Ok(http::Response::new(reqwest::Body::wrap(body)))
+    });
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()))
+        .service(upstream);
+    let results = join_all((0..20).map(|_| client.clone().oneshot(get("http://h/x")))).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    for result in results {
+        let error = result.unwrap_err();
+        let error = error.downcast_ref::<DedupeError>().expect("a DedupeError");
+        assert_eq!(error.code(), "dedupe_upstream");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn only_the_configured_methods_and_keyed_requests_are_coalesced() {
     let calls = Arc::new(AtomicUsize::new(0));

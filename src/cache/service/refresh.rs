@@ -10,7 +10,7 @@ use crate::cache::CacheTtl;
 use crate::error::BoxError;
 use crate::key::RequestKey;
 
-use super::job::{Found, Head, Job, Upstream, replay, url_of};
+use super::job::{Found, Head, Job, Upstream, url_of};
 use super::policy::RequestDirectives;
 use super::revalidate::add_validators;
 
@@ -39,13 +39,16 @@ impl Job {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // A body that cannot be sent twice is not refreshed in the background.
+        let Some(mut copy) = crate::body::copy(request) else {
+            return;
+        };
         {
             let mut refreshing = self.state.refreshing.lock();
             if !refreshing.insert(found.key.clone()) {
                 return;
             }
         }
-        let mut copy = replay(request);
         let head = Head {
             method: request.method().clone(),
             uri: request.uri().clone(),
