@@ -128,11 +128,14 @@
 //! # Ok(())
 //! # }
 //! ```
-
-// Where things live: `mod.rs` the store and its `RateLimitStore` impl; `scripts.rs` the Lua
-// scripts (one `.lua` file each, after `prelude.lua`); `acquire.rs` a decision, with the activity
-// read (`activity.rs`) and the in-flight identities (`in_flight.rs`); `status.rs` a resource's
-// status; `clock.rs` the time lines; `reply.rs` the decoding of the scripts' replies.
+//!
+//! # Source layout
+//!
+//! `mod.rs` holds the store and its [`RateLimitStore`] impl; `scripts.rs` the Lua scripts (one
+//! `.lua` file each, after the shared `prelude.lua`); `acquire.rs` a decision, with the activity
+//! read (`activity.rs`) and the in-flight identities (`in_flight.rs`); `status.rs` a resource's
+//! status; `clock.rs` [`RedisClock`] and the moves between time lines; `reply.rs` the decoding
+//! of the scripts' replies.
 
 mod acquire;
 mod activity;
