@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 /// Stops asking a failing Redis for a while (see the module's "Note on outages").
 #[derive(Debug)]
 pub(super) struct Breaker {
     /// Failures in a row that open it (0: never).
     pub(super) failures: u32,
     pub(super) open_for: Duration,
-    pub(super) state: std::sync::Mutex<BreakerState>,
+    pub(super) state: Mutex<BreakerState>,
 }
 
 #[derive(Debug, Default)]
@@ -42,17 +44,13 @@ pub(super) enum Outcome {
 }
 
 impl Breaker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Whether an operation may go now; `Err(retry_in)` while open.
     pub(super) fn pass(&self, timeout: Duration) -> Result<Pass, Duration> {
         if self.failures == 0 {
             return Ok(Pass::Closed);
         }
         let now = tokio::time::Instant::now();
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let Some(open_until) = state.open_until else {
             return Ok(Pass::Closed);
         };
@@ -72,7 +70,7 @@ impl Breaker {
         if self.failures == 0 {
             return;
         }
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if pass == Pass::Probe {
             state.probing_until = None;
         }

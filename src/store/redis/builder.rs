@@ -135,7 +135,7 @@ impl RedisStoreBuilder {
                 breaker: Breaker {
                     failures: self.breaker_failures,
                     open_for: self.breaker_open_for,
-                    state: std::sync::Mutex::default(),
+                    state: parking_lot::Mutex::default(),
                 },
             }),
         })

@@ -10,10 +10,11 @@ use super::RedisRateLimitStore;
 use super::clock::RedisClock;
 use super::in_flight::{LostReply, proposed_id};
 use super::reply::{Answer, decode_acquire};
-use super::scripts::{ACQUIRE, MAX_MS, STATE_TTL_MS, capped, ms};
+use super::scripts::{ACQUIRE, MAX_MS, STATE_TTL_MS, capped};
 use crate::context::Priority;
 use crate::rate_limit::adaptive::allocate;
 use crate::store::redis::RedisError;
+use crate::time::duration_ms;
 
 impl RedisRateLimitStore {
     pub(super) async fn decide(&self, request: &AdmissionRequest) -> Result<Decision, RedisError> {
@@ -33,7 +34,7 @@ impl RedisRateLimitStore {
         // when Redis runs it).
         let sent_at = request.clock.now();
         let state_ttl = STATE_TTL_MS
-            .max(ms(config.sustained_inactivity).saturating_mul(2))
+            .max(capped(duration_ms(config.sustained_inactivity)).saturating_mul(2))
             .max(config.monitoring_ms())
             .saturating_add(self.slack())
             .min(MAX_MS);
@@ -48,11 +49,11 @@ impl RedisRateLimitStore {
             .arg(
                 request
                     .in_flight
-                    .map(|bound| ms(bound).to_string())
+                    .map(|bound| capped(duration_ms(bound)).to_string())
                     .unwrap_or_default(),
             )
             .arg(if user { "u" } else { "b" })
-            .arg(ms(retention(&request.limits)))
+            .arg(capped(duration_ms(retention(&request.limits))))
             .arg(state_ttl)
             .arg(capped(config.monitoring_ms()))
             .arg(self.slack())

@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 
 use super::clock::UNKNOWN;
 use super::reply::{time, unexpected};
-use super::scripts::{ACTIVITY, capped, ms};
-use super::{Keys, RedisRateLimitStore, lock};
+use super::scripts::{ACTIVITY, capped};
+use super::{Keys, RedisRateLimitStore};
 use crate::rate_limit::adaptive::{Activity, AdaptiveConfig, activity_from_buckets};
 use crate::resource::Resource;
 use crate::store::redis::RedisError;
-use crate::time::Timestamp;
+use crate::time::{Timestamp, duration_ms};
 
 impl RedisRateLimitStore {
     /// The user activity of `resource` and the store's time it holds for: cached for the
@@ -24,9 +24,10 @@ impl RedisRateLimitStore {
     ) -> Result<(Activity, u64), RedisError> {
         let offset = self.inner.offset.load(Ordering::Relaxed);
         if offset != UNKNOWN {
-            let now = (i128::from(caller_now.as_millis()) + i128::from(offset)).max(0) as u64;
-            let every = ms(config.recalculation_interval);
-            if let Some((at, activity)) = lock(&self.inner.activity).get(resource)
+            let now = (i128::from(caller_now.as_millis()) + i128::from(offset))
+                .clamp(0, i128::from(u64::MAX)) as u64;
+            let every = capped(duration_ms(config.recalculation_interval));
+            if let Some((at, activity)) = self.inner.activity.lock().get(resource)
                 && now.saturating_sub(*at) < every
                 && *at <= now
                 && activity.any_request
@@ -55,7 +56,7 @@ impl RedisRateLimitStore {
             (*last >= 0).then_some(time(*last)),
             *any == 1,
         );
-        let mut cache = lock(&self.inner.activity);
+        let mut cache = self.inner.activity.lock();
         if cache.len() > 4096 {
             cache.clear();
         }

@@ -8,14 +8,14 @@ use super::RedisRateLimitStore;
 use crate::time::Timestamp;
 
 /// A random admission identity below 2^53 (exact as a Lua number), far above the counter's.
+///
+/// The randomness is `RandomState`'s keys (drawn from the operating system for each process and
+/// thread, and stepped for each instance), over the process id and a counter; the clock adds
+/// nothing to it. A collision only costs a counter id (the script checks the proposal).
 pub(super) fn proposed_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let random =
-        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos, n));
+    let random = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), n));
     (1 << 52) | (random & ((1 << 52) - 1))
 }
 

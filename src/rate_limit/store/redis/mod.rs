@@ -147,10 +147,11 @@ mod status;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use super::{
     AdmissionRequest, Decision, InFlight, RateLimitStats, RateLimitStatus, RateLimitStore,
@@ -256,10 +257,6 @@ impl fmt::Debug for RedisRateLimitStore {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A resource's Redis keys.
 struct Keys {
     all: String,
@@ -289,7 +286,7 @@ impl RedisRateLimitStore {
     }
 
     fn count(&self, resource: &Resource, f: impl FnOnce(&mut ResourceStats)) {
-        let mut stats = lock(&self.inner.stats);
+        let mut stats = self.inner.stats.lock();
         if let Some(entry) = stats.get_mut(resource) {
             return f(entry);
         }
@@ -388,7 +385,10 @@ impl RateLimitStore for RedisRateLimitStore {
 
     fn stats(&self) -> RateLimitStats {
         RateLimitStats {
-            resources: lock(&self.inner.stats)
+            resources: self
+                .inner
+                .stats
+                .lock()
                 .iter()
                 .map(|(r, s)| (r.as_str().to_owned(), *s))
                 .collect(),

@@ -8,7 +8,6 @@
 //! Redis then loads the new script on its first use.
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use redis::Script;
 
@@ -76,12 +75,8 @@ pub(super) static FEEDBACK: LazyLock<Script> = script!("feedback.lua");
 /// ttl slack ms. Returns 1 if it was in flight, else 0 (settled before, or trimmed).
 pub(super) static SETTLE: LazyLock<Script> = script!("settle.lua");
 
-/// A duration in ms as the scripts take it (at most [`MAX_MS`]).
-pub(super) fn ms(d: Duration) -> u64 {
-    capped(crate::time::duration_ms(d))
-}
-
-/// `ms` clamped to [`MAX_MS`].
+/// `ms` clamped to [`MAX_MS`], as the scripts take a delay or a duration (with
+/// [`duration_ms`](crate::time::duration_ms) for a [`Duration`](std::time::Duration)).
 pub(super) fn capped(ms: u64) -> u64 {
     ms.min(MAX_MS)
 }
@@ -89,6 +84,8 @@ pub(super) fn capped(ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::duration_ms;
+    use std::time::Duration;
 
     #[test]
     fn the_scripts_clamp_to_the_same_maximum_as_rust() {
@@ -99,7 +96,7 @@ mod tests {
             crate::rate_limit::store::SETTLE_ROUNDING_MS
         );
         assert!(PRELUDE.contains(&lua));
-        assert_eq!(ms(Duration::MAX), MAX_MS);
+        assert_eq!(capped(duration_ms(Duration::MAX)), MAX_MS);
         assert_eq!(capped(u64::MAX), MAX_MS);
     }
 }

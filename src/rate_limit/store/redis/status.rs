@@ -83,7 +83,9 @@ impl RedisRateLimitStore {
         if reply.len() != limits.len() + 1 || reply[1..].iter().any(|w| w.len() != 3) {
             return Err(bad().into());
         }
-        let offset = *store_now - now.as_millis() as i64;
+        // Saturating: the times come from the server.
+        let caller_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+        let offset = store_now.saturating_sub(caller_ms);
         let caller = |t: i64| to_caller(time(t), offset);
         // Everything in the caller's frame, so that `status_of` reports the caller's times.
         let server = ServerState {
@@ -144,7 +146,7 @@ impl RedisRateLimitStore {
         let [act_now, any, last, buckets @ ..] = &reply[..] else {
             return Err(unexpected(OP, format!("{reply:?}")).into());
         };
-        let act_offset = *act_now - now.as_millis() as i64;
+        let act_offset = act_now.saturating_sub(caller_ms);
         let activity = activity_from_buckets(
             buckets.chunks_exact(2).map(|b| {
                 // Seconds move with the frame too.
