@@ -44,7 +44,7 @@ pub enum RedisError {
         source: redis::RedisError,
     },
     /// Redis failed repeatedly, and the store does not ask it again until the circuit breaker's
-    /// next probe (see [`RedisStoreBuilder::circuit_breaker`]): the operation was not sent.
+    /// next probe (see [`RedisStoreBuilder::circuit_breaker`](super::RedisStoreBuilder::circuit_breaker)): the operation was not sent.
     #[error(
         "redis failed repeatedly: {operation} was not sent; it is asked again in {retry_in:?} (circuit breaker open)"
     )]

@@ -34,7 +34,7 @@ pub enum RedisClock {
     /// shares, whatever its own clock says (default).
     #[default]
     Server,
-    /// The caller's clock ([`AdmissionRequest::clock`], the layer's
+    /// The caller's clock ([`AdmissionRequest::clock`](crate::rate_limit::AdmissionRequest::clock), the layer's
     /// [`Clock`](crate::rate_limit::Clock), read right before the script is sent; the time a
     /// settlement is given): for tests with injected or paused time, or machines whose clocks
     /// are synchronised. Machines whose clocks disagree miscount, a command's wait in the

@@ -34,7 +34,7 @@
 //! that the budget is counted in full.
 //!
 //! Delays and durations are clamped to about ten years before they reach a script (a
-//! `Retry-After` of centuries, a [`Duration::MAX`] window), and the scripts check their
+//! `Retry-After` of centuries, a [`Duration::MAX`](std::time::Duration::MAX) window), and the scripts check their
 //! arguments before they write anything (Redis does not roll back a script that fails half-way).
 //!
 //! # In flight
@@ -43,7 +43,7 @@
 //! upstream-exact accounting) is recorded as every store records it (see [`InFlight`]): with its
 //! expiry (decision + bound) as its score, as member `i<id>`. Every window is counted from
 //! `now − window` with no upper bound, so every process counts it in every window while it is in
-//! flight; a refusal whose freeing slot is held by one says [`Refusal::InFlight`] and asks again
+//! flight; a refusal whose freeing slot is held by one says [`Refusal::InFlight`](super::Refusal::InFlight) and asks again
 //! one window from now, the earliest that slot can free. [`settle`](RateLimitStore::settle) is
 //! one script that re-stamps it atomically: `i<id>` becomes `s<id>` with the settlement's time as
 //! its score, in `all` and (for background work) `bg`, visible to every process at once; a
@@ -88,7 +88,7 @@
 //!
 //! # User activity
 //!
-//! The adaptive split is computed in Rust ([`allocate`]) from user activity that every machine
+//! The adaptive split is computed in Rust ([`allocate`](crate::rate_limit::adaptive::allocate)) from user activity that every machine
 //! writes to `p:rl:{r}:act` in the admission script. Each process reads it (one script) at most
 //! once per [recalculation interval](crate::rate_limit::AdaptiveConfig::recalculation_interval)
 //! per resource, like the SQLite store, and passes the split's numbers to the admission script:
