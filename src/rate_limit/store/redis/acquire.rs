@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::super::{AdmissionRequest, Decision, InFlight, retention};
 use super::RedisRateLimitStore;
 use super::clock::RedisClock;
 use super::in_flight::{LostReply, proposed_id};
@@ -13,10 +12,12 @@ use super::reply::{Answer, decode_acquire};
 use super::scripts::{ACQUIRE, MAX_MS, STATE_TTL_MS, capped};
 use crate::context::Priority;
 use crate::rate_limit::adaptive::allocate;
+use crate::rate_limit::store::{AdmissionRequest, Decision, InFlight, retention};
 use crate::store::redis::RedisError;
 use crate::time::duration_ms;
 
 impl RedisRateLimitStore {
+    /// One decision, with its activity read: not bounded by a timeout (the caller bounds it).
     pub(super) async fn decide(&self, request: &AdmissionRequest) -> Result<Decision, RedisError> {
         let keys = self.keys(&request.resource);
         let user = request.priority == Priority::User;
@@ -57,7 +58,7 @@ impl RedisRateLimitStore {
             .arg(state_ttl)
             .arg(capped(config.monitoring_ms()))
             .arg(self.slack())
-            .arg(super::super::PAUSED_RETRY_MS)
+            .arg(crate::rate_limit::store::PAUSED_RETRY_MS)
             .arg(request.limits.len());
         for limit in request.limits.iter() {
             invocation.arg(capped(limit.window_ms())).arg(limit.max());

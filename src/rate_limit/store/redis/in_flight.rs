@@ -3,8 +3,8 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::super::{InFlight, RateLimitStore};
 use super::RedisRateLimitStore;
+use crate::rate_limit::store::{InFlight, RateLimitStore};
 use crate::time::Timestamp;
 
 /// A random admission identity below 2^53 (exact as a Lua number), far above the counter's.

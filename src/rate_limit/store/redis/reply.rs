@@ -2,7 +2,7 @@
 
 use redis::{ErrorKind, Value};
 
-use super::super::Refusal;
+use crate::rate_limit::store::Refusal;
 use crate::store::redis::RedisError;
 
 pub(super) fn unexpected(operation: &'static str, what: String) -> RedisError {

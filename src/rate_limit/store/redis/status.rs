@@ -2,13 +2,13 @@
 
 use std::convert::Infallible;
 
-use super::super::{AdmissionLog, RateLimitStatus, ServerState, status_of};
 use super::RedisRateLimitStore;
 use super::clock::to_caller;
 use super::reply::{time, unexpected};
 use super::scripts::{ACTIVITY, STATUS, capped};
 use crate::rate_limit::adaptive::{AdaptiveConfig, WindowUsage, activity_from_buckets};
 use crate::rate_limit::limit::Limit;
+use crate::rate_limit::store::{AdmissionLog, RateLimitStatus, ServerState, status_of};
 use crate::resource::Resource;
 use crate::store::StoreError;
 use crate::time::Timestamp;
@@ -43,7 +43,7 @@ impl AdmissionLog for Prefetched {
 }
 
 impl RedisRateLimitStore {
-    /// [`RateLimitStore::status`](super::super::RateLimitStore::status) on Redis.
+    /// [`RateLimitStore::status`](crate::rate_limit::store::RateLimitStore::status) on Redis.
     pub(super) async fn read_status(
         &self,
         resource: &Resource,
@@ -118,7 +118,7 @@ impl RedisRateLimitStore {
         // Stamped after now and a settlement's rounding: in flight (what `status_of` reports as
         // such).
         log.windows.push((
-            now_ms.saturating_add(super::super::SETTLE_ROUNDING_MS),
+            now_ms.saturating_add(crate::rate_limit::store::SETTLE_ROUNDING_MS),
             WindowUsage {
                 total: u32::try_from((*live).max(0)).unwrap_or(u32::MAX),
                 background: u32::try_from((*live_bg).max(0)).unwrap_or(u32::MAX),
