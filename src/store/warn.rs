@@ -6,9 +6,10 @@
 //! one (`suppressed`); those are logged at `debug`.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 /// At most one warning per store in this interval.
@@ -22,7 +23,7 @@ static LAST: LazyLock<Mutex<HashMap<usize, (Instant, u64)>>> = LazyLock::new(Mut
 pub(crate) fn admit<T: ?Sized>(store: &T) -> Option<u64> {
     let key = std::ptr::from_ref(store).cast::<()>() as usize;
     let now = Instant::now();
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = LAST.lock();
     if last.len() > 1024 {
         last.retain(|_, (at, _)| now.saturating_duration_since(*at) < INTERVAL);
     }

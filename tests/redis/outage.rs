@@ -3,13 +3,14 @@
 //! store-failure warning per store per interval, not one per request.
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courteous::cache::CacheLayer;
 use courteous::rate_limit::{Limit, Limits, OnStoreError, RateLimitLayer};
 use courteous::store::redis::{RedisError, RedisStore};
 use courteous::{BoxError, DedupeLayer, HttpClient};
+use parking_lot::Mutex;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -181,7 +182,7 @@ impl tracing::Subscriber for Warnings {
         }
         let mut fields = Fields(String::new(), None);
         event.record(&mut fields);
-        self.0.lock().unwrap().push((fields.0, fields.1));
+        self.0.lock().push((fields.0, fields.1));
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
@@ -212,7 +213,7 @@ async fn store_failure_warnings_are_one_per_store_per_interval() {
         timed(&client, &server.url(&format!("/api/items/{i}"))).await;
     }
     own.resume();
-    let seen = warnings.0.lock().unwrap().clone();
+    let seen = warnings.0.lock().clone();
     let store_warnings: Vec<_> = seen.iter().filter(|(m, _)| m.contains("store")).collect();
     // The cache's, the dedupe's and the rate limiter's first failures; 8 requests fail in each.
     assert_eq!(store_warnings.len(), 3, "{seen:#?}");
