@@ -24,7 +24,7 @@ impl Inner {
         settles: &[Settling],
         batch: &[Waiting],
     ) -> rusqlite::Result<Vec<Decision>> {
-        let phases = self.phases.as_deref();
+        let phases = self.phases.get();
         let started = phases.map(|_| Instant::now());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let begun = Instant::now();

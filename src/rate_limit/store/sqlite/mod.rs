@@ -30,9 +30,9 @@
 //! busy handler (the write-behind writer, other stores, a process opening the file) are never
 //! starved by a saturated limiter.
 //!
-//! With the environment variable `COURTEOUS_RL_PHASES` set, the store keeps per-phase latency
-//! histograms (turn wait, `BEGIN`, statements, `COMMIT`, queueing, how copies caught up), which
-//! the `rate_limit` benchmark prints.
+//! With the cargo feature `diagnostics`, the store keeps per-phase latency histograms (turn wait,
+//! `BEGIN`, statements, `COMMIT`, queueing, how copies caught up), which the `rate_limit`
+//! benchmark prints; without it they compile away.
 //!
 //! Windows are counted from `now - window` *with no upper bound*, so an admission another process
 //! stamped a few microseconds later still counts: the window invariant holds across processes
@@ -161,7 +161,7 @@ mod window;
 
 pub(crate) use schema::RATE_LIMIT;
 
-use phases::Phases;
+use phases::PhaseSlot;
 use queue::{Settling, Waiting};
 use runner::{Inner, lock};
 use sql::{SqlLog, read_activity, read_row, sql_time};
@@ -176,7 +176,7 @@ impl SqliteStore {
         SqliteRateLimitStore {
             sqlite: self.clone(),
             inner: Arc::new(Inner {
-                phases: Phases::from_env(),
+                phases: PhaseSlot::on(),
                 budget: BATCH_BUDGET,
                 ..Inner::default()
             }),
@@ -199,26 +199,28 @@ impl fmt::Debug for SqliteRateLimitStore {
     }
 }
 
+#[cfg(feature = "diagnostics")]
 impl SqliteRateLimitStore {
     /// Per-phase latency histograms of this store's decisions (turn wait, `BEGIN`, statements,
-    /// `COMMIT`, queueing), as a printable table; `None` unless the environment variable
-    /// `COURTEOUS_RL_PHASES` was set when the store was created. A diagnostic for benchmarks,
-    /// not a stable interface.
+    /// `COMMIT`, queueing), as a printable table. Only with the cargo feature `diagnostics`,
+    /// which makes every store keep them. A diagnostic for benchmarks, not a stable interface.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let sqlite = courteous::store::sqlite::SqliteStore::open(":memory:").await?;
     /// let store = sqlite.rate_limits();
-    /// if let Some(table) = store.phase_report() {
-    ///     println!("{table}");
-    /// }
+    /// println!("{}", store.phase_report());
     /// # Ok(())
     /// # }
     /// ```
     #[doc(hidden)]
-    pub fn phase_report(&self) -> Option<String> {
-        self.inner.phases.as_ref().map(|p| p.report())
+    pub fn phase_report(&self) -> String {
+        self.inner
+            .phases
+            .get()
+            .map(phases::Phases::report)
+            .unwrap_or_default()
     }
 }
 
@@ -260,7 +262,7 @@ impl RateLimitStore for SqliteRateLimitStore {
     async fn acquire(&self, request: AdmissionRequest) -> Result<Decision, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.inner.schedule_pruning(&self.sqlite, &request);
-        let queued_at = self.inner.phases.as_ref().map(|_| Instant::now());
+        let queued_at = self.inner.phases.get().map(|_| Instant::now());
         self.enqueue(|queue| {
             queue.items.push(Waiting {
                 request,

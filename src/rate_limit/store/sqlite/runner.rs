@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::SqliteRateLimitStore;
 use super::activity::PendingActivity;
-use super::phases::Phases;
+use super::phases::PhaseSlot;
 use super::queue::{Batch, Queue, Settling, Waiting, take_batch};
 use super::turn::{Gaps, TurnLock};
 use super::window::Windows;
@@ -28,8 +28,8 @@ use crate::store::sqlite::{SqliteError, SqliteStore};
 #[derive(Default)]
 pub(super) struct Inner {
     pub(super) queue: Mutex<Queue>,
-    /// Per-phase timings, when `COURTEOUS_RL_PHASES` is set (see `phases`).
-    pub(super) phases: Option<Box<Phases>>,
+    /// Per-phase timings, with the `diagnostics` feature (see `phases`).
+    pub(super) phases: PhaseSlot,
     /// How long a transaction takes decisions (`BATCH_BUDGET`).
     pub(super) budget: Duration,
     /// The lock files beside the database that make processes take turns (see the module
@@ -96,7 +96,7 @@ impl<'a> RunnerGuard<'a> {
             self.stopped = true;
             return None;
         }
-        Some(take_batch(&mut queue, self.inner.phases.as_deref()))
+        Some(take_batch(&mut queue, self.inner.phases.get()))
     }
 }
 
@@ -140,7 +140,7 @@ impl Inner {
                 return Ok(());
             }
             queue.active = true;
-            take_batch(&mut queue, self.phases.as_deref())
+            take_batch(&mut queue, self.phases.get())
         };
         // Whatever happens below (a panic too), the queue is left with no runner and no caller
         // waiting forever.
@@ -158,7 +158,7 @@ impl Inner {
             // Across processes: a waiting process is woken the moment the turn is handed over,
             // where SQLite's busy handler would poll, and could miss the short gaps between
             // another process's transactions.
-            let phases = self.phases.as_deref();
+            let phases = self.phases.get();
             let waiting = phases.map(|_| Instant::now());
             let locked = turn.is_some_and(TurnLock::take);
             let taken = Instant::now();
@@ -258,7 +258,7 @@ impl Inner {
                         }
                     }
                 }
-                let phases = self.phases.as_deref();
+                let phases = self.phases.get();
                 for (waiting, decision) in batch.into_iter().zip(decisions) {
                     let queued_at = waiting.queued_at;
                     self.answer(waiting, decision);
@@ -430,7 +430,7 @@ mod tests {
         let store = SqliteRateLimitStore {
             sqlite: sqlite.clone(),
             inner: Arc::new(Inner {
-                phases: Some(Box::default()),
+                phases: PhaseSlot::on(),
                 // Every transaction is out of time after its first decision.
                 budget: Duration::ZERO,
                 ..Inner::default()
@@ -459,8 +459,11 @@ mod tests {
             .collect();
         // Decided one per transaction, in the order they were queued.
         assert_eq!(remaining, (80..100).rev().collect::<Vec<u32>>());
-        let phases = store.inner.phases.as_ref().unwrap();
-        assert_eq!((phases.size.count(), phases.size.max()), (20, 1));
+        #[cfg(feature = "diagnostics")]
+        {
+            let phases = store.inner.phases.get().unwrap();
+            assert_eq!((phases.size.count(), phases.size.max()), (20, 1));
+        }
         sqlite.close().await.unwrap();
     }
 }
