@@ -99,10 +99,11 @@ mod writer;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 
 use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
 pub use rusqlite;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -355,7 +356,7 @@ impl SqliteStore {
             let _ = reply.send(outcome.unwrap_or(Err(SqliteError::Panicked)));
         });
         {
-            let jobs = self.shared.jobs.read().unwrap_or_else(|e| e.into_inner());
+            let jobs = self.shared.jobs.read();
             let sender = jobs.as_ref().ok_or(SqliteError::Closed)?;
             sender.send(job).map_err(|_| SqliteError::Closed)?;
         }
@@ -412,7 +413,7 @@ impl SqliteStore {
         write: DeferredWrite,
         after: Option<AfterCommit>,
     ) -> Result<(), SqliteError> {
-        let writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let writer = self.shared.writer.lock();
         let sender = writer.as_ref().ok_or(SqliteError::Closed)?;
         match sender.try_send(Message::Write { key, write, after }) {
             Ok(()) => Ok(()),
@@ -433,7 +434,7 @@ impl SqliteStore {
     pub async fn flush(&self) -> Result<(), SqliteError> {
         let (reply, result) = oneshot::channel();
         {
-            let writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let writer = self.shared.writer.lock();
             let sender = writer.as_ref().ok_or(SqliteError::Closed)?;
             sender
                 .send(Message::Flush(reply))
@@ -450,17 +451,8 @@ impl SqliteStore {
     ///
     /// The error of the last commit, if the database refused it (the writes it held are lost).
     pub async fn close(&self) -> Result<(), SqliteError> {
-        let writer = self
-            .shared
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        self.shared
-            .jobs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let writer = self.shared.writer.lock().take();
+        self.shared.jobs.write().take();
         let Some(writer) = writer else {
             return Ok(());
         };
@@ -469,13 +461,7 @@ impl SqliteStore {
             .send(Message::Close(reply))
             .map_err(|_| SqliteError::Closed)?;
         let result = result.await.map_err(|_| SqliteError::Closed)?;
-        let workers = std::mem::take(
-            &mut *self
-                .shared
-                .workers_done
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let workers = std::mem::take(&mut *self.shared.workers_done.lock());
         for done in workers {
             // Finishes the jobs queued before close, then closes its connection.
             let _ = done.await;

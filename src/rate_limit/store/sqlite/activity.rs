@@ -6,11 +6,12 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
-use super::runner::{Inner, lock};
+use super::runner::Inner;
 use super::sql::{Row, read_activity, write_activity};
 use crate::rate_limit::adaptive::{Activity, AdaptiveConfig};
 use crate::resource::Resource;
 use crate::store::sqlite::SqliteStore;
+use crate::time::duration_ms;
 
 #[derive(Default)]
 pub(super) struct PendingActivity {
@@ -45,8 +46,8 @@ impl Inner {
         config: &AdaptiveConfig,
         now: u64,
     ) -> rusqlite::Result<Activity> {
-        let every = u64::try_from(config.recalculation_interval.as_millis()).unwrap_or(u64::MAX);
-        if let Some((at, activity)) = lock(&self.activity).get(resource)
+        let every = duration_ms(config.recalculation_interval);
+        if let Some((at, activity)) = self.activity.lock().get(resource)
             && now.saturating_sub(*at) < every
             && *at <= now
             && activity.any_request
@@ -54,7 +55,9 @@ impl Inner {
             return Ok(*activity);
         }
         let activity = read_activity(conn, resource.as_str(), row, config, now)?;
-        lock(&self.activity).insert(resource.clone(), (now, activity));
+        self.activity
+            .lock()
+            .insert(resource.clone(), (now, activity));
         Ok(activity)
     }
 
@@ -62,7 +65,7 @@ impl Inner {
     /// other deferred writes within its flush interval.
     pub(super) fn flush_activity(&self, sqlite: &SqliteStore) {
         {
-            let mut pending = lock(&self.activity_pending);
+            let mut pending = self.activity_pending.lock();
             if pending.users.is_empty() || pending.queued {
                 return;
             }
@@ -73,7 +76,7 @@ impl Inner {
         let shared = self.activity_pending.clone();
         let result = sqlite.defer(move |conn| {
             let (users, last_user) = {
-                let mut pending = lock(&shared);
+                let mut pending = shared.lock();
                 pending.queued = false;
                 (
                     std::mem::take(&mut pending.users),
@@ -83,12 +86,12 @@ impl Inner {
             let result = write_activity(conn, &users, &last_user);
             if result.is_err() {
                 // Kept for the retry of the writer's batch.
-                lock(&shared).merge(users, last_user);
+                shared.lock().merge(users, last_user);
             }
             result
         });
         if let Err(error) = result {
-            lock(&self.activity_pending).queued = false;
+            self.activity_pending.lock().queued = false;
             tracing::debug!(%error, "user activity not queued for writing");
         }
     }

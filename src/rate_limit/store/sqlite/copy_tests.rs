@@ -83,7 +83,7 @@ impl Process {
     }
 
     fn counts(&self) -> window::Counts {
-        lock(&self.store.inner.windows).counts()
+        self.store.inner.windows.lock().counts()
     }
 
     /// Waits until no runner is active, so that requests queued next share one batch (a
@@ -91,7 +91,7 @@ impl Process {
     async fn idle(&self) {
         loop {
             {
-                let queue = lock(&self.store.inner.queue);
+                let queue = self.store.inner.queue.lock();
                 if !queue.active && !queue.scheduled {
                     return;
                 }
@@ -103,7 +103,11 @@ impl Process {
     /// Asserts that this process's copy of `resource` holds exactly the rows after its start
     /// and the generation in the file.
     async fn assert_copy_is_exact(&self, resource: &'static str) {
-        let (from, copy, generation) = lock(&self.store.inner.windows)
+        let (from, copy, generation) = self
+            .store
+            .inner
+            .windows
+            .lock()
             .copy_of(resource)
             .expect("a copy");
         let (table, in_file) = self
@@ -429,7 +433,7 @@ async fn poison(process: &Process) {
 
 /// Waits until `ready` holds of the queue.
 async fn until_queue(process: &Process, ready: impl Fn(&Queue) -> bool) {
-    while !ready(&lock(&process.store.inner.queue)) {
+    while !ready(&process.store.inner.queue.lock()) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

@@ -9,13 +9,13 @@ use std::time::Instant;
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::queue::{Settling, Waiting};
-use super::runner::{Inner, lock};
+use super::runner::Inner;
 use super::sql::{Row, SqlLog, next_id, read_row, sql_time};
 use super::window::{CachedLog, Windows};
 use crate::context::Priority;
 use crate::rate_limit::store::{Decision, InFlight, decide, retention};
 use crate::resource::Resource;
-use crate::time::Timestamp;
+use crate::time::{Timestamp, duration_ms};
 
 impl Inner {
     pub(super) fn decide_all(
@@ -28,13 +28,13 @@ impl Inner {
         let started = phases.map(|_| Instant::now());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let begun = Instant::now();
-        let mut windows = lock(&self.windows);
+        let mut windows = self.windows.lock();
         // The file was deleted or replaced and this connection reopened it: the copies (and
         // the activity read) are the old file's, whatever their generations say.
         let epoch = crate::store::sqlite::file_epoch();
         if self.file_epoch.swap(epoch, Ordering::Relaxed) != epoch {
             windows.clear();
-            lock(&self.activity).clear();
+            self.activity.lock().clear();
         }
         let counts = windows.counts();
         // A panic rolls the transaction back too (the transaction's guard, and `call`): what it
@@ -136,7 +136,7 @@ impl Inner {
             };
             let activity =
                 self.cached_activity(tx, &request.resource, row, &request.adaptive, now)?;
-            let keep = u64::try_from(retention(&request.limits).as_millis()).unwrap_or(u64::MAX);
+            let keep = duration_ms(retention(&request.limits));
             let window = windows.get(
                 tx,
                 &request.resource,

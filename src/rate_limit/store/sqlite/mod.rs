@@ -163,7 +163,7 @@ pub(crate) use schema::RATE_LIMIT;
 
 use phases::PhaseSlot;
 use queue::{Settling, Waiting};
-use runner::{Inner, lock};
+use runner::Inner;
 use sql::{SqlLog, read_activity, read_row, sql_time};
 
 /// A transaction stops taking decisions after this long (the rest go back to the head of the
@@ -316,9 +316,9 @@ impl RateLimitStore for SqliteRateLimitStore {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let resource = resource.as_str().to_owned();
-        let now = now.as_millis() as i64;
+        let now = sql_time(now);
         if let ServerFeedback::Block { .. } = feedback {
-            let mut stats = lock(&self.inner.stats);
+            let mut stats = self.inner.stats.lock();
             if let Some(r) = Resource::new(&resource) {
                 stats.entry(r).or_default().server_blocks += 1;
             }
@@ -382,7 +382,10 @@ impl RateLimitStore for SqliteRateLimitStore {
 
     fn stats(&self) -> RateLimitStats {
         RateLimitStats {
-            resources: lock(&self.inner.stats)
+            resources: self
+                .inner
+                .stats
+                .lock()
                 .iter()
                 .map(|(r, s)| (r.as_str().to_owned(), *s))
                 .collect(),

@@ -3,9 +3,10 @@
 
 use rusqlite::params;
 
-use super::runner::{Inner, lock};
+use super::runner::Inner;
 use crate::rate_limit::store::{AdmissionRequest, retention};
 use crate::store::sqlite::SqliteStore;
+use crate::time::duration_ms;
 
 /// How often a process prunes one resource's old rows.
 const PRUNE_EVERY_MS: u64 = 5000;
@@ -15,9 +16,9 @@ impl Inner {
     /// most once every `PRUNE_EVERY_MS` per resource (coalesced in the write-behind queue).
     pub(super) fn schedule_pruning(&self, sqlite: &SqliteStore, request: &AdmissionRequest) {
         let now = request.clock.now().as_millis();
-        let window = u64::try_from(retention(&request.limits).as_millis()).unwrap_or(u64::MAX);
+        let window = duration_ms(retention(&request.limits));
         let keep = {
-            let mut pruning = lock(&self.pruning);
+            let mut pruning = self.pruning.lock();
             let entry = pruning.entry(request.resource.clone()).or_insert((now, 0));
             entry.1 = entry.1.max(window);
             if now.saturating_sub(entry.0) < PRUNE_EVERY_MS {

@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -50,10 +51,6 @@ pub(super) struct Inner {
     pub(super) file_epoch: AtomicU64,
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Runs its closure when dropped, unwinding included.
 pub(super) struct OnDrop<F: FnOnce()>(pub(super) Option<F>);
 
@@ -90,7 +87,7 @@ impl<'a> RunnerGuard<'a> {
     /// that a request queued afterwards sees no runner and schedules one); otherwise takes the
     /// next batch.
     fn stop_if_idle(&mut self) -> Option<Batch> {
-        let mut queue = lock(&self.inner.queue);
+        let mut queue = self.inner.queue.lock();
         if queue.is_empty() {
             queue.active = false;
             self.stopped = true;
@@ -105,7 +102,7 @@ impl Drop for RunnerGuard<'_> {
         if self.stopped {
             return;
         }
-        let mut queue = lock(&self.inner.queue);
+        let mut queue = self.inner.queue.lock();
         queue.active = false;
         queue.fail_all("a rate-limit decision panicked; retry the request");
     }
@@ -115,7 +112,7 @@ impl Inner {
     /// Forgets a runner job that never started: the next request schedules another, and the
     /// requests queued now are failed unless a runner is active (which will take them).
     pub(super) fn abandon(&self) {
-        let mut queue = lock(&self.queue);
+        let mut queue = self.queue.lock();
         queue.scheduled = false;
         if !queue.active {
             queue.fail_all(
@@ -133,7 +130,7 @@ impl Inner {
         conn: &mut Connection,
     ) -> Result<(), SqliteError> {
         let mut batch = {
-            let mut queue = lock(&self.queue);
+            let mut queue = self.queue.lock();
             queue.scheduled = false;
             if queue.active {
                 // The active runner will see whatever is queued.
@@ -232,11 +229,11 @@ impl Inner {
                     for w in &mut rest {
                         w.requeued = true;
                     }
-                    lock(&self.queue).items.splice(0..0, rest);
+                    self.queue.lock().items.splice(0..0, rest);
                 }
                 {
-                    let mut stats = lock(&self.stats);
-                    let mut pending = lock(&self.activity_pending);
+                    let mut stats = self.stats.lock();
+                    let mut pending = self.activity_pending.lock();
                     for (Waiting { request, .. }, decision) in batch.iter().zip(&decisions) {
                         let entry = stats.entry(request.resource.clone()).or_default();
                         match (decision, request.priority) {
@@ -304,7 +301,7 @@ impl Inner {
         })) = waiting.reply.send(Ok(decision))
         {
             let at = in_flight.admitted_at;
-            lock(&self.queue).settles.push(Settling {
+            self.queue.lock().settles.push(Settling {
                 admission: in_flight,
                 at,
                 reply: oneshot::channel().0,
@@ -318,7 +315,7 @@ impl SqliteRateLimitStore {
     /// one is active or scheduled.
     pub(super) async fn enqueue(&self, push: impl FnOnce(&mut Queue)) {
         let schedule = {
-            let mut queue = lock(&self.inner.queue);
+            let mut queue = self.inner.queue.lock();
             push(&mut queue);
             let schedule = !queue.active && !queue.scheduled;
             queue.scheduled |= schedule;
@@ -379,14 +376,14 @@ mod tests {
     fn a_runner_that_stopped_leaves_the_next_runner_and_its_queue_alone() {
         let inner = Inner::default();
         // Runner A finds the queue empty and stops...
-        lock(&inner.queue).active = true;
+        inner.queue.lock().active = true;
         let mut a = RunnerGuard::new(&inner);
         assert!(a.stop_if_idle().is_none());
-        assert!(!lock(&inner.queue).active);
+        assert!(!inner.queue.lock().active);
         // ...and before its guard is dropped, runner B starts for a request queued meanwhile.
         let (reply, mut answer) = oneshot::channel();
         {
-            let mut queue = lock(&inner.queue);
+            let mut queue = inner.queue.lock();
             queue.active = true;
             queue.items.push(Waiting {
                 request: request(&Resource::new("items").unwrap(), 1_000),
@@ -401,7 +398,7 @@ mod tests {
             answer.try_recv(),
             Err(oneshot::error::TryRecvError::Empty)
         ));
-        let queue = lock(&inner.queue);
+        let queue = inner.queue.lock();
         assert!(queue.active);
         assert_eq!(queue.items.len(), 1);
     }
@@ -409,10 +406,10 @@ mod tests {
     #[test]
     fn a_runner_that_failed_answers_what_is_queued_and_clears_its_flag() {
         let inner = Inner::default();
-        lock(&inner.queue).active = true;
+        inner.queue.lock().active = true;
         let runner = RunnerGuard::new(&inner);
         let (reply, mut answer) = oneshot::channel();
-        lock(&inner.queue).items.push(Waiting {
+        inner.queue.lock().items.push(Waiting {
             request: request(&Resource::new("items").unwrap(), 1_000),
             reply,
             queued_at: None,
@@ -421,7 +418,7 @@ mod tests {
         // Dropped without stopping: a panic ended the runner.
         drop(runner);
         assert!(answer.try_recv().unwrap().is_err());
-        assert!(!lock(&inner.queue).active);
+        assert!(!inner.queue.lock().active);
     }
 
     #[tokio::test(flavor = "current_thread")]
