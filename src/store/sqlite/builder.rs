@@ -180,11 +180,13 @@ impl SqliteStoreBuilder {
     /// refuses its writes) while the others use the new one: they stop sharing limits, cache
     /// and dedupe. When the path's identity (device and inode) changes, or the file is gone,
     /// the store logs a warning, reopens the path (creating and migrating a new file if
-    /// needed) and counts it in [`SqliteStats::reopened`](super::SqliteStats::reopened); deferred writes not yet committed
+    /// needed) and counts it in [`SqliteStats::reopened`]; deferred writes not yet committed
     /// go to the new file. A write refused as read-only makes the writer check at once.
     ///
     /// Replace a database with its `-wal` and `-shm` files removed (SQLite's own rule): a WAL
     /// left next to the new file would be read as the new file's.
+    ///
+    /// [`SqliteStats::reopened`]: super::SqliteStats::reopened
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -4,8 +4,9 @@
 //! how long its runner waited for the turn lock, for `BEGIN IMMEDIATE`, in its statements and in
 //! `COMMIT`, how many copies of a resource's admissions it read from the table or caught up, and
 //! every request how long it was queued before a runner took it and how long it spent in the
-//! store in all; `SqliteRateLimitStore::phase_report` prints them. Without the feature, [`Histogram`] is empty, [`PhaseSlot::get`] is always `None`, and
-//! the timing code compiles away.
+//! store in all; `SqliteRateLimitStore::phase_report` prints them. Without the feature,
+//! [`Histogram`] is empty, [`PhaseSlot::get`] is always `None`, and the timing code compiles
+//! away.
 
 #[cfg(feature = "diagnostics")]
 use std::fmt::Write as _;
