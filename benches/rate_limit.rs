@@ -27,8 +27,8 @@
 //! were made instead, as the layer passed it before, for the "before" figure.
 //!
 //! Under each SQLite case, `sched` is how late a thread sleeping 1 ms wakes up in that process
-//! during the run (what the machine's CPU contention alone does to a latency), and with
-//! `COURTEOUS_RL_PHASES=1` the store's per-phase histograms are printed (turn wait, `BEGIN`,
+//! during the run (what the machine's CPU contention alone does to a latency), and, built with
+//! `--features diagnostics`, the store's per-phase histograms are printed (turn wait, `BEGIN`,
 //! statements, `COMMIT`, queueing).
 //!
 //! Run: `cargo bench --bench rate_limit` (prints a table). `RL_BENCH_SECS` sets the measured
@@ -444,9 +444,8 @@ async fn sqlite_run(
         }
     };
     notes.push(probe.finish());
-    if let Some(report) = rate_limits.phase_report() {
-        notes.extend(report.lines().map(str::to_owned));
-    }
+    #[cfg(feature = "diagnostics")]
+    notes.extend(rate_limits.phase_report().lines().map(str::to_owned));
     sqlite.close().await.expect("close");
     (summary(&mut outcome), notes)
 }

@@ -50,7 +50,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rusqlite::{Connection, params};
 
-use super::SqlLog;
+use super::sql::SqlLog;
 use crate::rate_limit::adaptive::WindowUsage;
 use crate::rate_limit::store::AdmissionLog;
 use crate::resource::Resource;
