@@ -19,7 +19,7 @@ pub type CourteousService<S> = Context<ResourceDefaults<Cache<DedupeSwitch<RateL
 
 /// The stack [`Courteous`](super::Courteous) assembles, as one [`Layer`]: put it in a
 /// `tower::ServiceBuilder` over [`HttpClient`](crate::HttpClient), or turn it into a
-/// `reqwest-middleware` client with [`client`](Self::client).
+/// `reqwest-middleware` client with `client` (feature `middleware`).
 ///
 /// Cloning it (and every service it makes) shares the stores and the layers' state. Its
 /// accessors hand back the layers, for `stats()` and `status()`, and the store handles, to
