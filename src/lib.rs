@@ -19,7 +19,38 @@
 //! * [`RequestKey`] identifies identical requests, derived by a [`KeyExtractor`];
 //! * [`Report`] comes back on the response and says what the stack did.
 //!
-//! # Two ways in
+//! # The short path
+//!
+//! [`Courteous`] builds the whole stack over your `reqwest::Client`, with one store for all
+//! of it:
+//!
+//! ```
+//! # #[cfg(all(feature = "sqlite", feature = "middleware"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use courteous::{CacheTtl, Courteous, Limit};
+//! use std::time::Duration;
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("courteous.db");
+//! let (issues, searches) = (Limit::per_hour(200.try_into()?), Limit::per_minute(50.try_into()?));
+//! let client = Courteous::new(reqwest::Client::new())
+//!     .sqlite(path) // or .memory(), .redis(url)
+//!     .resource("issue", |r| r.limit(issues).ttl(Duration::from_secs(3600)))
+//!     .resource("search", |r| r.limit(searches).ttl(CacheTtl::sliding(Duration::from_secs(300))))
+//!     .build()
+//!     .await?; // a reqwest_middleware::ClientWithMiddleware
+//! # let _ = client;
+//! # Ok(()) }
+//! # #[cfg(not(all(feature = "sqlite", feature = "middleware")))]
+//! # fn main() {}
+//! ```
+//!
+//! [`Courteous::layers`] returns the same stack as one tower layer ([`CourteousLayer`]). The
+//! [`client`] module says what the builder offers; for anything else, assemble the layers
+//! yourself.
+//!
+//! # The layers by hand: two ways in
 //!
 //! Plain tower, over the [`HttpClient`] adapter:
 //!
@@ -66,6 +97,7 @@
 
 mod body;
 pub mod cache;
+pub mod client;
 pub mod context;
 pub mod dedupe;
 pub mod error;
@@ -85,6 +117,7 @@ pub use cache::SqliteCacheStore;
 pub use cache::{
     CacheLayer, CacheMode, CacheStatus, CacheStore, CacheTtl, MemoryCacheStore, TieredCacheStore,
 };
+pub use client::{BuildError, Courteous, CourteousLayer, ResourceSettings};
 pub use context::{ContextLayer, Priority, Report, RequestContext, UpstreamReport};
 #[cfg(feature = "redis")]
 pub use dedupe::RedisDedupeStore;
