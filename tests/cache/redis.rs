@@ -18,6 +18,7 @@ use courteous::cache::{
     RedisCacheStore, TieredCacheStore,
 };
 use courteous::store::redis::RedisStore;
+use courteous::time::{Clock, SystemClock, Timestamp};
 
 use crate::backend::redis_handle;
 use crate::stores::{entry, key, wait_until};
@@ -141,6 +142,16 @@ async fn an_oversized_entry_is_not_stored_and_drops_the_one_it_replaces() {
     );
 }
 
+/// A clock `.0` behind the system clock.
+#[derive(Debug)]
+struct Behind(Duration);
+
+impl Clock for Behind {
+    fn now(&self) -> Timestamp {
+        SystemClock.now() - self.0
+    }
+}
+
 /// A client whose clock is an hour behind Redis's: its entries live their whole TTL in Redis
 /// (a relative expiry), and the expiry index is in Redis's clock, so purges and `expired` agree
 /// with Redis about what has expired.
@@ -151,7 +162,7 @@ async fn entries_live_their_ttl_whatever_the_clients_clock_says() {
     };
     let prefix = unique_prefix("skew");
     let behind = || SystemTime::now() - HOUR;
-    let store = redis_handle(&url, &prefix).clock(behind);
+    let store = redis_handle(&url, &prefix).clock(Behind(HOUR));
     let mut conn = raw(&url).await;
     let lives = Duration::from_secs(60);
     let skewed = Arc::new(
