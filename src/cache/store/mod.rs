@@ -38,7 +38,6 @@ use crate::store::StoreError;
 
 use super::CacheEntry;
 
-#[cfg(feature = "redis")]
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
