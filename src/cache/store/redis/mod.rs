@@ -1,13 +1,20 @@
 //! The cache store on a Redis server, shared by every process on every machine.
+//!
+//! * `mod.rs`: [`RedisCacheStore`], its keys and the [`CacheStore`] implementation.
+//! * `scripts.rs` and the `.lua` files: the Lua scripts every write runs (`prelude.lua` holds
+//!   the index helpers they share).
+//! * `events.rs`: the change events published on the store's channel, instance ids, and the lex
+//!   ranges of the URL index.
+//!
+//! An entry's value is one byte string in the form of [`crate::store::codec`].
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use parking_lot::Mutex;
-
 use bytes::Bytes;
+use parking_lot::Mutex;
 use redis::Script;
 use tokio::sync::{broadcast, oneshot};
 
