@@ -6,7 +6,7 @@
 //! * `events.rs`: the change events published on the store's channel, instance ids, and the lex
 //!   ranges of the URL index.
 //!
-//! An entry's value is one byte string in the form of [`crate::store::codec`].
+//! An entry's value is one byte string in the form of `crate::store::codec`.
 
 use std::fmt;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //!   and the [`CacheStore`] implementation.
 //! * `read.rs`: reading one entry, the body copied once into a buffer each store thread reuses.
 //! * `schema.rs`: the `cache_entries` table and its migrations (version 2 re-encoded the headers
-//!   into the byte form of [`crate::store::codec`], which every store shares).
+//!   into the byte form of `crate::store::codec`, which every store shares).
 
 use std::collections::HashMap;
 use std::sync::Arc;
