@@ -38,6 +38,8 @@
 use crate::error::BoxError;
 
 pub(crate) mod budget;
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+pub(crate) mod codec;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]

@@ -396,50 +396,5 @@ pub(crate) fn covers(path: &str, url: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
 }
 
-/// Headers as `len name len value`... (u32 big-endian lengths), for backends that store bytes.
 #[cfg(any(feature = "sqlite", feature = "redis"))]
-pub(crate) fn encode_headers(headers: &http::HeaderMap) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in headers {
-        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
-        out.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        out.extend_from_slice(name);
-        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        out.extend_from_slice(value);
-    }
-    out
-}
-
-/// The inverse of [`encode_headers`]; `None` for damaged bytes.
-#[cfg(any(feature = "sqlite", feature = "redis"))]
-pub(crate) fn decode_headers(mut bytes: &[u8]) -> Option<http::HeaderMap> {
-    fn take<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
-        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-        let out = bytes.get(4..4 + len)?;
-        *bytes = &bytes[4 + len..];
-        Some(out)
-    }
-    let mut headers = http::HeaderMap::new();
-    while !bytes.is_empty() {
-        let name = http::HeaderName::from_bytes(take(&mut bytes)?).ok()?;
-        let value = http::HeaderValue::from_bytes(take(&mut bytes)?).ok()?;
-        headers.append(name, value);
-    }
-    Some(headers)
-}
-
-#[cfg(all(test, any(feature = "sqlite", feature = "redis")))]
-mod tests {
-    use super::*;
-    use http::{HeaderMap, HeaderValue};
-
-    #[test]
-    fn headers_survive_encoding() {
-        let mut headers = HeaderMap::new();
-        headers.append("set-cookie", HeaderValue::from_static("a=1"));
-        headers.append("set-cookie", HeaderValue::from_static("b=2"));
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        assert_eq!(decode_headers(&encode_headers(&headers)).unwrap(), headers);
-        assert!(decode_headers(&[0, 0, 0, 9, b'x']).is_none());
-    }
-}
+pub(crate) use crate::store::codec::{decode_headers, encode_headers};
