@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use courteous::cache::MemoryCacheStore;
 use courteous::store::sqlite::SqliteStore;
 use courteous::{
-    BoxError, CacheLayer, CacheTtl, ContextLayer, DedupeLayer, HttpClient, Limit, Limits,
-    Middleware, PathSegment, RateLimitLayer,
+    BoxError, CacheLayer, CacheTtl, ContextLayer, CourteousMiddleware, DedupeLayer, HttpClient,
+    Limit, Limits, PathSegment, RateLimitLayer,
 };
 use http_body_util::BodyExt;
 use reqwest_middleware::ClientWithMiddleware;
@@ -130,7 +130,9 @@ async fn cases(client: &reqwest::Client, sqlite: &SqliteStore) -> Vec<Case> {
         "middleware, context only",
         Sender::Middleware(
             reqwest_middleware::ClientBuilder::new(client.clone())
-                .with(Middleware::new(ServiceBuilder::new().layer(context())))
+                .with(CourteousMiddleware::new(
+                    ServiceBuilder::new().layer(context()),
+                ))
                 .build(),
         ),
     );
@@ -200,7 +202,7 @@ async fn cases(client: &reqwest::Client, sqlite: &SqliteStore) -> Vec<Case> {
         "full stack (memory), middleware",
         Sender::Middleware(
             reqwest_middleware::ClientBuilder::new(client.clone())
-                .with(Middleware::new(
+                .with(CourteousMiddleware::new(
                     ServiceBuilder::new()
                         .layer(context())
                         .layer(CacheLayer::new(MemoryCacheStore::new()).default_ttl(ttl()))
@@ -220,7 +222,7 @@ async fn cases(client: &reqwest::Client, sqlite: &SqliteStore) -> Vec<Case> {
         "full stack (sqlite), middleware",
         Sender::Middleware(
             reqwest_middleware::ClientBuilder::new(client.clone())
-                .with(Middleware::new(
+                .with(CourteousMiddleware::new(
                     ServiceBuilder::new()
                         .layer(context())
                         .layer(CacheLayer::new(cache).default_ttl(ttl()))

@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use courteous::{CacheStatus, Courteous, CourteousLayer, Middleware, Report};
+use courteous::{CacheStatus, Courteous, CourteousLayer, CourteousMiddleware, Report};
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
@@ -86,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let before = stack().await?;
     let before_client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(retry())
-        .with(Middleware::new(before.clone()))
+        .with(CourteousMiddleware::new(before.clone()))
         .build();
 
     println!(

@@ -20,7 +20,7 @@
 //! the original as their [`source`](std::error::Error::source); [`find`] walks the chain and
 //! finds either.
 //!
-//! On the `reqwest-middleware` path ([`Middleware`](crate::Middleware), feature `middleware`),
+//! On the `reqwest-middleware` path ([`CourteousMiddleware`](crate::CourteousMiddleware), feature `middleware`),
 //! a transport error comes back as `reqwest_middleware::Error::Reqwest`, and every other error
 //! as `reqwest_middleware::Error::Middleware(anyhow::Error)` holding the typed error itself:
 //! `anyhow::Error::downcast_ref::<RateLimited>()` finds it, and

@@ -27,7 +27,7 @@
 //! Headers added *after* the stack cannot be seen at all: `reqwest::ClientBuilder::default_headers`
 //! and a reqwest cookie store are applied by `reqwest::Client` itself, below every layer. Tell
 //! the stack about default headers with [`ContextLayer::default_headers`](crate::ContextLayer::default_headers)
-//! (tower) or `Middleware::default_headers` (reqwest-middleware), and don't share one cache or
+//! (tower) or `CourteousMiddleware::default_headers` (reqwest-middleware), and don't share one cache or
 //! dedupe store between clients whose cookie stores hold different users.
 //!
 //! Requests whose body is a stream cannot be replayed and have no key: they pass through the cache

@@ -64,14 +64,14 @@
 //! # let _ = client;
 //! ```
 //!
-//! `reqwest-middleware`, with [`Middleware`] running the same stack inside the middleware chain:
+//! `reqwest-middleware`, with [`CourteousMiddleware`] running the same stack inside the middleware chain:
 //!
 //! ```
 //! # #[cfg(feature = "middleware")] {
-//! use courteous::{ContextLayer, Middleware, Priority};
+//! use courteous::{ContextLayer, CourteousMiddleware, Priority};
 //!
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-//!     .with(Middleware::new(ContextLayer::new()))
+//!     .with(CourteousMiddleware::new(ContextLayer::new()))
 //!     .build();
 //! // Per-request context travels as an extension:
 //! let request = client
@@ -127,7 +127,7 @@ pub use dedupe::{DedupeLayer, DedupeRole, MemoryDedupeStore};
 pub use error::BoxError;
 pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
 #[cfg(feature = "middleware")]
-pub use middleware::{Handoff, HandoffError, HandoffFuture, Middleware};
+pub use middleware::{CourteousMiddleware, Handoff, HandoffError, HandoffFuture};
 pub use rate_limit::{Limit, Limits, RateLimitLayer, RateLimited};
 pub use resource::{
     DefaultResourceClassifier, PathSegment, PrefixTable, Resource, ResourceClassifier, classify_fn,

@@ -8,14 +8,14 @@ use tower::Layer;
 
 use super::service::{DedupeSwitch, ResourceDefaults};
 use crate::cache::{Cache, CacheLayer, CacheMode};
-use crate::context::{Context, ContextLayer};
+use crate::context::{ContextLayer, ContextService};
 use crate::dedupe::DedupeLayer;
 use crate::rate_limit::{RateLimit, RateLimitLayer};
 use crate::resource::Resource;
 
 /// The service a [`CourteousLayer`] makes over `S`: context, per-resource defaults, cache,
 /// dedupe (skipped for the resources configured without it), rate limit, then `S`.
-pub type CourteousService<S> = Context<ResourceDefaults<Cache<DedupeSwitch<RateLimit<S>>>>>;
+pub type CourteousService<S> = ContextService<ResourceDefaults<Cache<DedupeSwitch<RateLimit<S>>>>>;
 
 /// The stack [`Courteous`](super::Courteous) assembles, as one [`Layer`]: put it in a
 /// `tower::ServiceBuilder` over [`HttpClient`](crate::HttpClient), or turn it into a
@@ -136,7 +136,8 @@ impl CourteousLayer {
     /// ```
     #[cfg(feature = "middleware")]
     pub fn middleware_builder(&self, client: reqwest::Client) -> reqwest_middleware::ClientBuilder {
-        reqwest_middleware::ClientBuilder::new(client).with(crate::Middleware::new(self.clone()))
+        reqwest_middleware::ClientBuilder::new(client)
+            .with(crate::CourteousMiddleware::new(self.clone()))
     }
 }
 

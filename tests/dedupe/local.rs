@@ -469,13 +469,13 @@ async fn a_result_is_served_to_late_followers_only_within_result_ttl() {
 #[cfg(feature = "middleware")]
 #[tokio::test]
 async fn through_reqwest_middleware_identical_sends_share_one_call() {
-    use courteous::{ContextLayer, Middleware};
+    use courteous::{ContextLayer, CourteousMiddleware};
     let server = TestServer::start().await;
     let stack = ServiceBuilder::new()
         .layer(ContextLayer::new())
         .layer(DedupeLayer::new(MemoryDedupeStore::new()));
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(stack))
+        .with(CourteousMiddleware::new(stack))
         .build();
     let url = server.url("/api/volumes/?delay_ms=300");
     let responses = join_all((0..20).map(|_| client.get(&url).send())).await;

@@ -324,7 +324,7 @@ async fn a_refusal_is_found_through_every_layer_and_through_reqwest_middleware()
     #[cfg(feature = "middleware")]
     {
         let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-            .with(courteous::Middleware::new(stack))
+            .with(courteous::CourteousMiddleware::new(stack))
             .build();
         let error = client
             .get(server.url("/r/third"))

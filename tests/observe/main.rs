@@ -43,6 +43,27 @@ pub fn full_stack() -> Client {
         .boxed_clone()
 }
 
+/// Context (resources after `/api/`) -> `layer` -> reqwest.
+#[cfg(feature = "sqlite")]
+pub fn client_over<L>(layer: L) -> Client
+where
+    L: tower::Layer<HttpClient>,
+    L::Service: tower::Service<
+            http::Request<reqwest::Body>,
+            Response = http::Response<reqwest::Body>,
+            Error = BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<reqwest::Body>>>::Future: Send + 'static,
+{
+    ServiceBuilder::new()
+        .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
+        .layer(layer)
+        .service(HttpClient::new(reqwest::Client::new()))
+        .boxed_clone()
+}
+
 pub async fn get(client: &Client, url: &str) -> Result<http::Response<reqwest::Body>, BoxError> {
     let request = http::Request::get(url)
         .body(reqwest::Body::from(""))
@@ -54,7 +75,7 @@ pub async fn get(client: &Client, url: &str) -> Result<http::Response<reqwest::B
 /// says what the upstream answered, and a hit says nothing.
 #[tokio::test]
 async fn the_report_carries_the_upstream_answer_on_the_middleware_path() {
-    use courteous::{Middleware, Report};
+    use courteous::{CourteousMiddleware, Report};
     let server = support::server::TestServer::start().await;
     let stack = ServiceBuilder::new()
         .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
@@ -63,7 +84,7 @@ async fn the_report_carries_the_upstream_answer_on_the_middleware_path() {
                 .default_ttl(CacheTtl::absolute(Duration::from_secs(300))),
         );
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(stack))
+        .with(CourteousMiddleware::new(stack))
         .build();
     let url = server.url("/api/things/1");
     let first = client.get(&url).send().await.unwrap();

@@ -213,11 +213,11 @@ async fn pacing_spaces_calls_to_one_host() {
 /// through reqwest-middleware and are counted as what they are.
 #[tokio::test]
 async fn both_priorities_reach_the_decision_through_reqwest_middleware() {
-    use courteous::{Middleware, Priority};
+    use courteous::{CourteousMiddleware, Priority};
     let server = TestServer::start().await;
     let layer = layer();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(layer.clone()))
+        .with(CourteousMiddleware::new(layer.clone()))
         .build();
     for priority in [Priority::User, Priority::Background, Priority::Background] {
         let response = client

@@ -17,7 +17,7 @@ use super::revalidate::add_validators;
 impl Job {
     /// Whether the last background refresh of `key` failed (and forgets it): then this request
     /// refreshes in the foreground instead of being served stale again. Through
-    /// [`Middleware`](crate::Middleware) a background refresh always fails (the request's
+    /// [`CourteousMiddleware`](crate::CourteousMiddleware) a background refresh always fails (the request's
     /// middleware chain has finished), so there stale-while-revalidate serves one stale response
     /// and the next request revalidates.
     pub(super) fn refresh_failed(&self, key: &RequestKey) -> bool {
