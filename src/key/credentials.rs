@@ -3,8 +3,8 @@
 use http::HeaderName;
 
 /// A request header whose (lower-case) name contains one of these is taken for a credential:
-/// unless the key covers it ([`DefaultKeyExtractor::key_headers`]) or it is declared harmless
-/// ([`DefaultKeyExtractor::not_credential`]), the request gets no key and bypasses the cache and
+/// unless the key covers it ([`DefaultKeyExtractor::key_headers`](super::DefaultKeyExtractor::key_headers)) or it is declared harmless
+/// ([`DefaultKeyExtractor::not_credential`](super::DefaultKeyExtractor::not_credential)), the request gets no key and bypasses the cache and
 /// dedupe.
 ///
 /// The list is deliberately narrow (names, never values): `authorization`, `x-api-key`,

@@ -79,7 +79,7 @@ impl DefaultKeyExtractor {
     /// Key on exactly these request headers (replacing the defaults).
     ///
     /// A credential-looking header left out (`Authorization` included) makes the requests that
-    /// carry it bypass the cache and dedupe: see [`CREDENTIAL_HEADER_PATTERNS`].
+    /// carry it bypass the cache and dedupe: see [`CREDENTIAL_HEADER_PATTERNS`](super::CREDENTIAL_HEADER_PATTERNS).
     #[must_use]
     pub fn headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.headers = Vec::new();
@@ -116,7 +116,7 @@ impl DefaultKeyExtractor {
     }
 
     /// Declares that this header, although its name looks like a credential (see
-    /// [`CREDENTIAL_HEADER_PATTERNS`]), never identifies a user: requests carrying it are
+    /// [`CREDENTIAL_HEADER_PATTERNS`](super::CREDENTIAL_HEADER_PATTERNS)), never identifies a user: requests carrying it are
     /// shared as if it were absent. Use it only for headers that cannot change the response
     /// per user (a tracing token, an author name).
     #[must_use]

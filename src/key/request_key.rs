@@ -157,8 +157,8 @@ pub trait KeyExtractor: Send + Sync + 'static {
 
     /// Whether the query parameter `name` (percent-decoded) holds a secret: its value is masked
     /// in error messages, in what the dedupe stores publish to other processes, and in logs.
-    /// The default masks [`DEFAULT_SECRET_PARAMS`] (compared case-insensitively) and every name
-    /// that matches [`SECRET_PARAM_PATTERNS`].
+    /// The default masks [`DEFAULT_SECRET_PARAMS`](super::DEFAULT_SECRET_PARAMS) (compared case-insensitively) and every name
+    /// that matches [`SECRET_PARAM_PATTERNS`](super::SECRET_PARAM_PATTERNS).
     ///
     /// ```
     /// use courteous::{DefaultKeyExtractor, KeyExtractor};

@@ -182,7 +182,7 @@ pub fn redact_secrets(text: &str, is_secret: impl Fn(&str) -> bool) -> String {
     out
 }
 
-/// Query parameters masked in [`RequestKey::display`] by default, besides every name that
+/// Query parameters masked in [`RequestKey::display`](super::RequestKey::display) by default, besides every name that
 /// matches [`SECRET_PARAM_PATTERNS`].
 pub const DEFAULT_SECRET_PARAMS: &[&str] = &[
     "api_key",
