@@ -12,7 +12,6 @@
 //! and prints what each layer did.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -93,10 +92,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = SqliteStore::open(dir.join("courteous.db")).await?;
 
     // 3. The stack: context, cache, dedupe, rate limit; plugged into reqwest-middleware.
-    let per_second = |n| Limit::per_second(NonZeroU32::new(n).expect("non-zero"));
     let limits = Limits::new()
-        .default_limit(per_second(20))
-        .resource("volumes", per_second(4));
+        .default_limit(Limit::per_second(20))
+        .resource("volumes", Limit::per_second(4));
     let stack = ServiceBuilder::new()
         .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
         .layer(

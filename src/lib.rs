@@ -96,7 +96,8 @@ pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
 pub use middleware::{Handoff, HandoffError, HandoffFuture, Middleware};
 pub use rate_limit::{Limit, Limits, RateLimitLayer, RateLimited};
 pub use resource::{
-    DefaultResourceClassifier, PathSegment, PrefixTable, Resource, ResourceClassifier, classify_fn,
+    DefaultResourceClassifier, InvalidResource, PathSegment, PrefixTable, Resource,
+    ResourceClassifier, classify_fn,
 };
 pub use transport::HttpClient;
 

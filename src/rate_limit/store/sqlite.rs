@@ -100,13 +100,12 @@
 //! ```
 //! use courteous::rate_limit::{Limit, Limits, RateLimitLayer};
 //! use courteous::store::sqlite::SqliteStore;
-//! use std::num::NonZeroU32;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let sqlite = SqliteStore::open(dir.path().join("courteous.db")).await?;
-//! let limits = Limits::new().default_limit(Limit::per_hour(NonZeroU32::new(200).unwrap()));
+//! let limits = Limits::new().default_limit(Limit::per_hour(200));
 //! let layer = RateLimitLayer::new(sqlite.rate_limits(), limits)?;
 //! # let _ = layer;
 //! # Ok(())
@@ -1289,7 +1288,7 @@ impl RateLimitStore for SqliteRateLimitStore {
         let now = now.as_millis() as i64;
         if let ServerFeedback::Block { .. } = feedback {
             let mut stats = lock(&self.inner.stats);
-            if let Some(r) = Resource::new(&resource) {
+            if let Ok(r) = Resource::new(&resource) {
                 stats.entry(r).or_default().server_blocks += 1;
             }
         }
@@ -1387,7 +1386,6 @@ fn sql_time(t: Timestamp) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::NonZeroU32;
     use std::sync::mpsc;
 
     #[test]
@@ -1431,7 +1429,7 @@ mod tests {
         AdmissionRequest::new(
             resource.clone(),
             Priority::User,
-            vec![Limit::per_second(NonZeroU32::new(100).unwrap())].into(),
+            vec![Limit::per_second(100)].into(),
             Arc::new(AdaptiveConfig::default()),
             crate::time::Timestamp::from_millis(now),
         )
@@ -1498,7 +1496,7 @@ mod tests {
                 ..Inner::default()
             }),
         };
-        let limits: Arc<[Limit]> = vec![Limit::per_second(NonZeroU32::new(100).unwrap())].into();
+        let limits: Arc<[Limit]> = vec![Limit::per_second(100)].into();
         let resource = Resource::new("items").unwrap();
         let now = crate::time::Timestamp::from_millis(1_000_000);
         // All queued before the runner starts (it is spawned on this thread).
@@ -1534,7 +1532,6 @@ mod copy_tests {
     //! transaction leaves no copy behind.
 
     use super::*;
-    use std::num::NonZeroU32;
 
     const T0: u64 = 1_700_000_000_000;
 
@@ -1568,7 +1565,7 @@ mod copy_tests {
                 .acquire(AdmissionRequest::new(
                     Resource::new(resource).unwrap(),
                     priority,
-                    vec![Limit::per_minute(NonZeroU32::new(max).unwrap())].into(),
+                    vec![Limit::per_minute(max)].into(),
                     Arc::new(AdaptiveConfig::default()),
                     Timestamp::from_millis(now),
                 ))
@@ -1583,7 +1580,7 @@ mod copy_tests {
                     AdmissionRequest::new(
                         Resource::new(resource).unwrap(),
                         Priority::User,
-                        vec![Limit::per_minute(NonZeroU32::new(max).unwrap())].into(),
+                        vec![Limit::per_minute(max)].into(),
                         Arc::new(AdaptiveConfig::default()),
                         Timestamp::from_millis(now),
                     )
@@ -1832,7 +1829,7 @@ mod copy_tests {
         let asked = AdmissionRequest::new(
             Resource::new("x").unwrap(),
             Priority::User,
-            vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+            vec![Limit::per_minute(10)].into(),
             Arc::new(AdaptiveConfig::default()),
             Timestamp::from_millis(T0),
         )
@@ -1975,7 +1972,7 @@ mod copy_tests {
                 .acquire(AdmissionRequest::new(
                     Resource::new("poison").unwrap(),
                     Priority::User,
-                    vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+                    vec![Limit::per_minute(10)].into(),
                     Arc::new(AdaptiveConfig::default()),
                     Timestamp::from_millis(T0),
                 ))
@@ -2085,7 +2082,7 @@ mod copy_tests {
                     .acquire(AdmissionRequest::new(
                         Resource::new("x").unwrap(),
                         Priority::User,
-                        vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+                        vec![Limit::per_minute(10)].into(),
                         Arc::new(AdaptiveConfig::default()),
                         Timestamp::from_millis(T0),
                     ))
@@ -2106,7 +2103,7 @@ mod copy_tests {
                 store.acquire(AdmissionRequest::new(
                     Resource::new("x").unwrap(),
                     Priority::User,
-                    vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+                    vec![Limit::per_minute(10)].into(),
                     Arc::new(AdaptiveConfig::default()),
                     Timestamp::from_millis(T0 + 1),
                 )),
