@@ -235,3 +235,42 @@ impl InvalidLimit {
         "rate_limit_zero_count"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "must admit at least 1 request per window")]
+    fn a_zero_count_panics_with_a_clear_message() {
+        let _ = Limit::per_minute(0);
+    }
+
+    #[test]
+    fn try_new_agrees_with_new() {
+        let window = Duration::from_secs(7);
+        assert_eq!(Limit::try_new(3, window), Ok(Limit::new(3, window)));
+        assert_eq!(
+            Limit::try_new(u32::MAX, window).map(|l| l.max()),
+            Ok(u32::MAX)
+        );
+        assert!(Limit::try_new(0, window).is_err());
+    }
+
+    #[test]
+    fn limits_refuse_an_empty_resource_name_when_built() {
+        for name in ["", "  "] {
+            let limits = Limits::new().resource(name, Limit::per_second(1));
+            assert_eq!(
+                limits.resolve().unwrap_err(),
+                RateLimitConfigError::EmptyResource
+            );
+        }
+        let limits = Limits::new().resource(" search ", Limit::per_second(1));
+        let resolved = limits.resolve().unwrap();
+        assert_eq!(
+            &*resolved.of(&Resource::from_static("search")),
+            &[Limit::per_second(1)]
+        );
+    }
+}
