@@ -11,7 +11,6 @@
 //! and `MISS_PER_ROUND` (requests per case per round, default 500). The load average is printed
 //! with the table: compare runs only at similar loads.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -105,7 +104,7 @@ fn tower(
 
 /// A limit no bench run reaches: the limiter decides and records every request, uncontended.
 fn limits() -> Limits {
-    Limits::new().default_limit(Limit::per_second(NonZeroU32::new(1_000_000).unwrap()))
+    Limits::new().default_limit(Limit::per_second(1_000_000))
 }
 
 fn context() -> ContextLayer {

@@ -63,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new().fallback(api).with_state(calls.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let per_second = Limit::per_second(2.try_into()?);
+    let per_second = Limit::per_second(2);
     let client = Courteous::new(reqwest::Client::new())
         .default_ttl(Duration::from_secs(60))
         .resource("search", |r| r.limit(per_second))

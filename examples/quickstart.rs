@@ -91,16 +91,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. The whole stack (context, cache, dedupe, rate limit) over a reqwest client, in one
     //    builder: 20 requests per second for every resource, 4 for `volumes`; answers kept 5 min.
-    let (everything, volumes) = (
-        Limit::per_second(20.try_into()?),
-        Limit::per_second(4.try_into()?),
-    );
     let client = Courteous::new(reqwest::Client::new())
         .sqlite_store(store.clone())
         .classifier(PathSegment::after("/api/"))
-        .default_limit(everything)
+        .default_limit(Limit::per_second(20))
         .default_ttl(Duration::from_secs(300))
-        .resource("volumes", |r| r.limit(volumes))
+        .resource("volumes", |r| r.limit(Limit::per_second(4)))
         .build()
         .await?;
 

@@ -73,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());
     // A prefix of this run's own, so that runs do not see each other's state.
     let prefix = format!("courteous-example:{}", std::process::id());
-    let fleet_limit = Limit::per_second(2.try_into()?);
+    let fleet_limit = Limit::per_second(2);
     let a = match machine(&url, &prefix, fleet_limit).await {
         Ok(client) => client,
         Err(error @ BuildError::Redis(_)) => {

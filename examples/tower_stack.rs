@@ -76,7 +76,7 @@ async fn main() -> Result<(), BoxError> {
         .default_ttl(CacheTtl::absolute(Duration::from_secs(60)))
         .status_header(HeaderName::from_static("x-cache"));
     let dedupe = DedupeLayer::new(MemoryDedupeStore::new());
-    let limits = Limits::new().default_limit(Limit::per_second(4.try_into()?));
+    let limits = Limits::new().default_limit(Limit::per_second(4));
     let rate_limit = RateLimitLayer::new(MemoryRateLimitStore::new(), limits)?;
     let service = ServiceBuilder::new()
         .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))

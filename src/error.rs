@@ -32,13 +32,12 @@
 //! use courteous::error::find;
 //! use courteous::rate_limit::{Limit, Limits, MaxWait, MemoryRateLimitStore, RateLimitLayer};
 //! use courteous::{BoxError, RateLimited};
-//! use std::num::NonZeroU32;
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::MIN));
+//! let limits = Limits::new().default_limit(Limit::per_minute(1));
 //! let client = ServiceBuilder::new()
 //!     .layer(RateLimitLayer::new(MemoryRateLimitStore::new(), limits).unwrap())
 //!     .service(service_fn(|_req: http::Request<reqwest::Body>| async {

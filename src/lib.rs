@@ -33,11 +33,10 @@
 //!
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("courteous.db");
-//! let (issues, searches) = (Limit::per_hour(200.try_into()?), Limit::per_minute(50.try_into()?));
-//! let client = Courteous::new(reqwest::Client::new())
+//! //! let client = Courteous::new(reqwest::Client::new())
 //!     .sqlite(path) // or .memory(), .redis(url)
-//!     .resource("issue", |r| r.limit(issues).ttl(Duration::from_secs(3600)))
-//!     .resource("search", |r| r.limit(searches).ttl(CacheTtl::sliding(Duration::from_secs(300))))
+//!     .resource("issue", |r| r.limit(Limit::per_hour(200)).ttl(Duration::from_secs(3600)))
+//!     .resource("search", |r| r.limit(Limit::per_minute(50)).ttl(CacheTtl::sliding(Duration::from_secs(300))))
 //!     .build()
 //!     .await?; // a reqwest_middleware::ClientWithMiddleware
 //! # let _ = client;
@@ -93,7 +92,7 @@
     unreachable_pub,
     rust_2018_idioms
 )]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 pub mod cache;
@@ -130,7 +129,8 @@ pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
 pub use middleware::{CourteousMiddleware, Handoff, HandoffError, HandoffFuture};
 pub use rate_limit::{Limit, Limits, RateLimitLayer, RateLimited};
 pub use resource::{
-    DefaultResourceClassifier, PathSegment, PrefixTable, Resource, ResourceClassifier, classify_fn,
+    DefaultResourceClassifier, InvalidResource, PathSegment, PrefixTable, Resource,
+    ResourceClassifier, classify_fn,
 };
 pub use transport::HttpClient;
 

@@ -27,7 +27,7 @@ use crate::transport::HttpClient;
 /// use std::time::Duration;
 ///
 /// # fn main() -> Result<(), std::num::TryFromIntError> {
-/// let per_minute = Limit::per_minute(50.try_into()?);
+/// let per_minute = Limit::per_minute(50);
 /// let builder = Courteous::new(reqwest::Client::new()).resource("search", |r| {
 ///     r.limit(per_minute)
 ///         .ttl(CacheTtl::sliding(Duration::from_secs(300)))
@@ -136,14 +136,13 @@ enum Backend {
 ///
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("app.db");
-/// let (issues, searches) = (Limit::per_hour(200.try_into()?), Limit::per_minute(50.try_into()?));
 /// let client = Courteous::new(reqwest::Client::new())
 ///     .sqlite(path)
 ///     .classifier(PathSegment::after("/api/"))
 ///     .default_priority(Priority::Background)
-///     .resource("issue", |r| r.limit(issues).ttl(Duration::from_secs(3600)))
+///     .resource("issue", |r| r.limit(Limit::per_hour(200)).ttl(Duration::from_secs(3600)))
 ///     .resource("search", |r| {
-///         r.limit(searches)
+///         r.limit(Limit::per_minute(50))
 ///             .ttl(CacheTtl::sliding(Duration::from_secs(300)))
 ///             .dedupe(false)
 ///     })
@@ -273,7 +272,7 @@ impl Courteous {
     /// use std::time::Duration;
     ///
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let hourly = Limit::per_hour(200.try_into()?);
+    /// let hourly = Limit::per_hour(200);
     /// let builder = Courteous::new(reqwest::Client::new())
     ///     .resource("issue", |r| r.limit(hourly))
     ///     .resource("issue", |r| r.ttl(Duration::from_secs(3600)));
@@ -414,7 +413,8 @@ impl Courteous {
     pub async fn layers(self) -> Result<CourteousLayer, BuildError> {
         let mut resources = Vec::with_capacity(self.resources.len());
         for (name, settings) in self.resources {
-            let resource = Resource::new(&name).ok_or(BuildError::InvalidResource { name })?;
+            let resource =
+                Resource::new(&name).map_err(|_| BuildError::InvalidResource { name })?;
             resources.push((resource, settings));
         }
         let mut limits = Limits::new();

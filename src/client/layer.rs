@@ -35,7 +35,7 @@ pub type CourteousService<S> = ContextService<ResourceDefaults<Cache<DedupeSwitc
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let stack = Courteous::new(reqwest::Client::new())
 ///     .memory()
-///     .default_limit(Limit::per_second(5.try_into()?))
+///     .default_limit(Limit::per_second(5))
 ///     .layers()
 ///     .await?;
 /// let service = ServiceBuilder::new()

@@ -24,7 +24,7 @@
 //!
 //! let client = Courteous::new(reqwest::Client::new())
 //!     .memory()
-//!     .default_limit(Limit::per_second(10.try_into()?))
+//!     .default_limit(Limit::per_second(10))
 //!     .resource("issue", |r| r.ttl(Duration::from_secs(3600)))
 //!     .build()
 //!     .await?;

@@ -329,7 +329,6 @@ async fn a_cached_response_leaves_no_secret_in_the_sqlite_file() {
     use courteous::cache::CacheLayer;
     use courteous::store::sqlite::SqliteStore;
     use courteous::{Limit, Limits, RateLimitLayer};
-    use std::num::NonZeroU32;
 
     let server = crate::support::TestServer::start().await;
     let (dir, path) = crate::support::temp_db();
@@ -341,7 +340,7 @@ async fn a_cached_response_leaves_no_secret_in_the_sqlite_file() {
         .layer(
             RateLimitLayer::new(
                 sqlite.rate_limits(),
-                Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap())),
+                Limits::new().default_limit(Limit::per_minute(100)),
             )
             .unwrap(),
         )

@@ -8,7 +8,6 @@ mod support;
 mod metrics;
 mod span;
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use courteous::cache::MemoryCacheStore;
@@ -26,7 +25,7 @@ pub type Client =
 /// Context (resources after `/api/`) -> cache (5 min) -> dedupe -> rate limit (1 per minute,
 /// no waiting) -> reqwest, all on memory stores.
 pub fn full_stack() -> Client {
-    let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::MIN));
+    let limits = Limits::new().default_limit(Limit::per_minute(1));
     ServiceBuilder::new()
         .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
         .layer(

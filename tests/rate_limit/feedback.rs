@@ -1,7 +1,6 @@
 //! Server feedback against a real local server: rate-limit headers lower the budget, and an
 //! idempotent request may be retried once after `Retry-After`.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,7 +50,7 @@ async fn server() -> TestServer {
 }
 
 fn layer() -> RateLimitLayer {
-    let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap()));
+    let limits = Limits::new().default_limit(Limit::per_minute(100));
     RateLimitLayer::new(MemoryRateLimitStore::new(), limits)
         .unwrap()
         .fail_fast()
@@ -354,7 +353,7 @@ async fn absurd_server_feedback_is_capped_or_ignored() {
         "sqlite",
         RateLimitLayer::new(
             sqlite.rate_limits(),
-            Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap())),
+            Limits::new().default_limit(Limit::per_minute(100)),
         )
         .unwrap()
         .fail_fast(),
@@ -482,7 +481,7 @@ async fn unblock_is_seen_by(blocker: RateLimitLayer, other: RateLimitLayer) {
 }
 
 fn limits() -> Limits {
-    Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap()))
+    Limits::new().default_limit(Limit::per_minute(100))
 }
 
 /// `unblock` lifts a server's block and budget for another layer over a clone of one memory

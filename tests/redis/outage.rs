@@ -2,7 +2,6 @@
 //! timeout per request, a circuit breaker that answers at once after repeated failures, and one
 //! store-failure warning per store per interval, not one per request.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,7 @@ fn store(own: &OwnRedis, test: &str, breaker_failures: u32) -> RedisStore {
 /// Cache, dedupe and rate limit over one Redis; the rate limiter fails open, so that requests
 /// go through while Redis is out.
 fn stack(redis: &RedisStore) -> Client {
-    let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(1000).unwrap()));
+    let limits = Limits::new().default_limit(Limit::per_minute(1000));
     let service = ServiceBuilder::new()
         .layer(CacheLayer::new(redis.cache()))
         .layer(DedupeLayer::new(redis.dedupe()))

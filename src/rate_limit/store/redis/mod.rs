@@ -117,12 +117,11 @@
 //! ```no_run
 //! use courteous::rate_limit::{Limit, Limits, RateLimitLayer};
 //! use courteous::store::redis::RedisStore;
-//! use std::num::NonZeroU32;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let redis = RedisStore::builder("redis://127.0.0.1:6379/").prefix("myapp").connect()?;
-//! let limits = Limits::new().default_limit(Limit::per_hour(NonZeroU32::new(200).unwrap()));
+//! let limits = Limits::new().default_limit(Limit::per_hour(200));
 //! let layer = RateLimitLayer::new(redis.rate_limits(), limits)?;
 //! # let _ = layer;
 //! # Ok(())
@@ -179,12 +178,11 @@ impl RedisStore {
     /// ```no_run
     /// use courteous::rate_limit::{Limit, Limits, RateLimitLayer};
     /// use courteous::store::redis::RedisStore;
-    /// use std::num::NonZeroU32;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let redis = RedisStore::builder("redis://127.0.0.1:6379/").prefix("myapp").connect()?;
-    /// let limits = Limits::new().default_limit(Limit::per_second(NonZeroU32::new(5).unwrap()));
+    /// let limits = Limits::new().default_limit(Limit::per_second(5));
     /// let layer = RateLimitLayer::new(redis.rate_limits(), limits)?;
     /// # let _ = layer;
     /// # Ok(())
@@ -214,7 +212,6 @@ impl RedisStore {
 /// use courteous::rate_limit::{AdmissionRequest, Decision, Limit, RateLimitStore, AdaptiveConfig, Timestamp};
 /// use courteous::store::redis::RedisStore;
 /// use courteous::{Priority, Resource};
-/// use std::num::NonZeroU32;
 /// use std::sync::Arc;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -223,7 +220,7 @@ impl RedisStore {
 /// let request = AdmissionRequest::new(
 ///     Resource::new("search").unwrap(),
 ///     Priority::User,
-///     Arc::new([Limit::per_second(NonZeroU32::new(1).unwrap())]),
+///     Arc::new([Limit::per_second(1)]),
 ///     Arc::new(AdaptiveConfig::default()),
 ///     Timestamp::from_system_time(std::time::SystemTime::now()),
 /// );

@@ -8,7 +8,6 @@ use super::*;
 use crate::context::Priority;
 use crate::store::sqlite::schema::Component;
 use rusqlite::Connection;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 const T0: u64 = 1_700_000_000_000;
@@ -43,7 +42,7 @@ impl Process {
             .acquire(AdmissionRequest::new(
                 Resource::new(resource).unwrap(),
                 priority,
-                vec![Limit::per_minute(NonZeroU32::new(max).unwrap())].into(),
+                vec![Limit::per_minute(max)].into(),
                 Arc::new(AdaptiveConfig::default()),
                 Timestamp::from_millis(now),
             ))
@@ -58,7 +57,7 @@ impl Process {
                 AdmissionRequest::new(
                     Resource::new(resource).unwrap(),
                     Priority::User,
-                    vec![Limit::per_minute(NonZeroU32::new(max).unwrap())].into(),
+                    vec![Limit::per_minute(max)].into(),
                     Arc::new(AdaptiveConfig::default()),
                     Timestamp::from_millis(now),
                 )
@@ -311,7 +310,7 @@ async fn an_admission_whose_caller_left_is_settled_at_its_decision() {
     let asked = AdmissionRequest::new(
         Resource::new("x").unwrap(),
         Priority::User,
-        vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+        vec![Limit::per_minute(10)].into(),
         Arc::new(AdaptiveConfig::default()),
         Timestamp::from_millis(T0),
     )
@@ -454,7 +453,7 @@ async fn a_failed_transaction_fails_only_its_own_requests() {
             .acquire(AdmissionRequest::new(
                 Resource::new("poison").unwrap(),
                 Priority::User,
-                vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+                vec![Limit::per_minute(10)].into(),
                 Arc::new(AdaptiveConfig::default()),
                 Timestamp::from_millis(T0),
             ))
@@ -564,7 +563,7 @@ fn a_runner_job_dropped_with_its_runtime_leaves_no_caller_waiting() {
                 .acquire(AdmissionRequest::new(
                     Resource::new("x").unwrap(),
                     Priority::User,
-                    vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+                    vec![Limit::per_minute(10)].into(),
                     Arc::new(AdaptiveConfig::default()),
                     Timestamp::from_millis(T0),
                 ))
@@ -585,7 +584,7 @@ fn a_runner_job_dropped_with_its_runtime_leaves_no_caller_waiting() {
             store.acquire(AdmissionRequest::new(
                 Resource::new("x").unwrap(),
                 Priority::User,
-                vec![Limit::per_minute(NonZeroU32::new(10).unwrap())].into(),
+                vec![Limit::per_minute(10)].into(),
                 Arc::new(AdaptiveConfig::default()),
                 Timestamp::from_millis(T0 + 1),
             )),

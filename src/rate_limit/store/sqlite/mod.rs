@@ -114,13 +114,12 @@
 //! ```
 //! use courteous::rate_limit::{Limit, Limits, RateLimitLayer};
 //! use courteous::store::sqlite::SqliteStore;
-//! use std::num::NonZeroU32;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let sqlite = SqliteStore::open(dir.path().join("courteous.db")).await?;
-//! let limits = Limits::new().default_limit(Limit::per_hour(NonZeroU32::new(200).unwrap()));
+//! let limits = Limits::new().default_limit(Limit::per_hour(200));
 //! let layer = RateLimitLayer::new(sqlite.rate_limits(), limits)?;
 //! # let _ = layer;
 //! # Ok(())
@@ -319,7 +318,7 @@ impl RateLimitStore for SqliteRateLimitStore {
         let now = sql_time(now);
         if let ServerFeedback::Block { .. } = feedback {
             let mut stats = self.inner.stats.lock();
-            if let Some(r) = Resource::new(&resource) {
+            if let Ok(r) = Resource::new(&resource) {
                 stats.entry(r).or_default().server_blocks += 1;
             }
         }

@@ -360,13 +360,12 @@ mod tests {
     use crate::rate_limit::adaptive::AdaptiveConfig;
     use crate::rate_limit::limit::Limit;
     use crate::rate_limit::store::{AdmissionRequest, RateLimitStore};
-    use std::num::NonZeroU32;
 
     fn request(resource: &Resource, now: u64) -> AdmissionRequest {
         AdmissionRequest::new(
             resource.clone(),
             Priority::User,
-            vec![Limit::per_second(NonZeroU32::new(100).unwrap())].into(),
+            vec![Limit::per_second(100)].into(),
             Arc::new(AdaptiveConfig::default()),
             crate::time::Timestamp::from_millis(now),
         )
@@ -433,7 +432,7 @@ mod tests {
                 ..Inner::default()
             }),
         };
-        let limits: Arc<[Limit]> = vec![Limit::per_second(NonZeroU32::new(100).unwrap())].into();
+        let limits: Arc<[Limit]> = vec![Limit::per_second(100)].into();
         let resource = Resource::new("items").unwrap();
         let now = crate::time::Timestamp::from_millis(1_000_000);
         // All queued before the runner starts (it is spawned on this thread).

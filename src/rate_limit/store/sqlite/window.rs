@@ -400,7 +400,7 @@ impl Windows {
     /// The copy of `resource` (see [`CopyView`]).
     #[cfg(test)]
     pub(super) fn copy_of(&self, resource: &str) -> Option<CopyView> {
-        let window = self.map.get(&Resource::new(resource)?)?;
+        let window = self.map.get(&Resource::new(resource).ok()?)?;
         let times = |times: &VecDeque<u64>| times.iter().copied().collect();
         Some((
             window.from,
