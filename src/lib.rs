@@ -103,7 +103,7 @@ pub mod error;
 pub mod key;
 #[cfg(feature = "middleware")]
 mod middleware;
-mod observe;
+pub mod observe;
 pub mod rate_limit;
 pub mod resource;
 pub mod store;
