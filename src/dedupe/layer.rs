@@ -148,8 +148,8 @@ impl fmt::Debug for Config {
 
 /// Coalesces identical concurrent requests into one upstream call; builds [`Dedupe`].
 ///
-/// Clones (and the services they make) share one in-flight map and one store: build the layer
-/// once and reuse it. See the [module documentation](super) for the behaviour.
+/// Clones (and the services they make) share one in-flight map, one store and the counters of
+/// [`stats`](Self::stats): build the layer once and reuse it. See the [module documentation](super) for the behaviour.
 ///
 /// # Example
 ///

@@ -24,6 +24,9 @@
 //!   result from before the change is served after it, in any process.
 //! * Expired rows are removed by [`cleanup`](DedupeStore::cleanup); backends also run it on their
 //!   own, coalesced, at most once per cleanup interval.
+//! * [`stats`](DedupeStore::stats) says what the store holds for every process sharing it
+//!   ([`DedupeStoreStats`]); what a layer did is counted by the layer
+//!   ([`DedupeLayer::stats`](super::DedupeLayer::stats)), not by the store.
 //!
 //! # Time
 //!

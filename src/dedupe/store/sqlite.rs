@@ -86,10 +86,10 @@ impl SqliteStore {
 /// Taking the lead is one `BEGIN IMMEDIATE` transaction (insert, or take over an expired lease),
 /// so two processes never lead one key. Renewals, results and releases are committed before the
 /// call returns (followers poll for them); the sweep of expired rows is a write-behind write, at
-/// most once per [`cleanup_interval`](Self::cleanup_interval), coalesced with itself. Statistics
-/// count every process
-/// sharing the file, but [`cleaned`](DedupeStoreStats::cleaned) counts the sweeps of this
-/// process only, shared by the clones of this value.
+/// most once per [`cleanup_interval`](Self::cleanup_interval), coalesced with itself.
+/// [`stats`](DedupeStore::stats) counts the rows of every process sharing the file, but
+/// [`cleaned`](DedupeStoreStats::cleaned) the sweeps of this process only, shared by the clones
+/// of this value.
 ///
 /// Leases and results expire by the store's [`Clock`] ([`SystemClock`] unless set with
 /// [`clock`](Self::clock)); every process sharing the file must read the same time line.
