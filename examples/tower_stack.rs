@@ -103,7 +103,7 @@ async fn main() -> Result<(), BoxError> {
         calls.load(Ordering::SeqCst),
         stats.hits,
         stats.misses,
-        dedupe.stats().followers,
+        dedupe.stats().await.followers,
         rate_limit
             .stats()
             .resources
