@@ -93,6 +93,7 @@ mod layer;
 mod limit;
 mod pacing;
 mod service;
+mod stats;
 pub mod store;
 
 pub use crate::time::{Clock, SystemClock, Timestamp, TokioClock};
@@ -102,12 +103,13 @@ pub use layer::{Accounting, MaxWait, RateLimitLayer, RateLimitReport};
 pub use limit::{Limit, Limits};
 pub use pacing::{Pacing, PacingKey};
 pub use service::RateLimit;
+pub use stats::{RateLimitStats, RateLimitStoreStats, ResourceStats};
 pub use store::memory::MemoryRateLimitStore;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisClock, RedisRateLimitStore};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteRateLimitStore;
 pub use store::{
-    AdmissionRequest, Decision, InFlight, LimitStatus, RateLimitStats, RateLimitStatus,
-    RateLimitStore, Refusal, ResourceStats, ServerFeedback,
+    AdmissionRequest, Decision, InFlight, LimitStatus, RateLimitStatus, RateLimitStore, Refusal,
+    ServerFeedback,
 };
