@@ -80,7 +80,9 @@ impl ResourceStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct RateLimitStoreStats {
-    /// Resources the store keeps state for (admissions, the server's feedback, user activity).
+    /// Resources the store keeps state for (admissions, the server's feedback, user activity;
+    /// Redis drops a resource's state once it holds nothing, e.g. a block lifted with no
+    /// admission kept).
     pub resources: u64,
     /// Admissions recorded and still kept for the windows (a backend may keep some a little
     /// past their windows until it prunes them), in flight or settled.

@@ -510,32 +510,34 @@ async fn store_stats_count_admissions_in_flight_and_blocks_for_every_handle(back
             other => panic!("{other:?}"),
         }
     }
-    let done = request(&items, Priority::Background, &limits, SystemClock.now())
-        .with_clock(Arc::new(SystemClock));
-    assert!(matches!(
-        two.store.acquire(done).await.unwrap(),
-        Decision::Admitted { .. }
-    ));
+    for resource in [&items, &search] {
+        let done = request(resource, Priority::Background, &limits, SystemClock.now())
+            .with_clock(Arc::new(SystemClock));
+        assert!(matches!(
+            two.store.acquire(done).await.unwrap(),
+            Decision::Admitted { .. }
+        ));
+    }
     let now = SystemClock.now();
     let until = now + Duration::from_secs(60);
     two.store
-        .feedback(&search, ServerFeedback::Block { until }, now)
+        .feedback(&items, ServerFeedback::Block { until }, now)
         .await
         .unwrap();
     let counts = |s: courteous::rate_limit::RateLimitStoreStats| {
         (s.resources, s.admissions, s.in_flight, s.blocked)
     };
     for store in [&one.store, &two.store] {
-        assert_eq!(counts(store.stats().await.unwrap()), (2, 3, 2, 1));
+        assert_eq!(counts(store.stats().await.unwrap()), (2, 4, 2, 1));
     }
     // Settled by one process, lifted by the other: every handle sees both.
     one.store
         .settle(&in_flight[1], SystemClock.now() + Duration::from_millis(1))
         .await
         .unwrap();
-    one.store.unblock(&search).await.unwrap();
+    one.store.unblock(&items).await.unwrap();
     for store in [&one.store, &two.store] {
-        assert_eq!(counts(store.stats().await.unwrap()), (2, 3, 1, 0));
+        assert_eq!(counts(store.stats().await.unwrap()), (2, 4, 1, 0));
     }
     one.close().await;
     two.close().await;

@@ -344,6 +344,30 @@ mod tests {
         })
     }
 
+    /// `stats` reads "now" from the store's clock: an admission never settled stops being in
+    /// flight at its expiry, and a block stops at its end.
+    #[tokio::test]
+    async fn stats_read_now_from_the_stores_clock() {
+        let early = MemoryRateLimitStore::new().clock(Timestamp::from_millis(1_000));
+        admit(&early, 1_000, 60);
+        let late = MemoryRateLimitStore {
+            clock: Arc::new(Timestamp::from_millis(61_001)),
+            ..early.clone()
+        };
+        let until = Timestamp::from_millis(31_000);
+        early
+            .feedback(
+                &Resource::new("y").unwrap(),
+                ServerFeedback::Block { until },
+                Timestamp::from_millis(1_000),
+            )
+            .await
+            .unwrap();
+        let counts = |s: RateLimitStoreStats| (s.resources, s.admissions, s.in_flight, s.blocked);
+        assert_eq!(counts(early.stats().await.unwrap()), (2, 1, 1, 1));
+        assert_eq!(counts(late.stats().await.unwrap()), (2, 1, 0, 0));
+    }
+
     /// Only the store's own admission, by id and expiry, is settled: an `InFlight` of another
     /// store (same id, another expiry), or one settled before, changes nothing.
     #[test]

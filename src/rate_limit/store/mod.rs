@@ -5,6 +5,10 @@
 //! step (one lock in memory, one `BEGIN IMMEDIATE` transaction in SQLite, one Lua script in
 //! Redis), so that concurrent callers, in this process or in others sharing the store, can never
 //! overshoot.
+//!
+//! `mod.rs` holds the trait, what it takes and answers, and the decision every backend makes over
+//! its own admission log (`decide`, `status_of`); `memory.rs` the in-process store; `sqlite/` and
+//! `redis/` the shared ones (features `sqlite` and `redis`), each with its own layout notes.
 
 use std::sync::Arc;
 use std::time::Duration;
