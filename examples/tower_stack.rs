@@ -106,6 +106,7 @@ async fn main() -> Result<(), BoxError> {
         dedupe.stats().await.followers,
         rate_limit
             .stats()
+            .await
             .resources
             .values()
             .map(|r| r.admitted_user + r.admitted_background)
