@@ -55,8 +55,8 @@
 //! // e.g. metrics_exporter_prometheus::PrometheusBuilder::new().install()?;
 //! let client = courteous::Courteous::new(reqwest::Client::new()).build().await?;
 //! let response = client.get("http://127.0.0.1:8080/api/issues/").send().await?;
-//! let report = courteous::Report::of(&http::Response::from(response));
-//! println!("{:?}", report.and_then(|r| r.upstream));
+//! let response = http::Response::from(response);
+//! println!("{:?}", courteous::Report::of(&response).and_then(|r| r.upstream));
 //! # Ok(()) }
 //! ```
 
