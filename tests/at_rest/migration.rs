@@ -243,7 +243,7 @@ fn odd_headers() -> HeaderMap {
 /// [`odd_headers`].
 fn varied_entry(n: u32, now: SystemTime) -> CacheEntry {
     let mut entry = entry(n, (n as usize * 37) % 300, now);
-    if n % 50 == 0 {
+    if n.is_multiple_of(50) {
         entry.headers = odd_headers();
     }
     entry
