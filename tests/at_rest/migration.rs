@@ -376,7 +376,8 @@ async fn a_migration_killed_midway_leaves_one_version() {
         let mut migrating = child::spawn("migration::child_migrate", &env);
         let killed = tokio::task::spawn_blocking(move || {
             loop {
-                if migrating.try_wait().unwrap().is_some() {
+                if let Some(status) = migrating.try_wait().unwrap() {
+                    assert!(status.success(), "the migrating child failed: {status}");
                     return false;
                 }
                 if std::fs::metadata(&wal).is_ok_and(|m| m.len() >= kill_at_wal) {
