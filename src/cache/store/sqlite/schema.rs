@@ -215,4 +215,28 @@ mod tests {
             assert_eq!(codec::decode_headers(&row), Some(headers()));
         }
     }
+
+    /// An old process still running on a migrated file writes version 1 headers; the shared
+    /// decoder must never read them as some other headers. Version 1 starts with the field
+    /// count, little-endian, where the shared form has a big-endian name length: any count of
+    /// 1 to 32,768 reads as a name of 65,536 bytes or more, longer than a header name can be,
+    /// and a count of 0 as an empty name. So every version 1 form is `None`, however large.
+    #[test]
+    fn version_1_headers_never_decode_as_the_shared_form() {
+        for count in [0usize, 1, 2, 255, 256, 257, 512, 1000, 4096] {
+            let mut headers = HeaderMap::new();
+            for i in 0..count {
+                // Long values, so that a misread length could land inside the bytes.
+                headers.append(
+                    HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_str(&"v".repeat(300)).unwrap(),
+                );
+            }
+            assert_eq!(
+                codec::decode_headers(&encode_v1(&headers)),
+                None,
+                "{count} fields"
+            );
+        }
+    }
 }
