@@ -203,6 +203,12 @@ impl Courteous {
     /// Keeps the state in the SQLite file at `path` (created if absent), shared by every
     /// process on the machine that opens it. [`build`](Self::build) opens it with the defaults
     /// of [`SqliteStore::open`](crate::store::sqlite::SqliteStore::open).
+    ///
+    /// The store defers cache writes to a background thread. When the last clone of the client
+    /// (or of the [`CourteousLayer`] and its services) is dropped, the store is closed and what
+    /// is pending committed, waiting at most 5 s: a program that drops its client before it
+    /// exits keeps everything it cached. To close it yourself, open it and pass it to
+    /// [`sqlite_store`](Self::sqlite_store).
     #[cfg(feature = "sqlite")]
     pub fn sqlite(mut self, path: impl Into<PathBuf>) -> Self {
         self.backend = Backend::Sqlite(path.into());
@@ -460,6 +466,8 @@ impl Courteous {
             rate_limit,
             #[cfg(feature = "sqlite")]
             sqlite: stores.sqlite,
+            #[cfg(feature = "sqlite")]
+            closes: stores.closes,
             #[cfg(feature = "redis")]
             redis: stores.redis,
         })
@@ -473,6 +481,9 @@ struct Stores {
     rate_limits: Arc<dyn RateLimitStore>,
     #[cfg(feature = "sqlite")]
     sqlite: Option<crate::store::sqlite::SqliteStore>,
+    /// Set when the builder opened the SQLite store itself: nobody else can close it.
+    #[cfg(feature = "sqlite")]
+    closes: Option<Arc<super::shutdown::ClosesOnDrop>>,
     #[cfg(feature = "redis")]
     redis: Option<crate::store::redis::RedisStore>,
 }
@@ -486,6 +497,8 @@ impl Stores {
             rate_limits: Arc::new(MemoryRateLimitStore::new()),
             #[cfg(feature = "sqlite")]
             sqlite: None,
+            #[cfg(feature = "sqlite")]
+            closes: None,
             #[cfg(feature = "redis")]
             redis: None,
         };
@@ -493,7 +506,9 @@ impl Stores {
             Backend::Memory => {}
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(path) => {
-                stores.sqlite(crate::store::sqlite::SqliteStore::open(path).await?);
+                let store = crate::store::sqlite::SqliteStore::open(path).await?;
+                stores.closes = Some(Arc::new(super::shutdown::ClosesOnDrop::new(store.clone())));
+                stores.sqlite(store);
             }
             #[cfg(feature = "sqlite")]
             Backend::SqliteStore(store) => stores.sqlite(store),

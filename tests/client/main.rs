@@ -7,6 +7,7 @@ mod support;
 mod backends;
 mod errors;
 mod options;
+mod shutdown;
 
 use courteous::{RateLimited, Report};
 use reqwest_middleware::ClientWithMiddleware;
