@@ -14,7 +14,7 @@ use crate::context::{ContextLayer, Priority};
 use crate::dedupe::{DedupeLayer, DedupeStore, MemoryDedupeStore};
 use crate::key::KeyExtractor;
 use crate::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer, RateLimitStore};
-use crate::resource::{Resource, ResourceClassifier};
+use crate::resource::{DefaultResourceClassifier, Resource, ResourceClassifier};
 use crate::transport::HttpClient;
 
 /// What one resource gets: its rate limits, its cache lifetime and mode, and whether identical
@@ -158,6 +158,8 @@ pub struct Courteous {
     client: reqwest::Client,
     backend: Backend,
     context: ContextLayer,
+    /// Whether the classifier is still [`DefaultResourceClassifier`], whose names are known.
+    stock_classifier: bool,
     default_limits: Vec<Limit>,
     default_ttl: Option<CacheTtl>,
     max_wait: Option<Duration>,
@@ -186,6 +188,7 @@ impl Courteous {
             client,
             backend: Backend::Memory,
             context: ContextLayer::new(),
+            stock_classifier: true,
             default_limits: Vec::new(),
             default_ttl: None,
             max_wait: None,
@@ -269,7 +272,12 @@ impl Courteous {
     /// it): its limits, cache TTL and mode, dedupe. Calling it again for the same name adds to
     /// the same settings.
     ///
-    /// Names are checked by [`build`](Self::build) ([`BuildError::InvalidResource`]).
+    /// Names are checked by [`build`](Self::build): an empty one is a
+    /// [`BuildError::InvalidResource`]. With the stock classifier (no
+    /// [`classifier`](Self::classifier) given), a name it never gives is a
+    /// [`BuildError::UnclassifiedResource`]: it names resources by the first path segment that is
+    /// not `api` or a version, in lower case, so `"Issue"`, `"api/search"` or `"v1"` would
+    /// configure nothing.
     ///
     /// # Example
     ///
@@ -304,6 +312,7 @@ impl Courteous {
     /// [`ContextLayer::classifier`].
     pub fn classifier(mut self, classifier: impl ResourceClassifier) -> Self {
         self.context = self.context.classifier(classifier);
+        self.stock_classifier = false;
         self
     }
 
@@ -419,8 +428,18 @@ impl Courteous {
     pub async fn layers(self) -> Result<CourteousLayer, BuildError> {
         let mut resources = Vec::with_capacity(self.resources.len());
         for (name, settings) in self.resources {
-            let resource =
-                Resource::new(&name).map_err(|_| BuildError::InvalidResource { name })?;
+            let Ok(resource) = Resource::new(&name) else {
+                return Err(BuildError::InvalidResource { name });
+            };
+            if self.stock_classifier {
+                let classified_as = stock_name(resource.as_str());
+                if classified_as.as_ref() != Some(&resource) {
+                    return Err(BuildError::UnclassifiedResource {
+                        name,
+                        classified_as: classified_as.map(|r| r.as_str().to_owned()),
+                    });
+                }
+            }
             resources.push((resource, settings));
         }
         let mut limits = Limits::new();
@@ -472,6 +491,18 @@ impl Courteous {
             redis: stores.redis,
         })
     }
+}
+
+/// The resource [`DefaultResourceClassifier`] gives a request to `/{name}/`, or `None` when
+/// that is not a valid path (the name has characters a path segment cannot hold).
+fn stock_name(name: &str) -> Option<Resource> {
+    let uri = http::Uri::builder()
+        .path_and_query(format!("/{name}/"))
+        .build()
+        .ok()?;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.uri = uri;
+    Some(DefaultResourceClassifier.classify(&parts))
 }
 
 /// The three stores of one backend, and the backend's handle.

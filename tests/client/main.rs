@@ -6,6 +6,7 @@ mod support;
 
 mod backends;
 mod errors;
+mod inputs;
 mod options;
 mod shutdown;
 
