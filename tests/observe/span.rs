@@ -182,3 +182,59 @@ fn a_refusal_is_an_event_inside_the_request_span() {
         recorder.messages_in(*refused)
     );
 }
+
+#[test]
+fn a_follower_span_says_follower_and_claims_no_upstream_call() {
+    let recorder = Recorder::default();
+    with_recorder(&recorder, || async {
+        let server = TestServer::start().await;
+        let client = full_stack();
+        let url = server.url("/api/issues/1?delay_ms=200");
+        let (a, b) = tokio::join!(get(&client, &url), get(&client, &url));
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(server.hits(), 1);
+        server.stop().await;
+    });
+    let spans = recorder.requests();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let roles: Vec<_> = spans
+        .iter()
+        .map(|(_, f)| f.get("dedupe").cloned())
+        .collect();
+    let (follower, fields) = spans
+        .iter()
+        .find(|(_, f)| f.get("dedupe").map(String::as_str) == Some("follower"))
+        .unwrap_or_else(|| panic!("a follower: {roles:?}"));
+    for field in ["upstream_status", "upstream_latency_ms", "limiter_wait_ms"] {
+        assert!(
+            !fields.contains_key(field),
+            "a follower made no upstream call and was not admitted: {fields:?}"
+        );
+    }
+    assert!(
+        recorder
+            .messages_in(*follower)
+            .iter()
+            .any(|m| m == "served by another request's upstream call"),
+        "{:?}",
+        recorder.messages_in(*follower)
+    );
+}
+
+#[test]
+fn an_upstream_error_leaves_the_span_without_a_status() {
+    let recorder = Recorder::default();
+    with_recorder(&recorder, || async {
+        let server = TestServer::start().await;
+        let url = server.url("/api/issues/1");
+        server.stop().await;
+        let client = full_stack();
+        assert!(get(&client, &url).await.is_err());
+    });
+    let spans = recorder.requests();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let (_, fields) = &spans[0];
+    assert_eq!(fields.get("resource").map(String::as_str), Some("issues"));
+    assert!(!fields.contains_key("upstream_status"), "{fields:?}");
+}
