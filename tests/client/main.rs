@@ -8,6 +8,7 @@ mod backends;
 mod errors;
 mod inputs;
 mod options;
+mod package;
 mod shutdown;
 
 use courteous::{RateLimited, Report};
