@@ -26,7 +26,6 @@ use crate::transport::HttpClient;
 /// use courteous::{CacheMode, CacheTtl, Courteous, Limit};
 /// use std::time::Duration;
 ///
-/// # fn main() -> Result<(), std::num::TryFromIntError> {
 /// let per_minute = Limit::per_minute(50);
 /// let builder = Courteous::new(reqwest::Client::new()).resource("search", |r| {
 ///     r.limit(per_minute)
@@ -35,7 +34,6 @@ use crate::transport::HttpClient;
 ///         .dedupe(false)
 /// });
 /// # let _ = builder;
-/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
