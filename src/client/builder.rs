@@ -360,15 +360,17 @@ impl Courteous {
     /// Opens the store and returns a `reqwest-middleware` client running the whole stack over
     /// the `reqwest::Client` given to [`new`](Self::new).
     ///
-    /// The client is cheap to clone; clones share everything. To keep handles on the layers
-    /// and the store (statistics, closing the SQLite file so that pending cache writes are
-    /// committed before exit), use [`layers`](Self::layers) and
+    /// The client is cheap to clone; clones share everything. A SQLite file opened by
+    /// [`sqlite`](Self::sqlite) is closed, its pending cache writes committed, when the last
+    /// clone is dropped. To keep handles on the layers and the store (statistics, closing the
+    /// store at a time of your choosing), use [`layers`](Self::layers) and
     /// [`CourteousLayer::client`].
     ///
     /// # Errors
     ///
-    /// [`BuildError`]: a resource name that is empty, a limit with a zero window, a SQLite file
-    /// that cannot be opened, a Redis that does not answer.
+    /// [`BuildError`]: a resource name that is empty or that the stock classifier never gives,
+    /// a limit with a zero window, a SQLite file that cannot be opened, a Redis that does not
+    /// answer.
     #[cfg(feature = "middleware")]
     pub async fn build(self) -> Result<reqwest_middleware::ClientWithMiddleware, BuildError> {
         let client = self.client.clone();
