@@ -208,8 +208,10 @@ impl Courteous {
     /// The store defers cache writes to a background thread. When the last clone of the client
     /// (or of the [`CourteousLayer`] and its services) is dropped, the store is closed and what
     /// is pending committed, waiting at most 5 s: a program that drops its client before it
-    /// exits keeps everything it cached. To close it yourself, open it and pass it to
-    /// [`sqlite_store`](Self::sqlite_store).
+    /// exits keeps everything it cached. That last drop blocks the thread it runs on while the
+    /// store's own threads commit (usually milliseconds): drop the client at shutdown, not on a
+    /// hot path. To close it yourself, without blocking, open it and pass it to
+    /// [`sqlite_store`](Self::sqlite_store), then `close().await` it.
     #[cfg(feature = "sqlite")]
     pub fn sqlite(mut self, path: impl Into<PathBuf>) -> Self {
         self.backend = Backend::Sqlite(path.into());
