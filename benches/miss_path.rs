@@ -247,7 +247,10 @@ fn main() {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let small: Arc<[u8]> = vec![b'x'; 1024].into();
         let large: Arc<[u8]> = vec![b'y'; 100 * 1024].into();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counted = hits.clone();
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            counted.fetch_add(1, Ordering::Relaxed);
             let body = if request.uri().path().contains("/100k/") {
                 large.clone()
             } else {
@@ -280,6 +283,7 @@ fn main() {
             }
             for _ in 0..rounds {
                 for case in &mut cases {
+                    let before = hits.load(Ordering::Relaxed);
                     for _ in 0..per_round {
                         let n = fresh.fetch_add(1, Ordering::Relaxed);
                         let url = format!("{base}/api/{size}/x?n={n}");
@@ -288,6 +292,10 @@ fn main() {
                         case.samples.push(started.elapsed());
                         assert!(len >= 1024, "{}: a body of {len} bytes", case.name);
                     }
+                    // Every request of every case must have reached the server: a miss path
+                    // bench that hit a cache would measure something else.
+                    let reached = hits.load(Ordering::Relaxed) - before;
+                    assert_eq!(reached, per_round as u64, "{}: upstream calls", case.name);
                 }
             }
             print_table(size, &mut cases);
