@@ -6,6 +6,7 @@ mod support;
 
 mod allocation;
 mod backend;
+mod extremes;
 #[cfg(feature = "middleware")]
 mod feedback;
 mod in_flight;
