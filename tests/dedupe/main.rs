@@ -5,6 +5,7 @@
 mod support;
 
 mod backend;
+mod cancel;
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 mod cross;
 mod local;
