@@ -11,6 +11,8 @@ mod cross;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_stats;
 mod sharing;
 #[cfg(feature = "sqlite")]
 mod sqlite;

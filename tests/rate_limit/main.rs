@@ -15,6 +15,8 @@ mod layer;
 mod processes;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_stats;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod stores;
