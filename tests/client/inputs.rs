@@ -96,8 +96,6 @@ async fn users_with_different_credentials_never_share_a_response() {
 
 /// "Wait as long as it takes" is a reasonable thing to ask for.
 #[tokio::test]
-#[ignore = "defect in src/rate_limit/service.rs (owned by another helper): `Instant::now() + \
-            max_wait` panics on overflow for Duration::MAX; use checked_add"]
 async fn a_max_wait_of_duration_max_does_not_panic() {
     let server = TestServer::start().await;
     let client = Courteous::new(reqwest::Client::new())
