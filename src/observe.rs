@@ -60,13 +60,13 @@
 //! # Ok(()) }
 //! ```
 
-use std::time::Duration;
 
 use tracing::Span;
 use tracing::field::Empty;
 
 use crate::context::{Priority, Report};
 use crate::resource::Resource;
+use crate::time::duration_ms;
 
 /// Opens the span of one request.
 pub(crate) fn request_span(method: &http::Method, priority: Priority, resource: &Resource) -> Span {
@@ -82,10 +82,6 @@ pub(crate) fn request_span(method: &http::Method, priority: Priority, resource: 
         upstream_status = Empty,
         upstream_latency_ms = Empty,
     )
-}
-
-fn millis(d: Duration) -> u64 {
-    crate::time::duration_ms(d)
 }
 
 fn dedupe_label(role: crate::DedupeRole) -> &'static str {
@@ -131,11 +127,11 @@ pub(crate) fn finish(span: &Span, report: &mut Report) {
         }
     }
     if let Some(rate_limit) = report.rate_limit.as_ref().filter(|_| !follower) {
-        span.record("limiter_wait_ms", millis(rate_limit.waited));
+        span.record("limiter_wait_ms", duration_ms(rate_limit.waited));
     }
     if let Some(upstream) = &report.upstream {
         span.record("upstream_status", upstream.status.as_u16());
-        span.record("upstream_latency_ms", millis(upstream.latency));
+        span.record("upstream_latency_ms", duration_ms(upstream.latency));
     }
     metrics::request(report);
 }
