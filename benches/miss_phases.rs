@@ -14,7 +14,10 @@
 //!    innermost probe also reads the whole body, so that the body's transfer counts as upstream
 //!    time and not as the dedupe layer's buffering. Each segment between two stamps is one
 //!    phase (see `SEGMENTS`). Raw `reqwest` requests run interleaved with the probed ones, for
-//!    the round trip the stack adds to.
+//!    the round trip the stack adds to, and so do the same stack without probes (the probes'
+//!    own cost) and without probes with `Accounting::OnSend` (no settle on the response path).
+//!    The probed requests are also split by whether the write-behind writer committed a batch
+//!    while they ran (its `batches` counter moved).
 //!
 //! Then the rate limiter's own phases (`SqliteRateLimitStore::phase_report`, the `diagnostics`
 //! feature) and the write-behind writer's counters are printed.
