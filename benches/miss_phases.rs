@@ -7,7 +7,11 @@
 //!    and once at once after), a `spawn_blocking` hop for comparison, a cache `get` that
 //!    misses, a cache `put` (write-behind: only the enqueue is awaited), a dedupe `try_lead` and
 //!    `publish` of 1 KiB, a rate-limit `acquire` (in flight) and its `settle`, and the writer's
-//!    commit of 16 deferred 1 KiB puts (`flush`).
+//!    commit of 16 deferred 1 KiB puts (`flush`). Two more rows give the floor of a fused
+//!    design, on scratch tables (`phases_*`) in the same file: one job and one transaction that
+//!    reads the cache row, claims the key and records an admission (what must precede the
+//!    upstream call), and one that publishes, settles and stores the entry (what could follow
+//!    the caller's answer).
 //! 2. **The full stack with probes**: the quickstart's composition (context, cache, dedupe,
 //!    rate limit over `reqwest-middleware`), with a probe layer between every two layers that
 //!    stamps an `Instant` when the request passes down and when the response passes up. The
@@ -217,7 +221,26 @@ async fn store_operations(sqlite: &SqliteStore, n: usize) {
         "rate-limit acquire (in flight)",
         "rate-limit settle",
         "flush: commit 16 deferred 1 KiB puts",
+        "floor before: 1 hop, read + claim + admit, 1 tx",
+        "floor after: 1 hop, publish + settle + put, 1 tx",
     ];
+    sqlite
+        .call(|conn| {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS phases_claim (
+                     key BLOB PRIMARY KEY, owner TEXT, state INTEGER, deadline INTEGER,
+                     body BLOB) STRICT;
+                 CREATE TABLE IF NOT EXISTS phases_admission (
+                     id INTEGER PRIMARY KEY, resource TEXT, at INTEGER) STRICT;
+                 CREATE INDEX IF NOT EXISTS phases_admission_at
+                     ON phases_admission (resource, at);
+                 CREATE TABLE IF NOT EXISTS phases_cache (key BLOB PRIMARY KEY, body BLOB)
+                     STRICT;",
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("scratch tables");
     let mut samples: Vec<Samples> = names.iter().map(|_| Samples(Vec::new())).collect();
     for i in 0..n {
         let k = key(1_000_000 + i as u64);
@@ -285,6 +308,60 @@ async fn store_operations(sqlite: &SqliteStore, n: usize) {
             limits.settle(&in_flight, at).await.expect("settle");
             samples[8].0.push(t.elapsed());
         }
+        // The floor of a fused design, on scratch tables in the same file: before the upstream
+        // call one job reads the cache row, claims the key and records the admission in one
+        // transaction; after it one job publishes, settles and stores the entry in another.
+        let hash = k.as_bytes().to_vec();
+        let t = Instant::now();
+        let admitted = sqlite
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(
+                    courteous::store::sqlite::rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let cached: Option<i64> = {
+                    let mut read =
+                        tx.prepare_cached("SELECT length(body) FROM phases_cache WHERE key = ?1")?;
+                    let mut rows = read.query([&hash])?;
+                    rows.next()?.map(|row| row.get(0)).transpose()?
+                };
+                assert!(cached.is_none());
+                tx.prepare_cached(
+                    "INSERT INTO phases_claim (key, owner, state, deadline) VALUES (?1, 'o', 0, 1)",
+                )?
+                .execute([&hash])?;
+                let counted: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM phases_admission WHERE resource = 'r' AND at > ?1",
+                    )?
+                    .query_row([i as i64 - 1000], |row| row.get(0))?;
+                tx.prepare_cached("INSERT INTO phases_admission (resource, at) VALUES ('r', ?1)")?
+                    .execute([i as i64])?;
+                let id = tx.last_insert_rowid();
+                tx.commit()?;
+                Ok((id, counted))
+            })
+            .await
+            .expect("fused before");
+        samples[10].0.push(t.elapsed());
+        let (hash, body) = (k.as_bytes().to_vec(), body.clone());
+        let t = Instant::now();
+        sqlite
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(
+                    courteous::store::sqlite::rusqlite::TransactionBehavior::Immediate,
+                )?;
+                tx.prepare_cached("UPDATE phases_claim SET state = 1, body = ?2 WHERE key = ?1")?
+                    .execute((&hash, &body[..]))?;
+                tx.prepare_cached("UPDATE phases_admission SET at = at + 1 WHERE id = ?1")?
+                    .execute([admitted.0])?;
+                tx.prepare_cached("INSERT INTO phases_cache (key, body) VALUES (?1, ?2)")?
+                    .execute((&hash, &body[..]))?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .expect("fused after");
+        samples[11].0.push(t.elapsed());
         // Let the writer commit what was deferred, off the clock, every few rounds.
         if i % 16 == 15 {
             let t = Instant::now();
