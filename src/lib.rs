@@ -69,6 +69,7 @@ pub mod cache;
 pub mod context;
 pub mod dedupe;
 pub mod error;
+pub mod journal;
 pub mod key;
 #[cfg(feature = "middleware")]
 mod middleware;
