@@ -359,6 +359,11 @@ impl Capture {
         let Some(upstream) = report.upstream else {
             return;
         };
+        // A follower's response carries its leader's reports, upstream part included: the call
+        // was the leader's, and the leader's row counts it.
+        if report.dedupe.is_some_and(crate::DedupeRole::is_follower) {
+            return;
+        }
         let keys = &self.keys;
         let url =
             crate::key::redact_secrets(&self.uri.to_string(), |name| keys.is_secret_param(name));
@@ -380,4 +385,18 @@ impl Capture {
         };
         self.journal.record(entry);
     }
+}
+
+/// Copies the reports of the layers below (the upstream's answer, the rate limiter's wait, the
+/// dedupe role) from the upstream's response to the response a layer serves in its place (the
+/// cache's revalidated or stale entry), so that the call is journaled.
+pub(crate) fn carry_reports(from: &http::Extensions, to: &mut http::Extensions) {
+    let Some(below) = from.get::<Report>() else {
+        return;
+    };
+    let (upstream, rate_limit, dedupe) = (below.upstream, below.rate_limit.clone(), below.dedupe);
+    let report = Report::record(to);
+    report.upstream = report.upstream.or(upstream);
+    report.rate_limit = report.rate_limit.take().or(rate_limit);
+    report.dedupe = report.dedupe.or(dedupe);
 }

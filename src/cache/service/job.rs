@@ -305,7 +305,8 @@ impl Job {
                 }
             } else if status == StatusCode::NOT_MODIFIED && has_validator(&entry.headers) {
                 let (refreshed, vary) = self.revalidated(&upstream, entry, response.headers(), now);
-                let served = self.serve(&refreshed, now, CacheStatus::Revalidated);
+                let mut served = self.serve(&refreshed, now, CacheStatus::Revalidated);
+                crate::journal::carry_reports(response.extensions(), served.extensions_mut());
                 // RFC 9111 section 4.3.4: a `304` whose `Vary` differs from the stored
                 // response's is not applied to the old variant. The server validated the body
                 // for *this* request, so it is served and stored again under the new `Vary`
@@ -334,7 +335,9 @@ impl Job {
             }
             if status.is_server_error() && self.stale_on_error(entry, &upstream.directives, now) {
                 tracing::debug!(%status, "upstream answered with a server error; serving the stale entry");
-                return Ok(self.serve(entry, now, CacheStatus::Stale));
+                let mut served = self.serve(entry, now, CacheStatus::Stale);
+                crate::journal::carry_reports(response.extensions(), served.extensions_mut());
+                return Ok(served);
             }
         }
         let Some(lifetime) = self.storable(&upstream, &response, now) else {
