@@ -106,10 +106,10 @@ async fn delete_redis_stream(journal: &Journal) {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned());
     let _ = journal.flush().await;
     let key = format!("courteous-bench:{}:journal", std::process::id());
-    if let Ok(client) = redis::Client::open(url) {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
-        }
+    if let Ok(client) = redis::Client::open(url)
+        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+    {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
     }
 }
 

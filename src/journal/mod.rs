@@ -394,9 +394,9 @@ pub(crate) fn carry_reports(from: &http::Extensions, to: &mut http::Extensions) 
     let Some(below) = from.get::<Report>() else {
         return;
     };
-    let (upstream, rate_limit, dedupe) = (below.upstream, below.rate_limit.clone(), below.dedupe);
+    let (upstream, rate_limit, dedupe) = (below.upstream, below.rate_limit, below.dedupe);
     let report = Report::record(to);
     report.upstream = report.upstream.or(upstream);
-    report.rate_limit = report.rate_limit.take().or(rate_limit);
+    report.rate_limit = report.rate_limit.or(rate_limit);
     report.dedupe = report.dedupe.or(dedupe);
 }

@@ -154,25 +154,21 @@ impl RedisJournalStore {
         Some(sender)
     }
 
-    /// Sends `message` to the task (starting it if needed); gives it back when it cannot.
-    fn send(&self, message: Message) -> Result<(), Message> {
+    /// Queues `entry` for the task (starting it if needed); `false` when it cannot (a full
+    /// queue, no runtime).
+    fn send(&self, entry: JournalEntry) -> bool {
         let mut sender = self.shared.sender.lock();
         let message = match sender.as_ref() {
-            Some(s) => match s.try_send(message) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(message)) => return Err(message),
+            Some(s) => match s.try_send(Message::Row(entry)) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(_)) => return false,
                 Err(mpsc::error::TrySendError::Closed(message)) => message,
             },
-            None => message,
+            None => Message::Row(entry),
         };
         // Never started, or its runtime is gone: start it here.
         *sender = self.start();
-        match sender.as_ref() {
-            Some(s) => s.try_send(message).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
-            }),
-            None => Err(message),
-        }
+        sender.as_ref().is_some_and(|s| s.try_send(message).is_ok())
     }
 }
 
@@ -348,7 +344,7 @@ fn entries(reply: Value) -> Vec<(String, Vec<Value>)> {
 impl JournalStore for RedisJournalStore {
     fn record(&self, entry: JournalEntry) {
         self.shared.recorded.fetch_add(1, Ordering::Relaxed);
-        if self.send(Message::Row(entry)).is_err() {
+        if !self.send(entry) {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -378,10 +374,10 @@ impl JournalStore for RedisJournalStore {
             let full = page.len() == PAGE;
             let mut last = None;
             for (id, fields) in page {
-                if let Some(row) = parse_entry(&fields) {
-                    if query.matches_in(&row, start, end) {
-                        found.push(row);
-                    }
+                if let Some(row) = parse_entry(&fields)
+                    && query.matches_in(&row, start, end)
+                {
+                    found.push(row);
                 }
                 last = Some(id);
             }
