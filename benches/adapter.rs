@@ -3,12 +3,12 @@
 //! All three variants send `GET /x` to one local axum server over keep-alive connections:
 //! - `reqwest_direct`: `reqwest::Client::execute`;
 //! - `tower_adapter`: `ContextLayer` + `HttpClient` (`http::Request` in, `http::Response` out);
-//! - `reqwest_middleware`: `ClientWithMiddleware` with `courteous::Middleware(ContextLayer)`,
+//! - `reqwest_middleware`: `ClientWithMiddleware` with `courteous::CourteousMiddleware(ContextLayer)`,
 //!   which converts to `http`, runs the stack and hands the call back to the chain.
 //!
 //! Run: `cargo bench --bench adapter`.
 
-use courteous::{ContextLayer, HttpClient, Middleware};
+use courteous::{ContextLayer, CourteousMiddleware, HttpClient};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -60,7 +60,7 @@ fn adapter(c: &mut Criterion) {
     });
 
     let middleware = reqwest_middleware::ClientBuilder::new(client.clone())
-        .with(Middleware::new(ContextLayer::new()))
+        .with(CourteousMiddleware::new(ContextLayer::new()))
         .build();
     group.bench_function("reqwest_middleware", |b| {
         b.to_async(&runtime).iter(|| async {

@@ -22,7 +22,6 @@
 #[path = "../tests/support/server.rs"]
 mod server;
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,7 +147,7 @@ async fn decision_row(backend: &str, store: Arc<dyn RateLimitStore>, n: usize) {
     let resources: Vec<Resource> = (0..100)
         .map(|i| Resource::new(format!("bench{i}")).unwrap())
         .collect();
-    let limits: Arc<[Limit]> = vec![Limit::per_minute(NonZeroU32::new(1_000_000).unwrap())].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_minute(1_000_000)].into();
     let adaptive = Arc::new(AdaptiveConfig::default());
     let sample = measure(n, |i| {
         let request = AdmissionRequest::new(

@@ -12,7 +12,7 @@ mod server;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use courteous::Middleware;
+use courteous::CourteousMiddleware;
 use courteous::cache::{CacheLayer, CacheTtl, MemoryCacheStore};
 use courteous::store::sqlite::SqliteStore;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -23,7 +23,7 @@ const SIZES: [(usize, &str); 2] = [(1024, "1KiB"), (100 * 1024, "100KiB")];
 
 fn with_cache(layer: CacheLayer) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(layer))
+        .with(CourteousMiddleware::new(layer))
         .build()
 }
 
@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
     let direct = ClientBuilder::new(reqwest::Client::new()).build();
     // The same reqwest-middleware path with an empty courteous stack: what the hand-off costs.
     let passthrough = ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(tower::layer::util::Identity::new()))
+        .with(CourteousMiddleware::new(tower::layer::util::Identity::new()))
         .build();
     let memory = with_cache(layer(MemoryCacheStore::new()));
     let on_sqlite = with_cache(layer(sqlite.cache()));

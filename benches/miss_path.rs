@@ -11,7 +11,6 @@
 //! and `MISS_PER_ROUND` (requests per case per round, default 500). The load average is printed
 //! with the table: compare runs only at similar loads.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,8 +18,8 @@ use std::time::{Duration, Instant};
 use courteous::cache::MemoryCacheStore;
 use courteous::store::sqlite::SqliteStore;
 use courteous::{
-    BoxError, CacheLayer, CacheTtl, ContextLayer, DedupeLayer, HttpClient, Limit, Limits,
-    Middleware, PathSegment, RateLimitLayer,
+    BoxError, CacheLayer, CacheTtl, ContextLayer, CourteousMiddleware, DedupeLayer, HttpClient,
+    Limit, Limits, PathSegment, RateLimitLayer,
 };
 use http_body_util::BodyExt;
 use reqwest_middleware::ClientWithMiddleware;
@@ -105,7 +104,7 @@ fn tower(
 
 /// A limit no bench run reaches: the limiter decides and records every request, uncontended.
 fn limits() -> Limits {
-    Limits::new().default_limit(Limit::per_second(NonZeroU32::new(1_000_000).unwrap()))
+    Limits::new().default_limit(Limit::per_second(1_000_000))
 }
 
 fn context() -> ContextLayer {
@@ -130,7 +129,9 @@ async fn cases(client: &reqwest::Client, sqlite: &SqliteStore) -> Vec<Case> {
         "middleware, context only",
         Sender::Middleware(
             reqwest_middleware::ClientBuilder::new(client.clone())
-                .with(Middleware::new(ServiceBuilder::new().layer(context())))
+                .with(CourteousMiddleware::new(
+                    ServiceBuilder::new().layer(context()),
+                ))
                 .build(),
         ),
     );
@@ -200,7 +201,7 @@ async fn cases(client: &reqwest::Client, sqlite: &SqliteStore) -> Vec<Case> {
         "full stack (memory), middleware",
         Sender::Middleware(
             reqwest_middleware::ClientBuilder::new(client.clone())
-                .with(Middleware::new(
+                .with(CourteousMiddleware::new(
                     ServiceBuilder::new()
                         .layer(context())
                         .layer(CacheLayer::new(MemoryCacheStore::new()).default_ttl(ttl()))
@@ -220,7 +221,7 @@ async fn cases(client: &reqwest::Client, sqlite: &SqliteStore) -> Vec<Case> {
         "full stack (sqlite), middleware",
         Sender::Middleware(
             reqwest_middleware::ClientBuilder::new(client.clone())
-                .with(Middleware::new(
+                .with(CourteousMiddleware::new(
                     ServiceBuilder::new()
                         .layer(context())
                         .layer(CacheLayer::new(cache).default_ttl(ttl()))

@@ -27,8 +27,8 @@
 //! were made instead, as the layer passed it before, for the "before" figure.
 //!
 //! Under each SQLite case, `sched` is how late a thread sleeping 1 ms wakes up in that process
-//! during the run (what the machine's CPU contention alone does to a latency), and with
-//! `COURTEOUS_RL_PHASES=1` the store's per-phase histograms are printed (turn wait, `BEGIN`,
+//! during the run (what the machine's CPU contention alone does to a latency), and, built with
+//! `--features diagnostics`, the store's per-phase histograms are printed (turn wait, `BEGIN`,
 //! statements, `COMMIT`, queueing).
 //!
 //! Run: `cargo bench --bench rate_limit` (prints a table). `RL_BENCH_SECS` sets the measured
@@ -52,7 +52,6 @@
 //! With `--features redis` the Redis store follows (one process; two processes sharing the
 //! server), skipped with a message when Redis does not answer (see `rate_limit/redis.rs`).
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,11 +164,12 @@ fn resources() -> usize {
 
 /// Each resource's limit per second (`RL_BENCH_LIMIT`, default 100). A limit far above the rate
 /// asked makes every decision an admission (an insert), the write-bound case.
-fn limit() -> NonZeroU32 {
+fn limit() -> u32 {
     std::env::var("RL_BENCH_LIMIT")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(NonZeroU32::new(100).unwrap())
+        .filter(|&n| n > 0)
+        .unwrap_or(100)
 }
 
 /// Whether to run a group of cases: `RL_BENCH_ONLY` lists the groups to run, comma-separated,
@@ -444,9 +444,8 @@ async fn sqlite_run(
         }
     };
     notes.push(probe.finish());
-    if let Some(report) = rate_limits.phase_report() {
-        notes.extend(report.lines().map(str::to_owned));
-    }
+    #[cfg(feature = "diagnostics")]
+    notes.extend(rate_limits.phase_report().lines().map(str::to_owned));
     sqlite.close().await.expect("close");
     (summary(&mut outcome), notes)
 }
@@ -755,10 +754,9 @@ fn accounting_cases(rt: &tokio::runtime::Runtime, dir: &std::path::Path, bench: 
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if bench { 3 } else { 1 });
-    let n = |n| NonZeroU32::new(n).unwrap();
     let limits = [
-        (Limit::new(n(20), Duration::from_secs(2)), "20 per 2 s"),
-        (Limit::new(n(1000), Duration::from_secs(1)), "1000 per 1 s"),
+        (Limit::new(20, Duration::from_secs(2)), "20 per 2 s"),
+        (Limit::new(1000, Duration::from_secs(1)), "1000 per 1 s"),
     ];
     println!();
     println!(

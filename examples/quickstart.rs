@@ -1,7 +1,8 @@
 //! The first thing to run: `cargo run --example quickstart`.
 //!
 //! Starts a small API on 127.0.0.1 inside this process (no network, no services), wraps a
-//! `reqwest` client with the whole courteous stack on the embedded SQLite default, and sends three
+//! `reqwest` client with the whole courteous stack built by [`Courteous`] on the embedded SQLite
+//! store, and sends three
 //! rounds of requests:
 //!
 //! 1. people open three issues, each twice at the same moment: dedupe merges the pairs;
@@ -12,7 +13,6 @@
 //! and prints what each layer did.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,12 +20,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{Request, State};
 use courteous::store::sqlite::SqliteStore;
-use courteous::{
-    CacheLayer, CacheStatus, CacheTtl, ContextLayer, DedupeLayer, DedupeRole, Limit, Limits,
-    Middleware, PathSegment, Priority, RateLimitLayer, Report,
-};
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use tower::ServiceBuilder;
+use courteous::{CacheStatus, Courteous, DedupeRole, Limit, PathSegment, Priority, Report};
+use reqwest_middleware::ClientWithMiddleware;
 
 /// The upstream API: answers after 50 ms and counts the calls it gets. It sends no cache headers,
 /// like many APIs, so the cache uses the TTLs set in code.
@@ -88,26 +84,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     // 2. One SQLite file holds the state of every store, shared by every process on the machine.
+    //    We keep a handle on it to close it at the end (committing deferred cache writes).
     let dir = std::env::temp_dir().join(format!("courteous-quickstart-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let store = SqliteStore::open(dir.join("courteous.db")).await?;
 
-    // 3. The stack: context, cache, dedupe, rate limit; plugged into reqwest-middleware.
-    let per_second = |n| Limit::per_second(NonZeroU32::new(n).expect("non-zero"));
-    let limits = Limits::new()
-        .default_limit(per_second(20))
-        .resource("volumes", per_second(4));
-    let stack = ServiceBuilder::new()
-        .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
-        .layer(
-            CacheLayer::new(store.cache())
-                .default_ttl(CacheTtl::absolute(Duration::from_secs(300))),
-        )
-        .layer(DedupeLayer::new(store.dedupe()))
-        .layer(RateLimitLayer::new(store.rate_limits(), limits)?);
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(stack))
-        .build();
+    // 3. The whole stack (context, cache, dedupe, rate limit) over a reqwest client, in one
+    //    builder: 20 requests per second for every resource, 4 for `volumes`; answers kept 5 min.
+    let client = Courteous::new(reqwest::Client::new())
+        .sqlite_store(store.clone())
+        .classifier(PathSegment::after("/api/"))
+        .default_limit(Limit::per_second(20))
+        .default_ttl(Duration::from_secs(300))
+        .resource("volumes", |r| r.limit(Limit::per_second(4)))
+        .build()
+        .await?;
 
     let started = Instant::now();
     let mut table = BTreeMap::new();

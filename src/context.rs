@@ -460,10 +460,10 @@ impl fmt::Debug for ContextLayer {
 }
 
 impl<S> Layer<S> for ContextLayer {
-    type Service = Context<S>;
+    type Service = ContextService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Context {
+        ContextService {
             inner,
             config: self.config.clone(),
         }
@@ -472,20 +472,20 @@ impl<S> Layer<S> for ContextLayer {
 
 /// The service made by [`ContextLayer`].
 #[derive(Clone)]
-pub struct Context<S> {
+pub struct ContextService<S> {
     inner: S,
     config: Arc<ContextConfig>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for Context<S> {
+impl<S: fmt::Debug> fmt::Debug for ContextService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Context")
+        f.debug_struct("ContextService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, B, ResB> Service<http::Request<B>> for Context<S>
+impl<S, B, ResB> Service<http::Request<B>> for ContextService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResB>>,
     B: ReplayableBody,
@@ -520,7 +520,7 @@ where
 }
 
 pin_project! {
-    /// The response future of [`Context`].
+    /// The response future of [`ContextService`].
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,

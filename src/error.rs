@@ -20,7 +20,7 @@
 //! the original as their [`source`](std::error::Error::source); [`find`] walks the chain and
 //! finds either.
 //!
-//! On the `reqwest-middleware` path ([`Middleware`](crate::Middleware), feature `middleware`),
+//! On the `reqwest-middleware` path ([`CourteousMiddleware`](crate::CourteousMiddleware), feature `middleware`),
 //! a transport error comes back as `reqwest_middleware::Error::Reqwest`, and every other error
 //! as `reqwest_middleware::Error::Middleware(anyhow::Error)` holding the typed error itself:
 //! `anyhow::Error::downcast_ref::<RateLimited>()` finds it, and
@@ -32,13 +32,12 @@
 //! use courteous::error::find;
 //! use courteous::rate_limit::{Limit, Limits, MaxWait, MemoryRateLimitStore, RateLimitLayer};
 //! use courteous::{BoxError, RateLimited};
-//! use std::num::NonZeroU32;
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::MIN));
+//! let limits = Limits::new().default_limit(Limit::per_minute(1));
 //! let client = ServiceBuilder::new()
 //!     .layer(RateLimitLayer::new(MemoryRateLimitStore::new(), limits).unwrap())
 //!     .service(service_fn(|_req: http::Request<reqwest::Body>| async {

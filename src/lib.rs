@@ -19,7 +19,37 @@
 //! * [`RequestKey`] identifies identical requests, derived by a [`KeyExtractor`];
 //! * [`Report`] comes back on the response and says what the stack did.
 //!
-//! # Two ways in
+//! # The short path
+//!
+//! [`Courteous`] builds the whole stack over your `reqwest::Client`, with one store for all
+//! of it:
+//!
+//! ```
+//! # #[cfg(all(feature = "sqlite", feature = "middleware"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use courteous::{CacheTtl, Courteous, Limit};
+//! use std::time::Duration;
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("courteous.db");
+//! //! let client = Courteous::new(reqwest::Client::new())
+//!     .sqlite(path) // or .memory(), .redis(url)
+//!     .resource("issue", |r| r.limit(Limit::per_hour(200)).ttl(Duration::from_secs(3600)))
+//!     .resource("search", |r| r.limit(Limit::per_minute(50)).ttl(CacheTtl::sliding(Duration::from_secs(300))))
+//!     .build()
+//!     .await?; // a reqwest_middleware::ClientWithMiddleware
+//! # let _ = client;
+//! # Ok(()) }
+//! # #[cfg(not(all(feature = "sqlite", feature = "middleware")))]
+//! # fn main() {}
+//! ```
+//!
+//! [`Courteous::layers`] returns the same stack as one tower layer ([`CourteousLayer`]). The
+//! [`client`] module says what the builder offers; for anything else, assemble the layers
+//! yourself.
+//!
+//! # The layers by hand: two ways in
 //!
 //! Plain tower, over the [`HttpClient`] adapter:
 //!
@@ -33,14 +63,14 @@
 //! # let _ = client;
 //! ```
 //!
-//! `reqwest-middleware`, with [`Middleware`] running the same stack inside the middleware chain:
+//! `reqwest-middleware`, with [`CourteousMiddleware`] running the same stack inside the middleware chain:
 //!
 //! ```
 //! # #[cfg(feature = "middleware")] {
-//! use courteous::{ContextLayer, Middleware, Priority};
+//! use courteous::{ContextLayer, CourteousMiddleware, Priority};
 //!
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-//!     .with(Middleware::new(ContextLayer::new()))
+//!     .with(CourteousMiddleware::new(ContextLayer::new()))
 //!     .build();
 //! // Per-request context travels as an extension:
 //! let request = client
@@ -62,10 +92,11 @@
     unreachable_pub,
     rust_2018_idioms
 )]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 pub mod cache;
+pub mod client;
 pub mod context;
 pub mod dedupe;
 pub mod error;
@@ -86,6 +117,7 @@ pub use cache::SqliteCacheStore;
 pub use cache::{
     CacheLayer, CacheMode, CacheStatus, CacheStore, CacheTtl, MemoryCacheStore, TieredCacheStore,
 };
+pub use client::{BuildError, Courteous, CourteousLayer, ResourceSettings};
 pub use context::{ContextLayer, Priority, Report, RequestContext, UpstreamReport};
 #[cfg(feature = "redis")]
 pub use dedupe::RedisDedupeStore;
@@ -95,10 +127,11 @@ pub use dedupe::{DedupeLayer, DedupeRole, MemoryDedupeStore};
 pub use error::BoxError;
 pub use key::{DefaultKeyExtractor, KeyExtractor, RequestKey};
 #[cfg(feature = "middleware")]
-pub use middleware::{Handoff, HandoffError, HandoffFuture, Middleware};
+pub use middleware::{CourteousMiddleware, Handoff, HandoffError, HandoffFuture};
 pub use rate_limit::{Limit, Limits, RateLimitLayer, RateLimited};
 pub use resource::{
-    DefaultResourceClassifier, PathSegment, PrefixTable, Resource, ResourceClassifier, classify_fn,
+    DefaultResourceClassifier, InvalidResource, PathSegment, PrefixTable, Resource,
+    ResourceClassifier, classify_fn,
 };
 pub use transport::HttpClient;
 

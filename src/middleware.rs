@@ -1,6 +1,6 @@
 //! `reqwest-middleware` integration: run a tower stack inside a `ClientWithMiddleware`.
 //!
-//! [`Middleware`] converts the `reqwest::Request` to an `http::Request`, moves the middleware
+//! [`CourteousMiddleware`] converts the `reqwest::Request` to an `http::Request`, moves the middleware
 //! chain's extensions onto it (so `RequestBuilder::with_extension(Priority::User)` reaches every
 //! layer) and runs the stack. The innermost service of that stack is [`Handoff`]: when a layer lets
 //! a request go upstream, `Handoff` hands it back to the middleware chain, which continues with
@@ -18,7 +18,7 @@
 //! when the client sends, after the whole middleware chain has run, so the cache and dedupe
 //! would key a request without its default `Authorization` (or `X-Api-Key`, `Cookie`...): two
 //! clients with different default credentials over one store would share cache entries and
-//! dedupe results. Give the same headers to [`Middleware::default_headers`]; the middleware then
+//! dedupe results. Give the same headers to [`CourteousMiddleware::default_headers`]; the middleware then
 //! adds each one the request lacks, as reqwest would, before any layer runs. The same holds for
 //! a reqwest cookie store: its cookies are added after the chain, so don't share one store
 //! between clients whose cookie stores hold different users.
@@ -53,7 +53,7 @@ struct Call {
 /// allocation; a tokio channel allocates a block of 32 slots up front).
 #[derive(Default)]
 struct Slot {
-    calls: std::sync::Mutex<SlotState>,
+    calls: parking_lot::Mutex<SlotState>,
     arrived: Notify,
 }
 
@@ -64,8 +64,8 @@ struct SlotState {
 }
 
 impl Slot {
-    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, SlotState> {
+        self.calls.lock()
     }
 
     /// Queues a call; `false` (and the call dropped) when the chain has finished.
@@ -110,35 +110,35 @@ struct HandoffSlot(std::sync::Arc<Slot>);
 /// [`Handoff`] innermost. Cloning the stack shares its state, as every courteous layer does.
 ///
 /// **If the `reqwest::Client` has default headers, give them to
-/// [`Middleware::default_headers`] too**: reqwest adds them after the middleware chain, so
+/// [`CourteousMiddleware::default_headers`] too**: reqwest adds them after the middleware chain, so
 /// without it the cache and dedupe cannot tell apart requests that differ only in those headers
 /// (two clients with different default `Authorization` would share responses).
 ///
 /// # Example
 ///
 /// ```
-/// use courteous::{ContextLayer, Middleware, Priority};
+/// use courteous::{ContextLayer, CourteousMiddleware, Priority};
 /// use tower::ServiceBuilder;
 ///
 /// let stack = ServiceBuilder::new().layer(ContextLayer::new().default_priority(Priority::Background));
 /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-///     .with(Middleware::new(stack))
+///     .with(CourteousMiddleware::new(stack))
 ///     .build();
 /// # let _ = client;
 /// ```
 #[derive(Clone)]
-pub struct Middleware<S> {
+pub struct CourteousMiddleware<S> {
     stack: S,
     default_headers: Option<std::sync::Arc<http::HeaderMap>>,
 }
 
-impl<S> Middleware<S> {
+impl<S> CourteousMiddleware<S> {
     /// The middleware for the stack `layer` builds over [`Handoff`].
     pub fn new<L>(layer: L) -> Self
     where
         L: Layer<Handoff, Service = S>,
     {
-        Middleware {
+        CourteousMiddleware {
             stack: layer.layer(Handoff::new()),
             default_headers: None,
         }
@@ -146,7 +146,7 @@ impl<S> Middleware<S> {
 
     /// The middleware for a stack already built over [`Handoff`].
     pub fn from_service(stack: S) -> Self {
-        Middleware {
+        CourteousMiddleware {
             stack,
             default_headers: None,
         }
@@ -164,14 +164,14 @@ impl<S> Middleware<S> {
     /// # Example
     ///
     /// ```
-    /// use courteous::{ContextLayer, Middleware};
+    /// use courteous::{ContextLayer, CourteousMiddleware};
     /// use http::{HeaderMap, header::AUTHORIZATION};
     ///
     /// let mut defaults = HeaderMap::new();
     /// defaults.insert(AUTHORIZATION, "Bearer s3cret".parse().unwrap());
     /// let reqwest = reqwest::Client::builder().default_headers(defaults.clone()).build().unwrap();
     /// let client = reqwest_middleware::ClientBuilder::new(reqwest)
-    ///     .with(Middleware::new(ContextLayer::new()).default_headers(defaults))
+    ///     .with(CourteousMiddleware::new(ContextLayer::new()).default_headers(defaults))
     ///     .build();
     /// # let _ = client;
     /// ```
@@ -187,9 +187,10 @@ impl<S> Middleware<S> {
     }
 }
 
-impl<S> fmt::Debug for Middleware<S> {
+impl<S> fmt::Debug for CourteousMiddleware<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Middleware").finish_non_exhaustive()
+        f.debug_struct("CourteousMiddleware")
+            .finish_non_exhaustive()
     }
 }
 
@@ -209,20 +210,15 @@ fn into_reqwest_response(
         .extensions
         .remove::<FinalUrl>()
         .map_or(request_url, |FinalUrl(url)| url);
-    let mut builder = http::Response::builder()
-        .status(parts.status)
-        .version(parts.version);
-    if let Some(headers) = builder.headers_mut() {
-        *headers = parts.headers;
+    // reqwest reads the URL from an extension only its response builder can make; the
+    // response's own extensions go on top, as they did when the builder made the response.
+    let mut extensions = http::Extensions::new();
+    if let Some(with_url) = http::Response::builder().url(url).extensions_mut() {
+        extensions = std::mem::take(with_url);
     }
-    if let Some(extensions) = builder.extensions_mut() {
-        extensions.extend(parts.extensions);
-    }
-    let response = builder
-        .url(url)
-        .body(body)
-        .expect("status, version and headers come from a valid response");
-    reqwest::Response::from(response)
+    extensions.extend(std::mem::take(&mut parts.extensions));
+    parts.extensions = extensions;
+    reqwest::Response::from(http::Response::from_parts(parts, body))
 }
 
 async fn serve(call: Call, next: Next<'_>) {
@@ -254,7 +250,7 @@ async fn serve(call: Call, next: Next<'_>) {
 }
 
 #[async_trait::async_trait]
-impl<S> reqwest_middleware::Middleware for Middleware<S>
+impl<S> reqwest_middleware::Middleware for CourteousMiddleware<S>
 where
     S: Service<http::Request<reqwest::Body>, Response = http::Response<reqwest::Body>>
         + Clone
@@ -305,8 +301,10 @@ where
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandoffError {
-    /// The request did not come through [`Middleware`]: `Handoff` has nowhere to send it.
-    #[error("courteous::Handoff only sends requests that came through courteous::Middleware")]
+    /// The request did not come through [`CourteousMiddleware`]: `Handoff` has nowhere to send it.
+    #[error(
+        "courteous::Handoff only sends requests that came through courteous::CourteousMiddleware"
+    )]
     NotInMiddleware,
     /// The request that carried the middleware chain finished before this call was made (for
     /// example a background refresh after the response was returned).
@@ -324,17 +322,17 @@ impl HandoffError {
     }
 }
 
-/// The innermost service of a [`Middleware`] stack: hands requests back to the
+/// The innermost service of a [`CourteousMiddleware`] stack: hands requests back to the
 /// `reqwest-middleware` chain.
 ///
 /// # Example
 ///
 /// ```
-/// use courteous::{ContextLayer, Handoff, Middleware};
+/// use courteous::{ContextLayer, Handoff, CourteousMiddleware};
 /// use tower::Layer;
 ///
 /// let stack = ContextLayer::new().layer(Handoff::new());
-/// let middleware = Middleware::from_service(stack);
+/// let middleware = CourteousMiddleware::from_service(stack);
 /// # let _ = middleware;
 /// ```
 #[derive(Debug, Clone, Copy, Default)]

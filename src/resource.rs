@@ -12,6 +12,12 @@
 //! * [`PrefixTable`]: a longest-prefix table, falling back to another classifier.
 //! * [`classify_fn`]: a closure.
 //!
+//! Names are validated one way everywhere: not empty, not only white space (surrounding white
+//! space is trimmed). [`Resource::new`] and [`PrefixTable::try_route`] return an
+//! [`InvalidResource`] for names read at run time; [`Resource::from_static`] and
+//! [`PrefixTable::route`] panic, for the literals of a configuration;
+//! [`Limits::resource`](crate::rate_limit::Limits::resource) reports it when the layer is built.
+//!
 //! # Example
 //!
 //! ```
@@ -24,7 +30,7 @@
 //!     .body(())
 //!     .unwrap();
 //! let (parts, _) = request.into_parts();
-//! assert_eq!(classifier.classify(&parts), Resource::new("issue").unwrap());
+//! assert_eq!(classifier.classify(&parts), Resource::from_static("issue"));
 //! ```
 
 use std::borrow::Borrow;
@@ -40,18 +46,54 @@ use http::request::Parts;
 /// ```
 /// use courteous::Resource;
 ///
-/// let issue = Resource::new("issue").unwrap();
+/// let issue = Resource::from_static("issue");
 /// assert_eq!(issue.as_str(), "issue");
-/// assert!(Resource::new("").is_none());
+/// let configured = String::from(" ");
+/// assert_eq!(Resource::new(configured).unwrap_err().code(), "invalid_resource");
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Resource(Arc<str>);
 
 impl Resource {
-    /// A resource with this name, or `None` when the name is empty or only white space.
-    pub fn new(name: impl AsRef<str>) -> Option<Self> {
+    /// A resource with this name (without surrounding white space), or an [`InvalidResource`]
+    /// when the name is empty or only white space.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::Resource;
+    ///
+    /// assert_eq!(Resource::new(" search ").unwrap().as_str(), "search");
+    /// assert!(Resource::new("").is_err());
+    /// ```
+    pub fn new(name: impl AsRef<str>) -> Result<Self, InvalidResource> {
         let name = name.as_ref().trim();
-        (!name.is_empty()).then(|| Resource(Arc::from(name)))
+        if name.is_empty() {
+            Err(InvalidResource(()))
+        } else {
+            Ok(Resource(Arc::from(name)))
+        }
+    }
+
+    /// A resource named by a literal, like `HeaderName::from_static`.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is empty or only white space. Use [`Resource::new`] for names read at run
+    /// time.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::Resource;
+    ///
+    /// assert_eq!(Resource::from_static("search").as_str(), "search");
+    /// ```
+    pub fn from_static(name: &'static str) -> Self {
+        match Resource::new(name) {
+            Ok(resource) => resource,
+            Err(err) => panic!("Resource::from_static({name:?}): {err}"),
+        }
     }
 
     /// The name.
@@ -62,6 +104,29 @@ impl Resource {
     /// The resource used when a request names none (the root path `/`).
     pub fn root() -> Self {
         Resource(Arc::from("root"))
+    }
+}
+
+/// A resource name that is empty or only white space. Returned by [`Resource::new`] and
+/// [`PrefixTable::try_route`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::Resource;
+///
+/// let err = Resource::new("").unwrap_err();
+/// assert_eq!(err.code(), "invalid_resource");
+/// assert_eq!(err.to_string(), "a resource name must not be empty; name the resource");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a resource name must not be empty; name the resource")]
+pub struct InvalidResource(());
+
+impl InvalidResource {
+    /// `"invalid_resource"`.
+    pub const fn code(&self) -> &'static str {
+        "invalid_resource"
     }
 }
 
@@ -102,7 +167,7 @@ impl AsRef<str> for Resource {
 ///
 /// impl ResourceClassifier for PerHost {
 ///     fn classify(&self, parts: &Parts) -> Resource {
-///         parts.uri.host().and_then(Resource::new).unwrap_or_else(Resource::root)
+///         parts.uri.host().and_then(|host| Resource::new(host).ok()).unwrap_or_else(Resource::root)
 ///     }
 /// }
 ///
@@ -174,7 +239,7 @@ impl ResourceClassifier for DefaultResourceClassifier {
     fn classify(&self, parts: &Parts) -> Resource {
         segments(parts.uri.path())
             .find(|s| !s.eq_ignore_ascii_case("api") && !is_version(s))
-            .and_then(|s| Resource::new(s.to_ascii_lowercase()))
+            .and_then(|s| Resource::new(s.to_ascii_lowercase()).ok())
             .unwrap_or_else(Resource::root)
     }
 }
@@ -222,7 +287,7 @@ impl ResourceClassifier for PathSegment {
             .or_else(|| (path == self.prefix.trim_end_matches('/')).then_some(""));
         match rest.and_then(|rest| segments(rest).next()) {
             Some(segment) => {
-                Resource::new(segment.to_ascii_lowercase()).unwrap_or_else(Resource::root)
+                Resource::new(segment.to_ascii_lowercase()).unwrap_or_else(|_| Resource::root())
             }
             None => DefaultResourceClassifier.classify(parts),
         }
@@ -272,15 +337,38 @@ impl PrefixTable {
     ///
     /// # Panics
     ///
-    /// When `resource` is empty: a configuration error caught when the table is built.
+    /// When `resource` is empty or only white space: a configuration error caught when the
+    /// table is built. Use [`PrefixTable::try_route`] for names read at run time.
     #[must_use]
-    pub fn route(mut self, prefix: impl Into<String>, resource: &str) -> Self {
-        let resource = Resource::new(resource)
-            .unwrap_or_else(|| panic!("PrefixTable::route: the resource name must not be empty"));
+    pub fn route(self, prefix: impl Into<String>, resource: &str) -> Self {
+        match self.try_route(prefix, resource) {
+            Ok(table) => table,
+            Err(err) => panic!("PrefixTable::route({resource:?}): {err}"),
+        }
+    }
+
+    /// Requests whose path starts with `prefix` belong to `resource`, or an
+    /// [`InvalidResource`] when `resource` is empty or only white space.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::PrefixTable;
+    ///
+    /// let names = ["search", ""];
+    /// assert!(PrefixTable::new().try_route("/search", names[0]).is_ok());
+    /// assert!(PrefixTable::new().try_route("/other", names[1]).is_err());
+    /// ```
+    pub fn try_route(
+        mut self,
+        prefix: impl Into<String>,
+        resource: &str,
+    ) -> Result<Self, InvalidResource> {
+        let resource = Resource::new(resource)?;
         self.routes.push((prefix.into(), resource));
         self.routes
             .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        self
+        Ok(self)
     }
 
     /// The classifier for paths no prefix matches.
@@ -324,7 +412,7 @@ impl ResourceClassifier for PrefixTable {
 /// use courteous::{Resource, ResourceClassifier, classify_fn};
 ///
 /// let by_method = classify_fn(|parts: &http::request::Parts| {
-///     Resource::new(parts.method.as_str().to_ascii_lowercase()).unwrap()
+///     Resource::new(parts.method.as_str().to_ascii_lowercase()).unwrap_or_else(|_| Resource::root())
 /// });
 /// let (parts, _) = http::Request::post("https://api.example/x").body(()).unwrap().into_parts();
 /// assert_eq!(by_method.classify(&parts).as_str(), "post");
@@ -408,7 +496,7 @@ mod tests {
         assert_eq!(classify(&t, "http://h/api/search/?q=1"), "search");
         assert_eq!(classify(&t, "http://h/api/issues/"), "general");
         assert_eq!(classify(&t, "http://h/elsewhere"), "elsewhere");
-        let t = t.fallback(classify_fn(|_| Resource::new("other").unwrap()));
+        let t = t.fallback(classify_fn(|_| Resource::from_static("other")));
         assert_eq!(classify(&t, "http://h/elsewhere"), "other");
     }
 
@@ -416,5 +504,18 @@ mod tests {
     #[should_panic(expected = "must not be empty")]
     fn prefix_table_rejects_empty_resource() {
         let _ = PrefixTable::new().route("/x", " ");
+    }
+
+    #[test]
+    fn every_path_validates_names_alike() {
+        for name in ["", " ", "\t\n"] {
+            assert!(Resource::new(name).is_err(), "{name:?}");
+            assert!(
+                PrefixTable::new().try_route("/x", name).is_err(),
+                "{name:?}"
+            );
+            assert!(std::panic::catch_unwind(|| Resource::from_static(name)).is_err());
+        }
+        assert_eq!(Resource::new(" a ").unwrap(), Resource::from_static("a"));
     }
 }

@@ -243,6 +243,21 @@ pub(crate) fn from_epoch_ms(ms: i64) -> SystemTime {
     }
 }
 
+/// A random number for ids (lease owners, store instances, admission ids), different on every
+/// call: the standard library's randomly keyed hasher over the process id, the wall clock in
+/// nanoseconds and a counter, so that processes in different PID namespaces (containers) that
+/// share a store do not collide. Not for cryptography.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos, n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +273,10 @@ mod tests {
             Timestamp::from_millis(u64::MAX) + Duration::MAX,
             Timestamp::from_millis(u64::MAX)
         );
+    }
+
+    #[test]
+    fn random_numbers_differ() {
+        assert_ne!(random_u64(), random_u64());
     }
 }

@@ -277,7 +277,7 @@ impl CacheLayer {
     /// not store" for that resource. Names that are not valid resources are ignored.
     #[must_use]
     pub fn resource_ttl(mut self, resource: &str, ttl: CacheTtl) -> Self {
-        if let Some(resource) = Resource::new(resource) {
+        if let Ok(resource) = Resource::new(resource) {
             self.config().resource_ttls.insert(resource, ttl);
         }
         self

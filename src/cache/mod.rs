@@ -106,7 +106,6 @@
 //! body is a [`reqwest::Body`]. A hit shares the stored [`bytes::Bytes`] with the caller: no copy.
 //! Trailers of buffered responses are not kept.
 
-mod body;
 mod entry;
 pub mod future;
 mod layer;

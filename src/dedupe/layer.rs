@@ -5,7 +5,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use tower::Layer;
 
-use super::service::{Dedupe, State};
+use super::flight::State;
+use super::service::Dedupe;
 use super::store::{DedupeStats, DedupeStore};
 
 /// What a follower does when its wait runs out.
@@ -153,7 +154,7 @@ impl DedupeLayer {
         self
     }
 
-    /// The store, for [`status`](DedupeStore::status) and [`cleanup`](DedupeStore::cleanup).
+    /// The store, for [`poll`](DedupeStore::poll) and [`cleanup`](DedupeStore::cleanup).
     pub fn store(&self) -> &Arc<dyn DedupeStore> {
         &self.state.store
     }

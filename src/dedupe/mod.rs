@@ -45,6 +45,17 @@
 //!   `RedisStore::dedupe()`, feature `redis`) for every process on every machine sharing a Redis
 //!   server, with followers woken by pub/sub.
 //!
+//! # What lives where
+//!
+//! * `layer.rs`: [`DedupeLayer`], its settings and [`OnTimeout`]. `service.rs`: the [`Dedupe`]
+//!   service, the glue (keying, pass-through, invalidation after an unsafe request).
+//! * `flight.rs`: local flights, the in-process leader of a key and its followers.
+//! * `lease.rs`: store leases, leading a key across processes (claim, renew, publish, poll).
+//! * `share.rs`: body sharing, the leader's upstream call whose buffered outcome its followers
+//!   receive, with the `Vary` check. The buffering itself is the crate's (`src/body.rs`).
+//! * [`future`]: the response future. [`store`]: [`DedupeStore`] and its backends.
+//! * Here: the types callers see ([`DedupeRole`], [`SharedResponse`], [`DedupeError`]).
+//!
 //! # Note on bodies
 //!
 //! The leader's body is read to the end before anyone gets the response (the leader too), up to
@@ -121,9 +132,12 @@
 //! # }
 //! ```
 
+mod flight;
 pub mod future;
 mod layer;
+mod lease;
 mod service;
+mod share;
 pub mod store;
 
 use std::fmt;
@@ -143,15 +157,15 @@ pub use store::RedisDedupeStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteDedupeStore;
 pub use store::{
-    Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, KeyStatus, Lead,
-    MemoryDedupeStore, StoreFuture,
+    Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, Lead, MemoryDedupeStore,
+    StoreFuture,
 };
 
 /// The key under which a [`DedupeLayer`] coalesces `request` and registers it in its
 /// [`DedupeStore`]: the request's [`RequestKey`](crate::RequestKey) for `User` requests, a key
 /// derived from it for `Background` ones, so that the two [`Priority`](crate::Priority) classes
 /// never share (see "Note on priority" in the [module docs](self)).
-/// `None` for a request without a key (a streaming body). For [`DedupeStore::status`].
+/// `None` for a request without a key (a streaming body). For [`DedupeStore::poll`].
 ///
 /// # Example
 ///
@@ -268,7 +282,7 @@ impl SharedResponse {
         *response.status_mut() = self.status;
         *response.version_mut() = self.version;
         *response.headers_mut() = self.headers.clone();
-        response.headers_mut().remove(service::VARY_DIGEST);
+        response.headers_mut().remove(share::VARY_DIGEST);
         *response.extensions_mut() = self.extensions.clone();
         Report::record(response.extensions_mut()).dedupe = Some(role);
         response

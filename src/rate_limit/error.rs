@@ -65,10 +65,9 @@ impl RateLimited {
 ///
 /// ```
 /// use courteous::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer};
-/// use std::num::NonZeroU32;
 /// use std::time::Duration;
 ///
-/// let limits = Limits::new().resource("issues", Limit::new(NonZeroU32::MIN, Duration::ZERO));
+/// let limits = Limits::new().resource("issues", Limit::new(1, Duration::ZERO));
 /// let err = RateLimitLayer::new(MemoryRateLimitStore::new(), limits).unwrap_err();
 /// assert_eq!(err.code(), "rate_limit_zero_window");
 /// ```

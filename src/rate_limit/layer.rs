@@ -443,7 +443,7 @@ impl RateLimitLayer {
                 .limits
                 .of(resource)
                 .iter()
-                .map(|l| Limit::new(l.max_nonzero(), l.window() + config.margin))
+                .map(|l| l.with_window(l.window() + config.margin))
                 .collect()
         };
         // Waiters of one priority take turns in arrival order (tokio's mutex is fair).

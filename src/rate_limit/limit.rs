@@ -10,19 +10,25 @@ use crate::resource::Resource;
 
 /// At most `max` admissions in any interval of length `window`.
 ///
-/// The count cannot be zero (it is a [`NonZeroU32`]); a zero window is refused when the layer is
-/// built.
+/// The count is a plain integer that must be at least 1: [`Limit::new`] and the `per_*`
+/// shorthands are `const fn`s that panic on 0 (for the literals of a configuration, where a zero
+/// is a typo caught at once, at compile time in a `const`), and [`Limit::try_new`] returns an
+/// [`InvalidLimit`] instead (for counts read at run time). A window shorter than a millisecond is
+/// refused when the layer is built ([`RateLimitConfigError::ZeroWindow`]).
 ///
 /// # Example
 ///
 /// ```
 /// use courteous::rate_limit::Limit;
-/// use std::num::NonZeroU32;
 /// use std::time::Duration;
 ///
-/// let n = |n| NonZeroU32::new(n).unwrap();
-/// assert_eq!(Limit::per_hour(n(200)), Limit::new(n(200), Duration::from_secs(3600)));
-/// assert_eq!(Limit::per_second(n(1)).window(), Duration::from_secs(1));
+/// const SEARCH: Limit = Limit::per_minute(10);
+/// assert_eq!(Limit::per_hour(200), Limit::new(200, Duration::from_secs(3600)));
+/// assert_eq!(Limit::per_second(1).window(), Duration::from_secs(1));
+/// assert_eq!(SEARCH.max(), 10);
+///
+/// let configured: u32 = "0".parse().unwrap();
+/// assert!(Limit::try_new(configured, Duration::from_secs(1)).is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limit {
@@ -32,32 +38,78 @@ pub struct Limit {
 
 impl Limit {
     /// `max` admissions per `window`.
-    pub const fn new(max: NonZeroU32, window: Duration) -> Self {
-        Limit { max, window }
+    ///
+    /// # Panics
+    ///
+    /// When `max` is 0. Use [`Limit::try_new`] for counts read at run time.
+    pub const fn new(max: u32, window: Duration) -> Self {
+        match Self::try_new(max, window) {
+            Ok(limit) => limit,
+            Err(_) => panic!(
+                "a rate limit must admit at least 1 request per window; \
+                 use Limit::try_new for counts read at run time"
+            ),
+        }
+    }
+
+    /// `max` admissions per `window`, or an [`InvalidLimit`] when `max` is 0.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::rate_limit::Limit;
+    /// use std::time::Duration;
+    ///
+    /// let limit = Limit::try_new(200, Duration::from_secs(3600)).unwrap();
+    /// assert_eq!(limit, Limit::per_hour(200));
+    /// let err = Limit::try_new(0, Duration::from_secs(1)).unwrap_err();
+    /// assert_eq!(err.code(), "rate_limit_zero_count");
+    /// ```
+    pub const fn try_new(max: u32, window: Duration) -> Result<Self, InvalidLimit> {
+        match NonZeroU32::new(max) {
+            Some(max) => Ok(Limit { max, window }),
+            None => Err(InvalidLimit(())),
+        }
     }
 
     /// `max` per second.
-    pub const fn per_second(max: NonZeroU32) -> Self {
+    ///
+    /// # Panics
+    ///
+    /// When `max` is 0 (see [`Limit::new`]).
+    pub const fn per_second(max: u32) -> Self {
         Self::new(max, Duration::from_secs(1))
     }
 
     /// `max` per minute.
-    pub const fn per_minute(max: NonZeroU32) -> Self {
+    ///
+    /// # Panics
+    ///
+    /// When `max` is 0 (see [`Limit::new`]).
+    pub const fn per_minute(max: u32) -> Self {
         Self::new(max, Duration::from_secs(60))
     }
 
     /// `max` per hour.
-    pub const fn per_hour(max: NonZeroU32) -> Self {
+    ///
+    /// # Panics
+    ///
+    /// When `max` is 0 (see [`Limit::new`]).
+    pub const fn per_hour(max: u32) -> Self {
         Self::new(max, Duration::from_secs(3600))
+    }
+
+    /// The same count over another window (the layer widens windows by its margin).
+    pub(crate) const fn with_window(self, window: Duration) -> Self {
+        Limit {
+            max: self.max,
+            window,
+        }
     }
 
     /// The most admissions in one window.
     pub const fn max(&self) -> u32 {
         self.max.get()
-    }
-
-    pub(crate) const fn max_nonzero(&self) -> NonZeroU32 {
-        self.max
     }
 
     /// The window's length.
@@ -80,13 +132,11 @@ impl Limit {
 ///
 /// ```
 /// use courteous::rate_limit::{Limit, Limits};
-/// use std::num::NonZeroU32;
 ///
-/// let n = |n| NonZeroU32::new(n).unwrap();
 /// let limits = Limits::new()
-///     .default_limit(Limit::per_hour(n(200)))
-///     .resource("search", Limit::per_minute(n(10)))
-///     .resource("search", Limit::per_second(n(1)));
+///     .default_limit(Limit::per_hour(200))
+///     .resource("search", Limit::per_minute(10))
+///     .resource("search", Limit::per_second(1));
 /// # let _ = limits;
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -130,7 +180,7 @@ impl Limits {
         }
         let mut resources: HashMap<Resource, Vec<Limit>> = HashMap::new();
         for (name, limit) in &self.resources {
-            let resource = Resource::new(name).ok_or(RateLimitConfigError::EmptyResource)?;
+            let resource = Resource::new(name).map_err(|_| RateLimitConfigError::EmptyResource)?;
             check(resource.as_str(), limit)?;
             resources.entry(resource).or_default().push(*limit);
         }
@@ -157,5 +207,70 @@ impl ResolvedLimits {
             .get(resource)
             .cloned()
             .unwrap_or_else(|| self.default.clone())
+    }
+}
+
+/// A [`Limit`] whose count is 0: it would admit nothing. Returned by [`Limit::try_new`].
+///
+/// # Example
+///
+/// ```
+/// use courteous::rate_limit::Limit;
+/// use std::time::Duration;
+///
+/// let err = Limit::try_new(0, Duration::from_secs(60)).unwrap_err();
+/// assert_eq!(err.code(), "rate_limit_zero_count");
+/// assert_eq!(
+///     err.to_string(),
+///     "a rate limit must admit at least 1 request per window; give it a count of at least 1"
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a rate limit must admit at least 1 request per window; give it a count of at least 1")]
+pub struct InvalidLimit(());
+
+impl InvalidLimit {
+    /// `"rate_limit_zero_count"`.
+    pub const fn code(&self) -> &'static str {
+        "rate_limit_zero_count"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "must admit at least 1 request per window")]
+    fn a_zero_count_panics_with_a_clear_message() {
+        let _ = Limit::per_minute(0);
+    }
+
+    #[test]
+    fn try_new_agrees_with_new() {
+        let window = Duration::from_secs(7);
+        assert_eq!(Limit::try_new(3, window), Ok(Limit::new(3, window)));
+        assert_eq!(
+            Limit::try_new(u32::MAX, window).map(|l| l.max()),
+            Ok(u32::MAX)
+        );
+        assert!(Limit::try_new(0, window).is_err());
+    }
+
+    #[test]
+    fn limits_refuse_an_empty_resource_name_when_built() {
+        for name in ["", "  "] {
+            let limits = Limits::new().resource(name, Limit::per_second(1));
+            assert_eq!(
+                limits.resolve().unwrap_err(),
+                RateLimitConfigError::EmptyResource
+            );
+        }
+        let limits = Limits::new().resource(" search ", Limit::per_second(1));
+        let resolved = limits.resolve().unwrap();
+        assert_eq!(
+            &*resolved.of(&Resource::from_static("search")),
+            &[Limit::per_second(1)]
+        );
     }
 }

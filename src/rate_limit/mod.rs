@@ -49,16 +49,14 @@
 //! ```
 //! use courteous::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer, RateLimited};
 //! use courteous::Report;
-//! use std::num::NonZeroU32;
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let n = |n| NonZeroU32::new(n).unwrap();
 //! let limits = Limits::new()
-//!     .default_limit(Limit::per_hour(n(200)))
-//!     .resource("search", Limit::per_second(n(1)));
+//!     .default_limit(Limit::per_hour(200))
+//!     .resource("search", Limit::per_second(1));
 //! let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), limits)
 //!     .unwrap()
 //!     .max_wait(Duration::ZERO); // fail at once instead of waiting
@@ -99,7 +97,7 @@ pub use crate::time::{Clock, SystemClock, Timestamp, TokioClock};
 pub use adaptive::{Activity, AdaptiveConfig, Split, Trend, allocate};
 pub use error::{OnStoreError, RateLimitConfigError, RateLimitStoreFailed, RateLimited};
 pub use layer::{Accounting, MaxWait, RateLimitLayer, RateLimitReport};
-pub use limit::{Limit, Limits};
+pub use limit::{InvalidLimit, Limit, Limits};
 pub use pacing::{Pacing, PacingKey};
 pub use service::RateLimit;
 pub use store::memory::MemoryRateLimitStore;

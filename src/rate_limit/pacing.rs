@@ -34,10 +34,9 @@ pub enum PacingKey {
 ///
 /// ```
 /// use courteous::rate_limit::{Limit, Limits, MemoryRateLimitStore, Pacing, RateLimitLayer};
-/// use std::num::NonZeroU32;
 /// use std::time::Duration;
 ///
-/// let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(60).unwrap()));
+/// let limits = Limits::new().default_limit(Limit::per_minute(60));
 /// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), limits)
 ///     .unwrap()
 ///     .pacing(Pacing::per_host(Duration::from_millis(250)));

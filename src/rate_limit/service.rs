@@ -67,7 +67,7 @@ where
             .map_or(self.layer.config.max_wait, |m| m.0);
         let host = request.uri().host().map(str::to_owned);
         let again = if self.layer.config.retry_once && idempotent(request.method()) {
-            copy(&request)
+            crate::body::copy(&request)
         } else {
             None
         };
@@ -157,16 +157,4 @@ fn idempotent(method: &http::Method) -> bool {
         Method::TRACE,
     ]
     .contains(method)
-}
-
-/// A copy of a request whose body can be replayed, extensions included.
-fn copy<B: ReplayableBody>(request: &http::Request<B>) -> Option<http::Request<B>> {
-    let body = request.body().replay()?;
-    let mut copy = http::Request::new(body);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    Some(copy)
 }

@@ -15,8 +15,10 @@
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 tokio::task_local! {
     static CURRENT: StoreBudget;
@@ -52,12 +54,12 @@ impl StoreBudget {
 
     /// What is left of `total` after what was spent.
     pub(crate) fn left(&self, total: Duration) -> Duration {
-        total.saturating_sub(*self.spent.lock().unwrap_or_else(|e| e.into_inner()))
+        total.saturating_sub(*self.spent.lock())
     }
 
     /// Adds `time` to what was spent.
     pub(crate) fn charge(&self, time: Duration) {
-        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spent = self.spent.lock();
         *spent = spent.saturating_add(time);
     }
 }

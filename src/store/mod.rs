@@ -1,6 +1,7 @@
-//! Where the layers keep their state.
+//! Where the layers keep their state: the storage engines, and what every store shares.
 //!
-//! Each concern has a small async trait (added with its layer) and backends beside it:
+//! Each concern has a small async trait beside its layer (`cache::store`, `dedupe::store`,
+//! `rate_limit::store`), with one implementation per backend there too:
 //!
 //! | backend | for | shared by |
 //! |---|---|---|
@@ -8,8 +9,16 @@
 //! | [`sqlite`] | the embedded default | every process on one machine that opens the file |
 //! | `redis` (feature `redis`) | fleets of machines | every process that uses the same Redis and prefix |
 //!
-//! The SQLite backend keeps every store's tables in one file, opened once as a
-//! [`SqliteStore`](sqlite::SqliteStore) and shared by all stores and processes.
+//! What lives here:
+//!
+//! * the engines: [`sqlite`] (one file holding every store's tables, opened once as a
+//!   [`SqliteStore`](sqlite::SqliteStore) and shared by all stores and processes) and `redis`
+//!   (one `RedisStore`: its connection, circuit breaker and subscriptions);
+//! * [`StoreError`], how every store reports a failure to its layer;
+//! * `budget`: one budget of remote-store time per request, across every layer it crosses;
+//! * `warn`: store-failure warnings, at most one per store per interval;
+//! * `codec`: one entry/header codec, the bytes in which the SQLite and Redis stores keep a
+//!   cache entry and response headers.
 //!
 //! # Example
 //!
@@ -29,6 +38,8 @@
 use crate::error::BoxError;
 
 pub(crate) mod budget;
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+pub(crate) mod codec;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]

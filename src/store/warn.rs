@@ -6,9 +6,10 @@
 //! one (`suppressed`); those are logged at `debug`.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 /// At most one warning per store in this interval.
@@ -19,10 +20,14 @@ static LAST: LazyLock<Mutex<HashMap<usize, (Instant, u64)>>> = LazyLock::new(Mut
 
 /// Whether a failure of `store` is warned about now: `Some(n)` with the number of warnings left
 /// out since the last one, or `None` to leave this one out (it is counted).
+///
+/// Every failure is also counted in the `courteous_store_errors_total` metric, labelled with the
+/// layer whose store failed ([`layer_of`]).
 pub(crate) fn admit<T: ?Sized>(store: &T) -> Option<u64> {
+    crate::observe::store_error(layer_of(std::any::type_name::<T>()));
     let key = std::ptr::from_ref(store).cast::<()>() as usize;
     let now = Instant::now();
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = LAST.lock();
     if last.len() > 1024 {
         last.retain(|_, (at, _)| now.saturating_duration_since(*at) < INTERVAL);
     }
@@ -42,6 +47,15 @@ pub(crate) fn admit<T: ?Sized>(store: &T) -> Option<u64> {
     }
 }
 
+/// The layer a store type belongs to, from the module path in its type name (the stores are
+/// passed as `dyn CacheStore`, `dyn DedupeStore`, `dyn RateLimitStore` or the layer's state).
+fn layer_of(type_name: &str) -> &'static str {
+    ["rate_limit", "dedupe", "cache"]
+        .into_iter()
+        .find(|layer| type_name.contains(&format!("::{layer}::")))
+        .unwrap_or("store")
+}
+
 /// `tracing::warn!` for a failure of the store `$store` (any reference that identifies it),
 /// rate limited by [`admit`]: the warning carries `suppressed`, the count of those left out
 /// since the previous one, which go to `debug` instead.
@@ -58,6 +72,24 @@ pub(crate) use store_warn;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_labelled_with_their_layer() {
+        use std::any::type_name;
+        assert_eq!(
+            layer_of(type_name::<dyn crate::cache::CacheStore>()),
+            "cache"
+        );
+        assert_eq!(
+            layer_of(type_name::<dyn crate::dedupe::store::DedupeStore>()),
+            "dedupe"
+        );
+        assert_eq!(
+            layer_of(type_name::<dyn crate::rate_limit::store::RateLimitStore>()),
+            "rate_limit"
+        );
+        assert_eq!(layer_of(type_name::<u8>()), "store");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn one_warning_per_store_per_interval_with_the_count_left_out() {

@@ -9,6 +9,8 @@ mod consistency;
 #[cfg(all(feature = "sqlite", unix))]
 mod files;
 mod logs;
+#[cfg(feature = "sqlite")]
+mod migration;
 #[cfg(all(feature = "sqlite", unix))]
 mod readonly;
 #[cfg(all(feature = "sqlite", unix))]

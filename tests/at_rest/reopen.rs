@@ -221,7 +221,6 @@ async fn rate_limits_after_a_reopen_count_the_new_files_admissions() {
         AdaptiveConfig, AdmissionRequest, Decision, Limit, RateLimitStore, Timestamp,
     };
     use courteous::{Priority, Resource};
-    use std::num::NonZeroU32;
 
     let (_dir, path) = crate::support::temp_db();
     let open = || {
@@ -229,7 +228,7 @@ async fn rate_limits_after_a_reopen_count_the_new_files_admissions() {
             .file_check_interval(Duration::from_millis(20))
             .open()
     };
-    let limits: Arc<[Limit]> = vec![Limit::per_minute(NonZeroU32::new(3).unwrap())].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_minute(3)].into();
     let adaptive = Arc::new(AdaptiveConfig::default());
     let t0 = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -263,18 +263,18 @@ async fn a_failed_leader_leaves_no_secret_in_redis() {
     assert_masked("the published error", &errors[0]);
 }
 
-/// The reqwest-middleware path: the error reqwest returns under `courteous::Middleware` holds
+/// The reqwest-middleware path: the error reqwest returns under `courteous::CourteousMiddleware` holds
 /// the masked URL.
 #[cfg(feature = "middleware")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_middleware_path_returns_masked_errors() {
-    use courteous::{Middleware, dedupe::MemoryDedupeStore};
+    use courteous::{CourteousMiddleware, dedupe::MemoryDedupeStore};
 
     let stack = ServiceBuilder::new()
         .layer(ContextLayer::new().key_extractor(keys()))
         .layer(DedupeLayer::new(MemoryDedupeStore::new()));
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(stack))
+        .with(CourteousMiddleware::new(stack))
         .build();
     let error = client
         .get(hangup_url())
@@ -329,7 +329,6 @@ async fn a_cached_response_leaves_no_secret_in_the_sqlite_file() {
     use courteous::cache::CacheLayer;
     use courteous::store::sqlite::SqliteStore;
     use courteous::{Limit, Limits, RateLimitLayer};
-    use std::num::NonZeroU32;
 
     let server = crate::support::TestServer::start().await;
     let (dir, path) = crate::support::temp_db();
@@ -341,7 +340,7 @@ async fn a_cached_response_leaves_no_secret_in_the_sqlite_file() {
         .layer(
             RateLimitLayer::new(
                 sqlite.rate_limits(),
-                Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap())),
+                Limits::new().default_limit(Limit::per_minute(100)),
             )
             .unwrap(),
         )

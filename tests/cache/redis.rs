@@ -18,6 +18,7 @@ use courteous::cache::{
     RedisCacheStore, TieredCacheStore,
 };
 use courteous::store::redis::RedisStore;
+use courteous::time::{Clock, SystemClock, Timestamp};
 
 use crate::backend::redis_handle;
 use crate::stores::{entry, key, wait_until};
@@ -141,6 +142,16 @@ async fn an_oversized_entry_is_not_stored_and_drops_the_one_it_replaces() {
     );
 }
 
+/// A clock `.0` behind the system clock.
+#[derive(Debug)]
+struct Behind(Duration);
+
+impl Clock for Behind {
+    fn now(&self) -> Timestamp {
+        SystemClock.now() - self.0
+    }
+}
+
 /// A client whose clock is an hour behind Redis's: its entries live their whole TTL in Redis
 /// (a relative expiry), and the expiry index is in Redis's clock, so purges and `expired` agree
 /// with Redis about what has expired.
@@ -151,7 +162,7 @@ async fn entries_live_their_ttl_whatever_the_clients_clock_says() {
     };
     let prefix = unique_prefix("skew");
     let behind = || SystemTime::now() - HOUR;
-    let store = redis_handle(&url, &prefix).clock(behind);
+    let store = redis_handle(&url, &prefix).clock(Behind(HOUR));
     let mut conn = raw(&url).await;
     let lives = Duration::from_secs(60);
     let skewed = Arc::new(
@@ -653,4 +664,81 @@ async fn tiered_stores_over_clones_of_one_store_see_each_others_writes() {
     wait_until("a drops what b deleted", || in_memory(&a).is_none()).await;
     assert!(a.get(&key(1)).await.unwrap().is_none());
     store.clear().await.unwrap();
+}
+
+/// The entry value as format 1 lays it out (`crate::store::codec`), written by hand: what the
+/// builds before the shared codec wrote, byte for byte.
+fn format_1_value(url: &str, body: &[u8], expires_ms: i64) -> Vec<u8> {
+    let mut value = vec![1, 0, 203, 20]; // format, status 203, HTTP/2
+    for int in [1_000i64, 250, expires_ms, expires_ms, -1] {
+        value.extend_from_slice(&int.to_be_bytes());
+    }
+    let headers = b"\0\0\0\x04etag\0\0\0\x03\"x\"\0\0\0\x0aset-cookie\0\0\0\x03a=1\0\0\0\x0aset-cookie\0\0\0\x03b=2";
+    for part in [url.as_bytes(), b"accept", &headers[..]] {
+        value.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        value.extend_from_slice(part);
+    }
+    value.extend_from_slice(body);
+    value
+}
+
+/// Values written by earlier builds in format 1 read back intact; a damaged value, or one in a
+/// format this build does not know, is a miss (not an error, not a panic).
+#[tokio::test]
+async fn format_1_values_read_back_and_damaged_ones_are_misses() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let prefix = unique_prefix("format");
+    let store = redis_handle(&url, &prefix);
+    let mut conn = raw(&url).await;
+    let expires = SystemTime::now() + HOUR;
+    let expires_ms = expires
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let good = format_1_value("http://h/1", b"body", expires_ms);
+    let mut future = good.clone();
+    future[0] = 2;
+    let values = [
+        good.clone(),
+        good[..30].to_vec(),
+        future,
+        b"not an entry".to_vec(),
+    ];
+    for (n, value) in values.iter().enumerate() {
+        let entry_key = format!("{prefix}:cache:e:{}", key(n as u8 + 1).to_hex());
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&entry_key)
+            .arg("u")
+            .arg("http://h/1")
+            .arg("e")
+            .arg(&value[..])
+            .arg("f")
+            .arg(expires_ms)
+            .arg("x")
+            .arg(expires_ms);
+        let _: i64 = hset.query_async(&mut conn).await.unwrap();
+        let _: i64 = cmd(&mut conn, &["PEXPIRE", &entry_key, "60000"]).await;
+    }
+    let got = store.get(&key(1)).await.unwrap().expect("format 1 reads");
+    assert_eq!(got.url, "http://h/1");
+    assert_eq!(got.status, http::StatusCode::NON_AUTHORITATIVE_INFORMATION);
+    assert_eq!(got.version, http::Version::HTTP_2);
+    assert_eq!(&got.body[..], b"body");
+    assert_eq!(got.vary, vec![http::header::ACCEPT]);
+    assert_eq!(got.age_at_store, Duration::from_millis(250));
+    assert_eq!(got.sliding, None);
+    assert_eq!(got.headers["etag"], "\"x\"");
+    let cookies: Vec<_> = got.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    for n in 2..=4 {
+        assert!(store.get(&key(n)).await.unwrap().is_none(), "key {n}");
+    }
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.hits, stats.misses, stats.errors),
+        (1, 3, 0),
+        "{stats:?}"
+    );
 }

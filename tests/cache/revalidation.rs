@@ -246,7 +246,7 @@ async fn through_reqwest_middleware_a_failed_background_refresh_makes_the_next_r
     let clock = TestClock::new();
     let layer = clock.on(CacheLayer::new(MemoryCacheStore::new()));
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(courteous::Middleware::new(layer))
+        .with(courteous::CourteousMiddleware::new(layer))
         .build();
     let url = server.url("/swr");
     let fetch = || async {

@@ -184,3 +184,26 @@ async fn a_read_only_database_degrades_to_pass_through() {
     assert!(layer.stats().await.store_errors >= 1);
     assert!(sqlite.stats().failed_batches >= 1);
 }
+
+/// Expiry is judged by the store's clock: an entry an hour from expiring is expired for a store
+/// whose clock is two hours ahead (a miss, and purged), and still there for one on the system
+/// clock.
+#[tokio::test]
+async fn entries_expire_by_the_injected_clock() {
+    use courteous::time::{Clock, SystemClock};
+
+    let (_dir, path) = temp_db();
+    let sqlite = SqliteStore::open(&path).await.unwrap();
+    let now = sqlite.cache();
+    let later = sqlite.cache().clock(SystemClock.now() + 2 * HOUR);
+    now.put(&key(1), entry("http://h/1", "one", HOUR))
+        .await
+        .unwrap();
+    sqlite.flush().await.unwrap();
+    assert!(later.get(&key(1)).await.unwrap().is_none());
+    assert!(now.get(&key(1)).await.unwrap().is_some());
+    assert_eq!(now.purge_expired().await.unwrap(), 0);
+    assert_eq!(later.purge_expired().await.unwrap(), 1);
+    assert!(now.get(&key(1)).await.unwrap().is_none());
+    sqlite.close().await.unwrap();
+}

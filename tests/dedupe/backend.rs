@@ -151,3 +151,26 @@ where
 }
 
 pub(crate) use crate::support::suites::{every_backend, shared_backends};
+
+/// A clock the test sets by hand; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct HandClock(Arc<std::sync::atomic::AtomicU64>);
+
+impl HandClock {
+    /// A clock standing at `ms` after the epoch.
+    pub fn at(ms: u64) -> Self {
+        HandClock(Arc::new(std::sync::atomic::AtomicU64::new(ms)))
+    }
+
+    /// Moves the clock `by` forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        let by = u64::try_from(by.as_millis()).unwrap();
+        self.0.fetch_add(by, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl courteous::time::Clock for HandClock {
+    fn now(&self) -> courteous::time::Timestamp {
+        courteous::time::Timestamp::from_millis(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use courteous::dedupe::{
     BypassReason, Completion, DedupeCounters, DedupeError, DedupeLayer, DedupeRole, DedupeStore,
-    KeyState, KeyStatus, Lead, MemoryDedupeStore, OnTimeout, StoreFuture,
+    KeyState, Lead, MemoryDedupeStore, OnTimeout, StoreFuture,
 };
 use courteous::store::{StoreError, StoreErrorKind};
 use courteous::{BoxError, HttpClient, Report, RequestContext, RequestKey};
@@ -323,6 +323,32 @@ async fn a_leader_gets_all_of_a_streamed_body_over_the_limit() {
     assert!(body.starts_with(&"a".repeat(300)) && body.ends_with(&"j".repeat(300)));
 }
 
+/// A body that fails while the leader buffers it is an upstream failure: shared with every
+/// follower, not retried by each (the buffering of `src/body.rs` returns the error).
+#[tokio::test(start_paused = true)]
+async fn a_body_that_fails_while_buffered_reaches_every_follower_as_an_error() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = counting(&calls, |_| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let chunks = [
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"ab"))),
+            Err(std::io::Error::other("connection reset by peer")),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+        Ok(http::Response::new(reqwest::Body::wrap(body)))
+    });
+    let client = ServiceBuilder::new()
+        .layer(DedupeLayer::new(MemoryDedupeStore::new()))
+        .service(upstream);
+    let results = join_all((0..20).map(|_| client.clone().oneshot(get("http://h/x")))).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    for result in results {
+        let error = result.unwrap_err();
+        let error = error.downcast_ref::<DedupeError>().expect("a DedupeError");
+        assert_eq!(error.code(), "dedupe_upstream");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn only_the_configured_methods_and_keyed_requests_are_coalesced() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -422,19 +448,16 @@ async fn a_result_is_served_to_late_followers_only_within_result_ttl() {
         let mut r = get(&url);
         courteous::dedupe::store_key(&mut r).unwrap()
     };
-    assert!(matches!(
-        layer.store().status(&key).await.unwrap(),
-        KeyStatus::Completed {
-            status: Some(200),
-            ..
-        }
-    ));
+    assert_eq!(layer.store().poll(&key).await.unwrap().status(), Some(200));
     let late = client.clone().oneshot(get(&url)).await.unwrap();
     assert_eq!(role(&late), DedupeRole::CrossProcessFollower);
     assert_eq!(server.hits(), 1);
 
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(layer.store().status(&key).await.unwrap(), KeyStatus::Empty);
+    assert!(matches!(
+        layer.store().poll(&key).await.unwrap(),
+        KeyState::Vacant
+    ));
     let after = client.clone().oneshot(get(&url)).await.unwrap();
     assert_eq!(role(&after), DedupeRole::Leader);
     assert_eq!(server.hits(), 2);
@@ -446,13 +469,13 @@ async fn a_result_is_served_to_late_followers_only_within_result_ttl() {
 #[cfg(feature = "middleware")]
 #[tokio::test]
 async fn through_reqwest_middleware_identical_sends_share_one_call() {
-    use courteous::{ContextLayer, Middleware};
+    use courteous::{ContextLayer, CourteousMiddleware};
     let server = TestServer::start().await;
     let stack = ServiceBuilder::new()
         .layer(ContextLayer::new())
         .layer(DedupeLayer::new(MemoryDedupeStore::new()));
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(stack))
+        .with(CourteousMiddleware::new(stack))
         .build();
     let url = server.url("/api/volumes/?delay_ms=300");
     let responses = join_all((0..20).map(|_| client.get(&url).send())).await;
@@ -597,9 +620,6 @@ impl DedupeStore for Faulty {
     fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
         self.0.invalidate(path)
     }
-    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
-        self.0.status(key)
-    }
     fn cleanup(&self) -> StoreFuture<'_, u64> {
         self.0.cleanup()
     }
@@ -628,8 +648,8 @@ async fn a_leader_whose_publish_fails_releases_its_lease() {
     };
     let started = std::time::Instant::now();
     loop {
-        match store.status(&key).await.unwrap() {
-            KeyStatus::Empty => break,
+        match store.poll(&key).await.unwrap() {
+            KeyState::Vacant => break,
             status => assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "the key stays {status:?} after a failed publish"
@@ -675,10 +695,10 @@ async fn owner_ids_carry_a_random_part_next_to_the_pid() {
             }
             let mut r = get(url);
             let key = courteous::dedupe::store_key(&mut r).unwrap();
-            let status = store.status(&key).await.unwrap();
+            let status = store.poll(&key).await.unwrap();
             leader.abort();
             match status {
-                KeyStatus::Pending { owner, .. } => owner,
+                KeyState::Pending { owner, .. } => owner,
                 other => panic!("expected a pending leader, found {other:?}"),
             }
         }

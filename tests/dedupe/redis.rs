@@ -75,7 +75,10 @@ async fn followers_are_woken_through_pub_sub() {
     let (state, woke) = waiter.await.unwrap();
     assert!(matches!(
         state.unwrap(),
-        KeyState::Completed(Completion::TooLarge)
+        KeyState::Completed {
+            completion: Completion::TooLarge,
+            ..
+        }
     ));
     let latency = woke.duration_since(published);
     println!("woken {latency:?} after the publish");
@@ -139,7 +142,7 @@ async fn a_missed_announcement_is_caught_by_polling() {
         .unwrap()
         .unwrap();
     assert!(
-        matches!(&state, KeyState::Completed(Completion::Failed(m)) if &**m == "written quietly"),
+        matches!(&state, KeyState::Completed { completion: Completion::Failed(m), .. } if &**m == "written quietly"),
         "{state:?}"
     );
     assert!(written.elapsed() < Duration::from_millis(500));
@@ -351,4 +354,53 @@ async fn until(what: &str, done: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Given a clock, the Redis store's leases and results end by it (set by hand here), before
+/// Redis's own expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_expires_by_the_clock_it_is_given() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let clock = crate::backend::HandClock::at(1_700_000_000_000);
+    let dedupe = store(&url, &unique_prefix("clock"), Duration::from_secs(2))
+        .dedupe()
+        .clock(clock.clone());
+    let key = RequestKey::from_parts([10; 32], "GET http://h/clock");
+    crate::stores::expires_by_its_clock(&dedupe, &key, |by| {
+        clock.advance(by);
+        std::future::ready(())
+    })
+    .await;
+}
+
+/// Leases and result TTLs of `Duration::MAX` saturate: the scripts write the sums they compute
+/// as integers. Before, `PEXPIRE` refused the lease plus grace that Lua wrote with an exponent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_at_the_maximum_saturate() {
+    let Some(url) = shared_url().await else {
+        return;
+    };
+    let dedupe = store(&url, &unique_prefix("max"), Duration::from_secs(2)).dedupe();
+    let key = RequestKey::from_parts([11; 32], "GET http://h/max");
+    assert!(matches!(
+        dedupe.try_lead(&key, "me", Duration::MAX).await.unwrap(),
+        Lead::Acquired { takeover: false }
+    ));
+    assert!(dedupe.renew(&key, "me", Duration::MAX).await.unwrap());
+    assert!(matches!(
+        dedupe.poll(&key).await.unwrap(),
+        KeyState::Pending { .. }
+    ));
+    dedupe
+        .publish(&key, "me", Completion::TooLarge, Duration::MAX)
+        .await
+        .unwrap();
+    let state = dedupe.poll(&key).await.unwrap();
+    assert!(
+        matches!(&state, KeyState::Completed { expires_in, .. } if *expires_in > Duration::from_secs(1 << 40)),
+        "{state:?}"
+    );
+    assert_eq!(dedupe.invalidate("http://h/max").await.unwrap(), 1);
 }

@@ -2,7 +2,6 @@
 //! item 5), typed errors through the whole stack (item 6), results from before an unsafe request
 //! changed the resource (issue 12, item 10).
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,10 +32,6 @@ shared_backends!(
 );
 
 type Response = http::Response<reqwest::Body>;
-
-fn n(v: u32) -> NonZeroU32 {
-    NonZeroU32::new(v).unwrap()
-}
 
 fn request(
     method: http::Method,
@@ -86,7 +81,7 @@ async fn body_of(response: Response) -> String {
 fn one_per(window: Duration) -> RateLimitLayer {
     RateLimitLayer::new(
         MemoryRateLimitStore::new(),
-        Limits::new().default_limit(Limit::new(n(1), window)),
+        Limits::new().default_limit(Limit::new(1, window)),
     )
     .unwrap()
     .adaptive(courteous::rate_limit::AdaptiveConfig::default().min_user_reserved(0))
@@ -102,7 +97,7 @@ async fn a_user_request_does_not_wait_behind_a_queued_background_leader() {
     // 10 per 3 s; with users idle, background may use 5 and 5 stay reserved for users.
     let limiter = RateLimitLayer::new(
         MemoryRateLimitStore::new(),
-        Limits::new().default_limit(Limit::new(n(10), Duration::from_secs(3))),
+        Limits::new().default_limit(Limit::new(10, Duration::from_secs(3))),
     )
     .unwrap();
     let client = ServiceBuilder::new()
@@ -324,7 +319,7 @@ async fn a_refusal_is_found_through_every_layer_and_through_reqwest_middleware()
     #[cfg(feature = "middleware")]
     {
         let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-            .with(courteous::Middleware::new(stack))
+            .with(courteous::CourteousMiddleware::new(stack))
             .build();
         let error = client
             .get(server.url("/r/third"))
@@ -567,8 +562,8 @@ async fn a_leader_refused_in_another_process_hands_over_to_this_one(backend: Bac
     let store = backend.handle().await;
     assert!(
         matches!(
-            store.status(&key).await.unwrap(),
-            courteous::dedupe::KeyStatus::Pending { .. }
+            store.poll(&key).await.unwrap(),
+            courteous::dedupe::KeyState::Pending { .. }
         ),
         "the child leads the key"
     );
@@ -599,7 +594,7 @@ async fn a_failed_rate_limit_store_is_each_callers_own_typed_error() {
         .unwrap();
     let limiter = RateLimitLayer::new(
         sqlite.rate_limits(),
-        Limits::new().default_limit(Limit::per_second(n(100))),
+        Limits::new().default_limit(Limit::per_second(100)),
     )
     .unwrap();
     sqlite.close().await.unwrap();

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use courteous::dedupe::{DedupeLayer, DedupeRole, DedupeStore, KeyStatus};
+use courteous::dedupe::{DedupeLayer, DedupeRole, DedupeStore, KeyState};
 use courteous::store::sqlite::SqliteStore;
 use courteous::{BoxError, Report};
 use tower::{ServiceBuilder, ServiceExt};
@@ -74,8 +74,8 @@ async fn a_leader_cancelled_while_waiting_for_the_write_lock_leaves_no_lease() {
     // The lease the cancelled call committed is released shortly after the lock is free.
     let started = Instant::now();
     loop {
-        match store.status(&key).await.unwrap() {
-            KeyStatus::Empty => break,
+        match store.poll(&key).await.unwrap() {
+            KeyState::Vacant => break,
             status => assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "the key stays {status:?}: a lease nobody owns"
@@ -89,4 +89,22 @@ async fn a_leader_cancelled_while_waiting_for_the_write_lock_leaves_no_lease() {
         .unwrap();
     assert_eq!(Report::of(&next).unwrap().dedupe, Some(DedupeRole::Leader));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// The SQLite store's leases and results end by the clock it is given, set by hand here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_store_expires_by_its_clock() {
+    let (_dir, path) = crate::support::temp_db();
+    let clock = crate::backend::HandClock::at(1_700_000_000_000);
+    let store = SqliteStore::open(&path)
+        .await
+        .unwrap()
+        .dedupe()
+        .clock(clock.clone());
+    let key = courteous::RequestKey::from_parts([10; 32], "GET http://h/clock");
+    crate::stores::expires_by_its_clock(&store, &key, |by| {
+        clock.advance(by);
+        std::future::ready(())
+    })
+    .await;
 }

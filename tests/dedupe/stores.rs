@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use courteous::dedupe::{
-    BypassReason, Completion, DedupeError, DedupeLayer, DedupeRole, DedupeStore, KeyState,
-    KeyStatus, Lead, SharedResponse,
+    BypassReason, Completion, DedupeError, DedupeLayer, DedupeRole, DedupeStore, KeyState, Lead,
+    MemoryDedupeStore, SharedResponse,
 };
+use courteous::time::TokioClock;
 use courteous::{BoxError, HttpClient, Report, RequestKey};
 use futures_util::future::join_all;
 use http_body_util::BodyExt;
@@ -94,13 +95,9 @@ async fn an_expired_lease_is_taken_over(backend: Backend) {
         Lead::Pending { owner, .. } if owner == "old"
     ));
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert!(matches!(store.poll(&key).await.unwrap(), KeyState::Expired));
     assert!(matches!(
-        store.status(&key).await.unwrap(),
-        KeyStatus::Pending {
-            lease_expired: true,
-            ..
-        }
+        store.poll(&key).await.unwrap(),
+        KeyState::Expired { owner, age } if owner == "old" && age >= Duration::from_millis(100)
     ));
     assert!(matches!(
         store
@@ -115,7 +112,7 @@ async fn an_expired_lease_is_taken_over(backend: Backend) {
         .await
         .unwrap();
     assert!(
-        matches!(store.status(&key).await.unwrap(), KeyStatus::Pending { owner, lease_expired: false, .. } if owner == "new")
+        matches!(store.poll(&key).await.unwrap(), KeyState::Pending { owner, .. } if owner == "new")
     );
     store.release(&key, "new").await.unwrap();
 }
@@ -134,16 +131,21 @@ async fn only_the_owner_renews_publishes_or_releases(backend: Backend) {
     two.publish(&key, "intruder", Completion::TooLarge, lease)
         .await
         .unwrap();
-    assert!(matches!(two.poll(&key).await.unwrap(), KeyState::Pending));
+    assert!(matches!(
+        two.poll(&key).await.unwrap(),
+        KeyState::Pending { .. }
+    ));
     // Renewed past its first deadline, the lease still holds.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(one.renew(&key, "me", lease).await.unwrap());
     }
-    assert!(matches!(two.poll(&key).await.unwrap(), KeyState::Pending));
+    assert!(matches!(
+        two.poll(&key).await.unwrap(),
+        KeyState::Pending { .. }
+    ));
     one.release(&key, "me").await.unwrap();
     assert!(matches!(two.poll(&key).await.unwrap(), KeyState::Vacant));
-    assert_eq!(two.status(&key).await.unwrap(), KeyStatus::Empty);
 }
 
 /// Status, headers (repeated ones too) and a binary body come back whole from another handle,
@@ -185,19 +187,17 @@ async fn a_published_response_is_read_whole(backend: Backend) {
         .expect("the waiter woke")
         .unwrap()
         .unwrap();
-    let KeyState::Completed(Completion::Response(read)) = woke else {
+    let KeyState::Completed {
+        completion: Completion::Response(read),
+        ..
+    } = woke
+    else {
         panic!("expected a response, found {woke:?}");
     };
     assert_eq!(read.status, http::StatusCode::CREATED);
     assert_eq!(read.headers, headers);
     assert_eq!(read.body, body);
-    assert!(matches!(
-        two.status(&key).await.unwrap(),
-        KeyStatus::Completed {
-            status: Some(201),
-            ..
-        }
-    ));
+    assert_eq!(two.poll(&key).await.unwrap().status(), Some(201));
     assert!(matches!(
         two.try_lead(&key, "late", Duration::from_secs(30))
             .await
@@ -225,11 +225,9 @@ async fn a_published_result_is_not_served_after_result_ttl(backend: Backend) {
     let first = a.clone().oneshot(get(&url)).await.unwrap();
     assert_eq!(role(&first), DedupeRole::Leader);
     let first = first.into_body().collect().await.unwrap().to_bytes();
-    match two.status(&key).await.unwrap() {
-        KeyStatus::Completed {
-            status, expires_in, ..
-        } => {
-            assert_eq!(status, Some(200));
+    match two.poll(&key).await.unwrap() {
+        state @ KeyState::Completed { expires_in, .. } => {
+            assert_eq!(state.status(), Some(200));
             assert!(expires_in <= ttl);
         }
         other => panic!("expected a kept result, found {other:?}"),
@@ -240,7 +238,7 @@ async fn a_published_result_is_not_served_after_result_ttl(backend: Backend) {
     assert_eq!(server.hits(), 1);
 
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-    assert_eq!(two.status(&key).await.unwrap(), KeyStatus::Empty);
+    assert!(matches!(two.poll(&key).await.unwrap(), KeyState::Vacant));
     let after = b.clone().oneshot(get(&url)).await.unwrap();
     assert_eq!(role(&after), DedupeRole::Leader);
     assert_eq!(server.hits(), 2);
@@ -377,17 +375,20 @@ async fn cleanup_removes_lapsed_leases_only(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(store.cleanup().await.unwrap() >= 1);
     assert!(store.stats().cleaned >= 1);
-    assert_eq!(store.status(&lapsed).await.unwrap(), KeyStatus::Empty);
     assert!(matches!(
-        store.status(&live).await.unwrap(),
-        KeyStatus::Pending {
-            lease_expired: false,
-            ..
-        }
+        store.poll(&lapsed).await.unwrap(),
+        KeyState::Vacant
     ));
     assert!(matches!(
-        store.status(&done).await.unwrap(),
-        KeyStatus::Completed { status: None, .. }
+        store.poll(&live).await.unwrap(),
+        KeyState::Pending { .. }
+    ));
+    assert!(matches!(
+        store.poll(&done).await.unwrap(),
+        KeyState::Completed {
+            completion: Completion::TooLarge,
+            ..
+        }
     ));
     assert!(matches!(
         store.try_lead(&lapsed, "next", long).await.unwrap(),
@@ -433,5 +434,77 @@ async fn followers_already_waiting_get_a_result_published_with_a_zero_result_ttl
     assert_eq!(&body[..], b"answer 1");
 
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(two.status(&key_of(url)).await.unwrap(), KeyStatus::Empty);
+    assert!(matches!(
+        two.poll(&key_of(url)).await.unwrap(),
+        KeyState::Vacant
+    ));
+}
+
+/// A lease and a result end by the store's clock, which `advance` moves (`key` is the test's
+/// own): at 29 s a 30 s lease holds, at 31 s it is expired and the next caller leads; a result
+/// kept 10 s is there at 9 s and gone at 10 s. Ages and expiries are read on that clock.
+pub(crate) async fn expires_by_its_clock<F, Fut>(
+    store: &dyn DedupeStore,
+    key: &RequestKey,
+    advance: F,
+) where
+    F: Fn(Duration) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let lease = Duration::from_secs(30);
+    assert!(matches!(
+        store.try_lead(key, "old", lease).await.unwrap(),
+        Lead::Acquired { takeover: false }
+    ));
+    advance(Duration::from_secs(29)).await;
+    let state = store.poll(key).await.unwrap();
+    assert!(
+        matches!(&state, KeyState::Pending { owner, age } if owner == "old" && *age == Duration::from_secs(29)),
+        "{state:?}"
+    );
+    advance(Duration::from_secs(2)).await;
+    let state = store.poll(key).await.unwrap();
+    assert!(
+        matches!(&state, KeyState::Expired { owner, age } if owner == "old" && *age == Duration::from_secs(31)),
+        "{state:?}"
+    );
+    // A takeover, or a fresh lead when a sweep removed the lapsed lease first.
+    assert!(matches!(
+        store.try_lead(key, "new", lease).await.unwrap(),
+        Lead::Acquired { .. }
+    ));
+    store
+        .publish(key, "new", Completion::TooLarge, Duration::from_secs(10))
+        .await
+        .unwrap();
+    advance(Duration::from_secs(9)).await;
+    let state = store.poll(key).await.unwrap();
+    assert!(
+        matches!(
+            &state,
+            KeyState::Completed { completion: Completion::TooLarge, age, expires_in }
+                if *age == Duration::from_secs(9) && *expires_in == Duration::from_secs(1)
+        ),
+        "{state:?}"
+    );
+    assert!(matches!(
+        store.try_lead(key, "late", lease).await.unwrap(),
+        Lead::Completed(Completion::TooLarge)
+    ));
+    advance(Duration::from_secs(1)).await;
+    let state = store.poll(key).await.unwrap();
+    assert!(matches!(state, KeyState::Vacant), "{state:?}");
+    assert!(matches!(
+        store.try_lead(key, "next", lease).await.unwrap(),
+        Lead::Acquired { takeover: false }
+    ));
+    store.release(key, "next").await.unwrap();
+}
+
+/// The memory store on tokio's paused clock: minutes of leases and results in no time.
+#[tokio::test(start_paused = true)]
+async fn the_memory_store_expires_by_its_clock() {
+    let store = MemoryDedupeStore::with_clock(TokioClock::new());
+    let key = RequestKey::from_parts([10; 32], "GET http://h/clock");
+    expires_by_its_clock(&store, &key, tokio::time::advance).await;
 }

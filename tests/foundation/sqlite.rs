@@ -485,7 +485,6 @@ async fn a_wal_past_its_size_limit_is_started_over_under_steady_writes() {
         AdaptiveConfig, AdmissionRequest, Clock, Limit, RateLimitStore, SystemClock,
     };
     use courteous::{Priority, Resource};
-    use std::num::NonZeroU32;
     use std::sync::Arc;
 
     let (_dir, path) = temp_db();
@@ -497,7 +496,7 @@ async fn a_wal_past_its_size_limit_is_started_over_under_steady_writes() {
             .open()
     };
     let stores = [open().await.unwrap(), open().await.unwrap()];
-    let limits: Arc<[Limit]> = vec![Limit::per_second(NonZeroU32::new(1_000_000).unwrap())].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_second(1_000_000)].into();
     let adaptive = Arc::new(AdaptiveConfig::default());
     let until = Instant::now() + Duration::from_secs(2);
     let mut tasks = Vec::new();

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use courteous::{
-    ContextLayer, Handoff, HandoffError, HttpClient, Middleware, Priority, Report, RequestContext,
+    ContextLayer, CourteousMiddleware, Handoff, HandoffError, HttpClient, Priority, Report,
+    RequestContext,
 };
 use http::HeaderValue;
 use reqwest_middleware::ClientBuilder;
@@ -82,7 +83,7 @@ async fn reqwest_middleware_carries_priority_to_the_layers() {
         .layer(ContextLayer::new().default_priority(Priority::Background))
         .layer(PriorityProbeLayer);
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(stack))
+        .with(CourteousMiddleware::new(stack))
         .build();
 
     let url = server.url("/api/volumes/?offset=0");
@@ -138,7 +139,7 @@ async fn middlewares_after_courteous_still_run_once_per_upstream_call() {
     let server = TestServer::start().await;
     let count = Arc::new(AtomicUsize::new(0));
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(ContextLayer::new()))
+        .with(CourteousMiddleware::new(ContextLayer::new()))
         .with(Counting(count.clone()))
         .build();
     for _ in 0..3 {
@@ -172,7 +173,7 @@ async fn transport_errors_come_back_typed_on_both_paths() {
     assert!(error.is_connect(), "{error:?}");
 
     let client = ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(ContextLayer::new()))
+        .with(CourteousMiddleware::new(ContextLayer::new()))
         .build();
     match client.get(&url).send().await.unwrap_err() {
         reqwest_middleware::Error::Reqwest(error) => assert!(error.is_connect(), "{error:?}"),

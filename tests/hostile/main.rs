@@ -12,7 +12,6 @@ mod regressions;
 mod server;
 
 use std::cell::Cell;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -58,7 +57,7 @@ pub async fn stack_with(
     configure: impl FnOnce(CacheLayer) -> CacheLayer,
     configure_dedupe: impl FnOnce(DedupeLayer) -> DedupeLayer,
 ) -> Stack {
-    let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(10_000).unwrap()));
+    let limits = Limits::new().default_limit(Limit::per_minute(10_000));
     let (cache, dedupe, rate, dir) = match backend {
         Backend::Memory => (
             CacheLayer::new(MemoryCacheStore::new()),

@@ -1,10 +1,10 @@
-//! The reqwest-middleware path: `Middleware` running `CacheLayer -> DedupeLayer` inside a
+//! The reqwest-middleware path: `CourteousMiddleware` running `CacheLayer -> DedupeLayer` inside a
 //! `ClientWithMiddleware`.
 
 use std::time::Duration;
 
 use courteous::cache::{CacheLayer, CacheTtl};
-use courteous::{CacheStatus, ContextLayer, DedupeLayer, Middleware, Report};
+use courteous::{CacheStatus, ContextLayer, CourteousMiddleware, DedupeLayer, Report};
 use reqwest_middleware::ClientWithMiddleware;
 use tower::ServiceBuilder;
 
@@ -24,7 +24,7 @@ fn client(stores: &Stores, defaults: http::HeaderMap, tell: bool) -> ClientWithM
                 .default_ttl(CacheTtl::absolute(Duration::from_secs(300))),
         )
         .layer(DedupeLayer::new(stores.dedupe.clone()));
-    let mut middleware = Middleware::new(stack);
+    let mut middleware = CourteousMiddleware::new(stack);
     if tell {
         middleware = middleware.default_headers(defaults);
     }

@@ -8,7 +8,6 @@ mod support;
 mod metrics;
 mod span;
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use courteous::cache::MemoryCacheStore;
@@ -26,7 +25,7 @@ pub type Client =
 /// Context (resources after `/api/`) -> cache (5 min) -> dedupe -> rate limit (1 per minute,
 /// no waiting) -> reqwest, all on memory stores.
 pub fn full_stack() -> Client {
-    let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::MIN));
+    let limits = Limits::new().default_limit(Limit::per_minute(1));
     ServiceBuilder::new()
         .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
         .layer(
@@ -43,6 +42,27 @@ pub fn full_stack() -> Client {
         .boxed_clone()
 }
 
+/// Context (resources after `/api/`) -> `layer` -> reqwest.
+#[cfg(feature = "sqlite")]
+pub fn client_over<L>(layer: L) -> Client
+where
+    L: tower::Layer<HttpClient>,
+    L::Service: tower::Service<
+            http::Request<reqwest::Body>,
+            Response = http::Response<reqwest::Body>,
+            Error = BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<reqwest::Body>>>::Future: Send + 'static,
+{
+    ServiceBuilder::new()
+        .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
+        .layer(layer)
+        .service(HttpClient::new(reqwest::Client::new()))
+        .boxed_clone()
+}
+
 pub async fn get(client: &Client, url: &str) -> Result<http::Response<reqwest::Body>, BoxError> {
     let request = http::Request::get(url)
         .body(reqwest::Body::from(""))
@@ -54,7 +74,7 @@ pub async fn get(client: &Client, url: &str) -> Result<http::Response<reqwest::B
 /// says what the upstream answered, and a hit says nothing.
 #[tokio::test]
 async fn the_report_carries_the_upstream_answer_on_the_middleware_path() {
-    use courteous::{Middleware, Report};
+    use courteous::{CourteousMiddleware, Report};
     let server = support::server::TestServer::start().await;
     let stack = ServiceBuilder::new()
         .layer(ContextLayer::new().classifier(PathSegment::after("/api/")))
@@ -63,7 +83,7 @@ async fn the_report_carries_the_upstream_answer_on_the_middleware_path() {
                 .default_ttl(CacheTtl::absolute(Duration::from_secs(300))),
         );
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(stack))
+        .with(CourteousMiddleware::new(stack))
         .build();
     let url = server.url("/api/things/1");
     let first = client.get(&url).send().await.unwrap();

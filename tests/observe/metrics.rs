@@ -117,3 +117,33 @@ fn dedupe_followers_are_counted() {
         "{seen:#?}"
     );
 }
+
+#[test]
+fn store_errors_are_counted_by_layer() {
+    let recorder = DebuggingRecorder::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let server = TestServer::start().await;
+            let dir = tempfile::tempdir().unwrap();
+            let sqlite = courteous::store::sqlite::SqliteStore::open(dir.path().join("c.db"))
+                .await
+                .unwrap();
+            // A closed store fails every operation: the request passes through.
+            sqlite.close().await.unwrap();
+            let client = crate::client_over(courteous::CacheLayer::new(sqlite.cache()));
+            let response = get(&client, &server.url("/api/issues/1")).await.unwrap();
+            assert_eq!(response.status(), http::StatusCode::OK);
+            server.stop().await;
+        })
+    });
+    let seen = snapshot(&recorder);
+    assert!(
+        seen.get("courteous_store_errors_total{layer=cache}")
+            .is_some_and(|n| *n >= 1),
+        "{seen:#?}"
+    );
+}

@@ -1,7 +1,6 @@
 //! Server feedback against a real local server: rate-limit headers lower the budget, and an
 //! idempotent request may be retried once after `Retry-After`.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,7 +50,7 @@ async fn server() -> TestServer {
 }
 
 fn layer() -> RateLimitLayer {
-    let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap()));
+    let limits = Limits::new().default_limit(Limit::per_minute(100));
     RateLimitLayer::new(MemoryRateLimitStore::new(), limits)
         .unwrap()
         .fail_fast()
@@ -213,11 +212,11 @@ async fn pacing_spaces_calls_to_one_host() {
 /// through reqwest-middleware and are counted as what they are.
 #[tokio::test]
 async fn both_priorities_reach_the_decision_through_reqwest_middleware() {
-    use courteous::{Middleware, Priority};
+    use courteous::{CourteousMiddleware, Priority};
     let server = TestServer::start().await;
     let layer = layer();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(Middleware::new(layer.clone()))
+        .with(CourteousMiddleware::new(layer.clone()))
         .build();
     for priority in [Priority::User, Priority::Background, Priority::Background] {
         let response = client
@@ -354,7 +353,7 @@ async fn absurd_server_feedback_is_capped_or_ignored() {
         "sqlite",
         RateLimitLayer::new(
             sqlite.rate_limits(),
-            Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap())),
+            Limits::new().default_limit(Limit::per_minute(100)),
         )
         .unwrap()
         .fail_fast(),
@@ -482,7 +481,7 @@ async fn unblock_is_seen_by(blocker: RateLimitLayer, other: RateLimitLayer) {
 }
 
 fn limits() -> Limits {
-    Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(100).unwrap()))
+    Limits::new().default_limit(Limit::per_minute(100))
 }
 
 /// `unblock` lifts a server's block and budget for another layer over a clone of one memory

@@ -3,7 +3,6 @@
 //! process died. Memory, SQLite and Redis here (`every_backend!`); Redis has
 //! more of its own in `redis.rs`.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,10 +22,6 @@ every_backend!(
     a_response_future_dropped_mid_flight_settles,
     an_in_flight_admission_counts_until_its_response_arrives,
 );
-
-fn n(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -128,7 +123,7 @@ async fn a_decision_is_stamped_when_the_store_decides(backend: Backend) {
         clock: clock.clone(),
     };
     let window = Duration::from_secs(10);
-    let layer = RateLimitLayer::new(store, Limits::new().default_limit(Limit::new(n(1), window)))
+    let layer = RateLimitLayer::new(store, Limits::new().default_limit(Limit::new(1, window)))
         .unwrap()
         .clock(clock.clone())
         .accounting(Accounting::OnSend)
@@ -157,7 +152,7 @@ async fn a_decision_is_stamped_when_the_store_decides(backend: Backend) {
             courteous::rate_limit::AdmissionRequest::new(
                 Resource::new("other").unwrap(),
                 courteous::Priority::User,
-                vec![Limit::new(n(1), window)].into(),
+                vec![Limit::new(1, window)].into(),
                 Arc::new(Default::default()),
                 clock.clone(),
             )
@@ -188,7 +183,7 @@ async fn an_in_flight_admission_counts_until_its_response_arrives(backend: Backe
     let window = Duration::from_secs(1);
     let layer = RateLimitLayer::new(
         handle.store.clone(),
-        Limits::new().default_limit(Limit::new(n(1), window)),
+        Limits::new().default_limit(Limit::new(1, window)),
     )
     .unwrap()
     .clock(clock.clone())
@@ -222,7 +217,7 @@ async fn an_in_flight_admission_counts_until_its_response_arrives(backend: Backe
         .acquire(courteous::rate_limit::AdmissionRequest::new(
             items.clone(),
             courteous::Priority::User,
-            vec![Limit::new(n(1), window)].into(),
+            vec![Limit::new(1, window)].into(),
             Arc::new(Default::default()),
             clock.clone(),
         ))
@@ -276,7 +271,7 @@ async fn a_response_future_dropped_mid_flight_settles(backend: Backend) {
     let window = Duration::from_millis(500);
     let layer = RateLimitLayer::new(
         handle.store.clone(),
-        Limits::new().default_limit(Limit::new(n(1), window)),
+        Limits::new().default_limit(Limit::new(1, window)),
     )
     .unwrap();
     let (arrived, mut arrival) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -333,7 +328,7 @@ const KILLED_WINDOW: Duration = Duration::from_secs(1);
 fn killed_layer(store: impl RateLimitStore) -> RateLimitLayer {
     RateLimitLayer::new(
         store,
-        Limits::new().default_limit(Limit::new(n(1), KILLED_WINDOW)),
+        Limits::new().default_limit(Limit::new(1, KILLED_WINDOW)),
     )
     .unwrap()
     .in_flight_timeout(KILLED_BOUND)
@@ -448,7 +443,7 @@ async fn a_sqlite_decision_is_stamped_after_waiting_for_the_turn() {
                 .acquire(courteous::rate_limit::AdmissionRequest::new(
                     Resource::new("items").unwrap(),
                     courteous::Priority::User,
-                    vec![Limit::new(n(1), Duration::from_secs(10))].into(),
+                    vec![Limit::new(1, Duration::from_secs(10))].into(),
                     Arc::new(Default::default()),
                     clock,
                 ))
@@ -469,7 +464,7 @@ async fn a_sqlite_decision_is_stamped_after_waiting_for_the_turn() {
     let status = store
         .status(
             &Resource::new("items").unwrap(),
-            &[Limit::new(n(1), Duration::from_secs(10))],
+            &[Limit::new(1, Duration::from_secs(10))],
             &Default::default(),
             Timestamp::from_millis(T0 + 5_000),
         )
@@ -502,7 +497,7 @@ async fn a_sqlite_request_whose_caller_left_before_its_turn_leaves_nothing() {
         .open(name)
         .unwrap();
     turn.lock().unwrap();
-    let limits = [Limit::new(n(1), Duration::from_secs(1))];
+    let limits = [Limit::new(1, Duration::from_secs(1))];
     let asking = {
         let store = store.clone();
         let limits: Arc<[Limit]> = limits.to_vec().into();

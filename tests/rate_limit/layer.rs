@@ -1,7 +1,6 @@
 //! The layer with the memory store and paused time: waiting, failing fast, cancellation,
 //! arrival order, priorities, failures counting, configuration errors.
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,10 +14,6 @@ use courteous::store::{StoreError, StoreErrorKind};
 use courteous::{BoxError, Priority, Report, Resource};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-
-pub(crate) fn n(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
 
 type Calls = Arc<Mutex<Vec<(Instant, String)>>>;
 
@@ -84,7 +79,7 @@ fn max_in_any_window(calls: &[(Instant, String)], window: Duration) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn waiting_requests_all_complete_within_the_limit() {
-    let (service, calls) = stack(layer(Limits::new().default_limit(Limit::per_second(n(2)))));
+    let (service, calls) = stack(layer(Limits::new().default_limit(Limit::per_second(2))));
     let started = Instant::now();
     let tasks: Vec<_> = (0..7)
         .map(|_| tokio::spawn(service.clone().oneshot(request("/issues/", Priority::User))))
@@ -115,7 +110,7 @@ async fn waiting_requests_all_complete_within_the_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn fail_fast_per_layer_and_per_request() {
-    let limits = Limits::new().resource("search", Limit::per_second(n(1)));
+    let limits = Limits::new().resource("search", Limit::per_second(1));
     let (service, calls) = stack(layer(limits.clone()).fail_fast());
     service
         .clone()
@@ -180,7 +175,7 @@ async fn fail_fast_per_layer_and_per_request() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_that_cannot_be_admitted_within_max_wait_fails_without_waiting_in_vain() {
-    let limits = Limits::new().default_limit(Limit::per_minute(n(1)));
+    let limits = Limits::new().default_limit(Limit::per_minute(1));
     let (service, calls) = stack(layer(limits).max_wait(Duration::from_secs(10)));
     service
         .clone()
@@ -201,7 +196,7 @@ async fn a_request_that_cannot_be_admitted_within_max_wait_fails_without_waiting
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_waiter_records_nothing() {
-    let layer = layer(Limits::new().default_limit(Limit::new(n(1), Duration::from_secs(10))));
+    let layer = layer(Limits::new().default_limit(Limit::new(1, Duration::from_secs(10))));
     let (service, calls) = stack(layer.clone());
     service
         .clone()
@@ -233,7 +228,7 @@ async fn a_cancelled_waiter_records_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn waiters_of_one_priority_are_served_in_arrival_order() {
-    let (service, calls) = stack(layer(Limits::new().default_limit(Limit::per_second(n(1)))));
+    let (service, calls) = stack(layer(Limits::new().default_limit(Limit::per_second(1))));
     let mut tasks = Vec::new();
     for i in 0..6 {
         tasks.push(tokio::spawn(
@@ -260,7 +255,7 @@ async fn waiters_of_one_priority_are_served_in_arrival_order() {
 #[tokio::test(start_paused = true)]
 async fn failed_upstream_calls_count_against_the_limit() {
     let (service, calls) =
-        stack(layer(Limits::new().default_limit(Limit::per_minute(n(2)))).fail_fast());
+        stack(layer(Limits::new().default_limit(Limit::per_minute(2))).fail_fast());
     let failing = || {
         let mut req = request("/a/", Priority::User);
         *req.uri_mut() = "http://api.test/a/?fail".parse().unwrap();
@@ -279,7 +274,7 @@ async fn failed_upstream_calls_count_against_the_limit() {
 
 #[tokio::test(start_paused = true)]
 async fn users_get_through_while_background_saturates_the_limit() {
-    let limit = Limit::per_second(n(10));
+    let limit = Limit::per_second(10);
     let layer = layer(Limits::new().default_limit(limit));
     let (service, calls) = stack(layer.clone());
     // 60 background requests keep the resource saturated for several seconds.
@@ -316,7 +311,7 @@ async fn users_get_through_while_background_saturates_the_limit() {
 
 /// Background requests admitted in the first window of a saturated resource, with the users idle.
 async fn background_share_when_users_idle(adaptive: AdaptiveConfig) -> usize {
-    let layer = layer(Limits::new().default_limit(Limit::per_second(n(20)))).adaptive(adaptive);
+    let layer = layer(Limits::new().default_limit(Limit::per_second(20))).adaptive(adaptive);
     let (service, calls) = stack(layer);
     let started = Instant::now();
     let tasks: Vec<_> = (0..40)
@@ -361,7 +356,7 @@ async fn rising_user_activity_pauses_background_and_status_says_why() {
     let adaptive = AdaptiveConfig::default()
         .monitoring_window(Duration::from_secs(30))
         .recalculation_interval(Duration::from_millis(1));
-    let layer = layer(Limits::new().default_limit(Limit::per_minute(n(100)))).adaptive(adaptive);
+    let layer = layer(Limits::new().default_limit(Limit::per_minute(100))).adaptive(adaptive);
     let (service, _calls) = stack(layer.clone().fail_fast());
     // 12 user requests in the last third of the monitoring window: high and rising.
     for _ in 0..12 {
@@ -397,7 +392,7 @@ async fn rising_user_activity_pauses_background_and_status_says_why() {
 
 #[test]
 fn bad_configuration_is_refused_when_the_layer_is_built() {
-    let zero = Limits::new().resource("issues", Limit::new(n(5), Duration::ZERO));
+    let zero = Limits::new().resource("issues", Limit::new(5, Duration::ZERO));
     let err = RateLimitLayer::new(MemoryRateLimitStore::new(), zero).unwrap_err();
     assert_eq!(
         err,
@@ -405,9 +400,9 @@ fn bad_configuration_is_refused_when_the_layer_is_built() {
             resource: "issues".into()
         }
     );
-    let sub_ms = Limits::new().default_limit(Limit::new(n(5), Duration::from_micros(10)));
+    let sub_ms = Limits::new().default_limit(Limit::new(5, Duration::from_micros(10)));
     assert!(RateLimitLayer::new(MemoryRateLimitStore::new(), sub_ms).is_err());
-    let empty = Limits::new().resource("  ", Limit::per_second(n(1)));
+    let empty = Limits::new().resource("  ", Limit::per_second(1));
     let err = RateLimitLayer::new(MemoryRateLimitStore::new(), empty).unwrap_err();
     assert_eq!(err.code(), "rate_limit_empty_resource");
     assert!(err.to_string().contains("empty resource name"));
@@ -491,7 +486,7 @@ impl RateLimitStore for Faulty {
 #[tokio::test(start_paused = true)]
 async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
     let store = Faulty::default();
-    let limits = || Limits::new().default_limit(Limit::per_minute(n(10)));
+    let limits = || Limits::new().default_limit(Limit::per_minute(10));
     let closed = RateLimitLayer::new(store.clone(), limits()).unwrap();
     let open = RateLimitLayer::new(store.clone(), limits())
         .unwrap()
@@ -551,7 +546,7 @@ async fn a_refusal_that_is_already_due_still_waits_before_asking_again() {
     };
     let layer = RateLimitLayer::new(
         store.clone(),
-        Limits::new().default_limit(Limit::per_second(n(1))),
+        Limits::new().default_limit(Limit::per_second(1)),
     )
     .unwrap()
     .clock(TokioClock::new())
@@ -581,7 +576,7 @@ async fn feedback_waits_for_one_store_call_and_none_after_an_unchecked_admission
     };
     let layer = RateLimitLayer::new(
         store.clone(),
-        Limits::new().default_limit(Limit::per_minute(n(10))),
+        Limits::new().default_limit(Limit::per_minute(10)),
     )
     .unwrap()
     .clock(TokioClock::new())

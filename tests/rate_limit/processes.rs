@@ -2,7 +2,6 @@
 //! one suite, run for every shared backend (`<behaviour>::sqlite`, `<behaviour>::redis`). Child
 //! processes rebuild the store from the environment ([`backend::from_env`]).
 
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,19 +28,12 @@ const PER_PROCESS: usize = 100;
 const MAX: u32 = 20;
 const WINDOW: Duration = Duration::from_secs(2);
 
-fn n(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
-
 /// The default configuration (upstream-exact accounting, no margin), waiting long enough for
 /// the whole run.
 fn layer(store: impl RateLimitStore) -> RateLimitLayer {
-    RateLimitLayer::new(
-        store,
-        Limits::new().default_limit(Limit::new(n(MAX), WINDOW)),
-    )
-    .unwrap()
-    .max_wait(Duration::from_secs(120))
+    RateLimitLayer::new(store, Limits::new().default_limit(Limit::new(MAX, WINDOW)))
+        .unwrap()
+        .max_wait(Duration::from_secs(120))
 }
 
 /// A store that times every decision: from the call to the answer (request to decision, where
@@ -308,17 +300,14 @@ fn field(out: &str, prefix: &str) -> u64 {
 }
 
 fn adaptive_layer(store: impl RateLimitStore) -> RateLimitLayer {
-    RateLimitLayer::new(
-        store,
-        Limits::new().default_limit(Limit::per_minute(n(100))),
-    )
-    .unwrap()
-    .fail_fast()
-    .adaptive(
-        AdaptiveConfig::default()
-            .monitoring_window(Duration::from_secs(60))
-            .recalculation_interval(Duration::from_millis(1)),
-    )
+    RateLimitLayer::new(store, Limits::new().default_limit(Limit::per_minute(100)))
+        .unwrap()
+        .fail_fast()
+        .adaptive(
+            AdaptiveConfig::default()
+                .monitoring_window(Duration::from_secs(60))
+                .recalculation_interval(Duration::from_millis(1)),
+        )
 }
 
 /// Child entry: a background request on the resource whose users are in the parent, and one on

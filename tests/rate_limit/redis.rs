@@ -1,7 +1,6 @@
 //! What only the Redis store does: its Lua decision checked against the Rust one, machines with
 //! skewed clocks sharing one window, and Redis stopping, hanging and coming back.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,10 +19,6 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::backend::forget;
 use crate::support::TestServer;
 use crate::support::redis::{OwnRedis, shared_url, unique_prefix};
-
-fn n(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
 
 fn store(url: &str, prefix: &str, timeout: Duration) -> RedisStore {
     RedisStore::builder(url)
@@ -84,8 +79,7 @@ async fn the_lua_decision_matches_the_rust_one() {
     };
     let strategy = (
         prop::collection::vec(
-            (1u32..10, 1u64..3000)
-                .prop_map(|(max, ms)| Limit::new(n(max), Duration::from_millis(ms))),
+            (1u32..10, 1u64..3000).prop_map(|(max, ms)| Limit::new(max, Duration::from_millis(ms))),
             1..4,
         ),
         prop::collection::vec((prop_oneof![3 => 0u64..400, 1 => 0u64..2], event()), 1..80),
@@ -279,7 +273,7 @@ async fn handles_with_clocks_an_hour_apart_share_one_window() {
     );
     let hour = Duration::from_secs(3600);
     let resource = Resource::new("skewed").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::new(n(5), Duration::from_secs(2))].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(5, Duration::from_secs(2))].into();
     let adaptive = Arc::new(AdaptiveConfig::default());
     let ask = |store: &RedisRateLimitStore, skew: Duration| {
         let request = AdmissionRequest::new(
@@ -367,7 +361,7 @@ async fn layers_on_skewed_clocks_keep_the_limit_at_the_server() {
     for skew in [0, 1, 2] {
         let layer = RateLimitLayer::new(
             store(&url, &prefix, Duration::from_secs(1)).rate_limits(),
-            Limits::new().default_limit(Limit::per_second(n(5))),
+            Limits::new().default_limit(Limit::per_second(5)),
         )
         .unwrap()
         .max_wait(Duration::from_secs(20))
@@ -448,7 +442,7 @@ async fn a_stopped_redis_fails_closed_or_open_and_a_restart_recovers() {
     let server = TestServer::start().await;
     let timeout = Duration::from_millis(300);
     let rate_limits = store(&redis.url(), "faults", timeout).rate_limits();
-    let limits = Limits::new().default_limit(Limit::per_minute(n(100)));
+    let limits = Limits::new().default_limit(Limit::per_minute(100));
     let closed = RateLimitLayer::new(rate_limits.clone(), limits.clone()).unwrap();
     let open = RateLimitLayer::new(rate_limits.clone(), limits)
         .unwrap()
@@ -535,7 +529,7 @@ async fn the_first_decision_after_a_restart_succeeds() {
         AdmissionRequest::new(
             Resource::new("items").unwrap(),
             Priority::User,
-            vec![Limit::per_minute(n(10))].into(),
+            vec![Limit::per_minute(10)].into(),
             Arc::new(AdaptiveConfig::default()),
             SystemClock.now(),
         )
@@ -563,7 +557,7 @@ async fn a_hanging_redis_fails_closed_within_the_timeout() {
     let timeout = Duration::from_millis(300);
     let layer = RateLimitLayer::new(
         store(&redis.url(), "hang", timeout).rate_limits(),
-        Limits::new().default_limit(Limit::per_minute(n(100))),
+        Limits::new().default_limit(Limit::per_minute(100)),
     )
     .unwrap();
     let items = server.url("/api/items/");
@@ -598,7 +592,7 @@ async fn old_admissions_and_activity_are_trimmed_and_every_key_expires() {
     let redis = store(&url, &prefix, Duration::from_secs(2));
     let injected = redis.rate_limits().clock(RedisClock::Caller);
     let resource = Resource::new("growth").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::new(n(100), Duration::from_secs(2))].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(100, Duration::from_secs(2))].into();
     let adaptive = Arc::new(AdaptiveConfig::default().monitoring_window(Duration::from_secs(3)));
     // 60 user and background admissions over 30 s, on the caller's clock; every fourth in flight
     // for at most 1 s and never settled (its process died).
@@ -672,7 +666,7 @@ async fn old_admissions_and_activity_are_trimmed_and_every_key_expires() {
     let request = AdmissionRequest::new(
         other,
         Priority::Background,
-        vec![Limit::new(n(10), Duration::from_millis(200))].into(),
+        vec![Limit::new(10, Duration::from_millis(200))].into(),
         adaptive.clone(),
         SystemClock.now(),
     );
@@ -721,7 +715,7 @@ async fn extreme_times_and_durations_neither_fail_nor_leave_keys_without_expiry(
     let prefix = unique_prefix("extreme");
     let store = store(&url, &prefix, Duration::from_secs(2)).rate_limits();
     let resource = Resource::new("extreme").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::per_second(n(100))].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_second(100)].into();
     let adaptive = Arc::new(AdaptiveConfig::default());
     let decade = Duration::from_secs(11 * 365 * 24 * 3600);
 
@@ -793,7 +787,7 @@ async fn extreme_times_and_durations_neither_fail_nor_leave_keys_without_expiry(
 
     // Durations of `Duration::MAX`, on a fresh resource.
     let forever = Resource::new("forever").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::MAX)].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(1, Duration::MAX)].into();
     let adaptive = Arc::new(
         AdaptiveConfig::default()
             .sustained_inactivity(Duration::MAX)
@@ -837,8 +831,8 @@ async fn callers_with_a_shorter_window_keep_what_a_longer_window_still_counts() 
     let old = redis.rate_limits().clock(RedisClock::Caller);
     let new = redis.rate_limits().clock(RedisClock::Caller);
     let resource = Resource::new("deploy").unwrap();
-    let hour: Arc<[Limit]> = vec![Limit::per_hour(n(2))].into();
-    let minute: Arc<[Limit]> = vec![Limit::per_minute(n(100))].into();
+    let hour: Arc<[Limit]> = vec![Limit::per_hour(2)].into();
+    let minute: Arc<[Limit]> = vec![Limit::per_minute(100)].into();
     let adaptive = Arc::new(AdaptiveConfig::default());
     let t0 = 1_700_000_000_000u64;
     let at = |limits: &Arc<[Limit]>, minutes: u64| {
@@ -922,7 +916,7 @@ async fn a_settlement_is_visible_to_another_connection() {
         .rate_limits()
         .clock(RedisClock::Caller);
     let resource = Resource::new("settle").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::new(n(2), Duration::from_secs(1))].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(2, Duration::from_secs(1))].into();
     let minute = Some(Duration::from_secs(60));
     let t0 = 1_700_000_000_000u64;
     let first = admitted_in_flight(
@@ -1012,11 +1006,8 @@ async fn an_in_flight_admission_counts_in_every_window() {
         .rate_limits()
         .clock(RedisClock::Caller);
     let resource = Resource::new("windows").unwrap();
-    let limits: Arc<[Limit]> = vec![
-        Limit::new(n(2), Duration::from_secs(1)),
-        Limit::per_hour(n(5)),
-    ]
-    .into();
+    let limits: Arc<[Limit]> =
+        vec![Limit::new(2, Duration::from_secs(1)), Limit::per_hour(5)].into();
     let t0 = 1_700_000_000_000u64;
     let two_hours = Some(Duration::from_secs(7200));
     let slow = admitted_in_flight(
@@ -1098,7 +1089,7 @@ async fn child_in_flight() {
     let settle: bool = crate::support::child::param("SETTLE");
     let bound: u64 = crate::support::child::param("BOUND_MS");
     let store = store(&url, &prefix, Duration::from_secs(5)).rate_limits();
-    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::from_secs(1))].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(1, Duration::from_secs(1))].into();
     let request = AdmissionRequest::new(
         Resource::new("child").unwrap(),
         Priority::User,
@@ -1148,7 +1139,7 @@ async fn another_process_sees_a_settlement() {
     assert!(out.contains("settled"), "{out}");
     let store = store(&url, &prefix, Duration::from_secs(2)).rate_limits();
     let resource = Resource::new("child").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::from_secs(1))].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(1, Duration::from_secs(1))].into();
     let adaptive = AdaptiveConfig::default();
     let status = store
         .status(&resource, &limits, &adaptive, SystemClock.now())
@@ -1207,7 +1198,7 @@ async fn an_in_flight_admission_of_a_dead_process_expires() {
     assert!(out.contains("exiting") && !out.contains("settled"), "{out}");
     let store = store(&url, &prefix, Duration::from_secs(2)).rate_limits();
     let resource = Resource::new("child").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::from_secs(1))].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(1, Duration::from_secs(1))].into();
     let request = AdmissionRequest::new(
         resource.clone(),
         Priority::User,
@@ -1267,7 +1258,7 @@ async fn a_decision_is_stamped_when_redis_makes_it() {
     };
     let rate_limits = store(&redis.url(), "stamp", Duration::from_secs(10)).rate_limits();
     let resource = Resource::new("stamp").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::per_minute(n(10))].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_minute(10)].into();
     // Warm the connection (and load the script).
     rate_limits
         .acquire(AdmissionRequest::new(
@@ -1341,7 +1332,7 @@ async fn a_settlement_rounded_up_is_not_in_flight() {
     let redis = store(&url, &prefix, Duration::from_secs(2));
     let caller = redis.rate_limits().clock(RedisClock::Caller);
     let resource = Resource::new("rounding").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::from_secs(1))].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(1, Duration::from_secs(1))].into();
     let t0 = 1_700_000_000_000u64;
     let minute = Some(Duration::from_secs(60));
     let admission = admitted_in_flight(
@@ -1381,7 +1372,7 @@ async fn a_settlement_rounded_up_is_not_in_flight() {
     let server = redis.rate_limits();
     let client = ::redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::per_minute(n(1000))].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_minute(1000)].into();
     for _ in 0..20 {
         let request = AdmissionRequest::new(
             resource.clone(),
@@ -1422,7 +1413,7 @@ async fn a_decision_whose_reply_was_lost_does_not_hold_its_slot() {
     let timeout = Duration::from_millis(300);
     let layer = RateLimitLayer::new(
         store(&redis.url(), "lost", timeout).rate_limits(),
-        Limits::new().default_limit(Limit::per_second(n(1))),
+        Limits::new().default_limit(Limit::per_second(1)),
     )
     .unwrap()
     .fail_fast();

@@ -1,7 +1,6 @@
 //! The SQLite store: the window invariant under random schedules. (Real processes sharing one
 //! file are in `processes`, a suite shared with Redis.)
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use courteous::rate_limit::{Limit, SqliteRateLimitStore};
@@ -9,10 +8,6 @@ use courteous::store::sqlite::SqliteStore;
 use proptest::prelude::*;
 
 use crate::window::{check_invariants, run_schedule};
-
-fn n(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
@@ -23,7 +18,7 @@ proptest! {
         arrivals in prop::collection::vec((0u64..300, any::<bool>()), 1..120),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let limits = [Limit::new(n(max), Duration::from_millis(window_ms))];
+        let limits = [Limit::new(max, Duration::from_millis(window_ms))];
         let decisions = runtime.block_on(async {
             let sqlite = SqliteStore::open(":memory:").await.unwrap();
             let store: SqliteRateLimitStore = sqlite.rate_limits();
@@ -54,8 +49,8 @@ async fn a_process_with_a_shorter_window_keeps_what_a_longer_window_still_counts
     );
     let (old, new) = (old_file.rate_limits(), new_file.rate_limits());
     let resource = Resource::new("deploy").unwrap();
-    let hour: Arc<[Limit]> = vec![Limit::per_hour(n(3))].into();
-    let minute: Arc<[Limit]> = vec![Limit::per_minute(n(100))].into();
+    let hour: Arc<[Limit]> = vec![Limit::per_hour(3)].into();
+    let minute: Arc<[Limit]> = vec![Limit::per_minute(100)].into();
     let adaptive = Arc::new(AdaptiveConfig::default());
     let t0 = 1_700_000_000_000u64;
     let at = |limits: &Arc<[Limit]>, minutes: u64| {
@@ -127,7 +122,7 @@ proptest! {
         use std::sync::Arc;
 
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let limit = Limit::new(n(max), Duration::from_millis(window_ms));
+        let limit = Limit::new(max, Duration::from_millis(window_ms));
         let decisions = runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("two.db");

@@ -5,7 +5,6 @@
 //! Tests that inject time take Redis handles that stamp with the caller's clock
 //! ([`Time::Injected`]); the others, and the Redis-only tests in `redis`, use the server's.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +26,6 @@ every_backend!(
     a_server_budget_counts_admissions_older_than_the_longest_window,
     extreme_feedback_and_durations_are_neither_errors_nor_due_at_once,
 );
-
-fn n(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
 
 const T: u64 = 1_700_000_000_000;
 
@@ -81,7 +76,7 @@ async fn concurrent_acquires_from_two_handles_never_exceed_the_limit(backend: Ba
         backend.handle(Time::Real).await,
     );
     let resource = Resource::new("race").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::per_minute(n(20))].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_minute(20)].into();
     let attempts = (0..100).map(|i| {
         let store = if i % 2 == 0 {
             one.store.clone()
@@ -138,8 +133,8 @@ async fn refusals_and_retry_at_follow_every_window(backend: Backend) {
     );
     let r = Resource::new("windows").unwrap();
     let limits: Arc<[Limit]> = vec![
-        Limit::new(n(3), Duration::from_millis(1000)),
-        Limit::new(n(5), Duration::from_secs(10)),
+        Limit::new(3, Duration::from_millis(1000)),
+        Limit::new(5, Duration::from_secs(10)),
     ]
     .into();
     let user = |ms| request(&r, Priority::User, &limits, at(ms));
@@ -169,7 +164,7 @@ async fn refusals_and_retry_at_follow_every_window(backend: Backend) {
 async fn background_is_held_to_its_share_and_users_are_not(backend: Backend) {
     let handle = backend.handle(Time::Injected).await;
     let r = Resource::new("share").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::new(n(10), Duration::from_secs(10))].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(10, Duration::from_secs(10))].into();
     // No user has been seen: users keep the minimum reserve (5 of 10).
     for i in 0..5 {
         let decision = plain(
@@ -212,7 +207,7 @@ async fn background_is_held_to_its_share_and_users_are_not(backend: Backend) {
 async fn status_reports_usage_reset_and_split(backend: Backend) {
     let handle = backend.handle(Time::Injected).await;
     let r = Resource::new("status").unwrap();
-    let limit = Limit::new(n(10), Duration::from_secs(10));
+    let limit = Limit::new(10, Duration::from_secs(10));
     let limits: Arc<[Limit]> = vec![limit].into();
     let adaptive = AdaptiveConfig::default();
     let empty = handle
@@ -275,7 +270,7 @@ async fn server_feedback_blocks_and_caps_every_handle(backend: Backend) {
         backend.handle(Time::Injected).await,
     );
     let r = Resource::new("feedback").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::per_minute(n(100))].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_minute(100)].into();
     let adaptive = AdaptiveConfig::default();
     one.store
         .feedback(&r, ServerFeedback::Block { until: at(5000) }, at(0))
@@ -365,7 +360,7 @@ async fn server_feedback_blocks_and_caps_every_handle(backend: Backend) {
 async fn a_server_budget_counts_admissions_older_than_the_longest_window(backend: Backend) {
     let handle = backend.handle(Time::Injected).await;
     let r = Resource::new("budget").unwrap();
-    let limits: Arc<[Limit]> = vec![Limit::per_second(n(10))].into();
+    let limits: Arc<[Limit]> = vec![Limit::per_second(10)].into();
     let user = |ms| request(&r, Priority::User, &limits, at(ms));
     handle
         .store
@@ -413,7 +408,7 @@ async fn extreme_feedback_and_durations_are_neither_errors_nor_due_at_once(backe
             .sustained_inactivity(Duration::MAX)
             .monitoring_window(Duration::MAX),
     );
-    let limits: Arc<[Limit]> = vec![Limit::new(n(1), Duration::MAX)].into();
+    let limits: Arc<[Limit]> = vec![Limit::new(1, Duration::MAX)].into();
     let ask = |r: &Resource, priority, ms| {
         AdmissionRequest::new(
             r.clone(),

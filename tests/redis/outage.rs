@@ -2,14 +2,14 @@
 //! timeout per request, a circuit breaker that answers at once after repeated failures, and one
 //! store-failure warning per store per interval, not one per request.
 
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courteous::cache::CacheLayer;
 use courteous::rate_limit::{Limit, Limits, OnStoreError, RateLimitLayer};
 use courteous::store::redis::{RedisError, RedisStore};
 use courteous::{BoxError, DedupeLayer, HttpClient};
+use parking_lot::Mutex;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -34,7 +34,7 @@ fn store(own: &OwnRedis, test: &str, breaker_failures: u32) -> RedisStore {
 /// Cache, dedupe and rate limit over one Redis; the rate limiter fails open, so that requests
 /// go through while Redis is out.
 fn stack(redis: &RedisStore) -> Client {
-    let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(1000).unwrap()));
+    let limits = Limits::new().default_limit(Limit::per_minute(1000));
     let service = ServiceBuilder::new()
         .layer(CacheLayer::new(redis.cache()))
         .layer(DedupeLayer::new(redis.dedupe()))
@@ -181,7 +181,7 @@ impl tracing::Subscriber for Warnings {
         }
         let mut fields = Fields(String::new(), None);
         event.record(&mut fields);
-        self.0.lock().unwrap().push((fields.0, fields.1));
+        self.0.lock().push((fields.0, fields.1));
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
@@ -212,7 +212,7 @@ async fn store_failure_warnings_are_one_per_store_per_interval() {
         timed(&client, &server.url(&format!("/api/items/{i}"))).await;
     }
     own.resume();
-    let seen = warnings.0.lock().unwrap().clone();
+    let seen = warnings.0.lock().clone();
     let store_warnings: Vec<_> = seen.iter().filter(|(m, _)| m.contains("store")).collect();
     // The cache's, the dedupe's and the rate limiter's first failures; 8 requests fail in each.
     assert_eq!(store_warnings.len(), 3, "{seen:#?}");

@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 use tower::{Service, ServiceExt};
 
 use crate::body::ReplayableBody;
-use crate::cache::body::{Buffered, buffer};
+use crate::body::{Buffered, buffer};
 use crate::cache::layer::{Config, State};
 use crate::cache::{CacheEntry, CacheMode, CacheStatus, CacheTtl};
 use crate::context::{Report, RequestContext};
@@ -427,19 +427,4 @@ pub(super) struct Upstream {
     pub(super) ttl: Option<CacheTtl>,
     pub(super) store_ok: bool,
     pub(super) directives: RequestDirectives,
-}
-
-/// A copy of `request` to send again (its body is replayable: requests with streaming bodies
-/// have no key and never get here).
-pub(super) fn replay<B: ReplayableBody + From<Bytes>>(request: &Request<B>) -> Request<B> {
-    let body = B::from(Bytes::copy_from_slice(
-        request.body().replayable_bytes().unwrap_or_default(),
-    ));
-    let mut copy = Request::new(body);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
 }

@@ -10,14 +10,14 @@ use crate::cache::CacheTtl;
 use crate::error::BoxError;
 use crate::key::RequestKey;
 
-use super::job::{Found, Head, Job, Upstream, replay, url_of};
+use super::job::{Found, Head, Job, Upstream, url_of};
 use super::policy::RequestDirectives;
 use super::revalidate::add_validators;
 
 impl Job {
     /// Whether the last background refresh of `key` failed (and forgets it): then this request
     /// refreshes in the foreground instead of being served stale again. Through
-    /// [`Middleware`](crate::Middleware) a background refresh always fails (the request's
+    /// [`CourteousMiddleware`](crate::CourteousMiddleware) a background refresh always fails (the request's
     /// middleware chain has finished), so there stale-while-revalidate serves one stale response
     /// and the next request revalidates.
     pub(super) fn refresh_failed(&self, key: &RequestKey) -> bool {
@@ -39,13 +39,16 @@ impl Job {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // A body that cannot be sent twice is not refreshed in the background.
+        let Some(mut copy) = crate::body::copy(request) else {
+            return;
+        };
         {
             let mut refreshing = self.state.refreshing.lock();
             if !refreshing.insert(found.key.clone()) {
                 return;
             }
         }
-        let mut copy = replay(request);
         let head = Head {
             method: request.method().clone(),
             uri: request.uri().clone(),

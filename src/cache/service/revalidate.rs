@@ -11,7 +11,7 @@ use crate::body::ReplayableBody;
 use crate::cache::{CacheEntry, CacheTtl};
 use crate::error::BoxError;
 
-use super::job::{Found, Head, Job, Upstream, replay, url_of};
+use super::job::{Found, Head, Job, Upstream, url_of};
 use super::policy::{RequestDirectives, has_validator, strip_proxy_fields, vary_names};
 use super::ttl::Lifetime;
 
@@ -51,7 +51,7 @@ impl Job {
         let mut retry = None;
         if let Some(entry) = &entry {
             if has_validator(&entry.headers) {
-                retry = Some((inner.clone(), replay(&request)));
+                retry = crate::body::copy(&request).map(|copy| (inner.clone(), copy));
             }
             add_validators(request.headers_mut(), &entry.headers);
         }

@@ -38,8 +38,6 @@ use crate::store::StoreError;
 
 use super::CacheEntry;
 
-#[cfg(feature = "redis")]
-mod codec;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;

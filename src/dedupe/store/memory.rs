@@ -2,32 +2,32 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
+
 use crate::key::RequestKey;
+use crate::time::{Clock, SystemClock, Timestamp};
 
-use super::{
-    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture, covers, ms,
-    now_ms, since, url_of,
-};
+use super::{Completion, DedupeCounters, DedupeStore, KeyState, Lead, StoreFuture, covers, url_of};
 
-const CLEANUP_EVERY_MS: i64 = 1_000;
+const CLEANUP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 enum Entry {
     Pending {
         owner: String,
-        started: i64,
-        lease_until: i64,
+        started: Timestamp,
+        lease_until: Timestamp,
         /// The key's URL, for [`DedupeStore::invalidate`].
         url: Arc<str>,
     },
     Completed {
         completion: Completion,
-        at: i64,
-        until: i64,
+        at: Timestamp,
+        until: Timestamp,
         url: Arc<str>,
     },
 }
@@ -39,24 +39,57 @@ impl Entry {
         }
     }
 
-    fn expired(&self, now: i64) -> bool {
+    fn expired(&self, now: Timestamp) -> bool {
         match self {
             Entry::Pending { lease_until, .. } => *lease_until <= now,
             Entry::Completed { until, .. } => *until <= now,
         }
     }
+
+    /// What the entry means at `now`.
+    fn state(&self, now: Timestamp) -> KeyState {
+        match self {
+            Entry::Pending {
+                owner,
+                started,
+                lease_until,
+                ..
+            } => {
+                let (owner, age) = (owner.clone(), now.saturating_since(*started));
+                if *lease_until <= now {
+                    KeyState::Expired { owner, age }
+                } else {
+                    KeyState::Pending { owner, age }
+                }
+            }
+            Entry::Completed { until, .. } if *until <= now => KeyState::Vacant,
+            Entry::Completed {
+                completion,
+                at,
+                until,
+                ..
+            } => KeyState::Completed {
+                completion: completion.clone(),
+                age: now.saturating_since(*at),
+                expires_in: until.saturating_since(now),
+            },
+        }
+    }
 }
 
-#[derive(Default)]
 struct Inner {
     map: Mutex<HashMap<[u8; 32], Entry>>,
     counters: DedupeCounters,
-    last_cleanup: AtomicI64,
+    /// When expired entries were last swept (ms since the epoch).
+    last_cleanup: AtomicU64,
+    clock: Arc<dyn Clock>,
 }
 
 /// A [`DedupeStore`] in this process's memory, for one process and for tests.
 ///
 /// Clones share the map. Expired entries are removed at most once a second, on the next call.
+/// Leases and results expire by the store's [`Clock`] ([`SystemClock`] unless made
+/// [`with_clock`](Self::with_clock)).
 ///
 /// # Example
 ///
@@ -66,29 +99,69 @@ struct Inner {
 /// let layer = DedupeLayer::new(MemoryDedupeStore::new());
 /// # let _ = layer;
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryDedupeStore {
     inner: Arc<Inner>,
 }
 
+impl Default for MemoryDedupeStore {
+    fn default() -> Self {
+        Self::with_clock(SystemClock)
+    }
+}
+
 impl fmt::Debug for MemoryDedupeStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let len = self.inner.map.lock().map(|m| m.len()).unwrap_or(0);
         f.debug_struct("MemoryDedupeStore")
-            .field("entries", &len)
+            .field("entries", &self.len())
+            .field("clock", &self.inner.clock)
             .finish()
     }
 }
 
 impl MemoryDedupeStore {
-    /// An empty store.
+    /// An empty store on the wall clock.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty store whose leases and results expire by `clock`: a
+    /// [`TokioClock`](crate::time::TokioClock) follows `tokio::time::pause()` in tests.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::dedupe::{DedupeStore, KeyState, MemoryDedupeStore};
+    /// use courteous::time::TokioClock;
+    /// use courteous::RequestKey;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), courteous::store::StoreError> {
+    /// tokio::time::pause();
+    /// let store = MemoryDedupeStore::with_clock(TokioClock::new());
+    /// let key = RequestKey::from_parts([7; 32], "GET http://h/x");
+    /// store.try_lead(&key, "me", Duration::from_secs(30)).await?;
+    /// tokio::time::advance(Duration::from_secs(31)).await;
+    /// assert!(matches!(store.poll(&key).await?, KeyState::Expired { .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_clock(clock: impl Clock) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        MemoryDedupeStore {
+            inner: Arc::new(Inner {
+                map: Mutex::new(HashMap::new()),
+                counters: DedupeCounters::default(),
+                last_cleanup: AtomicU64::new(clock.now().as_millis()),
+                clock,
+            }),
+        }
+    }
+
     /// Entries held (pending leases and kept results, expired ones not yet removed).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.inner.map.lock().len()
     }
 
     /// Whether no entry is held.
@@ -96,16 +169,18 @@ impl MemoryDedupeStore {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
-        self.inner.map.lock().unwrap_or_else(|e| e.into_inner())
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
     }
 
     /// Locks the map, first removing expired entries if the last sweep is older than a second.
-    fn lock_swept(&self, now: i64) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
-        let mut map = self.lock();
-        let last = self.inner.last_cleanup.load(Ordering::Relaxed);
-        if now - last >= CLEANUP_EVERY_MS {
-            self.inner.last_cleanup.store(now, Ordering::Relaxed);
+    fn lock_swept(&self, now: Timestamp) -> MutexGuard<'_, HashMap<[u8; 32], Entry>> {
+        let mut map = self.inner.map.lock();
+        let last = Timestamp::from_millis(self.inner.last_cleanup.load(Ordering::Relaxed));
+        if now.saturating_since(last) >= CLEANUP_EVERY {
+            self.inner
+                .last_cleanup
+                .store(now.as_millis(), Ordering::Relaxed);
             let removed = sweep(&mut map, now);
             DedupeCounters::add(&self.inner.counters.cleaned, removed);
         }
@@ -113,7 +188,7 @@ impl MemoryDedupeStore {
     }
 }
 
-fn sweep(map: &mut HashMap<[u8; 32], Entry>, now: i64) -> u64 {
+fn sweep(map: &mut HashMap<[u8; 32], Entry>, now: Timestamp) -> u64 {
     let before = map.len();
     map.retain(|_, entry| !entry.expired(now));
     (before - map.len()) as u64
@@ -127,14 +202,14 @@ impl DedupeStore for MemoryDedupeStore {
         lease: Duration,
     ) -> StoreFuture<'a, Lead> {
         Box::pin(async move {
-            let now = now_ms();
+            let now = self.now();
             let mut map = self.lock_swept(now);
             let takeover = match map.get(key.as_bytes()) {
                 Some(entry) if !entry.expired(now) => {
                     return Ok(match entry {
                         Entry::Pending { owner, started, .. } => Lead::Pending {
                             owner: owner.clone(),
-                            age: since(*started, now),
+                            age: now.saturating_since(*started),
                         },
                         Entry::Completed { completion, .. } => Lead::Completed(completion.clone()),
                     });
@@ -147,7 +222,7 @@ impl DedupeStore for MemoryDedupeStore {
                 Entry::Pending {
                     owner: owner.to_owned(),
                     started: now,
-                    lease_until: now + ms(lease),
+                    lease_until: now + lease,
                     url: url_of(key).into(),
                 },
             );
@@ -162,15 +237,15 @@ impl DedupeStore for MemoryDedupeStore {
         lease: Duration,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let now = now_ms();
-            let mut map = self.lock();
+            let now = self.now();
+            let mut map = self.inner.map.lock();
             match map.get_mut(key.as_bytes()) {
                 Some(Entry::Pending {
                     owner: held,
                     lease_until,
                     ..
                 }) if held == owner => {
-                    *lease_until = now + ms(lease);
+                    *lease_until = now + lease;
                     Ok(true)
                 }
                 _ => Ok(false),
@@ -186,8 +261,8 @@ impl DedupeStore for MemoryDedupeStore {
         ttl: Duration,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let now = now_ms();
-            let mut map = self.lock();
+            let now = self.now();
+            let mut map = self.inner.map.lock();
             if let Some(entry) = map.get_mut(key.as_bytes())
                 && let Entry::Pending {
                     owner: held, url, ..
@@ -197,7 +272,7 @@ impl DedupeStore for MemoryDedupeStore {
                 *entry = Entry::Completed {
                     completion,
                     at: now,
-                    until: now + ms(ttl),
+                    until: now + ttl,
                     url: url.clone(),
                 };
             }
@@ -207,7 +282,7 @@ impl DedupeStore for MemoryDedupeStore {
 
     fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut map = self.lock();
+            let mut map = self.inner.map.lock();
             if matches!(map.get(key.as_bytes()), Some(Entry::Pending { owner: held, .. }) if held == owner)
             {
                 map.remove(key.as_bytes());
@@ -218,59 +293,17 @@ impl DedupeStore for MemoryDedupeStore {
 
     fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
         Box::pin(async move {
-            let now = now_ms();
-            let map = self.lock();
-            Ok(match map.get(key.as_bytes()) {
-                None => KeyState::Vacant,
-                Some(Entry::Pending { lease_until, .. }) if *lease_until <= now => {
-                    KeyState::Expired
-                }
-                Some(Entry::Pending { .. }) => KeyState::Pending,
-                Some(Entry::Completed { until, .. }) if *until <= now => KeyState::Vacant,
-                Some(Entry::Completed { completion, .. }) => {
-                    KeyState::Completed(completion.clone())
-                }
-            })
-        })
-    }
-
-    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
-        Box::pin(async move {
-            let now = now_ms();
-            let map = self.lock();
-            Ok(match map.get(key.as_bytes()) {
-                None => KeyStatus::Empty,
-                Some(Entry::Completed { until, .. }) if *until <= now => KeyStatus::Empty,
-                Some(Entry::Pending {
-                    owner,
-                    started,
-                    lease_until,
-                    ..
-                }) => KeyStatus::Pending {
-                    owner: owner.clone(),
-                    age: since(*started, now),
-                    lease_expired: *lease_until <= now,
-                },
-                Some(Entry::Completed {
-                    completion,
-                    at,
-                    until,
-                    ..
-                }) => KeyStatus::Completed {
-                    age: since(*at, now),
-                    expires_in: since(now, *until),
-                    status: match completion {
-                        Completion::Response(r) => Some(r.status.as_u16()),
-                        _ => None,
-                    },
-                },
-            })
+            let now = self.now();
+            let map = self.inner.map.lock();
+            Ok(map
+                .get(key.as_bytes())
+                .map_or(KeyState::Vacant, |entry| entry.state(now)))
         })
     }
 
     fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
-            let mut map = self.lock();
+            let mut map = self.inner.map.lock();
             let before = map.len();
             map.retain(|_, entry| !covers(path, entry.url()));
             Ok((before - map.len()) as u64)
@@ -279,9 +312,11 @@ impl DedupeStore for MemoryDedupeStore {
 
     fn cleanup(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            let now = now_ms();
-            let removed = sweep(&mut self.lock(), now);
-            self.inner.last_cleanup.store(now, Ordering::Relaxed);
+            let now = self.now();
+            let removed = sweep(&mut self.inner.map.lock(), now);
+            self.inner
+                .last_cleanup
+                .store(now.as_millis(), Ordering::Relaxed);
             DedupeCounters::add(&self.inner.counters.cleaned, removed);
             Ok(removed)
         })

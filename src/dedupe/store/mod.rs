@@ -24,6 +24,14 @@
 //!   result from before the change is served after it, in any process.
 //! * Expired rows are removed by [`cleanup`](DedupeStore::cleanup); backends also run it on their
 //!   own, coalesced, at most once per cleanup interval.
+//!
+//! # Time
+//!
+//! Leases and results expire by a [`Clock`](crate::time::Clock) the store is given:
+//! [`SystemClock`](crate::time::SystemClock) by default for the memory and SQLite stores
+//! (`MemoryDedupeStore::with_clock`, `SqliteDedupeStore::clock`); the Redis store reads the
+//! server's clock unless one is given (`RedisDedupeStore::clock`), so that machines with skewed
+//! clocks agree.
 
 mod memory;
 #[cfg(feature = "redis")]
@@ -36,7 +44,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::key::RequestKey;
 use crate::store::StoreError;
@@ -85,45 +93,75 @@ pub enum Lead {
     Completed(Completion),
 }
 
-/// What [`DedupeStore::poll`] found for a key.
+/// What a store holds for one key: what [`DedupeStore::poll`] and [`DedupeStore::wait`] return,
+/// to the layer deciding what to do and to monitoring.
+///
+/// # Example
+///
+/// ```
+/// use courteous::dedupe::{DedupeStore, KeyState, MemoryDedupeStore};
+/// use courteous::RequestKey;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::StoreError> {
+/// let store = MemoryDedupeStore::new();
+/// let key = RequestKey::from_parts([7; 32], "GET http://h/x");
+/// assert!(matches!(store.poll(&key).await?, KeyState::Vacant));
+/// store.try_lead(&key, "me", Duration::from_secs(30)).await?;
+/// assert!(matches!(store.poll(&key).await?, KeyState::Pending { owner, .. } if owner == "me"));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum KeyState {
     /// Nobody leads the key and no result is kept: try to lead it.
     Vacant,
     /// A leader with a valid lease is working on it.
-    Pending,
-    /// The leader's lease ran out: try to take it over.
-    Expired,
-    /// The result, still within `result_ttl`.
-    Completed(Completion),
-}
-
-/// What a store knows about one key, for monitoring ([`DedupeStore::status`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum KeyStatus {
-    /// Nothing: no leader, no result.
-    Empty,
-    /// A leader is working on it.
     Pending {
         /// The leader's owner id (`<pid>-<random>-<n>` for the layer's leaders: the random part
         /// is drawn once per process).
         owner: String,
         /// How long it has led.
         age: Duration,
-        /// Whether its lease has run out (the next caller takes over).
-        lease_expired: bool,
     },
-    /// A result is kept for late followers.
+    /// The leader's lease ran out: try to take it over.
+    Expired {
+        /// The owner id of the leader whose lease ran out.
+        owner: String,
+        /// How long ago it took the lead.
+        age: Duration,
+    },
+    /// The result, still within `result_ttl`.
     Completed {
+        /// What the leader left.
+        completion: Completion,
         /// How long ago it was published.
         age: Duration,
         /// How long it is kept still.
         expires_in: Duration,
-        /// The status code shared, if the leader succeeded with a body within the limit.
-        status: Option<u16>,
     },
+}
+
+impl KeyState {
+    /// The status code of a completed response, if the key holds one (a leader that succeeded
+    /// with a body within the limit).
+    ///
+    /// ```
+    /// use courteous::dedupe::KeyState;
+    ///
+    /// assert_eq!(KeyState::Vacant.status(), None);
+    /// ```
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            KeyState::Completed {
+                completion: Completion::Response(response),
+                ..
+            } => Some(response.status.as_u16()),
+            _ => None,
+        }
+    }
 }
 
 /// What the dedupe layers using a store did, in this process, since the store was made.
@@ -210,7 +248,7 @@ impl DedupeCounters {
 /// # Example
 ///
 /// ```
-/// use courteous::dedupe::{DedupeStore, KeyStatus, Lead, MemoryDedupeStore};
+/// use courteous::dedupe::{DedupeStore, KeyState, Lead, MemoryDedupeStore};
 /// use courteous::RequestKey;
 /// use std::time::Duration;
 ///
@@ -221,9 +259,9 @@ impl DedupeCounters {
 /// let lease = Duration::from_secs(30);
 /// assert!(matches!(store.try_lead(&key, "me", lease).await?, Lead::Acquired { takeover: false }));
 /// assert!(matches!(store.try_lead(&key, "you", lease).await?, Lead::Pending { .. }));
-/// assert!(matches!(store.status(&key).await?, KeyStatus::Pending { .. }));
+/// assert!(matches!(store.poll(&key).await?, KeyState::Pending { .. }));
 /// store.release(&key, "me").await?;
-/// assert_eq!(store.status(&key).await?, KeyStatus::Empty);
+/// assert!(matches!(store.poll(&key).await?, KeyState::Vacant));
 /// # Ok(())
 /// # }
 /// ```
@@ -259,7 +297,7 @@ pub trait DedupeStore: fmt::Debug + Send + Sync + 'static {
     /// Ends `owner`'s leadership of `key` leaving nothing (a cancelled leader).
     fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()>;
 
-    /// The state of `key` now.
+    /// The state of `key` now: for the layer, and for monitoring.
     fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState>;
 
     /// Waits until `key` is no longer led by a live leader, or until `deadline`; returns the last
@@ -270,7 +308,7 @@ pub trait DedupeStore: fmt::Debug + Send + Sync + 'static {
             loop {
                 let state = self.poll(key).await?;
                 let now = Instant::now();
-                if !matches!(state, KeyState::Pending) || now >= deadline {
+                if !matches!(state, KeyState::Pending { .. }) || now >= deadline {
                     return Ok(state);
                 }
                 tokio::time::sleep(pause.min(deadline - now)).await;
@@ -286,9 +324,6 @@ pub trait DedupeStore: fmt::Debug + Send + Sync + 'static {
     /// its [`renew`](DedupeStore::renew) refused and its [`publish`](DedupeStore::publish)
     /// ignored; its followers in other processes find the key vacant and lead again.
     fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64>;
-
-    /// What the store knows about `key`, for monitoring.
-    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus>;
 
     /// Removes expired leases and results now; returns how many rows went.
     fn cleanup(&self) -> StoreFuture<'_, u64>;
@@ -340,9 +375,6 @@ impl<T: DedupeStore + ?Sized> DedupeStore for Arc<T> {
     fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
         (**self).invalidate(path)
     }
-    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
-        (**self).status(key)
-    }
     fn cleanup(&self) -> StoreFuture<'_, u64> {
         (**self).cleanup()
     }
@@ -364,65 +396,5 @@ pub(crate) fn covers(path: &str, url: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
 }
 
-/// Milliseconds since the Unix epoch: the clock every process shares.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-pub(crate) fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
-pub(crate) fn since(then_ms: i64, now_ms: i64) -> Duration {
-    Duration::from_millis(now_ms.saturating_sub(then_ms).max(0) as u64)
-}
-
-/// Headers as `len name len value`... (u32 big-endian lengths), for backends that store bytes.
 #[cfg(any(feature = "sqlite", feature = "redis"))]
-pub(crate) fn encode_headers(headers: &http::HeaderMap) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in headers {
-        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
-        out.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        out.extend_from_slice(name);
-        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        out.extend_from_slice(value);
-    }
-    out
-}
-
-/// The inverse of [`encode_headers`]; `None` for damaged bytes.
-#[cfg(any(feature = "sqlite", feature = "redis"))]
-pub(crate) fn decode_headers(mut bytes: &[u8]) -> Option<http::HeaderMap> {
-    fn take<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
-        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-        let out = bytes.get(4..4 + len)?;
-        *bytes = &bytes[4 + len..];
-        Some(out)
-    }
-    let mut headers = http::HeaderMap::new();
-    while !bytes.is_empty() {
-        let name = http::HeaderName::from_bytes(take(&mut bytes)?).ok()?;
-        let value = http::HeaderValue::from_bytes(take(&mut bytes)?).ok()?;
-        headers.append(name, value);
-    }
-    Some(headers)
-}
-
-#[cfg(all(test, any(feature = "sqlite", feature = "redis")))]
-mod tests {
-    use super::*;
-    use http::{HeaderMap, HeaderValue};
-
-    #[test]
-    fn headers_survive_encoding() {
-        let mut headers = HeaderMap::new();
-        headers.append("set-cookie", HeaderValue::from_static("a=1"));
-        headers.append("set-cookie", HeaderValue::from_static("b=2"));
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        assert_eq!(decode_headers(&encode_headers(&headers)).unwrap(), headers);
-        assert!(decode_headers(&[0, 0, 0, 9, b'x']).is_none());
-    }
-}
+pub(crate) use crate::store::codec::{decode_headers, encode_headers};

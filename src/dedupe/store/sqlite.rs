@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,10 +14,11 @@ use crate::dedupe::SharedResponse;
 use crate::key::RequestKey;
 use crate::store::sqlite::schema::Component;
 use crate::store::sqlite::{SqliteError, SqliteStore};
+use crate::time::{Clock, SystemClock, Timestamp};
 
 use super::{
-    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture,
-    decode_headers, encode_headers, ms, now_ms, since,
+    Completion, DedupeCounters, DedupeStore, KeyState, Lead, StoreFuture, decode_headers,
+    encode_headers,
 };
 
 /// The dedupe tables.
@@ -71,8 +72,9 @@ impl SqliteStore {
         SqliteDedupeStore {
             store: self.clone(),
             counters: Arc::new(DedupeCounters::default()),
-            last_cleanup: Arc::new(AtomicI64::new(now_ms())),
+            last_cleanup: Arc::new(AtomicU64::new(SystemClock.now().as_millis())),
             cleanup_interval: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -86,10 +88,13 @@ impl SqliteStore {
 /// most once per [`cleanup_interval`](Self::cleanup_interval), coalesced with itself. Statistics
 /// count this process only, shared by the clones of this value.
 ///
+/// Leases and results expire by the store's [`Clock`] ([`SystemClock`] unless set with
+/// [`clock`](Self::clock)); every process sharing the file must read the same time line.
+///
 /// # Example
 ///
 /// ```
-/// use courteous::dedupe::{DedupeStore, KeyStatus};
+/// use courteous::dedupe::{DedupeStore, KeyState};
 /// use courteous::store::sqlite::SqliteStore;
 /// use courteous::RequestKey;
 /// use std::time::Duration;
@@ -100,7 +105,7 @@ impl SqliteStore {
 /// let dedupe = store.dedupe().cleanup_interval(Duration::from_secs(30));
 /// let key = RequestKey::from_parts([1; 32], "GET http://h/x");
 /// dedupe.try_lead(&key, "me", Duration::from_secs(30)).await?;
-/// assert!(matches!(dedupe.status(&key).await?, KeyStatus::Pending { .. }));
+/// assert!(matches!(dedupe.poll(&key).await?, KeyState::Pending { .. }));
 /// # Ok(())
 /// # }
 /// ```
@@ -108,8 +113,10 @@ impl SqliteStore {
 pub struct SqliteDedupeStore {
     store: SqliteStore,
     counters: Arc<DedupeCounters>,
-    last_cleanup: Arc<AtomicI64>,
+    /// When expired rows were last swept (ms since the epoch).
+    last_cleanup: Arc<AtomicU64>,
     cleanup_interval: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for SqliteDedupeStore {
@@ -117,6 +124,7 @@ impl fmt::Debug for SqliteDedupeStore {
         f.debug_struct("SqliteDedupeStore")
             .field("path", &self.store.path())
             .field("cleanup_interval", &self.cleanup_interval)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -129,21 +137,54 @@ impl SqliteDedupeStore {
         self
     }
 
+    /// Where leases and results read the time (default [`SystemClock`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::dedupe::{DedupeStore, KeyState};
+    /// use courteous::store::sqlite::SqliteStore;
+    /// use courteous::time::Timestamp;
+    /// use courteous::RequestKey;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), courteous::store::StoreError> {
+    /// let store = SqliteStore::open(":memory:").await?;
+    /// let key = RequestKey::from_parts([1; 32], "GET http://h/x");
+    /// let before = store.dedupe().clock(Timestamp::from_millis(1_000));
+    /// before.try_lead(&key, "me", Duration::from_secs(30)).await?;
+    /// let after = store.dedupe().clock(Timestamp::from_millis(31_000));
+    /// assert!(matches!(after.poll(&key).await?, KeyState::Expired { .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.last_cleanup = Arc::new(AtomicU64::new(clock.now().as_millis()));
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
     /// Queues a sweep of expired rows if the last one is older than the cleanup interval.
     fn maybe_cleanup(&self) {
-        let now = now_ms();
+        let now = self.now();
         let last = self.last_cleanup.load(Ordering::Relaxed);
-        if now - last < ms(self.cleanup_interval)
+        if now.saturating_since(Timestamp::from_millis(last)) < self.cleanup_interval
             || self
                 .last_cleanup
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(last, now.as_millis(), Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
             return;
         }
-        let counters = self.counters.clone();
+        let (counters, clock) = (self.counters.clone(), self.clock.clone());
         let queued = self.store.defer_keyed(CLEANUP_KEY, move |conn| {
-            let removed = sweep(conn)?;
+            let removed = sweep(conn, clock.now())?;
             DedupeCounters::add(&counters.cleaned, removed);
             Ok(())
         });
@@ -153,12 +194,22 @@ impl SqliteDedupeStore {
     }
 }
 
-fn sweep(conn: &Connection) -> rusqlite::Result<u64> {
+fn sweep(conn: &Connection, now: Timestamp) -> rusqlite::Result<u64> {
     conn.execute(
         "DELETE FROM courteous_dedupe WHERE deadline <= ?1",
-        [now_ms()],
+        [column(now)],
     )
     .map(|n| n as u64)
+}
+
+/// A time as the table keeps it: ms since the epoch, saturating at `i64::MAX`.
+fn column(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A time the table kept (another process wrote it; the epoch for negative values).
+fn stamp(ms: i64) -> Timestamp {
+    Timestamp::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 fn corrupt(column: usize, what: &str) -> rusqlite::Error {
@@ -202,6 +253,7 @@ impl DedupeStore for SqliteDedupeStore {
             key.display().to_owned(),
             owner.to_owned(),
         );
+        let clock = self.clock.clone();
         Box::pin(async move {
             self.maybe_cleanup();
             let lead = self
@@ -209,7 +261,7 @@ impl DedupeStore for SqliteDedupeStore {
                 .call(move |conn| {
                     // One transaction holding the write lock: read, then insert or take over.
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let now = now_ms();
+                    let now = clock.now();
                     let found = tx
                         .query_row(
                             "SELECT owner, started_at, deadline, state, status, headers, body, error
@@ -220,12 +272,12 @@ impl DedupeStore for SqliteDedupeStore {
                                 let started: i64 = row.get(1)?;
                                 let deadline: i64 = row.get(2)?;
                                 let state: i64 = row.get(3)?;
-                                let lead = if deadline <= now {
+                                let lead = if stamp(deadline) <= now {
                                     None
                                 } else if state == PENDING {
                                     Some(Lead::Pending {
                                         owner,
-                                        age: since(started, now),
+                                        age: now.saturating_since(stamp(started)),
                                     })
                                 } else {
                                     Some(Lead::Completed(completion(row, 3)?))
@@ -247,7 +299,7 @@ impl DedupeStore for SqliteDedupeStore {
                                      updated_at = excluded.updated_at,
                                      deadline = excluded.deadline,
                                      status = NULL, headers = NULL, body = NULL, error = NULL",
-                                params![hash, display, owner, now, now + ms(lease)],
+                                params![hash, display, owner, column(now), column(now + lease)],
                             )?;
                             Lead::Acquired {
                                 takeover: matches!(expired_or_vacant, Some((None, PENDING))),
@@ -269,15 +321,16 @@ impl DedupeStore for SqliteDedupeStore {
         lease: Duration,
     ) -> StoreFuture<'a, bool> {
         let (hash, owner) = (key.as_bytes().to_vec(), owner.to_owned());
+        let clock = self.clock.clone();
         Box::pin(async move {
             let renewed = self
                 .store
                 .call(move |conn| {
-                    let now = now_ms();
+                    let now = clock.now();
                     Ok(conn.execute(
                         "UPDATE courteous_dedupe SET deadline = ?3, updated_at = ?4
                          WHERE key = ?1 AND owner = ?2 AND state = 0",
-                        params![hash, owner, now + ms(lease), now],
+                        params![hash, owner, column(now + lease), column(now)],
                     )? == 1)
                 })
                 .await?;
@@ -293,11 +346,12 @@ impl DedupeStore for SqliteDedupeStore {
         ttl: Duration,
     ) -> StoreFuture<'a, ()> {
         let (hash, owner) = (key.as_bytes().to_vec(), owner.to_owned());
+        let clock = self.clock.clone();
         Box::pin(async move {
             self.maybe_cleanup();
             self.store
                 .call(move |conn| {
-                    let now = now_ms();
+                    let now = clock.now();
                     let (state, status, headers, body, error) = match &completion {
                         Completion::Response(r) => (
                             RESPONSE,
@@ -320,8 +374,8 @@ impl DedupeStore for SqliteDedupeStore {
                             hash,
                             owner,
                             state,
-                            now,
-                            now + ms(ttl),
+                            column(now),
+                            column(now + ttl),
                             status,
                             headers,
                             body,
@@ -353,24 +407,38 @@ impl DedupeStore for SqliteDedupeStore {
 
     fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
         let hash = key.as_bytes().to_vec();
+        let clock = self.clock.clone();
         Box::pin(async move {
             let state = self
                 .store
                 .call(move |conn| {
-                    let now = now_ms();
+                    let now = clock.now();
                     let state = conn
                         .query_row(
-                            "SELECT deadline, state, status, headers, body, error
+                            "SELECT owner, started_at, updated_at, deadline,
+                                    state, status, headers, body, error
                              FROM courteous_dedupe WHERE key = ?1",
                             [&hash],
                             |row| {
-                                let deadline: i64 = row.get(0)?;
-                                let state: i64 = row.get(1)?;
-                                Ok(match (state, deadline > now) {
-                                    (PENDING, true) => KeyState::Pending,
-                                    (PENDING, false) => KeyState::Expired,
-                                    (_, false) => KeyState::Vacant,
-                                    (_, true) => KeyState::Completed(completion(row, 1)?),
+                                let deadline = stamp(row.get(3)?);
+                                let state: i64 = row.get(4)?;
+                                let live = deadline > now;
+                                Ok(match state {
+                                    PENDING => {
+                                        let owner = row.get(0)?;
+                                        let age = now.saturating_since(stamp(row.get(1)?));
+                                        if live {
+                                            KeyState::Pending { owner, age }
+                                        } else {
+                                            KeyState::Expired { owner, age }
+                                        }
+                                    }
+                                    _ if !live => KeyState::Vacant,
+                                    _ => KeyState::Completed {
+                                        completion: completion(row, 4)?,
+                                        age: now.saturating_since(stamp(row.get(2)?)),
+                                        expires_in: deadline.saturating_since(now),
+                                    },
                                 })
                             },
                         )
@@ -379,46 +447,6 @@ impl DedupeStore for SqliteDedupeStore {
                 })
                 .await?;
             Ok(state)
-        })
-    }
-
-    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
-        let hash = key.as_bytes().to_vec();
-        Box::pin(async move {
-            let status = self
-                .store
-                .call(move |conn| {
-                    let now = now_ms();
-                    let status = conn
-                        .query_row(
-                            "SELECT owner, state, started_at, updated_at, deadline, status
-                             FROM courteous_dedupe WHERE key = ?1",
-                            [&hash],
-                            |row| {
-                                let state: i64 = row.get(1)?;
-                                let deadline: i64 = row.get(4)?;
-                                Ok(if state == PENDING {
-                                    KeyStatus::Pending {
-                                        owner: row.get(0)?,
-                                        age: since(row.get(2)?, now),
-                                        lease_expired: deadline <= now,
-                                    }
-                                } else if deadline <= now {
-                                    KeyStatus::Empty
-                                } else {
-                                    KeyStatus::Completed {
-                                        age: since(row.get(3)?, now),
-                                        expires_in: since(now, deadline),
-                                        status: row.get(5)?,
-                                    }
-                                })
-                            },
-                        )
-                        .optional()?;
-                    Ok::<_, SqliteError>(status.unwrap_or(KeyStatus::Empty))
-                })
-                .await?;
-            Ok(status)
         })
     }
 
@@ -445,8 +473,13 @@ impl DedupeStore for SqliteDedupeStore {
 
     fn cleanup(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            self.last_cleanup.store(now_ms(), Ordering::Relaxed);
-            let removed = self.store.call(|conn| Ok(sweep(conn)?)).await?;
+            let clock = self.clock.clone();
+            self.last_cleanup
+                .store(clock.now().as_millis(), Ordering::Relaxed);
+            let removed = self
+                .store
+                .call(move |conn| Ok(sweep(conn, clock.now())?))
+                .await?;
             DedupeCounters::add(&self.counters.cleaned, removed);
             Ok(removed)
         })

@@ -30,10 +30,9 @@ use crate::time::Timestamp;
 ///
 /// ```
 /// use courteous::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer};
-/// use std::num::NonZeroU32;
 ///
 /// let store = MemoryRateLimitStore::new();
-/// let limits = Limits::new().default_limit(Limit::per_second(NonZeroU32::new(5).unwrap()));
+/// let limits = Limits::new().default_limit(Limit::per_second(5));
 /// let layer = RateLimitLayer::new(store.clone(), limits).unwrap();
 /// # let _ = layer;
 /// ```
@@ -287,14 +286,13 @@ impl RateLimitStore for MemoryRateLimitStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::NonZeroU32;
     use std::time::Duration;
 
     fn admit(store: &MemoryRateLimitStore, now: u64, bound_s: u64) -> InFlight {
         let request = AdmissionRequest::new(
             Resource::new("x").unwrap(),
             Priority::User,
-            vec![Limit::per_second(NonZeroU32::new(10).unwrap())].into(),
+            vec![Limit::per_second(10)].into(),
             Arc::new(AdaptiveConfig::default()),
             Timestamp::from_millis(now),
         )

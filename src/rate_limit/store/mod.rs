@@ -61,11 +61,10 @@ impl AdmissionRequest {
     /// ```
     /// use courteous::rate_limit::{AdaptiveConfig, AdmissionRequest, Limit, SystemClock, Timestamp};
     /// use courteous::{Priority, Resource};
-    /// use std::num::NonZeroU32;
     /// use std::sync::Arc;
     /// use std::time::Duration;
     ///
-    /// let limits: Arc<[Limit]> = vec![Limit::per_second(NonZeroU32::new(5).unwrap())].into();
+    /// let limits: Arc<[Limit]> = vec![Limit::per_second(5)].into();
     /// let resource = Resource::new("items").unwrap();
     /// // Read the wall clock when the store decides; in flight for at most 60 s.
     /// let live = AdmissionRequest::new(resource.clone(), Priority::User, limits.clone(),
@@ -142,7 +141,6 @@ impl AdmissionRequest {
 /// use courteous::rate_limit::{AdaptiveConfig, AdmissionRequest, Decision, Limit,
 ///     MemoryRateLimitStore, RateLimitStore, Timestamp};
 /// use courteous::{Priority, Resource};
-/// use std::num::NonZeroU32;
 /// use std::sync::Arc;
 /// use std::time::Duration;
 ///
@@ -150,7 +148,7 @@ impl AdmissionRequest {
 /// let request = AdmissionRequest::new(
 ///     Resource::new("items").unwrap(),
 ///     Priority::User,
-///     vec![Limit::per_second(NonZeroU32::new(1).unwrap())].into(),
+///     vec![Limit::per_second(1)].into(),
 ///     Arc::new(AdaptiveConfig::default()),
 ///     Timestamp::from_millis(1_000),
 /// )
@@ -292,9 +290,8 @@ pub struct LimitStatus {
 /// # async fn main() {
 /// use courteous::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer};
 /// use courteous::Resource;
-/// use std::num::NonZeroU32;
 ///
-/// let limits = Limits::new().default_limit(Limit::per_minute(NonZeroU32::new(10).unwrap()));
+/// let limits = Limits::new().default_limit(Limit::per_minute(10));
 /// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), limits).unwrap();
 /// let status = layer.status(&Resource::new("issues").unwrap()).await.unwrap();
 /// assert_eq!(status.limits[0].remaining, 10);
@@ -661,7 +658,6 @@ pub(crate) fn retention(limits: &[Limit]) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::NonZeroU32;
 
     /// A request stamped at the end of time, over its limit, is refused with the end of time as
     /// its `retry_at`, where `now + 1` used to overflow (a panic in debug builds).
@@ -672,7 +668,7 @@ mod tests {
             memory.acquire_now(&AdmissionRequest::new(
                 Resource::new("y").unwrap(),
                 priority,
-                vec![Limit::per_minute(NonZeroU32::new(1).unwrap())].into(),
+                vec![Limit::per_minute(1)].into(),
                 Arc::new(AdaptiveConfig::default()),
                 Timestamp::from_millis(u64::MAX),
             ))

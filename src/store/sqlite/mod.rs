@@ -47,6 +47,16 @@
 //! Dropping the last handle makes the writer commit what is pending and stop, but nothing waits for
 //! it; a process that is about to exit should `close().await` (or `flush().await`) first.
 //!
+//! # Layout
+//!
+//! * `mod.rs`: [`SqliteStore`] (opening, the worker threads, `call`, `defer`, `flush`,
+//!   `close`) and where the database lives;
+//! * `builder.rs`: [`SqliteStoreBuilder`] and the configuration it fills in;
+//! * `conn.rs`: opening one connection (pragmas, permissions, the busy handler);
+//! * `writer.rs`: the write-behind writer thread (batches, checkpoints, reopening);
+//! * `schema.rs`: the versioned migrations of every component;
+//! * `stats.rs`: the writer's counters and [`SqliteStats`]; `error.rs`: [`SqliteError`].
+//!
 //! # Example
 //!
 //! ```
@@ -79,26 +89,32 @@
 //! # }
 //! ```
 
+mod builder;
 mod conn;
 mod error;
 pub(crate) mod schema;
+mod stats;
 mod writer;
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
 pub use rusqlite;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+pub use builder::SqliteStoreBuilder;
 pub use error::SqliteError;
+pub use stats::SqliteStats;
 pub use writer::DeferredWrite;
 
+pub(crate) use builder::Config;
+pub(crate) use stats::Counters;
 use writer::{AfterCommit, Message, Writer};
 
 /// Where the database lives.
@@ -137,93 +153,6 @@ impl Location {
             Location::Memory(_) => Path::new(":memory:"),
         }
     }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) busy_timeout: Duration,
-    pub(crate) workers: usize,
-    pub(crate) flush_interval: Duration,
-    pub(crate) max_batch: usize,
-    pub(crate) max_pending: usize,
-    pub(crate) page_size: Option<u32>,
-    pub(crate) checkpoint_interval: Duration,
-    pub(crate) max_wal_size: u64,
-    pub(crate) tighten_permissions: bool,
-    pub(crate) file_check_interval: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            busy_timeout: Duration::from_secs(5),
-            workers: 2,
-            flush_interval: Duration::from_millis(50),
-            max_batch: 1024,
-            max_pending: 100_000,
-            page_size: None,
-            checkpoint_interval: Duration::from_secs(1),
-            max_wal_size: 64 << 20,
-            tighten_permissions: false,
-            file_check_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pending: AtomicU64,
-    committed: AtomicU64,
-    coalesced: AtomicU64,
-    batches: AtomicU64,
-    failed: AtomicU64,
-    failed_batches: AtomicU64,
-    dropped: AtomicU64,
-    wal_restarts: AtomicU64,
-    reopened: AtomicU64,
-    /// Bumped by the writer each time it has reopened the file; each worker reopens its
-    /// connection when it sees a new value.
-    pub(crate) generation: AtomicU64,
-}
-
-/// Counters of a [`SqliteStore`]'s write-behind writer, since it was opened in this process.
-///
-/// # Example
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), courteous::store::sqlite::SqliteError> {
-/// let store = courteous::store::sqlite::SqliteStore::open(":memory:").await?;
-/// store.defer(|conn| conn.execute_batch("CREATE TABLE IF NOT EXISTS t (x)"))?;
-/// store.flush().await?;
-/// let stats = store.stats();
-/// assert_eq!((stats.committed, stats.pending), (1, 0));
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct SqliteStats {
-    /// Deferred writes queued and not yet committed.
-    pub pending: u64,
-    /// Deferred writes committed.
-    pub committed: u64,
-    /// Deferred writes replaced by a later write with the same key before they were committed.
-    pub coalesced: u64,
-    /// Transactions the writer committed.
-    pub batches: u64,
-    /// Deferred writes that failed on their own and were dropped (their error was logged).
-    pub failed: u64,
-    /// Batches the database refused as a whole and that were kept for a retry.
-    pub failed_batches: u64,
-    /// Deferred writes dropped because the queue was full.
-    pub dropped: u64,
-    /// Checkpoints that started the WAL over because it had grown past
-    /// [`max_wal_size`](SqliteStoreBuilder::max_wal_size).
-    pub wal_restarts: u64,
-    /// Times the database file was found deleted or replaced while open, and reopened (see
-    /// [`file_check_interval`](SqliteStoreBuilder::file_check_interval)).
-    pub reopened: u64,
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
@@ -266,180 +195,6 @@ impl fmt::Debug for SqliteStore {
             .field("path", &self.shared.location.path())
             .field("config", &self.shared.config)
             .finish_non_exhaustive()
-    }
-}
-
-/// Options for opening a [`SqliteStore`].
-///
-/// # Example
-///
-/// ```
-/// use courteous::store::sqlite::SqliteStore;
-/// use std::time::Duration;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), courteous::store::sqlite::SqliteError> {
-/// let store = SqliteStore::builder(":memory:")
-///     .workers(1)
-///     .max_batch(256)
-///     .open()
-///     .await?;
-/// # let _ = store;
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct SqliteStoreBuilder {
-    path: PathBuf,
-    config: Config,
-}
-
-impl SqliteStoreBuilder {
-    /// How long a statement waits for another connection's lock before failing with
-    /// [`SqliteError::Busy`] (default 5 s). Waiting starts with yields and 20 µs sleeps, not
-    /// SQLite's millisecond steps.
-    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.config.busy_timeout = timeout;
-        self
-    }
-
-    /// Connections (and threads) for [`SqliteStore::call`] (default 2, at least 1).
-    pub fn workers(mut self, workers: usize) -> Self {
-        self.config.workers = workers.max(1);
-        self
-    }
-
-    /// How long a deferred write may wait before it is committed (default 50 ms).
-    pub fn flush_interval(mut self, interval: Duration) -> Self {
-        self.config.flush_interval = interval;
-        self
-    }
-
-    /// Commit as soon as this many deferred writes are pending (default 1024, at least 1).
-    pub fn max_batch(mut self, max_batch: usize) -> Self {
-        self.config.max_batch = max_batch.max(1);
-        self
-    }
-
-    /// How many deferred writes may wait while the database refuses them before the oldest are
-    /// dropped, and before [`SqliteStore::defer`] refuses new ones with
-    /// [`SqliteError::Backlog`] (default 100,000).
-    pub fn max_pending(mut self, max_pending: usize) -> Self {
-        self.config.max_pending = max_pending.max(1);
-        self
-    }
-
-    /// The page size of a new file (SQLite's default is 4096). Larger pages make reads of large
-    /// blobs (cached bodies) faster; an existing file keeps its page size.
-    pub fn page_size(mut self, bytes: u32) -> Self {
-        self.config.page_size = Some(bytes);
-        self
-    }
-
-    /// How often the writer runs a passive WAL checkpoint (default 1 s).
-    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
-        self.config.checkpoint_interval = interval;
-        self
-    }
-
-    /// How large the WAL may grow before the writer's checkpoint makes it start over (default
-    /// 64 MiB).
-    ///
-    /// A passive checkpoint never waits for writers, and SQLite starts the WAL over only once a
-    /// checkpoint has caught up with every write. Under a steady stream of writes that leaves it
-    /// no pause (several processes' saturated rate limiters: 50 MB a second), a passive
-    /// checkpoint never catches up and the WAL grows without bound. Past this size the writer's
-    /// checkpoint also runs SQLite's restart checkpoint, which takes the write lock (with the
-    /// busy handler), copies what the passive one left and lets the next write start the WAL
-    /// from the beginning: other writers wait for it (milliseconds; it gives up after 50 ms, and
-    /// is not tried while a reader holds an older snapshot, which it would wait for). The WAL
-    /// file keeps its size and is reused; only when it has grown past twice this size (a spike,
-    /// or a reader that held the WAL for a while) does the writer cut it back.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let dir = tempfile::tempdir()?;
-    /// let sqlite = courteous::store::sqlite::SqliteStore::builder(dir.path().join("c.db"))
-    ///     .max_wal_size(16 << 20)
-    ///     .open()
-    ///     .await?;
-    /// # sqlite.close().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn max_wal_size(mut self, bytes: u64) -> Self {
-        self.config.max_wal_size = bytes;
-        self
-    }
-
-    /// Makes an existing database that group or others may read owner-only at open: `chmod
-    /// 0600` of the file and of its `-wal` and `-shm` files (default off: such a file is only
-    /// reported, with a warning). A new file is always created 0600.
-    ///
-    /// Cached bodies, rate-limit history and dedupe results may be private; leave this off only
-    /// when other users are meant to share the file.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use std::os::unix::fs::PermissionsExt;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let path = dir.path().join("c.db");
-    /// std::fs::write(&path, b"")?;
-    /// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
-    /// let sqlite = courteous::store::sqlite::SqliteStore::builder(&path)
-    ///     .tighten_permissions(true)
-    ///     .open()
-    ///     .await?;
-    /// assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
-    /// # sqlite.close().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn tighten_permissions(mut self, tighten: bool) -> Self {
-        self.config.tighten_permissions = tighten;
-        self
-    }
-
-    /// How often the writer checks that the path still names the file it opened (default 1 s,
-    /// at least 10 ms).
-    ///
-    /// A database file deleted or replaced under a running process (a cleanup script, a restore
-    /// from backup) stays open in that process, which goes on alone with the old file (SQLite
-    /// refuses its writes) while the others use the new one: they stop sharing limits, cache
-    /// and dedupe. When the path's identity (device and inode) changes, or the file is gone,
-    /// the store logs a warning, reopens the path (creating and migrating a new file if
-    /// needed) and counts it in [`SqliteStats::reopened`]; deferred writes not yet committed
-    /// go to the new file. A write refused as read-only makes the writer check at once.
-    ///
-    /// Replace a database with its `-wal` and `-shm` files removed (SQLite's own rule): a WAL
-    /// left next to the new file would be read as the new file's.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let dir = tempfile::tempdir()?;
-    /// let sqlite = courteous::store::sqlite::SqliteStore::builder(dir.path().join("c.db"))
-    ///     .file_check_interval(std::time::Duration::from_secs(5))
-    ///     .open()
-    ///     .await?;
-    /// assert_eq!(sqlite.stats().reopened, 0);
-    /// # sqlite.close().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn file_check_interval(mut self, interval: Duration) -> Self {
-        // Zero would keep the writer thread polling the file system.
-        self.config.file_check_interval = interval.max(Duration::from_millis(10));
-        self
-    }
-
-    /// Opens (creating if needed) and migrates the database.
-    pub async fn open(self) -> Result<SqliteStore, SqliteError> {
-        SqliteStore::start(Location::new(&self.path)?, self.config).await
     }
 }
 
@@ -601,7 +356,7 @@ impl SqliteStore {
             let _ = reply.send(outcome.unwrap_or(Err(SqliteError::Panicked)));
         });
         {
-            let jobs = self.shared.jobs.read().unwrap_or_else(|e| e.into_inner());
+            let jobs = self.shared.jobs.read();
             let sender = jobs.as_ref().ok_or(SqliteError::Closed)?;
             sender.send(job).map_err(|_| SqliteError::Closed)?;
         }
@@ -658,7 +413,7 @@ impl SqliteStore {
         write: DeferredWrite,
         after: Option<AfterCommit>,
     ) -> Result<(), SqliteError> {
-        let writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let writer = self.shared.writer.lock();
         let sender = writer.as_ref().ok_or(SqliteError::Closed)?;
         match sender.try_send(Message::Write { key, write, after }) {
             Ok(()) => Ok(()),
@@ -679,7 +434,7 @@ impl SqliteStore {
     pub async fn flush(&self) -> Result<(), SqliteError> {
         let (reply, result) = oneshot::channel();
         {
-            let writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let writer = self.shared.writer.lock();
             let sender = writer.as_ref().ok_or(SqliteError::Closed)?;
             sender
                 .send(Message::Flush(reply))
@@ -696,17 +451,8 @@ impl SqliteStore {
     ///
     /// The error of the last commit, if the database refused it (the writes it held are lost).
     pub async fn close(&self) -> Result<(), SqliteError> {
-        let writer = self
-            .shared
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        self.shared
-            .jobs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let writer = self.shared.writer.lock().take();
+        self.shared.jobs.write().take();
         let Some(writer) = writer else {
             return Ok(());
         };
@@ -715,33 +461,11 @@ impl SqliteStore {
             .send(Message::Close(reply))
             .map_err(|_| SqliteError::Closed)?;
         let result = result.await.map_err(|_| SqliteError::Closed)?;
-        let workers = std::mem::take(
-            &mut *self
-                .shared
-                .workers_done
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let workers = std::mem::take(&mut *self.shared.workers_done.lock());
         for done in workers {
             // Finishes the jobs queued before close, then closes its connection.
             let _ = done.await;
         }
         result
-    }
-
-    /// The write-behind writer's counters.
-    pub fn stats(&self) -> SqliteStats {
-        let c = &self.shared.counters;
-        SqliteStats {
-            pending: c.pending.load(Ordering::Relaxed),
-            committed: c.committed.load(Ordering::Relaxed),
-            coalesced: c.coalesced.load(Ordering::Relaxed),
-            batches: c.batches.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            failed_batches: c.failed_batches.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            wal_restarts: c.wal_restarts.load(Ordering::Relaxed),
-            reopened: c.reopened.load(Ordering::Relaxed),
-        }
     }
 }

@@ -7,7 +7,9 @@
 //! once never migrate twice; a file written by a newer build is refused with
 //! [`SqliteError::SchemaTooNew`] instead of being damaged.
 //!
-//! Migrations are append-only: a released entry is never edited, a change is a new entry.
+//! Migrations are append-only: a released entry is never edited, a change is a new entry. A
+//! change SQL cannot express (re-encoding a column) is a [`Step`] in [`STEPS`], run in the same
+//! transaction right after the SQL of its version.
 
 use std::path::Path;
 
@@ -35,6 +37,16 @@ pub(crate) const CORE: Component = Component {
              VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));",
     ],
 };
+
+/// A migration step in Rust, for what SQL cannot express (re-encoding a column's bytes).
+pub(crate) type Step = fn(&Connection) -> rusqlite::Result<()>;
+
+/// The [`Step`]s, by component and the version whose SQL they follow.
+const STEPS: &[(&str, usize, Step)] = &[(
+    crate::cache::store::sqlite::CACHE.name,
+    2,
+    crate::cache::store::sqlite::reencode_headers,
+)];
 
 /// Every component compiled into this build.
 pub(crate) const COMPONENTS: &[Component] = &[
@@ -103,6 +115,12 @@ pub(crate) fn migrate(
         }
         for (index, sql) in component.migrations.iter().enumerate().skip(found as usize) {
             tx.execute_batch(sql)?;
+            for (_, _, step) in STEPS
+                .iter()
+                .filter(|(name, version, _)| *name == component.name && *version == index + 1)
+            {
+                step(&tx)?;
+            }
             tracing::info!(
                 component = component.name,
                 version = index + 1,

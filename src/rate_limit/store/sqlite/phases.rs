@@ -1,27 +1,34 @@
 //! Where a decision's time goes: per-phase latency histograms, for benchmarks and diagnosis.
 //!
-//! Off unless the environment variable `COURTEOUS_RL_PHASES` is set (to anything but `0`) when
-//! the store is created: then every batch records how long its runner waited for the turn lock,
-//! for `BEGIN IMMEDIATE`, in its statements and in `COMMIT`, how many copies of a resource's
-//! admissions it read from the table or caught up, and every request how long it was
-//! queued before a runner took it and how long it spent in the store in all. Off, the cost is
-//! one branch on an `Option` per batch and per request.
+//! Compiled in with the cargo feature `diagnostics` (off by default): then every batch records
+//! how long its runner waited for the turn lock, for `BEGIN IMMEDIATE`, in its statements and in
+//! `COMMIT`, how many copies of a resource's admissions it read from the table or caught up, and
+//! every request how long it was queued before a runner took it and how long it spent in the
+//! store in all; `SqliteRateLimitStore::phase_report` prints them. Without the feature,
+//! [`Histogram`] is empty, [`PhaseSlot::get`] is always `None`, and the timing code compiles
+//! away.
 
+#[cfg(feature = "diagnostics")]
 use std::fmt::Write as _;
+#[cfg(feature = "diagnostics")]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Three significant bits per power of two: 8 buckets per octave, up to 2^40 ns (18 minutes).
+#[cfg(feature = "diagnostics")]
 const SUB: u32 = 3;
+#[cfg(feature = "diagnostics")]
 const BUCKETS: usize = (41 << SUB) as usize;
 
 /// A lock-free log-linear histogram of durations (relative error under 12.5 %).
+#[cfg(feature = "diagnostics")]
 pub(super) struct Histogram {
     counts: Box<[AtomicU64]>,
     max: AtomicU64,
     sum: AtomicU64,
 }
 
+#[cfg(feature = "diagnostics")]
 impl Default for Histogram {
     fn default() -> Self {
         Histogram {
@@ -32,6 +39,7 @@ impl Default for Histogram {
     }
 }
 
+#[cfg(feature = "diagnostics")]
 fn bucket(ns: u64) -> usize {
     if ns < (1 << SUB) {
         return ns as usize;
@@ -42,6 +50,7 @@ fn bucket(ns: u64) -> usize {
 }
 
 /// The largest value that falls in bucket `i`.
+#[cfg(feature = "diagnostics")]
 fn upper(i: usize) -> u64 {
     let i = i as u64;
     if i < (1 << SUB) {
@@ -52,6 +61,7 @@ fn upper(i: usize) -> u64 {
     ((1 << msb) | (sub << (msb - u64::from(SUB)))) + (1 << (msb - u64::from(SUB))) - 1
 }
 
+#[cfg(feature = "diagnostics")]
 impl Histogram {
     pub(super) fn record(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -110,6 +120,20 @@ impl Histogram {
     }
 }
 
+/// Without the `diagnostics` feature: records nothing.
+#[cfg(not(feature = "diagnostics"))]
+#[derive(Default)]
+pub(super) struct Histogram;
+
+#[cfg(not(feature = "diagnostics"))]
+impl Histogram {
+    #[inline(always)]
+    pub(super) fn record(&self, _: Duration) {}
+
+    #[inline(always)]
+    pub(super) fn record_count(&self, _: usize) {}
+}
+
 /// Every phase of a decision (see the module docs).
 #[derive(Default)]
 pub(super) struct Phases {
@@ -138,15 +162,8 @@ pub(super) struct Phases {
     pub(super) reads: Histogram,
 }
 
+#[cfg(feature = "diagnostics")]
 impl Phases {
-    /// `Some` when `COURTEOUS_RL_PHASES` asks for them.
-    pub(super) fn from_env() -> Option<Box<Phases>> {
-        match std::env::var_os("COURTEOUS_RL_PHASES") {
-            Some(v) if v != "0" && !v.is_empty() => Some(Box::default()),
-            _ => None,
-        }
-    }
-
     /// A table of the phases, in microseconds (sizes in decisions).
     pub(super) fn report(&self) -> String {
         let mut out = String::from("  phase (µs)\n");
@@ -167,7 +184,34 @@ impl Phases {
     }
 }
 
-#[cfg(test)]
+/// Where a store keeps its phases: `Some` with the `diagnostics` feature (unless a test made it
+/// empty), and nothing at all without it.
+#[derive(Default)]
+pub(super) struct PhaseSlot {
+    #[cfg(feature = "diagnostics")]
+    phases: Option<Box<Phases>>,
+}
+
+impl PhaseSlot {
+    /// Histograms that record, when the `diagnostics` feature is on.
+    pub(super) fn on() -> Self {
+        PhaseSlot {
+            #[cfg(feature = "diagnostics")]
+            phases: Some(Box::default()),
+        }
+    }
+
+    /// The histograms to record in, if any.
+    #[inline(always)]
+    pub(super) fn get(&self) -> Option<&Phases> {
+        #[cfg(feature = "diagnostics")]
+        return self.phases.as_deref();
+        #[cfg(not(feature = "diagnostics"))]
+        return None;
+    }
+}
+
+#[cfg(all(test, feature = "diagnostics"))]
 mod tests {
     use super::*;
 

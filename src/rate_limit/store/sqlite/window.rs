@@ -50,7 +50,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rusqlite::{Connection, params};
 
-use super::SqlLog;
+use super::sql::SqlLog;
 use crate::rate_limit::adaptive::WindowUsage;
 use crate::rate_limit::store::AdmissionLog;
 use crate::resource::Resource;
@@ -400,7 +400,7 @@ impl Windows {
     /// The copy of `resource` (see [`CopyView`]).
     #[cfg(test)]
     pub(super) fn copy_of(&self, resource: &str) -> Option<CopyView> {
-        let window = self.map.get(&Resource::new(resource)?)?;
+        let window = self.map.get(&Resource::new(resource).ok()?)?;
         let times = |times: &VecDeque<u64>| times.iter().copied().collect();
         Some((
             window.from,

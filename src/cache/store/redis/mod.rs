@@ -1,11 +1,20 @@
 //! The cache store on a Redis server, shared by every process on every machine.
+//!
+//! * `mod.rs`: [`RedisCacheStore`], its keys and the [`CacheStore`] implementation.
+//! * `scripts.rs` and the `.lua` files: the Lua scripts every write runs (`prelude.lua` holds
+//!   the index helpers they share).
+//! * `events.rs`: the change events published on the store's channel, instance ids, and the lex
+//!   ranges of the URL index.
+//!
+//! An entry's value is one byte string in the form of `crate::store::codec`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use redis::Script;
 use tokio::sync::{broadcast, oneshot};
 
@@ -14,209 +23,21 @@ use crate::key::RequestKey;
 use crate::store::StoreError;
 use crate::store::redis::{RedisError, RedisStore, Subscription};
 
-use super::codec;
-use super::{CacheChange, CacheStore, CacheStoreStats, ChangeFeed, Invalidation};
-use crate::time::epoch_ms as millis;
+mod events;
+mod scripts;
 
-/// Members of the index sorted sets end in `\0` and the 64 hex digits of the key.
-const HEX: usize = 64;
+use events::{Heard, event, instance_id, lex_range, parse_event};
+use scripts::{DELETE, INVALIDATE, PURGE, PUT, STATS, TOUCH};
+
+use super::{CacheChange, CacheStore, CacheStoreStats, ChangeFeed, Invalidation};
+use crate::store::codec;
+use crate::time::{Clock, SystemClock, duration_ms, epoch_ms as millis};
 
 /// Expired index members each write cleans up, so the indexes stay bounded without a janitor.
 const CLEAN_PER_WRITE: u32 = 4;
 
 /// Index members one invalidation or purge step handles (each step is one short script).
 const BATCH: u32 = 256;
-
-/// Shared by every script. `KEYS`: urls, expiry, sizes, bytes (then the entry, if any).
-macro_rules! prelude {
-    () => {
-        r#"
-local U, X, Z, B = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function unindex(m)
-  local s = redis.call('HGET', Z, m)
-  if s then
-    redis.call('HDEL', Z, m)
-    redis.call('DECRBY', B, s)
-  end
-  redis.call('ZREM', U, m)
-  redis.call('ZREM', X, m)
-end
-local function split(m)
-  return string.sub(m, 1, -66), string.sub(m, -64)
-end
--- Removes up to `limit` members whose entries expired (or were evicted); returns how many.
--- Scores are in Redis's clock: an entry that is still there (its expiry was moved) is scored
--- again by its TTL.
-local function purge(eprefix, now, limit)
-  local n = 0
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', X, '-inf', now, 'LIMIT', 0, limit)) do
-    local url, h = split(m)
-    local e = eprefix .. h
-    local cur = redis.call('HGET', e, 'u')
-    local ttl = redis.call('PTTL', e)
-    if cur == url and ttl > 0 then
-      redis.call('ZADD', X, now + ttl, m)
-    else
-      if cur == url then
-        redis.call('DEL', e)
-      end
-      unindex(m)
-      n = n + 1
-    end
-  end
-  return n
-end
-"#
-    };
-}
-
-/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: entry prefix, hex, url, encoded entry,
-/// fresh_until ms, expires_at ms, size, channel, event, clean limit, TTL ms. Returns how many
-/// expired members it cleaned.
-static PUT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-local E, h, url = KEYS[5], ARGV[2], ARGV[3]
-local old = redis.call('HGET', E, 'u')
-if old then
-  unindex(old .. '\0' .. h)
-end
-local m = url .. '\0' .. h
-unindex(m)
-redis.call('DEL', E)
-redis.call('HSET', E, 'u', url, 'e', ARGV[4], 'f', ARGV[5], 'x', ARGV[6])
-local now, ttl = now_ms(), tonumber(ARGV[11])
-redis.call('PEXPIRE', E, ttl)
-redis.call('ZADD', U, 0, m)
-redis.call('ZADD', X, now + ttl, m)
-redis.call('HSET', Z, m, ARGV[7])
-redis.call('INCRBY', B, ARGV[7])
-redis.call('PUBLISH', ARGV[8], ARGV[9])
-return purge(ARGV[1], now, tonumber(ARGV[10]))
-"#
-    ))
-});
-
-/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: hex, channel, event. Returns 1 if an
-/// entry was deleted.
-static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-local E = KEYS[5]
-local url = redis.call('HGET', E, 'u')
-if url then
-  unindex(url .. '\0' .. ARGV[1])
-end
-local n = redis.call('DEL', E)
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return n
-"#
-    ))
-});
-
-/// `KEYS`: urls, expiry, sizes, bytes, entry. `ARGV`: hex, fresh_until ms, expires_at ms, TTL
-/// ms.
-static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-local E = KEYS[5]
-local url = redis.call('HGET', E, 'u')
-if not url then
-  return 0
-end
-local ttl = tonumber(ARGV[4])
-redis.call('HSET', E, 'f', ARGV[2], 'x', ARGV[3])
-redis.call('ZADD', X, 'XX', now_ms() + ttl, url .. '\0' .. ARGV[1])
-redis.call('PEXPIRE', E, ttl)
-return 1
-"#
-    ))
-});
-
-/// `ARGV`: entry prefix, lex min, lex max, offset, limit, mode (`p` prefix, `u` path, `a` all),
-/// target, channel, event. Deletes the entries of one batch of index members in the range that
-/// match; returns `{deleted, members read, members skipped}`.
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-local mode, t = ARGV[6], ARGV[7]
-local function matches(url)
-  if mode == 'a' then
-    return true
-  elseif mode == 'p' then
-    return string.sub(url, 1, #t) == t
-  end
-  return url == t or string.sub(url, 1, #t + 1) == t .. '?'
-end
-local ms = redis.call('ZRANGEBYLEX', U, ARGV[2], ARGV[3], 'LIMIT', tonumber(ARGV[4]), tonumber(ARGV[5]))
-local n, skipped = 0, 0
-for _, m in ipairs(ms) do
-  local url, h = split(m)
-  if matches(url) then
-    local e = ARGV[1] .. h
-    if redis.call('HGET', e, 'u') == url then
-      n = n + redis.call('DEL', e)
-    end
-    unindex(m)
-  else
-    skipped = skipped + 1
-  end
-end
-redis.call('PUBLISH', ARGV[8], ARGV[9])
-return {n, #ms, skipped}
-"#
-    ))
-});
-
-/// `ARGV`: entry prefix, limit, scan cursor, scan count. Removes up to `limit` expired members,
-/// then checks one `ZSCAN` step of the expiry index (from the cursor, about `scan count`
-/// members, none if 0) for members whose entry is gone before its expiry (evicted by Redis's
-/// `maxmemory` policy, or deleted by hand) and removes them. Returns `{cleaned, more, next
-/// cursor, stale}`.
-static PURGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-local limit = tonumber(ARGV[2])
-local n = purge(ARGV[1], now_ms(), limit)
-local cursor, stale = ARGV[3], 0
-if tonumber(ARGV[4]) > 0 then
-  local step = redis.call('ZSCAN', X, cursor, 'COUNT', ARGV[4])
-  cursor = step[1]
-  local found = step[2]
-  for i = 1, #found, 2 do
-    local m = found[i]
-    local url, h = split(m)
-    if redis.call('HGET', ARGV[1] .. h, 'u') ~= url then
-      unindex(m)
-      stale = stale + 1
-    end
-  end
-end
-local more = redis.call('ZCOUNT', X, '-inf', now_ms())
-return {n, more, cursor, stale}
-"#
-    ))
-});
-
-/// Returns `{indexed, expired, bytes}`.
-static STATS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-return {redis.call('ZCARD', X), redis.call('ZCOUNT', X, '-inf', now_ms()),
-  tonumber(redis.call('GET', B) or '0')}
-"#
-    ))
-});
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -236,19 +57,6 @@ struct Names {
     sizes: String,
     bytes: String,
     channel: String,
-}
-
-/// A change the listener heard.
-#[derive(Debug, Clone)]
-struct Heard {
-    from: Option<Arc<str>>,
-    change: CacheChange,
-}
-
-impl From<CacheChange> for Heard {
-    fn from(change: CacheChange) -> Self {
-        Heard { from: None, change }
-    }
 }
 
 struct Shared {
@@ -357,7 +165,7 @@ pub struct RedisCacheStore {
     /// Who publishes this handle's events (so that its own change feeds skip them).
     instance: Arc<str>,
     max_entry_size: usize,
-    clock: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Clone for RedisCacheStore {
@@ -429,70 +237,9 @@ impl RedisStore {
             }),
             instance: instance_id().into(),
             max_entry_size: 5 * 1024 * 1024,
-            clock: Arc::new(SystemTime::now),
+            clock: Arc::new(SystemClock),
         }
     }
-}
-
-/// `<pid>-<random>-<n>`: unique per store, also across machines and containers.
-fn instance_id() -> String {
-    use std::hash::BuildHasher;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let random =
-        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos));
-    format!(
-        "{}-{random:016x}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// An event on the channel: `instance \n kind data`.
-fn event(instance: &str, kind: char, data: &str) -> String {
-    format!("{instance}\n{kind}{data}")
-}
-
-/// Who sent an event and the change it reports, or `None` for a malformed one.
-fn parse_event(payload: &[u8]) -> Option<(&str, CacheChange)> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let (from, rest) = text.split_once('\n')?;
-    let mut chars = rest.chars();
-    let kind = chars.next()?;
-    let data = chars.as_str();
-    let change = match kind {
-        'k' => CacheChange::Key(RequestKey::from_parts(from_hex(data)?, "")),
-        'p' => CacheChange::Invalidated(Invalidation::Prefix(data.to_owned())),
-        'u' => CacheChange::Invalidated(Invalidation::Path(data.to_owned())),
-        'c' => CacheChange::Cleared,
-        _ => return None,
-    };
-    Some((from, change))
-}
-
-fn from_hex(hex: &str) -> Option<[u8; 32]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != HEX {
-        return None;
-    }
-    let mut out = [0; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// `[prefix` .. `[prefix\xff`: every member that starts with `prefix` (URLs are UTF-8, which
-/// never holds the byte 0xff).
-fn lex_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let mut min = Vec::with_capacity(prefix.len() + 1);
-    min.push(b'[');
-    min.extend_from_slice(prefix);
-    let mut max = min.clone();
-    max.push(0xff);
-    (min, max)
 }
 
 impl RedisCacheStore {
@@ -516,31 +263,32 @@ impl RedisCacheStore {
     /// ```no_run
     /// use courteous::cache::CacheLayer;
     /// use courteous::store::redis::RedisStore;
-    /// use courteous::time::{Clock, SystemClock};
+    /// use courteous::time::TokioClock;
     ///
     /// # fn main() -> Result<(), courteous::store::redis::RedisError> {
+    /// let clock = TokioClock::new();
     /// let redis = RedisStore::connect("redis://127.0.0.1:6379/")?;
-    /// let store = redis.cache().clock(|| SystemClock.system_time());
-    /// let layer = CacheLayer::new(store).clock(SystemClock);
+    /// // Give the cache layer the same clock (`CacheLayer::clock`).
+    /// let layer = CacheLayer::new(redis.cache().clock(clock));
     /// # let _ = layer;
     /// # Ok(())
     /// # }
     /// ```
     #[must_use]
-    pub fn clock(mut self, now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
-        self.clock = Arc::new(now);
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
     fn now(&self) -> SystemTime {
-        (self.clock)()
+        self.clock.system_time()
     }
 
     /// How long until `expires_at` by the store's clock, in ms (at least 1).
     fn ttl_ms(&self, expires_at: SystemTime) -> u64 {
-        expires_at.duration_since(self.now()).map_or(1, |d| {
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-        })
+        expires_at
+            .duration_since(self.now())
+            .map_or(1, |d| duration_ms(d).max(1))
     }
 
     /// Whether the pub/sub subscription that reports other processes' changes is up now.
@@ -613,12 +361,7 @@ impl RedisCacheStore {
     }
 
     fn listen(&self) {
-        let stopped = self
-            .shared
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let stopped = self.shared.listener.lock().take();
         if let Some(stopped) = stopped {
             let changes = self.shared.changes.clone();
             let channel = self.shared.names.channel.clone();
@@ -666,7 +409,7 @@ impl CacheStore for RedisCacheStore {
             .map_err(|e| self.failed(e))?;
         let found = match (value, fresh_until, expires_at) {
             (Some(value), Some(fresh_until), Some(expires_at)) => {
-                match codec::decode(Bytes::from(value)) {
+                match codec::decode_entry(Bytes::from(value)) {
                     Some(mut entry) => {
                         entry.fresh_until = crate::time::from_epoch_ms(fresh_until);
                         entry.expires_at = crate::time::from_epoch_ms(expires_at);
@@ -703,7 +446,7 @@ impl CacheStore for RedisCacheStore {
             .arg(&self.shared.names.entry)
             .arg(&hex)
             .arg(&entry.url)
-            .arg(codec::encode(&entry))
+            .arg(codec::encode_entry(&entry))
             .arg(millis(entry.fresh_until))
             .arg(millis(entry.expires_at))
             .arg(size)
@@ -868,50 +611,5 @@ impl CacheStore for RedisCacheStore {
             }
         });
         Some(ChangeFeed::new(receiver, connected))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_round_trip() {
-        let key = RequestKey::from_parts([0xab; 32], "x");
-        let hex = key.to_hex();
-        let e = event("me", 'k', &hex);
-        assert_eq!(
-            parse_event(e.as_bytes()),
-            Some(("me", CacheChange::Key(key)))
-        );
-        assert_eq!(
-            parse_event(event("me", 'p', "http://h/a\nb").as_bytes()),
-            Some((
-                "me",
-                CacheChange::Invalidated(Invalidation::Prefix("http://h/a\nb".into()))
-            ))
-        );
-        assert_eq!(
-            parse_event(event("me", 'u', "http://h/a").as_bytes()),
-            Some((
-                "me",
-                CacheChange::Invalidated(Invalidation::Path("http://h/a".into()))
-            ))
-        );
-        assert_eq!(
-            parse_event(event("me", 'c', "").as_bytes()),
-            Some(("me", CacheChange::Cleared))
-        );
-        assert_eq!(parse_event(b"me\nkzz"), None);
-        assert_eq!(parse_event(b"no newline"), None);
-    }
-
-    #[test]
-    fn the_lex_range_covers_exactly_the_prefix() {
-        let (min, max) = lex_range(b"http://h/a");
-        let inside = b"http://h/a/1\0ff".to_vec();
-        let outside = b"http://h/b".to_vec();
-        assert!(min[1..] <= inside[..] && inside[..] < max[1..]);
-        assert!(!(min[1..] <= outside[..] && outside[..] < max[1..]));
     }
 }

@@ -1,188 +1,38 @@
 //! The Redis backend: every process on every machine that uses the server (and prefix) coalesces.
+//!
+//! `mod.rs` holds the store and its [`DedupeStore`] implementation, `scripts.rs` loads the Lua
+//! scripts (one `.lua` file each, sharing `prelude.lua`), `reply.rs` decodes what they return.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::StatusCode;
-use redis::{ErrorKind, Script, Value};
+use parking_lot::Mutex;
+use redis::{Script, Value};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::dedupe::SharedResponse;
 use crate::key::RequestKey;
 use crate::store::StoreError;
 use crate::store::redis::{RedisError, RedisStore, Subscription};
+use crate::time::{Clock, duration_ms};
 
 use super::{
-    Completion, DedupeCounters, DedupeStore, KeyState, KeyStatus, Lead, StoreFuture,
-    decode_headers, encode_headers, ms, url_of,
+    Completion, DedupeCounters, DedupeStore, KeyState, Lead, StoreFuture, encode_headers, url_of,
 };
 
+mod reply;
+mod scripts;
+
+use reply::{FAILED, Found, RESPONSE, TOO_LARGE, decode, unexpected};
+use scripts::{CLEAN, INVALIDATE, POLL, PUBLISH, RELEASE, RENEW, TRY_LEAD};
+
 /// How long a leader's `meta` hash outlives its lease, so that the next leader knows it took over.
-const META_GRACE_MS: i64 = 30_000;
+const META_GRACE_MS: u64 = 30_000;
 
-/// Shared by every script: `KEYS` are lease, meta, result, and the URL's index.
-macro_rules! prelude {
-    () => {
-        r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function read(now)
-  local r = redis.call('HMGET', KEYS[3], 'kind', 'at', 'status', 'headers', 'body', 'error')
-  if r[1] then
-    return {'done', now, r[1], r[2], redis.call('PTTL', KEYS[3]), r[3], r[4], r[5], r[6]}
-  end
-  local owner = redis.call('GET', KEYS[1])
-  local started = redis.call('HGET', KEYS[2], 'started')
-  if owner then
-    return {'pending', now, owner, started or now, redis.call('PTTL', KEYS[1])}
-  end
-  local was = redis.call('HGET', KEYS[2], 'owner')
-  if was then
-    return {'expired', now, was, started or now}
-  end
-  return {'vacant', now}
-end
-local function index(hex, ms)
-  redis.call('SADD', KEYS[4], hex)
-  if redis.call('PTTL', KEYS[4]) < ms then
-    redis.call('PEXPIRE', KEYS[4], ms)
-  end
-end
-local function owned(owner)
-  local current = redis.call('GET', KEYS[1])
-  if current then
-    return current == owner
-  end
-  return redis.call('HGET', KEYS[2], 'owner') == owner
-end
-"#
-    };
-}
-
-/// ARGV: owner, lease ms, meta grace ms, key hex.
-static TRY_LEAD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-local now = now_ms()
-local state = read(now)
-if state[1] ~= 'vacant' and state[1] ~= 'expired' then
-  return state
-end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return read(now)
-end
-redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'started', now)
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-index(ARGV[4], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-if state[1] == 'expired' then
-  return {'acquired', now, 1}
-end
-return {'acquired', now, 0}
-"#
-    ))
-});
-
-/// ARGV: owner, lease ms, meta grace ms, key hex.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-if not owned(ARGV[1]) then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-index(ARGV[4], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-return 1
-"#
-    ))
-});
-
-/// ARGV: owner, ttl ms, kind, status, headers, body, error, channel, key hex.
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-if not owned(ARGV[1]) then
-  return 0
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[3], 'kind', ARGV[3], 'at', now_ms(), 'status', ARGV[4],
-    'headers', ARGV[5], 'body', ARGV[6], 'error', ARGV[7])
-  redis.call('PEXPIRE', KEYS[3], ttl)
-  index(ARGV[9], ttl)
-end
-redis.call('PUBLISH', ARGV[8], ARGV[9])
-return 1
-"#
-    ))
-});
-
-/// ARGV: owner, channel, key hex.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        prelude!(),
-        r#"
-if not owned(ARGV[1]) then
-  return 0
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"#
-    ))
-});
-
-static POLL: LazyLock<Script> =
-    LazyLock::new(|| Script::new(concat!(prelude!(), "return read(now_ms())\n")));
-
-/// KEYS: a URL's index. ARGV: the dedupe key prefix (`p:dedupe:`), channel. Deletes the lease,
-/// meta and result of every key in the index, announces each (its waiters re-read it and find
-/// it vacant), and deletes the index.
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local n = 0
-for _, hex in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local base = ARGV[1] .. '{' .. hex .. '}:'
-  if redis.call('DEL', base .. 'lease', base .. 'meta', base .. 'result') > 0 then
-    n = n + 1
-  end
-  redis.call('PUBLISH', ARGV[2], hex)
-end
-redis.call('DEL', KEYS[1])
-return n
-"#,
-    )
-});
-
-/// KEYS: meta, lease, meta, lease, ...: deletes each meta hash whose lease is gone.
-static CLEAN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local n = 0
-for i = 1, #KEYS, 2 do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('DEL', KEYS[i]) == 1 then
-    n = n + 1
-  end
-end
-return n
-"#,
-    )
-});
-
-const RESPONSE: &str = "r";
-const FAILED: &str = "f";
-const TOO_LARGE: &str = "t";
+/// The largest time or duration (ms) given to a script: sums of two or three stay within the
+/// 64 bits Redis and the scripts' `string.format('%d')` hold.
+const MAX_MS: u64 = i64::MAX as u64 / 4;
 
 impl RedisStore {
     /// A [`DedupeStore`] on this Redis server, shared with every process (on any machine) that
@@ -217,6 +67,7 @@ impl RedisStore {
                 _stop: stop,
             }),
             fallback_poll: Duration::from_millis(50),
+            clock: None,
         }
     }
 }
@@ -237,7 +88,7 @@ struct Shared {
 /// A [`DedupeStore`] on a Redis server: leaders and results are Redis keys that every process on
 /// every machine sharing the server and prefix sees. Made by [`RedisStore::dedupe`].
 ///
-/// Leadership is a `SET NX PX` lease, renewed while the request runs; only its owner may renew,
+/// Leadership is a `SET PX` lease, renewed while the request runs; only its owner may renew,
 /// publish or release it (Lua compare-and-set / compare-and-delete). A result is written in one
 /// atomic step and kept `result_ttl`; followers are woken through pub/sub, with polling as a
 /// fallback. When Redis is unreachable or slow every operation fails within the
@@ -253,9 +104,9 @@ struct Shared {
 ///
 /// | key | holds | lives |
 /// |---|---|---|
-/// | `p:dedupe:{h}:lease` | the leader's owner id, set with `SET NX PX lease` | the lease (renewed by the leader) |
-/// | `p:dedupe:{h}:meta` | hash `owner`, `started` of the current or last leader | lease + 30 s, so a takeover is recognised |
-/// | `p:dedupe:{h}:result` | hash `kind`, `at`, `status`, `headers`, `body`, `error` | `result_ttl` |
+/// | `p:dedupe:{h}:lease` | the leader's owner id, set with `SET PX lease` | the lease (renewed by the leader) |
+/// | `p:dedupe:{h}:meta` | hash `owner`, `started`, `until` (end of the lease) of the current or last leader | lease + 30 s, so a takeover is recognised |
+/// | `p:dedupe:{h}:result` | hash `kind`, `at`, `until`, `status`, `headers`, `body`, `error` | `result_ttl` |
 /// | `p:dedupe:url:<sha256 of the URL>` | set of the `h` led or completed for one URL (scheme, host, path) | its longest lease + 30 s or result |
 ///
 /// [`invalidate`](DedupeStore::invalidate) reads a URL's set and deletes its members' three keys
@@ -263,11 +114,12 @@ struct Shared {
 /// the keys of one URL in one slot), not a cluster spreading them.
 ///
 /// Each operation is one Lua script (atomic on the server): taking the lead reads the result and
-/// lease and sets the lease `NX` in one step; renew, publish and release check that the caller
+/// lease and sets the lease (when vacant or expired) in one step; renew, publish and release check that the caller
 /// still owns the lease (compare-and-set, compare-and-delete). Publishing deletes the lease and
 /// writes the whole result (status, headers and body, or a failure or too-large marker) in one
-/// step, then announces the key on the channel `p:dedupe:done`. Ages use the server's clock
-/// (`TIME`), so machines with skewed clocks agree.
+/// step, then announces the key on the channel `p:dedupe:done`. Times use the server's clock
+/// (`TIME`), so machines with skewed clocks agree, unless the store is given a
+/// [`clock`](RedisDedupeStore::clock).
 ///
 /// # Waking followers
 ///
@@ -279,14 +131,16 @@ struct Shared {
 ///
 /// # Expiry
 ///
-/// Everything expires by Redis TTLs: no cleanup job is needed. [`cleanup`](DedupeStore::cleanup) removes
-/// the `meta` hashes of leases that ran out (after which the next leader is not counted as a
-/// takeover), as the SQLite sweep removes expired pending rows.
+/// Everything expires by Redis TTLs: no cleanup job is needed. A lease or result also ends at
+/// its `until`, by the clock that wrote it (the server's, or the store's
+/// [`clock`](RedisDedupeStore::clock)). [`cleanup`](DedupeStore::cleanup) removes the `meta`
+/// hashes of leases Redis expired (after which the next leader is not counted as a takeover),
+/// as the SQLite sweep removes expired pending rows.
 ///
 /// # Example
 ///
 /// ```no_run
-/// use courteous::dedupe::{DedupeStore, KeyStatus};
+/// use courteous::dedupe::{DedupeStore, KeyState};
 /// use courteous::store::redis::RedisStore;
 /// use courteous::RequestKey;
 /// use std::time::Duration;
@@ -297,7 +151,7 @@ struct Shared {
 /// let dedupe = redis.dedupe().fallback_poll(Duration::from_millis(100));
 /// let key = RequestKey::from_parts([1; 32], "GET http://h/x");
 /// dedupe.try_lead(&key, "me", Duration::from_secs(30)).await?;
-/// assert!(matches!(dedupe.status(&key).await?, KeyStatus::Pending { .. }));
+/// assert!(matches!(dedupe.poll(&key).await?, KeyState::Pending { .. }));
 /// dedupe.release(&key, "me").await?;
 /// # Ok(())
 /// # }
@@ -307,6 +161,8 @@ pub struct RedisDedupeStore {
     redis: RedisStore,
     shared: Arc<Shared>,
     fallback_poll: Duration,
+    /// `None`: the server's clock.
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl fmt::Debug for RedisDedupeStore {
@@ -314,6 +170,7 @@ impl fmt::Debug for RedisDedupeStore {
         f.debug_struct("RedisDedupeStore")
             .field("redis", &self.redis)
             .field("fallback_poll", &self.fallback_poll)
+            .field("clock", &self.clock)
             .field(
                 "subscribed",
                 &self.shared.subscribed.load(Ordering::Relaxed),
@@ -331,21 +188,6 @@ struct Keys {
     hex: String,
 }
 
-/// What the read part of a script found.
-enum Found {
-    Done(Completion),
-    Pending {
-        now: i64,
-        owner: String,
-        started: i64,
-    },
-    Expired,
-    Vacant,
-    Acquired {
-        takeover: bool,
-    },
-}
-
 impl RedisDedupeStore {
     /// The longest pause between two polls of a waiting follower while the pub/sub subscription
     /// is up (default 50 ms): the latency a missed wake-up message costs at most.
@@ -358,6 +200,38 @@ impl RedisDedupeStore {
     /// Whether the pub/sub subscription that wakes followers is up now.
     pub fn is_subscribed(&self) -> bool {
         self.shared.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Stamps leases and results with `clock` instead of the Redis server's (`TIME`): for tests
+    /// with injected or paused time, or machines whose clocks are synchronised. Machines whose
+    /// clocks disagree then disagree on when a lease ran out, and Redis still expires the keys
+    /// by its own clock: a lease or result never outlives its length in the server's time.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use courteous::store::redis::RedisStore;
+    /// use courteous::time::TokioClock;
+    ///
+    /// # fn main() -> Result<(), courteous::store::redis::RedisError> {
+    /// let redis = RedisStore::connect("redis://127.0.0.1:6379/")?;
+    /// let dedupe = redis.dedupe().clock(TokioClock::new());
+    /// # let _ = dedupe;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The scripts' `ARGV[1]`: the caller's clock, or empty for the server's.
+    fn now_arg(&self) -> Vec<u8> {
+        self.clock
+            .as_ref()
+            .map(|clock| clock.now().as_millis().min(MAX_MS).to_string().into_bytes())
+            .unwrap_or_default()
     }
 
     fn keys(&self, key: &RequestKey) -> Keys {
@@ -386,7 +260,7 @@ impl RedisDedupeStore {
         self.redis.key(format_args!("dedupe:url:{hex}"))
     }
 
-    /// Runs `script` on `key`'s keys with `args`.
+    /// Runs `script` on `key`'s keys with the time ([`now_arg`](Self::now_arg)) and `args`.
     async fn run<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,
@@ -399,7 +273,8 @@ impl RedisDedupeStore {
             .key(&keys.lease)
             .key(&keys.meta)
             .key(&keys.result)
-            .key(&keys.index);
+            .key(&keys.index)
+            .arg(self.now_arg());
         for arg in args {
             invocation.arg(*arg);
         }
@@ -420,12 +295,7 @@ impl RedisDedupeStore {
     /// Starts the pub/sub listener if it is not running, and subscribes to its wake-ups.
     fn wakeups(&self) -> broadcast::Receiver<Arc<str>> {
         let receiver = self.shared.wakeups.subscribe();
-        let stopped = self
-            .shared
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let stopped = self.shared.listener.lock().take();
         if let Some(stopped) = stopped {
             let wakeups = self.shared.wakeups.clone();
             // The keys (hex) announced, for this process's waiters; no receiver is fine (nobody
@@ -449,95 +319,14 @@ impl RedisDedupeStore {
     }
 }
 
-fn unexpected(operation: &'static str, what: String) -> RedisError {
-    RedisError::Command {
-        operation,
-        source: redis::RedisError::from((
-            ErrorKind::UnexpectedReturnType,
-            "unexpected reply from a dedupe script",
-            what,
-        )),
-    }
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn int(value: &Value) -> Option<i64> {
-    match value {
-        Value::Int(n) => Some(*n),
-        other => text(other)?.parse().ok(),
-    }
-}
-
-fn bytes(value: Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::Nil => Some(Vec::new()),
-        _ => None,
-    }
-}
-
-/// Decodes the reply of `read()` or of the lead step.
-fn decode(operation: &'static str, reply: Vec<Value>) -> Result<Found, RedisError> {
-    let bad = |what: &str| unexpected(operation, format!("{what} in {reply:?}"));
-    let tag = reply.first().and_then(text).ok_or_else(|| bad("no tag"))?;
-    let num = |i: usize| reply.get(i).and_then(int).ok_or_else(|| bad("no number"));
-    Ok(match tag.as_str() {
-        "vacant" => Found::Vacant,
-        "acquired" => Found::Acquired {
-            takeover: num(2)? == 1,
-        },
-        "pending" => Found::Pending {
-            now: num(1)?,
-            owner: reply.get(2).and_then(text).ok_or_else(|| bad("no owner"))?,
-            started: num(3)?,
-        },
-        "expired" => Found::Expired,
-        "done" => {
-            let kind = reply.get(2).and_then(text).ok_or_else(|| bad("no kind"))?;
-            let status = reply
-                .get(5)
-                .and_then(text)
-                .and_then(|s| s.parse::<u16>().ok());
-            let mut rest = reply.clone().into_iter().skip(6);
-            let mut next = || rest.next().and_then(bytes).ok_or_else(|| bad("no field"));
-            let (headers, body, error) = (next()?, next()?, next()?);
-            let completion = match kind.as_str() {
-                RESPONSE => {
-                    let code = status
-                        .and_then(|s| StatusCode::from_u16(s).ok())
-                        .ok_or_else(|| bad("bad status"))?;
-                    let headers = decode_headers(&headers).ok_or_else(|| bad("bad headers"))?;
-                    Completion::Response(Arc::new(SharedResponse::new(
-                        code,
-                        headers,
-                        Bytes::from(body),
-                    )))
-                }
-                FAILED => Completion::Failed(String::from_utf8_lossy(&error).into()),
-                TOO_LARGE => Completion::TooLarge,
-                _ => return Err(bad("unknown kind")),
-            };
-            Found::Done(completion)
-        }
-        _ => return Err(bad("unknown tag")),
-    })
-}
-
-fn millis(n: i64) -> Duration {
-    Duration::from_millis(n.max(0) as u64)
+/// Whole milliseconds for a script, at most [`MAX_MS`].
+fn capped_ms(d: Duration) -> u64 {
+    duration_ms(d).min(MAX_MS)
 }
 
 /// Milliseconds for `PX`, which refuses 0.
 fn px(d: Duration) -> Vec<u8> {
-    ms(d).max(1).to_string().into_bytes()
+    capped_ms(d).max(1).to_string().into_bytes()
 }
 
 /// Whether `received` says `hex` was announced (or that announcements were lost).
@@ -571,16 +360,11 @@ impl DedupeStore for RedisDedupeStore {
             Ok(
                 match self.read("dedupe lead", &TRY_LEAD, &keys, &args).await? {
                     Found::Acquired { takeover } => Lead::Acquired { takeover },
-                    Found::Pending {
-                        now,
-                        owner,
-                        started,
-                    } => Lead::Pending {
-                        owner,
-                        age: millis(now - started),
-                    },
-                    Found::Done(completion) => Lead::Completed(completion),
-                    Found::Vacant | Found::Expired => {
+                    Found::State(KeyState::Pending { owner, age }) => Lead::Pending { owner, age },
+                    Found::State(KeyState::Completed { completion, .. }) => {
+                        Lead::Completed(completion)
+                    }
+                    Found::State(KeyState::Vacant | KeyState::Expired { .. }) => {
                         return Err(unexpected(
                             "dedupe lead",
                             "the lead step neither led nor found a leader".to_owned(),
@@ -621,7 +405,7 @@ impl DedupeStore for RedisDedupeStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let keys = self.keys(key);
-            let ttl = ms(ttl).to_string();
+            let ttl = capped_ms(ttl).to_string();
             let (kind, status, headers, body, error) = match &completion {
                 Completion::Response(r) => (
                     RESPONSE,
@@ -684,10 +468,8 @@ impl DedupeStore for RedisDedupeStore {
         Box::pin(async move {
             let keys = self.keys(key);
             Ok(match self.read("dedupe poll", &POLL, &keys, &[]).await? {
-                Found::Vacant | Found::Acquired { .. } => KeyState::Vacant,
-                Found::Pending { .. } => KeyState::Pending,
-                Found::Expired => KeyState::Expired,
-                Found::Done(completion) => KeyState::Completed(completion),
+                Found::State(state) => state,
+                Found::Acquired { .. } => KeyState::Vacant,
             })
         })
     }
@@ -703,7 +485,7 @@ impl DedupeStore for RedisDedupeStore {
             loop {
                 let state = self.poll(key).await?;
                 let now = Instant::now();
-                if !matches!(state, KeyState::Pending) || now >= deadline {
+                if !matches!(state, KeyState::Pending { .. }) || now >= deadline {
                     return Ok(state);
                 }
                 let cap = if self.is_subscribed() {
@@ -718,55 +500,6 @@ impl DedupeStore for RedisDedupeStore {
                     () = announced(&mut wakeups, &hex) => {}
                 }
             }
-        })
-    }
-
-    fn status<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyStatus> {
-        Box::pin(async move {
-            let keys = self.keys(key);
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("TIME")
-                .cmd("GET")
-                .arg(&keys.lease)
-                .cmd("HMGET")
-                .arg(&keys.meta)
-                .arg("owner")
-                .arg("started")
-                .cmd("HMGET")
-                .arg(&keys.result)
-                .arg("kind")
-                .arg("at")
-                .arg("status")
-                .cmd("PTTL")
-                .arg(&keys.result);
-            type Reply = (
-                (i64, i64),
-                Option<String>,
-                (Option<String>, Option<i64>),
-                (Option<String>, Option<i64>, Option<String>),
-                i64,
-            );
-            let ((secs, micros), lease_owner, (meta_owner, started), (kind, at, status), pttl): Reply =
-                self.redis.pipe("dedupe status", &pipe).await?;
-            let now = secs * 1000 + micros / 1000;
-            Ok(if let Some(kind) = kind {
-                KeyStatus::Completed {
-                    age: millis(now - at.unwrap_or(now)),
-                    expires_in: millis(pttl),
-                    status: status
-                        .and_then(|s| s.parse().ok())
-                        .filter(|_| kind == RESPONSE),
-                }
-            } else if let Some(owner) = lease_owner.clone().or(meta_owner) {
-                KeyStatus::Pending {
-                    owner,
-                    age: millis(now - started.unwrap_or(now)),
-                    lease_expired: lease_owner.is_none(),
-                }
-            } else {
-                KeyStatus::Empty
-            })
         })
     }
 
@@ -830,28 +563,5 @@ mod tests {
     fn glob_characters_are_escaped() {
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
         assert_eq!(glob_escape("courteous:dedupe"), "courteous:dedupe");
-    }
-
-    #[test]
-    fn a_malformed_reply_is_a_typed_error() {
-        let err = decode("dedupe poll", vec![Value::Int(3)]).err().unwrap();
-        assert_eq!(err.code(), "redis_command");
-        let done = decode(
-            "dedupe poll",
-            vec![
-                Value::BulkString(b"done".to_vec()),
-                Value::Int(10),
-                Value::BulkString(b"f".to_vec()),
-                Value::BulkString(b"4".to_vec()),
-                Value::Int(900),
-                Value::BulkString(Vec::new()),
-                Value::BulkString(Vec::new()),
-                Value::BulkString(Vec::new()),
-                Value::BulkString(b"boom".to_vec()),
-            ],
-        )
-        .ok()
-        .unwrap();
-        assert!(matches!(done, Found::Done(Completion::Failed(m)) if &*m == "boom"));
     }
 }

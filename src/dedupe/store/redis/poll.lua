@@ -1,0 +1,2 @@
+-- ARGV: now. What the key holds.
+return read(now_ms())
