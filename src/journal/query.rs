@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde::ser::{Serialize, SerializeStruct, Serializer};
-
 use crate::context::Priority;
 use crate::resource::Resource;
 use crate::time::{Clock, SystemClock, Timestamp};
@@ -346,59 +344,6 @@ pub fn summarize(rows: &[JournalEntry], by: GroupBy) -> JournalSummary {
     summarizer.finish()
 }
 
-/// Milliseconds, with microseconds as the fraction.
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1_000.0
-}
-
-/// As JSON (for an admin endpoint or `--json` output): `time` in ms since the epoch, durations
-/// in milliseconds (`latency_ms`, `limiter_wait_ms`), `bytes` `null` when unknown.
-impl Serialize for JournalEntry {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("JournalEntry", 11)?;
-        s.serialize_field("time", &self.time.as_millis())?;
-        s.serialize_field("resource", self.resource.as_str())?;
-        s.serialize_field("priority", self.priority.as_str())?;
-        s.serialize_field("method", self.method.as_str())?;
-        s.serialize_field("url", &self.url)?;
-        s.serialize_field("status", &self.status.as_u16())?;
-        s.serialize_field("latency_ms", &ms(self.latency))?;
-        s.serialize_field("bytes", &self.bytes)?;
-        s.serialize_field("revalidation", &self.revalidation)?;
-        s.serialize_field("limiter_wait_ms", &ms(self.limiter_wait))?;
-        s.serialize_field("followers", &self.followers)?;
-        s.end()
-    }
-}
-
-/// As JSON, durations in milliseconds (`latency_p50_ms`, `latency_max_ms`, `limiter_wait_ms`).
-impl Serialize for JournalGroup {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("JournalGroup", 9)?;
-        s.serialize_field("key", &self.key)?;
-        s.serialize_field("calls", &self.calls)?;
-        s.serialize_field("quota_spent", &self.quota_spent)?;
-        s.serialize_field("bytes", &self.bytes)?;
-        s.serialize_field("latency_p50_ms", &ms(self.latency_p50))?;
-        s.serialize_field("latency_max_ms", &ms(self.latency_max))?;
-        s.serialize_field("limiter_wait_ms", &ms(self.limiter_wait))?;
-        s.serialize_field("revalidations", &self.revalidations)?;
-        s.serialize_field("followers", &self.followers)?;
-        s.end()
-    }
-}
-
-/// As JSON: `{"by": "resource", "groups": [...], "total": {...}}`.
-impl Serialize for JournalSummary {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("JournalSummary", 3)?;
-        s.serialize_field("by", self.by.as_str())?;
-        s.serialize_field("groups", &self.groups)?;
-        s.serialize_field("total", &self.total)?;
-        s.end()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,13 +394,5 @@ mod tests {
         later.since = Some(Duration::from_secs(5));
         assert_eq!(later.resolve(now).window().0, Timestamp::from_millis(8_000));
         assert!(!q.matches(&entry("a", 200, 1)));
-    }
-
-    #[test]
-    fn rows_serialize_with_durations_in_milliseconds() {
-        let json = serde_json::to_value(entry("a", 200, 3)).unwrap();
-        assert_eq!(json["latency_ms"], 3.0);
-        assert_eq!(json["status"], 200);
-        assert_eq!(json["bytes"], 10);
     }
 }

@@ -81,7 +81,8 @@ struct Shared {
 ///
 /// `record` hands the row to a background task through a bounded queue
 /// ([`queue`](Self::queue)); when it is full, or the task cannot run (no Tokio runtime), the row
-/// is dropped and counted. The task sends rows in batches of up to 256 per round trip; a batch
+/// is dropped and counted. The task sends rows in batches of up to 256 per round trip (one Lua
+/// script call); a batch
 /// Redis refuses is dropped and counted, with a warning. Reads page through the stream with
 /// `XRANGE`, starting at the window's start less five minutes (the stream's IDs follow
 /// Redis's clock, the rows' times the application's), and filter the rows by their own time.
@@ -183,13 +184,14 @@ impl Task {
     async fn run(self, mut receiver: mpsc::Receiver<Message>) {
         let mut batch = Vec::with_capacity(BATCH);
         while receiver.recv_many(&mut batch, BATCH).await > 0 {
-            let mut pipe = redis::pipe();
+            let mut invocation = XADD.prepare_invoke();
+            invocation.key(&self.key).arg(self.max_len);
             let mut rows = 0;
             let mut flushes = Vec::new();
             for message in batch.drain(..) {
                 match message {
                     Message::Row(entry) => {
-                        self.xadd(&mut pipe, &entry);
+                        push_row(&mut invocation, &entry);
                         rows += 1;
                     }
                     Message::Flush(reply) => flushes.push(reply),
@@ -198,7 +200,10 @@ impl Task {
             let result = if rows == 0 {
                 Ok(())
             } else {
-                self.redis.pipe::<()>("journal xadd", &pipe).await
+                self.redis
+                    .script::<u64>("journal xadd", invocation)
+                    .await
+                    .map(drop)
             };
             if let Err(error) = &result {
                 self.shared.dropped.fetch_add(rows, Ordering::Relaxed);
@@ -221,39 +226,32 @@ impl Task {
             }
         }
     }
+}
 
-    fn xadd(&self, pipe: &mut redis::Pipeline, e: &JournalEntry) {
-        let command = pipe
-            .cmd("XADD")
-            .arg(&self.key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.max_len)
-            .arg("*")
-            .arg("t")
-            .arg(e.time.as_millis())
-            .arg("r")
-            .arg(e.resource.as_str())
-            .arg("p")
-            .arg(e.priority.as_str())
-            .arg("m")
-            .arg(e.method.as_str())
-            .arg("u")
-            .arg(&e.url)
-            .arg("s")
-            .arg(e.status.as_u16())
-            .arg("l")
-            .arg(micros(e.latency))
-            .arg("v")
-            .arg(u8::from(e.revalidation))
-            .arg("w")
-            .arg(micros(e.limiter_wait))
-            .arg("f")
-            .arg(e.followers);
-        if let Some(bytes) = e.bytes {
-            command.arg("b").arg(bytes);
-        }
-        command.ignore();
+/// Appends a batch of rows to the capped stream (see the script's header).
+static XADD: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("xadd.lua")));
+
+/// Adds `e`'s fields to the script's arguments: their count, then names and values.
+fn push_row(invocation: &mut redis::ScriptInvocation<'_>, e: &JournalEntry) {
+    let mut fields: Vec<(&str, String)> = vec![
+        ("t", e.time.as_millis().to_string()),
+        ("r", e.resource.as_str().to_owned()),
+        ("p", e.priority.as_str().to_owned()),
+        ("m", e.method.as_str().to_owned()),
+        ("u", e.url.clone()),
+        ("s", e.status.as_u16().to_string()),
+        ("l", micros(e.latency).to_string()),
+        ("v", u8::from(e.revalidation).to_string()),
+        ("w", micros(e.limiter_wait).to_string()),
+        ("f", e.followers.to_string()),
+    ];
+    if let Some(bytes) = e.bytes {
+        fields.push(("b", bytes.to_string()));
+    }
+    invocation.arg(fields.len() * 2);
+    for (name, value) in fields {
+        invocation.arg(name).arg(value);
     }
 }
 
@@ -277,7 +275,7 @@ fn parse_entry(fields: &[Value]) -> Option<JournalEntry> {
         };
         match name.as_str() {
             "t" => time = value.parse().ok().map(Timestamp::from_millis),
-            "r" => resource = Resource::new(&value),
+            "r" => resource = Resource::new(&value).ok(),
             "p" => {
                 row.priority = match value.as_str() {
                     "background" => Priority::Background,

@@ -279,7 +279,7 @@ fn entry(row: &Row<'_>) -> rusqlite::Result<JournalEntry> {
     let status: i64 = row.get(5)?;
     Ok(JournalEntry {
         time: Timestamp::from_millis(u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0)),
-        resource: Resource::new(resource).ok_or_else(|| corrupt(1, "resource"))?,
+        resource: Resource::new(resource).map_err(|_| corrupt(1, "resource"))?,
         priority: match priority.as_str() {
             "user" => Priority::User,
             "background" => Priority::Background,
