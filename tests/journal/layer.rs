@@ -207,3 +207,88 @@ async fn without_a_journal_nothing_is_captured() {
     let report = fetch(&client, &server.url("/api/x/1")).await;
     assert!(report.upstream.is_some());
 }
+
+/// `/api/flaky`: the first call succeeds with `max-age=1, stale-if-error=600`; later ones fail
+/// with a 500.
+async fn flaky(State(log): State<Arc<Log>>, request: Request) -> Response {
+    let n = log.record(&request);
+    if n == 1 {
+        return Response::builder()
+            .header("cache-control", "max-age=1, stale-if-error=600")
+            .body(Body::from("good"))
+            .unwrap();
+    }
+    Response::builder()
+        .status(http::StatusCode::INTERNAL_SERVER_ERROR)
+        .body(Body::from("bad"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stale_answer_served_for_an_upstream_error_journals_the_error() {
+    let server = TestServer::with_router(|log| {
+        Router::new()
+            .route("/api/flaky", axum::routing::get(flaky))
+            .with_state(log)
+    })
+    .await;
+    let journal = memory();
+    let client = ServiceBuilder::new()
+        .layer(ContextLayer::new().journal(journal.clone()))
+        .layer(CacheLayer::new(MemoryCacheStore::new()))
+        .service(HttpClient::new(reqwest::Client::new()))
+        .boxed_clone();
+    let url = server.url("/api/flaky");
+
+    fetch(&client, &url).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(fetch(&client, &url).await.cache, Some(CacheStatus::Stale));
+    assert_eq!(server.hits(), 2);
+    let statuses: Vec<_> = journal
+        .query(&JournalQuery::all())
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.status.as_u16())
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 500],
+        "the call that spent quota, with its own answer"
+    );
+}
+
+#[tokio::test]
+async fn the_rate_limiters_wait_is_journaled() {
+    use courteous::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer};
+
+    let server = TestServer::start().await;
+    let journal = memory();
+    let limits = Limits::new().default_limit(Limit::per_second(1));
+    let client = ServiceBuilder::new()
+        .layer(ContextLayer::new().journal(journal.clone()))
+        .layer(RateLimitLayer::new(MemoryRateLimitStore::new(), limits).unwrap())
+        .service(HttpClient::new(reqwest::Client::new()))
+        .boxed_clone();
+
+    fetch(&client, &server.url("/api/a/1")).await;
+    fetch(&client, &server.url("/api/a/2")).await;
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[0].limiter_wait < Duration::from_millis(200),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].limiter_wait > Duration::from_millis(500),
+        "{rows:?}"
+    );
+    let summary = journal
+        .summary(&JournalQuery::all(), GroupBy::Priority)
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.total.limiter_wait,
+        rows[0].limiter_wait + rows[1].limiter_wait
+    );
+}
