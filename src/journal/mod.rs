@@ -2,7 +2,7 @@
 //!
 //! With a [`Journal`] on its [`ContextLayer`](crate::ContextLayer), the stack writes one
 //! [`JournalEntry`] for each request whose own call reached the upstream (the response's
-//! [`Report`](crate::Report) has an [`upstream`](crate::Report::upstream) part): not for cache
+//! [`Report`] has an [`upstream`](crate::Report::upstream) part): not for cache
 //! hits, nor for dedupe followers. A row says when, which resource and priority, the method and
 //! the URL (secret query parameters and userinfo masked), the status, the latency, the bytes of
 //! the answer when the upstream said, whether it was a revalidation, how long the rate limiter
