@@ -4,6 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use rusqlite::types::Type;
@@ -87,16 +89,79 @@ impl SqliteStore {
 
 #[derive(Debug, Default)]
 struct Shared {
+    /// Rows recorded since the writer last took them: the first row of a batch queues one
+    /// deferred write, which takes every row recorded until it runs.
+    rows: Mutex<Vec<JournalEntry>>,
     recorded: AtomicU64,
     dropped: AtomicU64,
+    /// Batches queued, to key each one apart.
+    batches: AtomicU64,
     /// When the last prune was queued (ms since the epoch; 0: never, so the first row prunes).
     last_prune: AtomicU64,
 }
 
+/// The most rows waiting for the writer; more are dropped (and counted).
+const MAX_WAITING: usize = 100_000;
+
+/// One deferred write: the rows listed from the first until the writer runs it.
+struct Batch {
+    shared: Arc<Shared>,
+    /// Taken from the list when the write first runs; kept for a retry of a refused batch.
+    rows: Mutex<Option<Vec<JournalEntry>>>,
+    committed: std::sync::atomic::AtomicBool,
+}
+
+impl Batch {
+    /// Queues the write of the rows listed from now on (one message, one wake-up of the writer,
+    /// per batch of rows); `false` (the rows dropped and counted) when the store refuses it.
+    fn queue(store: &SqliteStore, shared: &Arc<Shared>) -> bool {
+        let batch = Arc::new(Batch {
+            shared: shared.clone(),
+            rows: Mutex::new(None),
+            committed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let n = shared.batches.fetch_add(1, Ordering::Relaxed);
+        let write = batch.clone();
+        store
+            .defer_keyed_then(
+                format!("courteous-journal-rows-{n}").into_bytes(),
+                move |conn| write.write(conn),
+                move || batch.committed.store(true, Ordering::Relaxed),
+            )
+            .is_ok()
+    }
+
+    fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut rows = self.rows.lock();
+        let rows = rows.get_or_insert_with(|| std::mem::take(&mut *self.shared.rows.lock()));
+        rows.iter().try_for_each(|row| insert(conn, row))
+    }
+}
+
+impl Drop for Batch {
+    /// A write dropped before it was committed (a full queue, a closed store) loses its rows:
+    /// count them, and empty the list so that the next row queues a new write.
+    fn drop(&mut self) {
+        if self.committed.load(Ordering::Relaxed) {
+            return;
+        }
+        let lost = match self.rows.get_mut().take() {
+            Some(rows) => rows.len(),
+            None => std::mem::take(&mut *self.shared.rows.lock()).len(),
+        };
+        self.shared
+            .dropped
+            .fetch_add(lost as u64, Ordering::Relaxed);
+    }
+}
+
 /// A [`JournalStore`] in a [`SqliteStore`] file.
 ///
-/// Each row is a write-behind write ([`SqliteStore::defer`]): the writer thread commits rows in
-/// batches, and `record` only queues (a full queue drops the row and counts it). Rows older than
+/// Rows are written behind ([`SqliteStore::defer`]): `record` adds the row to a list, and the
+/// first row of a list queues one deferred write that inserts every row listed by the time the
+/// writer thread runs it, in the writer's next transaction. So a busy stack costs the writer
+/// one message per batch, not per row. Up to 100,000 rows wait; more, or rows the writer's
+/// queue refuses, are dropped and counted. Rows older than
 /// [`max_age`](Self::max_age), and the oldest past [`max_rows`](Self::max_rows), are deleted by
 /// a prune job the writer runs with the rows, queued at most once per
 /// [`prune_interval`](Self::prune_interval) (so the table may briefly hold a few rows more).
@@ -366,8 +431,17 @@ fn real_u64(x: f64) -> u64 {
 impl JournalStore for SqliteJournalStore {
     fn record(&self, entry: JournalEntry) {
         self.shared.recorded.fetch_add(1, Ordering::Relaxed);
-        if self.store.defer(move |conn| insert(conn, &entry)).is_err() {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        let first = {
+            let mut rows = self.shared.rows.lock();
+            if rows.len() >= MAX_WAITING {
+                drop(rows);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            rows.push(entry);
+            rows.len() == 1
+        };
+        if first && !Batch::queue(&self.store, &self.shared) {
             return;
         }
         self.maybe_prune();
