@@ -10,8 +10,9 @@
 //! 2. **SQLite write throughput.** Rows recorded as fast as the writer takes them, in chunks of
 //!    10,000 each followed by a flush: rows per second committed.
 //!
-//! Run: `cargo bench --bench journal` (all features). Environment: `JOURNAL_ROUNDS` (default 30),
-//! `JOURNAL_BATCH` (calls per batch, default 1,000), `JOURNAL_ROWS` (rows for the throughput,
+//! Run: `cargo bench --bench journal` (all features). Environment: `JOURNAL_ROUNDS` (default 300),
+//! `JOURNAL_BATCH` (calls per batch, default 100: short batches, so that on a busy machine most
+//! of them run without being preempted and the median shows the work, not the scheduler), `JOURNAL_ROWS` (rows for the throughput,
 //! default 200,000).
 
 use std::convert::Infallible;
@@ -57,6 +58,7 @@ fn stack(journal: Option<Journal>) -> Stack {
 struct Case {
     name: &'static str,
     stack: Stack,
+    journal: Option<Journal>,
     /// Per-call times, one per batch.
     samples: Vec<Duration>,
 }
@@ -122,25 +124,30 @@ async fn redis_journal() -> Option<Journal> {
 }
 
 fn added_cost(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) {
-    let rounds = env("JOURNAL_ROUNDS", 30);
-    let per_batch = env("JOURNAL_BATCH", 1_000);
+    let rounds = env("JOURNAL_ROUNDS", 300);
+    let per_batch = env("JOURNAL_BATCH", 100);
     let sqlite = runtime
         .block_on(SqliteStore::open(dir.join("added.db")))
         .expect("open sqlite");
+    let memory = Journal::new(MemoryJournalStore::new());
+    let in_sqlite = Journal::new(sqlite.journal());
     let mut cases = vec![
         Case {
             name: "no journal",
             stack: stack(None),
+            journal: None,
             samples: Vec::new(),
         },
         Case {
             name: "memory journal",
-            stack: stack(Some(Journal::new(MemoryJournalStore::new()))),
+            stack: stack(Some(memory.clone())),
+            journal: Some(memory),
             samples: Vec::new(),
         },
         Case {
             name: "sqlite journal",
-            stack: stack(Some(Journal::new(sqlite.journal()))),
+            stack: stack(Some(in_sqlite.clone())),
+            journal: Some(in_sqlite),
             samples: Vec::new(),
         },
     ];
@@ -149,6 +156,7 @@ fn added_cost(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) {
         cases.push(Case {
             name: "redis journal",
             stack: stack(Some(journal.clone())),
+            journal: Some(journal.clone()),
             samples: Vec::new(),
         });
     }
@@ -171,18 +179,20 @@ fn added_cost(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) {
         loadavg()
     );
     println!(
-        "{:<16} {:>10} {:>10} {:>12}",
-        "case", "p50", "p99", "added p50"
+        "{:<16} {:>10} {:>10} {:>12} {:>8}",
+        "case", "p50", "p99", "added p50", "dropped"
     );
     for case in &cases {
         let p50 = percentile(&case.samples, 0.5);
         let p99 = percentile(&case.samples, 0.99);
+        let dropped = case.journal.as_ref().map_or(0, |j| j.stats().dropped);
         println!(
-            "{:<16} {:>10.2?} {:>10.2?} {:>12.2?}",
+            "{:<16} {:>10.2?} {:>10.2?} {:>12.2?} {:>8}",
             case.name,
             p50,
             p99,
-            p50.saturating_sub(base)
+            p50.saturating_sub(base),
+            dropped
         );
     }
     runtime.block_on(sqlite.close()).expect("close");
