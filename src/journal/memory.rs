@@ -11,14 +11,31 @@ use crate::store::StoreError;
 use super::query::Summarizer;
 use super::{GroupBy, JournalEntry, JournalQuery, JournalStats, JournalStore, JournalSummary};
 
+/// Rows a read looks at per turn of the lock: a read never holds `record` up for longer.
+const SCAN_CHUNK: usize = 1_024;
+
+/// The rows, and how many were ever pushed (the newest row's number, counting from 1).
+#[derive(Debug, Default)]
+struct Ring {
+    rows: VecDeque<JournalEntry>,
+    pushed: u64,
+}
+
+impl Ring {
+    /// The number of the oldest row held.
+    fn first(&self) -> u64 {
+        self.pushed - self.rows.len() as u64
+    }
+}
+
 /// The rows a [`MemoryJournalStore`] keeps by default.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
 /// A journal in this process's memory: the newest rows, up to a capacity (default
 /// [`DEFAULT_CAPACITY`]); the oldest go to make room.
 ///
-/// `record` takes a lock for a push; reads take it while they scan the ring, so keep the
-/// capacity at a size a scan can afford. Clones share the ring.
+/// `record` takes a lock for a push; reads take it for 1,024 rows at a time, so a read holds a
+/// `record` up for a few microseconds at most. Clones share the ring.
 ///
 /// # Example
 ///
@@ -47,7 +64,7 @@ pub struct MemoryJournalStore {
 #[derive(Debug)]
 struct Shared {
     capacity: usize,
-    rows: Mutex<VecDeque<JournalEntry>>,
+    rows: Mutex<Ring>,
     recorded: AtomicU64,
     dropped: AtomicU64,
 }
@@ -65,7 +82,10 @@ impl MemoryJournalStore {
             shared: Arc::new(Shared {
                 capacity,
                 // Grows as rows come, up to the capacity.
-                rows: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+                rows: Mutex::new(Ring {
+                    rows: VecDeque::with_capacity(capacity.min(1024)),
+                    pushed: 0,
+                }),
                 recorded: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
             }),
@@ -74,12 +94,33 @@ impl MemoryJournalStore {
 
     /// How many rows it holds now.
     pub fn len(&self) -> usize {
-        self.shared.rows.lock().len()
+        self.shared.rows.lock().rows.len()
     }
 
     /// Whether it holds no row.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl MemoryJournalStore {
+    /// Shows `visit` every row held when the scan started (and those pushed meanwhile, unless
+    /// evicted first), oldest first, taking the lock for [`SCAN_CHUNK`] rows at a time.
+    fn scan(&self, mut visit: impl FnMut(&JournalEntry)) {
+        let mut next = self.shared.rows.lock().first();
+        loop {
+            let ring = self.shared.rows.lock();
+            // Rows evicted since the last turn are skipped.
+            next = next.max(ring.first());
+            let offset = (next - ring.first()) as usize;
+            if offset >= ring.rows.len() {
+                return;
+            }
+            for entry in ring.rows.range(offset..).take(SCAN_CHUNK) {
+                visit(entry);
+                next += 1;
+            }
+        }
     }
 }
 
@@ -93,11 +134,12 @@ impl Default for MemoryJournalStore {
 impl JournalStore for MemoryJournalStore {
     fn record(&self, entry: JournalEntry) {
         let evicted = {
-            let mut rows = self.shared.rows.lock();
-            let evicted = (rows.len() >= self.shared.capacity)
-                .then(|| rows.pop_front())
+            let mut ring = self.shared.rows.lock();
+            let evicted = (ring.rows.len() >= self.shared.capacity)
+                .then(|| ring.rows.pop_front())
                 .flatten();
-            rows.push_back(entry);
+            ring.rows.push_back(entry);
+            ring.pushed += 1;
             evicted
         };
         self.shared.recorded.fetch_add(1, Ordering::Relaxed);
@@ -111,17 +153,16 @@ impl JournalStore for MemoryJournalStore {
     async fn query(&self, query: &JournalQuery) -> Result<Vec<JournalEntry>, StoreError> {
         let (start, end) = query.window();
         let limit = query.row_limit().unwrap_or(usize::MAX);
-        let mut found: Vec<JournalEntry> = {
-            let rows = self.shared.rows.lock();
-            rows.iter()
-                .rev()
-                .filter(|entry| query.matches_in(entry, start, end))
-                .take(limit)
-                .cloned()
-                .collect()
-        };
-        found.reverse();
-        Ok(found)
+        let mut found = VecDeque::new();
+        self.scan(|entry| {
+            if limit > 0 && query.matches_in(entry, start, end) {
+                if found.len() == limit {
+                    found.pop_front();
+                }
+                found.push_back(entry.clone());
+            }
+        });
+        Ok(found.into())
     }
 
     async fn summary(
@@ -131,12 +172,11 @@ impl JournalStore for MemoryJournalStore {
     ) -> Result<JournalSummary, StoreError> {
         let (start, end) = query.window();
         let mut summarizer = Summarizer::new(by);
-        {
-            let rows = self.shared.rows.lock();
-            for entry in rows.iter().filter(|e| query.matches_in(e, start, end)) {
+        self.scan(|entry| {
+            if query.matches_in(entry, start, end) {
                 summarizer.add(entry);
             }
-        }
+        });
         Ok(summarizer.finish())
     }
 

@@ -141,3 +141,30 @@ async fn memory_keeps_the_newest_rows_up_to_its_capacity() {
     let stats = journal.stats();
     assert_eq!((stats.recorded, stats.dropped), (5, 2));
 }
+
+#[tokio::test]
+async fn memory_reads_a_ring_larger_than_a_scan_chunk() {
+    let journal = Journal::new(MemoryJournalStore::with_capacity(3_000));
+    let now = journal.now();
+    for n in 0..5_000 {
+        journal.record(row(now + Duration::from_millis(n), "a", 200, n));
+    }
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    assert_eq!(rows.len(), 3_000);
+    assert!(rows.windows(2).all(|w| w[0].time < w[1].time));
+    assert_eq!(rows[0].latency, Duration::from_millis(2_000));
+    let newest = journal.query(&JournalQuery::all().limit(5)).await.unwrap();
+    assert_eq!(newest[0].latency, Duration::from_millis(4_995));
+    assert!(
+        journal
+            .query(&JournalQuery::all().limit(0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let summary = journal
+        .summary(&JournalQuery::all(), GroupBy::Resource)
+        .await
+        .unwrap();
+    assert_eq!(summary.total.calls, 3_000);
+}
