@@ -117,6 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let admitted = stack
             .rate_limit()
             .stats()
+            .await
             .resources
             .get("issue")
             .map_or(0, |r| r.admitted_user + r.admitted_background);

@@ -103,9 +103,10 @@ async fn main() -> Result<(), BoxError> {
         calls.load(Ordering::SeqCst),
         stats.hits,
         stats.misses,
-        dedupe.stats().followers,
+        dedupe.stats().await.followers,
         rate_limit
             .stats()
+            .await
             .resources
             .values()
             .map(|r| r.admitted_user + r.admitted_background)

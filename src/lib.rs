@@ -33,7 +33,7 @@
 //!
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("courteous.db");
-//! //! let client = Courteous::new(reqwest::Client::new())
+//! let client = Courteous::new(reqwest::Client::new())
 //!     .sqlite(path) // or .memory(), .redis(url)
 //!     .resource("issue", |r| r.limit(Limit::per_hour(200)).ttl(Duration::from_secs(3600)))
 //!     .resource("search", |r| r.limit(Limit::per_minute(50)).ttl(CacheTtl::sliding(Duration::from_secs(300))))
@@ -104,7 +104,7 @@ pub mod journal;
 pub mod key;
 #[cfg(feature = "middleware")]
 mod middleware;
-mod observe;
+pub mod observe;
 pub mod rate_limit;
 pub mod resource;
 pub mod store;

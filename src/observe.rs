@@ -22,7 +22,8 @@
 //! are `WARN` events, at most one per store every 10 seconds (the others at `DEBUG`, counted in
 //! the next warning's `suppressed` field).
 //!
-//! The span comes from `ContextLayer`, which the builder always puts on top; a stack built by hand without it has the layers' events but no span.
+//! The span comes from `ContextLayer`, which [`Courteous`](crate::Courteous) always puts on top;
+//! a stack built by hand without it has the layers' events but no span.
 //!
 //! # Metrics
 //!
@@ -43,6 +44,21 @@
 //!
 //! `resource` takes the values of your [`ResourceClassifier`](crate::ResourceClassifier): keep
 //! their number bounded, as with any metric label.
+//!
+//! # Example
+//!
+//! Any `tracing` subscriber shows the spans; any `metrics` recorder receives the metrics:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // e.g. tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).init();
+//! // e.g. metrics_exporter_prometheus::PrometheusBuilder::new().install()?;
+//! let client = courteous::Courteous::new(reqwest::Client::new()).build().await?;
+//! let response = client.get("http://127.0.0.1:8080/api/issues/").send().await?;
+//! let response = http::Response::from(response);
+//! println!("{:?}", courteous::Report::of(&response).and_then(|r| r.upstream));
+//! # Ok(()) }
+//! ```
 
 use std::time::Duration;
 

@@ -41,7 +41,7 @@ pub type CourteousService<S> = ContextService<ResourceDefaults<Cache<DedupeSwitc
 /// let service = ServiceBuilder::new()
 ///     .layer(stack.clone())
 ///     .service(HttpClient::new(reqwest::Client::new()));
-/// assert_eq!(stack.dedupe().stats().leaders, 0);
+/// assert_eq!(stack.dedupe().stats().await.leaders, 0);
 /// # let _ = service;
 /// # Ok(()) }
 /// ```

@@ -18,11 +18,12 @@ use tower::Service;
 use crate::error::BoxError;
 use crate::key::RequestKey;
 
+use super::layer::Counters;
 use super::layer::{Config, OnTimeout};
 use super::lease::run_leader;
 use super::service::{Response, own_request};
 use super::share::may_follow;
-use super::store::{DedupeCounters, DedupeStore, covers, url_of};
+use super::store::{DedupeStore, covers, url_of};
 use super::{BypassReason, DedupeError, DedupeRole, SharedResponse};
 
 /// `started + timeout`, saturating: a configured `Duration::MAX` means "30 years" (as tokio's own
@@ -57,6 +58,7 @@ struct Flight {
 /// State shared by a layer and every service it made.
 pub(crate) struct State {
     pub(crate) store: Arc<dyn DedupeStore>,
+    counters: Counters,
     local: Mutex<HashMap<RequestKey, Flight>>,
     next_id: AtomicU64,
 }
@@ -65,13 +67,15 @@ impl State {
     pub(crate) fn new(store: Arc<dyn DedupeStore>) -> Self {
         State {
             store,
+            counters: Counters::default(),
             local: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         }
     }
 
-    pub(super) fn counters(&self) -> &DedupeCounters {
-        self.store.counters()
+    /// What this layer (and its clones) did: the counters behind [`DedupeStats`](super::DedupeStats).
+    pub(super) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Discards what this layer and its store hold for `path` (scheme, host and path; any
@@ -82,7 +86,7 @@ impl State {
             let mut local = self.local.lock();
             local.retain(|key, _| !covers(path, url_of(key)));
         }
-        DedupeCounters::add(&self.counters().invalidations, 1);
+        Counters::add(&self.counters().invalidations, 1);
         match self.store.invalidate(path).await {
             Ok(n) => tracing::debug!(
                 url = path,
@@ -90,7 +94,7 @@ impl State {
                 "unsafe request discarded dedupe results"
             ),
             Err(error) => {
-                DedupeCounters::add(&self.counters().store_errors, 1);
+                Counters::add(&self.counters().store_errors, 1);
                 crate::store::warn::store_warn!(&*self.store, %error, url = path, "dedupe store could not discard the results for a URL an unsafe request changed");
             }
         }
@@ -198,18 +202,18 @@ where
         match waited {
             Ok(Ok(Slot::Done(Outcome::Response(response)))) => {
                 if !may_follow(&key, &response.headers, request.headers()) {
-                    DedupeCounters::add(&counters.bypassed, 1);
+                    Counters::add(&counters.bypassed, 1);
                     return own_request(inner, request, BypassReason::Varies).await;
                 }
-                DedupeCounters::add(&counters.followers, 1);
+                Counters::add(&counters.followers, 1);
                 return Ok(response.to_response(DedupeRole::Follower));
             }
             Ok(Ok(Slot::Done(Outcome::Failed(error)))) => {
-                DedupeCounters::add(&counters.followers, 1);
+                Counters::add(&counters.followers, 1);
                 return Err(Box::new(error));
             }
             Ok(Ok(Slot::Done(Outcome::OwnRequest(reason)))) => {
-                DedupeCounters::add(&counters.bypassed, 1);
+                Counters::add(&counters.bypassed, 1);
                 return own_request(inner, request, reason).await;
             }
             // The leader left us to our own deadline; `wait_for` returns no pending slot, but
@@ -221,7 +225,7 @@ where
                 took_over = true;
             }
             Err(_elapsed) => {
-                DedupeCounters::add(&counters.timeouts, 1);
+                Counters::add(&counters.timeouts, 1);
                 return timed_out(&config, &state, inner, request, started).await;
             }
         }
@@ -241,7 +245,7 @@ where
 {
     match config.on_timeout {
         OnTimeout::OwnRequest => {
-            DedupeCounters::add(&state.counters().bypassed, 1);
+            Counters::add(&state.counters().bypassed, 1);
             own_request(inner, request, BypassReason::TimedOut).await
         }
         OnTimeout::Fail => Err(Box::new(DedupeError::TimedOut {

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -7,7 +8,92 @@ use tower::Layer;
 
 use super::flight::State;
 use super::service::Dedupe;
-use super::store::{DedupeStats, DedupeStore};
+use super::store::{DedupeStore, DedupeStoreStats};
+
+/// What a [`DedupeLayer`] (and its clones and the services they made) did in this process, and
+/// what its store holds: from [`DedupeLayer::stats`].
+///
+/// Two layers over one store count apart; what the store holds (`store`) is the same for both,
+/// and for every process sharing it.
+///
+/// # Example
+///
+/// ```
+/// use courteous::dedupe::{DedupeLayer, MemoryDedupeStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = DedupeLayer::new(MemoryDedupeStore::new());
+/// let stats = layer.stats().await;
+/// assert_eq!((stats.leaders, stats.followers), (0, 0));
+/// assert_eq!(stats.store.pending, 0);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DedupeStats {
+    /// Requests that went upstream for their key as leader (takeovers included).
+    pub leaders: u64,
+    /// Requests that received a leader's result in this process.
+    pub followers: u64,
+    /// Leaderships taken over from a cancelled, panicked or dead leader.
+    pub takeovers: u64,
+    /// Followers that gave up waiting.
+    pub timeouts: u64,
+    /// Results received from a leader in another process (or another layer sharing the store).
+    pub cross_process_joins: u64,
+    /// Requests that made their own call instead (body over the limit, timeout, store failure).
+    pub bypassed: u64,
+    /// Store operations of this layer that failed (the request went on without the store),
+    /// and [`stats`](DedupeLayer::stats) calls whose store could not answer.
+    pub store_errors: u64,
+    /// Leaders that failed before sending (refused by the rate limiter, say): their error was
+    /// not shared, and their followers started again.
+    pub not_sent: u64,
+    /// Unsafe requests that succeeded and discarded the dedupe results for their URL.
+    pub invalidations: u64,
+    /// What the store holds (leases, results; for every process sharing it) and what its
+    /// cleanup removed; zeroes if it could not answer.
+    pub store: DedupeStoreStats,
+}
+
+/// The counters behind [`DedupeStats`], in the layer's shared state: the layer's services count
+/// into them.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) leaders: AtomicU64,
+    pub(crate) followers: AtomicU64,
+    pub(crate) takeovers: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) cross_process_joins: AtomicU64,
+    pub(crate) bypassed: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+    pub(crate) not_sent: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+}
+
+impl Counters {
+    /// The layer's part of [`DedupeStats`], with `store` for the store's.
+    fn snapshot(&self, store: DedupeStoreStats) -> DedupeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DedupeStats {
+            leaders: get(&self.leaders),
+            followers: get(&self.followers),
+            takeovers: get(&self.takeovers),
+            timeouts: get(&self.timeouts),
+            cross_process_joins: get(&self.cross_process_joins),
+            bypassed: get(&self.bypassed),
+            store_errors: get(&self.store_errors),
+            not_sent: get(&self.not_sent),
+            invalidations: get(&self.invalidations),
+            store,
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 /// What a follower does when its wait runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -62,8 +148,8 @@ impl fmt::Debug for Config {
 
 /// Coalesces identical concurrent requests into one upstream call; builds [`Dedupe`].
 ///
-/// Clones (and the services they make) share one in-flight map and one store: build the layer
-/// once and reuse it. See the [module documentation](super) for the behaviour.
+/// Clones (and the services they make) share one in-flight map, one store and the counters of
+/// [`stats`](Self::stats): build the layer once and reuse it. See the [module documentation](super) for the behaviour.
 ///
 /// # Example
 ///
@@ -78,7 +164,7 @@ impl fmt::Debug for Config {
 ///     .result_ttl(Duration::from_secs(2))
 ///     .follower_timeout(Duration::from_secs(20), OnTimeout::Fail)
 ///     .fail_on(|status| status.is_server_error());
-/// assert_eq!(layer.stats().leaders, 0);
+/// # let _ = layer;
 /// ```
 #[derive(Clone)]
 pub struct DedupeLayer {
@@ -154,14 +240,40 @@ impl DedupeLayer {
         self
     }
 
-    /// The store, for [`poll`](DedupeStore::poll) and [`cleanup`](DedupeStore::cleanup).
+    /// The store, for [`poll`](DedupeStore::poll), [`cleanup`](DedupeStore::cleanup) and
+    /// [`stats`](DedupeStore::stats).
     pub fn store(&self) -> &Arc<dyn DedupeStore> {
         &self.state.store
     }
 
-    /// What this layer (and others sharing its store) did in this process.
-    pub fn stats(&self) -> DedupeStats {
-        self.state.store.stats()
+    /// What this layer (its clones and their services) did in this process, and what its store
+    /// holds ([`DedupeStore::stats`]). When the store cannot answer, `store` is zeroes,
+    /// `store_errors` counts the failure, and a warning is logged.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::dedupe::{DedupeLayer, MemoryDedupeStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let store = MemoryDedupeStore::new();
+    /// let (one, two) = (DedupeLayer::new(store.clone()), DedupeLayer::new(store));
+    /// // Each layer counts what it did; both see the one store.
+    /// assert_eq!(one.stats().await, two.stats().await);
+    /// # }
+    /// ```
+    pub async fn stats(&self) -> DedupeStats {
+        let counters = self.state.counters();
+        let store = match self.state.store.stats().await {
+            Ok(stats) => stats,
+            Err(error) => {
+                Counters::add(&counters.store_errors, 1);
+                tracing::warn!(%error, "dedupe store statistics unavailable");
+                DedupeStoreStats::default()
+            }
+        };
+        counters.snapshot(store)
     }
 }
 

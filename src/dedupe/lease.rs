@@ -19,17 +19,18 @@ use crate::key::RequestKey;
 use crate::store::StoreError;
 
 use super::flight::{LocalLead, Outcome, State, deadline_after};
+use super::layer::Counters;
 use super::layer::{Config, OnTimeout};
 use super::service::{Response, own_request};
 use super::share::{may_follow, upstream};
-use super::store::{Completion, DedupeCounters, DedupeStore, KeyState, Lead};
+use super::store::{Completion, DedupeStore, KeyState, Lead};
 use super::{BypassReason, DedupeError, DedupeRole};
 
 /// A lease held in the store. Dropped while armed (the leader was cancelled or panicked), it
 /// releases the key in the background, if a runtime is there to do it; otherwise the lease
 /// expires.
 pub(super) struct StoreLease {
-    store: Arc<dyn DedupeStore>,
+    state: Arc<State>,
     key: RequestKey,
     owner: String,
     armed: bool,
@@ -40,14 +41,15 @@ impl StoreLease {
     /// so that followers in other processes lead at once instead of waiting for the lease.
     pub(super) async fn publish(mut self, completion: Completion, ttl: Duration) {
         match self
+            .state
             .store
             .publish(&self.key, &self.owner, completion, ttl)
             .await
         {
             Ok(()) => self.armed = false,
             Err(error) => {
-                DedupeCounters::add(&self.store.counters().store_errors, 1);
-                crate::store::warn::store_warn!(&*self.store, %error, key = %self.key, "dedupe store could not publish a result; releasing the lease so that followers in other processes lead");
+                Counters::add(&self.state.counters().store_errors, 1);
+                crate::store::warn::store_warn!(&*self.state.store, %error, key = %self.key, "dedupe store could not publish a result; releasing the lease so that followers in other processes lead");
             }
         }
     }
@@ -55,10 +57,10 @@ impl StoreLease {
     /// Ends the lease leaving nothing, so that followers in other processes lead at once; if
     /// that fails, the lease stays armed and its drop tries again in the background.
     pub(super) async fn release(mut self) {
-        match self.store.release(&self.key, &self.owner).await {
+        match self.state.store.release(&self.key, &self.owner).await {
             Ok(()) => self.armed = false,
             Err(error) => {
-                DedupeCounters::add(&self.store.counters().store_errors, 1);
+                Counters::add(&self.state.counters().store_errors, 1);
                 tracing::debug!(%error, key = %self.key, "dedupe store could not release a lease");
             }
         }
@@ -72,7 +74,7 @@ impl Drop for StoreLease {
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let (store, key, owner) = (
-                self.store.clone(),
+                self.state.store.clone(),
                 self.key.clone(),
                 std::mem::take(&mut self.owner),
             );
@@ -201,10 +203,10 @@ where
         match found {
             Ok(Lead::Acquired { takeover }) => {
                 if takeover || took_over {
-                    DedupeCounters::add(&counters.takeovers, 1);
+                    Counters::add(&counters.takeovers, 1);
                 }
                 break Some(StoreLease {
-                    store: store.clone(),
+                    state: lead.state.clone(),
                     key: key.clone(),
                     owner,
                     armed: true,
@@ -220,7 +222,7 @@ where
                 Ok(KeyState::Vacant | KeyState::Expired { .. }) => continue,
                 Ok(_) => {
                     // Still pending at our deadline.
-                    DedupeCounters::add(&counters.timeouts, 1);
+                    Counters::add(&counters.timeouts, 1);
                     if config.on_timeout == OnTimeout::Fail {
                         // Our followers joined later: each waits until its own deadline.
                         lead.hand_off();
@@ -228,7 +230,7 @@ where
                             waited: started.elapsed(),
                         }));
                     }
-                    DedupeCounters::add(&counters.bypassed, 1);
+                    Counters::add(&counters.bypassed, 1);
                     return upstream(
                         config,
                         lead,
@@ -251,17 +253,17 @@ where
         }
     };
     let role = if lease.is_some() {
-        DedupeCounters::add(&counters.leaders, 1);
+        Counters::add(&counters.leaders, 1);
         DedupeRole::Leader
     } else {
-        DedupeCounters::add(&counters.bypassed, 1);
+        Counters::add(&counters.bypassed, 1);
         DedupeRole::Bypassed(BypassReason::StoreFailed)
     };
     upstream(config, lead, lease, inner, request, role).await
 }
 
 fn store_failed(state: &State, error: &crate::store::StoreError) {
-    DedupeCounters::add(&state.counters().store_errors, 1);
+    Counters::add(&state.counters().store_errors, 1);
     crate::store::warn::store_warn!(&*state.store, %error, "dedupe store failed; the request goes upstream without cross-process coalescing");
 }
 
@@ -284,20 +286,20 @@ where
             let key = lead.key.clone();
             lead.finish(Outcome::Response(response.clone()));
             if !may_follow(&key, &response.headers, request.headers()) {
-                DedupeCounters::add(&counters.bypassed, 1);
+                Counters::add(&counters.bypassed, 1);
                 return own_request(inner, request, BypassReason::Varies).await;
             }
-            DedupeCounters::add(&counters.cross_process_joins, 1);
+            Counters::add(&counters.cross_process_joins, 1);
             Ok(response.to_response(DedupeRole::CrossProcessFollower))
         }
         Completion::Failed(message) => {
-            DedupeCounters::add(&counters.cross_process_joins, 1);
+            Counters::add(&counters.cross_process_joins, 1);
             let error = DedupeError::RemoteUpstream { message };
             lead.finish(Outcome::Failed(error.clone()));
             Err(Box::new(error))
         }
         Completion::TooLarge => {
-            DedupeCounters::add(&counters.bypassed, 1);
+            Counters::add(&counters.bypassed, 1);
             lead.finish(Outcome::OwnRequest(BypassReason::TooLarge));
             own_request(inner, request, BypassReason::TooLarge).await
         }
@@ -313,15 +315,20 @@ pub(super) async fn with_renewal<F: std::future::Future>(
     let renew = async {
         loop {
             tokio::time::sleep(duration / 3).await;
-            match lease.store.renew(&lease.key, &lease.owner, duration).await {
+            match lease
+                .state
+                .store
+                .renew(&lease.key, &lease.owner, duration)
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(key = %lease.key, "dedupe lease was lost (taken over, or discarded by an unsafe request); finishing the request anyway");
                     std::future::pending::<()>().await;
                 }
                 Err(error) => {
-                    DedupeCounters::add(&lease.store.counters().store_errors, 1);
-                    crate::store::warn::store_warn!(&*lease.store, %error, "dedupe store could not renew a lease");
+                    Counters::add(&lease.state.counters().store_errors, 1);
+                    crate::store::warn::store_warn!(&*lease.state.store, %error, "dedupe store could not renew a lease");
                 }
             }
         }

@@ -47,7 +47,8 @@
 //!
 //! # What lives where
 //!
-//! * `layer.rs`: [`DedupeLayer`], its settings and [`OnTimeout`]. `service.rs`: the [`Dedupe`]
+//! * `layer.rs`: [`DedupeLayer`], its settings, [`OnTimeout`], and [`DedupeStats`] with the
+//!   layer's counters. `service.rs`: the [`Dedupe`]
 //!   service, the glue (keying, pass-through, invalidation after an unsafe request).
 //! * `flight.rs`: local flights, the in-process leader of a key and its followers.
 //! * `lease.rs`: store leases, leading a key across processes (claim, renew, publish, poll).
@@ -150,16 +151,13 @@ use http::{Extensions, HeaderMap, StatusCode, Version};
 use crate::context::Report;
 use crate::error::BoxError;
 
-pub use layer::{DedupeLayer, OnTimeout};
+pub use layer::{DedupeLayer, DedupeStats, OnTimeout};
 pub use service::Dedupe;
 #[cfg(feature = "redis")]
 pub use store::RedisDedupeStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteDedupeStore;
-pub use store::{
-    Completion, DedupeCounters, DedupeStats, DedupeStore, KeyState, Lead, MemoryDedupeStore,
-    StoreFuture,
-};
+pub use store::{Completion, DedupeStore, DedupeStoreStats, KeyState, Lead, MemoryDedupeStore};
 
 /// The key under which a [`DedupeLayer`] coalesces `request` and registers it in its
 /// [`DedupeStore`]: the request's [`RequestKey`](crate::RequestKey) for `User` requests, a key

@@ -17,9 +17,10 @@ use crate::key::RequestKey;
 
 use super::flight::{LocalLead, Outcome};
 use super::layer::Config;
+use super::layer::Counters;
 use super::lease::{StoreLease, with_renewal};
 use super::service::Response;
-use super::store::{Completion, DedupeCounters};
+use super::store::Completion;
 use super::{BypassReason, DedupeError, DedupeRole, SharedError, SharedResponse};
 
 /// The least time a published result is kept, whatever `result_ttl` says: followers already
@@ -118,7 +119,7 @@ where
         // else receives it. The lease is released and the local followers join again: one of
         // them leads with its own priority and `MaxWait`, in this process or another.
         Err(error) if !was_sent(&*error) => {
-            DedupeCounters::add(&lead.state.counters().not_sent, 1);
+            Counters::add(&lead.state.counters().not_sent, 1);
             if let Some(lease) = lease {
                 lease.release().await;
             }

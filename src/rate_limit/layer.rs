@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tower::Layer;
 
 use super::adaptive::AdaptiveConfig;
@@ -13,9 +14,9 @@ use super::feedback;
 use super::limit::{Limit, Limits, ResolvedLimits};
 use super::pacing::{Pacer, Pacing};
 use super::service::RateLimit;
-use super::store::InFlight;
+use super::stats::{Counters, RateLimitStats, RateLimitStoreStats};
 use super::store::{
-    AdmissionRequest, Decision, RateLimitStats, RateLimitStatus, RateLimitStore, ServerFeedback,
+    AdmissionRequest, Decision, InFlight, RateLimitStatus, RateLimitStore, ServerFeedback,
 };
 use crate::context::Priority;
 use crate::error::BoxError;
@@ -140,8 +141,8 @@ type Queue = Arc<tokio::sync::Mutex<()>>;
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn RateLimitStore>,
     queues: Mutex<HashMap<(Resource, Priority), Queue>>,
-    /// Per resource: (store errors, requests sent unchecked).
-    failures: Mutex<HashMap<Resource, (u64, u64)>>,
+    /// What the layer decided and was told, per resource.
+    counters: Counters,
 }
 
 /// Admits every request against its resource's limits before it goes out, across every process
@@ -191,7 +192,7 @@ impl RateLimitLayer {
             shared: Arc::new(Shared {
                 store: Arc::new(store),
                 queues: Mutex::default(),
-                failures: Mutex::default(),
+                counters: Counters::default(),
             }),
         })
     }
@@ -388,25 +389,37 @@ impl RateLimitLayer {
             .await
     }
 
-    /// The store's counters per resource, with the layer's own counts of store failures
-    /// ([`ResourceStats::store_errors`](super::ResourceStats::store_errors),
-    /// [`admitted_unchecked`](super::ResourceStats::admitted_unchecked)).
-    pub fn stats(&self) -> RateLimitStats {
-        let mut stats = self.shared.store.stats();
-        let failures = self
-            .shared
-            .failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for (resource, (errors, unchecked)) in failures.iter() {
-            let entry = stats
-                .resources
-                .entry(resource.as_str().to_owned())
-                .or_default();
-            entry.store_errors += errors;
-            entry.admitted_unchecked += unchecked;
-        }
-        stats
+    /// What the layer decided and was told per resource, in this process (admissions by
+    /// priority, refusals, the server's blocks, store failures), and what its store holds
+    /// for every process ([`RateLimitStats::store`]: zeroes when the store could not answer,
+    /// the failure counted in [`RateLimitStats::store_errors`] with a warning).
+    ///
+    /// Reading the store's part reads the whole store (see
+    /// [`RateLimitStore::stats`](super::RateLimitStore::stats)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use courteous::rate_limit::{Limits, MemoryRateLimitStore, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new(MemoryRateLimitStore::new(), Limits::new()).unwrap();
+    /// let stats = layer.stats().await;
+    /// assert!(stats.resources.is_empty());
+    /// assert_eq!(stats.store.admissions, 0);
+    /// # }
+    /// ```
+    pub async fn stats(&self) -> RateLimitStats {
+        let store = match self.shared.store.stats().await {
+            Ok(stats) => stats,
+            Err(error) => {
+                self.shared.counters.store_error();
+                tracing::warn!(%error, "rate-limit store statistics unavailable");
+                RateLimitStoreStats::default()
+            }
+        };
+        self.shared.counters.snapshot(store)
     }
 
     /// Waits for an admission (or fails); a refusal is logged and counted.
@@ -482,6 +495,13 @@ impl RateLimitLayer {
                 Ok(decision) => decision,
                 Err(error) => return self.store_failed(resource, started, error),
             };
+            self.shared
+                .counters
+                .count(resource, |stats| match (&decision, priority) {
+                    (Decision::Refused { .. }, _) => stats.refused += 1,
+                    (_, Priority::User) => stats.admitted_user += 1,
+                    (_, Priority::Background) => stats.admitted_background += 1,
+                });
             match decision {
                 Decision::Admitted {
                     remaining,
@@ -526,6 +546,7 @@ impl RateLimitLayer {
     /// its slot until its expiry).
     async fn settle_at(shared: &Shared, admission: &InFlight, at: Timestamp) {
         if let Err(error) = shared.store.settle(admission, at).await {
+            shared.counters.store_error();
             crate::store::warn::store_warn!(&*shared.store, resource = %admission.resource, %error, "could not settle an in-flight admission; it holds its slot until its expiry");
         }
     }
@@ -538,19 +559,11 @@ impl RateLimitLayer {
         error: StoreError,
     ) -> Result<Admission, BoxError> {
         let open = self.config.on_store_error == OnStoreError::FailOpen;
-        {
-            let mut failures = self
-                .shared
-                .failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if failures.len() > 4096 {
-                failures.clear();
-            }
-            let entry = failures.entry(resource.clone()).or_default();
-            entry.0 += 1;
-            entry.1 += u64::from(open);
-        }
+        self.shared.counters.store_error();
+        self.shared.counters.count(resource, |stats| {
+            stats.store_errors += 1;
+            stats.admitted_unchecked += u64::from(open);
+        });
         if open {
             crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "rate-limit store failed; sending the request unchecked (fail open)");
             Ok(Admission {
@@ -593,12 +606,23 @@ impl RateLimitLayer {
             }
             return blocked;
         }
-        let writes = items
-            .into_iter()
-            .map(|item| self.shared.store.feedback(resource, item, now));
-        for result in futures_util::future::join_all(writes).await {
-            if let Err(error) = result {
-                crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "could not record the server's rate-limit feedback");
+        let writes = items.into_iter().map(|item| async move {
+            let result = self.shared.store.feedback(resource, item, now).await;
+            (item, result)
+        });
+        for (item, result) in futures_util::future::join_all(writes).await {
+            match result {
+                Ok(()) => {
+                    if let ServerFeedback::Block { .. } = item {
+                        self.shared
+                            .counters
+                            .count(resource, |stats| stats.server_blocks += 1);
+                    }
+                }
+                Err(error) => {
+                    self.shared.counters.store_error();
+                    crate::store::warn::store_warn!(&*self.shared.store, resource = %resource, %error, "could not record the server's rate-limit feedback");
+                }
             }
         }
         blocked
@@ -654,7 +678,7 @@ impl Drop for SettleOnDrop {
 
 impl Shared {
     fn queue(&self, resource: &Resource, priority: Priority) -> Queue {
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queues = self.queues.lock();
         if queues.len() > 1024 {
             // Forget queues nobody waits in, so keyed state stays bounded.
             queues.retain(|_, q| Arc::strong_count(q) > 1);

@@ -74,6 +74,22 @@
 //! # }
 //! ```
 //!
+//! # Statistics
+//!
+//! [`RateLimitLayer::stats`] answers what the layer decided and was told, per resource and in
+//! this process ([`ResourceStats`]: admissions by priority, refusals, the server's blocks, store
+//! failures), with what its store holds for every process sharing it ([`RateLimitStoreStats`]:
+//! resources, admissions kept, in flight, blocked), read from the store at each call.
+//!
+//! # Layout
+//!
+//! `layer.rs` holds the [`RateLimitLayer`], its configuration and the admission loop;
+//! `service.rs` and `future.rs` the [`RateLimit`] service and its response future; `limit.rs`
+//! the limits per resource; `adaptive.rs` the user/background split; `feedback.rs` the reading of
+//! a server's rate-limit headers; `pacing.rs` the minimum spacing; `stats.rs` the counters and
+//! what [`RateLimitLayer::stats`] answers; `error.rs` the errors; `store/` the
+//! [`RateLimitStore`] trait and its backends.
+//!
 //! # Note on clocks
 //!
 //! Admissions are stamped with the wall clock ([`SystemClock`]), which all processes on one
@@ -91,6 +107,7 @@ mod layer;
 mod limit;
 mod pacing;
 mod service;
+mod stats;
 pub mod store;
 
 pub use crate::time::{Clock, SystemClock, Timestamp, TokioClock};
@@ -100,12 +117,13 @@ pub use layer::{Accounting, MaxWait, RateLimitLayer, RateLimitReport};
 pub use limit::{InvalidLimit, Limit, Limits};
 pub use pacing::{Pacing, PacingKey};
 pub use service::RateLimit;
+pub use stats::{RateLimitStats, RateLimitStoreStats, ResourceStats};
 pub use store::memory::MemoryRateLimitStore;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisClock, RedisRateLimitStore};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteRateLimitStore;
 pub use store::{
-    AdmissionRequest, Decision, InFlight, LimitStatus, RateLimitStats, RateLimitStatus,
-    RateLimitStore, Refusal, ResourceStats, ServerFeedback,
+    AdmissionRequest, Decision, InFlight, LimitStatus, RateLimitStatus, RateLimitStore, Refusal,
+    ServerFeedback,
 };

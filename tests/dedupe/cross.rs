@@ -104,7 +104,7 @@ async fn child_requests() {
             }
         }
     }
-    let stats = layer.stats();
+    let stats = layer.stats().await;
     println!(
         "stats leaders={} takeovers={} store_errors={}",
         stats.leaders, stats.takeovers, stats.store_errors
@@ -346,7 +346,7 @@ async fn expired_rows_are_cleaned_up_on_an_interval() {
         .unwrap();
     sqlite.flush().await.unwrap();
     assert_eq!(rows(&sqlite).await, 1);
-    assert_eq!(store.stats().cleaned, 5);
+    assert_eq!(store.stats().await.unwrap().cleaned, 5);
     // Within the interval, no new sweep is queued.
     let before = sqlite.stats().committed;
     store.poll(&live).await.unwrap();

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use courteous::dedupe::{
-    BypassReason, Completion, DedupeCounters, DedupeError, DedupeLayer, DedupeRole, DedupeStore,
-    KeyState, Lead, MemoryDedupeStore, OnTimeout, StoreFuture,
+    BypassReason, Completion, DedupeError, DedupeLayer, DedupeRole, DedupeStore, DedupeStoreStats,
+    KeyState, Lead, MemoryDedupeStore, OnTimeout,
 };
 use courteous::store::{StoreError, StoreErrorKind};
 use courteous::{BoxError, HttpClient, Report, RequestContext, RequestKey};
@@ -98,7 +98,7 @@ async fn a_thousand_identical_concurrent_requests_make_one_upstream_call() {
         .filter(|(r, _)| *r == DedupeRole::Follower)
         .count();
     assert_eq!((leaders, followers), (1, 999));
-    let stats = layer.stats();
+    let stats = layer.stats().await;
     assert_eq!((stats.leaders, stats.followers), (1, 999));
 }
 
@@ -226,7 +226,7 @@ async fn handover(panic: bool) {
         roles.iter().filter(|r| **r == DedupeRole::Follower).count(),
         19
     );
-    assert_eq!(layer.stats().takeovers, 1);
+    assert_eq!(layer.stats().await.takeovers, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -269,7 +269,7 @@ async fn a_follower_that_times_out_fails_or_makes_its_own_request() {
                 assert_eq!(body_of(response).await, "answer 2");
             }
         }
-        assert_eq!(layer.stats().timeouts, 1);
+        assert_eq!(layer.stats().await.timeouts, 1);
         assert_eq!(body_of(leader.await.unwrap().unwrap()).await, "answer 1");
     }
 }
@@ -518,9 +518,8 @@ async fn a_local_follower_times_out_on_its_own_deadline_not_its_local_leaders() 
         .layer(DedupeLayer::new(store.clone()))
         .service(never.clone());
     let timeout = Duration::from_secs(1);
-    let local = ServiceBuilder::new()
-        .layer(DedupeLayer::new(store.clone()).follower_timeout(timeout, OnTimeout::Fail))
-        .service(never);
+    let layer = DedupeLayer::new(store.clone()).follower_timeout(timeout, OnTimeout::Fail);
+    let local = ServiceBuilder::new().layer(layer.clone()).service(never);
     let url = "http://h/remote-leader";
     let remote = tokio::spawn(remote.oneshot(get(url)));
     while calls.load(Ordering::SeqCst) == 0 {
@@ -553,7 +552,7 @@ async fn a_local_follower_times_out_on_its_own_deadline_not_its_local_leaders() 
         1,
         "only the remote leader went upstream"
     );
-    assert_eq!(local.store().stats().timeouts, 2);
+    assert_eq!(layer.stats().await.timeouts, 2);
     remote.abort();
 }
 
@@ -570,61 +569,57 @@ enum Fault {
     LeadRetried,
 }
 
+#[async_trait::async_trait]
 impl DedupeStore for Faulty {
-    fn try_lead<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn try_lead(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, Lead> {
+    ) -> Result<Lead, StoreError> {
         if self.1 == Fault::LeadRetried {
-            return Box::pin(async move {
-                self.0.try_lead(key, owner, lease).await?;
-                self.0.try_lead(key, owner, lease).await
-            });
+            self.0.try_lead(key, owner, lease).await?;
         }
-        self.0.try_lead(key, owner, lease)
+        self.0.try_lead(key, owner, lease).await
     }
-    fn renew<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn renew(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, bool> {
-        self.0.renew(key, owner, lease)
+    ) -> Result<bool, StoreError> {
+        self.0.renew(key, owner, lease).await
     }
-    fn publish<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn publish(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         completion: Completion,
         ttl: Duration,
-    ) -> StoreFuture<'a, ()> {
+    ) -> Result<(), StoreError> {
         if self.1 != Fault::PublishFails {
-            return self.0.publish(key, owner, completion, ttl);
+            return self.0.publish(key, owner, completion, ttl).await;
         }
-        Box::pin(async {
-            Err(StoreError::new(
-                "memory",
-                StoreErrorKind::Unavailable,
-                "publishing is down",
-            ))
-        })
+        Err(StoreError::new(
+            "memory",
+            StoreErrorKind::Unavailable,
+            "publishing is down",
+        ))
     }
-    fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()> {
-        self.0.release(key, owner)
+    async fn release(&self, key: &RequestKey, owner: &str) -> Result<(), StoreError> {
+        self.0.release(key, owner).await
     }
-    fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
-        self.0.poll(key)
+    async fn poll(&self, key: &RequestKey) -> Result<KeyState, StoreError> {
+        self.0.poll(key).await
     }
-    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
-        self.0.invalidate(path)
+    async fn invalidate(&self, path: &str) -> Result<u64, StoreError> {
+        self.0.invalidate(path).await
     }
-    fn cleanup(&self) -> StoreFuture<'_, u64> {
-        self.0.cleanup()
+    async fn cleanup(&self) -> Result<u64, StoreError> {
+        self.0.cleanup().await
     }
-    fn counters(&self) -> &DedupeCounters {
-        self.0.counters()
+    async fn stats(&self) -> Result<DedupeStoreStats, StoreError> {
+        self.0.stats().await
     }
 }
 
@@ -640,7 +635,7 @@ async fn a_leader_whose_publish_fails_releases_its_lease() {
     let url = "http://h/publish-fails";
     let first = client.clone().oneshot(get(url)).await.unwrap();
     assert_eq!(role(&first), DedupeRole::Leader);
-    assert_eq!(layer.stats().store_errors, 1);
+    assert_eq!(layer.stats().await.store_errors, 1);
 
     let key = {
         let mut r = get(url);
@@ -774,7 +769,7 @@ async fn a_lease_under_the_callers_own_id_is_its_own() {
         started.elapsed()
     );
     assert_eq!(body_of(response).await, "answer 1");
-    assert_eq!(layer.stats().timeouts, 0);
+    assert_eq!(layer.stats().await.timeouts, 0);
 }
 
 /// A `no-store` response (the directive in any case) is handed to nobody else (RFC 9111

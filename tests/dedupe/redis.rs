@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use courteous::dedupe::{
     BypassReason, Completion, DedupeLayer, DedupeRole, DedupeStore, KeyState, Lead,
-    RedisDedupeStore,
 };
 use courteous::store::redis::RedisStore;
 use courteous::{HttpClient, Report, RequestKey};
@@ -149,7 +148,7 @@ async fn a_missed_announcement_is_caught_by_polling() {
 }
 
 fn client(
-    store: RedisDedupeStore,
+    layer: DedupeLayer,
 ) -> impl tower::Service<
     http::Request<reqwest::Body>,
     Response = http::Response<reqwest::Body>,
@@ -157,7 +156,7 @@ fn client(
     Future: Send,
 > + Clone {
     ServiceBuilder::new()
-        .layer(DedupeLayer::new(store))
+        .layer(layer)
         .service(HttpClient::new(reqwest::Client::new()))
 }
 
@@ -176,7 +175,8 @@ async fn redis_stopped_mid_run_passes_through_and_a_restart_recovers() {
         store(&redis.url(), "faults", timeout).dedupe(),
         store(&redis.url(), "faults", timeout).dedupe(),
     );
-    let (a, b) = (client(one.clone()), client(two.clone()));
+    let (layer_one, layer_two) = (DedupeLayer::new(one.clone()), DedupeLayer::new(two.clone()));
+    let (a, b) = (client(layer_one.clone()), client(layer_two.clone()));
 
     // A leader in flight on `a`, a cross-process follower waiting on `b`.
     let slow = server.url("/slow?delay_ms=1500");
@@ -209,7 +209,7 @@ async fn redis_stopped_mid_run_passes_through_and_a_restart_recovers() {
         "{:?}",
         stopped.elapsed()
     );
-    assert!(one.stats().store_errors >= 1 && two.stats().store_errors >= 1);
+    assert!(layer_one.stats().await.store_errors >= 1 && layer_two.stats().await.store_errors >= 1);
 
     // While Redis is down: 10 identical requests in one process still coalesce locally and
     // pass the store by, within the timeout.
@@ -301,7 +301,7 @@ async fn a_hanging_redis_fails_within_the_timeout() {
     );
     assert!(started.elapsed() < timeout + Duration::from_millis(200));
 
-    let client = client(dedupe.clone());
+    let client = client(DedupeLayer::new(dedupe.clone()));
     let started = Instant::now();
     let response = client.oneshot(get(&server.url("/hang"))).await.unwrap();
     assert_eq!(

@@ -192,7 +192,7 @@ async fn a_follower_of_a_refused_leader_makes_its_own_attempt() {
     assert!(body_of(response).await.contains(r#""path":"/r/x""#));
     assert_eq!(server.hits_on("/r/x"), 1);
     queued.await.unwrap().unwrap();
-    let stats = dedupe.stats();
+    let stats = dedupe.stats().await;
     assert_eq!((stats.not_sent, stats.followers), (1, 0));
 }
 
@@ -255,7 +255,7 @@ async fn a_connect_error_is_not_shared_but_a_sent_failure_is() {
         assert!(reqwest.is_connect());
         assert!(!was_sent(&*error));
     }
-    assert_eq!(layer.stats().followers, 0);
+    assert_eq!(layer.stats().await.followers, 0);
 
     // A timeout while waiting for the answer happened after sending: shared, and the original
     // error is found by walking `source()`.
@@ -281,7 +281,7 @@ async fn a_connect_error_is_not_shared_but_a_sent_failure_is() {
     assert!(original.is_timeout());
     assert!(was_sent(&*follower));
     assert_eq!(server.hits_on("/r/slow"), 1);
-    assert_eq!(layer.stats().followers, 1);
+    assert_eq!(layer.stats().await.followers, 1);
 }
 
 /// Issue 11 item 6: through the whole stack (cache, dedupe, rate limit) a refusal is found with
@@ -400,7 +400,7 @@ async fn a_post_discards_the_completed_result_for_its_url(backend: Backend) {
     let third = client.clone().oneshot(get(&url)).await.unwrap();
     assert_eq!(body_of(third).await, "version 1");
 
-    assert_eq!(dedupe.stats().invalidations, 1);
+    assert_eq!(dedupe.stats().await.invalidations, 1);
     let again = client.clone().oneshot(get(&other)).await.unwrap();
     assert_eq!(role(&again), DedupeRole::CrossProcessFollower);
     assert_eq!(server.hits_on("/things/2"), 1);
@@ -464,7 +464,7 @@ async fn child_one_request() {
         .await
         .unwrap();
     println!("body={}", body_of(response).await);
-    assert_eq!(layer.stats().store_errors, 0);
+    assert_eq!(layer.stats().await.store_errors, 0);
 }
 
 /// Issue 12 item 10 across processes: this process keeps a result for 60 s; a POST made by
@@ -532,7 +532,7 @@ async fn child_refused_leader() {
     assert!(error.downcast_ref::<RateLimited>().is_some(), "{error}");
     println!("refused");
     queued.await.unwrap().unwrap();
-    assert_eq!(layer.stats().not_sent, 1);
+    assert_eq!(layer.stats().await.not_sent, 1);
 }
 
 /// Issue 11 item 5 across OS processes: the leader in a child process is refused by its limiter;
@@ -616,6 +616,6 @@ async fn a_failed_rate_limit_store_is_each_callers_own_typed_error() {
         assert!(find::<StoreError>(&*error).is_some());
         assert!(!was_sent(&*error));
     }
-    assert_eq!(dedupe.stats().followers, 0);
+    assert_eq!(dedupe.stats().await.followers, 0);
     assert_eq!(server.hits(), 0);
 }

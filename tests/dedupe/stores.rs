@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use courteous::dedupe::{
-    BypassReason, Completion, DedupeError, DedupeLayer, DedupeRole, DedupeStore, KeyState, Lead,
-    MemoryDedupeStore, SharedResponse,
+    BypassReason, Completion, DedupeError, DedupeLayer, DedupeRole, DedupeStore, DedupeStoreStats,
+    KeyState, Lead, MemoryDedupeStore, SharedResponse,
 };
 use courteous::time::TokioClock;
 use courteous::{BoxError, HttpClient, Report, RequestKey};
@@ -29,6 +29,8 @@ every_backend!(
     a_cancelled_leader_releases_its_lease_for_other_processes,
     cleanup_removes_lapsed_leases_only,
     followers_already_waiting_get_a_result_published_with_a_zero_result_ttl,
+    stats_count_pending_completed_and_expired_entries,
+    two_layers_over_one_store_count_apart_and_see_the_same_store,
 );
 
 fn get(url: &str) -> http::Request<reqwest::Body> {
@@ -85,7 +87,8 @@ async fn taking_the_lead_is_atomic(backend: Backend) {
 async fn an_expired_lease_is_taken_over(backend: Backend) {
     let store = backend.handle().await;
     let key = RequestKey::from_parts([4; 32], "GET http://h/lease");
-    let short = Duration::from_millis(50);
+    // Long enough that a loaded machine still makes the second call within it.
+    let short = Duration::from_millis(400);
     assert!(matches!(
         store.try_lead(&key, "old", short).await.unwrap(),
         Lead::Acquired { takeover: false }
@@ -94,10 +97,10 @@ async fn an_expired_lease_is_taken_over(backend: Backend) {
         store.try_lead(&key, "new", short).await.unwrap(),
         Lead::Pending { owner, .. } if owner == "old"
     ));
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(matches!(
         store.poll(&key).await.unwrap(),
-        KeyState::Expired { owner, age } if owner == "old" && age >= Duration::from_millis(100)
+        KeyState::Expired { owner, age } if owner == "old" && age >= Duration::from_millis(450)
     ));
     assert!(matches!(
         store
@@ -374,7 +377,7 @@ async fn cleanup_removes_lapsed_leases_only(backend: Backend) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(store.cleanup().await.unwrap() >= 1);
-    assert!(store.stats().cleaned >= 1);
+    assert!(store.stats().await.unwrap().cleaned >= 1);
     assert!(matches!(
         store.poll(&lapsed).await.unwrap(),
         KeyState::Vacant
@@ -438,6 +441,106 @@ async fn followers_already_waiting_get_a_result_published_with_a_zero_result_ttl
         two.poll(&key_of(url)).await.unwrap(),
         KeyState::Vacant
     ));
+}
+
+/// `stats` counts what the store holds for every handle (process): live leases as `pending`,
+/// kept results as `completed`, lapsed leases as `expired` until cleanup removes them, which
+/// the cleaning handle counts as `cleaned`.
+async fn stats_count_pending_completed_and_expired_entries(backend: Backend) {
+    let (one, two) = (backend.handle().await, backend.handle().await);
+    assert_eq!(two.stats().await.unwrap(), DedupeStoreStats::default());
+    let long = Duration::from_secs(30);
+    let (live, done, lapsed) = (
+        RequestKey::from_parts([21; 32], "GET http://h/stats-live"),
+        RequestKey::from_parts([22; 32], "GET http://h/stats-done"),
+        RequestKey::from_parts([23; 32], "GET http://h/stats-lapsed"),
+    );
+    one.try_lead(&live, "me", long).await.unwrap();
+    one.try_lead(&done, "me", long).await.unwrap();
+    one.publish(&done, "me", Completion::TooLarge, long)
+        .await
+        .unwrap();
+    let stats = two.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.completed, stats.expired),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+
+    one.try_lead(&lapsed, "gone", Duration::from_millis(30))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let stats = two.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.completed, stats.expired),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+
+    let removed = two.cleanup().await.unwrap();
+    assert!(removed >= 1);
+    let stats = two.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.completed, stats.expired),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.cleaned, removed);
+
+    one.release(&live, "me").await.unwrap();
+    assert_eq!(two.stats().await.unwrap().pending, 0);
+}
+
+/// Two layers over one store (two processes) count what each did, apart; `stats().store` is
+/// the one store both see: the lease while the leader runs, then its kept result.
+async fn two_layers_over_one_store_count_apart_and_see_the_same_store(backend: Backend) {
+    let (one, two) = (backend.handle().await, backend.handle().await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let upstream = {
+        let calls = calls.clone();
+        tower::service_fn(move |_req: http::Request<reqwest::Body>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                Ok::<_, BoxError>(http::Response::new(reqwest::Body::from("shared")))
+            }
+        })
+    };
+    let kept = Duration::from_secs(60);
+    let (first, second) = (
+        DedupeLayer::new(one).result_ttl(kept),
+        DedupeLayer::new(two).result_ttl(kept),
+    );
+    let client = |layer: &DedupeLayer| {
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(upstream.clone())
+    };
+    let leader = tokio::spawn(client(&first).oneshot(get("http://h/stats")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while second.stats().await.store.pending == 0 {
+        assert!(Instant::now() < deadline, "the leader never took its lease");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(first.stats().await.store.pending, 1);
+    let follower = tokio::spawn(client(&second).oneshot(get("http://h/stats")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open.send_replace(true);
+    let follower = follower.await.unwrap().unwrap();
+    assert_eq!(role(&follower), DedupeRole::CrossProcessFollower);
+    let led = leader.await.unwrap().unwrap();
+    assert_eq!(role(&led), DedupeRole::Leader);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let (a, b) = (first.stats().await, second.stats().await);
+    assert_eq!((a.leaders, a.cross_process_joins), (1, 0), "{a:?}");
+    assert_eq!((b.leaders, b.cross_process_joins), (0, 1), "{b:?}");
+    assert_eq!((a.store_errors, b.store_errors), (0, 0));
+    assert_eq!((a.store.pending, a.store.completed), (0, 1), "{a:?}");
+    assert_eq!((b.store.pending, b.store.completed), (0, 1), "{b:?}");
 }
 
 /// A lease and a result end by the store's clock, which `advance` moves (`key` is the test's

@@ -227,7 +227,7 @@ async fn both_priorities_reach_the_decision_through_reqwest_middleware() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let stats = layer.stats().resources["volumes"];
+    let stats = layer.stats().await.resources["volumes"];
     assert_eq!((stats.admitted_user, stats.admitted_background), (1, 2));
 }
 

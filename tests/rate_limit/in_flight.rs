@@ -87,8 +87,10 @@ impl RateLimitStore for Queued {
     ) -> Result<courteous::rate_limit::RateLimitStatus, courteous::store::StoreError> {
         self.inner.status(resource, limits, adaptive, now).await
     }
-    fn stats(&self) -> courteous::rate_limit::RateLimitStats {
-        self.inner.stats()
+    async fn stats(
+        &self,
+    ) -> Result<courteous::rate_limit::RateLimitStoreStats, courteous::store::StoreError> {
+        self.inner.stats().await
     }
 }
 

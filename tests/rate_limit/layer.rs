@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use courteous::rate_limit::{
     AdaptiveConfig, AdmissionRequest, Decision, Limit, Limits, MaxWait, MemoryRateLimitStore,
-    OnStoreError, RateLimitConfigError, RateLimitLayer, RateLimitStats, RateLimitStatus,
-    RateLimitStore, RateLimitStoreFailed, RateLimited, ServerFeedback, Timestamp, TokioClock,
+    OnStoreError, RateLimitConfigError, RateLimitLayer, RateLimitStatus, RateLimitStore,
+    RateLimitStoreFailed, RateLimitStoreStats, RateLimited, ServerFeedback, Timestamp, TokioClock,
 };
 use courteous::store::{StoreError, StoreErrorKind};
 use courteous::{BoxError, Priority, Report, Resource};
@@ -223,7 +223,7 @@ async fn a_cancelled_waiter_records_nothing() {
         Duration::ZERO
     );
     assert_eq!(calls.lock().unwrap().len(), 2);
-    assert_eq!(layer.stats().resources["a"].admitted_user, 2);
+    assert_eq!(layer.stats().await.resources["a"].admitted_user, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -304,7 +304,7 @@ async fn users_get_through_while_background_saturates_the_limit() {
     }
     let calls = calls.lock().unwrap().clone();
     assert!(max_in_any_window(&calls, Duration::from_secs(1)) <= 10);
-    let stats = layer.stats();
+    let stats = layer.stats().await;
     assert_eq!(stats.resources["r"].admitted_user, 4);
     assert_eq!(stats.resources["r"].admitted_background, 60);
 }
@@ -472,8 +472,15 @@ impl RateLimitStore for Faulty {
     ) -> Result<RateLimitStatus, StoreError> {
         self.inner.status(resource, limits, adaptive, now).await
     }
-    fn stats(&self) -> RateLimitStats {
-        self.inner.stats()
+    async fn stats(&self) -> Result<RateLimitStoreStats, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::new(
+                "faulty",
+                StoreErrorKind::Unavailable,
+                "down",
+            ));
+        }
+        self.inner.stats().await
     }
     async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
         self.inner.unblock(resource).await
@@ -511,8 +518,15 @@ async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
     assert_eq!(failed.store_error().backend(), "faulty");
     assert_eq!(failed.resource().as_str(), "a");
     assert!(closed_calls.lock().unwrap().is_empty());
-    let stats = closed.stats().resources["a"];
+    let all = closed.stats().await;
+    let stats = all.resources["a"];
     assert_eq!((stats.store_errors, stats.admitted_unchecked), (1, 0));
+    // The store cannot tell what it holds either: zeroes, and the failed read counted.
+    assert_eq!(all.store, RateLimitStoreStats::default());
+    assert_eq!(
+        all.store_errors, 2,
+        "the decision and the read of the store's stats"
+    );
 
     let response = open_service
         .clone()
@@ -523,7 +537,7 @@ async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
     assert!(report.unchecked);
     assert_eq!(report.remaining, 0);
     assert_eq!(open_calls.lock().unwrap().len(), 1);
-    let stats = open.stats().resources["a"];
+    let stats = open.stats().await.resources["a"];
     assert_eq!((stats.store_errors, stats.admitted_unchecked), (1, 1));
 
     // Back up: counted again, and not reported as unchecked.
@@ -534,6 +548,12 @@ async fn a_failing_store_fails_closed_by_default_and_open_when_asked() {
         .unwrap();
     let report = Report::of(&response).unwrap().rate_limit.unwrap();
     assert_eq!((report.unchecked, report.remaining), (false, 9));
+    // Each layer counts its own decisions; the store holds the admission for both.
+    let (open, closed) = (open.stats().await, closed.stats().await);
+    assert_eq!(open.resources["a"].admitted_user, 1);
+    assert_eq!(closed.resources["a"].admitted_user, 0);
+    assert_eq!((open.store.admissions, open.store.in_flight), (1, 0));
+    assert_eq!(open.store, closed.store);
 }
 
 /// A refusal whose `retry_at` is already due still waits before the store is asked again: the

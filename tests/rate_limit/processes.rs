@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use courteous::rate_limit::{
     AdaptiveConfig, AdmissionRequest, Clock, Decision, InFlight, Limit, Limits, MaxWait,
-    RateLimitLayer, RateLimitStats, RateLimitStatus, RateLimitStore, RateLimited, ServerFeedback,
-    SystemClock, Timestamp,
+    RateLimitLayer, RateLimitStatus, RateLimitStore, RateLimitStoreStats, RateLimited,
+    ServerFeedback, SystemClock, Timestamp,
 };
 use courteous::store::StoreError;
 use courteous::{HttpClient, Priority, Report, Resource};
@@ -83,8 +83,8 @@ impl RateLimitStore for Timed {
     ) -> Result<RateLimitStatus, StoreError> {
         self.inner.status(resource, limits, adaptive, now).await
     }
-    fn stats(&self) -> RateLimitStats {
-        self.inner.stats()
+    async fn stats(&self) -> Result<RateLimitStoreStats, StoreError> {
+        self.inner.stats().await
     }
 }
 
@@ -286,7 +286,7 @@ async fn retry_after_stops_every_process(backend: Backend) {
         second >= Duration::from_millis(2000),
         "sent {second:?} after the 429"
     );
-    assert_eq!(layer.stats().resources["busy"].server_blocks, 1);
+    assert_eq!(layer.stats().await.resources["busy"].server_blocks, 1);
     handle.close().await;
 }
 

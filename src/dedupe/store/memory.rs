@@ -11,7 +11,9 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::key::RequestKey;
 use crate::time::{Clock, SystemClock, Timestamp};
 
-use super::{Completion, DedupeCounters, DedupeStore, KeyState, Lead, StoreFuture, covers, url_of};
+use crate::store::StoreError;
+
+use super::{Completion, DedupeStore, DedupeStoreStats, KeyState, Lead, covers, url_of};
 
 const CLEANUP_EVERY: Duration = Duration::from_secs(1);
 
@@ -79,7 +81,8 @@ impl Entry {
 
 struct Inner {
     map: Mutex<HashMap<[u8; 32], Entry>>,
-    counters: DedupeCounters,
+    /// Expired entries removed, for [`DedupeStoreStats::cleaned`].
+    cleaned: AtomicU64,
     /// When expired entries were last swept (ms since the epoch).
     last_cleanup: AtomicU64,
     clock: Arc<dyn Clock>,
@@ -152,7 +155,7 @@ impl MemoryDedupeStore {
         MemoryDedupeStore {
             inner: Arc::new(Inner {
                 map: Mutex::new(HashMap::new()),
-                counters: DedupeCounters::default(),
+                cleaned: AtomicU64::new(0),
                 last_cleanup: AtomicU64::new(clock.now().as_millis()),
                 clock,
             }),
@@ -182,7 +185,7 @@ impl MemoryDedupeStore {
                 .last_cleanup
                 .store(now.as_millis(), Ordering::Relaxed);
             let removed = sweep(&mut map, now);
-            DedupeCounters::add(&self.inner.counters.cleaned, removed);
+            self.inner.cleaned.fetch_add(removed, Ordering::Relaxed);
         }
         map
     }
@@ -194,135 +197,136 @@ fn sweep(map: &mut HashMap<[u8; 32], Entry>, now: Timestamp) -> u64 {
     (before - map.len()) as u64
 }
 
+#[async_trait::async_trait]
 impl DedupeStore for MemoryDedupeStore {
-    fn try_lead<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn try_lead(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, Lead> {
-        Box::pin(async move {
-            let now = self.now();
-            let mut map = self.lock_swept(now);
-            let takeover = match map.get(key.as_bytes()) {
-                Some(entry) if !entry.expired(now) => {
-                    return Ok(match entry {
-                        Entry::Pending { owner, started, .. } => Lead::Pending {
-                            owner: owner.clone(),
-                            age: now.saturating_since(*started),
-                        },
-                        Entry::Completed { completion, .. } => Lead::Completed(completion.clone()),
-                    });
-                }
-                Some(Entry::Pending { .. }) => true,
-                _ => false,
-            };
-            map.insert(
-                *key.as_bytes(),
-                Entry::Pending {
-                    owner: owner.to_owned(),
-                    started: now,
-                    lease_until: now + lease,
-                    url: url_of(key).into(),
-                },
-            );
-            Ok(Lead::Acquired { takeover })
-        })
-    }
-
-    fn renew<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
-        lease: Duration,
-    ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let now = self.now();
-            let mut map = self.inner.map.lock();
-            match map.get_mut(key.as_bytes()) {
-                Some(Entry::Pending {
-                    owner: held,
-                    lease_until,
-                    ..
-                }) if held == owner => {
-                    *lease_until = now + lease;
-                    Ok(true)
-                }
-                _ => Ok(false),
+    ) -> Result<Lead, StoreError> {
+        let now = self.now();
+        let mut map = self.lock_swept(now);
+        let takeover = match map.get(key.as_bytes()) {
+            Some(entry) if !entry.expired(now) => {
+                return Ok(match entry {
+                    Entry::Pending { owner, started, .. } => Lead::Pending {
+                        owner: owner.clone(),
+                        age: now.saturating_since(*started),
+                    },
+                    Entry::Completed { completion, .. } => Lead::Completed(completion.clone()),
+                });
             }
-        })
+            Some(Entry::Pending { .. }) => true,
+            _ => false,
+        };
+        map.insert(
+            *key.as_bytes(),
+            Entry::Pending {
+                owner: owner.to_owned(),
+                started: now,
+                lease_until: now + lease,
+                url: url_of(key).into(),
+            },
+        );
+        Ok(Lead::Acquired { takeover })
     }
 
-    fn publish<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn renew(
+        &self,
+        key: &RequestKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.now();
+        let mut map = self.inner.map.lock();
+        match map.get_mut(key.as_bytes()) {
+            Some(Entry::Pending {
+                owner: held,
+                lease_until,
+                ..
+            }) if held == owner => {
+                *lease_until = now + lease;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn publish(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         completion: Completion,
         ttl: Duration,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let now = self.now();
-            let mut map = self.inner.map.lock();
-            if let Some(entry) = map.get_mut(key.as_bytes())
-                && let Entry::Pending {
-                    owner: held, url, ..
-                } = entry
-                && held == owner
-            {
-                *entry = Entry::Completed {
-                    completion,
-                    at: now,
-                    until: now + ttl,
-                    url: url.clone(),
-                };
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut map = self.inner.map.lock();
+        if let Some(entry) = map.get_mut(key.as_bytes())
+            && let Entry::Pending {
+                owner: held, url, ..
+            } = entry
+            && held == owner
+        {
+            *entry = Entry::Completed {
+                completion,
+                at: now,
+                until: now + ttl,
+                url: url.clone(),
+            };
+        }
+        Ok(())
+    }
+
+    async fn release(&self, key: &RequestKey, owner: &str) -> Result<(), StoreError> {
+        let mut map = self.inner.map.lock();
+        if matches!(map.get(key.as_bytes()), Some(Entry::Pending { owner: held, .. }) if held == owner)
+        {
+            map.remove(key.as_bytes());
+        }
+        Ok(())
+    }
+
+    async fn poll(&self, key: &RequestKey) -> Result<KeyState, StoreError> {
+        let now = self.now();
+        let map = self.inner.map.lock();
+        Ok(map
+            .get(key.as_bytes())
+            .map_or(KeyState::Vacant, |entry| entry.state(now)))
+    }
+
+    async fn invalidate(&self, path: &str) -> Result<u64, StoreError> {
+        let mut map = self.inner.map.lock();
+        let before = map.len();
+        map.retain(|_, entry| !covers(path, entry.url()));
+        Ok((before - map.len()) as u64)
+    }
+
+    async fn cleanup(&self) -> Result<u64, StoreError> {
+        let now = self.now();
+        let removed = sweep(&mut self.inner.map.lock(), now);
+        self.inner
+            .last_cleanup
+            .store(now.as_millis(), Ordering::Relaxed);
+        self.inner.cleaned.fetch_add(removed, Ordering::Relaxed);
+        Ok(removed)
+    }
+
+    async fn stats(&self) -> Result<DedupeStoreStats, StoreError> {
+        let now = self.now();
+        let mut stats = DedupeStoreStats {
+            cleaned: self.inner.cleaned.load(Ordering::Relaxed),
+            ..DedupeStoreStats::default()
+        };
+        for entry in self.inner.map.lock().values() {
+            if entry.expired(now) {
+                stats.expired += 1;
+            } else if matches!(entry, Entry::Pending { .. }) {
+                stats.pending += 1;
+            } else {
+                stats.completed += 1;
             }
-            Ok(())
-        })
-    }
-
-    fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let mut map = self.inner.map.lock();
-            if matches!(map.get(key.as_bytes()), Some(Entry::Pending { owner: held, .. }) if held == owner)
-            {
-                map.remove(key.as_bytes());
-            }
-            Ok(())
-        })
-    }
-
-    fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
-        Box::pin(async move {
-            let now = self.now();
-            let map = self.inner.map.lock();
-            Ok(map
-                .get(key.as_bytes())
-                .map_or(KeyState::Vacant, |entry| entry.state(now)))
-        })
-    }
-
-    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
-        Box::pin(async move {
-            let mut map = self.inner.map.lock();
-            let before = map.len();
-            map.retain(|_, entry| !covers(path, entry.url()));
-            Ok((before - map.len()) as u64)
-        })
-    }
-
-    fn cleanup(&self) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            let now = self.now();
-            let removed = sweep(&mut self.inner.map.lock(), now);
-            self.inner
-                .last_cleanup
-                .store(now.as_millis(), Ordering::Relaxed);
-            DedupeCounters::add(&self.inner.counters.cleaned, removed);
-            Ok(removed)
-        })
-    }
-
-    fn counters(&self) -> &DedupeCounters {
-        &self.inner.counters
+        }
+        Ok(stats)
     }
 }

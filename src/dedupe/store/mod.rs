@@ -24,6 +24,9 @@
 //!   result from before the change is served after it, in any process.
 //! * Expired rows are removed by [`cleanup`](DedupeStore::cleanup); backends also run it on their
 //!   own, coalesced, at most once per cleanup interval.
+//! * [`stats`](DedupeStore::stats) says what the store holds for every process sharing it
+//!   ([`DedupeStoreStats`]); what a layer did is counted by the layer
+//!   ([`DedupeLayer::stats`](super::DedupeLayer::stats)), not by the store.
 //!
 //! # Time
 //!
@@ -40,10 +43,7 @@ pub(crate) mod redis;
 pub(crate) mod sqlite;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::key::RequestKey;
@@ -56,9 +56,6 @@ pub use memory::MemoryDedupeStore;
 pub use redis::RedisDedupeStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteDedupeStore;
-
-/// The future returned by every [`DedupeStore`] method.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// What a leader left for its followers.
 #[derive(Debug, Clone)]
@@ -164,86 +161,61 @@ impl KeyState {
     }
 }
 
-/// What the dedupe layers using a store did, in this process, since the store was made.
+/// What a store holds now, for every process sharing it, and what its cleanup removed in this
+/// process: the `store` part of [`DedupeStats`](super::DedupeStats), from
+/// [`DedupeStore::stats`].
+///
+/// What each backend can count: see [`DedupeStore::stats`].
 ///
 /// # Example
 ///
 /// ```
 /// use courteous::dedupe::{DedupeStore, MemoryDedupeStore};
+/// use courteous::RequestKey;
+/// use std::time::Duration;
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), courteous::store::StoreError> {
 /// let store = MemoryDedupeStore::new();
-/// assert_eq!(store.stats().leaders, 0);
+/// let key = RequestKey::from_parts([7; 32], "GET http://h/x");
+/// store.try_lead(&key, "me", Duration::from_secs(30)).await?;
+/// let stats = store.stats().await?;
+/// assert_eq!((stats.pending, stats.completed), (1, 0));
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub struct DedupeStats {
-    /// Requests that went upstream for their key as leader (takeovers included).
-    pub leaders: u64,
-    /// Requests that received a leader's result in this process.
-    pub followers: u64,
-    /// Leaderships taken over from a cancelled, panicked or dead leader.
-    pub takeovers: u64,
-    /// Followers that gave up waiting.
-    pub timeouts: u64,
-    /// Results received from a leader in another process (or another layer sharing the store).
-    pub cross_process_joins: u64,
-    /// Requests that made their own call instead (body over the limit, timeout, store failure).
-    pub bypassed: u64,
-    /// Store operations that failed (the request went on without the store).
-    pub store_errors: u64,
-    /// Expired rows removed by cleanup.
+pub struct DedupeStoreStats {
+    /// Leases held now by a leader whose lease has not run out (in every process).
+    pub pending: u64,
+    /// Results kept now for late followers, not expired (in every process).
+    pub completed: u64,
+    /// Leases and results past their expiry that cleanup has not removed yet (for Redis, which
+    /// expires leases and results itself: the records of leases that ran out).
+    pub expired: u64,
+    /// Expired leases and results removed by cleanup, in this process, since the store was
+    /// made (clones share the count).
     pub cleaned: u64,
-    /// Leaders that failed before sending (refused by the rate limiter, say): their error was
-    /// not shared, and their followers started again.
-    pub not_sent: u64,
-    /// Unsafe requests that succeeded and discarded the dedupe results for their URL.
-    pub invalidations: u64,
-}
-
-/// The counters behind [`DedupeStats`]; a store owns one and the layer counts into it.
-#[derive(Debug, Default)]
-pub struct DedupeCounters {
-    pub(crate) leaders: AtomicU64,
-    pub(crate) followers: AtomicU64,
-    pub(crate) takeovers: AtomicU64,
-    pub(crate) timeouts: AtomicU64,
-    pub(crate) cross_process_joins: AtomicU64,
-    pub(crate) bypassed: AtomicU64,
-    pub(crate) store_errors: AtomicU64,
-    pub(crate) cleaned: AtomicU64,
-    pub(crate) not_sent: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
-}
-
-impl DedupeCounters {
-    /// A snapshot.
-    pub fn snapshot(&self) -> DedupeStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        DedupeStats {
-            leaders: get(&self.leaders),
-            followers: get(&self.followers),
-            takeovers: get(&self.takeovers),
-            timeouts: get(&self.timeouts),
-            cross_process_joins: get(&self.cross_process_joins),
-            bypassed: get(&self.bypassed),
-            store_errors: get(&self.store_errors),
-            cleaned: get(&self.cleaned),
-            not_sent: get(&self.not_sent),
-            invalidations: get(&self.invalidations),
-        }
-    }
-
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
 }
 
 /// Registry of in-flight leaders and short-lived results, shared by the processes (or layers)
 /// that should coalesce identical requests. See the [module documentation](self) for the
 /// contract.
 ///
-/// Methods return boxed futures so that the trait can be used as `Arc<dyn DedupeStore>`; a
-/// backend writes `Box::pin(async move { .. })`.
+/// An `#[async_trait]`, like [`CacheStore`](crate::cache::CacheStore) and
+/// [`RateLimitStore`](crate::rate_limit::store::RateLimitStore), so that it can be used as
+/// `Arc<dyn DedupeStore>`: a backend writes `#[async_trait::async_trait]` over its `impl` and
+/// `async fn` methods.
+///
+/// # Cancellation
+///
+/// The layer may drop a call in flight (its caller was cancelled). A [`try_lead`] dropped before
+/// it answered is not abandoned by the layer: it finishes the call in a spawned task and
+/// releases the lease if it was acquired. Backends need only make each method one atomic step
+/// (a transaction, a Lua script, one lock), so that a dropped call either happened or did not.
+///
+/// [`try_lead`]: DedupeStore::try_lead
 ///
 /// # Example
 ///
@@ -265,56 +237,55 @@ impl DedupeCounters {
 /// # Ok(())
 /// # }
 /// ```
+#[async_trait::async_trait]
 pub trait DedupeStore: fmt::Debug + Send + Sync + 'static {
     /// In one atomic step: lead `key` as `owner` for `lease` if it is vacant or its lease
     /// expired; otherwise say who leads it or what it completed with.
-    fn try_lead<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn try_lead(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, Lead>;
+    ) -> Result<Lead, StoreError>;
 
     /// Extends `owner`'s lease on `key` to `lease` from now; `false` when it is no longer the
     /// leader (its lease expired and was taken over).
-    fn renew<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn renew(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, bool>;
+    ) -> Result<bool, StoreError>;
 
     /// Ends `owner`'s leadership of `key` with `completion`, kept for `ttl`. Does nothing when
     /// `owner` no longer leads the key.
-    fn publish<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn publish(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         completion: Completion,
         ttl: Duration,
-    ) -> StoreFuture<'a, ()>;
+    ) -> Result<(), StoreError>;
 
     /// Ends `owner`'s leadership of `key` leaving nothing (a cancelled leader).
-    fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()>;
+    async fn release(&self, key: &RequestKey, owner: &str) -> Result<(), StoreError>;
 
     /// The state of `key` now: for the layer, and for monitoring.
-    fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState>;
+    async fn poll(&self, key: &RequestKey) -> Result<KeyState, StoreError>;
 
     /// Waits until `key` is no longer led by a live leader, or until `deadline`; returns the last
     /// state seen. The default polls with a backoff from 1 ms to 8 ms.
-    fn wait<'a>(&'a self, key: &'a RequestKey, deadline: Instant) -> StoreFuture<'a, KeyState> {
-        Box::pin(async move {
-            let mut pause = Duration::from_millis(1);
-            loop {
-                let state = self.poll(key).await?;
-                let now = Instant::now();
-                if !matches!(state, KeyState::Pending { .. }) || now >= deadline {
-                    return Ok(state);
-                }
-                tokio::time::sleep(pause.min(deadline - now)).await;
-                pause = (pause * 2).min(Duration::from_millis(8));
+    async fn wait(&self, key: &RequestKey, deadline: Instant) -> Result<KeyState, StoreError> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let state = self.poll(key).await?;
+            let now = Instant::now();
+            if !matches!(state, KeyState::Pending { .. }) || now >= deadline {
+                return Ok(state);
             }
-        })
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(8));
+        }
     }
 
     /// Drops the leases and results of every key whose URL is `path` (scheme, host and path,
@@ -323,63 +294,63 @@ pub trait DedupeStore: fmt::Debug + Send + Sync + 'static {
     /// change must not reach requests made after it. A leader whose lease went this way finds
     /// its [`renew`](DedupeStore::renew) refused and its [`publish`](DedupeStore::publish)
     /// ignored; its followers in other processes find the key vacant and lead again.
-    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64>;
+    async fn invalidate(&self, path: &str) -> Result<u64, StoreError>;
 
     /// Removes expired leases and results now; returns how many rows went.
-    fn cleanup(&self) -> StoreFuture<'_, u64>;
+    async fn cleanup(&self) -> Result<u64, StoreError>;
 
-    /// The counters the layers using this store count into.
-    fn counters(&self) -> &DedupeCounters;
-
-    /// What the layers using this store did, in this process.
-    fn stats(&self) -> DedupeStats {
-        self.counters().snapshot()
-    }
+    /// What the store holds now, for every process sharing it ([`DedupeStoreStats`]).
+    ///
+    /// The memory store counts its map; SQLite runs `COUNT` queries on the engine's threads;
+    /// Redis walks the store's keys with `SCAN` (O(keys under the prefix): for monitoring, not
+    /// for every request). What the *layers* did is [`DedupeLayer::stats`](super::DedupeLayer::stats).
+    async fn stats(&self) -> Result<DedupeStoreStats, StoreError>;
 }
 
+#[async_trait::async_trait]
 impl<T: DedupeStore + ?Sized> DedupeStore for Arc<T> {
-    fn try_lead<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn try_lead(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, Lead> {
-        (**self).try_lead(key, owner, lease)
+    ) -> Result<Lead, StoreError> {
+        (**self).try_lead(key, owner, lease).await
     }
-    fn renew<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn renew(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, bool> {
-        (**self).renew(key, owner, lease)
+    ) -> Result<bool, StoreError> {
+        (**self).renew(key, owner, lease).await
     }
-    fn publish<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn publish(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         completion: Completion,
         ttl: Duration,
-    ) -> StoreFuture<'a, ()> {
-        (**self).publish(key, owner, completion, ttl)
+    ) -> Result<(), StoreError> {
+        (**self).publish(key, owner, completion, ttl).await
     }
-    fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()> {
-        (**self).release(key, owner)
+    async fn release(&self, key: &RequestKey, owner: &str) -> Result<(), StoreError> {
+        (**self).release(key, owner).await
     }
-    fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
-        (**self).poll(key)
+    async fn poll(&self, key: &RequestKey) -> Result<KeyState, StoreError> {
+        (**self).poll(key).await
     }
-    fn wait<'a>(&'a self, key: &'a RequestKey, deadline: Instant) -> StoreFuture<'a, KeyState> {
-        (**self).wait(key, deadline)
+    async fn wait(&self, key: &RequestKey, deadline: Instant) -> Result<KeyState, StoreError> {
+        (**self).wait(key, deadline).await
     }
-    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
-        (**self).invalidate(path)
+    async fn invalidate(&self, path: &str) -> Result<u64, StoreError> {
+        (**self).invalidate(path).await
     }
-    fn cleanup(&self) -> StoreFuture<'_, u64> {
-        (**self).cleanup()
+    async fn cleanup(&self) -> Result<u64, StoreError> {
+        (**self).cleanup().await
     }
-    fn counters(&self) -> &DedupeCounters {
-        (**self).counters()
+    async fn stats(&self) -> Result<DedupeStoreStats, StoreError> {
+        (**self).stats().await
     }
 }
 

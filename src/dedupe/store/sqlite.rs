@@ -16,9 +16,10 @@ use crate::store::sqlite::schema::Component;
 use crate::store::sqlite::{SqliteError, SqliteStore};
 use crate::time::{Clock, SystemClock, Timestamp};
 
+use crate::store::StoreError;
+
 use super::{
-    Completion, DedupeCounters, DedupeStore, KeyState, Lead, StoreFuture, decode_headers,
-    encode_headers,
+    Completion, DedupeStore, DedupeStoreStats, KeyState, Lead, decode_headers, encode_headers,
 };
 
 /// The dedupe tables.
@@ -71,7 +72,7 @@ impl SqliteStore {
     pub fn dedupe(&self) -> SqliteDedupeStore {
         SqliteDedupeStore {
             store: self.clone(),
-            counters: Arc::new(DedupeCounters::default()),
+            cleaned: Arc::new(AtomicU64::new(0)),
             last_cleanup: Arc::new(AtomicU64::new(SystemClock.now().as_millis())),
             cleanup_interval: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
@@ -85,8 +86,10 @@ impl SqliteStore {
 /// Taking the lead is one `BEGIN IMMEDIATE` transaction (insert, or take over an expired lease),
 /// so two processes never lead one key. Renewals, results and releases are committed before the
 /// call returns (followers poll for them); the sweep of expired rows is a write-behind write, at
-/// most once per [`cleanup_interval`](Self::cleanup_interval), coalesced with itself. Statistics
-/// count this process only, shared by the clones of this value.
+/// most once per [`cleanup_interval`](Self::cleanup_interval), coalesced with itself.
+/// [`stats`](DedupeStore::stats) counts the rows of every process sharing the file, but
+/// [`cleaned`](DedupeStoreStats::cleaned) the sweeps of this process only, shared by the clones
+/// of this value.
 ///
 /// Leases and results expire by the store's [`Clock`] ([`SystemClock`] unless set with
 /// [`clock`](Self::clock)); every process sharing the file must read the same time line.
@@ -112,7 +115,8 @@ impl SqliteStore {
 #[derive(Clone)]
 pub struct SqliteDedupeStore {
     store: SqliteStore,
-    counters: Arc<DedupeCounters>,
+    /// Expired rows removed in this process, for [`DedupeStoreStats::cleaned`].
+    cleaned: Arc<AtomicU64>,
     /// When expired rows were last swept (ms since the epoch).
     last_cleanup: Arc<AtomicU64>,
     cleanup_interval: Duration,
@@ -182,10 +186,10 @@ impl SqliteDedupeStore {
         {
             return;
         }
-        let (counters, clock) = (self.counters.clone(), self.clock.clone());
+        let (cleaned, clock) = (self.cleaned.clone(), self.clock.clone());
         let queued = self.store.defer_keyed(CLEANUP_KEY, move |conn| {
             let removed = sweep(conn, clock.now())?;
-            DedupeCounters::add(&counters.cleaned, removed);
+            cleaned.fetch_add(removed, Ordering::Relaxed);
             Ok(())
         });
         if let Err(error) = queued {
@@ -241,251 +245,264 @@ fn completion(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Completion
     })
 }
 
+#[async_trait::async_trait]
 impl DedupeStore for SqliteDedupeStore {
-    fn try_lead<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn try_lead(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, Lead> {
+    ) -> Result<Lead, StoreError> {
         let (hash, display, owner) = (
             key.as_bytes().to_vec(),
             key.display().to_owned(),
             owner.to_owned(),
         );
         let clock = self.clock.clone();
-        Box::pin(async move {
-            self.maybe_cleanup();
-            let lead = self
-                .store
-                .call(move |conn| {
-                    // One transaction holding the write lock: read, then insert or take over.
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let now = clock.now();
-                    let found = tx
-                        .query_row(
-                            "SELECT owner, started_at, deadline, state, status, headers, body, error
-                             FROM courteous_dedupe WHERE key = ?1",
-                            [&hash],
-                            |row| {
-                                let owner: String = row.get(0)?;
-                                let started: i64 = row.get(1)?;
-                                let deadline: i64 = row.get(2)?;
-                                let state: i64 = row.get(3)?;
-                                let lead = if stamp(deadline) <= now {
-                                    None
-                                } else if state == PENDING {
-                                    Some(Lead::Pending {
-                                        owner,
-                                        age: now.saturating_since(stamp(started)),
-                                    })
-                                } else {
-                                    Some(Lead::Completed(completion(row, 3)?))
-                                };
-                                Ok((lead, state))
-                            },
-                        )
-                        .optional()?;
-                    let lead = match found {
-                        Some((Some(lead), _)) => lead,
-                        expired_or_vacant => {
-                            tx.execute(
-                                "INSERT INTO courteous_dedupe
-                                     (key, display, owner, state, started_at, updated_at, deadline)
-                                 VALUES (?1, ?2, ?3, 0, ?4, ?4, ?5)
-                                 ON CONFLICT (key) DO UPDATE SET
-                                     display = excluded.display, owner = excluded.owner,
-                                     state = 0, started_at = excluded.started_at,
-                                     updated_at = excluded.updated_at,
-                                     deadline = excluded.deadline,
-                                     status = NULL, headers = NULL, body = NULL, error = NULL",
-                                params![hash, display, owner, column(now), column(now + lease)],
-                            )?;
-                            Lead::Acquired {
-                                takeover: matches!(expired_or_vacant, Some((None, PENDING))),
-                            }
+        self.maybe_cleanup();
+        let lead = self
+            .store
+            .call(move |conn| {
+                // One transaction holding the write lock: read, then insert or take over.
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = clock.now();
+                let found = tx
+                    .query_row(
+                        "SELECT owner, started_at, deadline, state, status, headers, body, error
+                         FROM courteous_dedupe WHERE key = ?1",
+                        [&hash],
+                        |row| {
+                            let owner: String = row.get(0)?;
+                            let started: i64 = row.get(1)?;
+                            let deadline: i64 = row.get(2)?;
+                            let state: i64 = row.get(3)?;
+                            let lead = if stamp(deadline) <= now {
+                                None
+                            } else if state == PENDING {
+                                Some(Lead::Pending {
+                                    owner,
+                                    age: now.saturating_since(stamp(started)),
+                                })
+                            } else {
+                                Some(Lead::Completed(completion(row, 3)?))
+                            };
+                            Ok((lead, state))
+                        },
+                    )
+                    .optional()?;
+                let lead = match found {
+                    Some((Some(lead), _)) => lead,
+                    expired_or_vacant => {
+                        tx.execute(
+                            "INSERT INTO courteous_dedupe
+                                 (key, display, owner, state, started_at, updated_at, deadline)
+                             VALUES (?1, ?2, ?3, 0, ?4, ?4, ?5)
+                             ON CONFLICT (key) DO UPDATE SET
+                                 display = excluded.display, owner = excluded.owner,
+                                 state = 0, started_at = excluded.started_at,
+                                 updated_at = excluded.updated_at,
+                                 deadline = excluded.deadline,
+                                 status = NULL, headers = NULL, body = NULL, error = NULL",
+                            params![hash, display, owner, column(now), column(now + lease)],
+                        )?;
+                        Lead::Acquired {
+                            takeover: matches!(expired_or_vacant, Some((None, PENDING))),
                         }
-                    };
-                    tx.commit()?;
-                    Ok(lead)
-                })
-                .await?;
-            Ok(lead)
-        })
+                    }
+                };
+                tx.commit()?;
+                Ok(lead)
+            })
+            .await?;
+        Ok(lead)
     }
 
-    fn renew<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn renew(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, bool> {
+    ) -> Result<bool, StoreError> {
         let (hash, owner) = (key.as_bytes().to_vec(), owner.to_owned());
         let clock = self.clock.clone();
-        Box::pin(async move {
-            let renewed = self
-                .store
-                .call(move |conn| {
-                    let now = clock.now();
-                    Ok(conn.execute(
-                        "UPDATE courteous_dedupe SET deadline = ?3, updated_at = ?4
-                         WHERE key = ?1 AND owner = ?2 AND state = 0",
-                        params![hash, owner, column(now + lease), column(now)],
-                    )? == 1)
-                })
-                .await?;
-            Ok(renewed)
-        })
+        let renewed = self
+            .store
+            .call(move |conn| {
+                let now = clock.now();
+                Ok(conn.execute(
+                    "UPDATE courteous_dedupe SET deadline = ?3, updated_at = ?4
+                     WHERE key = ?1 AND owner = ?2 AND state = 0",
+                    params![hash, owner, column(now + lease), column(now)],
+                )? == 1)
+            })
+            .await?;
+        Ok(renewed)
     }
 
-    fn publish<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn publish(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         completion: Completion,
         ttl: Duration,
-    ) -> StoreFuture<'a, ()> {
+    ) -> Result<(), StoreError> {
         let (hash, owner) = (key.as_bytes().to_vec(), owner.to_owned());
         let clock = self.clock.clone();
-        Box::pin(async move {
-            self.maybe_cleanup();
-            self.store
-                .call(move |conn| {
-                    let now = clock.now();
-                    let (state, status, headers, body, error) = match &completion {
-                        Completion::Response(r) => (
-                            RESPONSE,
-                            Some(r.status.as_u16()),
-                            Some(encode_headers(&r.headers)),
-                            Some(&r.body[..]),
-                            None,
-                        ),
-                        Completion::Failed(message) => {
-                            (FAILED, None, None, None, Some(&message[..]))
-                        }
-                        Completion::TooLarge => (TOO_LARGE, None, None, None, None),
-                    };
-                    conn.execute(
-                        "UPDATE courteous_dedupe
-                         SET state = ?3, updated_at = ?4, deadline = ?5,
-                             status = ?6, headers = ?7, body = ?8, error = ?9
-                         WHERE key = ?1 AND owner = ?2 AND state = 0",
-                        params![
-                            hash,
-                            owner,
-                            state,
-                            column(now),
-                            column(now + ttl),
-                            status,
-                            headers,
-                            body,
-                            error
-                        ],
-                    )?;
-                    Ok(())
-                })
-                .await?;
-            Ok(())
-        })
+        self.maybe_cleanup();
+        self.store
+            .call(move |conn| {
+                let now = clock.now();
+                let (state, status, headers, body, error) = match &completion {
+                    Completion::Response(r) => (
+                        RESPONSE,
+                        Some(r.status.as_u16()),
+                        Some(encode_headers(&r.headers)),
+                        Some(&r.body[..]),
+                        None,
+                    ),
+                    Completion::Failed(message) => (FAILED, None, None, None, Some(&message[..])),
+                    Completion::TooLarge => (TOO_LARGE, None, None, None, None),
+                };
+                conn.execute(
+                    "UPDATE courteous_dedupe
+                     SET state = ?3, updated_at = ?4, deadline = ?5,
+                         status = ?6, headers = ?7, body = ?8, error = ?9
+                     WHERE key = ?1 AND owner = ?2 AND state = 0",
+                    params![
+                        hash,
+                        owner,
+                        state,
+                        column(now),
+                        column(now + ttl),
+                        status,
+                        headers,
+                        body,
+                        error
+                    ],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
     }
 
-    fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()> {
+    async fn release(&self, key: &RequestKey, owner: &str) -> Result<(), StoreError> {
         let (hash, owner) = (key.as_bytes().to_vec(), owner.to_owned());
-        Box::pin(async move {
-            self.store
-                .call(move |conn| {
-                    conn.execute(
-                        "DELETE FROM courteous_dedupe WHERE key = ?1 AND owner = ?2 AND state = 0",
-                        params![hash, owner],
-                    )?;
-                    Ok(())
-                })
-                .await?;
-            Ok(())
-        })
+        self.store
+            .call(move |conn| {
+                conn.execute(
+                    "DELETE FROM courteous_dedupe WHERE key = ?1 AND owner = ?2 AND state = 0",
+                    params![hash, owner],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
     }
 
-    fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
+    async fn poll(&self, key: &RequestKey) -> Result<KeyState, StoreError> {
         let hash = key.as_bytes().to_vec();
         let clock = self.clock.clone();
-        Box::pin(async move {
-            let state = self
-                .store
-                .call(move |conn| {
-                    let now = clock.now();
-                    let state = conn
-                        .query_row(
-                            "SELECT owner, started_at, updated_at, deadline,
-                                    state, status, headers, body, error
-                             FROM courteous_dedupe WHERE key = ?1",
-                            [&hash],
-                            |row| {
-                                let deadline = stamp(row.get(3)?);
-                                let state: i64 = row.get(4)?;
-                                let live = deadline > now;
-                                Ok(match state {
-                                    PENDING => {
-                                        let owner = row.get(0)?;
-                                        let age = now.saturating_since(stamp(row.get(1)?));
-                                        if live {
-                                            KeyState::Pending { owner, age }
-                                        } else {
-                                            KeyState::Expired { owner, age }
-                                        }
+        let state = self
+            .store
+            .call(move |conn| {
+                let now = clock.now();
+                let state = conn
+                    .query_row(
+                        "SELECT owner, started_at, updated_at, deadline,
+                                state, status, headers, body, error
+                         FROM courteous_dedupe WHERE key = ?1",
+                        [&hash],
+                        |row| {
+                            let deadline = stamp(row.get(3)?);
+                            let state: i64 = row.get(4)?;
+                            let live = deadline > now;
+                            Ok(match state {
+                                PENDING => {
+                                    let owner = row.get(0)?;
+                                    let age = now.saturating_since(stamp(row.get(1)?));
+                                    if live {
+                                        KeyState::Pending { owner, age }
+                                    } else {
+                                        KeyState::Expired { owner, age }
                                     }
-                                    _ if !live => KeyState::Vacant,
-                                    _ => KeyState::Completed {
-                                        completion: completion(row, 4)?,
-                                        age: now.saturating_since(stamp(row.get(2)?)),
-                                        expires_in: deadline.saturating_since(now),
-                                    },
-                                })
-                            },
-                        )
-                        .optional()?;
-                    Ok::<_, SqliteError>(state.unwrap_or(KeyState::Vacant))
-                })
-                .await?;
-            Ok(state)
-        })
+                                }
+                                _ if !live => KeyState::Vacant,
+                                _ => KeyState::Completed {
+                                    completion: completion(row, 4)?,
+                                    age: now.saturating_since(stamp(row.get(2)?)),
+                                    expires_in: deadline.saturating_since(now),
+                                },
+                            })
+                        },
+                    )
+                    .optional()?;
+                Ok::<_, SqliteError>(state.unwrap_or(KeyState::Vacant))
+            })
+            .await?;
+        Ok(state)
     }
 
-    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
+    async fn invalidate(&self, path: &str) -> Result<u64, StoreError> {
         let path = path.to_owned();
-        Box::pin(async move {
-            let removed = self
-                .store
-                .call(move |conn| {
-                    // The URL is the display form after the method, as `url_of` reads it; the
-                    // table holds only live and recently finished keys, so a scan is short.
-                    Ok(conn.execute(
-                        "DELETE FROM courteous_dedupe
-                         WHERE substr(display, instr(display, ' ') + 1) = ?1
-                            OR substr(substr(display, instr(display, ' ') + 1), 1, length(?1) + 1)
-                               = ?1 || '?'",
-                        [&path],
-                    )? as u64)
-                })
-                .await?;
-            Ok(removed)
-        })
+        let removed = self
+            .store
+            .call(move |conn| {
+                // The URL is the display form after the method, as `url_of` reads it; the
+                // table holds only live and recently finished keys, so a scan is short.
+                Ok(conn.execute(
+                    "DELETE FROM courteous_dedupe
+                     WHERE substr(display, instr(display, ' ') + 1) = ?1
+                        OR substr(substr(display, instr(display, ' ') + 1), 1, length(?1) + 1)
+                           = ?1 || '?'",
+                    [&path],
+                )? as u64)
+            })
+            .await?;
+        Ok(removed)
     }
 
-    fn cleanup(&self) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            let clock = self.clock.clone();
-            self.last_cleanup
-                .store(clock.now().as_millis(), Ordering::Relaxed);
-            let removed = self
-                .store
-                .call(move |conn| Ok(sweep(conn, clock.now())?))
-                .await?;
-            DedupeCounters::add(&self.counters.cleaned, removed);
-            Ok(removed)
-        })
+    async fn cleanup(&self) -> Result<u64, StoreError> {
+        let clock = self.clock.clone();
+        self.last_cleanup
+            .store(clock.now().as_millis(), Ordering::Relaxed);
+        let removed = self
+            .store
+            .call(move |conn| Ok(sweep(conn, clock.now())?))
+            .await?;
+        self.cleaned.fetch_add(removed, Ordering::Relaxed);
+        Ok(removed)
     }
 
-    fn counters(&self) -> &DedupeCounters {
-        &self.counters
+    async fn stats(&self) -> Result<DedupeStoreStats, StoreError> {
+        let clock = self.clock.clone();
+        let (pending, completed, expired) = self
+            .store
+            .call(move |conn| {
+                // One pass over the table (it holds only live and recently finished keys).
+                Ok(conn.query_row(
+                    "SELECT
+                         COALESCE(SUM(deadline > ?1 AND state = 0), 0),
+                         COALESCE(SUM(deadline > ?1 AND state <> 0), 0),
+                         COALESCE(SUM(deadline <= ?1), 0)
+                     FROM courteous_dedupe",
+                    [column(clock.now())],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
+                    },
+                )?)
+            })
+            .await?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(DedupeStoreStats {
+            pending: count(pending),
+            completed: count(completed),
+            expired: count(expired),
+            cleaned: self.cleaned.load(Ordering::Relaxed),
+        })
     }
 }

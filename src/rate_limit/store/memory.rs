@@ -2,21 +2,23 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use super::{
-    AdmissionLog, AdmissionRequest, Decision, InFlight, RateLimitStats, RateLimitStatus,
-    RateLimitStore, ResourceStats, ServerFeedback, ServerState, decide, retention, status_of,
+    AdmissionLog, AdmissionRequest, Decision, InFlight, RateLimitStatus, RateLimitStore,
+    SETTLE_ROUNDING_MS, ServerFeedback, ServerState, decide, retention, status_of,
 };
 use crate::context::Priority;
 use crate::rate_limit::adaptive::{Activity, ActivityLog, AdaptiveConfig, WindowUsage};
 use crate::rate_limit::limit::Limit;
+use crate::rate_limit::stats::RateLimitStoreStats;
 use crate::resource::Resource;
 use crate::store::StoreError;
-use crate::time::Timestamp;
+use crate::time::{Clock, SystemClock, Timestamp};
 
 /// Admissions counted in this process, behind one lock.
 ///
@@ -24,7 +26,9 @@ use crate::time::Timestamp;
 /// Each resource keeps the admissions of its longest window (at most that limit's `max`, plus
 /// those in flight; while a server's `RateLimit-Remaining` budget applies, those since it was
 /// observed) and per-second user counts over the monitoring window: memory stays bounded per
-/// resource. The time of a decision is read under the lock.
+/// resource. The time of a decision is read under the lock, from the request's clock; the
+/// store's own [`clock`](Self::clock) only tells [`stats`](RateLimitStore::stats) what is in
+/// flight or blocked now.
 ///
 /// # Example
 ///
@@ -36,11 +40,23 @@ use crate::time::Timestamp;
 /// let layer = RateLimitLayer::new(store.clone(), limits).unwrap();
 /// # let _ = layer;
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryRateLimitStore {
     resources: Arc<Mutex<HashMap<Resource, State>>>,
     /// Identities of in-flight admissions.
     next_id: Arc<AtomicU64>,
+    /// "Now" for [`stats`](RateLimitStore::stats).
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryRateLimitStore {
+    fn default() -> Self {
+        MemoryRateLimitStore {
+            resources: Arc::default(),
+            next_id: Arc::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -55,7 +71,6 @@ struct State {
     activity: ActivityLog,
     cached: Option<(u64, Activity)>,
     server: ServerState,
-    stats: ResourceStats,
 }
 
 impl State {
@@ -154,8 +169,26 @@ impl MemoryRateLimitStore {
         Self::default()
     }
 
+    /// Where [`stats`](RateLimitStore::stats) reads "now", to tell the admissions in flight
+    /// and the resources blocked (default [`SystemClock`]): give it the layer's
+    /// [`clock`](crate::rate_limit::RateLimitLayer::clock). Decisions read the request's clock.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use courteous::rate_limit::{MemoryRateLimitStore, TokioClock};
+    ///
+    /// let store = MemoryRateLimitStore::new().clock(TokioClock::new());
+    /// # let _ = store;
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
     fn with_state<R>(&self, resource: &Resource, f: impl FnOnce(&mut State) -> R) -> R {
-        let mut map = self.resources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.resources.lock();
         if let Some(state) = map.get_mut(resource) {
             return f(state);
         }
@@ -188,13 +221,8 @@ impl MemoryRateLimitStore {
                         ));
                     }
                     state.activity.record(!bg, now);
-                    if bg {
-                        state.stats.admitted_background += 1;
-                    } else {
-                        state.stats.admitted_user += 1;
-                    }
                 }
-                Decision::Refused { .. } => state.stats.refused += 1,
+                Decision::Refused { .. } => {}
             }
             decision
         })
@@ -234,12 +262,7 @@ impl RateLimitStore for MemoryRateLimitStore {
         feedback: ServerFeedback,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.with_state(resource, |state| {
-            if matches!(feedback, ServerFeedback::Block { .. }) {
-                state.stats.server_blocks += 1;
-            }
-            state.server.apply(feedback, now);
-        });
+        self.with_state(resource, |state| state.server.apply(feedback, now));
         Ok(())
     }
 
@@ -267,14 +290,21 @@ impl RateLimitStore for MemoryRateLimitStore {
         }))
     }
 
-    fn stats(&self) -> RateLimitStats {
-        let map = self.resources.lock().unwrap_or_else(|e| e.into_inner());
-        RateLimitStats {
-            resources: map
-                .iter()
-                .map(|(r, s)| (r.as_str().to_owned(), s.stats))
-                .collect(),
+    /// Reads the map under its lock, on the store's [clock](MemoryRateLimitStore::clock).
+    async fn stats(&self) -> Result<RateLimitStoreStats, StoreError> {
+        let now = self.clock.now().as_millis();
+        // Stamped after now (and a settlement's rounding): in flight (see `InFlight`).
+        let live = now.saturating_add(SETTLE_ROUNDING_MS);
+        let map = self.resources.lock();
+        let mut stats = RateLimitStoreStats::default();
+        for state in map.values() {
+            let settled = state.all.partition_point(|at| *at <= live);
+            stats.resources += 1;
+            stats.admissions += state.all.len() as u64;
+            stats.in_flight += (state.all.len() - settled) as u64;
+            stats.blocked += u64::from(state.server.blocked_until > now);
         }
+        Ok(stats)
     }
 
     async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
@@ -310,6 +340,30 @@ mod tests {
         store.with_state(&Resource::new("x").unwrap(), |state| {
             Log(state).usage(now + 1).unwrap().total
         })
+    }
+
+    /// `stats` reads "now" from the store's clock: an admission never settled stops being in
+    /// flight at its expiry, and a block stops at its end.
+    #[tokio::test]
+    async fn stats_read_now_from_the_stores_clock() {
+        let early = MemoryRateLimitStore::new().clock(Timestamp::from_millis(1_000));
+        admit(&early, 1_000, 60);
+        let late = MemoryRateLimitStore {
+            clock: Arc::new(Timestamp::from_millis(61_001)),
+            ..early.clone()
+        };
+        let until = Timestamp::from_millis(31_000);
+        early
+            .feedback(
+                &Resource::new("y").unwrap(),
+                ServerFeedback::Block { until },
+                Timestamp::from_millis(1_000),
+            )
+            .await
+            .unwrap();
+        let counts = |s: RateLimitStoreStats| (s.resources, s.admissions, s.in_flight, s.blocked);
+        assert_eq!(counts(early.stats().await.unwrap()), (2, 1, 1, 1));
+        assert_eq!(counts(late.stats().await.unwrap()), (2, 1, 0, 0));
     }
 
     /// Only the store's own admission, by id and expiry, is settled: an `InFlight` of another

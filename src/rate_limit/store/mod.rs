@@ -5,8 +5,11 @@
 //! step (one lock in memory, one `BEGIN IMMEDIATE` transaction in SQLite, one Lua script in
 //! Redis), so that concurrent callers, in this process or in others sharing the store, can never
 //! overshoot.
+//!
+//! `mod.rs` holds the trait, what it takes and answers, and the decision every backend makes over
+//! its own admission log (`decide`, `status_of`); `memory.rs` the in-process store; `sqlite/` and
+//! `redis/` the shared ones (features `sqlite` and `redis`), each with its own layout notes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use async_trait::async_trait;
 
 use super::adaptive::{self, Activity, AdaptiveConfig, Check, Split, WindowUsage};
 use super::limit::Limit;
+use super::stats::RateLimitStoreStats;
 use crate::context::Priority;
 use crate::resource::Resource;
 use crate::store::StoreError;
@@ -321,35 +325,6 @@ pub struct RateLimitStatus {
     pub reason: String,
 }
 
-/// Counters of one resource since the store was made, in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct ResourceStats {
-    /// User requests admitted.
-    pub admitted_user: u64,
-    /// Background requests admitted.
-    pub admitted_background: u64,
-    /// Decisions that refused a request (a waiting request may be refused several times).
-    pub refused: u64,
-    /// `Retry-After` blocks recorded.
-    pub server_blocks: u64,
-    /// Decisions the store failed to make (counted by the [`RateLimitLayer`](super::RateLimitLayer),
-    /// whose [`stats`](super::RateLimitLayer::stats) merges them in; a store's own `stats()`
-    /// leaves them zero).
-    pub store_errors: u64,
-    /// Requests sent without a decision because the store failed and the layer fails open
-    /// (counted by the layer, like `store_errors`).
-    pub admitted_unchecked: u64,
-}
-
-/// Counters per resource.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct RateLimitStats {
-    /// By resource name.
-    pub resources: BTreeMap<String, ResourceStats>,
-}
-
 /// Counts admissions for the [`RateLimitLayer`](super::RateLimitLayer).
 ///
 /// Implementations must make [`acquire`](Self::acquire) atomic: the check against every limit
@@ -393,8 +368,15 @@ pub trait RateLimitStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<RateLimitStatus, StoreError>;
 
-    /// Counters per resource, in this process.
-    fn stats(&self) -> RateLimitStats;
+    /// What the store holds, for every process sharing it: the resources it keeps state for,
+    /// the admissions it keeps, those in flight and the resources a server blocks now (read
+    /// on the store's own clock: see each backend). The layer's own counts are in
+    /// [`RateLimitLayer::stats`](super::RateLimitLayer::stats).
+    ///
+    /// It reads the whole store: a lock over the map in memory, `COUNT` queries over the
+    /// tables in SQLite (on the store's threads), a `SCAN` of the prefix and one script per
+    /// resource in Redis. Meant for an occasional look, not for every request.
+    async fn stats(&self) -> Result<RateLimitStoreStats, StoreError>;
 
     /// Lifts what the server imposed on `resource` (its `Retry-After` block and its
     /// `RateLimit-Remaining` budget), for every process sharing the store. The resource's own
@@ -427,8 +409,8 @@ impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
     ) -> Result<RateLimitStatus, StoreError> {
         (**self).status(resource, limits, adaptive, now).await
     }
-    fn stats(&self) -> RateLimitStats {
-        (**self).stats()
+    async fn stats(&self) -> Result<RateLimitStoreStats, StoreError> {
+        (**self).stats().await
     }
     async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {
         (**self).unblock(resource).await

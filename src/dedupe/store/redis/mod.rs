@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -17,9 +17,7 @@ use crate::store::StoreError;
 use crate::store::redis::{RedisError, RedisStore, Subscription};
 use crate::time::{Clock, duration_ms};
 
-use super::{
-    Completion, DedupeCounters, DedupeStore, KeyState, Lead, StoreFuture, encode_headers, url_of,
-};
+use super::{Completion, DedupeStore, DedupeStoreStats, KeyState, Lead, encode_headers, url_of};
 
 mod reply;
 mod scripts;
@@ -59,7 +57,7 @@ impl RedisStore {
         RedisDedupeStore {
             redis: self.clone(),
             shared: Arc::new(Shared {
-                counters: DedupeCounters::default(),
+                cleaned: AtomicU64::new(0),
                 channel: self.key("dedupe:done"),
                 wakeups,
                 subscribed: Arc::new(AtomicBool::new(false)),
@@ -73,7 +71,8 @@ impl RedisStore {
 }
 
 struct Shared {
-    counters: DedupeCounters,
+    /// Keys removed by cleanup in this process, for [`DedupeStoreStats::cleaned`].
+    cleaned: AtomicU64,
     channel: String,
     /// Keys (hex) announced on the channel, for the waiters in this process.
     wakeups: broadcast::Sender<Arc<str>>,
@@ -95,7 +94,7 @@ struct Shared {
 /// [operation timeout](crate::store::redis::RedisStoreBuilder::operation_timeout) with a
 /// [`StoreError`], and the dedupe layer passes the request through.
 ///
-/// Clones share the counters and the pub/sub connection.
+/// Clones share the cleanup count and the pub/sub connection.
 ///
 /// # Keys
 ///
@@ -341,205 +340,232 @@ async fn announced(receiver: &mut broadcast::Receiver<Arc<str>>, hex: &str) {
     }
 }
 
+#[async_trait::async_trait]
 impl DedupeStore for RedisDedupeStore {
-    fn try_lead<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn try_lead(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, Lead> {
-        Box::pin(async move {
-            let keys = self.keys(key);
-            let grace = META_GRACE_MS.to_string();
-            let args: [&[u8]; 4] = [
-                owner.as_bytes(),
-                &px(lease),
-                grace.as_bytes(),
-                keys.hex.as_bytes(),
-            ];
-            Ok(
-                match self.read("dedupe lead", &TRY_LEAD, &keys, &args).await? {
-                    Found::Acquired { takeover } => Lead::Acquired { takeover },
-                    Found::State(KeyState::Pending { owner, age }) => Lead::Pending { owner, age },
-                    Found::State(KeyState::Completed { completion, .. }) => {
-                        Lead::Completed(completion)
-                    }
-                    Found::State(KeyState::Vacant | KeyState::Expired { .. }) => {
-                        return Err(unexpected(
-                            "dedupe lead",
-                            "the lead step neither led nor found a leader".to_owned(),
-                        )
-                        .into());
-                    }
-                },
-            )
-        })
+    ) -> Result<Lead, StoreError> {
+        let keys = self.keys(key);
+        let grace = META_GRACE_MS.to_string();
+        let args: [&[u8]; 4] = [
+            owner.as_bytes(),
+            &px(lease),
+            grace.as_bytes(),
+            keys.hex.as_bytes(),
+        ];
+        Ok(
+            match self.read("dedupe lead", &TRY_LEAD, &keys, &args).await? {
+                Found::Acquired { takeover } => Lead::Acquired { takeover },
+                Found::State(KeyState::Pending { owner, age }) => Lead::Pending { owner, age },
+                Found::State(KeyState::Completed { completion, .. }) => Lead::Completed(completion),
+                Found::State(KeyState::Vacant | KeyState::Expired { .. }) => {
+                    return Err(unexpected(
+                        "dedupe lead",
+                        "the lead step neither led nor found a leader".to_owned(),
+                    )
+                    .into());
+                }
+            },
+        )
     }
 
-    fn renew<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn renew(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         lease: Duration,
-    ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let keys = self.keys(key);
-            let grace = META_GRACE_MS.to_string();
-            let args: [&[u8]; 4] = [
-                owner.as_bytes(),
-                &px(lease),
-                grace.as_bytes(),
-                keys.hex.as_bytes(),
-            ];
-            let renewed: i64 = self.run("dedupe renew", &RENEW, &keys, &args).await?;
-            Ok(renewed == 1)
-        })
+    ) -> Result<bool, StoreError> {
+        let keys = self.keys(key);
+        let grace = META_GRACE_MS.to_string();
+        let args: [&[u8]; 4] = [
+            owner.as_bytes(),
+            &px(lease),
+            grace.as_bytes(),
+            keys.hex.as_bytes(),
+        ];
+        let renewed: i64 = self.run("dedupe renew", &RENEW, &keys, &args).await?;
+        Ok(renewed == 1)
     }
 
-    fn publish<'a>(
-        &'a self,
-        key: &'a RequestKey,
-        owner: &'a str,
+    async fn publish(
+        &self,
+        key: &RequestKey,
+        owner: &str,
         completion: Completion,
         ttl: Duration,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let keys = self.keys(key);
-            let ttl = capped_ms(ttl).to_string();
-            let (kind, status, headers, body, error) = match &completion {
-                Completion::Response(r) => (
-                    RESPONSE,
-                    r.status.as_u16().to_string(),
-                    encode_headers(&r.headers),
-                    &r.body[..],
-                    &b""[..],
-                ),
-                Completion::Failed(message) => (
-                    FAILED,
-                    String::new(),
-                    Vec::new(),
-                    &b""[..],
-                    message.as_bytes(),
-                ),
-                Completion::TooLarge => (TOO_LARGE, String::new(), Vec::new(), &b""[..], &b""[..]),
-            };
-            let args: [&[u8]; 9] = [
-                owner.as_bytes(),
-                ttl.as_bytes(),
-                kind.as_bytes(),
-                status.as_bytes(),
-                &headers,
-                body,
-                error,
-                self.shared.channel.as_bytes(),
-                keys.hex.as_bytes(),
-            ];
-            let _published: i64 = self.run("dedupe publish", &PUBLISH, &keys, &args).await?;
-            Ok(())
-        })
+    ) -> Result<(), StoreError> {
+        let keys = self.keys(key);
+        let ttl = capped_ms(ttl).to_string();
+        let (kind, status, headers, body, error) = match &completion {
+            Completion::Response(r) => (
+                RESPONSE,
+                r.status.as_u16().to_string(),
+                encode_headers(&r.headers),
+                &r.body[..],
+                &b""[..],
+            ),
+            Completion::Failed(message) => (
+                FAILED,
+                String::new(),
+                Vec::new(),
+                &b""[..],
+                message.as_bytes(),
+            ),
+            Completion::TooLarge => (TOO_LARGE, String::new(), Vec::new(), &b""[..], &b""[..]),
+        };
+        let args: [&[u8]; 9] = [
+            owner.as_bytes(),
+            ttl.as_bytes(),
+            kind.as_bytes(),
+            status.as_bytes(),
+            &headers,
+            body,
+            error,
+            self.shared.channel.as_bytes(),
+            keys.hex.as_bytes(),
+        ];
+        let _published: i64 = self.run("dedupe publish", &PUBLISH, &keys, &args).await?;
+        Ok(())
     }
 
-    fn release<'a>(&'a self, key: &'a RequestKey, owner: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let keys = self.keys(key);
-            let args: [&[u8]; 3] = [
-                owner.as_bytes(),
-                self.shared.channel.as_bytes(),
-                keys.hex.as_bytes(),
-            ];
-            let _released: i64 = self.run("dedupe release", &RELEASE, &keys, &args).await?;
-            Ok(())
-        })
+    async fn release(&self, key: &RequestKey, owner: &str) -> Result<(), StoreError> {
+        let keys = self.keys(key);
+        let args: [&[u8]; 3] = [
+            owner.as_bytes(),
+            self.shared.channel.as_bytes(),
+            keys.hex.as_bytes(),
+        ];
+        let _released: i64 = self.run("dedupe release", &RELEASE, &keys, &args).await?;
+        Ok(())
     }
 
-    fn invalidate<'a>(&'a self, path: &'a str) -> StoreFuture<'a, u64> {
-        Box::pin(async move {
-            let mut invocation = INVALIDATE.prepare_invoke();
-            invocation
-                .key(self.index(path))
-                .arg(self.redis.key("dedupe:"))
-                .arg(&self.shared.channel);
-            let removed: i64 = self.redis.script("dedupe invalidate", invocation).await?;
-            Ok(removed.max(0) as u64)
-        })
+    async fn invalidate(&self, path: &str) -> Result<u64, StoreError> {
+        let mut invocation = INVALIDATE.prepare_invoke();
+        invocation
+            .key(self.index(path))
+            .arg(self.redis.key("dedupe:"))
+            .arg(&self.shared.channel);
+        let removed: i64 = self.redis.script("dedupe invalidate", invocation).await?;
+        Ok(removed.max(0) as u64)
     }
 
-    fn poll<'a>(&'a self, key: &'a RequestKey) -> StoreFuture<'a, KeyState> {
-        Box::pin(async move {
-            let keys = self.keys(key);
-            Ok(match self.read("dedupe poll", &POLL, &keys, &[]).await? {
-                Found::State(state) => state,
-                Found::Acquired { .. } => KeyState::Vacant,
-            })
+    async fn poll(&self, key: &RequestKey) -> Result<KeyState, StoreError> {
+        let keys = self.keys(key);
+        Ok(match self.read("dedupe poll", &POLL, &keys, &[]).await? {
+            Found::State(state) => state,
+            Found::Acquired { .. } => KeyState::Vacant,
         })
     }
 
     /// Waits for the key's announcement on the pub/sub channel, re-reading the key on each
     /// announcement and on a polling backoff (1 ms up to the fallback interval; 8 ms while the
     /// subscription is down).
-    fn wait<'a>(&'a self, key: &'a RequestKey, deadline: Instant) -> StoreFuture<'a, KeyState> {
-        Box::pin(async move {
-            let mut wakeups = self.wakeups();
-            let hex = key.to_hex();
-            let mut pause = Duration::from_millis(1);
-            loop {
-                let state = self.poll(key).await?;
-                let now = Instant::now();
-                if !matches!(state, KeyState::Pending { .. }) || now >= deadline {
-                    return Ok(state);
-                }
-                let cap = if self.is_subscribed() {
-                    self.fallback_poll
-                } else {
-                    self.fallback_poll.min(Duration::from_millis(8))
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(pause.min(deadline - now)) => {
-                        pause = (pause * 2).min(cap);
-                    }
-                    () = announced(&mut wakeups, &hex) => {}
-                }
+    async fn wait(&self, key: &RequestKey, deadline: Instant) -> Result<KeyState, StoreError> {
+        let mut wakeups = self.wakeups();
+        let hex = key.to_hex();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let state = self.poll(key).await?;
+            let now = Instant::now();
+            if !matches!(state, KeyState::Pending { .. }) || now >= deadline {
+                return Ok(state);
             }
-        })
+            let cap = if self.is_subscribed() {
+                self.fallback_poll
+            } else {
+                self.fallback_poll.min(Duration::from_millis(8))
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause.min(deadline - now)) => {
+                    pause = (pause * 2).min(cap);
+                }
+                () = announced(&mut wakeups, &hex) => {}
+            }
+        }
     }
 
     /// Results and leases expire by Redis TTLs; this removes the `meta` hashes of leases that
     /// ran out (found with `SCAN`), and returns how many went.
-    fn cleanup(&self) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            let pattern = format!("{}:*:meta", glob_escape(&self.redis.key("dedupe")));
-            let mut cursor: u64 = 0;
-            let mut removed = 0;
-            loop {
-                let mut scan = redis::cmd("SCAN");
-                scan.arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500);
-                let (next, metas): (u64, Vec<String>) =
-                    self.redis.query("dedupe cleanup scan", scan).await?;
-                if !metas.is_empty() {
-                    let mut invocation = CLEAN.prepare_invoke();
-                    for meta in &metas {
-                        let lease = format!("{}:lease", meta.trim_end_matches(":meta"));
-                        invocation.key(meta).key(lease);
-                    }
-                    let n: u64 = self.redis.script("dedupe cleanup", invocation).await?;
-                    removed += n;
+    async fn cleanup(&self) -> Result<u64, StoreError> {
+        let pattern = format!("{}:*:meta", glob_escape(&self.redis.key("dedupe")));
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500);
+            let (next, metas): (u64, Vec<String>) =
+                self.redis.query("dedupe cleanup scan", scan).await?;
+            if !metas.is_empty() {
+                let mut invocation = CLEAN.prepare_invoke();
+                for meta in &metas {
+                    let lease = format!("{}:lease", meta.trim_end_matches(":meta"));
+                    invocation.key(meta).key(lease);
                 }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
+                let n: u64 = self.redis.script("dedupe cleanup", invocation).await?;
+                removed += n;
             }
-            DedupeCounters::add(&self.shared.counters.cleaned, removed);
-            Ok(removed)
-        })
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        self.shared.cleaned.fetch_add(removed, Ordering::Relaxed);
+        Ok(removed)
     }
 
-    fn counters(&self) -> &DedupeCounters {
-        &self.shared.counters
+    /// Walks the store's keys (`p:dedupe:{h}:*`) with `SCAN`: O(keys under the prefix) round
+    /// trips of 500 keys and memory for the key names, so call it for monitoring, not per
+    /// request. `pending` counts leases (Redis expires them), `completed` results, `expired` the
+    /// `meta` hashes of leases that ran out, which [`cleanup`](DedupeStore::cleanup) removes.
+    /// Keys written or expiring during the walk may be counted or not.
+    async fn stats(&self) -> Result<DedupeStoreStats, StoreError> {
+        use std::collections::HashSet;
+        let head = format!("{}:{{", self.redis.key("dedupe"));
+        let pattern = format!("{}*", glob_escape(&head));
+        let (mut leases, mut results, mut metas) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500);
+            let (next, keys): (u64, Vec<String>) =
+                self.redis.query("dedupe stats scan", scan).await?;
+            for key in keys {
+                let Some((hex, kind)) = key
+                    .strip_prefix(&head)
+                    .and_then(|rest| rest.split_once("}:"))
+                else {
+                    continue;
+                };
+                let set = match kind {
+                    "lease" => &mut leases,
+                    "result" => &mut results,
+                    "meta" => &mut metas,
+                    _ => continue,
+                };
+                set.insert(hex.to_owned());
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(DedupeStoreStats {
+            pending: leases.len() as u64,
+            completed: results.len() as u64,
+            expired: metas.difference(&leases).count() as u64,
+            cleaned: self.shared.cleaned.load(Ordering::Relaxed),
+        })
     }
 }
 

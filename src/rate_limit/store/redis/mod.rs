@@ -133,7 +133,7 @@
 //! `mod.rs` holds the store and its [`RateLimitStore`] impl; `scripts.rs` the Lua scripts (one
 //! `.lua` file each, after the shared `prelude.lua`); `acquire.rs` a decision, with the activity
 //! read (`activity.rs`) and the in-flight identities (`in_flight.rs`); `status.rs` a resource's
-//! status; `clock.rs` [`RedisClock`] and the moves between time lines; `reply.rs` the decoding
+//! status; `stats.rs` what the store holds; `clock.rs` [`RedisClock`] and the moves between time lines; `reply.rs` the decoding
 //! of the scripts' replies.
 
 mod acquire;
@@ -142,6 +142,7 @@ mod clock;
 mod in_flight;
 mod reply;
 mod scripts;
+mod stats;
 mod status;
 
 use std::collections::HashMap;
@@ -153,12 +154,12 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AdmissionRequest, Decision, InFlight, RateLimitStats, RateLimitStatus, RateLimitStore,
-    ResourceStats, ServerFeedback,
+    AdmissionRequest, Decision, InFlight, RateLimitStatus, RateLimitStore, ServerFeedback,
 };
 use crate::context::Priority;
 use crate::rate_limit::adaptive::{Activity, AdaptiveConfig};
 use crate::rate_limit::limit::Limit;
+use crate::rate_limit::stats::RateLimitStoreStats;
 use crate::resource::Resource;
 use crate::store::StoreError;
 use crate::store::redis::{RedisError, RedisStore};
@@ -195,7 +196,6 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 offset: AtomicI64::new(UNKNOWN),
                 activity: Mutex::default(),
-                stats: Mutex::default(),
             }),
         }
     }
@@ -204,7 +204,7 @@ impl RedisStore {
 /// Admissions counted on a Redis server, across machines. Made by [`RedisStore::rate_limits`];
 /// see the [module docs](self) for the keys, the clocks and the failure behaviour.
 ///
-/// Clones share the activity cache and the counters.
+/// Clones share the activity cache.
 ///
 /// # Example
 ///
@@ -242,7 +242,6 @@ struct Inner {
     /// Activity read from Redis, with the store's time of the read, reused for the
     /// recalculation interval.
     activity: Mutex<HashMap<Resource, (u64, Activity)>>,
-    stats: Mutex<HashMap<Resource, ResourceStats>>,
 }
 
 impl fmt::Debug for RedisRateLimitStore {
@@ -281,14 +280,6 @@ impl RedisRateLimitStore {
             actidx: self.redis.key(format_args!("rl:{{{r}}}:actidx")),
         }
     }
-
-    fn count(&self, resource: &Resource, f: impl FnOnce(&mut ResourceStats)) {
-        let mut stats = self.inner.stats.lock();
-        if let Some(entry) = stats.get_mut(resource) {
-            return f(entry);
-        }
-        f(stats.entry(resource.clone()).or_default());
-    }
 }
 
 #[async_trait]
@@ -302,13 +293,6 @@ impl RateLimitStore for RedisRateLimitStore {
                 operation: "rate-limit acquire",
                 after,
             })??;
-        self.count(&request.resource, |stats| {
-            match (&decision, request.priority) {
-                (Decision::Refused { .. }, _) => stats.refused += 1,
-                (_, Priority::User) => stats.admitted_user += 1,
-                (_, Priority::Background) => stats.admitted_background += 1,
-            }
-        });
         Ok(decision)
     }
 
@@ -364,9 +348,6 @@ impl RateLimitStore for RedisRateLimitStore {
             .arg(STATE_TTL_MS.saturating_add(self.slack()));
         let store_now: i64 = self.redis.script("rate-limit feedback", invocation).await?;
         self.observe_offset(time(store_now), now);
-        if kind == "block" {
-            self.count(resource, |stats| stats.server_blocks += 1);
-        }
         Ok(())
     }
 
@@ -380,16 +361,13 @@ impl RateLimitStore for RedisRateLimitStore {
         self.read_status(resource, limits, adaptive, now).await
     }
 
-    fn stats(&self) -> RateLimitStats {
-        RateLimitStats {
-            resources: self
-                .inner
-                .stats
-                .lock()
-                .iter()
-                .map(|(r, s)| (r.as_str().to_owned(), *s))
-                .collect(),
-        }
+    /// A `SCAN` of the prefix for the resources' state hashes (`p:rl:{*}:state`; it walks
+    /// every key in the database, the prefix's or not, in batches of 500), and one script per
+    /// resource found (run concurrently per batch), on Redis's clock (with
+    /// [`RedisClock::Caller`]: this machine's wall clock). Keys written or expiring during the
+    /// walk may be counted or not; each resource's counts are read atomically.
+    async fn stats(&self) -> Result<RateLimitStoreStats, StoreError> {
+        Ok(self.read_stats().await?)
     }
 
     async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {

@@ -75,6 +75,11 @@ pub(super) static FEEDBACK: LazyLock<Script> = script!("feedback.lua");
 /// ttl slack ms. Returns 1 if it was in flight, else 0 (settled before, or trimmed).
 pub(super) static SETTLE: LazyLock<Script> = script!("settle.lua");
 
+/// What the store holds of one resource (see [`RateLimitStore::stats`](crate::rate_limit::RateLimitStore::stats)).
+///
+/// KEYS: all, state. ARGV: now. Returns {admissions, of which in flight, blocked (1/0)}.
+pub(super) static STATS: LazyLock<Script> = script!("stats.lua");
+
 /// `ms` clamped to [`MAX_MS`], as the scripts take a delay or a duration (with
 /// [`duration_ms`](crate::time::duration_ms) for a [`Duration`](std::time::Duration)).
 pub(super) fn capped(ms: u64) -> u64 {

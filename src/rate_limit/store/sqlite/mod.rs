@@ -135,15 +135,16 @@ use rusqlite::params;
 use tokio::sync::oneshot;
 
 use super::{
-    AdmissionRequest, Decision, InFlight, RateLimitStats, RateLimitStatus, RateLimitStore,
+    AdmissionRequest, Decision, InFlight, RateLimitStatus, RateLimitStore, SETTLE_ROUNDING_MS,
     ServerFeedback, status_of,
 };
 use crate::rate_limit::adaptive::AdaptiveConfig;
 use crate::rate_limit::limit::Limit;
+use crate::rate_limit::stats::RateLimitStoreStats;
 use crate::resource::Resource;
 use crate::store::sqlite::{SqliteError, SqliteStore};
 use crate::store::{StoreError, StoreErrorKind};
-use crate::time::Timestamp;
+use crate::time::{Clock, SystemClock, Timestamp};
 
 mod activity;
 #[cfg(test)]
@@ -174,6 +175,7 @@ impl SqliteStore {
     pub fn rate_limits(&self) -> SqliteRateLimitStore {
         SqliteRateLimitStore {
             sqlite: self.clone(),
+            clock: Arc::new(SystemClock),
             inner: Arc::new(Inner {
                 phases: PhaseSlot::on(),
                 budget: BATCH_BUDGET,
@@ -187,7 +189,34 @@ impl SqliteStore {
 #[derive(Clone)]
 pub struct SqliteRateLimitStore {
     sqlite: SqliteStore,
+    /// "Now" for [`stats`](RateLimitStore::stats).
+    clock: Arc<dyn Clock>,
     inner: Arc<Inner>,
+}
+
+impl SqliteRateLimitStore {
+    /// Where [`stats`](RateLimitStore::stats) reads "now", to tell the admissions in flight
+    /// and the resources blocked (default [`SystemClock`]): give it the layer's
+    /// [`clock`](crate::rate_limit::RateLimitLayer::clock). Decisions read the request's clock.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use courteous::rate_limit::TokioClock;
+    ///
+    /// let sqlite = courteous::store::sqlite::SqliteStore::open(":memory:").await?;
+    /// let store = sqlite.rate_limits().clock(TokioClock::new());
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
 }
 
 impl fmt::Debug for SqliteRateLimitStore {
@@ -316,12 +345,6 @@ impl RateLimitStore for SqliteRateLimitStore {
     ) -> Result<(), StoreError> {
         let resource = resource.as_str().to_owned();
         let now = sql_time(now);
-        if let ServerFeedback::Block { .. } = feedback {
-            let mut stats = self.inner.stats.lock();
-            if let Ok(r) = Resource::new(&resource) {
-                stats.entry(r).or_default().server_blocks += 1;
-            }
-        }
         self.sqlite
             .call(move |conn| {
                 match feedback {
@@ -379,16 +402,37 @@ impl RateLimitStore for SqliteRateLimitStore {
             .map_err(store_error)
     }
 
-    fn stats(&self) -> RateLimitStats {
-        RateLimitStats {
-            resources: self
-                .inner
-                .stats
-                .lock()
-                .iter()
-                .map(|(r, s)| (r.as_str().to_owned(), *s))
-                .collect(),
-        }
+    /// Two `COUNT` queries on the store's threads (one read transaction, so the counts agree),
+    /// each a scan of its table: of the state rows, and of every admission kept, on the
+    /// store's [clock](SqliteRateLimitStore::clock).
+    async fn stats(&self) -> Result<RateLimitStoreStats, StoreError> {
+        let now = sql_time(self.clock.now());
+        self.sqlite
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let (resources, blocked) = tx.query_row(
+                    "SELECT count(*), coalesce(sum(blocked_until > ?1), 0) FROM rate_limit_state",
+                    [now],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )?;
+                // Stamped after now (and a settlement's rounding): in flight (see `InFlight`).
+                let live = now.saturating_add(SETTLE_ROUNDING_MS as i64);
+                let (admissions, in_flight) = tx.query_row(
+                    "SELECT count(*), coalesce(sum(at > ?1), 0) FROM rate_limit_admissions",
+                    [live],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )?;
+                tx.finish()?;
+                let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                Ok(RateLimitStoreStats {
+                    resources: n(resources),
+                    admissions: n(admissions),
+                    in_flight: n(in_flight),
+                    blocked: n(blocked),
+                })
+            })
+            .await
+            .map_err(store_error)
     }
 
     async fn unblock(&self, resource: &Resource) -> Result<(), StoreError> {

@@ -20,7 +20,7 @@ use super::turn::{Gaps, TurnLock};
 use super::window::Windows;
 use crate::context::Priority;
 use crate::rate_limit::adaptive::Activity;
-use crate::rate_limit::store::{Decision, ResourceStats};
+use crate::rate_limit::store::Decision;
 use crate::resource::Resource;
 use crate::store::StoreError;
 use crate::store::StoreErrorKind;
@@ -46,7 +46,6 @@ pub(super) struct Inner {
     /// This process's copies of the admissions in its windows (see `window`); used by the
     /// runner only.
     pub(super) windows: Mutex<Windows>,
-    pub(super) stats: Mutex<HashMap<Resource, ResourceStats>>,
     /// The opening of the file the copies were made from (see `store::sqlite::file_epoch`).
     pub(super) file_epoch: AtomicU64,
 }
@@ -232,26 +231,21 @@ impl Inner {
                     self.queue.lock().items.splice(0..0, rest);
                 }
                 {
-                    let mut stats = self.stats.lock();
                     let mut pending = self.activity_pending.lock();
                     for (Waiting { request, .. }, decision) in batch.iter().zip(&decisions) {
-                        let entry = stats.entry(request.resource.clone()).or_default();
-                        match (decision, request.priority) {
-                            (Decision::Refused { .. }, _) => entry.refused += 1,
-                            (Decision::Admitted { at, .. }, Priority::User) => {
-                                entry.admitted_user += 1;
-                                let now = at.as_millis();
-                                *pending
-                                    .users
-                                    .entry((request.resource.clone(), now / 1000))
-                                    .or_default() += 1;
-                                let last = pending
-                                    .last_user
-                                    .entry(request.resource.clone())
-                                    .or_default();
-                                *last = (*last).max(now);
-                            }
-                            (_, Priority::Background) => entry.admitted_background += 1,
+                        if let (Decision::Admitted { at, .. }, Priority::User) =
+                            (decision, request.priority)
+                        {
+                            let now = at.as_millis();
+                            *pending
+                                .users
+                                .entry((request.resource.clone(), now / 1000))
+                                .or_default() += 1;
+                            let last = pending
+                                .last_user
+                                .entry(request.resource.clone())
+                                .or_default();
+                            *last = (*last).max(now);
                         }
                     }
                 }
@@ -425,6 +419,7 @@ mod tests {
         let sqlite = SqliteStore::open(":memory:").await.unwrap();
         let store = SqliteRateLimitStore {
             sqlite: sqlite.clone(),
+            clock: Arc::new(crate::time::SystemClock),
             inner: Arc::new(Inner {
                 phases: PhaseSlot::on(),
                 // Every transaction is out of time after its first decision.
