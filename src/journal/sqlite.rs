@@ -168,7 +168,8 @@ impl Drop for Batch {
 ///
 /// Reads run on the store's threads and see what was committed, by any process: another
 /// `SqliteStore` opened on the file (a command-line tool, an admin page) reads the rows this one
-/// wrote once they are flushed.
+/// wrote once they are flushed. A read is one statement on a WAL snapshot: it takes no write
+/// lock and never holds up the applications writing the file (nor they it).
 ///
 /// # Example
 ///
