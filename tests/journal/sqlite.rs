@@ -146,3 +146,28 @@ async fn rows_recorded_after_close_are_dropped_and_counted() {
     let stats = journal.stats();
     assert_eq!((stats.recorded, stats.dropped), (1, 1));
 }
+
+#[tokio::test]
+async fn a_row_no_build_wrote_is_an_error_not_a_panic() {
+    let store = SqliteStore::open(":memory:").await.unwrap();
+    store
+        .call(|conn| {
+            conn.execute_batch(
+                "INSERT INTO courteous_journal (time, resource, priority, method, url, status,
+                     latency_us, bytes, revalidation, wait_us, followers)
+                 VALUES (1, 'a', 'urgent', 'GET', 'http://h/', 200, -5, -1, 0, 0, 0)",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let journal = store.journal();
+    assert!(journal.query(&JournalQuery::all()).await.is_err());
+    // Sums do not read the priority: negative numbers saturate instead.
+    let summary = journal
+        .summary(&JournalQuery::all(), GroupBy::Priority)
+        .await
+        .unwrap();
+    assert_eq!(summary.total.calls, 1);
+    assert_eq!(summary.total.latency_max, Duration::ZERO);
+}
