@@ -15,7 +15,7 @@
 //! The table shows what each order did.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,11 +27,11 @@ use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
 
 /// Calls per path; each path fails twice, then answers.
-type Calls = Arc<Mutex<HashMap<String, u32>>>;
+type Calls = Arc<parking_lot::Mutex<HashMap<String, u32>>>;
 
 async fn flaky(State(calls): State<Calls>, request: Request) -> (StatusCode, String) {
     let n = {
-        let mut calls = calls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut calls = calls.lock();
         let n = calls.entry(request.uri().path().to_owned()).or_default();
         *n += 1;
         *n
@@ -108,12 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ] {
         let (status, cache) = twice(client, &format!("{base}{path}")).await?;
-        let upstream = calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-            .copied()
-            .unwrap_or(0);
+        let upstream = calls.lock().get(path).copied().unwrap_or(0);
         let admitted = stack
             .rate_limit()
             .stats()

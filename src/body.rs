@@ -247,10 +247,11 @@ impl Body for Prefixed {
             .rest
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        // Saturating: the rest's hint is whatever its body says (`u64::MAX` for "unknown").
         let mut hint = SizeHint::new();
-        hint.set_lower(prefix + rest.lower());
+        hint.set_lower(prefix.saturating_add(rest.lower()));
         if let Some(upper) = rest.upper() {
-            hint.set_upper(prefix + upper);
+            hint.set_upper(prefix.saturating_add(upper));
         }
         hint
     }

@@ -85,6 +85,18 @@
 //! With the default `sqlite` feature, [`store::sqlite::SqliteStore`] opens one SQLite file that every
 //! store and every process shares. All SQLite work runs on the store's own threads, never on the
 //! async runtime.
+//!
+//! # Where things live
+//!
+//! * [`client`]: [`Courteous`], the builder of the whole stack.
+//! * [`context`], [`cache`], [`dedupe`], [`rate_limit`]: the layers, outermost first; each
+//!   folder holds its layer, its service and its store trait with the backends.
+//! * [`store`]: the storage engines (SQLite, Redis) the stores share, their errors, and the one
+//!   byte form of cached entries and headers.
+//! * [`key`]: request keys; [`resource`]: resources and their classifiers; [`time`]: the clock
+//!   and time conversions; [`transport`]: the `reqwest` adapter; [`error`]: the error types.
+//! * Private: `body` (buffering bodies, copying requests), `middleware` (the
+//!   `reqwest-middleware` integration), `observe` (tracing spans and metrics).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

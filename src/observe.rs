@@ -13,9 +13,9 @@
 //! | `priority` | `user` or `background` |
 //! | `cache` | `HIT`, `MISS`, `STALE`, `REVALIDATED` or `BYPASS` ([`CacheStatus`](crate::CacheStatus)) |
 //! | `dedupe` | `leader`, `follower`, `cross_process_follower` or `bypassed` |
-//! | `limiter_wait_ms` | how long the rate limiter held the request |
-//! | `upstream_status` | the status of the upstream's answer, when the request reached it |
-//! | `upstream_latency_ms` | from sending to the upstream's response head |
+//! | `limiter_wait_ms` | how long the rate limiter held the request (not for dedupe followers) |
+//! | `upstream_status` | the status of the upstream's answer, when the request's own call reached it (not for cache hits or dedupe followers) |
+//! | `upstream_latency_ms` | from sending to the upstream's response head (as `upstream_status`) |
 //!
 //! Inside it, `DEBUG` events say what happened: a cache hit, miss, stale response served or
 //! revalidation, a dedupe follower served by its leader, a rate-limit refusal. Store failures
@@ -38,7 +38,7 @@
 //! | `courteous_upstream_latency_seconds` | histogram | `resource` | from sending to the upstream's response head |
 //! | `courteous_dedupe_followers_total` | counter | `resource` | requests served by another request's upstream call |
 //! | `courteous_rate_limit_waits_total` | counter | `resource`, `priority` | admissions that had to wait |
-//! | `courteous_rate_limit_wait_seconds` | histogram | `resource`, `priority` | how long each admission waited (zero included) |
+//! | `courteous_rate_limit_wait_seconds` | histogram | `resource`, `priority` | how long each admission waited (zero included; once per admission, not again for the dedupe followers it served) |
 //! | `courteous_rate_limit_refusals_total` | counter | `resource`, `priority` | requests refused by the limiter ([`RateLimited`](crate::RateLimited)) |
 //! | `courteous_store_errors_total` | counter | `layer` | failed store operations, by layer (`cache`, `dedupe`, `rate_limit`) |
 //!
@@ -60,13 +60,13 @@
 //! # Ok(()) }
 //! ```
 
-use std::time::Duration;
 
 use tracing::Span;
 use tracing::field::Empty;
 
 use crate::context::{Priority, Report};
 use crate::resource::Resource;
+use crate::time::duration_ms;
 
 /// Opens the span of one request.
 pub(crate) fn request_span(method: &http::Method, priority: Priority, resource: &Resource) -> Span {
@@ -84,10 +84,6 @@ pub(crate) fn request_span(method: &http::Method, priority: Priority, resource: 
     )
 }
 
-fn millis(d: Duration) -> u64 {
-    crate::time::duration_ms(d)
-}
-
 fn dedupe_label(role: crate::DedupeRole) -> &'static str {
     match role {
         crate::DedupeRole::Leader => "leader",
@@ -99,7 +95,16 @@ fn dedupe_label(role: crate::DedupeRole) -> &'static str {
 
 /// Fills in the span from a finished request's report, logs what happened at `DEBUG` and counts
 /// it.
-pub(crate) fn finish(span: &Span, report: &Report) {
+///
+/// A dedupe follower's response is a copy of its leader's, extensions included: the leader's
+/// [`UpstreamReport`](crate::UpstreamReport) is dropped from it here (the follower made no call,
+/// as [`Report::upstream`] says), and the leader's limiter wait is neither put in the follower's
+/// span nor counted a second time.
+pub(crate) fn finish(span: &Span, report: &mut Report) {
+    let follower = report.dedupe.is_some_and(crate::DedupeRole::is_follower);
+    if follower {
+        report.upstream = None;
+    }
     use crate::CacheStatus;
     if let Some(cache) = report.cache {
         span.record("cache", cache.as_str());
@@ -121,12 +126,12 @@ pub(crate) fn finish(span: &Span, report: &Report) {
             tracing::debug!(target: "courteous", role = dedupe_label(role), "served by another request's upstream call");
         }
     }
-    if let Some(rate_limit) = &report.rate_limit {
-        span.record("limiter_wait_ms", millis(rate_limit.waited));
+    if let Some(rate_limit) = report.rate_limit.as_ref().filter(|_| !follower) {
+        span.record("limiter_wait_ms", duration_ms(rate_limit.waited));
     }
     if let Some(upstream) = &report.upstream {
         span.record("upstream_status", upstream.status.as_u16());
-        span.record("upstream_latency_ms", millis(upstream.latency));
+        span.record("upstream_latency_ms", duration_ms(upstream.latency));
     }
     metrics::request(report);
 }
@@ -194,11 +199,13 @@ mod metrics {
         };
         counter!("courteous_requests_total", "resource" => resource.clone(), "cache" => cache)
             .increment(1);
-        if report.dedupe.is_some_and(crate::DedupeRole::is_follower) {
+        let follower = report.dedupe.is_some_and(crate::DedupeRole::is_follower);
+        if follower {
             counter!("courteous_dedupe_followers_total", "resource" => resource.clone())
                 .increment(1);
         }
-        if let Some(rate_limit) = &report.rate_limit {
+        // A follower's rate-limit report is its leader's: that admission is counted once.
+        if let Some(rate_limit) = report.rate_limit.as_ref().filter(|_| !follower) {
             let priority = report.priority.map_or("", Priority::as_str);
             histogram!("courteous_rate_limit_wait_seconds", "resource" => resource.clone(), "priority" => priority)
                 .record(rate_limit.waited.as_secs_f64());

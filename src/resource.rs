@@ -195,6 +195,20 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
 }
 
+/// Whether a path segment looks like a credential rather than a collection name: a Telegram bot
+/// token (`bot123456:AAE...`), an API key or a signed token carried in the path. A resource
+/// name ends up in the stores, the logs and metric labels, so such a segment is never one.
+///
+/// The test: a `:` (collection names have none), or 20 characters or more with both letters and
+/// digits (`subscription_schedules` has no digit; ids and dates are shorter).
+fn looks_secret(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    bytes.contains(&b':')
+        || (bytes.len() >= 20
+            && bytes.iter().any(u8::is_ascii_digit)
+            && bytes.iter().any(u8::is_ascii_alphabetic))
+}
+
 /// `v1`, `v2.1`, `V3`, or a date such as `2024-01-01`.
 fn is_version(segment: &str) -> bool {
     let bytes = segment.as_bytes();
@@ -218,6 +232,7 @@ fn is_version(segment: &str) -> bool {
 /// | `/v3/repos/rust-lang/rust/issues` | `repos` |
 /// | `/2024-06-01/charges` | `charges` |
 /// | `/` | `root` |
+/// | `/bot123456:AAE-x9Vq8sKd2/getMe` | `getme` (a segment that looks like a credential is skipped) |
 ///
 /// Names are lower-cased. Use [`PrefixTable`] or [`classify_fn`] when an API counts differently.
 ///
@@ -238,7 +253,7 @@ pub struct DefaultResourceClassifier;
 impl ResourceClassifier for DefaultResourceClassifier {
     fn classify(&self, parts: &Parts) -> Resource {
         segments(parts.uri.path())
-            .find(|s| !s.eq_ignore_ascii_case("api") && !is_version(s))
+            .find(|s| !s.eq_ignore_ascii_case("api") && !is_version(s) && !looks_secret(s))
             .and_then(|s| Resource::new(s.to_ascii_lowercase()).ok())
             .unwrap_or_else(Resource::root)
     }
@@ -286,6 +301,8 @@ impl ResourceClassifier for PathSegment {
             .strip_prefix(self.prefix.as_str())
             .or_else(|| (path == self.prefix.trim_end_matches('/')).then_some(""));
         match rest.and_then(|rest| segments(rest).next()) {
+            // A credential in the path is never a resource name.
+            Some(segment) if looks_secret(segment) => DefaultResourceClassifier.classify(parts),
             Some(segment) => {
                 Resource::new(segment.to_ascii_lowercase()).unwrap_or_else(|_| Resource::root())
             }
@@ -464,6 +481,36 @@ mod tests {
         assert_eq!(classify(&c, "http://h/2024-06-01/charges"), "charges");
         assert_eq!(classify(&c, "http://h/"), "root");
         assert_eq!(classify(&c, "http://h/api/"), "root");
+    }
+
+    #[test]
+    fn a_credential_in_the_path_is_never_a_resource_name() {
+        let token = "bot123456789:AAEhBP0av28xFDxyz-Q5y1zU9wNdKmS3Ltw";
+        let c = DefaultResourceClassifier;
+        assert_eq!(classify(&c, &format!("http://h/{token}/getMe")), "getme");
+        assert_eq!(
+            classify(&c, "http://h/k/3f1c9a7e5b2d4c6e8f0a1b3c5d7e9f01/prices"),
+            "k",
+            "only the first usable segment is looked at"
+        );
+        assert_eq!(
+            classify(&c, "http://h/3f1c9a7e5b2d4c6e8f0a1b3c5d7e9f01/prices"),
+            "prices"
+        );
+        let after = PathSegment::after("/api/");
+        assert_eq!(
+            classify(&after, &format!("http://h/api/{token}/getMe")),
+            "getme"
+        );
+        for name in [
+            "subscription_schedules",
+            "issues",
+            "oauth2",
+            "4000-14582",
+            "v1",
+        ] {
+            assert!(!looks_secret(name), "{name}");
+        }
     }
 
     #[test]

@@ -276,6 +276,30 @@ mod tests {
     }
 
     #[test]
+    fn additions_stop_at_the_end_of_time() {
+        let now = SystemTime::now();
+        assert_eq!(add(now, Duration::MAX), end_of_time());
+        assert_eq!(add(now, Duration::from_secs(u64::MAX / 2)), end_of_time());
+        assert_eq!(
+            add(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        // Never earlier than the time it adds to.
+        let beyond = end_of_time() + Duration::from_secs(10);
+        assert_eq!(add(beyond, Duration::from_secs(1)), beyond);
+        assert_eq!(from_epoch_ms(i64::MAX), end_of_time());
+        assert!(from_epoch_ms(i64::MIN) < UNIX_EPOCH);
+        assert_eq!(
+            from_epoch_ms(-1500),
+            UNIX_EPOCH - Duration::from_millis(1500)
+        );
+        assert_eq!(
+            from_epoch_ms(1500),
+            UNIX_EPOCH + Duration::from_millis(1500)
+        );
+    }
+
+    #[test]
     fn random_numbers_differ() {
         assert_ne!(random_u64(), random_u64());
     }

@@ -119,3 +119,44 @@ fn a_copy_keeps_the_head_and_the_body() {
     let streaming = http::Request::new(stream(&["a"], None));
     assert!(super::copy(&streaming).is_none());
 }
+
+/// A body whose size hint says "anything up to `u64::MAX`" (a lie, or a way to say "unknown").
+fn unbounded_hint(chunks: &[&'static str]) -> reqwest::Body {
+    struct Unbounded(VecDeque<Bytes>);
+    impl Body for Unbounded {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+        fn size_hint(&self) -> SizeHint {
+            let mut hint = SizeHint::new();
+            hint.set_upper(u64::MAX);
+            hint
+        }
+    }
+    reqwest::Body::wrap(Unbounded(
+        chunks
+            .iter()
+            .map(|c| Bytes::from_static(c.as_bytes()))
+            .collect(),
+    ))
+}
+
+/// The size hint of a body over the limit adds the prefix to the rest's hint without
+/// overflowing: a rest whose upper bound is `u64::MAX` made `size_hint` panic (an overflow in
+/// debug builds; in release an upper bound below the lower one, which `SizeHint` refuses with a
+/// panic), in whatever read the hint (hyper, a caller).
+#[tokio::test]
+async fn a_size_hint_near_u64_max_does_not_overflow() {
+    let Buffered::Streaming(body) = buffer(unbounded_hint(&["abcd", "ef"]), 2).await else {
+        panic!("6 bytes buffered under a limit of 2");
+    };
+    let hint = body.size_hint();
+    assert_eq!(hint.lower(), 4);
+    assert_eq!(hint.upper(), Some(u64::MAX));
+    assert_eq!(drain(body).await, (b"abcdef".to_vec(), None));
+}

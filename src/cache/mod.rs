@@ -95,8 +95,9 @@
 //!   file: the request flow, RFC 9111 policy, forced TTLs, revalidation, background refresh and
 //!   invalidation (see its module docs).
 //! * [`future`]: the response future. `entry.rs`: [`CacheEntry`], what stores hold.
-//!   `body.rs`: buffering response bodies. `saturating.rs`: arithmetic on server-supplied
-//!   numbers that cannot overflow, and the headers `http-cache-semantics` is shown.
+//!   `saturating.rs`: arithmetic on server-supplied numbers that cannot overflow, and the
+//!   headers `http-cache-semantics` is shown. (Buffering bodies is `crate::body`'s, shared with
+//!   dedupe.)
 //! * [`store`]: the [`CacheStore`] trait and its backends (memory, SQLite, Redis, tiered).
 //!
 //! # Note on bodies

@@ -14,7 +14,7 @@ use crate::context::{ContextLayer, Priority};
 use crate::dedupe::{DedupeLayer, DedupeStore, MemoryDedupeStore};
 use crate::key::KeyExtractor;
 use crate::rate_limit::{Limit, Limits, MemoryRateLimitStore, RateLimitLayer, RateLimitStore};
-use crate::resource::{Resource, ResourceClassifier};
+use crate::resource::{DefaultResourceClassifier, Resource, ResourceClassifier};
 use crate::transport::HttpClient;
 
 /// What one resource gets: its rate limits, its cache lifetime and mode, and whether identical
@@ -26,7 +26,6 @@ use crate::transport::HttpClient;
 /// use courteous::{CacheMode, CacheTtl, Courteous, Limit};
 /// use std::time::Duration;
 ///
-/// # fn main() -> Result<(), std::num::TryFromIntError> {
 /// let per_minute = Limit::per_minute(50);
 /// let builder = Courteous::new(reqwest::Client::new()).resource("search", |r| {
 ///     r.limit(per_minute)
@@ -35,7 +34,6 @@ use crate::transport::HttpClient;
 ///         .dedupe(false)
 /// });
 /// # let _ = builder;
-/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
@@ -158,6 +156,8 @@ pub struct Courteous {
     client: reqwest::Client,
     backend: Backend,
     context: ContextLayer,
+    /// Whether the classifier is still [`DefaultResourceClassifier`], whose names are known.
+    stock_classifier: bool,
     default_limits: Vec<Limit>,
     default_ttl: Option<CacheTtl>,
     max_wait: Option<Duration>,
@@ -186,6 +186,7 @@ impl Courteous {
             client,
             backend: Backend::Memory,
             context: ContextLayer::new(),
+            stock_classifier: true,
             default_limits: Vec::new(),
             default_ttl: None,
             max_wait: None,
@@ -203,6 +204,14 @@ impl Courteous {
     /// Keeps the state in the SQLite file at `path` (created if absent), shared by every
     /// process on the machine that opens it. [`build`](Self::build) opens it with the defaults
     /// of [`SqliteStore::open`](crate::store::sqlite::SqliteStore::open).
+    ///
+    /// The store defers cache writes to a background thread. When the last clone of the client
+    /// (or of the [`CourteousLayer`] and its services) is dropped, the store is closed and what
+    /// is pending committed, waiting at most 5 s: a program that drops its client before it
+    /// exits keeps everything it cached. That last drop blocks the thread it runs on while the
+    /// store's own threads commit (usually milliseconds): drop the client at shutdown, not on a
+    /// hot path. To close it yourself, without blocking, open it and pass it to
+    /// [`sqlite_store`](Self::sqlite_store), then `close().await` it.
     #[cfg(feature = "sqlite")]
     pub fn sqlite(mut self, path: impl Into<PathBuf>) -> Self {
         self.backend = Backend::Sqlite(path.into());
@@ -263,7 +272,12 @@ impl Courteous {
     /// it): its limits, cache TTL and mode, dedupe. Calling it again for the same name adds to
     /// the same settings.
     ///
-    /// Names are checked by [`build`](Self::build) ([`BuildError::InvalidResource`]).
+    /// Names are checked by [`build`](Self::build): an empty one is a
+    /// [`BuildError::InvalidResource`]. With the stock classifier (no
+    /// [`classifier`](Self::classifier) given), a name it never gives is a
+    /// [`BuildError::UnclassifiedResource`]: it names resources by the first path segment that is
+    /// not `api` or a version, in lower case, so `"Issue"`, `"api/search"` or `"v1"` would
+    /// configure nothing.
     ///
     /// # Example
     ///
@@ -298,6 +312,7 @@ impl Courteous {
     /// [`ContextLayer::classifier`].
     pub fn classifier(mut self, classifier: impl ResourceClassifier) -> Self {
         self.context = self.context.classifier(classifier);
+        self.stock_classifier = false;
         self
     }
 
@@ -347,15 +362,17 @@ impl Courteous {
     /// Opens the store and returns a `reqwest-middleware` client running the whole stack over
     /// the `reqwest::Client` given to [`new`](Self::new).
     ///
-    /// The client is cheap to clone; clones share everything. To keep handles on the layers
-    /// and the store (statistics, closing the SQLite file so that pending cache writes are
-    /// committed before exit), use [`layers`](Self::layers) and
+    /// The client is cheap to clone; clones share everything. A SQLite file opened by
+    /// [`sqlite`](Self::sqlite) is closed, its pending cache writes committed, when the last
+    /// clone is dropped. To keep handles on the layers and the store (statistics, closing the
+    /// store at a time of your choosing), use [`layers`](Self::layers) and
     /// [`CourteousLayer::client`].
     ///
     /// # Errors
     ///
-    /// [`BuildError`]: a resource name that is empty, a limit with a zero window, a SQLite file
-    /// that cannot be opened, a Redis that does not answer.
+    /// [`BuildError`]: a resource name that is empty or that the stock classifier never gives,
+    /// a limit with a zero window, a SQLite file that cannot be opened, a Redis that does not
+    /// answer.
     #[cfg(feature = "middleware")]
     pub async fn build(self) -> Result<reqwest_middleware::ClientWithMiddleware, BuildError> {
         let client = self.client.clone();
@@ -413,8 +430,18 @@ impl Courteous {
     pub async fn layers(self) -> Result<CourteousLayer, BuildError> {
         let mut resources = Vec::with_capacity(self.resources.len());
         for (name, settings) in self.resources {
-            let resource =
-                Resource::new(&name).map_err(|_| BuildError::InvalidResource { name })?;
+            let Ok(resource) = Resource::new(&name) else {
+                return Err(BuildError::InvalidResource { name });
+            };
+            if self.stock_classifier {
+                let classified_as = stock_name(resource.as_str());
+                if classified_as.as_ref() != Some(&resource) {
+                    return Err(BuildError::UnclassifiedResource {
+                        name,
+                        classified_as: classified_as.map(|r| r.as_str().to_owned()),
+                    });
+                }
+            }
             resources.push((resource, settings));
         }
         let mut limits = Limits::new();
@@ -460,10 +487,24 @@ impl Courteous {
             rate_limit,
             #[cfg(feature = "sqlite")]
             sqlite: stores.sqlite,
+            #[cfg(feature = "sqlite")]
+            closes: stores.closes,
             #[cfg(feature = "redis")]
             redis: stores.redis,
         })
     }
+}
+
+/// The resource [`DefaultResourceClassifier`] gives a request to `/{name}/`, or `None` when
+/// that is not a valid path (the name has characters a path segment cannot hold).
+fn stock_name(name: &str) -> Option<Resource> {
+    let uri = http::Uri::builder()
+        .path_and_query(format!("/{name}/"))
+        .build()
+        .ok()?;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.uri = uri;
+    Some(DefaultResourceClassifier.classify(&parts))
 }
 
 /// The three stores of one backend, and the backend's handle.
@@ -473,6 +514,9 @@ struct Stores {
     rate_limits: Arc<dyn RateLimitStore>,
     #[cfg(feature = "sqlite")]
     sqlite: Option<crate::store::sqlite::SqliteStore>,
+    /// Set when the builder opened the SQLite store itself: nobody else can close it.
+    #[cfg(feature = "sqlite")]
+    closes: Option<Arc<super::shutdown::ClosesOnDrop>>,
     #[cfg(feature = "redis")]
     redis: Option<crate::store::redis::RedisStore>,
 }
@@ -486,6 +530,8 @@ impl Stores {
             rate_limits: Arc::new(MemoryRateLimitStore::new()),
             #[cfg(feature = "sqlite")]
             sqlite: None,
+            #[cfg(feature = "sqlite")]
+            closes: None,
             #[cfg(feature = "redis")]
             redis: None,
         };
@@ -493,7 +539,9 @@ impl Stores {
             Backend::Memory => {}
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(path) => {
-                stores.sqlite(crate::store::sqlite::SqliteStore::open(path).await?);
+                let store = crate::store::sqlite::SqliteStore::open(path).await?;
+                stores.closes = Some(Arc::new(super::shutdown::ClosesOnDrop::new(store.clone())));
+                stores.sqlite(store);
             }
             #[cfg(feature = "sqlite")]
             Backend::SqliteStore(store) => stores.sqlite(store),

@@ -31,6 +31,23 @@ pub enum BuildError {
         /// The name given to [`Courteous::resource`](super::Courteous::resource).
         name: String,
     },
+    /// A resource name the stock classifier never gives (no
+    /// [`Courteous::classifier`](super::Courteous::classifier) was set): it names resources by
+    /// the first path segment that is not `api` or a version, in lower case, so settings under
+    /// this name would never apply.
+    #[error(
+        "resource {name:?} is never named by the default classifier (a request to /{name}/ is counted in {}); \
+         use the name it gives (the first path segment that is not `api` or a version, in lower case) \
+         or set .classifier(..)",
+        classified_as.as_deref().unwrap_or("no resource: not a valid path")
+    )]
+    UnclassifiedResource {
+        /// The name given to [`Courteous::resource`](super::Courteous::resource).
+        name: String,
+        /// What the stock classifier names a request to `/{name}/`; `None` when that is not a
+        /// valid path.
+        classified_as: Option<String>,
+    },
     /// The rate limits are not valid (a zero window).
     #[error("the rate limits are not valid: {0}")]
     RateLimit(#[from] RateLimitConfigError),
@@ -49,6 +66,7 @@ impl BuildError {
     pub const fn code(&self) -> &'static str {
         match self {
             BuildError::InvalidResource { .. } => "build_invalid_resource",
+            BuildError::UnclassifiedResource { .. } => "build_unclassified_resource",
             BuildError::RateLimit(_) => "build_rate_limit",
             #[cfg(feature = "sqlite")]
             BuildError::Sqlite(_) => "build_sqlite",

@@ -55,6 +55,10 @@ pub struct CourteousLayer {
     pub(super) rate_limit: RateLimitLayer,
     #[cfg(feature = "sqlite")]
     pub(super) sqlite: Option<crate::store::sqlite::SqliteStore>,
+    /// Closes the SQLite store [`Courteous::sqlite`](super::Courteous::sqlite) opened when the
+    /// last clone of this layer and of its services is dropped.
+    #[cfg(feature = "sqlite")]
+    pub(super) closes: Option<Arc<super::shutdown::ClosesOnDrop>>,
     #[cfg(feature = "redis")]
     pub(super) redis: Option<crate::store::redis::RedisStore>,
 }
@@ -81,9 +85,15 @@ impl CourteousLayer {
         &self.rate_limit
     }
 
-    /// The SQLite store, when the stack was built with [`Courteous::sqlite`](super::Courteous::sqlite):
-    /// call [`close`](crate::store::sqlite::SqliteStore::close) before the process exits to
-    /// commit the deferred writes (cache entries) still pending.
+    /// The SQLite store, when the stack was built with [`Courteous::sqlite`](super::Courteous::sqlite)
+    /// or [`Courteous::sqlite_store`](super::Courteous::sqlite_store): call
+    /// [`close`](crate::store::sqlite::SqliteStore::close) before the process exits to commit
+    /// the deferred writes (cache entries) still pending.
+    ///
+    /// A store opened by [`Courteous::sqlite`](super::Courteous::sqlite) is also closed, with
+    /// the same effect, when the last clone of this layer and of every service and client made
+    /// from it is dropped (waiting at most 5 s): a clone of the store kept beyond that is
+    /// closed too.
     #[cfg(feature = "sqlite")]
     pub fn sqlite(&self) -> Option<&crate::store::sqlite::SqliteStore> {
         self.sqlite.as_ref()
@@ -167,6 +177,8 @@ impl<S: Clone> Layer<S> for CourteousLayer {
         let defaults = ResourceDefaults {
             inner: self.cache.layer(switch),
             cache_modes: self.cache_modes.clone(),
+            #[cfg(feature = "sqlite")]
+            _closes: self.closes.clone(),
         };
         self.context.layer(defaults)
     }

@@ -6,6 +6,8 @@
 //!   layers and store, and [`CourteousService`], the service it makes;
 //! * `service.rs`: [`ResourceDefaults`] and [`DedupeSwitch`], which apply the per-resource cache
 //!   mode and dedupe switch to each request;
+//! * `shutdown.rs`: the guard that closes a SQLite store the builder opened itself when the
+//!   last clone of the stack is dropped (feature `sqlite`);
 //! * `error.rs`: [`BuildError`].
 //!
 //! The stack is the one the layers' documentation describes, in the same order:
@@ -38,6 +40,8 @@ mod builder;
 mod error;
 mod layer;
 mod service;
+#[cfg(feature = "sqlite")]
+mod shutdown;
 
 pub use builder::{Courteous, ResourceSettings};
 pub use error::BuildError;

@@ -25,6 +25,9 @@ use crate::resource::Resource;
 pub struct ResourceDefaults<S> {
     pub(super) inner: S,
     pub(super) cache_modes: Arc<HashMap<Resource, CacheMode>>,
+    /// Keeps the store the builder opened open while this service lives.
+    #[cfg(feature = "sqlite")]
+    pub(super) _closes: Option<Arc<super::shutdown::ClosesOnDrop>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for ResourceDefaults<S> {
@@ -32,7 +35,7 @@ impl<S: fmt::Debug> fmt::Debug for ResourceDefaults<S> {
         f.debug_struct("ResourceDefaults")
             .field("inner", &self.inner)
             .field("cache_modes", &self.cache_modes)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

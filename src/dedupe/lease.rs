@@ -146,9 +146,14 @@ impl Drop for PendingLead {
             std::mem::take(&mut self.owner),
         );
         let finish = async move {
-            if let Ok(Lead::Acquired { .. }) = future.await
-                && let Err(error) = store.release(&key, &owner).await
-            {
+            // Ours as `run_leader` reads it: acquired, or pending under our own id (a step
+            // retried after a lost reply found the lease its first try took).
+            let ours = match future.await {
+                Ok(Lead::Acquired { .. }) => true,
+                Ok(Lead::Pending { owner: held, .. }) => held == owner,
+                _ => false,
+            };
+            if ours && let Err(error) = store.release(&key, &owner).await {
                 tracing::debug!(%error, "dedupe store could not release a lease taken by a cancelled leader; it will expire");
             }
         };

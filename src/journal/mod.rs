@@ -386,17 +386,3 @@ impl Capture {
         self.journal.record(entry);
     }
 }
-
-/// Copies the reports of the layers below (the upstream's answer, the rate limiter's wait, the
-/// dedupe role) from the upstream's response to the response a layer serves in its place (the
-/// cache's revalidated or stale entry), so that the call is journaled.
-pub(crate) fn carry_reports(from: &http::Extensions, to: &mut http::Extensions) {
-    let Some(below) = from.get::<Report>() else {
-        return;
-    };
-    let (upstream, rate_limit, dedupe) = (below.upstream, below.rate_limit, below.dedupe);
-    let report = Report::record(to);
-    report.upstream = report.upstream.or(upstream);
-    report.rate_limit = report.rate_limit.or(rate_limit);
-    report.dedupe = report.dedupe.or(dedupe);
-}

@@ -13,7 +13,7 @@ use super::error::{OnStoreError, RateLimitConfigError, RateLimitStoreFailed, Rat
 use super::feedback;
 use super::limit::{Limit, Limits, ResolvedLimits};
 use super::pacing::{Pacer, Pacing};
-use super::service::RateLimit;
+use super::service::{RateLimit, deadline_after};
 use super::stats::{Counters, RateLimitStats, RateLimitStoreStats};
 use super::store::{
     AdmissionRequest, Decision, InFlight, RateLimitStatus, RateLimitStore, ServerFeedback,
@@ -448,7 +448,7 @@ impl RateLimitLayer {
     ) -> Result<Admission, BoxError> {
         let config = &self.config;
         let started = tokio::time::Instant::now();
-        let deadline = started + max_wait;
+        let deadline = deadline_after(started, max_wait);
         let limits: Arc<[Limit]> = if config.margin.is_zero() {
             config.limits.of(resource)
         } else {
@@ -456,7 +456,7 @@ impl RateLimitLayer {
                 .limits
                 .of(resource)
                 .iter()
-                .map(|l| l.with_window(l.window() + config.margin))
+                .map(|l| l.with_window(l.window().saturating_add(config.margin)))
                 .collect()
         };
         // Waiters of one priority take turns in arrival order (tokio's mutex is fair).
@@ -523,7 +523,7 @@ impl RateLimitLayer {
                         Duration::ZERO => STALE_REFUSAL_WAIT,
                         wait => wait,
                     };
-                    let wake = tokio::time::Instant::now() + wait;
+                    let wake = deadline_after(tokio::time::Instant::now(), wait);
                     if wake > deadline {
                         tracing::debug!(resource = %resource, ?reason, ?wait, "no slot before the deadline");
                         return Err(Box::new(RateLimited::new(resource.clone(), wait)));

@@ -81,7 +81,10 @@ impl fmt::Debug for Pacer {
 
 impl Pacer {
     pub(crate) fn new(pacing: Pacing) -> Self {
-        let limiter = Quota::with_period(pacing.spacing)
+        // `governor` counts in `u64` nanoseconds (584 years) and panics past them: a spacing of
+        // `Duration::MAX` ("once, ever") is a century, which no process outlives.
+        const CENTURY: Duration = Duration::from_secs(86_400 * 365 * 100);
+        let limiter = Quota::with_period(pacing.spacing.min(CENTURY))
             .map(|q| DefaultKeyedRateLimiter::keyed(q.allow_burst(NonZeroU32::MIN)));
         Pacer {
             key: pacing.key,
@@ -112,7 +115,7 @@ impl Pacer {
                 Ok(()) => return Ok(()),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(limiter.clock().now());
-                    let wake = tokio::time::Instant::now() + wait;
+                    let wake = super::service::deadline_after(tokio::time::Instant::now(), wait);
                     if wake > deadline {
                         return Err(wait);
                     }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tower::{Service, ServiceExt};
 
@@ -77,7 +78,7 @@ where
         // One budget of store time for the request, shared with the layers around it.
         let budget = crate::store::budget::StoreBudget::of(request.extensions_mut());
         ResponseFuture::new(Box::pin(budget.scope(async move {
-            let deadline = tokio::time::Instant::now() + max_wait;
+            let deadline = deadline_after(tokio::time::Instant::now(), max_wait);
             let resource = context.resource();
             let priority = context.priority();
             let mut admission = layer
@@ -144,6 +145,13 @@ where
             Ok(response)
         })))
     }
+}
+
+/// `start + wait`, saturating: a `max_wait` of `Duration::MAX` ("as long as it takes") means 30
+/// years, as tokio's own far future, not a panic on `Instant` overflow.
+pub(crate) fn deadline_after(start: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    start.checked_add(wait.min(FAR)).unwrap_or(start)
 }
 
 fn idempotent(method: &http::Method) -> bool {

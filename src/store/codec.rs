@@ -111,15 +111,27 @@ pub(crate) fn decode_shared_headers(encoded: Bytes) -> Option<HeaderMap> {
     Some(headers)
 }
 
+/// The `Vary` names of an entry as one string: the names joined by `,` (empty for none).
+pub(crate) fn encode_vary(vary: &[HeaderName]) -> String {
+    vary.iter()
+        .map(HeaderName::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The names [`encode_vary`] joined, or `None` when one of them is not a header name (damaged).
+pub(crate) fn decode_vary(joined: &str) -> Option<Vec<HeaderName>> {
+    joined
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
+        .collect()
+}
+
 /// `entry` as one byte string (see the [module documentation](self)).
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn encode_entry(entry: &CacheEntry) -> Vec<u8> {
-    let vary = entry
-        .vary
-        .iter()
-        .map(HeaderName::as_str)
-        .collect::<Vec<_>>()
-        .join(",");
+    let vary = encode_vary(&entry.vary);
     let headers = encode_headers(&entry.headers);
     let mut out = Vec::with_capacity(
         44 + 12 + entry.url.len() + vary.len() + headers.len() + entry.body.len(),
@@ -157,12 +169,7 @@ pub(crate) fn decode_entry(bytes: Bytes) -> Option<CacheEntry> {
     let (stored_at, age, fresh_until, expires_at, sliding) =
         (int()?, int()?, int()?, int()?, int()?);
     let url = String::from_utf8(reader.part()?.to_vec()).ok()?;
-    let vary = std::str::from_utf8(&reader.part()?)
-        .ok()?
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
-        .collect::<Option<Vec<_>>>()?;
+    let vary = decode_vary(std::str::from_utf8(&reader.part()?).ok()?)?;
     let headers = decode_headers(&reader.part()?)?;
     Some(CacheEntry {
         url,

@@ -21,7 +21,7 @@ async fn an_empty_resource_name_is_refused() {
 #[tokio::test]
 async fn a_zero_window_is_refused_before_the_file_is_created() {
     let (_dir, path) = temp_db();
-    let zero = Limit::new(1.try_into().unwrap(), Duration::ZERO);
+    let zero = Limit::new(1, Duration::ZERO);
     let error = Courteous::new(reqwest::Client::new())
         .sqlite(&path)
         .resource("issue", |r| r.limit(zero))

@@ -6,7 +6,10 @@ mod support;
 
 mod backends;
 mod errors;
+mod inputs;
 mod options;
+mod package;
+mod shutdown;
 
 use courteous::{RateLimited, Report};
 use reqwest_middleware::ClientWithMiddleware;

@@ -17,7 +17,7 @@ fn hour() -> Duration {
 }
 
 fn per_minute(n: u32) -> Limit {
-    Limit::per_minute(n.try_into().expect("non-zero"))
+    Limit::per_minute(n)
 }
 
 #[tokio::test]
@@ -170,6 +170,10 @@ async fn cache_mode_applies_to_the_resource_unless_the_request_sets_one() {
     assert_eq!(server.hits(), 1);
     let (status, report) = get(&client, &url).await;
     assert_eq!((status, report.cache), (200, Some(CacheStatus::Hit)));
+    // Only that resource: another one goes upstream as usual.
+    let (status, _) = get(&client, &server.url("/api/issue/1/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(server.hits(), 2);
 }
 
 #[tokio::test]

@@ -5,11 +5,14 @@
 mod support;
 
 mod backend;
+mod cancel;
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 mod cross;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_stats;
 mod sharing;
 #[cfg(feature = "sqlite")]
 mod sqlite;

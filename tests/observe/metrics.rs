@@ -116,6 +116,14 @@ fn dedupe_followers_are_counted() {
         Some(&1),
         "{seen:#?}"
     );
+    // One admission, one upstream call: the follower's copy of the leader's report counts nothing.
+    for name in [
+        "courteous_rate_limit_wait_seconds{priority=user,resource=issues}",
+        "courteous_upstream_requests_total{resource=issues,status=200}",
+        "courteous_upstream_latency_seconds{resource=issues}",
+    ] {
+        assert_eq!(seen.get(name), Some(&1), "{name} in {seen:#?}");
+    }
 }
 
 #[test]

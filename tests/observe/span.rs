@@ -182,3 +182,146 @@ fn a_refusal_is_an_event_inside_the_request_span() {
         recorder.messages_in(*refused)
     );
 }
+
+#[test]
+fn a_follower_span_says_follower_and_claims_no_upstream_call() {
+    let recorder = Recorder::default();
+    with_recorder(&recorder, || async {
+        let server = TestServer::start().await;
+        let client = full_stack();
+        let url = server.url("/api/issues/1?delay_ms=200");
+        let (a, b) = tokio::join!(get(&client, &url), get(&client, &url));
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(server.hits(), 1);
+        server.stop().await;
+    });
+    let spans = recorder.requests();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let roles: Vec<_> = spans
+        .iter()
+        .map(|(_, f)| f.get("dedupe").cloned())
+        .collect();
+    let (follower, fields) = spans
+        .iter()
+        .find(|(_, f)| f.get("dedupe").map(String::as_str) == Some("follower"))
+        .unwrap_or_else(|| panic!("a follower: {roles:?}"));
+    for field in ["upstream_status", "upstream_latency_ms", "limiter_wait_ms"] {
+        assert!(
+            !fields.contains_key(field),
+            "a follower made no upstream call and was not admitted: {fields:?}"
+        );
+    }
+    assert!(
+        recorder
+            .messages_in(*follower)
+            .iter()
+            .any(|m| m == "served by another request's upstream call"),
+        "{:?}",
+        recorder.messages_in(*follower)
+    );
+}
+
+#[test]
+fn an_upstream_error_leaves_the_span_without_a_status() {
+    let recorder = Recorder::default();
+    with_recorder(&recorder, || async {
+        let server = TestServer::start().await;
+        let url = server.url("/api/issues/1");
+        server.stop().await;
+        let client = full_stack();
+        assert!(get(&client, &url).await.is_err());
+    });
+    let spans = recorder.requests();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let (_, fields) = &spans[0];
+    assert_eq!(fields.get("resource").map(String::as_str), Some("issues"));
+    assert!(!fields.contains_key("upstream_status"), "{fields:?}");
+}
+
+/// An API that validates with an `ETag`: `/api/fresh/..` must be revalidated each time
+/// (`no-cache`), `/api/stale/..` may be served stale while a refresh runs.
+async fn validating_server() -> TestServer {
+    use axum::extract::{Request, State};
+    use axum::response::Response;
+    TestServer::with_router(|log| {
+        axum::Router::new()
+            .fallback(
+                |State(log): State<Arc<crate::support::server::Log>>, request: Request| async move {
+                    log.record(&request);
+                    let matches = request
+                        .headers()
+                        .get("if-none-match")
+                        .is_some_and(|v| v == "\"v1\"");
+                    let cache_control = if request.uri().path().starts_with("/api/stale") {
+                        "max-age=0, stale-while-revalidate=60"
+                    } else {
+                        "no-cache"
+                    };
+                    Response::builder()
+                        .status(if matches { 304 } else { 200 })
+                        .header("etag", "\"v1\"")
+                        .header("cache-control", cache_control)
+                        .body(axum::body::Body::from(if matches { "" } else { "{}" }))
+                        .unwrap()
+                },
+            )
+            .with_state(log)
+    })
+    .await
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn revalidated_and_stale_requests_say_so_in_their_span() {
+    let recorder = Recorder::default();
+    with_recorder(&recorder, || async {
+        let server = validating_server().await;
+        let client = crate::client_over(courteous::CacheLayer::new(
+            courteous::cache::MemoryCacheStore::new(),
+        ));
+        let fresh = server.url("/api/fresh/1");
+        get(&client, &fresh).await.unwrap();
+        get(&client, &fresh).await.unwrap();
+        let stale = server.url("/api/stale/1");
+        get(&client, &stale).await.unwrap();
+        get(&client, &stale).await.unwrap();
+        server.stop().await;
+    });
+    let spans = recorder.requests();
+    assert_eq!(spans.len(), 4, "{spans:?}");
+    let (revalidated, fields) = &spans[1];
+    assert_eq!(
+        fields.get("cache").map(String::as_str),
+        Some("REVALIDATED"),
+        "{fields:?}"
+    );
+    assert_eq!(
+        fields.get("upstream_status").map(String::as_str),
+        Some("304"),
+        "{fields:?}"
+    );
+    assert!(
+        recorder
+            .messages_in(*revalidated)
+            .iter()
+            .any(|m| m == "revalidated with the upstream"),
+        "{:?}",
+        recorder.messages_in(*revalidated)
+    );
+    let (stale, fields) = &spans[3];
+    assert_eq!(
+        fields.get("cache").map(String::as_str),
+        Some("STALE"),
+        "{fields:?}"
+    );
+    assert!(!fields.contains_key("upstream_status"), "{fields:?}");
+    assert!(
+        recorder
+            .messages_in(*stale)
+            .iter()
+            .any(|m| m == "stale response served"),
+        "{:?}",
+        recorder.messages_in(*stale)
+    );
+}

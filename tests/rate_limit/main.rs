@@ -6,6 +6,7 @@ mod support;
 
 mod allocation;
 mod backend;
+mod extremes;
 #[cfg(feature = "middleware")]
 mod feedback;
 mod in_flight;
@@ -14,6 +15,8 @@ mod layer;
 mod processes;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_stats;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod stores;

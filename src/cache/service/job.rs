@@ -305,8 +305,8 @@ impl Job {
                 }
             } else if status == StatusCode::NOT_MODIFIED && has_validator(&entry.headers) {
                 let (refreshed, vary) = self.revalidated(&upstream, entry, response.headers(), now);
-                let mut served = self.serve(&refreshed, now, CacheStatus::Revalidated);
-                crate::journal::carry_reports(response.extensions(), served.extensions_mut());
+                let served = self.serve(&refreshed, now, CacheStatus::Revalidated);
+                let served = with_report_below(served, &response);
                 // RFC 9111 section 4.3.4: a `304` whose `Vary` differs from the stored
                 // response's is not applied to the old variant. The server validated the body
                 // for *this* request, so it is served and stored again under the new `Vary`
@@ -335,9 +335,8 @@ impl Job {
             }
             if status.is_server_error() && self.stale_on_error(entry, &upstream.directives, now) {
                 tracing::debug!(%status, "upstream answered with a server error; serving the stale entry");
-                let mut served = self.serve(entry, now, CacheStatus::Stale);
-                crate::journal::carry_reports(response.extensions(), served.extensions_mut());
-                return Ok(served);
+                let served = self.serve(entry, now, CacheStatus::Stale);
+                return Ok(with_report_below(served, &response));
             }
         }
         let Some(lifetime) = self.storable(&upstream, &response, now) else {
@@ -427,4 +426,20 @@ pub(super) struct Upstream {
     pub(super) ttl: Option<CacheTtl>,
     pub(super) store_ok: bool,
     pub(super) directives: RequestDirectives,
+}
+
+/// `served` (made from the stored entry) with what the layers below reported on the upstream's
+/// answer it replaces (a `304`, a server error): the request did reach them, so its dedupe
+/// role, limiter wait and upstream status belong in its [`Report`].
+fn with_report_below(
+    mut served: Response<reqwest::Body>,
+    below: &Response<reqwest::Body>,
+) -> Response<reqwest::Body> {
+    if let Some(below) = Report::of(below) {
+        let report = Report::record(served.extensions_mut());
+        report.dedupe = below.dedupe;
+        report.rate_limit.clone_from(&below.rate_limit);
+        report.upstream = below.upstream;
+    }
+    served
 }

@@ -40,7 +40,7 @@ impl Job {
             return;
         };
         // A body that cannot be sent twice is not refreshed in the background.
-        let Some(mut copy) = crate::body::copy(request) else {
+        let Some(mut copy) = detached_copy(request) else {
             return;
         };
         {
@@ -97,5 +97,42 @@ impl Job {
             },
             span,
         ));
+    }
+}
+
+/// A copy of `request` for a background refresh (`None` for a body that cannot be sent twice),
+/// without the foreground request's store-time budget: the refresh runs after the foreground
+/// answered, and a budget the foreground spent on a slow store must not fail its every store
+/// call at once.
+fn detached_copy<B: ReplayableBody>(request: &Request<B>) -> Option<Request<B>> {
+    let mut copy = crate::body::copy(request)?;
+    copy.extensions_mut()
+        .remove::<crate::store::budget::StoreBudget>();
+    Some(copy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_does_not_inherit_the_foreground_store_budget() {
+        let mut request = Request::get("http://h/a")
+            .body(reqwest::Body::from(""))
+            .unwrap();
+        let budget = crate::store::budget::StoreBudget::of(request.extensions_mut());
+        budget.charge(std::time::Duration::from_secs(60));
+        request.extensions_mut().insert(crate::Priority::Background);
+        let copy = detached_copy(&request).expect("an empty body is replayable");
+        assert!(
+            copy.extensions()
+                .get::<crate::store::budget::StoreBudget>()
+                .is_none()
+        );
+        assert_eq!(
+            copy.extensions().get::<crate::Priority>(),
+            Some(&crate::Priority::Background),
+            "the rest of the context goes with it"
+        );
     }
 }

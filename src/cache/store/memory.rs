@@ -1,7 +1,6 @@
 //! The in-memory cache store, bounded by entries and bytes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::sync::Cache as Moka;
@@ -11,14 +10,8 @@ use crate::key::RequestKey;
 use crate::store::StoreError;
 use crate::time::{Clock, SystemClock};
 
+use super::counters::Counters;
 use super::{CacheStore, CacheStoreStats, Invalidation};
-
-#[derive(Debug, Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    purged: AtomicU64,
-}
 
 /// Entries in this process's memory, bounded by a number of entries and a number of bytes, with
 /// LRU-like eviction ([`moka`]'s TinyLFU). Clones share the entries.
@@ -194,12 +187,7 @@ impl MemoryCacheStore {
 
     fn lookup(&self, key: &RequestKey) -> Option<Arc<CacheEntry>> {
         let found = self.peek(key);
-        let counter = if found.is_some() {
-            &self.counters.hits
-        } else {
-            &self.counters.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.counters.lookup(found.is_some());
         found
     }
 
@@ -301,19 +289,14 @@ impl CacheStore for MemoryCacheStore {
             }
         }
         self.cache.run_pending_tasks();
-        self.counters.purged.fetch_add(n, Ordering::Relaxed);
+        self.counters.purged(n);
         Ok(n)
     }
 
     async fn stats(&self) -> Result<CacheStoreStats, StoreError> {
         self.cache.run_pending_tasks();
         let now = self.clock.system_time();
-        let mut stats = CacheStoreStats {
-            hits: self.counters.hits.load(Ordering::Relaxed),
-            misses: self.counters.misses.load(Ordering::Relaxed),
-            purged: self.counters.purged.load(Ordering::Relaxed),
-            ..CacheStoreStats::default()
-        };
+        let mut stats = self.counters.fill(CacheStoreStats::default());
         for (_, entry) in self.cache.iter() {
             stats.entries += 1;
             stats.bytes += entry.size() as u64;

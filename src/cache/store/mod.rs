@@ -7,6 +7,12 @@
 //! | `RedisCacheStore` | entries on a Redis server | every process on every machine using the server and prefix |
 //! | [`TieredCacheStore`](tiered::TieredCacheStore) | a memory tier in front of another store | as the back store |
 //!
+//! * `mod.rs`: the [`CacheStore`] trait, [`Invalidation`], [`CacheChange`] and the change feed,
+//!   [`CacheStoreStats`].
+//! * `counters.rs`: the hits, misses, errors and purges every store counts in this process.
+//! * `memory.rs`, `tiered.rs`, `sqlite/` (feature `sqlite`), `redis/` (feature `redis`): the
+//!   backends; the last two keep entries in the bytes of `crate::store::codec`.
+//!
 //! # Example
 //!
 //! ```
@@ -38,6 +44,7 @@ use crate::store::StoreError;
 
 use super::CacheEntry;
 
+mod counters;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -208,3 +208,13 @@ fn version_codes_round_trip() {
     }
     assert_eq!(version_of(0), Version::HTTP_11);
 }
+
+#[test]
+fn vary_names_round_trip_and_a_damaged_one_is_none() {
+    let names = vec![http::header::ACCEPT, http::header::ACCEPT_LANGUAGE];
+    assert_eq!(encode_vary(&names), "accept,accept-language");
+    assert_eq!(decode_vary("accept,accept-language"), Some(names));
+    assert_eq!(encode_vary(&[]), "");
+    assert_eq!(decode_vary(""), Some(Vec::new()));
+    assert_eq!(decode_vary("accept,bad name"), None);
+}

@@ -148,6 +148,24 @@ impl RedisStore {
         })
     }
 
+    /// One step of `SCAN cursor MATCH pattern COUNT 500`: the next cursor (0 at the end) and the
+    /// keys of this step, which may repeat keys of earlier steps. Build `pattern` with
+    /// [`glob_escape`] around the parts that come from the prefix or a key.
+    pub(crate) async fn scan(
+        &self,
+        operation: &'static str,
+        pattern: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<String>), RedisError> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        self.query(operation, scan).await
+    }
+
     /// Runs a Lua script (by SHA, loading it when Redis does not know it yet), bounded by the
     /// operation timeout.
     pub(crate) async fn script<T: FromRedisValue>(
@@ -235,5 +253,32 @@ impl RedisStore {
         };
         self.inner.breaker.record(pass, outcome);
         result
+    }
+}
+
+/// Keys one [`RedisStore::scan`] step looks at.
+pub(crate) const SCAN_COUNT: u64 = 500;
+
+/// `s` with the `SCAN MATCH` glob characters (`*`, `?`, `[`, `]`, `\`) escaped, so that a prefix
+/// such as `a*` matches only itself.
+pub(crate) fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_escape;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\:rl:{"), "a\\*b\\?\\[c\\]\\\\:rl:{");
+        assert_eq!(glob_escape("courteous:dedupe"), "courteous:dedupe");
     }
 }

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use crate::cache::store::{CacheChange, Invalidation};
 use crate::key::RequestKey;
+use crate::time::random_u64;
 
 /// Members of the index sorted sets end in `\0` and the 64 hex digits of the key.
 const HEX: usize = 64;
@@ -24,18 +24,14 @@ impl From<CacheChange> for Heard {
     }
 }
 
-/// `<pid>-<random>-<n>`: unique per store, also across machines and containers.
+/// `<pid>-<random>-<n>`: unique per store, also across machines and containers (the random
+/// part is [`random_u64`]).
 pub(super) fn instance_id() -> String {
-    use std::hash::BuildHasher;
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let random =
-        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos));
     format!(
-        "{}-{random:016x}-{}",
+        "{}-{:016x}-{}",
         std::process::id(),
+        random_u64(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }

@@ -29,6 +29,7 @@ mod scripts;
 use events::{Heard, event, instance_id, lex_range, parse_event};
 use scripts::{DELETE, INVALIDATE, PURGE, PUT, STATS, TOUCH};
 
+use super::counters::Counters;
 use super::{CacheChange, CacheStore, CacheStoreStats, ChangeFeed, Invalidation};
 use crate::store::codec;
 use crate::time::{Clock, SystemClock, duration_ms, epoch_ms as millis};
@@ -38,14 +39,6 @@ const CLEAN_PER_WRITE: u32 = 4;
 
 /// Index members one invalidation or purge step handles (each step is one short script).
 const BATCH: u32 = 256;
-
-#[derive(Debug, Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    errors: AtomicU64,
-    purged: AtomicU64,
-}
 
 /// The Redis keys and channel of one store.
 #[derive(Debug)]
@@ -302,7 +295,7 @@ impl RedisCacheStore {
     }
 
     fn failed(&self, error: RedisError) -> StoreError {
-        self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.error();
         error.into()
     }
 
@@ -424,12 +417,7 @@ impl CacheStore for RedisCacheStore {
             }
             _ => None,
         };
-        let counter = if found.is_some() {
-            &self.shared.counters.hits
-        } else {
-            &self.shared.counters.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.lookup(found.is_some());
         Ok(found.map(Arc::new))
     }
 
@@ -459,10 +447,7 @@ impl CacheStore for RedisCacheStore {
             .script("cache put", invocation)
             .await
             .map_err(|e| self.failed(e))?;
-        self.shared
-            .counters
-            .purged
-            .fetch_add(cleaned, Ordering::Relaxed);
+        self.shared.counters.purged(cleaned);
         Ok(())
     }
 
@@ -550,10 +535,7 @@ impl CacheStore for RedisCacheStore {
                 scan = 0;
             }
             purged += n + stale;
-            self.shared
-                .counters
-                .purged
-                .fetch_add(n + stale, Ordering::Relaxed);
+            self.shared.counters.purged(n + stale);
             if more == 0 || n == 0 {
                 return Ok(purged);
             }
@@ -566,16 +548,12 @@ impl CacheStore for RedisCacheStore {
             .script("cache stats", self.invocation(&STATS))
             .await
             .map_err(|e| self.failed(e))?;
-        let counters = &self.shared.counters;
-        Ok(CacheStoreStats {
+        Ok(self.shared.counters.fill(CacheStoreStats {
             entries,
             bytes: bytes.max(0) as u64,
             expired,
-            purged: counters.purged.load(Ordering::Relaxed),
-            hits: counters.hits.load(Ordering::Relaxed),
-            misses: counters.misses.load(Ordering::Relaxed),
-            errors: counters.errors.load(Ordering::Relaxed),
-        })
+            ..CacheStoreStats::default()
+        }))
     }
 
     /// Nothing is pending (every write is committed before it returns); the connection is

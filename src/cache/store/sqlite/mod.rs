@@ -11,17 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::HeaderName;
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, params};
 
 use crate::cache::CacheEntry;
 use crate::key::RequestKey;
 use crate::store::StoreError;
-use crate::store::codec::{encode_headers, version_code};
+use crate::store::codec::{encode_headers, encode_vary, version_code};
 use crate::store::sqlite::{SqliteError, SqliteStore};
 use crate::time::{Clock, SystemClock, duration_ms_i64, epoch_ms as millis};
 
+use super::counters::Counters;
 use super::{CacheStore, CacheStoreStats, Invalidation};
 
 mod read;
@@ -38,14 +38,6 @@ const MAX_PENDING: usize = 1024;
 /// is not masked for long by the pending entries. While the database accepts writes, an entry
 /// stays until the transaction that writes it has committed, however long that takes.
 const PENDING_FOR: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    errors: AtomicU64,
-    purged: AtomicU64,
-}
 
 /// A written entry not yet committed.
 #[derive(Debug)]
@@ -134,12 +126,7 @@ impl SqliteStore {
 }
 
 fn write_entry(conn: &Connection, key: &[u8; 32], entry: &CacheEntry) -> rusqlite::Result<()> {
-    let vary = entry
-        .vary
-        .iter()
-        .map(HeaderName::as_str)
-        .collect::<Vec<_>>()
-        .join(",");
+    let vary = encode_vary(&entry.vary);
     conn.prepare_cached(
         "INSERT OR REPLACE INTO cache_entries
          (key, url, status, version, headers, vary, stored_at, age_ms, fresh_until, expires_at,
@@ -173,7 +160,7 @@ fn write_key(key: &RequestKey) -> Box<[u8]> {
 
 impl SqliteCacheStore {
     fn failed(&self, error: SqliteError) -> StoreError {
-        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.error();
         error.into()
     }
 
@@ -233,7 +220,7 @@ impl CacheStore for SqliteCacheStore {
             }
         };
         if let Some(entry) = pending.filter(|e| !e.is_expired(now)) {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            self.counters.lookup(true);
             return Ok(Some(entry));
         }
         let hash = *key.as_bytes();
@@ -242,12 +229,7 @@ impl CacheStore for SqliteCacheStore {
             .call(move |conn| read_entry(conn, &hash, millis(now)))
             .await
             .map_err(|e| self.failed(e))?;
-        let counter = if found.is_some() {
-            &self.counters.hits
-        } else {
-            &self.counters.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.counters.lookup(found.is_some());
         Ok(found.map(Arc::new))
     }
 
@@ -379,7 +361,7 @@ impl CacheStore for SqliteCacheStore {
             })
             .await
             .map_err(|e| self.failed(e))?;
-        self.counters.purged.fetch_add(n, Ordering::Relaxed);
+        self.counters.purged(n);
         Ok(n)
     }
 
@@ -404,15 +386,12 @@ impl CacheStore for SqliteCacheStore {
             })
             .await
             .map_err(|e| self.failed(e))?;
-        Ok(CacheStoreStats {
+        Ok(self.counters.fill(CacheStoreStats {
             entries: entries as u64,
             bytes: bytes as u64,
             expired: expired as u64,
-            purged: self.counters.purged.load(Ordering::Relaxed),
-            hits: self.counters.hits.load(Ordering::Relaxed),
-            misses: self.counters.misses.load(Ordering::Relaxed),
-            errors: self.counters.errors.load(Ordering::Relaxed),
-        })
+            ..CacheStoreStats::default()
+        }))
     }
 
     async fn close(&self) -> Result<(), StoreError> {

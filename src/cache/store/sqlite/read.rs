@@ -5,12 +5,12 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderName, StatusCode};
+use http::StatusCode;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::cache::CacheEntry;
-use crate::store::codec::{decode_headers, version_of};
+use crate::store::codec::{decode_headers, decode_vary, version_of};
 use crate::store::sqlite::SqliteError;
 use crate::time::from_epoch_ms as time;
 
@@ -110,11 +110,15 @@ fn decode_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<Option<Cache
     let Ok(status) = StatusCode::from_u16(u16::try_from(row.get::<_, i64>(1)?).unwrap_or(0)) else {
         return Ok(None);
     };
-    let vary = column_text(row, 4)?
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
-        .collect();
+    // A `Vary` name that does not parse is damage too: leaving it out would serve the entry to
+    // requests it does not match.
+    let Some(vary) = decode_vary(column_text(row, 4)?) else {
+        tracing::warn!(
+            url,
+            "undecodable cache entry vary names; ignoring the entry"
+        );
+        return Ok(None);
+    };
     // Column 10 holds the body when it is small; a large one is read from the pages.
     let body = match row.get_ref(10)? {
         ValueRef::Blob(body) => body_bytes(body),

@@ -35,30 +35,42 @@ pub(crate) const CACHE: Component = Component {
     ],
 };
 
+/// Rows [`reencode_headers`] reads at a time: the step's memory stays bounded by one batch
+/// of headers however large the cache is.
+const BATCH: i64 = 512;
+
 /// Migration step 2: re-encodes the `headers` of every row from the version 1 form
 /// ([`decode_v1_headers`]) into the shared one ([`codec::encode_headers`]). A row whose headers
 /// do not decode is deleted: it was a miss already. Runs in the migration's transaction, so the
-/// file moves to version 2 with every row converted, or not at all.
+/// file moves to version 2 with every row converted, or not at all. Reads the rows in batches
+/// of [`BATCH`] by `rowid`, so a large cache is not held in memory at once.
 pub(crate) fn reencode_headers(conn: &Connection) -> rusqlite::Result<()> {
-    let rows = {
-        let mut select = conn.prepare("SELECT rowid, headers FROM cache_entries")?;
-        select
-            .query_map([], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-    };
+    let mut select = conn.prepare(
+        "SELECT rowid, headers FROM cache_entries WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+    )?;
     let mut update = conn.prepare("UPDATE cache_entries SET headers = ?2 WHERE rowid = ?1")?;
     let mut delete = conn.prepare("DELETE FROM cache_entries WHERE rowid = ?1")?;
     let mut dropped = 0u64;
-    for (rowid, old) in rows {
-        match decode_v1_headers(&old) {
-            Some(headers) => {
-                update.execute(params![rowid, codec::encode_headers(&headers)])?;
-            }
-            None => {
-                delete.execute([rowid])?;
-                dropped += 1;
+    let mut after = i64::MIN;
+    loop {
+        let rows = select
+            .query_map(params![after, BATCH], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let Some(&(last, _)) = rows.last() else {
+            break;
+        };
+        after = last;
+        for (rowid, old) in rows {
+            match decode_v1_headers(&old) {
+                Some(headers) => {
+                    update.execute(params![rowid, codec::encode_headers(&headers)])?;
+                }
+                None => {
+                    delete.execute([rowid])?;
+                    dropped += 1;
+                }
             }
         }
     }
@@ -169,5 +181,62 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(codec::decode_headers(&rows[0].1), Some(headers()));
         assert_eq!(codec::decode_headers(&rows[1].1), Some(HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_step_converts_rows_past_one_batch() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(CACHE.migrations[0]).unwrap();
+        let rows = 3 * BATCH + 7;
+        for n in 0..rows {
+            // Every tenth row damaged, spread over the batches.
+            let headers = if n % 10 == 3 {
+                b"damaged".to_vec()
+            } else {
+                encode_v1(&headers())
+            };
+            conn.execute(
+                "INSERT INTO cache_entries VALUES (?1, 'u', 200, 11, ?2, '', 0, 0, 0, 0, NULL, 0, x'')",
+                params![n.to_be_bytes().to_vec(), headers],
+            )
+            .unwrap();
+        }
+        reencode_headers(&conn).unwrap();
+        let kept: Vec<Vec<u8>> = conn
+            .prepare("SELECT headers FROM cache_entries")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let damaged = (0..rows).filter(|n| n % 10 == 3).count();
+        assert_eq!(kept.len(), rows as usize - damaged);
+        for row in kept {
+            assert_eq!(codec::decode_headers(&row), Some(headers()));
+        }
+    }
+
+    /// An old process still running on a migrated file writes version 1 headers; the shared
+    /// decoder must never read them as some other headers. Version 1 starts with the field
+    /// count, little-endian, where the shared form has a big-endian name length: any count of
+    /// 1 to 32,768 reads as a name of 65,536 bytes or more, longer than a header name can be,
+    /// and a count of 0 as an empty name. So every version 1 form is `None`, however large.
+    #[test]
+    fn version_1_headers_never_decode_as_the_shared_form() {
+        for count in [0usize, 1, 2, 255, 256, 257, 512, 1000, 4096] {
+            let mut headers = HeaderMap::new();
+            for i in 0..count {
+                // Long values, so that a misread length could land inside the bytes.
+                headers.append(
+                    HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_str(&"v".repeat(300)).unwrap(),
+                );
+            }
+            assert_eq!(
+                codec::decode_headers(&encode_v1(&headers)),
+                None,
+                "{count} fields"
+            );
+        }
     }
 }

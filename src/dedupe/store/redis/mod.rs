@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::key::RequestKey;
 use crate::store::StoreError;
-use crate::store::redis::{RedisError, RedisStore, Subscription};
+use crate::store::redis::{RedisError, RedisStore, Subscription, glob_escape};
 use crate::time::{Clock, duration_ms};
 
 use super::{Completion, DedupeStore, DedupeStoreStats, KeyState, Lead, encode_headers, url_of};
@@ -494,14 +494,10 @@ impl DedupeStore for RedisDedupeStore {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500);
-            let (next, metas): (u64, Vec<String>) =
-                self.redis.query("dedupe cleanup scan", scan).await?;
+            let (next, metas) = self
+                .redis
+                .scan("dedupe cleanup scan", &pattern, cursor)
+                .await?;
             if !metas.is_empty() {
                 let mut invocation = CLEAN.prepare_invoke();
                 for meta in &metas {
@@ -532,14 +528,10 @@ impl DedupeStore for RedisDedupeStore {
         let (mut leases, mut results, mut metas) = (HashSet::new(), HashSet::new(), HashSet::new());
         let mut cursor: u64 = 0;
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500);
-            let (next, keys): (u64, Vec<String>) =
-                self.redis.query("dedupe stats scan", scan).await?;
+            let (next, keys) = self
+                .redis
+                .scan("dedupe stats scan", &pattern, cursor)
+                .await?;
             for key in keys {
                 let Some((hex, kind)) = key
                     .strip_prefix(&head)
@@ -566,28 +558,5 @@ impl DedupeStore for RedisDedupeStore {
             expired: metas.difference(&leases).count() as u64,
             cleaned: self.shared.cleaned.load(Ordering::Relaxed),
         })
-    }
-}
-
-/// `s` with the `SCAN MATCH` glob characters escaped.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_characters_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-        assert_eq!(glob_escape("courteous:dedupe"), "courteous:dedupe");
     }
 }

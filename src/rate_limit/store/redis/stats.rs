@@ -7,11 +7,8 @@ use super::RedisRateLimitStore;
 use super::reply::unexpected;
 use super::scripts::STATS;
 use crate::rate_limit::stats::RateLimitStoreStats;
-use crate::store::redis::RedisError;
+use crate::store::redis::{RedisError, glob_escape};
 use crate::time::{Clock, SystemClock};
-
-/// Keys a `SCAN` step looks at (and so the most scripts run at once).
-const SCAN_COUNT: u64 = 500;
 
 impl RedisRateLimitStore {
     /// [`RateLimitStore::stats`](crate::rate_limit::RateLimitStore::stats) on Redis.
@@ -26,14 +23,10 @@ impl RedisRateLimitStore {
         let mut seen = HashSet::new();
         let mut cursor: u64 = 0;
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            let (next, states): (u64, Vec<String>) =
-                self.redis.query("rate-limit stats scan", scan).await?;
+            let (next, states) = self
+                .redis
+                .scan("rate-limit stats scan", &pattern, cursor)
+                .await?;
             let reads = states
                 .into_iter()
                 .filter(|state| seen.insert(state.clone()))
@@ -59,27 +52,5 @@ impl RedisRateLimitStore {
                 return Ok(stats);
             }
         }
-    }
-}
-
-/// `s` with the `SCAN MATCH` glob characters escaped.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_characters_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\:rl:{"), "a\\*b\\?\\[c\\]\\\\:rl:{");
     }
 }
