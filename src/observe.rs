@@ -60,7 +60,6 @@
 //! # Ok(()) }
 //! ```
 
-
 use tracing::Span;
 use tracing::field::Empty;
 

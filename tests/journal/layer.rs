@@ -69,6 +69,10 @@ async fn dedupe_followers_are_not_journaled() {
         .unwrap();
     assert_eq!(summary.total.calls, 1);
     assert_eq!(summary.groups[0].key, "search");
+    assert_eq!(
+        summary.total.followers, 7,
+        "the leader's row counts its followers"
+    );
 }
 
 #[tokio::test]
