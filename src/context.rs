@@ -234,12 +234,21 @@ pub struct UpstreamReport {
     pub status: http::StatusCode,
     /// From sending the request to the response head.
     pub latency: std::time::Duration,
+    /// The size of the response's body, when the upstream said (`Content-Length`).
+    pub bytes: Option<u64>,
+    /// How many dedupe followers the answer served (written by the dedupe leader).
+    pub followers: u32,
 }
 
 impl UpstreamReport {
-    /// A report of an answer with `status` after `latency`.
+    /// A report of an answer with `status` after `latency` (size unknown, no followers).
     pub fn new(status: http::StatusCode, latency: std::time::Duration) -> Self {
-        UpstreamReport { status, latency }
+        UpstreamReport {
+            status,
+            latency,
+            bytes: None,
+            followers: 0,
+        }
     }
 }
 
@@ -261,6 +270,7 @@ struct ContextConfig {
     classifier: Arc<dyn ResourceClassifier>,
     keys: Arc<dyn KeyExtractor>,
     default_headers: Option<Arc<http::HeaderMap>>,
+    journal: Option<crate::journal::Journal>,
 }
 
 impl ContextConfig {
@@ -271,6 +281,7 @@ impl ContextConfig {
             classifier: Arc::new(DefaultResourceClassifier),
             keys: Arc::new(DefaultKeyExtractor::new()),
             default_headers: None,
+            journal: None,
         })
     }
 
@@ -412,6 +423,22 @@ impl ContextLayer {
         self
     }
 
+    /// Writes a row to `journal` for each request whose own call reached the upstream (see
+    /// [`journal`](crate::journal)); without one (the default), nothing is captured.
+    ///
+    /// ```
+    /// use courteous::ContextLayer;
+    /// use courteous::journal::{Journal, MemoryJournalStore};
+    ///
+    /// let layer = ContextLayer::new().journal(Journal::new(MemoryJournalStore::new()));
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn journal(mut self, journal: crate::journal::Journal) -> Self {
+        Arc::make_mut(&mut self.config).journal = Some(journal);
+        self
+    }
+
     /// The context this layer would give `request`.
     pub fn resolve<B: ReplayableBody>(&self, request: &http::Request<B>) -> RequestContext {
         self.config.resolve(request)
@@ -478,6 +505,8 @@ where
         let context = self.config.resolve_mut(&mut request);
         let (priority, resource) = (context.priority, context.resource.clone());
         let span = crate::observe::request_span(request.method(), priority, &resource);
+        let journal =
+            (self.config.journal.as_ref()).map(|j| j.capture(&request, &self.config.keys));
         request.extensions_mut().insert(context.priority);
         request.extensions_mut().insert(context);
         let inner = span.in_scope(|| self.inner.call(request));
@@ -485,6 +514,7 @@ where
             inner,
             report: Some((priority, resource)),
             span,
+            journal,
         }
     }
 }
@@ -496,6 +526,7 @@ pin_project! {
         inner: F,
         report: Option<(Priority, Resource)>,
         span: tracing::Span,
+        journal: Option<Box<crate::journal::Capture>>,
     }
 }
 
@@ -526,6 +557,9 @@ where
                 report.priority = Some(priority);
                 report.resource = Some(resource);
                 crate::observe::finish(this.span, report);
+                if let Some(capture) = this.journal.take() {
+                    capture.finish(report);
+                }
                 Poll::Ready(Ok(response))
             }
             Err(error) => {

@@ -112,6 +112,7 @@ pub mod client;
 pub mod context;
 pub mod dedupe;
 pub mod error;
+pub mod journal;
 pub mod key;
 #[cfg(feature = "middleware")]
 mod middleware;

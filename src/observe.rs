@@ -60,7 +60,6 @@
 //! # Ok(()) }
 //! ```
 
-
 use tracing::Span;
 use tracing::field::Empty;
 
@@ -143,7 +142,7 @@ pub(crate) fn failed(report: (Priority, &Resource)) {
 
 /// A call that reached the upstream and was answered: the answer's [`Report`] gets its
 /// [`UpstreamReport`](crate::UpstreamReport), and it is counted.
-pub(crate) fn upstream_answered<B>(
+pub(crate) fn upstream_answered<B: http_body::Body>(
     response: &mut http::Response<B>,
     context: Option<&crate::RequestContext>,
     started: std::time::Instant,
@@ -154,8 +153,9 @@ pub(crate) fn upstream_answered<B>(
         Some(response.status()),
         latency,
     );
-    Report::record(response.extensions_mut()).upstream =
-        Some(crate::UpstreamReport::new(response.status(), latency));
+    let mut upstream = crate::UpstreamReport::new(response.status(), latency);
+    upstream.bytes = response.body().size_hint().exact();
+    Report::record(response.extensions_mut()).upstream = Some(upstream);
 }
 
 /// A call to the upstream that failed without an answer (connection refused, timeout...).

@@ -134,10 +134,19 @@ pub(super) struct LocalLead {
 }
 
 impl LocalLead {
-    pub(super) fn finish(self, outcome: Outcome) {
-        if let Some(tx) = &self.tx {
-            tx.send_replace(Slot::Done(outcome));
-        }
+    /// Hands `outcome` to the followers in this process; returns how many were waiting.
+    pub(super) fn finish(self, outcome: Outcome) -> u32 {
+        let Some(tx) = &self.tx else { return 0 };
+        // Each follower holds a receiver; so does the flight while it is in the map.
+        let listed = self
+            .state
+            .local
+            .lock()
+            .get(&self.key)
+            .is_some_and(|f| f.id == self.id);
+        let waiting = tx.receiver_count().saturating_sub(usize::from(listed));
+        tx.send_replace(Slot::Done(outcome));
+        u32::try_from(waiting).unwrap_or(u32::MAX)
     }
 
     /// Leaves the followers to their own deadlines: they join again and one of them leads.

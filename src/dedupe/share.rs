@@ -198,11 +198,16 @@ where
                 )
             };
             // Followers in this process first; then the store, for the others.
-            lead.finish(local);
+            let followers = lead.finish(local);
             if let Some(lease) = lease {
                 lease.publish(remote, keep).await;
             }
-            Ok(shared.to_response(role))
+            let mut response = shared.to_response(role);
+            // For the journal: how many requests this call answered besides its own.
+            if let Some(upstream) = &mut Report::record(response.extensions_mut()).upstream {
+                upstream.followers = followers;
+            }
+            Ok(response)
         }
     }
 }

@@ -54,6 +54,7 @@ pub(crate) const COMPONENTS: &[Component] = &[
     crate::cache::store::sqlite::CACHE,
     crate::dedupe::store::sqlite::DEDUPE,
     crate::rate_limit::store::sqlite::RATE_LIMIT,
+    crate::journal::sqlite::JOURNAL,
 ];
 
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS courteous_schema (
