@@ -161,6 +161,8 @@ pub struct Courteous {
     default_limits: Vec<Limit>,
     default_ttl: Option<CacheTtl>,
     max_wait: Option<Duration>,
+    /// `None`: the default (a journal on SQLite only).
+    journal: Option<bool>,
     resources: Vec<(String, ResourceSettings)>,
 }
 
@@ -190,6 +192,7 @@ impl Courteous {
             default_limits: Vec::new(),
             default_ttl: None,
             max_wait: None,
+            journal: None,
             resources: Vec::new(),
         }
     }
@@ -351,6 +354,29 @@ impl Courteous {
         self
     }
 
+    /// Whether to keep a [journal](crate::journal) of the calls that reached the upstream, in
+    /// the store the stack uses (a bounded ring in memory, a table in the SQLite file, a capped
+    /// stream in Redis). Default: on with [`sqlite`](Self::sqlite) and
+    /// [`sqlite_store`](Self::sqlite_store), off otherwise. Read it from code with
+    /// [`CourteousLayer::journal`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), courteous::BuildError> {
+    /// let client = courteous::Courteous::new(reqwest::Client::new())
+    ///     .sqlite("courteous.db")
+    ///     .journal(false)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = client;
+    /// # Ok(()) }
+    /// ```
+    pub fn journal(mut self, on: bool) -> Self {
+        self.journal = Some(on);
+        self
+    }
+
     /// The longest a request waits for the rate limiter before failing with
     /// [`RateLimited`](crate::RateLimited) (default 60 s; zero fails at once); a request's
     /// [`MaxWait`](crate::rate_limit::MaxWait) extension overrides it.
@@ -457,6 +483,11 @@ impl Courteous {
         RateLimitLayer::new(MemoryRateLimitStore::new(), limits.clone())?;
 
         let stores = Stores::open(self.backend).await?;
+        let journal = stores.journal(self.journal);
+        let context = match &journal {
+            Some(journal) => self.context.journal(journal.clone()),
+            None => self.context,
+        };
         let mut cache = CacheLayer::new(stores.cache);
         if let Some(ttl) = self.default_ttl {
             cache = cache.default_ttl(ttl);
@@ -479,7 +510,8 @@ impl Courteous {
             rate_limit = rate_limit.max_wait(max_wait);
         }
         Ok(CourteousLayer {
-            context: self.context,
+            context,
+            journal,
             cache_modes: Arc::new(cache_modes),
             cache,
             dedupe: DedupeLayer::new(stores.dedupe),
@@ -522,6 +554,21 @@ struct Stores {
 }
 
 impl Stores {
+    /// The journal `on` asks for (`None`: on for SQLite only), in this backend's store.
+    fn journal(&self, on: Option<bool>) -> Option<crate::journal::Journal> {
+        use crate::journal::Journal;
+        #[cfg(feature = "sqlite")]
+        if let Some(sqlite) = &self.sqlite {
+            return on.unwrap_or(true).then(|| Journal::new(sqlite.journal()));
+        }
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return on.unwrap_or(false).then(|| Journal::new(redis.journal()));
+        }
+        on.unwrap_or(false)
+            .then(|| Journal::new(crate::journal::MemoryJournalStore::new()))
+    }
+
     async fn open(backend: Backend) -> Result<Stores, BuildError> {
         #[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(unused_mut))]
         let mut stores = Stores {

@@ -48,6 +48,7 @@ pub type CourteousService<S> = ContextService<ResourceDefaults<Cache<DedupeSwitc
 #[derive(Clone)]
 pub struct CourteousLayer {
     pub(super) context: ContextLayer,
+    pub(super) journal: Option<crate::journal::Journal>,
     pub(super) cache_modes: Arc<HashMap<Resource, CacheMode>>,
     pub(super) cache: CacheLayer,
     pub(super) dedupe: DedupeLayer,
@@ -97,6 +98,31 @@ impl CourteousLayer {
     #[cfg(feature = "sqlite")]
     pub fn sqlite(&self) -> Option<&crate::store::sqlite::SqliteStore> {
         self.sqlite.as_ref()
+    }
+
+    /// The journal of upstream calls, when the stack keeps one ([`Courteous::journal`](super::Courteous::journal)):
+    /// query it for what spent the quota.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use courteous::journal::{GroupBy, JournalQuery};
+    /// use std::time::Duration;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layers = courteous::Courteous::new(reqwest::Client::new())
+    ///     .sqlite("courteous.db")
+    ///     .layers()
+    ///     .await?;
+    /// if let Some(journal) = layers.journal() {
+    ///     let hour = JournalQuery::since(Duration::from_secs(3600));
+    ///     let by_resource = journal.summary(&hour, GroupBy::Resource).await?;
+    ///     println!("{by_resource:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn journal(&self) -> Option<&crate::journal::Journal> {
+        self.journal.as_ref()
     }
 
     /// The Redis store, when the stack was built with [`Courteous::redis`](super::Courteous::redis).

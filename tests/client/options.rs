@@ -312,3 +312,46 @@ async fn layers_and_service_run_the_same_stack_under_tower() {
         "a second build has a cache of its own (memory)"
     );
 }
+
+/// The journal is on with SQLite by default, off with `.journal(false)`, and off in memory unless
+/// asked for.
+#[tokio::test]
+async fn journal_is_on_for_sqlite_and_follows_the_option() {
+    use courteous::journal::JournalQuery;
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let layers = Courteous::new(reqwest::Client::new())
+        .sqlite(dir.path().join("on.db"))
+        .layers()
+        .await
+        .unwrap();
+    let client = layers.client(reqwest::Client::new());
+    get(&client, &server.url("/api/issue/1/?token=s3cret")).await;
+    let journal = layers.journal().expect("on by default with SQLite");
+    layers.sqlite().unwrap().flush().await.unwrap();
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(!rows[0].url.contains("s3cret"), "the URL is masked: {}", rows[0].url);
+
+    let off = Courteous::new(reqwest::Client::new())
+        .sqlite(dir.path().join("off.db"))
+        .journal(false)
+        .layers()
+        .await
+        .unwrap();
+    assert!(off.journal().is_none());
+
+    let memory = Courteous::new(reqwest::Client::new()).layers().await.unwrap();
+    assert!(memory.journal().is_none(), "off in memory by default");
+    let memory = Courteous::new(reqwest::Client::new())
+        .journal(true)
+        .layers()
+        .await
+        .unwrap();
+    let client = memory.client(reqwest::Client::new());
+    get(&client, &server.url("/api/issue/2/")).await;
+    let rows = memory.journal().unwrap().query(&JournalQuery::all()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    server.stop().await;
+}
