@@ -210,8 +210,9 @@ pub struct Report {
     pub dedupe: Option<crate::dedupe::DedupeRole>,
     /// What the rate limiter did: time waited, capacity left, server feedback.
     pub rate_limit: Option<crate::rate_limit::RateLimitReport>,
-    /// The upstream's answer, when this request's own call reached it (not for cache hits or
-    /// dedupe followers).
+    /// The upstream's answer: for a request whose own call reached it, that call; for a dedupe
+    /// follower ([`dedupe`](Self::dedupe) says so), its leader's call, which the follower
+    /// shared; `None` for a cache hit.
     pub upstream: Option<UpstreamReport>,
 }
 
