@@ -7,8 +7,8 @@ use std::time::Duration;
 use courteous::cache::store::{CacheStore, Invalidation};
 use courteous::dedupe::store::DedupeStore;
 use courteous::journal::{Journal, JournalQuery};
-use courteous::rate_limit::store::RateLimitStore;
 use courteous::rate_limit::AdaptiveConfig;
+use courteous::rate_limit::store::RateLimitStore;
 use courteous::store::sqlite::{SqliteError, SqliteStore};
 use courteous::time::{Clock, SystemClock};
 use courteous::{Limit, Resource};
@@ -59,7 +59,11 @@ pub async fn status(
                     "SELECT resource, blocked_until, budget_remaining FROM rate_limit_state",
                 )?;
                 let rows = state.query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
                 })?;
                 for row in rows {
                     let (name, blocked, remaining) = row?;
@@ -106,7 +110,14 @@ pub async fn status(
         .collect();
 
     let mut table = Table::new(&[
-        "resource", "user 1s", "bg 1s", "user 1m", "bg 1m", "user 1h", "bg 1h", "in flight",
+        "resource",
+        "user 1s",
+        "bg 1s",
+        "user 1m",
+        "bg 1m",
+        "user 1h",
+        "bg 1h",
+        "in flight",
         "blocked until",
     ]);
     let mut resources = Vec::new();
@@ -145,19 +156,31 @@ pub async fn status(
     if !per_resource.is_empty() {
         let rate_limits = store.rate_limits();
         let mut table = Table::new(&[
-            "resource", "limit", "used", "background", "remaining", "next free slot",
+            "resource",
+            "limit",
+            "used",
+            "background",
+            "remaining",
+            "next free slot",
         ]);
         for (name, limits) in per_resource {
             let resource = Resource::new(&name)?;
             let status = rate_limits
-                .status(&resource, &limits, &AdaptiveConfig::default(), SystemClock.now())
+                .status(
+                    &resource,
+                    &limits,
+                    &AdaptiveConfig::default(),
+                    SystemClock.now(),
+                )
                 .await?;
             for limit in &status.limits {
                 let window = format!("{}/{}s", limit.limit.max(), limit.limit.window().as_secs());
                 let next = if limit.remaining > 0 {
                     "now".to_owned()
                 } else {
-                    limit.reset.map_or_else(|| "-".to_owned(), |t| utc(t.as_millis()))
+                    limit
+                        .reset
+                        .map_or_else(|| "-".to_owned(), |t| utc(t.as_millis()))
                 };
                 table.row(vec![
                     name.clone(),
@@ -217,16 +240,36 @@ pub async fn stats(store: &SqliteStore) -> Result<Report, Failure> {
     add("cache", "entries", cache.entries.to_string());
     add("cache", "bytes", bytes(cache.bytes));
     add("cache", "expired", cache.expired.to_string());
-    add("dedupe", "leaders (leases held)", dedupe.pending.to_string());
+    add(
+        "dedupe",
+        "leaders (leases held)",
+        dedupe.pending.to_string(),
+    );
     add("dedupe", "results kept", dedupe.completed.to_string());
     add("dedupe", "expired", dedupe.expired.to_string());
     add("rate limit", "resources", limits.resources.to_string());
-    add("rate limit", "admissions kept", limits.admissions.to_string());
+    add(
+        "rate limit",
+        "admissions kept",
+        limits.admissions.to_string(),
+    );
     add("rate limit", "in flight", limits.in_flight.to_string());
-    add("rate limit", "blocked by a server", limits.blocked.to_string());
+    add(
+        "rate limit",
+        "blocked by a server",
+        limits.blocked.to_string(),
+    );
     add("journal", "calls kept", journal_rows.to_string());
-    add("journal", "oldest", to_time(oldest).unwrap_or_else(|| "-".into()));
-    add("journal", "newest", to_time(newest).unwrap_or_else(|| "-".into()));
+    add(
+        "journal",
+        "oldest",
+        to_time(oldest).unwrap_or_else(|| "-".into()),
+    );
+    add(
+        "journal",
+        "newest",
+        to_time(newest).unwrap_or_else(|| "-".into()),
+    );
     add("file", "database", bytes(db));
     add("file", "WAL", bytes(wal));
     for (component, version) in &versions {
@@ -263,11 +306,20 @@ pub async fn journal(
     if let Some(resource) = resource {
         query = query.resource(Resource::new(resource)?);
     }
-    let summary = Journal::new(store.journal()).summary(&query, by.into()).await?;
+    let summary = Journal::new(store.journal())
+        .summary(&query, by.into())
+        .await?;
     let by_name = courteous::journal::GroupBy::from(by).as_str();
     let mut table = Table::new(&[
-        by_name, "calls", "quota spent", "bytes", "p50 ms", "max ms", "limiter wait ms",
-        "revalidations", "followers",
+        by_name,
+        "calls",
+        "quota spent",
+        "bytes",
+        "p50 ms",
+        "max ms",
+        "limiter wait ms",
+        "revalidations",
+        "followers",
     ]);
     let mut groups = Vec::new();
     for group in summary.groups.iter().chain([&summary.total]) {
@@ -305,7 +357,10 @@ pub async fn journal(
 pub async fn unblock(store: &SqliteStore, resource: &str) -> Result<Report, Failure> {
     let resource = Resource::new(resource)?;
     store.rate_limits().unblock(&resource).await?;
-    Ok(done(json!({ "unblocked": resource.as_str() }), format!("unblocked {resource}")))
+    Ok(done(
+        json!({ "unblocked": resource.as_str() }),
+        format!("unblocked {resource}"),
+    ))
 }
 
 /// `invalidate URL-PREFIX`.
@@ -352,5 +407,8 @@ pub async fn clear(store: &SqliteStore) -> Result<Report, Failure> {
 fn done(json: Value, line: String) -> Report {
     let mut table = Table::new(&[]);
     table.row(vec![line]);
-    Report { json, tables: vec![(String::new(), table)] }
+    Report {
+        json,
+        tables: vec![(String::new(), table)],
+    }
 }

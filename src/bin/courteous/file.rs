@@ -92,8 +92,10 @@ pub fn check(path: &Path) -> (Report, bool) {
         "verdict".into(),
         if ok { "ok".into() } else { problems.join("; ") },
     ]);
-    let versions_json: serde_json::Map<_, _> =
-        versions.iter().map(|(c, v)| (c.clone(), json!(v))).collect();
+    let versions_json: serde_json::Map<_, _> = versions
+        .iter()
+        .map(|(c, v)| (c.clone(), json!(v)))
+        .collect();
     let report = Report {
         json: json!({
             "ok": ok,

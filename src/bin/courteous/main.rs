@@ -29,7 +29,10 @@ use commands::Failure;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("courteous: cannot start: {e}");
@@ -55,15 +58,21 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
     if let Command::Check = args.command {
         let (report, ok) = file::check(&path);
         report.print(args.json);
-        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let store = SqliteStore::open(&path).await?;
     let report = match args.command {
         Command::Status { resource, limits } => commands::status(&store, resource, limits).await,
         Command::Stats => commands::stats(&store).await,
-        Command::Journal { since, resource, by } => {
-            commands::journal(&store, since, resource, by).await
-        }
+        Command::Journal {
+            since,
+            resource,
+            by,
+        } => commands::journal(&store, since, resource, by).await,
         Command::Unblock { resource } => commands::unblock(&store, &resource).await,
         Command::Invalidate { prefix } => commands::invalidate(&store, &prefix).await,
         Command::Purge { expired } => commands::purge(&store, expired).await,

@@ -77,7 +77,10 @@ impl Report {
     /// Prints the report, as JSON or as tables.
     pub fn print(&self, json: bool) {
         if json {
-            println!("{}", serde_json::to_string_pretty(&self.json).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&self.json).unwrap_or_default()
+            );
             return;
         }
         let mut first = true;
