@@ -10,7 +10,8 @@ use courteous::{Limit, Resource};
 /// Status, statistics, journal and upkeep of a `courteous` store.
 ///
 /// Safe while applications use the same file: the command opens it like any other process
-/// (WAL mode, a busy timeout). Reads (`status`, `stats`, `journal`, `check`) take no write lock;
+/// (WAL mode, a busy timeout; a file an older version made is upgraded on open, as any process
+/// of this version would). Reads (`status`, `stats`, `journal`, `check`) take no write lock;
 /// `unblock`, `invalidate`, `purge` and `clear` take the write lock for one short transaction
 /// each; `vacuum` holds it for the whole rewrite of the file and needs as much free disk as the
 /// file takes. The configured limits live in the application, not in the store: pass them with
@@ -61,14 +62,13 @@ pub enum Command {
         /// The resource.
         resource: String,
     },
-    /// Drops the cached responses and dedupe results whose URL starts with a prefix (a short
-    /// write).
+    /// Drops the cached responses whose URL starts with a prefix (a short write).
     Invalidate {
         /// The URL prefix, e.g. `https://api.example/issues/`.
         prefix: String,
     },
-    /// Drops cached responses and finished dedupe results: all of them, or with `--expired`
-    /// only those past their lifetime (a short write).
+    /// Drops cached responses (all of them, or with `--expired` those past their lifetime) and
+    /// expired dedupe leases and results (a short write).
     Purge {
         /// Only what has expired.
         #[arg(long)]
