@@ -15,13 +15,22 @@ use courteous::{Limit, Resource};
 /// `unblock`, `invalidate`, `purge` and `clear` take the write lock for one short transaction
 /// each; `vacuum` holds it for the whole rewrite of the file and needs as much free disk as the
 /// file takes. The configured limits live in the application, not in the store: pass them with
-/// `status --limit` to see what remains.
+/// `status --limit` to see what remains. On Redis (`--redis URL`), `status` shows only the
+/// resources given with `--limit`, and `check` and `vacuum` do not apply.
 #[derive(Debug, Parser)]
 #[command(name = "courteous", version)]
 pub struct Args {
     /// The SQLite file the applications use.
     #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// A Redis the applications share, instead of a file (`redis://127.0.0.1:6379/`).
+    #[cfg(feature = "redis")]
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "db")]
+    pub redis: Option<String>,
+    /// The key prefix the applications use on Redis.
+    #[cfg(feature = "redis")]
+    #[arg(long, global = true, default_value = "courteous")]
+    pub prefix: String,
     /// Print JSON instead of aligned tables.
     #[arg(long, global = true)]
     pub json: bool,

@@ -1,7 +1,8 @@
-//! The commands on a SQLite store: each opens nothing itself, reads or writes through the
-//! [`SqliteStore`] it is given and returns a [`Report`].
+//! The commands on a store: each opens nothing itself, reads or writes through the
+//! [`Stores`] it is given and returns a [`Report`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use courteous::cache::store::{CacheStore, Invalidation};
@@ -20,6 +21,45 @@ use crate::output::{Report, Table, bytes, utc};
 /// A command's failure, printed on stderr.
 pub type Failure = Box<dyn std::error::Error>;
 
+/// The stores of one target (a SQLite file or a Redis prefix), through their traits.
+pub struct Stores {
+    /// The response cache.
+    pub cache: Arc<dyn CacheStore>,
+    /// The dedupe leases and results.
+    pub dedupe: Arc<dyn DedupeStore>,
+    /// The rate limiter's admissions and server feedback.
+    pub rate_limits: Arc<dyn RateLimitStore>,
+    /// The journal of upstream calls.
+    pub journal: Journal,
+    /// The SQLite file, for what only it has (the rate-limit tables, sizes, schema versions).
+    pub sqlite: Option<SqliteStore>,
+}
+
+impl Stores {
+    /// The stores of a SQLite file.
+    pub fn sqlite(store: SqliteStore) -> Stores {
+        Stores {
+            cache: Arc::new(store.cache()),
+            dedupe: Arc::new(store.dedupe()),
+            rate_limits: Arc::new(store.rate_limits()),
+            journal: Journal::new(store.journal()),
+            sqlite: Some(store),
+        }
+    }
+
+    /// The stores under a Redis prefix.
+    #[cfg(feature = "redis")]
+    pub fn redis(store: &courteous::store::redis::RedisStore) -> Stores {
+        Stores {
+            cache: Arc::new(store.cache()),
+            dedupe: Arc::new(store.dedupe()),
+            rate_limits: Arc::new(store.rate_limits()),
+            journal: Journal::new(store.journal()),
+            sqlite: None,
+        }
+    }
+}
+
 /// The windows `status` counts admissions in.
 const WINDOWS: [(&str, u64); 3] = [("1s", 1_000), ("1m", 60_000), ("1h", 3_600_000)];
 
@@ -35,13 +75,26 @@ struct Held {
 
 /// `status [RESOURCE] [--limit R=N/W]...`.
 pub async fn status(
-    store: &SqliteStore,
+    stores: &Stores,
     only: Option<String>,
     limits: Vec<(String, Limit)>,
 ) -> Result<Report, Failure> {
     let now = SystemClock.now().as_millis();
-    let filter = only.clone();
-    let held: BTreeMap<String, Held> = store
+    let held = match &stores.sqlite {
+        Some(store) => held(store, now).await?,
+        None if limits.is_empty() => {
+            return Err("on Redis the resources are not listed: name them with \
+                        --limit RESOURCE=N/WINDOW"
+                .into());
+        }
+        None => BTreeMap::new(),
+    };
+    status_report(stores, held, now, only, limits).await
+}
+
+/// What the SQLite rate-limit tables hold per resource, read in one read transaction.
+async fn held(store: &SqliteStore, now: u64) -> Result<BTreeMap<String, Held>, SqliteError> {
+    store
         .call(move |conn| {
             let tx = conn.transaction()?;
             let mut held = BTreeMap::<String, Held>::new();
@@ -103,7 +156,18 @@ pub async fn status(
             tx.finish()?;
             Ok::<_, SqliteError>(held)
         })
-        .await?;
+        .await
+}
+
+/// `status`'s tables: what the store holds, and what remains under the limits given.
+async fn status_report(
+    stores: &Stores,
+    held: BTreeMap<String, Held>,
+    now: u64,
+    only: Option<String>,
+    limits: Vec<(String, Limit)>,
+) -> Result<Report, Failure> {
+    let filter = only.clone();
     let held: BTreeMap<String, Held> = held
         .into_iter()
         .filter(|(name, _)| filter.as_ref().is_none_or(|f| f == name))
@@ -143,7 +207,10 @@ pub async fn status(
             "server_remaining": h.server_remaining,
         }));
     }
-    let mut tables = vec![(String::new(), table)];
+    let mut tables = Vec::new();
+    if stores.sqlite.is_some() {
+        tables.push((String::new(), table));
+    }
 
     // The application's limits, given on the command line: what remains under them.
     let mut per_resource = BTreeMap::<String, Vec<Limit>>::new();
@@ -154,7 +221,6 @@ pub async fn status(
     }
     let mut remaining = Vec::new();
     if !per_resource.is_empty() {
-        let rate_limits = store.rate_limits();
         let mut table = Table::new(&[
             "resource",
             "limit",
@@ -162,10 +228,13 @@ pub async fn status(
             "background",
             "remaining",
             "next free slot",
+            "in flight",
+            "blocked until",
         ]);
         for (name, limits) in per_resource {
             let resource = Resource::new(&name)?;
-            let status = rate_limits
+            let status = stores
+                .rate_limits
                 .status(
                     &resource,
                     &limits,
@@ -173,6 +242,7 @@ pub async fn status(
                     SystemClock.now(),
                 )
                 .await?;
+            let blocked = status.blocked_until.map(|t| utc(t.as_millis()));
             for limit in &status.limits {
                 let window = format!("{}/{}s", limit.limit.max(), limit.limit.window().as_secs());
                 let next = if limit.remaining > 0 {
@@ -189,6 +259,8 @@ pub async fn status(
                     limit.background_used.to_string(),
                     limit.remaining.to_string(),
                     next.clone(),
+                    status.in_flight.to_string(),
+                    blocked.clone().unwrap_or_else(|| "-".to_owned()),
                 ]);
                 remaining.push(json!({
                     "resource": name,
@@ -197,6 +269,8 @@ pub async fn status(
                     "background_used": limit.background_used,
                     "remaining": limit.remaining,
                     "next_free_slot": next,
+                    "in_flight": status.in_flight,
+                    "blocked_until": blocked,
                     "reason": status.reason,
                 }));
             }
@@ -210,28 +284,23 @@ pub async fn status(
 }
 
 /// `stats`.
-pub async fn stats(store: &SqliteStore) -> Result<Report, Failure> {
-    let cache = store.cache().stats().await?;
-    let dedupe = store.dedupe().stats().await?;
-    let limits = store.rate_limits().stats().await?;
-    let (journal_rows, oldest, newest) = store
-        .call(|conn| {
-            Ok::<_, SqliteError>(conn.query_row(
-                "SELECT count(*), min(time), max(time) FROM courteous_journal",
-                [],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Option<i64>>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                    ))
-                },
-            )?)
-        })
-        .await?;
-    let to_time = |t: Option<i64>| t.and_then(|t| u64::try_from(t).ok()).map(utc);
-    let versions = crate::file::schema_versions(store).await?;
-    let (db, wal) = crate::file::sizes(store.path());
+pub async fn stats(stores: &Stores) -> Result<Report, Failure> {
+    let cache = stores.cache.stats().await?;
+    let dedupe = stores.dedupe.stats().await?;
+    let limits = stores.rate_limits.stats().await?;
+    let calls = stores.journal.query(&JournalQuery::all()).await?;
+    let journal_rows = calls.len();
+    let to_time = |t: Option<u64>| t.map(utc);
+    let oldest = calls.iter().map(|c| c.time.as_millis()).min();
+    let newest = calls.iter().map(|c| c.time.as_millis()).max();
+    let (versions, (db, wal), path) = match &stores.sqlite {
+        Some(store) => (
+            crate::file::schema_versions(store).await?,
+            crate::file::sizes(store.path()),
+            Some(store.path().display().to_string()),
+        ),
+        None => (Vec::new(), (0, 0), None),
+    };
 
     let mut table = Table::new(&["part", "count", "value"]);
     let mut add = |part: &str, what: &str, value: String| {
@@ -270,8 +339,10 @@ pub async fn stats(store: &SqliteStore) -> Result<Report, Failure> {
         "newest",
         to_time(newest).unwrap_or_else(|| "-".into()),
     );
-    add("file", "database", bytes(db));
-    add("file", "WAL", bytes(wal));
+    if path.is_some() {
+        add("file", "database", bytes(db));
+        add("file", "WAL", bytes(wal));
+    }
     for (component, version) in &versions {
         add("schema", component, version.to_string());
     }
@@ -288,7 +359,7 @@ pub async fn stats(store: &SqliteStore) -> Result<Report, Failure> {
                 "in_flight": limits.in_flight, "blocked": limits.blocked,
             },
             "journal": { "calls": journal_rows, "oldest": to_time(oldest), "newest": to_time(newest) },
-            "file": { "path": store.path().display().to_string(), "database_bytes": db, "wal_bytes": wal },
+            "file": path.map(|path| json!({ "path": path, "database_bytes": db, "wal_bytes": wal })),
             "schema": versions_json,
         }),
         tables: vec![(String::new(), table)],
@@ -297,7 +368,7 @@ pub async fn stats(store: &SqliteStore) -> Result<Report, Failure> {
 
 /// `journal [--since D] [--resource R] [--by B]`.
 pub async fn journal(
-    store: &SqliteStore,
+    stores: &Stores,
     since: Option<Duration>,
     resource: Option<String>,
     by: By,
@@ -306,9 +377,7 @@ pub async fn journal(
     if let Some(resource) = resource {
         query = query.resource(Resource::new(resource)?);
     }
-    let summary = Journal::new(store.journal())
-        .summary(&query, by.into())
-        .await?;
+    let summary = stores.journal.summary(&query, by.into()).await?;
     let by_name = courteous::journal::GroupBy::from(by).as_str();
     let mut table = Table::new(&[
         by_name,
@@ -354,9 +423,9 @@ pub async fn journal(
 }
 
 /// `unblock RESOURCE`.
-pub async fn unblock(store: &SqliteStore, resource: &str) -> Result<Report, Failure> {
+pub async fn unblock(stores: &Stores, resource: &str) -> Result<Report, Failure> {
     let resource = Resource::new(resource)?;
-    store.rate_limits().unblock(&resource).await?;
+    stores.rate_limits.unblock(&resource).await?;
     Ok(done(
         json!({ "unblocked": resource.as_str() }),
         format!("unblocked {resource}"),
@@ -364,9 +433,9 @@ pub async fn unblock(store: &SqliteStore, resource: &str) -> Result<Report, Fail
 }
 
 /// `invalidate URL-PREFIX`.
-pub async fn invalidate(store: &SqliteStore, prefix: &str) -> Result<Report, Failure> {
-    let dropped = store
-        .cache()
+pub async fn invalidate(stores: &Stores, prefix: &str) -> Result<Report, Failure> {
+    let dropped = stores
+        .cache
         .invalidate(&Invalidation::Prefix(prefix.to_owned()))
         .await?;
     Ok(done(
@@ -376,8 +445,8 @@ pub async fn invalidate(store: &SqliteStore, prefix: &str) -> Result<Report, Fai
 }
 
 /// `purge [--expired]`.
-pub async fn purge(store: &SqliteStore, expired: bool) -> Result<Report, Failure> {
-    let cache = store.cache();
+pub async fn purge(stores: &Stores, expired: bool) -> Result<Report, Failure> {
+    let cache = &stores.cache;
     let dropped = if expired {
         cache.purge_expired().await?
     } else {
@@ -385,7 +454,7 @@ pub async fn purge(store: &SqliteStore, expired: bool) -> Result<Report, Failure
         cache.clear().await?;
         entries
     };
-    let dedupe = store.dedupe().cleanup().await?;
+    let dedupe = stores.dedupe.cleanup().await?;
     Ok(done(
         json!({ "expired_only": expired, "cache_entries_dropped": dropped, "dedupe_rows_dropped": dedupe }),
         format!("dropped {dropped} cached responses and {dedupe} expired dedupe rows"),
@@ -393,8 +462,8 @@ pub async fn purge(store: &SqliteStore, expired: bool) -> Result<Report, Failure
 }
 
 /// `clear`.
-pub async fn clear(store: &SqliteStore) -> Result<Report, Failure> {
-    let cache = store.cache();
+pub async fn clear(stores: &Stores) -> Result<Report, Failure> {
+    let cache = &stores.cache;
     let entries = cache.stats().await?.entries;
     cache.clear().await?;
     Ok(done(

@@ -6,11 +6,13 @@
 //! - `file`: `check` (on the bare file, so it works on a damaged one) and `vacuum`;
 //! - `output`: aligned tables and `--json`.
 //!
-//! It works on the SQLite file the applications use, while they use it: it opens the file like
-//! any other process (WAL mode, a busy timeout). Reads take no write lock; `unblock`,
+//! It works on the SQLite file the applications use (`--db PATH`), while they use it: it opens
+//! the file like any other process (WAL mode, a busy timeout). Reads take no write lock; `unblock`,
 //! `invalidate`, `purge` and `clear` take it for one short transaction; `vacuum` holds it for
 //! the whole rewrite and needs as much free disk as the file takes. The limits are configured
 //! in the applications, not stored: `status --limit RESOURCE=N/WINDOW` supplies them.
+//! With feature `redis` it works on a Redis the applications share (`--redis URL --prefix P`):
+//! there `status` shows the resources named with `--limit`, and `check`/`vacuum` do not apply.
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +27,7 @@ use clap::Parser;
 use courteous::store::sqlite::SqliteStore;
 
 use args::{Args, Command};
-use commands::Failure;
+use commands::{Failure, Stores};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -49,8 +51,19 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<ExitCode, Failure> {
+    #[cfg(feature = "redis")]
+    if let Some(url) = &args.redis {
+        let store = courteous::store::redis::RedisStore::builder(url.as_str())
+            .prefix(args.prefix.as_str())
+            .connect()?;
+        store.ping().await?;
+        let stores = Stores::redis(&store);
+        let report = dispatch(&stores, args.command).await?;
+        report.print(args.json);
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(path) = args.db else {
-        return Err("no store given: pass --db PATH".into());
+        return Err("no store given: pass --db PATH (or --redis URL)".into());
     };
     if !path.is_file() {
         return Err(format!("{}: no such file", path.display()).into());
@@ -66,19 +79,8 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
     }
     let store = SqliteStore::open(&path).await?;
     let report = match args.command {
-        Command::Status { resource, limits } => commands::status(&store, resource, limits).await,
-        Command::Stats => commands::stats(&store).await,
-        Command::Journal {
-            since,
-            resource,
-            by,
-        } => commands::journal(&store, since, resource, by).await,
-        Command::Unblock { resource } => commands::unblock(&store, &resource).await,
-        Command::Invalidate { prefix } => commands::invalidate(&store, &prefix).await,
-        Command::Purge { expired } => commands::purge(&store, expired).await,
-        Command::Clear => commands::clear(&store).await,
         Command::Vacuum => file::vacuum(&store).await,
-        Command::Check => unreachable_check(),
+        command => dispatch(&Stores::sqlite(store.clone()), command).await,
     };
     let closed = store.close().await;
     let report = report?;
@@ -87,7 +89,22 @@ async fn run(args: Args) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `check` is answered before the store opens.
-fn unreachable_check() -> Result<output::Report, Failure> {
-    Err("check runs on the bare file".into())
+/// Runs a command that works on any store.
+async fn dispatch(stores: &Stores, command: Command) -> Result<output::Report, Failure> {
+    match command {
+        Command::Status { resource, limits } => commands::status(stores, resource, limits).await,
+        Command::Stats => commands::stats(stores).await,
+        Command::Journal {
+            since,
+            resource,
+            by,
+        } => commands::journal(stores, since, resource, by).await,
+        Command::Unblock { resource } => commands::unblock(stores, &resource).await,
+        Command::Invalidate { prefix } => commands::invalidate(stores, &prefix).await,
+        Command::Purge { expired } => commands::purge(stores, expired).await,
+        Command::Clear => commands::clear(stores).await,
+        Command::Check | Command::Vacuum => {
+            Err("check and vacuum work on a SQLite file (--db PATH)".into())
+        }
+    }
 }
