@@ -237,3 +237,130 @@ fn a_missing_file_is_an_error_not_a_new_file() {
     assert!(!output.status.success());
     assert!(!db.exists());
 }
+
+/// The child on Redis: the same calls as [`child_stack`], under the prefix `PREFIX`.
+#[cfg(feature = "redis")]
+#[tokio::test]
+#[ignore = "run by the cli tests as a child process"]
+async fn child_redis_stack() {
+    if !child::is_child(REDIS_CHILD) {
+        return;
+    }
+    let base: String = child::param("BASE");
+    let url: String = child::param("REDIS");
+    let prefix: String = child::param("PREFIX");
+    let store = courteous::store::redis::RedisStore::builder(url)
+        .prefix(prefix)
+        .connect()
+        .expect("redis");
+    let layers = Courteous::new(reqwest::Client::new())
+        .redis_store(store.clone())
+        .journal(true)
+        .resource("issue", |r| {
+            r.limit(Limit::per_hour(100)).ttl(Duration::from_secs(3600))
+        })
+        .layers()
+        .await
+        .expect("stack");
+    let client = layers.client(reqwest::Client::new());
+    for path in [
+        "/api/issue/1/",
+        "/api/issue/1/",
+        "/api/issue/2/",
+        "/api/search/?q=a",
+        "/api/search/?status=429&retry_after=3600",
+    ] {
+        let response = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("get");
+        response.bytes().await.expect("body");
+    }
+    layers
+        .journal()
+        .expect("a journal")
+        .flush()
+        .await
+        .expect("journal flush");
+}
+
+#[cfg(feature = "redis")]
+const REDIS_CHILD: &str = "child_redis_stack";
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_work_on_redis() {
+    let Some(url) = support::redis::shared_url().await else {
+        return;
+    };
+    let prefix = support::redis::unique_prefix("cli");
+    let server = TestServer::start().await;
+    let env = [
+        ("BASE", server.url("")),
+        ("REDIS", url.clone()),
+        ("PREFIX", prefix.clone()),
+    ];
+    let handle = child::spawn(REDIS_CHILD, &env);
+    tokio::task::spawn_blocking(move || child::wait_ok(handle))
+        .await
+        .expect("child joined");
+    assert_eq!(server.hits(), 4);
+
+    let run = |args: &[&str]| -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_courteous"))
+            .args(["--redis", &url, "--prefix", &prefix])
+            .args(args)
+            .output()
+            .expect("run courteous")
+    };
+    let text = |args: &[&str]| -> String {
+        let output = run(args);
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let json = |args: &[&str]| -> Value {
+        let mut with = args.to_vec();
+        with.push("--json");
+        serde_json::from_str(&text(&with)).expect("json")
+    };
+
+    let stats = json(&["stats"]);
+    assert_eq!(stats["journal"]["calls"], 4, "{stats}");
+    assert_eq!(stats["rate_limit"]["blocked"], 1, "{stats}");
+    assert!(stats["file"].is_null());
+    assert_eq!(stats["cache"]["entries"], 2, "{stats}");
+    assert!(text(&["stats"]).contains("calls kept"));
+
+    let journal = json(&["journal", "--by", "resource"]);
+    assert_eq!(journal["groups"][0]["key"], "issue", "{journal}");
+    assert_eq!(journal["total"]["calls"], 4);
+    assert!(text(&["journal"]).contains("search"));
+
+    let status = json(&["status", "--limit", "issue=10/1h", "--limit", "search=5/1m"]);
+    let limits = status["limits"].as_array().cloned().unwrap_or_default();
+    let of = |name: &str| limits.iter().find(|l| l["resource"] == name).cloned();
+    assert_eq!(of("issue").map(|l| l["remaining"].clone()), Some(8.into()));
+    assert!(
+        of("search").is_some_and(|l| l["blocked_until"].is_string()),
+        "{status}"
+    );
+    assert!(text(&["status", "--limit", "issue=10/1h"]).contains("10/3600s"));
+    assert!(
+        !run(&["status"]).status.success(),
+        "Redis lists no resources"
+    );
+
+    assert!(text(&["unblock", "search"]).contains("unblocked search"));
+    assert_eq!(json(&["stats"])["rate_limit"]["blocked"], 0);
+
+    // The URL prefix is not the key prefix (`--prefix`), which names the same argument id.
+    let prefix_url = server.url("/api/issue/");
+    assert_eq!(
+        json(&["invalidate", &prefix_url])["cache_entries_dropped"],
+        2
+    );
+    assert_eq!(json(&["stats"])["cache"]["entries"], 0);
+    assert!(!run(&["check"]).status.success(), "check needs a file");
+    server.stop().await;
+}

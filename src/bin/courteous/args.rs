@@ -74,7 +74,8 @@ pub enum Command {
     /// Drops the cached responses whose URL starts with a prefix (a short write).
     Invalidate {
         /// The URL prefix, e.g. `https://api.example/issues/`.
-        prefix: String,
+        #[arg(value_name = "URL-PREFIX")]
+        url_prefix: String,
     },
     /// Drops cached responses (all of them, or with `--expired` those past their lifetime) and
     /// expired dedupe leases and results (a short write).

@@ -100,7 +100,7 @@ async fn dispatch(stores: &Stores, command: Command) -> Result<output::Report, F
             by,
         } => commands::journal(stores, since, resource, by).await,
         Command::Unblock { resource } => commands::unblock(stores, &resource).await,
-        Command::Invalidate { prefix } => commands::invalidate(stores, &prefix).await,
+        Command::Invalidate { url_prefix } => commands::invalidate(stores, &url_prefix).await,
         Command::Purge { expired } => commands::purge(stores, expired).await,
         Command::Clear => commands::clear(stores).await,
         Command::Check | Command::Vacuum => {
