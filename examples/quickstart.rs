@@ -10,7 +10,8 @@
 //! 3. a background job walks eight pages of volumes, limited to 4 per second: the limiter paces it,
 //!    while a person's request in the middle goes straight through.
 //!
-//! and prints what each layer did.
+//! and prints what each layer did. With `-- --keep` it keeps the SQLite file, for the
+//! `courteous` command (feature `cli`) to look into.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -146,6 +147,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.path().display()
     );
     store.close().await?;
-    std::fs::remove_dir_all(&dir)?;
+    if std::env::args().any(|arg| arg == "--keep") {
+        println!(
+            "kept; look inside with `cargo run --features cli --bin courteous -- --db {} status` \
+             (or stats, journal, check)",
+            store.path().display()
+        );
+    } else {
+        std::fs::remove_dir_all(&dir)?;
+    }
     Ok(())
 }
