@@ -97,11 +97,26 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn tower(
-    service: impl tower::Layer<HttpClient, Service = Stack>,
-    client: &reqwest::Client,
-) -> Sender {
-    Sender::Tower(service.layer(HttpClient::new(client.clone())))
+/// `ContextLayer` -> `layer` -> reqwest: one layer alone on the tower path.
+fn alone<L>(layer: L, client: &reqwest::Client) -> Sender
+where
+    L: tower::Layer<HttpClient>,
+    L::Service: tower::Service<
+            http::Request<reqwest::Body>,
+            Response = http::Response<reqwest::Body>,
+            Error = BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<reqwest::Body>>>::Future: Send + 'static,
+{
+    Sender::Tower(
+        ServiceBuilder::new()
+            .layer(context())
+            .layer(layer)
+            .service(HttpClient::new(client.clone()))
+            .boxed_clone(),
+    )
 }
 
 /// A limit no bench run reaches: the limiter decides and records every request, uncontended.
@@ -139,66 +154,27 @@ async fn cases(client: &reqwest::Client, sqlite: &SqliteStore) -> Vec<Case> {
     );
     add(
         "context + cache (memory)",
-        tower(
-            tower::layer::layer_fn(|inner: HttpClient| {
-                ServiceBuilder::new()
-                    .layer(context())
-                    .layer(CacheLayer::new(MemoryCacheStore::new()).default_ttl(ttl()))
-                    .service(inner)
-                    .boxed_clone()
-            }),
+        alone(
+            CacheLayer::new(MemoryCacheStore::new()).default_ttl(ttl()),
             client,
         ),
     );
     let (cache, dedupe, rate_limits) = (sqlite.cache(), sqlite.dedupe(), sqlite.rate_limits());
-    {
-        let cache = cache.clone();
-        add(
-            "context + cache (sqlite)",
-            tower(
-                tower::layer::layer_fn(move |inner: HttpClient| {
-                    ServiceBuilder::new()
-                        .layer(context())
-                        .layer(CacheLayer::new(cache.clone()).default_ttl(ttl()))
-                        .service(inner)
-                        .boxed_clone()
-                }),
-                client,
-            ),
-        );
-    }
-    {
-        let rate_limits = rate_limits.clone();
-        add(
-            "context + rate limit (sqlite)",
-            tower(
-                tower::layer::layer_fn(move |inner: HttpClient| {
-                    ServiceBuilder::new()
-                        .layer(context())
-                        .layer(RateLimitLayer::new(rate_limits.clone(), limits()).unwrap())
-                        .service(inner)
-                        .boxed_clone()
-                }),
-                client,
-            ),
-        );
-    }
-    {
-        let dedupe = dedupe.clone();
-        add(
-            "context + dedupe (sqlite)",
-            tower(
-                tower::layer::layer_fn(move |inner: HttpClient| {
-                    ServiceBuilder::new()
-                        .layer(context())
-                        .layer(DedupeLayer::new(dedupe.clone()))
-                        .service(inner)
-                        .boxed_clone()
-                }),
-                client,
-            ),
-        );
-    }
+    add(
+        "context + cache (sqlite)",
+        alone(CacheLayer::new(cache.clone()).default_ttl(ttl()), client),
+    );
+    add(
+        "context + rate limit (sqlite)",
+        alone(
+            RateLimitLayer::new(rate_limits.clone(), limits()).unwrap(),
+            client,
+        ),
+    );
+    add(
+        "context + dedupe (sqlite)",
+        alone(DedupeLayer::new(dedupe.clone()), client),
+    );
     add(
         "full stack (memory), middleware",
         Sender::Middleware(
