@@ -105,6 +105,35 @@ async fn secrets_in_the_url_never_reach_the_journal() {
 }
 
 #[tokio::test]
+async fn secrets_with_brackets_quotes_or_semicolons_never_reach_the_journal() {
+    let server = TestServer::start().await;
+    let journal = memory();
+    let client = journaled(&journal);
+    let url = server.url("/api/files/?token[]=brk3t&a=1;api_key=s3mi&access_token=ab)cd'ef");
+
+    fetch(&client, &url).await;
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    let logged = &rows[0].url;
+    for secret in ["brk3t", "s3mi", "ab", "cd", "ef"] {
+        assert!(!logged.contains(secret), "{secret} in {logged}");
+    }
+    assert!(logged.ends_with("?token[]=REDACTED&a=1;api_key=REDACTED&access_token=REDACTED"));
+}
+
+#[tokio::test]
+async fn a_long_url_is_cut_in_the_journal() {
+    let server = TestServer::start().await;
+    let journal = memory();
+    let client = journaled(&journal);
+    let url = server.url(&format!("/api/files/{}?token=s3cret", "x".repeat(60_000)));
+
+    fetch(&client, &url).await;
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    assert_eq!(rows[0].url.len(), courteous::journal::MAX_URL_LEN);
+    assert!(!rows[0].url.contains("s3cret"));
+}
+
+#[tokio::test]
 async fn failed_answers_count_and_group_by_status_and_priority() {
     let server = TestServer::start().await;
     let journal = memory();
