@@ -325,3 +325,40 @@ async fn the_rate_limiters_wait_is_journaled() {
         rows[0].limiter_wait + rows[1].limiter_wait
     );
 }
+
+#[tokio::test]
+async fn a_request_cancelled_mid_flight_writes_no_row_and_never_panics() {
+    let server = TestServer::start().await;
+    let journal = memory();
+    let client = journaled(&journal);
+    let url = server.url("/api/slow/?delay_ms=400");
+
+    // Alone: dropped while the upstream is answering.
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), fetch(&client, &url)).await;
+    assert!(cancelled.is_err());
+    journal.flush().await.unwrap();
+    assert!(
+        journal
+            .query(&JournalQuery::all())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A cancelled leader with followers: whoever answers is journaled once per upstream call
+    // that answered.
+    let url = server.url("/api/slow/?delay_ms=300&n=2");
+    // `join!` polls the leader first; it is dropped at 100 ms, the followers wait on.
+    let (leader, reports) = tokio::join!(
+        tokio::time::timeout(Duration::from_millis(100), fetch(&client, &url)),
+        join_all((0..3).map(|_| fetch(&client, &url))),
+    );
+    assert!(leader.is_err());
+    assert_eq!(reports.len(), 3);
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    assert!(
+        !rows.is_empty() && rows.len() as u64 <= server.hits(),
+        "{rows:?}"
+    );
+    assert!(rows.iter().all(|r| r.status == http::StatusCode::OK));
+}
