@@ -175,4 +175,20 @@ mod tests {
         let masked = mask(&long_query);
         assert!(!masked.contains("ss"), "{}", &masked[..64]);
     }
+
+    #[test]
+    fn bytes_past_ascii_are_cut_at_a_character_boundary_or_refused_by_the_uri() {
+        for raw in [
+            format!("http://h/{}?token=s3cret", "\u{e9}".repeat(3_000)),
+            format!("http://h/x?q={}&token=s3cret", "\u{1f600}".repeat(2_000)),
+        ] {
+            // `http::Uri` may refuse them; what it takes is masked without a panic.
+            if let Ok(uri) = http::Uri::from_maybe_shared(raw.into_bytes()) {
+                let masked = mask_url(&uri, is_default_secret_param);
+                assert!(masked.len() <= MAX_URL_LEN);
+                assert!(!masked.contains("s3cret"));
+            }
+        }
+        assert!(http::Uri::from_maybe_shared(b"http://h/\xff\xfe?token=x".to_vec()).is_err());
+    }
 }
