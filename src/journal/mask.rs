@@ -51,11 +51,16 @@ pub(crate) fn mask_url(uri: &http::Uri, is_secret: impl Fn(&str) -> bool) -> Str
             &is_secret,
         );
     }
-    if out.len() > MAX_URL_LEN {
-        out.truncate(floor_char_boundary(&out, MAX_URL_LEN - CUT.len()));
-        out.push_str(CUT);
+    cap(out)
+}
+
+/// `url`, cut at [`MAX_URL_LEN`] bytes (ending with `...`) if longer.
+pub(crate) fn cap(mut url: String) -> String {
+    if url.len() > MAX_URL_LEN {
+        url.truncate(floor_char_boundary(&url, MAX_URL_LEN - CUT.len()));
+        url.push_str(CUT);
     }
-    out
+    url
 }
 
 /// Appends `query` with the values of its secret parameters masked.

@@ -265,13 +265,18 @@ impl<T: JournalStore + ?Sized> JournalStore for Arc<T> {
 pub struct Journal {
     store: Arc<dyn JournalStore>,
     clock: Arc<dyn Clock>,
+    mask: Option<Arc<MaskFn>>,
 }
+
+/// A masking of the URL of a row, on top of the secrets masked by default.
+type MaskFn = dyn Fn(&str) -> String + Send + Sync;
 
 impl fmt::Debug for Journal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Journal")
             .field("store", &self.store)
             .field("clock", &self.clock)
+            .field("mask", &self.mask.is_some())
             .finish()
     }
 }
@@ -282,7 +287,36 @@ impl Journal {
         Journal {
             store: Arc::new(store),
             clock: Arc::new(SystemClock),
+            mask: None,
         }
+    }
+
+    /// Masks what else of a request's URL is secret before its row keeps it: a token in the
+    /// path, say, which no query parameter name gives away. `mask` gets the URL with its
+    /// userinfo and secret query parameters already masked (see the
+    /// [`KeyExtractor`](crate::KeyExtractor)'s `is_secret_param`), and returns what the row
+    /// keeps (cut at [`MAX_URL_LEN`] bytes). It runs on the request's task when it finishes:
+    /// keep it quick.
+    ///
+    /// ```
+    /// use courteous::journal::{Journal, MemoryJournalStore};
+    ///
+    /// // The bot API of a chat service puts the token in the path: `/bot<token>/sendMessage`.
+    /// let journal = Journal::new(MemoryJournalStore::new()).mask_url(|url| {
+    ///     match url.split_once("/bot") {
+    ///         Some((head, tail)) => {
+    ///             let rest = tail.find('/').map_or("", |i| &tail[i..]);
+    ///             format!("{head}/botREDACTED{rest}")
+    ///         }
+    ///         None => url.to_owned(),
+    ///     }
+    /// });
+    /// # let _ = journal;
+    /// ```
+    #[must_use]
+    pub fn mask_url(mut self, mask: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.mask = Some(Arc::new(mask));
+        self
     }
 
     /// Where "now" is read, for the rows' time and for [`JournalQuery::since`] (default
@@ -369,7 +403,10 @@ impl Capture {
             return;
         }
         let keys = &self.keys;
-        let url = mask::mask_url(&self.uri, |name| keys.is_secret_param(name));
+        let mut url = mask::mask_url(&self.uri, |name| keys.is_secret_param(name));
+        if let Some(custom) = &self.journal.mask {
+            url = mask::cap(custom(&url));
+        }
         let entry = JournalEntry {
             time: self.journal.now(),
             resource: report.resource.clone().unwrap_or_else(Resource::root),

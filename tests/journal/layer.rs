@@ -362,3 +362,30 @@ async fn a_request_cancelled_mid_flight_writes_no_row_and_never_panics() {
     );
     assert!(rows.iter().all(|r| r.status == http::StatusCode::OK));
 }
+
+#[tokio::test]
+async fn a_token_in_the_path_is_masked_by_the_journals_own_masking() {
+    let server = TestServer::start().await;
+    let journal = memory().mask_url(|url| match url.split_once("/bot") {
+        Some((head, tail)) => {
+            let rest = tail.find('/').map_or("", |i| &tail[i..]);
+            format!("{head}/botREDACTED{rest}")
+        }
+        None => url.to_owned(),
+    });
+    let client = journaled(&journal);
+    let url = server.url("/api/bot123456:AAH-s3cr3t/getMe?token=t0k");
+
+    fetch(&client, &url).await;
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    let logged = &rows[0].url;
+    assert!(
+        !logged.contains("s3cr3t") && !logged.contains("t0k"),
+        "{logged}"
+    );
+    assert!(
+        logged.ends_with("/api/botREDACTED/getMe?token=REDACTED"),
+        "{logged}"
+    );
+    assert!(!rows[0].resource.as_str().contains("s3cr3t"));
+}
