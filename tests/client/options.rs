@@ -332,7 +332,11 @@ async fn journal_is_on_for_sqlite_and_follows_the_option() {
     layers.sqlite().unwrap().flush().await.unwrap();
     let rows = journal.query(&JournalQuery::all()).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert!(!rows[0].url.contains("s3cret"), "the URL is masked: {}", rows[0].url);
+    assert!(
+        !rows[0].url.contains("s3cret"),
+        "the URL is masked: {}",
+        rows[0].url
+    );
 
     let off = Courteous::new(reqwest::Client::new())
         .sqlite(dir.path().join("off.db"))
@@ -342,7 +346,10 @@ async fn journal_is_on_for_sqlite_and_follows_the_option() {
         .unwrap();
     assert!(off.journal().is_none());
 
-    let memory = Courteous::new(reqwest::Client::new()).layers().await.unwrap();
+    let memory = Courteous::new(reqwest::Client::new())
+        .layers()
+        .await
+        .unwrap();
     assert!(memory.journal().is_none(), "off in memory by default");
     let memory = Courteous::new(reqwest::Client::new())
         .journal(true)
@@ -351,7 +358,12 @@ async fn journal_is_on_for_sqlite_and_follows_the_option() {
         .unwrap();
     let client = memory.client(reqwest::Client::new());
     get(&client, &server.url("/api/issue/2/")).await;
-    let rows = memory.journal().unwrap().query(&JournalQuery::all()).await.unwrap();
+    let rows = memory
+        .journal()
+        .unwrap()
+        .query(&JournalQuery::all())
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1);
     server.stop().await;
 }
