@@ -147,3 +147,34 @@ async fn redis_down_never_blocks_and_counts_every_row_dropped() {
         .expect("a read answers");
     assert!(read.is_err());
 }
+
+/// The runtime the background task ran in is gone (a `block_on` in a synchronous wrapper, a
+/// test's runtime) with rows in its queue: they are lost, and counted.
+#[test]
+fn rows_lost_with_the_tasks_runtime_are_counted_dropped() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The application's runtime, where the store was made.
+    let application = tokio::runtime::Runtime::new().unwrap();
+    let _entered = application.enter();
+    let redis = RedisStore::builder(format!("redis://127.0.0.1:{port}/"))
+        .connect()
+        .unwrap();
+    let journal = Journal::new(redis.journal());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for n in 0..100 {
+            journal.record(row(SystemClock.now(), "a", 200, n));
+        }
+    });
+    // The task never ran: its queue goes with the runtime.
+    drop(runtime);
+    let stats = journal.stats();
+    assert_eq!((stats.recorded, stats.dropped), (100, 100));
+}
