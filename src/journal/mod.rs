@@ -4,7 +4,7 @@
 //! [`JournalEntry`] for each request whose own call reached the upstream (the response's
 //! [`Report`] has an [`upstream`](crate::Report::upstream) part): not for cache
 //! hits, nor for dedupe followers. A row says when, which resource and priority, the method and
-//! the URL (secret query parameters and userinfo masked), the status, the latency, the bytes of
+//! the URL (secret query parameters and userinfo masked, cut at [`MAX_URL_LEN`] bytes), the status, the latency, the bytes of
 //! the answer when the upstream said, whether it was a revalidation, how long the rate limiter
 //! held it and how many dedupe followers it served.
 //!
@@ -16,6 +16,7 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | [`Journal`] (the handle a layer holds), [`JournalStore`] (the storage seam), [`JournalEntry`] |
+//! | `mask.rs` | the URL a row keeps: secrets masked, cut at [`MAX_URL_LEN`] bytes |
 //! | `query.rs` | [`JournalQuery`], [`GroupBy`], [`JournalSummary`] and [`JournalGroup`] |
 //! | `memory.rs` | [`MemoryJournalStore`]: a bounded ring in this process (default 100,000 rows) |
 //! | `sqlite.rs` | `SqliteJournalStore`: a table in the shared file, written by its write-behind writer, with retention by age and row count |
@@ -74,6 +75,7 @@ use crate::resource::Resource;
 use crate::store::StoreError;
 use crate::time::{Clock, SystemClock, Timestamp};
 
+mod mask;
 pub mod memory;
 mod query;
 #[cfg(feature = "redis")]
@@ -81,6 +83,7 @@ pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use mask::MAX_URL_LEN;
 pub use memory::MemoryJournalStore;
 pub use query::{GroupBy, JournalGroup, JournalQuery, JournalSummary, summarize};
 #[cfg(feature = "redis")]
@@ -118,7 +121,8 @@ pub struct JournalEntry {
     pub priority: Priority,
     /// The request method.
     pub method: http::Method,
-    /// The URL, with secret query parameters and userinfo masked.
+    /// The URL, with secret query parameters and userinfo masked, at most [`MAX_URL_LEN`]
+    /// bytes when the [`ContextLayer`](crate::ContextLayer) wrote it.
     pub url: String,
     /// The status of the upstream's answer.
     pub status: http::StatusCode,
@@ -261,13 +265,18 @@ impl<T: JournalStore + ?Sized> JournalStore for Arc<T> {
 pub struct Journal {
     store: Arc<dyn JournalStore>,
     clock: Arc<dyn Clock>,
+    mask: Option<Arc<MaskFn>>,
 }
+
+/// A masking of the URL of a row, on top of the secrets masked by default.
+type MaskFn = dyn Fn(&str) -> String + Send + Sync;
 
 impl fmt::Debug for Journal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Journal")
             .field("store", &self.store)
             .field("clock", &self.clock)
+            .field("mask", &self.mask.is_some())
             .finish()
     }
 }
@@ -278,7 +287,36 @@ impl Journal {
         Journal {
             store: Arc::new(store),
             clock: Arc::new(SystemClock),
+            mask: None,
         }
+    }
+
+    /// Masks what else of a request's URL is secret before its row keeps it: a token in the
+    /// path, say, which no query parameter name gives away. `mask` gets the URL with its
+    /// userinfo and secret query parameters already masked (see the
+    /// [`KeyExtractor`](crate::KeyExtractor)'s `is_secret_param`), and returns what the row
+    /// keeps (cut at [`MAX_URL_LEN`] bytes). It runs on the request's task when it finishes:
+    /// keep it quick.
+    ///
+    /// ```
+    /// use courteous::journal::{Journal, MemoryJournalStore};
+    ///
+    /// // The bot API of a chat service puts the token in the path: `/bot<token>/sendMessage`.
+    /// let journal = Journal::new(MemoryJournalStore::new()).mask_url(|url| {
+    ///     match url.split_once("/bot") {
+    ///         Some((head, tail)) => {
+    ///             let rest = tail.find('/').map_or("", |i| &tail[i..]);
+    ///             format!("{head}/botREDACTED{rest}")
+    ///         }
+    ///         None => url.to_owned(),
+    ///     }
+    /// });
+    /// # let _ = journal;
+    /// ```
+    #[must_use]
+    pub fn mask_url(mut self, mask: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.mask = Some(Arc::new(mask));
+        self
     }
 
     /// Where "now" is read, for the rows' time and for [`JournalQuery::since`] (default
@@ -365,8 +403,10 @@ impl Capture {
             return;
         }
         let keys = &self.keys;
-        let url =
-            crate::key::redact_secrets(&self.uri.to_string(), |name| keys.is_secret_param(name));
+        let mut url = mask::mask_url(&self.uri, |name| keys.is_secret_param(name));
+        if let Some(custom) = &self.journal.mask {
+            url = mask::cap(custom(&url));
+        }
         let entry = JournalEntry {
             time: self.journal.now(),
             resource: report.resource.clone().unwrap_or_else(Resource::root),

@@ -72,8 +72,19 @@ struct Shared {
     /// The background task's queue, started by the first row (in the runtime of its caller),
     /// and started again if that runtime has gone.
     sender: Mutex<Option<mpsc::Sender<Message>>>,
+    /// Rows handed to the task and not yet written nor counted dropped: lost, and counted, if
+    /// the task's runtime goes before it writes them.
+    queued: AtomicU64,
     recorded: AtomicU64,
     dropped: AtomicU64,
+}
+
+impl Shared {
+    /// Counts as dropped the rows a task that has gone (with its runtime) never wrote.
+    fn count_lost(&self) {
+        let lost = self.queued.swap(0, Ordering::Relaxed);
+        self.dropped.fetch_add(lost, Ordering::Relaxed);
+    }
 }
 
 /// A [`JournalStore`] in a Redis stream: `XADD {prefix}:journal MAXLEN ~ N`, so Redis keeps
@@ -81,7 +92,9 @@ struct Shared {
 ///
 /// `record` hands the row to a background task through a bounded queue
 /// ([`queue`](Self::queue)); when it is full, or the task cannot run (no Tokio runtime), the row
-/// is dropped and counted. The task sends rows in batches of up to 256 per round trip (one Lua
+/// is dropped and counted. The task runs in the runtime of the first row's caller: rows it had
+/// not written when that runtime shut down are counted dropped too, and the next row starts it
+/// again in its caller's runtime. The task sends rows in batches of up to 256 per round trip (one Lua
 /// script call); a batch
 /// Redis refuses is dropped and counted, with a warning. Reads page through the stream with
 /// `XRANGE`, starting at the window's start less five minutes (the stream's IDs follow
@@ -159,17 +172,31 @@ impl RedisJournalStore {
     /// queue, no runtime).
     fn send(&self, entry: JournalEntry) -> bool {
         let mut sender = self.shared.sender.lock();
+        // Counted before it is sent, so that the task, counting it off, never goes below 0.
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
         let message = match sender.as_ref() {
             Some(s) => match s.try_send(Message::Row(entry)) {
                 Ok(()) => return true,
-                Err(mpsc::error::TrySendError::Full(_)) => return false,
-                Err(mpsc::error::TrySendError::Closed(message)) => message,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    return false;
+                }
+                Err(mpsc::error::TrySendError::Closed(message)) => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.shared.count_lost();
+                    self.shared.queued.fetch_add(1, Ordering::Relaxed);
+                    message
+                }
             },
             None => Message::Row(entry),
         };
         // Never started, or its runtime is gone: start it here.
         *sender = self.start();
-        sender.as_ref().is_some_and(|s| s.try_send(message).is_ok())
+        let sent = sender.as_ref().is_some_and(|s| s.try_send(message).is_ok());
+        if !sent {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
     }
 }
 
@@ -205,6 +232,7 @@ impl Task {
                     .await
                     .map(drop)
             };
+            self.shared.queued.fetch_sub(rows, Ordering::Relaxed);
             if let Err(error) = &result {
                 self.shared.dropped.fetch_add(rows, Ordering::Relaxed);
                 crate::store::warn::store_warn!(&*self.shared, %error, rows, "could not write journal rows to redis; they are dropped");
@@ -411,6 +439,12 @@ impl JournalStore for RedisJournalStore {
     }
 
     fn stats(&self) -> JournalStats {
+        {
+            let sender = self.shared.sender.lock();
+            if sender.as_ref().is_some_and(mpsc::Sender::is_closed) {
+                self.shared.count_lost();
+            }
+        }
         JournalStats {
             recorded: self.shared.recorded.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),

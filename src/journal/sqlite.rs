@@ -92,6 +92,10 @@ struct Shared {
     /// Rows recorded since the writer last took them: the first row of a batch queues one
     /// deferred write, which takes every row recorded until it runs.
     rows: Mutex<Vec<JournalEntry>>,
+    /// Rows in memory: listed, or taken by a batch not yet committed nor dropped. A batch the
+    /// database refuses (full, read-only) is kept by the writer and retried, and each retry
+    /// takes the rows listed since in another batch: the bound is on all of them.
+    held: AtomicU64,
     recorded: AtomicU64,
     dropped: AtomicU64,
     /// Batches queued, to key each one apart.
@@ -100,7 +104,34 @@ struct Shared {
     last_prune: AtomicU64,
 }
 
-/// The most rows waiting for the writer; more are dropped (and counted).
+impl Shared {
+    /// Lists `entry` for the writer: `None` when [`MAX_WAITING`] rows are held already (the row
+    /// dropped and counted), else whether it is the first of the list (which must queue a
+    /// batch).
+    fn list(&self, entry: JournalEntry) -> Option<bool> {
+        let mut rows = self.rows.lock();
+        if self.held.load(Ordering::Relaxed) >= MAX_WAITING as u64 {
+            drop(rows);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        rows.push(entry);
+        self.held.fetch_add(1, Ordering::Relaxed);
+        Some(rows.len() == 1)
+    }
+
+    /// `n` rows left memory (written, or dropped).
+    fn release(&self, n: usize) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(n as u64))
+            });
+    }
+}
+
+/// The most rows in memory, waiting for the writer or in batches it has not committed; more
+/// are dropped (and counted).
 const MAX_WAITING: usize = 100_000;
 
 /// One deferred write: the rows listed from the first until the writer runs it.
@@ -112,21 +143,25 @@ struct Batch {
 }
 
 impl Batch {
-    /// Queues the write of the rows listed from now on (one message, one wake-up of the writer,
-    /// per batch of rows); `false` (the rows dropped and counted) when the store refuses it.
-    fn queue(store: &SqliteStore, shared: &Arc<Shared>) -> bool {
-        let batch = Arc::new(Batch {
+    fn new(shared: &Arc<Shared>) -> Arc<Self> {
+        Arc::new(Batch {
             shared: shared.clone(),
             rows: Mutex::new(None),
             committed: std::sync::atomic::AtomicBool::new(false),
-        });
+        })
+    }
+
+    /// Queues the write of the rows listed from now on (one message, one wake-up of the writer,
+    /// per batch of rows); `false` (the rows dropped and counted) when the store refuses it.
+    fn queue(store: &SqliteStore, shared: &Arc<Shared>) -> bool {
+        let batch = Batch::new(shared);
         let n = shared.batches.fetch_add(1, Ordering::Relaxed);
         let write = batch.clone();
         store
             .defer_keyed_then(
                 format!("courteous-journal-rows-{n}").into_bytes(),
                 move |conn| write.write(conn),
-                move || batch.committed.store(true, Ordering::Relaxed),
+                move || batch.commit(),
             )
             .is_ok()
     }
@@ -135,6 +170,13 @@ impl Batch {
         let mut rows = self.rows.lock();
         let rows = rows.get_or_insert_with(|| std::mem::take(&mut *self.shared.rows.lock()));
         rows.iter().try_for_each(|row| insert(conn, row))
+    }
+
+    /// The write was committed: its rows leave memory.
+    fn commit(&self) {
+        self.committed.store(true, Ordering::Relaxed);
+        let written = self.rows.lock().take().map_or(0, |rows| rows.len());
+        self.shared.release(written);
     }
 }
 
@@ -149,6 +191,7 @@ impl Drop for Batch {
             Some(rows) => rows.len(),
             None => std::mem::take(&mut *self.shared.rows.lock()).len(),
         };
+        self.shared.release(lost);
         self.shared
             .dropped
             .fetch_add(lost as u64, Ordering::Relaxed);
@@ -160,8 +203,9 @@ impl Drop for Batch {
 /// Rows are written behind ([`SqliteStore::defer`]): `record` adds the row to a list, and the
 /// first row of a list queues one deferred write that inserts every row listed by the time the
 /// writer thread runs it, in the writer's next transaction. So a busy stack costs the writer
-/// one message per batch, not per row. Up to 100,000 rows wait; more, or rows the writer's
-/// queue refuses, are dropped and counted. Rows older than
+/// one message per batch, not per row. Up to 100,000 rows are held in memory (waiting, or in
+/// batches the file refused, full or read-only, which the writer retries); more, or rows the
+/// writer's queue refuses, are dropped and counted. Rows older than
 /// [`max_age`](Self::max_age), and the oldest past [`max_rows`](Self::max_rows), are deleted by
 /// a prune job the writer runs with the rows, queued at most once per
 /// [`prune_interval`](Self::prune_interval) (so the table may briefly hold a few rows more).
@@ -218,7 +262,9 @@ impl SqliteJournalStore {
         self
     }
 
-    /// The oldest rows past this many are deleted (default [`DEFAULT_MAX_ROWS`], 1,000,000).
+    /// The oldest rows past this many are deleted (default [`DEFAULT_MAX_ROWS`], 1,000,000):
+    /// a row goes once this many were written after it (so, where rows were deleted by age in
+    /// between, the table holds fewer).
     #[must_use]
     pub fn max_rows(mut self, rows: u64) -> Self {
         self.max_rows = rows;
@@ -297,15 +343,18 @@ fn prune(conn: &Connection, cutoff: i64, max_rows: i64) -> rusqlite::Result<u64>
     let by_age = conn
         .prepare_cached("DELETE FROM courteous_journal WHERE time < ?1")?
         .execute([cutoff])?;
-    // Ids grow with each insert, so the newest `max_rows` are those with the largest ids.
-    let by_count = conn
-        .prepare_cached(
-            "DELETE FROM courteous_journal WHERE id <= (
-                 SELECT id FROM courteous_journal ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-        )?
-        .execute([max_rows])?;
+    let by_count = conn.prepare_cached(PRUNE_BY_COUNT)?.execute([max_rows])?;
     Ok((by_age + by_count) as u64)
 }
+
+/// Deletes the rows that `?1` rows or more were written after.
+///
+/// Each insert takes the largest id plus one, so a row's id counts the rows written before it;
+/// the rows deleted by age are the oldest (the ids left form about one run). Counting from the
+/// largest id costs a lookup and the deletions, where counting `?1` rows back with `OFFSET`
+/// stepped over all of them (50 ms for a million, with the file's write lock held).
+const PRUNE_BY_COUNT: &str = "DELETE FROM courteous_journal
+     WHERE id <= (SELECT max(id) FROM courteous_journal) - ?1";
 
 fn insert(conn: &Connection, e: &JournalEntry) -> rusqlite::Result<()> {
     conn.prepare_cached(
@@ -432,15 +481,8 @@ fn real_u64(x: f64) -> u64 {
 impl JournalStore for SqliteJournalStore {
     fn record(&self, entry: JournalEntry) {
         self.shared.recorded.fetch_add(1, Ordering::Relaxed);
-        let first = {
-            let mut rows = self.shared.rows.lock();
-            if rows.len() >= MAX_WAITING {
-                drop(rows);
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            rows.push(entry);
-            rows.len() == 1
+        let Some(first) = self.shared.list(entry) else {
+            return;
         };
         if first && !Batch::queue(&self.store, &self.shared) {
             return;
@@ -504,5 +546,94 @@ impl JournalStore for SqliteJournalStore {
             recorded: self.shared.recorded.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> JournalEntry {
+        JournalEntry::new(
+            Timestamp::from_millis(1_000),
+            Resource::root(),
+            http::Method::GET,
+            "http://h/",
+            http::StatusCode::OK,
+        )
+    }
+
+    /// A full disk: the writer runs the batch (which takes the rows), the commit fails, and
+    /// the writer keeps the batch for a retry. Meanwhile rows are listed for the next batch:
+    /// those the refused batch holds count against the bound.
+    #[test]
+    fn rows_of_a_refused_batch_count_against_the_bound() {
+        let shared = Arc::new(Shared::default());
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(JOURNAL.migrations[0]).unwrap();
+        for _ in 0..MAX_WAITING {
+            assert!(shared.list(row()).is_some());
+        }
+        let refused = Batch::new(&shared);
+        conn.execute_batch("BEGIN").unwrap();
+        refused.write(&conn).unwrap();
+        conn.execute_batch("ROLLBACK").unwrap();
+        assert!(shared.rows.lock().is_empty(), "the batch took the rows");
+
+        assert_eq!(shared.list(row()), None, "100,000 rows are held already");
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
+
+        // Committed at last: the rows leave memory, and new ones are listed again.
+        conn.execute_batch("BEGIN").unwrap();
+        refused.write(&conn).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        refused.commit();
+        drop(refused);
+        assert_eq!(shared.list(row()), Some(true));
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
+        let written: i64 = conn
+            .query_row("SELECT count(*) FROM courteous_journal", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(written, MAX_WAITING as i64);
+    }
+
+    #[test]
+    fn a_batch_dropped_unwritten_counts_and_releases_its_rows() {
+        let shared = Arc::new(Shared::default());
+        for _ in 0..3 {
+            shared.list(row());
+        }
+        drop(Batch::new(&shared));
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(shared.held.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.list(row()), Some(true));
+    }
+
+    /// The prune runs in the writer's transaction, holding the file's write lock that every
+    /// process's rate limiter waits for: at the cap, its cost is the rows it deletes, not the
+    /// million it keeps.
+    #[test]
+    fn a_prune_at_the_cap_steps_over_the_rows_it_deletes_only() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(JOURNAL.migrations[0]).unwrap();
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100010)
+             INSERT INTO courteous_journal (time, resource, priority, method, url, status,
+                 latency_us, bytes, revalidation, wait_us, followers)
+             SELECT i, 'a', 'user', 'GET', 'http://h/', 200, 1, NULL, 0, 0, 0 FROM n",
+        )
+        .unwrap();
+        let mut statement = conn.prepare(PRUNE_BY_COUNT).unwrap();
+        assert_eq!(statement.execute([100_000]).unwrap(), 10);
+        let steps = statement.get_status(rusqlite::StatementStatus::VmStep);
+        assert!(steps < 1_000, "{steps} steps to delete 10 rows");
+        let (count, min): (i64, i64) = conn
+            .query_row("SELECT count(*), min(id) FROM courteous_journal", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((count, min), (100_000, 11), "the newest rows kept");
+        assert_eq!(prune(&conn, 0, 0).unwrap(), 100_000);
+        assert_eq!(prune(&conn, 0, 0).unwrap(), 0, "an empty table");
     }
 }

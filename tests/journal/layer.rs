@@ -105,6 +105,35 @@ async fn secrets_in_the_url_never_reach_the_journal() {
 }
 
 #[tokio::test]
+async fn secrets_with_brackets_quotes_or_semicolons_never_reach_the_journal() {
+    let server = TestServer::start().await;
+    let journal = memory();
+    let client = journaled(&journal);
+    let url = server.url("/api/files/?token[]=brk3t&a=1;api_key=s3mi&access_token=ab)cd'ef");
+
+    fetch(&client, &url).await;
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    let logged = &rows[0].url;
+    for secret in ["brk3t", "s3mi", "ab", "cd", "ef"] {
+        assert!(!logged.contains(secret), "{secret} in {logged}");
+    }
+    assert!(logged.ends_with("?token[]=REDACTED&a=1;api_key=REDACTED&access_token=REDACTED"));
+}
+
+#[tokio::test]
+async fn a_long_url_is_cut_in_the_journal() {
+    let server = TestServer::start().await;
+    let journal = memory();
+    let client = journaled(&journal);
+    let url = server.url(&format!("/api/files/{}?token=s3cret", "x".repeat(60_000)));
+
+    fetch(&client, &url).await;
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    assert_eq!(rows[0].url.len(), courteous::journal::MAX_URL_LEN);
+    assert!(!rows[0].url.contains("s3cret"));
+}
+
+#[tokio::test]
 async fn failed_answers_count_and_group_by_status_and_priority() {
     let server = TestServer::start().await;
     let journal = memory();
@@ -295,4 +324,68 @@ async fn the_rate_limiters_wait_is_journaled() {
         summary.total.limiter_wait,
         rows[0].limiter_wait + rows[1].limiter_wait
     );
+}
+
+#[tokio::test]
+async fn a_request_cancelled_mid_flight_writes_no_row_and_never_panics() {
+    let server = TestServer::start().await;
+    let journal = memory();
+    let client = journaled(&journal);
+    let url = server.url("/api/slow/?delay_ms=400");
+
+    // Alone: dropped while the upstream is answering.
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), fetch(&client, &url)).await;
+    assert!(cancelled.is_err());
+    journal.flush().await.unwrap();
+    assert!(
+        journal
+            .query(&JournalQuery::all())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A cancelled leader with followers: whoever answers is journaled once per upstream call
+    // that answered.
+    let url = server.url("/api/slow/?delay_ms=300&n=2");
+    // `join!` polls the leader first; it is dropped at 100 ms, the followers wait on.
+    let (leader, reports) = tokio::join!(
+        tokio::time::timeout(Duration::from_millis(100), fetch(&client, &url)),
+        join_all((0..3).map(|_| fetch(&client, &url))),
+    );
+    assert!(leader.is_err());
+    assert_eq!(reports.len(), 3);
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    assert!(
+        !rows.is_empty() && rows.len() as u64 <= server.hits(),
+        "{rows:?}"
+    );
+    assert!(rows.iter().all(|r| r.status == http::StatusCode::OK));
+}
+
+#[tokio::test]
+async fn a_token_in_the_path_is_masked_by_the_journals_own_masking() {
+    let server = TestServer::start().await;
+    let journal = memory().mask_url(|url| match url.split_once("/bot") {
+        Some((head, tail)) => {
+            let rest = tail.find('/').map_or("", |i| &tail[i..]);
+            format!("{head}/botREDACTED{rest}")
+        }
+        None => url.to_owned(),
+    });
+    let client = journaled(&journal);
+    let url = server.url("/api/bot123456:AAH-s3cr3t/getMe?token=t0k");
+
+    fetch(&client, &url).await;
+    let rows = journal.query(&JournalQuery::all()).await.unwrap();
+    let logged = &rows[0].url;
+    assert!(
+        !logged.contains("s3cr3t") && !logged.contains("t0k"),
+        "{logged}"
+    );
+    assert!(
+        logged.ends_with("/api/botREDACTED/getMe?token=REDACTED"),
+        "{logged}"
+    );
+    assert!(!rows[0].resource.as_str().contains("s3cr3t"));
 }

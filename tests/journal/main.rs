@@ -5,6 +5,8 @@
 mod support;
 
 mod layer;
+#[cfg(feature = "sqlite")]
+mod processes;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "sqlite")]

@@ -111,3 +111,70 @@ async fn the_stack_writes_to_the_stream() {
     );
     delete(&redis).await;
 }
+
+/// Redis is down (nothing listens on the port): `record` returns at once, every row is
+/// counted as dropped, a flush reports the error, and a read is an error, not a hang.
+#[tokio::test]
+async fn redis_down_never_blocks_and_counts_every_row_dropped() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = RedisStore::builder(format!("redis://127.0.0.1:{port}/"))
+        .connect_timeout(Duration::from_millis(200))
+        .connect()
+        .unwrap();
+    let journal = Journal::new(redis.journal().queue(1_000));
+    let now = SystemClock.now();
+    let started = std::time::Instant::now();
+    for n in 0..20_000 {
+        journal.record(row(now + Duration::from_millis(n), "a", 200, 1));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "record waited: {:?}",
+        started.elapsed()
+    );
+    let flushed = tokio::time::timeout(Duration::from_secs(30), journal.flush())
+        .await
+        .expect("a flush answers");
+    assert!(flushed.is_err());
+    let stats = journal.stats();
+    assert_eq!((stats.recorded, stats.dropped), (20_000, 20_000));
+    let read = tokio::time::timeout(Duration::from_secs(30), journal.query(&JournalQuery::all()))
+        .await
+        .expect("a read answers");
+    assert!(read.is_err());
+}
+
+/// The runtime the background task ran in is gone (a `block_on` in a synchronous wrapper, a
+/// test's runtime) with rows in its queue: they are lost, and counted.
+#[test]
+fn rows_lost_with_the_tasks_runtime_are_counted_dropped() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The application's runtime, where the store was made.
+    let application = tokio::runtime::Runtime::new().unwrap();
+    let _entered = application.enter();
+    let redis = RedisStore::builder(format!("redis://127.0.0.1:{port}/"))
+        .connect()
+        .unwrap();
+    let journal = Journal::new(redis.journal());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for n in 0..100 {
+            journal.record(row(SystemClock.now(), "a", 200, n));
+        }
+    });
+    // The task never ran: its queue goes with the runtime.
+    drop(runtime);
+    let stats = journal.stats();
+    assert_eq!((stats.recorded, stats.dropped), (100, 100));
+}

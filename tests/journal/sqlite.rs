@@ -171,3 +171,106 @@ async fn a_row_no_build_wrote_is_an_error_not_a_panic() {
     assert_eq!(summary.total.calls, 1);
     assert_eq!(summary.total.latency_max, Duration::ZERO);
 }
+
+/// The file refuses writes (another connection holds the write lock, as a full disk or a
+/// read-only file would refuse them): the writer keeps the journal's batches and retries them,
+/// and the rows they hold, with those waiting, stay bounded (100,000); the rest are dropped
+/// and counted, and once the file takes writes again every row is either in it or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_held_while_the_file_refuses_writes_are_bounded_and_counted() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::builder(&path)
+        .flush_interval(Duration::from_millis(10))
+        .busy_timeout(Duration::from_millis(20))
+        .open()
+        .await
+        .unwrap();
+    let journal = store.journal().prune_interval(Duration::from_secs(3600));
+    let blocker = courteous::store::sqlite::rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let now = SystemClock.now();
+    let mut sent = 0u64;
+    for _ in 0..3 {
+        for n in 0..100_000u64 {
+            journal.record(row(now + Duration::from_millis(n % 1_000), "a", 200, 1));
+            sent += 1;
+        }
+        // A refused commit: the batch that took the rows is kept for a retry.
+        assert!(journal.flush().await.is_err());
+    }
+    let stats = journal.stats();
+    assert_eq!(stats.recorded, sent);
+    assert!(
+        stats.dropped >= 200_000,
+        "rows held while the file refuses writes: {}",
+        sent - stats.dropped
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    journal.flush().await.unwrap();
+    let stats = journal.stats();
+    assert_eq!(count(&journal).await + stats.dropped, stats.recorded);
+    store.close().await.unwrap();
+}
+
+/// Four tasks on two stores of one file write at once, with retention by rows and by age and
+/// a prune at every chance: the table never ends past the cap, keeps the newest rows written,
+/// and never a row past the age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_holds_under_concurrent_writes_from_two_stores() {
+    let (_dir, path) = temp_db();
+    let stores = [
+        SqliteStore::open(&path).await.unwrap(),
+        SqliteStore::open(&path).await.unwrap(),
+    ];
+    let journals: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            s.journal()
+                .max_rows(1_000)
+                .max_age(Duration::from_secs(3600))
+                .prune_interval(Duration::ZERO)
+        })
+        .collect();
+    let now = SystemClock.now();
+    let tasks = (0..4).map(|t| {
+        let journal = journals[t % 2].clone();
+        tokio::spawn(async move {
+            for n in 0..5_000u64 {
+                // Every tenth row is two hours old.
+                let time = if n % 10 == 0 {
+                    now - Duration::from_secs(7200)
+                } else {
+                    now
+                };
+                journal.record(row(time, "a", 200, n));
+                if n % 500 == 0 {
+                    journal.flush().await.unwrap();
+                }
+            }
+            journal.flush().await.unwrap();
+        })
+    });
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for journal in &journals {
+        journal.prune().await.unwrap();
+    }
+    let rows = journals[0].query(&JournalQuery::all()).await.unwrap();
+    assert!(
+        rows.len() <= 1_000 && rows.len() >= 800,
+        "{} rows",
+        rows.len()
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.time >= now - Duration::from_secs(3600))
+    );
+    let stats: Vec<_> = journals.iter().map(|j| j.stats()).collect();
+    assert_eq!(stats[0].recorded + stats[1].recorded, 20_000);
+    assert_eq!(stats[0].dropped + stats[1].dropped, 0);
+    for store in stores {
+        store.close().await.unwrap();
+    }
+}

@@ -119,6 +119,90 @@ pub async fn contract(journal: &Journal) {
         (nothing.total.calls, nothing.total.latency_max),
         (0, Duration::ZERO)
     );
+
+    edges(journal, &rows).await;
+}
+
+/// Windows of nothing, everything or the wrong way round, limits of 0 and `usize::MAX`, one
+/// row's summary, and a row of extreme values: answers, never a panic.
+async fn edges(journal: &Journal, rows: &[courteous::journal::JournalEntry]) {
+    let now = journal.now();
+    let far = now + Duration::from_secs(365 * 24 * 3600);
+    for (query, expected) in [
+        (JournalQuery::since(Duration::ZERO), 0),
+        (JournalQuery::since(Duration::MAX), rows.len()),
+        (
+            JournalQuery::between(now, now - Duration::from_secs(3600)),
+            0,
+        ),
+        (
+            JournalQuery::between(far, Timestamp::from_millis(u64::MAX)),
+            0,
+        ),
+        (
+            JournalQuery::between(Timestamp::from_millis(0), Timestamp::from_millis(0)),
+            0,
+        ),
+        (JournalQuery::all().limit(0), 0),
+        (JournalQuery::all().limit(usize::MAX), rows.len()),
+    ] {
+        let found = journal.query(&query).await.unwrap();
+        assert_eq!(found.len(), expected, "{query:?}");
+        // A summary ignores the limit.
+        let summed = if query.row_limit().is_some() {
+            rows.len()
+        } else {
+            expected
+        };
+        let summary = journal.summary(&query, GroupBy::Status).await.unwrap();
+        assert_eq!(summary.total.calls, summed as u64, "{query:?}");
+    }
+
+    // One row: its latency is the median and the max.
+    let one = JournalQuery::between(rows[4].time, rows[4].time + Duration::from_millis(1));
+    let summary = journal.summary(&one, GroupBy::Resource).await.unwrap();
+    assert_eq!(summary.total.calls, 1);
+    assert_eq!(summary.total.latency_p50, rows[4].latency);
+    assert_eq!(summary.total.latency_max, rows[4].latency);
+
+    // Within the five minutes Redis allows between its clock and the rows' times.
+    let soon = now + Duration::from_secs(60);
+    let mut extreme = row(soon, "extreme", 599, 0);
+    extreme.method = http::Method::from_bytes(b"M-SEARCH").unwrap();
+    extreme.bytes = Some(u64::MAX);
+    extreme.latency = Duration::MAX;
+    extreme.limiter_wait = Duration::MAX;
+    extreme.followers = u32::MAX;
+    journal.record(extreme.clone());
+    journal.record(extreme.clone());
+    journal.flush().await.unwrap();
+    let window = JournalQuery::between(soon, soon + Duration::from_millis(1));
+    let found = journal.query(&window).await.unwrap();
+    assert_eq!(found.len(), 2);
+    let back = &found[0];
+    assert_eq!(
+        (back.method.as_str(), back.status.as_u16(), back.followers),
+        ("M-SEARCH", 599, u32::MAX)
+    );
+    // Saturated where a backend keeps signed 64-bit integers.
+    assert!(back.bytes >= Some(i64::MAX as u64), "{back:?}");
+    assert!(back.latency >= Duration::from_secs(1 << 40), "{back:?}");
+    assert!(
+        back.limiter_wait >= Duration::from_secs(1 << 40),
+        "{back:?}"
+    );
+    let summary = journal.summary(&window, GroupBy::Resource).await.unwrap();
+    let total = &summary.total;
+    assert_eq!((total.calls, total.followers), (2, 2 * u64::from(u32::MAX)));
+    assert!(total.bytes >= i64::MAX as u64, "{total:?}");
+    assert!(
+        total.latency_max >= Duration::from_secs(1 << 40),
+        "{total:?}"
+    );
+    assert!(
+        total.limiter_wait >= Duration::from_secs(1 << 40),
+        "{total:?}"
+    );
 }
 
 #[tokio::test]
