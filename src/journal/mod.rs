@@ -294,7 +294,7 @@ impl Journal {
     /// Masks what else of a request's URL is secret before its row keeps it: a token in the
     /// path, say, which no query parameter name gives away. `mask` gets the URL with its
     /// userinfo and secret query parameters already masked (see the
-    /// [`KeyExtractor`](crate::KeyExtractor)'s `is_secret_param`), and returns what the row
+    /// [`KeyExtractor`]'s `is_secret_param`), and returns what the row
     /// keeps (cut at [`MAX_URL_LEN`] bytes). It runs on the request's task when it finishes:
     /// keep it quick.
     ///
