@@ -50,10 +50,14 @@ pub(crate) fn admit<T: ?Sized>(store: &T) -> Option<u64> {
 /// The layer a store type belongs to, from the module path in its type name (the stores are
 /// passed as `dyn CacheStore`, `dyn DedupeStore`, `dyn RateLimitStore` or the layer's state).
 fn layer_of(type_name: &str) -> &'static str {
-    ["rate_limit", "dedupe", "cache"]
-        .into_iter()
-        .find(|layer| type_name.contains(&format!("::{layer}::")))
-        .unwrap_or("store")
+    [
+        ("::rate_limit::", "rate_limit"),
+        ("::dedupe::", "dedupe"),
+        ("::cache::", "cache"),
+    ]
+    .into_iter()
+    .find(|(path, _)| type_name.contains(path))
+    .map_or("store", |(_, layer)| layer)
 }
 
 /// `tracing::warn!` for a failure of the store `$store` (any reference that identifies it),

@@ -33,30 +33,36 @@ fn snapshot(recorder: &DebuggingRecorder) -> BTreeMap<String, u64> {
         .collect()
 }
 
-#[test]
-fn the_documented_metrics_with_their_labels() {
+/// Runs `test` on a current-thread runtime with a debugging recorder installed for this
+/// thread, and returns what it recorded.
+fn recorded<F: std::future::Future<Output = ()>>(
+    test: impl FnOnce() -> F,
+) -> BTreeMap<String, u64> {
     let recorder = DebuggingRecorder::new();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let server = TestServer::start().await;
-            let client = full_stack();
-            // A miss (upstream 200), a hit, a refusal, and a miss answered 404.
-            get(&client, &server.url("/api/issues/1")).await.unwrap();
-            get(&client, &server.url("/api/issues/1")).await.unwrap();
-            get(&client, &server.url("/api/issues/2"))
-                .await
-                .unwrap_err();
-            get(&client, &server.url("/api/volumes/1?status=404"))
-                .await
-                .unwrap();
-            server.stop().await;
-        })
+    metrics::with_local_recorder(&recorder, || runtime.block_on(test()));
+    snapshot(&recorder)
+}
+
+#[test]
+fn the_documented_metrics_with_their_labels() {
+    let seen = recorded(|| async {
+        let server = TestServer::start().await;
+        let client = full_stack();
+        // A miss (upstream 200), a hit, a refusal, and a miss answered 404.
+        get(&client, &server.url("/api/issues/1")).await.unwrap();
+        get(&client, &server.url("/api/issues/1")).await.unwrap();
+        get(&client, &server.url("/api/issues/2"))
+            .await
+            .unwrap_err();
+        get(&client, &server.url("/api/volumes/1?status=404"))
+            .await
+            .unwrap();
+        server.stop().await;
     });
-    let seen = snapshot(&recorder);
     let expect = [
         ("courteous_requests_total{cache=miss,resource=issues}", 1),
         ("courteous_requests_total{cache=hit,resource=issues}", 1),
@@ -93,24 +99,16 @@ fn the_documented_metrics_with_their_labels() {
 
 #[test]
 fn dedupe_followers_are_counted() {
-    let recorder = DebuggingRecorder::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let server = TestServer::start().await;
-            let client = full_stack();
-            let url = server.url("/api/issues/7?delay_ms=200");
-            let (a, b) = tokio::join!(get(&client, &url), get(&client, &url));
-            a.unwrap();
-            b.unwrap();
-            assert_eq!(server.hits(), 1, "the second joined the first");
-            server.stop().await;
-        })
+    let seen = recorded(|| async {
+        let server = TestServer::start().await;
+        let client = full_stack();
+        let url = server.url("/api/issues/7?delay_ms=200");
+        let (a, b) = tokio::join!(get(&client, &url), get(&client, &url));
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(server.hits(), 1, "the second joined the first");
+        server.stop().await;
     });
-    let seen = snapshot(&recorder);
     assert_eq!(
         seen.get("courteous_dedupe_followers_total{resource=issues}"),
         Some(&1),
@@ -128,27 +126,19 @@ fn dedupe_followers_are_counted() {
 
 #[test]
 fn store_errors_are_counted_by_layer() {
-    let recorder = DebuggingRecorder::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let server = TestServer::start().await;
-            let dir = tempfile::tempdir().unwrap();
-            let sqlite = courteous::store::sqlite::SqliteStore::open(dir.path().join("c.db"))
-                .await
-                .unwrap();
-            // A closed store fails every operation: the request passes through.
-            sqlite.close().await.unwrap();
-            let client = crate::client_over(courteous::CacheLayer::new(sqlite.cache()));
-            let response = get(&client, &server.url("/api/issues/1")).await.unwrap();
-            assert_eq!(response.status(), http::StatusCode::OK);
-            server.stop().await;
-        })
+    let seen = recorded(|| async {
+        let server = TestServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = courteous::store::sqlite::SqliteStore::open(dir.path().join("c.db"))
+            .await
+            .unwrap();
+        // A closed store fails every operation: the request passes through.
+        sqlite.close().await.unwrap();
+        let client = crate::client_over(courteous::CacheLayer::new(sqlite.cache()));
+        let response = get(&client, &server.url("/api/issues/1")).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        server.stop().await;
     });
-    let seen = snapshot(&recorder);
     assert!(
         seen.get("courteous_store_errors_total{layer=cache}")
             .is_some_and(|n| *n >= 1),
